@@ -1,0 +1,134 @@
+//! The library's one error type.
+//!
+//! Errors never carry secret values: they are built from key names, store names, limits and OS
+//! status text only. "Not found" is not an error: [`crate::Store::get`] returns `Ok(None)`, so an
+//! empty secret, a missing secret and an unreachable store can never be confused.
+
+use std::fmt;
+
+/// Why a store could not answer. Every variant means "try again later or elsewhere": the data
+/// may well exist, so callers must never treat it as "not found".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnavailableReason {
+    /// The collection or keychain is locked and nobody is there to unlock it.
+    Locked,
+    /// The OS or the broker refused access.
+    Denied,
+    /// The call did not answer within the store's timeout.
+    TimedOut,
+    /// The backing service is not running or cannot be reached.
+    NotRunning,
+    /// The backing service answered with an error of its own.
+    Backend,
+}
+
+impl fmt::Display for UnavailableReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UnavailableReason::Locked => "locked",
+            UnavailableReason::Denied => "access denied",
+            UnavailableReason::TimedOut => "timed out",
+            UnavailableReason::NotRunning => "not reachable",
+            UnavailableReason::Backend => "backend error",
+        })
+    }
+}
+
+/// Every error the library returns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A key, app id, flavour or configuration value was not acceptable.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What was rejected ("key", "app id", ...).
+        what: &'static str,
+        /// Why, in words a user can act on. Never contains a secret value.
+        reason: String,
+    },
+
+    /// A value is larger than the configured limit.
+    #[error("value is {actual} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// The configured limit in bytes.
+        limit: usize,
+        /// The size that was offered.
+        actual: usize,
+    },
+
+    /// The store cannot answer now: locked, denied, timed out, not running.
+    #[error("{store} is unavailable ({reason}): {detail}")]
+    Unavailable {
+        /// Which store ("secret service", "vault", ...).
+        store: String,
+        /// The kind of unavailability.
+        reason: UnavailableReason,
+        /// What happened and, where we know it, what to do about it.
+        detail: String,
+    },
+
+    /// Stored data exists but cannot be decoded or authenticated. It is left untouched.
+    #[error("{store}: stored data for {} is corrupt: {detail}", key.as_deref().map(|k| format!("key {k:?}")).unwrap_or_else(|| "the store".to_owned()))]
+    Corrupt {
+        /// Which store.
+        store: String,
+        /// The key whose data is corrupt, when the corruption is local to one key.
+        key: Option<String>,
+        /// What check failed.
+        detail: String,
+    },
+
+    /// A local I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing, including the path.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The configuration demands a protection level that is not available here.
+    #[error("{0}")]
+    ProtectionUnavailable(String),
+}
+
+impl Error {
+    /// Shorthand for an [`Error::Invalid`].
+    pub fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            what,
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for an [`Error::Unavailable`].
+    pub fn unavailable(
+        store: impl Into<String>,
+        reason: UnavailableReason,
+        detail: impl Into<String>,
+    ) -> Self {
+        Error::Unavailable {
+            store: store.into(),
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// Shorthand for an [`Error::Io`].
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// True for errors that say "cannot answer now" rather than "the answer is bad".
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
+    }
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,148 @@
+//! Change events: every change gets the next sequence number, and a subscriber that falls behind
+//! is told to resync instead of silently missing changes.
+
+use std::sync::Mutex;
+
+use tokio::sync::broadcast;
+
+use crate::model::SecretKey;
+
+/// What happened to a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChangeKind {
+    /// A value was written.
+    Set,
+    /// The value was deleted.
+    Delete,
+}
+
+/// One change. Events carry the key and kind, never the value: a subscriber reads the value if
+/// it wants it, through the same access checks as any read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeEvent {
+    /// Strictly increasing within one event source, without gaps; a gap means missed events.
+    pub seq: u64,
+    /// The key that changed.
+    pub key: SecretKey,
+    /// What happened.
+    pub kind: ChangeKind,
+}
+
+/// What a subscriber receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notification {
+    /// A change, in order.
+    Changed(ChangeEvent),
+    /// The subscriber fell behind and `missed` events were dropped: it must re-read everything
+    /// it caches (list keys, re-read values) rather than trust its state.
+    Resync {
+        /// How many events were lost.
+        missed: u64,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct EventHub {
+    // Sequence assignment and sending happen under one lock so that receivers see sequence
+    // numbers in increasing order even when two threads report changes at once.
+    next: Mutex<(u64, broadcast::Sender<ChangeEvent>)>,
+}
+
+impl EventHub {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        EventHub {
+            next: Mutex::new((1, tx)),
+        }
+    }
+
+    pub(crate) fn emit(&self, key: &SecretKey, kind: ChangeKind) -> u64 {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = next.0;
+        next.0 += 1;
+        // No subscribers is not an error.
+        let _ = next.1.send(ChangeEvent {
+            seq,
+            key: key.clone(),
+            kind,
+        });
+        seq
+    }
+
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.next.lock().unwrap_or_else(|e| e.into_inner()).0 - 1
+    }
+
+    pub(crate) fn subscribe(&self) -> Subscription {
+        let next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        Subscription {
+            rx: next.1.subscribe(),
+        }
+    }
+}
+
+/// A stream of [`Notification`]s, usable from async code ([`Subscription::recv`]) and from
+/// blocking code ([`Subscription::blocking_recv`]).
+#[derive(Debug)]
+pub struct Subscription {
+    rx: broadcast::Receiver<ChangeEvent>,
+}
+
+impl Subscription {
+    fn map(result: Result<ChangeEvent, broadcast::error::RecvError>) -> Option<Notification> {
+        match result {
+            Ok(event) => Some(Notification::Changed(event)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                Some(Notification::Resync { missed })
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// The next notification; `None` once the source is gone.
+    pub async fn recv(&mut self) -> Option<Notification> {
+        Self::map(self.rx.recv().await)
+    }
+
+    /// The next notification, blocking the thread. Do not call from async code.
+    pub fn blocking_recv(&mut self) -> Option<Notification> {
+        Self::map(self.rx.blocking_recv())
+    }
+
+    /// The next notification if one is ready.
+    pub fn try_recv(&mut self) -> Option<Notification> {
+        match self.rx.try_recv() {
+            Ok(event) => Some(Notification::Changed(event)),
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                Some(Notification::Resync { missed })
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_increase_and_lag_means_resync() {
+        let hub = EventHub::new(2);
+        let mut sub = hub.subscribe();
+        let k = SecretKey::new("k").unwrap();
+        for _ in 0..5 {
+            hub.emit(&k, ChangeKind::Set);
+        }
+        assert_eq!(sub.try_recv(), Some(Notification::Resync { missed: 3 }));
+        let Some(Notification::Changed(a)) = sub.try_recv() else {
+            panic!("expected an event")
+        };
+        let Some(Notification::Changed(b)) = sub.try_recv() else {
+            panic!("expected an event")
+        };
+        assert_eq!((a.seq, b.seq), (4, 5));
+        assert_eq!(sub.try_recv(), None);
+        assert_eq!(hub.last_seq(), 5);
+    }
+}

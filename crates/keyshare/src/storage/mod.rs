@@ -1,0 +1,833 @@
+//! `SecretStorage`: the seed's storage service, made correct under partial failure.
+//!
+//! An app's storage is a **shared** store (the one every app of the family reads) plus an
+//! optional **legacy** store of the app's own (kept written for rollback and migrated from).
+//! The rules, and why they keep the consistency contract, are in `docs/architecture.md`; in
+//! short:
+//! - `set`/`delete` go to the shared store first, best effort, then to the legacy store, and are
+//!   acknowledged when the legacy store took them. If the shared store failed, the key is first
+//!   marked *dirty* in the repair journal, so until a repair copies the legacy value over, reads
+//!   of that key are served from the legacy store and never from the stale shared copy.
+//! - `get` reads the shared store, then falls back to the legacy store only where that cannot
+//!   resurrect a deleted value: for dirty keys, for keys never migrated, and when the shared
+//!   store cannot answer (the legacy store always holds this app's latest acknowledged value).
+//! - Operations on one key run one at a time in call order; different keys run in parallel.
+
+mod events;
+mod journal;
+mod queue;
+
+pub use events::{ChangeEvent, ChangeKind, Notification, Subscription};
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::model::{Limits, SecretKey, SecretValue};
+use crate::store::{MemoryStore, Store, StoreInfo};
+use journal::Journal;
+use queue::{KeyQueues, Ticket};
+
+/// Where an app's secrets live for this run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageType {
+    /// In the shared store (and the legacy store, if any).
+    Persisted,
+    /// In process memory only; neither store is touched. Used when no protected storage is
+    /// available and the user chose not to persist secrets.
+    InMemory,
+}
+
+impl fmt::Display for StorageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StorageType::Persisted => "persisted",
+            StorageType::InMemory => "in-memory",
+        })
+    }
+}
+
+type TypeProbe = Box<dyn FnOnce() -> Result<StorageType> + Send>;
+
+/// Counters for `doctor` and for tests: failures are counted, never silently dropped.
+#[derive(Debug, Default)]
+struct Counters {
+    shared_write_failures: AtomicU64,
+    repairs_done: AtomicU64,
+    repair_failures: AtomicU64,
+    legacy_fallback_reads: AtomicU64,
+}
+
+/// A snapshot of the counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StorageStats {
+    /// Writes or deletes that failed on the shared store and were queued for repair.
+    pub shared_write_failures: u64,
+    /// Keys repaired (shared store brought up to date from the legacy store).
+    pub repairs_done: u64,
+    /// Repair attempts that failed and remain pending.
+    pub repair_failures: u64,
+    /// Reads answered by the legacy store.
+    pub legacy_fallback_reads: u64,
+}
+
+/// What `status()` reports.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct StorageStatus {
+    /// The settled storage type, or `None` before the first operation.
+    pub storage_type: Option<StorageType>,
+    /// The shared store.
+    pub shared: StoreInfo,
+    /// The legacy store, if any.
+    pub legacy: Option<StoreInfo>,
+    /// Keys whose shared copy waits for a repair.
+    pub pending_repairs: Vec<SecretKey>,
+    /// Whether the legacy -> shared migration has completed.
+    pub migration_done: bool,
+    /// Failure and repair counters since this instance started.
+    pub stats: StorageStats,
+    /// The sequence number of the latest change event.
+    pub last_event_seq: u64,
+}
+
+/// Migration progress, reported once per key.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct MigrationProgress {
+    /// Keys handled so far, including this one.
+    pub done: usize,
+    /// Keys to handle in this pass.
+    pub total: usize,
+    /// The key just handled.
+    pub key: SecretKey,
+    /// What happened to it.
+    pub outcome: MigrationOutcome,
+}
+
+/// What migration did with one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MigrationOutcome {
+    /// Copied from the legacy store into the shared store.
+    Copied,
+    /// The shared store already had it (or it had been migrated before); left as is.
+    AlreadyPresent,
+    /// The key is busy with another operation; it is retried on the next pass.
+    Deferred,
+    /// It failed; the reason names no secret. Retried on the next pass.
+    Failed(String),
+}
+
+/// The summary of one migration pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MigrationReport {
+    /// Keys copied into the shared store.
+    pub copied: usize,
+    /// Keys the shared store already had.
+    pub already_present: usize,
+    /// Keys that failed or were deferred, with reasons.
+    pub failed: Vec<(SecretKey, String)>,
+    /// True when every legacy key has reached the shared store; the done-marker is written.
+    pub complete: bool,
+}
+
+/// The summary of one repair pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RepairReport {
+    /// Keys whose shared copy was brought up to date.
+    pub repaired: usize,
+    /// Keys that still wait, with reasons.
+    pub failed: Vec<(SecretKey, String)>,
+}
+
+/// Builds a [`SecretStorage`].
+pub struct SecretStorageBuilder {
+    shared: Arc<dyn Store>,
+    legacy: Option<Arc<dyn Store>>,
+    journal: Option<Arc<dyn Store>>,
+    probe: TypeProbe,
+    limits: Limits,
+    event_capacity: usize,
+    lazy_migration: bool,
+}
+
+impl fmt::Debug for SecretStorageBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretStorageBuilder")
+            .field("shared", &self.shared)
+            .field("legacy", &self.legacy)
+            .field("journal", &self.journal)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecretStorageBuilder {
+    /// Adds the app's legacy store: written on every change, read as a fallback, migrated from.
+    pub fn legacy(mut self, legacy: Arc<dyn Store>) -> Self {
+        self.legacy = Some(legacy);
+        self
+    }
+
+    /// Where the repair journal persists. Without one, pending repairs live in memory only and
+    /// are lost at exit (a stale shared copy could then win): production code always sets one
+    /// when it sets a legacy store.
+    pub fn journal(mut self, journal: Arc<dyn Store>) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Fixes the storage type.
+    pub fn storage_type(mut self, storage_type: StorageType) -> Self {
+        self.probe = Box::new(move || Ok(storage_type));
+        self
+    }
+
+    /// Decides the storage type with a probe that runs once, before the first operation
+    /// answers (never earlier, never later). If the probe fails, the operation fails and the
+    /// next operation runs the probe again.
+    pub fn storage_type_probe(
+        mut self,
+        probe: impl FnOnce() -> Result<StorageType> + Send + 'static,
+    ) -> Self {
+        self.probe = Box::new(probe);
+        self
+    }
+
+    /// Value size limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How many change events a subscriber may lag behind before it is told to resync.
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity;
+        self
+    }
+
+    /// Whether the first operation runs a migration pass (default: yes).
+    pub fn lazy_migration(mut self, enabled: bool) -> Self {
+        self.lazy_migration = enabled;
+        self
+    }
+
+    /// Builds the storage. Nothing is read yet: the first operation settles the storage type,
+    /// loads the journal and (if enabled) migrates.
+    pub fn build(self) -> SecretStorage {
+        let journal_store = self.journal.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        SecretStorage {
+            inner: Arc::new(Inner {
+                shared: self.shared,
+                legacy: self.legacy,
+                journal: Journal::new(journal_store),
+                memory: MemoryStore::with_limits(self.limits),
+                storage_type: Mutex::new(None),
+                probe: Mutex::new(Some(self.probe)),
+                ready: AtomicBool::new(false),
+                init: Mutex::new(()),
+                in_memory: AtomicBool::new(false),
+                queues: KeyQueues::new(),
+                events: events::EventHub::new(self.event_capacity),
+                limits: self.limits,
+                counters: Counters::default(),
+                lazy_migration: self.lazy_migration,
+            }),
+        }
+    }
+}
+
+/// An app's secret storage. Cheap to clone; clones share everything.
+///
+/// The methods here block the calling thread; from async code use [`SecretStorage::to_async`],
+/// whose methods run the same operations on the blocking pool.
+#[derive(Clone)]
+pub struct SecretStorage {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SecretStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretStorage")
+            .field("shared", &self.inner.shared)
+            .field("legacy", &self.inner.legacy)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    shared: Arc<dyn Store>,
+    legacy: Option<Arc<dyn Store>>,
+    journal: Journal,
+    memory: MemoryStore,
+    storage_type: Mutex<Option<StorageType>>,
+    probe: Mutex<Option<TypeProbe>>,
+    ready: AtomicBool,
+    init: Mutex<()>,
+    in_memory: AtomicBool,
+    queues: Arc<KeyQueues>,
+    events: events::EventHub,
+    limits: Limits,
+    counters: Counters,
+    lazy_migration: bool,
+}
+
+fn reason(err: &Error) -> String {
+    err.to_string()
+}
+
+impl SecretStorage {
+    /// Starts building a storage over `shared`.
+    pub fn builder(shared: Arc<dyn Store>) -> SecretStorageBuilder {
+        SecretStorageBuilder {
+            shared,
+            legacy: None,
+            journal: None,
+            probe: Box::new(|| Ok(StorageType::Persisted)),
+            limits: Limits::default(),
+            event_capacity: 1024,
+            lazy_migration: true,
+        }
+    }
+
+    /// The async face of this storage.
+    pub fn to_async(&self) -> AsyncSecretStorage {
+        AsyncSecretStorage {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Reads a secret: `Ok(None)` when it does not exist.
+    pub fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
+        let ticket = self.inner.queues.enqueue(key);
+        self.inner.run_get(ticket, key)
+    }
+
+    /// Writes a secret. `Ok` means acknowledged: every later `get` sees this value or a newer
+    /// one.
+    pub fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
+        let ticket = self.inner.queues.enqueue(key);
+        self.inner.run_set(ticket, key, value)
+    }
+
+    /// Deletes a secret from every store; `Ok(true)` if it existed somewhere. `Ok` means the
+    /// deletion is acknowledged: the value never comes back.
+    pub fn delete(&self, key: &SecretKey) -> Result<bool> {
+        let ticket = self.inner.queues.enqueue(key);
+        self.inner.run_delete(ticket, key)
+    }
+
+    /// Lists keys: the union of the stores, minus what the rules above hide.
+    pub fn keys(&self) -> Result<Vec<SecretKey>> {
+        self.inner.ensure_ready()?;
+        self.inner.do_keys()
+    }
+
+    /// Runs a migration pass now, reporting each key to `progress`.
+    pub fn migrate(&self, mut progress: impl FnMut(&MigrationProgress)) -> Result<MigrationReport> {
+        self.inner.ensure_ready()?;
+        self.inner.migrate(false, &mut progress)
+    }
+
+    /// Retries every pending repair (and an incomplete migration) now.
+    pub fn repair(&self) -> Result<RepairReport> {
+        self.inner.ensure_ready()?;
+        Ok(self.inner.repair_pending())
+    }
+
+    /// Subscribes to change events made through this storage.
+    pub fn subscribe(&self) -> Subscription {
+        self.inner.events.subscribe()
+    }
+
+    /// Settles the storage type and loads the journal now, instead of on the first operation.
+    pub fn ready(&self) -> Result<StorageType> {
+        self.inner.ensure_ready()?;
+        Ok(self.inner.storage_type().expect("settled by ensure_ready"))
+    }
+
+    /// What this storage is made of and how it is doing.
+    pub fn status(&self) -> StorageStatus {
+        let c = &self.inner.counters;
+        StorageStatus {
+            storage_type: self.inner.storage_type(),
+            shared: self.inner.shared.info(),
+            legacy: self.inner.legacy.as_ref().map(|l| l.info()),
+            pending_repairs: self.inner.journal.dirty_keys(),
+            migration_done: self.inner.legacy.is_none() || self.inner.journal.migration_done(),
+            stats: StorageStats {
+                shared_write_failures: c.shared_write_failures.load(Ordering::Relaxed),
+                repairs_done: c.repairs_done.load(Ordering::Relaxed),
+                repair_failures: c.repair_failures.load(Ordering::Relaxed),
+                legacy_fallback_reads: c.legacy_fallback_reads.load(Ordering::Relaxed),
+            },
+            last_event_seq: self.inner.events.last_seq(),
+        }
+    }
+}
+
+/// The async face of a [`SecretStorage`]: the same operations and guarantees, run on tokio's
+/// blocking pool so that no store call ever blocks a runtime thread. Each operation takes its
+/// place in its key's queue when it is called, so operations issued without awaiting each
+/// other still run in call order.
+#[derive(Clone)]
+pub struct AsyncSecretStorage {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for AsyncSecretStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncSecretStorage").finish_non_exhaustive()
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(job).await {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => Err(Error::unavailable(
+            "secret storage",
+            crate::error::UnavailableReason::NotRunning,
+            "the async runtime is shutting down",
+        )),
+    }
+}
+
+impl AsyncSecretStorage {
+    /// See [`SecretStorage::get`].
+    pub fn get(
+        &self,
+        key: &SecretKey,
+    ) -> impl std::future::Future<Output = Result<Option<SecretValue>>> + Send + 'static {
+        // The ticket is taken now, at call time, not when the future is first polled.
+        let ticket = self.inner.queues.enqueue(key);
+        let inner = Arc::clone(&self.inner);
+        let key = key.clone();
+        blocking(move || inner.run_get(ticket, &key))
+    }
+
+    /// See [`SecretStorage::set`].
+    pub fn set(
+        &self,
+        key: &SecretKey,
+        value: &SecretValue,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let ticket = self.inner.queues.enqueue(key);
+        let inner = Arc::clone(&self.inner);
+        let key = key.clone();
+        let value = value.clone();
+        blocking(move || inner.run_set(ticket, &key, &value))
+    }
+
+    /// See [`SecretStorage::delete`].
+    pub fn delete(
+        &self,
+        key: &SecretKey,
+    ) -> impl std::future::Future<Output = Result<bool>> + Send + 'static {
+        let ticket = self.inner.queues.enqueue(key);
+        let inner = Arc::clone(&self.inner);
+        let key = key.clone();
+        blocking(move || inner.run_delete(ticket, &key))
+    }
+
+    /// See [`SecretStorage::keys`].
+    pub async fn keys(&self) -> Result<Vec<SecretKey>> {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            inner.ensure_ready()?;
+            inner.do_keys()
+        })
+        .await
+    }
+
+    /// See [`SecretStorage::repair`].
+    pub async fn repair(&self) -> Result<RepairReport> {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            inner.ensure_ready()?;
+            Ok(inner.repair_pending())
+        })
+        .await
+    }
+
+    /// See [`SecretStorage::subscribe`].
+    pub fn subscribe(&self) -> Subscription {
+        self.inner.events.subscribe()
+    }
+
+    /// The blocking face of the same storage.
+    pub fn to_blocking(&self) -> SecretStorage {
+        SecretStorage {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl Inner {
+    fn storage_type(&self) -> Option<StorageType> {
+        *self.storage_type.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Settles the storage type, loads the journal and runs the lazy migration, once. Every
+    /// operation calls this before it answers, which is what keeps an early read from skipping
+    /// the shared store (the seed's problem 4).
+    fn ensure_ready(&self) -> Result<()> {
+        if self.ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _init = self.init.lock().unwrap_or_else(|e| e.into_inner());
+        if self.ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let storage_type = match self.storage_type() {
+            Some(t) => t,
+            None => {
+                let probe = self.probe.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let t = match probe {
+                    Some(probe) => probe()?,
+                    None => StorageType::Persisted,
+                };
+                *self.storage_type.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+                t
+            }
+        };
+        if storage_type == StorageType::InMemory {
+            self.in_memory.store(true, Ordering::Release);
+            self.ready.store(true, Ordering::Release);
+            return Ok(());
+        }
+        if self.legacy.is_some() {
+            self.journal.load()?;
+            if self.lazy_migration && !self.journal.migration_done() {
+                // Best effort: whatever fails here is retried by the next pass, and reads fall
+                // back to the legacy store for keys not yet migrated.
+                if let Err(err) = self.migrate(true, &mut |_| {}) {
+                    tracing::warn!(error = %err, "lazy migration did not complete");
+                }
+            }
+        }
+        self.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn in_memory(&self) -> bool {
+        self.in_memory.load(Ordering::Acquire)
+    }
+
+    fn run_get(&self, ticket: Ticket, key: &SecretKey) -> Result<Option<SecretValue>> {
+        self.ensure_ready()?;
+        ticket.wait();
+        self.do_get(key)
+    }
+
+    fn run_set(&self, ticket: Ticket, key: &SecretKey, value: &SecretValue) -> Result<()> {
+        self.limits.check_value(value)?;
+        self.ensure_ready()?;
+        ticket.wait();
+        let result = self.do_set(key, value);
+        self.events.emit(key, ChangeKind::Set);
+        result
+    }
+
+    fn run_delete(&self, ticket: Ticket, key: &SecretKey) -> Result<bool> {
+        self.ensure_ready()?;
+        ticket.wait();
+        let result = self.do_delete(key);
+        self.events.emit(key, ChangeKind::Delete);
+        result
+    }
+
+    // The `do_*` methods assume the caller holds the key's turn. Internal work for a key whose
+    // turn we already hold calls them directly, never through the queue, so it cannot deadlock.
+
+    fn do_get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
+        if self.in_memory() {
+            return self.memory.get(key);
+        }
+        let Some(legacy) = &self.legacy else {
+            return self.shared.get(key);
+        };
+        if self.journal.is_dirty(key) {
+            self.counters
+                .legacy_fallback_reads
+                .fetch_add(1, Ordering::Relaxed);
+            return legacy.get(key);
+        }
+        match self.shared.get(key) {
+            Ok(Some(value)) => Ok(Some(value)),
+            Ok(None) if self.journal.fallback_allowed(key) => {
+                let found = legacy.get(key)?;
+                if let Some(value) = &found {
+                    self.counters
+                        .legacy_fallback_reads
+                        .fetch_add(1, Ordering::Relaxed);
+                    // Migrate this one key now; if that fails the next pass retries it.
+                    self.copy_to_shared(key, value);
+                }
+                Ok(found)
+            }
+            Ok(None) => Ok(None),
+            Err(shared_err) => match legacy.get(key) {
+                // The legacy store holds this app's latest acknowledged value (or a newer,
+                // unacknowledged one): never older than what we acknowledged.
+                Ok(Some(value)) => {
+                    tracing::warn!(error = %shared_err, key = %key, "shared store failed a read; answered from the legacy store");
+                    self.counters
+                        .legacy_fallback_reads
+                        .fetch_add(1, Ordering::Relaxed);
+                    Ok(Some(value))
+                }
+                // Another app may have written it to the shared store: "not found" would be a
+                // lie, so the shared store's error stands.
+                Ok(None) | Err(_) => Err(shared_err),
+            },
+        }
+    }
+
+    fn copy_to_shared(&self, key: &SecretKey, value: &SecretValue) {
+        match self.shared.set(key, value) {
+            Ok(()) => {
+                if let Err(err) = self.journal.mark_migrated(key) {
+                    tracing::warn!(error = %err, key = %key, "could not record a migrated key");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, key = %key, "could not copy a legacy secret to the shared store");
+            }
+        }
+    }
+
+    fn do_set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
+        if self.in_memory() {
+            return self.memory.set(key, value);
+        }
+        let Some(legacy) = &self.legacy else {
+            return self.shared.set(key, value);
+        };
+        let shared_result = self.shared.set(key, value);
+        self.finish_write(key, shared_result.map(|_| ()), || legacy.set(key, value))
+    }
+
+    fn do_delete(&self, key: &SecretKey) -> Result<bool> {
+        if self.in_memory() {
+            return self.memory.delete(key);
+        }
+        let Some(legacy) = &self.legacy else {
+            return self.shared.delete(key);
+        };
+        let shared_result = self.shared.delete(key);
+        let shared_existed = *shared_result.as_ref().unwrap_or(&false);
+        let mut legacy_existed = false;
+        self.finish_write(key, shared_result.map(|_| ()), || {
+            legacy_existed = legacy.delete(key)?;
+            Ok(())
+        })?;
+        Ok(shared_existed || legacy_existed)
+    }
+
+    /// The second half of a dual write, shared with `set` and `delete`: record a shared failure
+    /// before touching the legacy store, write the legacy store, then clear what is resolved.
+    fn finish_write(
+        &self,
+        key: &SecretKey,
+        shared_result: Result<()>,
+        write_legacy: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let was_dirty = self.journal.is_dirty(key);
+        let shared_ok = match shared_result {
+            Ok(()) => true,
+            Err(err) => {
+                self.counters
+                    .shared_write_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %err, key = %key, "shared store write failed; queued for repair");
+                if !was_dirty {
+                    // Without this record an acknowledged value could be shadowed by the stale
+                    // shared copy, so failing to write it fails the operation (nothing has
+                    // changed in the legacy store yet).
+                    self.journal.mark_dirty(key).map_err(|journal_err| {
+                        tracing::error!(error = %journal_err, "could not record a pending repair");
+                        err
+                    })?;
+                }
+                false
+            }
+        };
+        write_legacy()?;
+        if shared_ok {
+            if was_dirty {
+                if let Err(err) = self.journal.clear_dirty(key) {
+                    tracing::warn!(error = %err, key = %key, "could not clear a repair marker; a later repair clears it");
+                }
+            }
+            if let Err(err) = self.journal.mark_migrated(key) {
+                tracing::warn!(error = %err, key = %key, "could not record a migrated key");
+            }
+        }
+        Ok(())
+    }
+
+    fn do_keys(&self) -> Result<Vec<SecretKey>> {
+        if self.in_memory() {
+            return self.memory.keys();
+        }
+        let Some(legacy) = &self.legacy else {
+            return self.shared.keys();
+        };
+        let shared = self.shared.keys()?;
+        let mut keys: BTreeSet<SecretKey> = shared
+            .into_iter()
+            .filter(|k| !self.journal.is_dirty(k))
+            .collect();
+        if !self.journal.legacy_invisible() {
+            for key in legacy.keys()? {
+                if self.journal.is_dirty(&key) || self.journal.fallback_allowed(&key) {
+                    keys.insert(key);
+                }
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// Brings the shared copy of one dirty key up to date from the legacy store.
+    fn repair_key(&self, key: &SecretKey) -> Result<()> {
+        let Some(legacy) = &self.legacy else {
+            return Ok(());
+        };
+        if !self.journal.is_dirty(key) {
+            return Ok(());
+        }
+        match legacy.get(key)? {
+            Some(value) => self.shared.set(key, &value)?,
+            None => {
+                self.shared.delete(key)?;
+            }
+        }
+        self.journal.clear_dirty(key)?;
+        let _ = self.journal.mark_migrated(key);
+        self.counters.repairs_done.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn repair_pending(&self) -> RepairReport {
+        let mut report = RepairReport::default();
+        if self.in_memory() || self.legacy.is_none() {
+            return report;
+        }
+        for key in self.journal.dirty_keys() {
+            let ticket = self.queues.enqueue(&key);
+            ticket.wait();
+            match self.repair_key(&key) {
+                Ok(()) => report.repaired += 1,
+                Err(err) => {
+                    self.counters
+                        .repair_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    report.failed.push((key, reason(&err)));
+                }
+            }
+        }
+        if !self.journal.migration_done() {
+            if let Err(err) = self.migrate(false, &mut |_| {}) {
+                tracing::warn!(error = %err, "migration pass failed");
+            }
+        }
+        report
+    }
+
+    /// One migration pass. `lazy` passes skip keys that are busy (their own operations
+    /// handle them) instead of waiting, because the caller may hold one of those turns.
+    fn migrate(
+        &self,
+        lazy: bool,
+        progress: &mut dyn FnMut(&MigrationProgress),
+    ) -> Result<MigrationReport> {
+        let mut report = MigrationReport::default();
+        let Some(legacy) = &self.legacy else {
+            report.complete = true;
+            return Ok(report);
+        };
+        if self.in_memory() {
+            return Ok(report);
+        }
+        if self.journal.migration_done() {
+            report.complete = true;
+            return Ok(report);
+        }
+        let keys = legacy.keys()?;
+        let total = keys.len();
+        for (i, key) in keys.into_iter().enumerate() {
+            let ticket = if lazy {
+                self.queues.try_enqueue_idle(&key)
+            } else {
+                Some(self.queues.enqueue(&key))
+            };
+            let outcome = match ticket {
+                None => MigrationOutcome::Deferred,
+                Some(ticket) => {
+                    ticket.wait();
+                    self.migrate_key(legacy.as_ref(), &key)
+                }
+            };
+            match &outcome {
+                MigrationOutcome::Copied => report.copied += 1,
+                MigrationOutcome::AlreadyPresent => report.already_present += 1,
+                MigrationOutcome::Deferred => report
+                    .failed
+                    .push((key.clone(), "busy; retried on the next pass".to_owned())),
+                MigrationOutcome::Failed(why) => report.failed.push((key.clone(), why.clone())),
+            }
+            progress(&MigrationProgress {
+                done: i + 1,
+                total,
+                key,
+                outcome,
+            });
+        }
+        // The done-marker is written only when every key made it; otherwise the next pass
+        // retries exactly the keys that are not yet marked.
+        if report.failed.is_empty() {
+            self.journal.mark_migration_done()?;
+            report.complete = true;
+        }
+        Ok(report)
+    }
+
+    fn migrate_key(&self, legacy: &dyn Store, key: &SecretKey) -> MigrationOutcome {
+        if self.journal.is_dirty(key) {
+            return match self.repair_key(key) {
+                Ok(()) => MigrationOutcome::Copied,
+                Err(err) => MigrationOutcome::Failed(reason(&err)),
+            };
+        }
+        if self.journal.is_migrated(key) {
+            return MigrationOutcome::AlreadyPresent;
+        }
+        let step = || -> Result<MigrationOutcome> {
+            // The shared store's copy, if any, is at least as new as ours (it was written by
+            // this app with a dual write, or by another app later): never overwrite it.
+            if self.shared.get(key)?.is_some() {
+                self.journal.mark_migrated(key)?;
+                return Ok(MigrationOutcome::AlreadyPresent);
+            }
+            match legacy.get(key)? {
+                Some(value) => {
+                    self.shared.set(key, &value)?;
+                    self.journal.mark_migrated(key)?;
+                    Ok(MigrationOutcome::Copied)
+                }
+                // Deleted since the listing: nothing left to migrate.
+                None => Ok(MigrationOutcome::AlreadyPresent),
+            }
+        };
+        step().unwrap_or_else(|err| MigrationOutcome::Failed(reason(&err)))
+    }
+}

@@ -1,0 +1,90 @@
+//! The [`Store`] trait and the stores that implement it.
+//!
+//! A store is one place secrets live, bound at construction to one namespace (a flavour's
+//! shared service name, an app's private vault, ...). The trait is deliberately small and
+//! object-safe so that every store, including the broker client, is interchangeable behind
+//! `Arc<dyn Store>`.
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::model::{SecretKey, SecretValue};
+
+/// The default bound on any store call that can hang.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a store is, for `doctor` and for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreInfo {
+    /// A short kind name: `memory`, `vault`, `secret-service`, `electron`, `broker`, ...
+    pub kind: &'static str,
+    /// Where the data lives (a path, a D-Bus collection, a socket), for humans.
+    pub location: String,
+    /// What protects the data at rest, in words, e.g. "key file (file permissions only)".
+    pub protection: String,
+}
+
+impl fmt::Display for StoreInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at {} ({})",
+            self.kind, self.location, self.protection
+        )
+    }
+}
+
+/// One place secrets live, within one namespace.
+///
+/// Contracts every implementation keeps (the conformance suite in `keyshare::testing` checks
+/// them):
+/// - `get` returns `Ok(None)` when the key has no value; the empty value is `Ok(Some(empty))`.
+/// - `set` is an upsert. When it returns `Ok`, a later `get` from any process returns the value.
+/// - `delete` returns whether something was deleted; deleting a missing key is `Ok(false)`.
+/// - `keys` lists every key with a value, in no particular order. An entry whose name is not a
+///   valid [`SecretKey`] is skipped (and logged), never an error for the whole listing.
+/// - Errors: [`crate::Error::Unavailable`] when the backing service cannot answer (locked,
+///   denied, not running, or no answer within the store's timeout: no call may hang);
+///   [`crate::Error::Corrupt`] when stored data cannot be decoded (and it is left untouched);
+///   [`crate::Error::TooLarge`] when the value exceeds what this store can hold;
+///   [`crate::Error::Io`] for local I/O failures.
+/// - An error does not say whether the operation took effect: callers must allow both.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Describes the store.
+    fn info(&self) -> StoreInfo;
+
+    /// Reads a value.
+    fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>>;
+
+    /// Writes a value, replacing any previous one.
+    fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()>;
+
+    /// Deletes a value; `Ok(false)` when there was none.
+    fn delete(&self, key: &SecretKey) -> Result<bool>;
+
+    /// Lists the keys that have values.
+    fn keys(&self) -> Result<Vec<SecretKey>>;
+}
+
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn info(&self) -> StoreInfo {
+        (**self).info()
+    }
+    fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
+        (**self).get(key)
+    }
+    fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
+        (**self).set(key, value)
+    }
+    fn delete(&self, key: &SecretKey) -> Result<bool> {
+        (**self).delete(key)
+    }
+    fn keys(&self) -> Result<Vec<SecretKey>> {
+        (**self).keys()
+    }
+}

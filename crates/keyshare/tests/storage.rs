@@ -1,0 +1,432 @@
+//! SecretStorage behaviour, one test per problem the seed's reviewers found and per promise the
+//! model test does not pin down on its own.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keyshare::storage::{MigrationOutcome, StorageType};
+use keyshare::testing::{Calls, Fault, FaultStore};
+use keyshare::{
+    ChangeKind, Error, Limits, MemoryStore, Notification, Result, SecretKey, SecretStorage,
+    SecretValue, Store, StoreInfo,
+};
+
+type Faulty = Arc<FaultStore<MemoryStore>>;
+
+fn faulty() -> Faulty {
+    Arc::new(FaultStore::new(
+        MemoryStore::new(),
+        Duration::from_millis(5),
+    ))
+}
+
+fn k(s: &str) -> SecretKey {
+    SecretKey::new(s).unwrap()
+}
+
+fn v(s: &str) -> SecretValue {
+    SecretValue::from_slice(s.as_bytes())
+}
+
+fn read(storage: &SecretStorage, key: &str) -> Option<String> {
+    storage
+        .get(&k(key))
+        .unwrap()
+        .map(|v| String::from_utf8(v.expose_secret().to_vec()).unwrap())
+}
+
+struct App {
+    storage: SecretStorage,
+    legacy: Faulty,
+}
+
+fn app(shared: &Faulty) -> App {
+    let legacy = faulty();
+    let storage = SecretStorage::builder(shared.clone())
+        .legacy(legacy.clone())
+        .journal(Arc::new(MemoryStore::new()))
+        .build();
+    App { storage, legacy }
+}
+
+// Seed problem 1: a failed shared write was silent. Here it is counted, pending, and repaired,
+// after which the other app sees it.
+#[test]
+fn failed_shared_write_is_counted_and_repaired() {
+    let shared = faulty();
+    let code = app(&shared);
+    let agents = app(&shared);
+    shared.arm(0, Fault::FailBefore);
+    code.storage.set(&k("github.auth"), &v("t1")).unwrap();
+    let status = code.storage.status();
+    assert_eq!(status.stats.shared_write_failures, 1);
+    assert_eq!(status.pending_repairs, vec![k("github.auth")]);
+    assert_eq!(read(&agents.storage, "github.auth"), None);
+    let report = code.storage.repair().unwrap();
+    assert_eq!(report.repaired, 1);
+    assert!(code.storage.status().pending_repairs.is_empty());
+    assert_eq!(read(&agents.storage, "github.auth").as_deref(), Some("t1"));
+}
+
+// Seed problem 2: copies diverged and the stale one could win.
+#[test]
+fn stale_shared_copy_never_wins() {
+    let shared = faulty();
+    let code = app(&shared);
+    code.storage.set(&k("k"), &v("old")).unwrap();
+    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
+    code.storage.set(&k("k"), &v("new")).unwrap();
+    assert_eq!(read(&code.storage, "k").as_deref(), Some("new"));
+    // Also after a restart: the repair marker is durable in the journal.
+    let journal: Arc<MemoryStore> = Arc::new(MemoryStore::new());
+    let legacy = faulty();
+    let s1 = SecretStorage::builder(shared.clone())
+        .legacy(legacy.clone())
+        .journal(journal.clone())
+        .build();
+    s1.set(&k("j"), &v("old")).unwrap();
+    shared.arm_on(0, Fault::FailAfter, Calls::Writes);
+    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
+    s1.set(&k("j"), &v("newer")).unwrap();
+    drop(s1);
+    let s2 = SecretStorage::builder(shared.clone())
+        .legacy(legacy)
+        .journal(journal)
+        .build();
+    assert_eq!(read(&s2, "j").as_deref(), Some("newer"));
+}
+
+#[test]
+fn legacy_failure_is_an_error_not_an_acknowledgement() {
+    let shared = faulty();
+    let code = app(&shared);
+    code.legacy.arm_on(0, Fault::FailBefore, Calls::Writes);
+    assert!(code.storage.set(&k("k"), &v("x")).is_err());
+    assert_eq!(
+        read(&code.storage, "k").as_deref(),
+        Some("x"),
+        "the shared write stood"
+    );
+}
+
+// Seed problem 4: the storage type was read before initialisation finished.
+#[test]
+fn storage_type_is_settled_before_the_first_answer_and_in_memory_touches_no_store() {
+    let shared = faulty();
+    let legacy = faulty();
+    let probed = Arc::new(Mutex::new(0));
+    let p = probed.clone();
+    let storage = SecretStorage::builder(shared.clone())
+        .legacy(legacy.clone())
+        .storage_type_probe(move || {
+            *p.lock().unwrap() += 1;
+            Ok(StorageType::InMemory)
+        })
+        .build();
+    assert_eq!(*probed.lock().unwrap(), 0, "nothing runs at build time");
+    storage.set(&k("a"), &v("1")).unwrap();
+    assert_eq!(read(&storage, "a").as_deref(), Some("1"));
+    storage.delete(&k("a")).unwrap();
+    storage.keys().unwrap();
+    assert_eq!(*probed.lock().unwrap(), 1, "the probe runs exactly once");
+    assert_eq!(
+        shared.calls() + legacy.calls(),
+        0,
+        "in-memory touches no store"
+    );
+    assert_eq!(storage.status().storage_type, Some(StorageType::InMemory));
+}
+
+#[test]
+fn a_failing_probe_fails_the_operation_and_is_retried() {
+    let attempts = Arc::new(Mutex::new(0));
+    let a = attempts.clone();
+    let storage = SecretStorage::builder(Arc::new(MemoryStore::new()))
+        .storage_type_probe(move || {
+            *a.lock().unwrap() += 1;
+            Err(Error::invalid("storage type", "probe failed"))
+        })
+        .build();
+    assert!(storage.get(&k("a")).is_err());
+    // The probe is FnOnce; after it failed, the default (persisted) applies.
+    assert_eq!(storage.ready().unwrap(), StorageType::Persisted);
+    assert_eq!(*attempts.lock().unwrap(), 1);
+}
+
+/// A store whose every read reports corruption, and which records any write or delete.
+#[derive(Debug, Default)]
+struct CorruptStore {
+    writes: Mutex<u32>,
+}
+
+impl Store for CorruptStore {
+    fn info(&self) -> StoreInfo {
+        StoreInfo {
+            kind: "corrupt",
+            location: "test".into(),
+            protection: "none".into(),
+        }
+    }
+    fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
+        Err(Error::Corrupt {
+            store: "corrupt".into(),
+            key: Some(key.to_string()),
+            detail: "bad tag".into(),
+        })
+    }
+    fn set(&self, _: &SecretKey, _: &SecretValue) -> Result<()> {
+        *self.writes.lock().unwrap() += 1;
+        Ok(())
+    }
+    fn delete(&self, _: &SecretKey) -> Result<bool> {
+        *self.writes.lock().unwrap() += 1;
+        Ok(true)
+    }
+    fn keys(&self) -> Result<Vec<SecretKey>> {
+        Ok(vec![SecretKey::new("broken").unwrap()])
+    }
+}
+
+// Seed problem 5: a decrypt failure deleted the entry, and the good shared copy with it.
+#[test]
+fn corrupt_legacy_entry_is_reported_and_nothing_is_deleted() {
+    let shared = Arc::new(MemoryStore::new());
+    shared.set(&k("good"), &v("shared copy")).unwrap();
+    let legacy = Arc::new(CorruptStore::default());
+    let storage = SecretStorage::builder(shared.clone())
+        .legacy(legacy.clone())
+        .build();
+    assert_eq!(read(&storage, "good").as_deref(), Some("shared copy"));
+    let err = storage.get(&k("broken")).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("broken"));
+    let report = storage.migrate(|_| {}).unwrap();
+    assert!(!report.complete);
+    assert_eq!(
+        *legacy.writes.lock().unwrap(),
+        0,
+        "nothing written or deleted"
+    );
+    assert!(shared.get(&k("good")).unwrap().is_some());
+}
+
+// Seed problem 6: a delete that failed in one store let a signed-out token come back.
+#[test]
+fn acknowledged_delete_never_comes_back() {
+    let shared = faulty();
+    let code = app(&shared);
+    code.storage.set(&k("k"), &v("token")).unwrap();
+    shared.arm(0, Fault::FailBefore);
+    assert!(
+        code.storage.delete(&k("k")).unwrap(),
+        "acknowledged: the legacy delete worked"
+    );
+    assert_eq!(read(&code.storage, "k"), None);
+    assert!(!code.storage.keys().unwrap().contains(&k("k")));
+    code.storage.repair().unwrap();
+    assert_eq!(shared.inner().get(&k("k")).unwrap(), None);
+}
+
+// Sign-out propagates: another app's delete of a migrated key is not undone by our legacy copy.
+#[test]
+fn sign_out_in_one_app_signs_out_the_other() {
+    let shared = faulty();
+    let code = app(&shared);
+    let agents = app(&shared);
+    code.storage.set(&k("github.auth"), &v("t")).unwrap();
+    assert_eq!(read(&agents.storage, "github.auth").as_deref(), Some("t"));
+    agents.storage.delete(&k("github.auth")).unwrap();
+    assert_eq!(read(&code.storage, "github.auth"), None);
+    assert!(code.storage.keys().unwrap().is_empty());
+}
+
+#[test]
+fn unreachable_shared_store_is_unavailable_not_not_found() {
+    let shared = faulty();
+    let code = app(&shared);
+    let agents = app(&shared);
+    agents
+        .storage
+        .set(&k("written-by-agents"), &v("x"))
+        .unwrap();
+    shared.set_down(true);
+    let err = code.storage.get(&k("written-by-agents")).unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    // A key this app wrote is still served from its legacy copy.
+    shared.set_down(false);
+    code.storage.set(&k("mine"), &v("m")).unwrap();
+    shared.set_down(true);
+    assert_eq!(read(&code.storage, "mine").as_deref(), Some("m"));
+}
+
+// Seed problem 7: no change events; here every change has an increasing sequence number.
+#[test]
+fn change_events_are_sequenced_and_lag_asks_for_resync() {
+    let storage = SecretStorage::builder(Arc::new(MemoryStore::new()))
+        .event_capacity(4)
+        .build();
+    let mut sub = storage.subscribe();
+    storage.set(&k("a"), &v("1")).unwrap();
+    storage.delete(&k("a")).unwrap();
+    let Some(Notification::Changed(e1)) = sub.try_recv() else {
+        panic!()
+    };
+    let Some(Notification::Changed(e2)) = sub.try_recv() else {
+        panic!()
+    };
+    assert_eq!((e1.kind, e2.kind), (ChangeKind::Set, ChangeKind::Delete));
+    assert_eq!(e2.seq, e1.seq + 1);
+    for i in 0..10 {
+        storage.set(&k("b"), &v(&i.to_string())).unwrap();
+    }
+    assert!(matches!(
+        sub.try_recv(),
+        Some(Notification::Resync { missed: 6 })
+    ));
+}
+
+// Seed problem 8: the migration flag was set even when keys failed.
+#[test]
+fn migration_marks_done_only_when_every_key_made_it_and_retries_failures() {
+    let shared = faulty();
+    let legacy = faulty();
+    for key in ["a", "b", "c"] {
+        legacy.set(&k(key), &v(key)).unwrap();
+    }
+    let storage = SecretStorage::builder(shared.clone())
+        .legacy(legacy.clone())
+        .lazy_migration(false)
+        .build();
+    storage.ready().unwrap();
+    shared.arm_on(1, Fault::FailBefore, Calls::Writes);
+    let mut seen = Vec::new();
+    let report = storage
+        .migrate(|p| seen.push((p.done, p.total, p.outcome.clone())))
+        .unwrap();
+    assert_eq!(report.copied, 2);
+    assert_eq!(report.failed.len(), 1);
+    assert!(!report.complete);
+    assert_eq!(seen.len(), 3);
+    assert_eq!(
+        seen.iter()
+            .filter(|s| matches!(s.2, MigrationOutcome::Failed(_)))
+            .count(),
+        1
+    );
+    assert_eq!(seen.last().unwrap().0, 3);
+    let again = storage.migrate(|_| {}).unwrap();
+    assert!(again.complete);
+    assert_eq!(again.copied, 1, "only the failed key is copied again");
+    assert_eq!(again.already_present, 2);
+    for key in ["a", "b", "c"] {
+        assert_eq!(shared.inner().get(&k(key)).unwrap().unwrap(), v(key));
+    }
+    assert!(storage.status().migration_done);
+}
+
+#[test]
+fn lazy_migration_runs_on_the_first_operation_without_deadlocking() {
+    let shared = faulty();
+    let legacy = faulty();
+    legacy.set(&k("a"), &v("A")).unwrap();
+    legacy.set(&k("b"), &v("B")).unwrap();
+    let storage = SecretStorage::builder(shared.clone())
+        .legacy(legacy)
+        .build();
+    let (tx, rx) = mpsc::channel();
+    let s = storage.clone();
+    std::thread::spawn(move || tx.send(read(&s, "a")).unwrap());
+    let got = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("first get finishes");
+    assert_eq!(got.as_deref(), Some("A"));
+    assert!(shared.inner().get(&k("a")).unwrap().is_some());
+    assert!(shared.inner().get(&k("b")).unwrap().is_some());
+}
+
+#[test]
+fn too_large_names_the_limit_and_writes_nothing() {
+    let shared = faulty();
+    let storage = SecretStorage::builder(shared.clone())
+        .limits(Limits { max_value_len: 8 })
+        .build();
+    let err = storage.set(&k("a"), &v("123456789")).unwrap_err();
+    assert!(err.to_string().contains("limit of 8 bytes"), "{err}");
+    assert_eq!(shared.calls(), 0);
+}
+
+/// A store whose `get` of "A" blocks until a `set` of "B" has happened.
+#[derive(Debug, Default)]
+struct Rendezvous {
+    inner: MemoryStore,
+    b_written: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Store for Rendezvous {
+    fn info(&self) -> StoreInfo {
+        self.inner.info()
+    }
+    fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
+        if key.as_str() == "A" {
+            let guard = self.b_written.lock().unwrap();
+            let (_guard, timeout) = self
+                .cv
+                .wait_timeout_while(guard, Duration::from_secs(10), |b| !*b)
+                .unwrap();
+            assert!(!timeout.timed_out(), "B never ran while A waited");
+        }
+        self.inner.get(key)
+    }
+    fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
+        self.inner.set(key, value)?;
+        if key.as_str() == "B" {
+            *self.b_written.lock().unwrap() = true;
+            self.cv.notify_all();
+        }
+        Ok(())
+    }
+    fn delete(&self, key: &SecretKey) -> Result<bool> {
+        self.inner.delete(key)
+    }
+    fn keys(&self) -> Result<Vec<SecretKey>> {
+        self.inner.keys()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_on_one_key_can_wait_for_another_key() {
+    let storage = SecretStorage::builder(Arc::new(Rendezvous::default()))
+        .build()
+        .to_async();
+    let get_a = tokio::spawn(storage.get(&k("A")));
+    storage.set(&k("B"), &v("b")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), get_a)
+        .await
+        .expect("A finishes once B ran")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_on_one_key_run_in_call_order() {
+    let storage = SecretStorage::builder(Arc::new(MemoryStore::new()))
+        .build()
+        .to_async();
+    // Issue many operations without awaiting any, then check each read saw the write before it.
+    let mut reads = Vec::new();
+    let mut writes = Vec::new();
+    for i in 0..50 {
+        writes.push(tokio::spawn(storage.set(&k("k"), &v(&i.to_string()))));
+        reads.push((i, tokio::spawn(storage.get(&k("k")))));
+    }
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    for (i, r) in reads {
+        let got = r.await.unwrap().unwrap().unwrap();
+        assert_eq!(got, v(&i.to_string()), "read #{i} saw another write");
+    }
+}
