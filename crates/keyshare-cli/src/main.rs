@@ -1,7 +1,134 @@
-//! The `keyshare` command. Its commands arrive with the vault issue; this entry point exists so
-//! the workspace layout is in place.
+//! `keyshare`: the command-line front end. Thin: it parses arguments, builds the context, and
+//! hands over to one module per command. Exit codes: see `exit.rs` and the README.
+
+mod cmd;
+mod config;
+mod exit;
+mod input;
+mod stores;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use keyshare::{AppId, Limits};
+
+use crate::config::{Config, Dirs, StoreChoice};
+use crate::exit::{classify, render, ExitCode};
+use crate::stores::Context;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyshare",
+    version,
+    about = "Share secrets between a family of applications",
+    disable_help_subcommand = true
+)]
+struct Cli {
+    /// Product flavour (its secrets are invisible to other flavours) [default: stable].
+    #[arg(long, global = true, env = "KEYSHARE_FLAVOR", value_name = "F")]
+    flavor: Option<String>,
+    /// The app id this command acts as.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYSHARE_APP",
+        value_name = "A",
+        default_value = "keyshare"
+    )]
+    app: String,
+    /// Config file [default: $XDG_CONFIG_HOME/keyshare/config.toml].
+    #[arg(long, global = true, env = "KEYSHARE_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Which shared store to use (overrides the config file).
+    #[arg(long, global = true, value_enum, value_name = "STORE")]
+    store: Option<StoreChoice>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Store a secret; the value is read from standard input (or --from-file).
+    Set(cmd::set::Args),
+    /// Print a secret's value to standard output, exactly as stored.
+    Get(cmd::get::Args),
+    /// Delete a secret from every store of the app.
+    Delete(cmd::delete::Args),
+    /// List the keys (never the values).
+    List,
+    /// Copy the app's legacy secrets into the shared store now.
+    Migrate,
+    /// Retry pending repairs of the shared store now.
+    Repair,
+    /// Show which stores are in use, how they are protected, and any problem.
+    Doctor,
+}
+
+fn context(cli: &Cli) -> anyhow::Result<(Context, PathBuf)> {
+    let dirs = Dirs::from_env()?;
+    let (config_path, explicit) = match &cli.config {
+        Some(path) => (path.clone(), true),
+        None => (dirs.default_config_path(), false),
+    };
+    let config = Config::load(&config_path, explicit)?;
+    let flavour_name = cli
+        .flavor
+        .clone()
+        .or_else(|| config.default_flavor.clone())
+        .unwrap_or_else(|| "stable".to_owned());
+    let flavour = config.flavour(&flavour_name)?;
+    let app = AppId::new(cli.app.clone())?;
+    let store = cli.store.unwrap_or(config.store);
+    let timeout = Duration::from_millis(config.timeout_ms.unwrap_or(5_000));
+    Ok((
+        Context {
+            config,
+            dirs,
+            flavour,
+            app,
+            store,
+            timeout,
+            json: cli.json,
+            limits: Limits::default(),
+        },
+        config_path,
+    ))
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let (ctx, config_path) = context(cli)?;
+    match &cli.command {
+        Command::Set(args) => cmd::set::run(args, &ctx),
+        Command::Get(args) => cmd::get::run(args, &ctx),
+        Command::Delete(args) => cmd::delete::run(args, &ctx),
+        Command::List => cmd::list::run(&ctx),
+        Command::Migrate => cmd::migrate::run(&ctx),
+        Command::Repair => cmd::repair::run(&ctx),
+        Command::Doctor => cmd::doctor::run(&ctx, &config_path),
+    }
+}
 
 fn main() {
-    eprintln!("keyshare: no commands yet");
-    std::process::exit(2);
+    // Logs go to stderr, off unless KEYSHARE_LOG asks (e.g. KEYSHARE_LOG=warn). They never
+    // contain values: the library logs keys and error kinds only.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEYSHARE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .try_init();
+    let cli = Cli::parse();
+    let code = match run(&cli) {
+        Ok(()) => ExitCode::Ok,
+        Err(err) => {
+            eprintln!("{}", render(&err));
+            classify(&err)
+        }
+    };
+    std::process::exit(code as i32);
 }

@@ -1,0 +1,75 @@
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use keyshare::storage::MigrationOutcome;
+
+use crate::stores::{self, Context};
+
+/// `keyshare migrate`: copies the app's legacy secrets into the shared store now.
+pub fn run(ctx: &Context) -> anyhow::Result<()> {
+    let opened = stores::open(ctx)?;
+    if opened.legacy.is_none() {
+        return Err(crate::config::ConfigError(format!(
+            "app {} has no legacy store configured, so there is nothing to migrate; configure one \
+             under [apps.{}] in the config file",
+            ctx.app, ctx.app
+        ))
+        .into());
+    }
+    // A progress bar only for a person watching; scripts get the summary alone.
+    let bar = if std::io::stderr().is_terminal() && !ctx.json {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let report = opened.storage.migrate(|p| {
+        if let Some(bar) = &bar {
+            bar.set_length(p.total as u64);
+            bar.set_position(p.done as u64);
+            if let MigrationOutcome::Failed(_) = p.outcome {
+                bar.set_message(format!("failed: {}", p.key));
+            }
+        }
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if ctx.json {
+        let failed: Vec<_> = report
+            .failed
+            .iter()
+            .map(|(k, why)| serde_json::json!({ "key": k.as_str(), "reason": why }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "copied": report.copied,
+                "already_present": report.already_present,
+                "failed": failed,
+                "complete": report.complete,
+            })
+        );
+    } else {
+        println!(
+            "copied: {}, already present: {}, failed: {}",
+            report.copied,
+            report.already_present,
+            report.failed.len()
+        );
+        for (key, why) in &report.failed {
+            println!("failed: {key}: {why}");
+        }
+    }
+    if !report.complete {
+        anyhow::bail!(
+            "migration incomplete: {} key(s) failed and will be retried by the next `keyshare migrate`",
+            report.failed.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,30 @@
+use crate::stores::{self, Context};
+
+/// `keyshare repair`: retries pending repairs of the shared store now.
+pub fn run(ctx: &Context) -> anyhow::Result<()> {
+    let opened = stores::open(ctx)?;
+    let report = opened.storage.repair()?;
+    if ctx.json {
+        let failed: Vec<_> = report
+            .failed
+            .iter()
+            .map(|(k, why)| serde_json::json!({ "key": k.as_str(), "reason": why }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "repaired": report.repaired, "failed": failed })
+        );
+    } else {
+        println!("repaired: {}", report.repaired);
+        for (key, why) in &report.failed {
+            println!("still pending: {key}: {why}");
+        }
+    }
+    if !report.failed.is_empty() {
+        anyhow::bail!(
+            "{} repair(s) still pending; run `keyshare repair` again once the shared store is reachable",
+            report.failed.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! `config.toml` and the XDG directories.
+//!
+//! With no config file at all everything works with defaults: flavour `stable`, store `auto`,
+//! no legacy stores. An app id the file does not name gets the same defaults.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use keyshare::{AppId, Flavour};
+use serde::Deserialize;
+
+/// Which store holds a flavour's shared secrets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreChoice {
+    /// The Secret Service when it is reachable and unlocked, else the vault.
+    #[default]
+    Auto,
+    /// The OS keyring over D-Bus (gnome-keyring, KeePassXC, KWallet).
+    SecretService,
+    /// The embedded encrypted SQLite vault.
+    Vault,
+    /// Process memory: nothing persists (for tests and experiments).
+    Memory,
+}
+
+impl StoreChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreChoice::Auto => "auto",
+            StoreChoice::SecretService => "secret-service",
+            StoreChoice::Vault => "vault",
+            StoreChoice::Memory => "memory",
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Flavour used when `--flavor` is not given.
+    pub default_flavor: Option<String>,
+    /// Shared store selection.
+    #[serde(default)]
+    pub store: StoreChoice,
+    /// Refuse to run the vault unless its key is protected by the OS keyring.
+    #[serde(default)]
+    #[allow(dead_code)] // read by the vault and broker wiring, landing next
+    pub require_os_keyring: bool,
+    /// Start a broker automatically when none answers.
+    #[allow(dead_code)] // read by the vault and broker wiring, landing next
+    pub autostart: Option<bool>,
+    /// Store call timeout, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub flavors: BTreeMap<String, FlavorConfig>,
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlavorConfig {
+    /// The shared service name: the namespace of the flavour's shared store.
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// The app's own legacy store, dual-written and migrated from.
+    pub legacy: Option<LegacyConfig>,
+    /// Executables allowed to use this app id through the broker.
+    #[serde(default)]
+    #[allow(dead_code)] // read by the vault and broker wiring, landing next
+    pub executables: Vec<PathBuf>,
+    /// Keys this app may use through the broker; absent means every key.
+    #[allow(dead_code)] // read by the vault and broker wiring, landing next
+    pub shared_keys: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum LegacyConfig {
+    /// A private vault of the app's own under the data directory.
+    Vault,
+}
+
+/// The XDG base directories, resolved once from the environment.
+#[derive(Clone, Debug)]
+pub struct Dirs {
+    pub config_home: PathBuf,
+    pub data_home: PathBuf,
+    #[allow(dead_code)] // read by the vault and broker wiring, landing next
+    pub runtime_dir: Option<PathBuf>,
+}
+
+fn absolute_env(name: &str) -> Option<PathBuf> {
+    // The XDG spec says relative paths in these variables are invalid and must be ignored.
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
+impl Dirs {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let home = || -> anyhow::Result<PathBuf> {
+            absolute_env("HOME").context(
+                "cannot find your home directory: set HOME or XDG_DATA_HOME and XDG_CONFIG_HOME",
+            )
+        };
+        let config_home = match absolute_env("XDG_CONFIG_HOME") {
+            Some(p) => p,
+            None => home()?.join(".config"),
+        };
+        let data_home = match absolute_env("XDG_DATA_HOME") {
+            Some(p) => p,
+            None => home()?.join(".local/share"),
+        };
+        Ok(Dirs {
+            config_home,
+            data_home,
+            runtime_dir: absolute_env("XDG_RUNTIME_DIR"),
+        })
+    }
+
+    pub fn default_config_path(&self) -> PathBuf {
+        self.config_home.join("keyshare").join("config.toml")
+    }
+
+    /// `$XDG_DATA_HOME/keyshare/<flavour>`
+    pub fn flavour_data_dir(&self, flavour: &Flavour) -> PathBuf {
+        self.data_home.join("keyshare").join(flavour.name())
+    }
+
+    /// The flavour's shared vault.
+    pub fn shared_vault_path(&self, flavour: &Flavour) -> PathBuf {
+        self.flavour_data_dir(flavour).join("vault.db")
+    }
+
+    /// An app's private vault: its legacy store and its repair journal.
+    pub fn app_vault_path(&self, flavour: &Flavour, app: &AppId) -> PathBuf {
+        self.flavour_data_dir(flavour)
+            .join("apps")
+            .join(format!("{}.db", app.as_str()))
+    }
+}
+
+impl Config {
+    /// Loads `path`; a missing file at the default location means defaults, a missing file
+    /// that was named explicitly is an error.
+    pub fn load(path: &Path, explicit: bool) -> anyhow::Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Config::default())
+            }
+            Err(err) => {
+                return Err(anyhow::Error::new(ConfigError(format!(
+                    "cannot read config file {}: {err}",
+                    path.display()
+                ))))
+            }
+        };
+        let config: Config = toml::from_str(&text).map_err(|err| {
+            anyhow::Error::new(ConfigError(format!(
+                "config file {} is invalid: {}",
+                path.display(),
+                err.message()
+            )))
+        })?;
+        config.validate().map_err(|err| {
+            anyhow::Error::new(ConfigError(format!(
+                "config file {} is invalid: {err:#}",
+                path.display()
+            )))
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for (name, flavor) in &self.flavors {
+            let f = match &flavor.service {
+                Some(service) => Flavour::new(name, service),
+                None => Flavour::with_default_service(name),
+            };
+            f.with_context(|| format!("[flavors.{name}]"))?;
+        }
+        for name in self.apps.keys() {
+            AppId::new(name).with_context(|| format!("[apps.{name}]"))?;
+        }
+        if self.timeout_ms == Some(0) {
+            bail!("timeout_ms must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The flavour named `name`, with its configured service name or the default one.
+    pub fn flavour(&self, name: &str) -> keyshare::Result<Flavour> {
+        match self.flavors.get(name).and_then(|f| f.service.as_deref()) {
+            Some(service) => Flavour::new(name, service),
+            None => Flavour::with_default_service(name),
+        }
+    }
+
+    pub fn app(&self, app: &AppId) -> Option<&AppConfig> {
+        self.apps.get(app.as_str())
+    }
+}
+
+/// A config file problem (exit code 5).
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_example_parses() {
+        let config: Config = toml::from_str(
+            r#"
+            default_flavor = "insiders"
+            store = "vault"
+            require_os_keyring = true
+            timeout_ms = 2000
+            [flavors.stable]
+            service = "com.example.app.shared-secrets"
+            [apps.code]
+            legacy = { kind = "vault" }
+            [apps.agents]
+            executables = ["/usr/bin/agents"]
+            shared_keys = ["github.auth"]
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.store, StoreChoice::Vault);
+        assert_eq!(
+            config.flavour("stable").unwrap().service(),
+            "com.example.app.shared-secrets"
+        );
+        assert_eq!(
+            config.flavour("insiders").unwrap().service(),
+            "dev.keyshare.insiders.shared-secrets"
+        );
+        assert!(matches!(
+            config.apps["code"].legacy,
+            Some(LegacyConfig::Vault)
+        ));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        assert!(toml::from_str::<Config>("stor = \"vault\"").is_err());
+        assert!(toml::from_str::<Config>("[apps.code]\nlegacy = { kind = \"nope\" }").is_err());
+    }
+}

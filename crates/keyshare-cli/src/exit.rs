@@ -1,0 +1,79 @@
+//! Exit codes and error messages. The codes are part of the CLI's interface (documented in the
+//! README) and never change meaning.
+
+use keyshare::{Error, UnavailableReason};
+
+use crate::config::ConfigError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    Ok = 0,
+    NotFound = 1,
+    Usage = 2,
+    Unavailable = 3,
+    Corrupt = 4,
+    Config = 5,
+    Protection = 6,
+    Failure = 7,
+    Denied = 8,
+}
+
+/// "The thing asked for does not exist": exit 1 with this message.
+#[derive(Debug)]
+pub struct NotFound(pub String);
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotFound {}
+
+/// Picks the exit code for an error by the most specific cause in its chain.
+pub fn classify(err: &anyhow::Error) -> ExitCode {
+    for cause in err.chain() {
+        if cause.downcast_ref::<NotFound>().is_some() {
+            return ExitCode::NotFound;
+        }
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return ExitCode::Config;
+        }
+        if let Some(e) = cause.downcast_ref::<Error>() {
+            return match e {
+                Error::Invalid { .. } | Error::TooLarge { .. } => ExitCode::Usage,
+                Error::Unavailable {
+                    reason: UnavailableReason::Denied,
+                    ..
+                } => ExitCode::Denied,
+                Error::Unavailable { .. } => ExitCode::Unavailable,
+                Error::Corrupt { .. } => ExitCode::Corrupt,
+                Error::ProtectionUnavailable(_) => ExitCode::Protection,
+                Error::Io { .. } => ExitCode::Failure,
+                _ => ExitCode::Failure,
+            };
+        }
+    }
+    ExitCode::Failure
+}
+
+/// Renders the error chain on one line per cause, without repeating a cause that the previous
+/// message already contains.
+pub fn render(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for (i, cause) in err.chain().enumerate() {
+        let text = cause.to_string();
+        if !last.is_empty() && last.contains(&text) {
+            continue;
+        }
+        if i == 0 {
+            out.push_str(&format!("keyshare: error: {text}"));
+        } else {
+            out.push_str(&format!("\n  caused by: {text}"));
+        }
+        last = text;
+    }
+    out
+}

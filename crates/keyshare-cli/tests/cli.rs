@@ -1,0 +1,182 @@
+//! The `keyshare` binary end to end, in a throwaway home. Every error message is a snapshot
+//! (`tests/snapshots/`), with the temporary directory replaced by `[HOME]`.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["config", "data", "run"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        Env { dir }
+    }
+
+    fn home(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::cargo_bin("keyshare").unwrap();
+        cmd.env_clear()
+            .env("HOME", self.home())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("XDG_CONFIG_HOME", self.home().join("config"))
+            .env("XDG_DATA_HOME", self.home().join("data"))
+            .env("XDG_RUNTIME_DIR", self.home().join("run"))
+            .args(args);
+        cmd
+    }
+
+    fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        self.cmd(args).write_stdin(stdin.to_vec()).output().unwrap()
+    }
+
+    fn config(&self, text: &str) -> PathBuf {
+        let path = self.home().join("config/keyshare/config.toml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `exit code` + stderr, with the temp dir replaced, for a snapshot.
+    fn failure(&self, args: &[&str], stdin: &[u8]) -> String {
+        let out = self.run(args, stdin);
+        assert!(!out.status.success(), "expected failure for {args:?}");
+        assert!(
+            out.stdout.is_empty(),
+            "no stdout on failure: {:?}",
+            out.stdout
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr)
+            .replace(&self.home().display().to_string(), "[HOME]");
+        format!("exit {}\n{stderr}", out.status.code().unwrap_or(-1))
+    }
+}
+
+macro_rules! snapshot {
+    ($name:literal, $value:expr) => {
+        insta::with_settings!({ prepend_module_to_snapshot => false }, {
+            insta::assert_snapshot!($name, $value);
+        })
+    };
+}
+
+#[test]
+fn usage_errors() {
+    let env = Env::new();
+    snapshot!(
+        "usage_empty_key",
+        env.failure(&["--store", "memory", "get", ""], b"")
+    );
+    let long = "k".repeat(4097);
+    snapshot!(
+        "usage_long_key",
+        env.failure(&["--store", "memory", "get", &long], b"")
+    );
+    snapshot!("usage_missing_key", env.failure(&["set"], b""));
+    // A value can never be passed on the command line.
+    let refused = env.failure(&["set", "k", "s3cret"], b"");
+    assert!(
+        !refused.contains("s3cret"),
+        "the value is never echoed: {refused}"
+    );
+    snapshot!("usage_value_in_argv", refused);
+    snapshot!(
+        "usage_bad_app",
+        env.failure(&["--app", "code insiders", "list"], b"")
+    );
+    snapshot!(
+        "usage_bad_flavor",
+        env.failure(&["--flavor", "../x", "list"], b"")
+    );
+    snapshot!(
+        "usage_bad_store",
+        env.failure(&["--store", "cloud", "list"], b"")
+    );
+}
+
+#[test]
+fn too_large_value_names_the_limit() {
+    let env = Env::new();
+    let big = vec![b'x'; 256 * 1024 + 1];
+    snapshot!(
+        "too_large",
+        env.failure(&["--store", "memory", "set", "k"], &big)
+    );
+}
+
+#[test]
+fn from_file_that_does_not_exist() {
+    let env = Env::new();
+    snapshot!(
+        "from_file_missing",
+        env.failure(
+            &[
+                "--store",
+                "memory",
+                "set",
+                "k",
+                "--from-file",
+                "/nonexistent/v"
+            ],
+            b""
+        )
+    );
+}
+
+#[test]
+fn not_found_is_exit_1() {
+    let env = Env::new();
+    snapshot!(
+        "get_not_found",
+        env.failure(&["--store", "memory", "get", "nothing"], b"")
+    );
+    snapshot!(
+        "delete_not_found",
+        env.failure(&["--store", "memory", "delete", "nothing"], b"")
+    );
+}
+
+#[test]
+fn config_errors_are_exit_5() {
+    let env = Env::new();
+    env.config("store = [");
+    snapshot!("config_syntax", env.failure(&["list"], b""));
+    env.config("stor = \"vault\"\n");
+    snapshot!("config_unknown_field", env.failure(&["list"], b""));
+    env.config("[flavors.\"bad name\"]\n");
+    snapshot!("config_bad_flavor", env.failure(&["list"], b""));
+    snapshot!(
+        "config_explicit_missing",
+        env.failure(&["--config", "/nonexistent/keyshare.toml", "list"], b"")
+    );
+}
+
+#[test]
+fn migrate_without_a_legacy_store() {
+    let env = Env::new();
+    snapshot!(
+        "migrate_no_legacy",
+        env.failure(&["--store", "memory", "migrate"], b"")
+    );
+}
+
+#[test]
+fn no_home_is_a_clear_error() {
+    let mut cmd = Command::cargo_bin("keyshare").unwrap();
+    let out = cmd.env_clear().args(["list"]).output().unwrap();
+    let text = format!(
+        "exit {}\n{}",
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    snapshot!("no_home", text);
+}
