@@ -240,7 +240,7 @@ mod tests {
         let abandoned = q.enqueue(&key("a"));
         let third = q.enqueue(&key("a"));
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
+        let handle = std::thread::spawn(move || {
             third.wait();
             tx.send(()).unwrap();
         });
@@ -249,6 +249,7 @@ mod tests {
         drop(first);
         rx.recv_timeout(Duration::from_secs(5))
             .expect("the third ticket is served");
+        handle.join().unwrap();
         assert!(q.try_enqueue_idle(&key("a")).is_some(), "the line is gone");
     }
 
