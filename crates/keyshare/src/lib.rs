@@ -7,7 +7,8 @@
 //!   operations per key, emits change events, and stays consistent when either store fails
 //!   half-way (see `docs/architecture.md`).
 //! - [`Store`]: one place secrets live. [`MemoryStore`] here; the vault, the OS keychains, the
-//!   Electron legacy store and the broker client implement the same trait.
+//!   Electron legacy store and the broker client implement the same trait. [`VaultStore`] is
+//!   the embedded encrypted SQLite vault.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -37,4 +38,4 @@ pub use storage::{
     AsyncSecretStorage, ChangeEvent, ChangeKind, Notification, SecretStorage, StorageType,
     Subscription,
 };
-pub use store::{MemoryStore, Store, StoreInfo};
+pub use store::{MemoryStore, Store, StoreInfo, VaultStore};

@@ -6,8 +6,10 @@
 //! `Arc<dyn Store>`.
 
 mod memory;
+pub mod vault;
 
 pub use memory::MemoryStore;
+pub use vault::VaultStore;
 
 use std::fmt;
 use std::time::Duration;

@@ -1,0 +1,216 @@
+//! File-system hygiene for the vault: private directories and files, permission checks that
+//! say how to fix what they refuse, and creation that is atomic and never replaces a file.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::crypto::random_bytes;
+use crate::error::{Error, Result};
+
+/// Group and other permission bits: none may be set on a vault, its key file or its directory.
+const GROUP_OTHER: u32 = 0o077;
+
+/// A path as a user would type it into a shell.
+pub(crate) fn shell_quote(path: &Path) -> String {
+    let text = path.display().to_string();
+    if text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@%".contains(c))
+    {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+fn too_open(path: &Path, mode: u32, fix: &str) -> Error {
+    Error::invalid(
+        "vault permissions",
+        format!(
+            "{} is accessible by group or others (mode {:03o}); keyshare refuses to use it. \
+             Run `chmod {fix} {}` and try again",
+            path.display(),
+            mode & 0o777,
+            shell_quote(path)
+        ),
+    )
+}
+
+/// Checks a file that must be private: `Ok(None)` when it does not exist, an error when it is
+/// not a regular file or group/other have any access.
+pub(crate) fn check_private_file(path: &Path) -> Result<Option<fs::Metadata>> {
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("checking {}", path.display()), e)),
+    };
+    if !meta.is_file() {
+        return Err(Error::invalid(
+            "vault",
+            format!("{} exists but is not a regular file", path.display()),
+        ));
+    }
+    let mode = meta.permissions().mode();
+    if mode & GROUP_OTHER != 0 {
+        return Err(too_open(path, mode, "600"));
+    }
+    Ok(Some(meta))
+}
+
+/// Checks a directory that must be private: `Ok(false)` when it does not exist.
+pub(crate) fn check_private_dir(dir: &Path) -> Result<bool> {
+    let meta = match fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(format!("checking {}", dir.display()), e)),
+    };
+    if !meta.is_dir() {
+        return Err(Error::invalid(
+            "vault",
+            format!("{} exists but is not a directory", dir.display()),
+        ));
+    }
+    let mode = meta.permissions().mode();
+    if mode & GROUP_OTHER != 0 {
+        return Err(too_open(dir, mode, "700"));
+    }
+    Ok(true)
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, or checks the existing one.
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
+    if check_private_dir(dir)? {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("creating directory {}", dir.display()), e))?;
+    // Recheck: a concurrent creator, or a umask, must not leave it open.
+    check_private_dir(dir)?;
+    Ok(())
+}
+
+/// Flushes a directory, so a file just linked into it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+}
+
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// A path beside `path` that no other process will pick: `.NAME.RANDOM.tmp`.
+fn temp_beside(path: &Path) -> Result<PathBuf> {
+    let mut tag = [0u8; 8];
+    random_bytes(&mut tag)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(parent_dir(path).join(format!(".{name}.{}.tmp", hex::encode(tag))))
+}
+
+/// Removes a temporary file of our own and the SQLite side files it may have.
+fn remove_temp(temp: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = temp.as_os_str().to_owned();
+        name.push(suffix);
+        // Best effort: the file is ours and may already be gone.
+        let _ = fs::remove_file(PathBuf::from(name));
+    }
+}
+
+/// Creates `path` with mode 0600 and contents written by `fill`, atomically: `fill` writes a
+/// temporary file beside it (given as an open handle and its path), which is flushed and then
+/// hard-linked into place. A hard link never replaces an existing file, so if `path` already
+/// exists (another process won a race) this returns `Ok(false)` and leaves that file alone;
+/// `Ok(true)` means this call created it. The directory must exist.
+pub(crate) fn create_private_file_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut File, &Path) -> Result<()>,
+) -> Result<bool> {
+    let temp = temp_beside(path)?;
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|e| Error::io(format!("creating {}", temp.display()), e))?;
+        fill(&mut file, &temp)?;
+        file.sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", temp.display()), e))?;
+        drop(file);
+        match fs::hard_link(&temp, path) {
+            Ok(()) => {
+                sync_dir(parent_dir(path))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(format!("creating {}", path.display()), e)),
+        }
+    })();
+    remove_temp(&temp);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote(Path::new("/a/b.db")), "/a/b.db");
+        assert_eq!(shell_quote(Path::new("/a b/it's")), r"'/a b/it'\''s'");
+    }
+
+    #[test]
+    fn atomic_creation_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let created = create_private_file_atomically(&path, |f, _| {
+            f.write_all(b"first").map_err(|e| Error::io("w", e))
+        })
+        .unwrap();
+        assert!(created);
+        let again = create_private_file_atomically(&path, |f, _| {
+            f.write_all(b"second").map_err(|e| Error::io("w", e))
+        })
+        .unwrap();
+        assert!(!again);
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // No temporary file is left behind.
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn open_permissions_are_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.db");
+        fs::write(&path, b"x").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let err = check_private_file(&path).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        assert!(err.contains("640"), "{err}");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(check_private_file(&path).unwrap().is_some());
+
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let err = check_private_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("chmod 700"), "{err}");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(check_private_dir(dir.path()).unwrap());
+    }
+}

@@ -1,0 +1,645 @@
+//! The embedded encrypted vault: one SQLite file holding sealed secrets for one or more
+//! namespaces.
+//!
+//! - Every value is sealed with XChaCha20-Poly1305 under the vault's random 256-bit data key
+//!   (DEK), with a fresh random nonce per write, bound to the record schema version, the
+//!   namespace and the key (see `crypto::AssociatedData`, FROZEN), so a row moved to another
+//!   key or namespace fails to open as [`Error::Corrupt`].
+//! - The DEK is stored wrapped by a key-encryption key from a [`KeyProviders`] chain: the OS
+//!   keyring ([`KekStore`]), a key file beside the vault, or a passphrase through Argon2id. The
+//!   provider is recorded in the vault; [`VaultStore::protection`] always says which.
+//! - Durability: WAL, `synchronous=FULL`, a busy timeout, and every write one `BEGIN IMMEDIATE`
+//!   transaction, so an acknowledged `set` survives `kill -9` and several processes can share
+//!   a vault.
+//! - Hygiene: directory 0700, files 0600; a vault or directory that group or others can
+//!   access is refused with the `chmod` that fixes it. A file that is not a vault is refused
+//!   and left byte-for-byte untouched, and nothing is ever deleted because it failed to open.
+//!
+//! The on-disk format is described in `docs/vault-format.md`.
+//!
+//! ```
+//! use keyshare::store::vault::{VaultOptions, VaultStore};
+//! use keyshare::{SecretKey, SecretValue, Store};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = VaultStore::open(VaultOptions::new(dir.path().join("vault.db"), "dev.keyshare.shared-secrets"))?;
+//! // A new vault without an OS keyring is protected by a key file; tell the user once.
+//! if let Some(notice) = store.notice() {
+//!     eprintln!("{notice}");
+//! }
+//! let key = SecretKey::new("github.auth")?;
+//! store.set(&key, &SecretValue::from_slice(b"token"))?;
+//! assert_eq!(store.get(&key)?.unwrap().expose_secret(), b"token");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod crypto;
+mod files;
+mod keys;
+mod schema;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+pub use crypto::Kek;
+pub use keys::{
+    key_file_path, Argon2Params, KekStore, KeyProviders, PassphrasePrompt, PassphraseRequest,
+    Protection, VaultId, PASSPHRASE_ENV,
+};
+
+use crate::error::{Error, Result, UnavailableReason};
+use crate::model::{Flavour, Limits, SecretKey, SecretValue};
+use crate::store::{Store, StoreInfo, DEFAULT_TIMEOUT};
+use crypto::{unwrap_dek, wrap_dek, AssociatedData, Dek, Sealed, UnwrapError};
+use keys::ProviderKind;
+use schema::Meta;
+
+/// The file name of a flavour's shared vault.
+pub const VAULT_FILE_NAME: &str = "vault.db";
+
+/// The longest namespace accepted, in bytes.
+pub const MAX_NAMESPACE_LEN: usize = 1024;
+
+/// How to open (or create) a vault.
+#[derive(Clone, Debug)]
+pub struct VaultOptions {
+    /// The vault file. Its directory is created (0700) if missing.
+    pub path: PathBuf,
+    /// The namespace this store reads and writes within the file.
+    pub namespace: String,
+    /// Where the key-encryption key comes from.
+    pub keys: KeyProviders,
+    /// Refuse to create or open a vault that the OS keyring does not protect.
+    pub require_os_keyring: bool,
+    /// How long a write waits for another process's write lock before `Unavailable`.
+    pub busy_timeout: Duration,
+    /// Size limits on values.
+    pub limits: Limits,
+}
+
+impl VaultOptions {
+    /// Options with defaults: no OS keyring, key file allowed, passphrase from
+    /// `KEYSHARE_PASSPHRASE`, [`DEFAULT_TIMEOUT`], default limits.
+    pub fn new(path: impl Into<PathBuf>, namespace: impl Into<String>) -> Self {
+        VaultOptions {
+            path: path.into(),
+            namespace: namespace.into(),
+            keys: KeyProviders::default(),
+            require_os_keyring: false,
+            busy_timeout: DEFAULT_TIMEOUT,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/keyshare/<flavour>/vault.db`, with `XDG_DATA_HOME` defaulting to
+/// `~/.local/share` (a relative `XDG_DATA_HOME` is ignored, as the XDG spec says).
+pub fn default_vault_path(flavour: &str) -> Result<PathBuf> {
+    vault_path_in(
+        std::env::var_os("XDG_DATA_HOME"),
+        std::env::var_os("HOME"),
+        flavour,
+    )
+}
+
+fn vault_path_in(
+    xdg_data_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+    flavour: &str,
+) -> Result<PathBuf> {
+    // The flavour becomes a path component: reuse the flavour name rules (no '/', no '..').
+    Flavour::with_default_service(flavour)?;
+    let data_home = match xdg_data_home.map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        _ => match home.map(PathBuf::from) {
+            Some(home) if home.is_absolute() => home.join(".local").join("share"),
+            _ => {
+                return Err(Error::invalid(
+                    "vault path",
+                    "neither XDG_DATA_HOME nor HOME is set to an absolute path; give the vault \
+                     path explicitly",
+                ))
+            }
+        },
+    };
+    Ok(data_home
+        .join("keyshare")
+        .join(flavour)
+        .join(VAULT_FILE_NAME))
+}
+
+/// One open vault file, shared by the [`VaultStore`]s of its namespaces.
+struct Vault {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    dek: Dek,
+    vault_id: VaultId,
+    protection: Protection,
+    notice: Option<String>,
+    limits: Limits,
+    busy_timeout: Duration,
+}
+
+impl Vault {
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock can at worst leave a transaction open, which
+        // `write` rolls back before starting its own.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn store_name(&self) -> String {
+        format!("vault {}", self.path.display())
+    }
+
+    fn sql_error(&self, doing: &str, e: rusqlite::Error) -> Error {
+        sql_error(&self.path, self.busy_timeout, doing, e)
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction: the write lock is taken up front (waiting
+    /// up to the busy timeout), so the transaction never has to be retried half-way.
+    fn write<T>(
+        &self,
+        doing: &str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let conn = self.conn();
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        let run = || -> rusqlite::Result<T> {
+            conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+            let value = match f(&conn) {
+                Ok(value) => value,
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    return Err(e);
+                }
+            };
+            if let Err(e) = conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])) {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                return Err(e);
+            }
+            Ok(value)
+        };
+        run().map_err(|e| self.sql_error(doing, e))
+    }
+}
+
+fn sql_error(path: &Path, busy_timeout: Duration, doing: &str, e: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::unavailable(
+            "vault",
+            UnavailableReason::TimedOut,
+            format!(
+                "{} stayed locked by another process for longer than the busy timeout ({} ms) \
+                 while {doing}",
+                path.display(),
+                busy_timeout.as_millis()
+            ),
+        ),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => Error::Corrupt {
+            store: format!("vault {}", path.display()),
+            key: None,
+            detail: format!("{doing}: {e}; the file was left untouched"),
+        },
+        _ => Error::io(
+            format!("vault {}: {doing}", path.display()),
+            std::io::Error::other(e),
+        ),
+    }
+}
+
+/// A [`Store`] over one namespace of a vault file.
+pub struct VaultStore {
+    vault: Arc<Vault>,
+    namespace: String,
+}
+
+impl fmt::Debug for VaultStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultStore")
+            .field("path", &self.vault.path)
+            .field("namespace", &self.namespace)
+            .field("protection", &self.vault.protection)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_namespace(namespace: &str) -> Result<()> {
+    if namespace.is_empty() || namespace.len() > MAX_NAMESPACE_LEN {
+        return Err(Error::invalid(
+            "namespace",
+            format!("must be 1 to {MAX_NAMESPACE_LEN} bytes long"),
+        ));
+    }
+    if namespace.contains('\0') {
+        return Err(Error::invalid(
+            "namespace",
+            "cannot contain a NUL character",
+        ));
+    }
+    Ok(())
+}
+
+/// What a freshly created vault already knows, so opening it does not ask for the key again.
+struct Created {
+    dek: Dek,
+    vault_id: VaultId,
+    protection: Protection,
+    notice: Option<String>,
+}
+
+fn side_file(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+impl VaultStore {
+    /// Opens the vault at `options.path`, creating it (directory 0700, file 0600, a new data
+    /// key under the first available provider) when it does not exist.
+    ///
+    /// Errors: [`Error::Invalid`] for a bad namespace, loose permissions (with the `chmod`
+    /// that fixes them), a file that is not a vault, or a vault written by a newer keyshare;
+    /// [`Error::Unavailable`] when the vault's key provider cannot give its key (missing key
+    /// file, locked keyring, no passphrase: `Locked`; wrong key or passphrase: `Denied`);
+    /// [`Error::ProtectionUnavailable`] when `require_os_keyring` is set and the OS keyring
+    /// does not protect the vault; [`Error::Corrupt`] for a damaged vault. On every error the
+    /// files are left as they were.
+    pub fn open(options: VaultOptions) -> Result<VaultStore> {
+        check_namespace(&options.namespace)?;
+        let dir = files::parent_dir(&options.path).to_owned();
+        if files::check_private_file(&options.path)?.is_none() {
+            files::ensure_private_dir(&dir)?;
+            if let Some(created) = Self::create(&options)? {
+                return Self::open_existing(&options, Some(created));
+            }
+            // Another process created it meanwhile: open theirs.
+        }
+        Self::open_existing(&options, None)
+    }
+
+    /// Creates a new vault file atomically. `Ok(None)` when another process created the file
+    /// first (ours is discarded).
+    fn create(options: &VaultOptions) -> Result<Option<Created>> {
+        let path = &options.path;
+        let vault_id = VaultId::generate()?;
+        let new_kek = options
+            .keys
+            .for_new_vault(path, &vault_id, options.require_os_keyring)?;
+        let dek = Dek::generate()?;
+        let meta = Meta {
+            schema_version: schema::SCHEMA_VERSION,
+            vault_id,
+            provider: new_kek.kind,
+            wrapped_dek: wrap_dek(
+                &new_kek.kek,
+                &dek,
+                vault_id.as_bytes(),
+                new_kek.kind.name(),
+            )?,
+            argon2: new_kek.argon2,
+        };
+        let created = files::create_private_file_atomically(path, |_, temp| {
+            let map = |e| sql_error(temp, options.busy_timeout, "creating the vault", e);
+            let conn = Connection::open_with_flags(
+                temp,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(map)?;
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(map)?;
+            schema::create(&conn, &meta).map_err(map)?;
+            // WAL is recorded in the file header, so every later open finds it set.
+            let mode: String = conn
+                .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+                .map_err(map)?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(Error::io(
+                    format!("creating vault {}", path.display()),
+                    std::io::Error::other(format!("SQLite refused WAL mode (got {mode})")),
+                ));
+            }
+            conn.close().map_err(|(_, e)| map(e))
+        })?;
+        Ok(created.then_some(Created {
+            dek,
+            vault_id,
+            protection: new_kek.protection,
+            notice: new_kek.notice,
+        }))
+    }
+
+    fn open_existing(options: &VaultOptions, created: Option<Created>) -> Result<VaultStore> {
+        let path = &options.path;
+        files::check_private_dir(files::parent_dir(path))?;
+        if files::check_private_file(path)?.is_none() {
+            return Err(Error::io(
+                format!("opening vault {}", path.display()),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        for suffix in ["-wal", "-shm"] {
+            files::check_private_file(&side_file(path, suffix))?;
+        }
+        let is_wal = schema::check_header(path)?;
+
+        let map = |doing: &'static str| {
+            move |e| sql_error(path, options.busy_timeout, doing, e)
+        };
+        // No CREATE flag: if the file vanished since the checks, fail instead of making one.
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(map("opening the vault"))?;
+        conn.busy_timeout(options.busy_timeout)
+            .map_err(map("setting the busy timeout"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(map("setting synchronous=FULL"))?;
+
+        let (dek, vault_id, protection, notice, version) = match created {
+            Some(c) => (
+                c.dek,
+                c.vault_id,
+                c.protection,
+                c.notice,
+                schema::SCHEMA_VERSION,
+            ),
+            None => {
+                let meta = schema::read_meta(&conn, path, map("reading the vault's meta table"))?;
+                if options.require_os_keyring && meta.provider != ProviderKind::OsKeyring {
+                    return Err(Error::ProtectionUnavailable(format!(
+                        "require_os_keyring is set, but the vault {} is protected by {}, not \
+                         the OS keyring. Turn require_os_keyring off to use it.",
+                        path.display(),
+                        match meta.provider {
+                            ProviderKind::KeyFile => "a key file",
+                            _ => "a passphrase",
+                        }
+                    )));
+                }
+                let (kek, protection) = options.keys.for_existing_vault(
+                    path,
+                    &meta.vault_id,
+                    meta.provider,
+                    meta.argon2,
+                )?;
+                let dek = unwrap_dek(
+                    &kek,
+                    &meta.wrapped_dek,
+                    meta.vault_id.as_bytes(),
+                    meta.provider.name(),
+                )
+                .map_err(|e| match e {
+                    UnwrapError::Malformed => Error::Corrupt {
+                        store: format!("vault {}", path.display()),
+                        key: None,
+                        detail: "the wrapped data key is malformed; the file was left \
+                                 untouched"
+                            .to_owned(),
+                    },
+                    UnwrapError::WrongKey => wrong_key(path, &protection),
+                })?;
+                (dek, meta.vault_id, protection, None, meta.schema_version)
+            }
+        };
+
+        // Only now, with the key proven right, may anything be written.
+        if version < schema::SCHEMA_VERSION {
+            schema::upgrade(&conn, path, schema::MIGRATIONS, map("upgrading the schema"))?;
+        }
+        if !is_wal {
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(map("switching to WAL mode"))?;
+        }
+
+        let vault = Vault {
+            path: path.clone(),
+            conn: Mutex::new(conn),
+            dek,
+            vault_id,
+            protection,
+            notice,
+            limits: options.limits,
+            busy_timeout: options.busy_timeout,
+        };
+        Ok(VaultStore {
+            vault: Arc::new(vault),
+            namespace: options.namespace.clone(),
+        })
+    }
+
+    /// A store over another namespace of the same open vault file (same connection, same
+    /// key): e.g. an app's `legacy` and `journal` namespaces in its private vault.
+    pub fn with_namespace(&self, namespace: &str) -> Result<VaultStore> {
+        check_namespace(namespace)?;
+        Ok(VaultStore {
+            vault: self.vault.clone(),
+            namespace: namespace.to_owned(),
+        })
+    }
+
+    /// What protects this vault's key, for `doctor`.
+    pub fn protection(&self) -> Protection {
+        self.vault.protection.clone()
+    }
+
+    /// The vault file.
+    pub fn path(&self) -> &Path {
+        &self.vault.path
+    }
+
+    /// The namespace this store works in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The vault's id (the OS keyring stores its key under it).
+    pub fn vault_id(&self) -> VaultId {
+        self.vault.vault_id
+    }
+
+    /// One line to show the user, when opening created something they should know about (a
+    /// key file that protects the vault only by its permissions). A library does not print:
+    /// the caller shows it, on stderr.
+    pub fn notice(&self) -> Option<&str> {
+        self.vault.notice.as_deref()
+    }
+
+    fn aad<'a>(&'a self, key: &'a SecretKey) -> AssociatedData<'a> {
+        AssociatedData::v1(&self.namespace, key.as_str())
+    }
+
+    fn corrupt(&self, key: &SecretKey, detail: &str) -> Error {
+        Error::Corrupt {
+            store: self.vault.store_name(),
+            key: Some(key.as_str().to_owned()),
+            detail: format!("{detail}; the entry was left untouched"),
+        }
+    }
+}
+
+fn wrong_key(path: &Path, protection: &Protection) -> Error {
+    let (what, fix) = match protection {
+        Protection::Passphrase => (
+            "the passphrase".to_owned(),
+            "Try again with the right passphrase",
+        ),
+        Protection::KeyFile { path: key } => (
+            format!("the key file {}", key.display()),
+            "Was the key file replaced? Restore the one that belongs to this vault",
+        ),
+        Protection::OsKeyring { keyring } => (
+            format!("the key in {keyring}"),
+            "Was the keyring entry replaced? Restore the one that belongs to this vault",
+        ),
+    };
+    Error::unavailable(
+        "vault",
+        UnavailableReason::Denied,
+        format!(
+            "{what} does not unlock {}. {fix}; nothing was written",
+            path.display()
+        ),
+    )
+}
+
+impl Store for VaultStore {
+    fn info(&self) -> StoreInfo {
+        StoreInfo {
+            kind: "vault",
+            location: format!(
+                "{} (namespace {})",
+                self.vault.path.display(),
+                self.namespace
+            ),
+            protection: self.vault.protection.to_string(),
+        }
+    }
+
+    /// `Ok(None)` when absent; [`Error::Corrupt`] naming the key when its sealed value does
+    /// not authenticate (other keys stay readable).
+    fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
+        let stored = {
+            let conn = self.vault.conn();
+            conn.prepare_cached("SELECT sealed FROM secrets WHERE namespace = ?1 AND key = ?2")
+                .and_then(|mut stmt| {
+                    stmt.query_row(
+                        (&self.namespace, key.as_str().as_bytes()),
+                        |row| match row.get_ref(0)? {
+                            ValueRef::Blob(bytes) => Ok(Some(bytes.to_vec())),
+                            _ => Ok(None),
+                        },
+                    )
+                    .optional()
+                })
+                .map_err(|e| self.vault.sql_error("reading a value", e))?
+        };
+        match stored {
+            None => Ok(None),
+            Some(None) => Err(self.corrupt(key, "the stored value is not a blob")),
+            Some(Some(bytes)) => Sealed::from_stored(bytes)
+                .open(&self.vault.dek, &self.aad(key))
+                .map(Some)
+                .map_err(|detail| self.corrupt(key, detail)),
+        }
+    }
+
+    fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
+        self.vault.limits.check_value(value)?;
+        let sealed = Sealed::seal(&self.vault.dek, &self.aad(key), value)?;
+        self.vault.write("writing a value", |conn| {
+            conn.prepare_cached(
+                "INSERT INTO secrets (namespace, key, sealed) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (namespace, key) DO UPDATE SET sealed = excluded.sealed",
+            )?
+            .execute((&self.namespace, key.as_str().as_bytes(), sealed.as_bytes()))
+            .map(drop)
+        })
+    }
+
+    fn delete(&self, key: &SecretKey) -> Result<bool> {
+        self.vault.write("deleting a value", |conn| {
+            conn.prepare_cached("DELETE FROM secrets WHERE namespace = ?1 AND key = ?2")?
+                .execute((&self.namespace, key.as_str().as_bytes()))
+                .map(|deleted| deleted > 0)
+        })
+    }
+
+    /// Rows whose key is not a valid [`SecretKey`] are skipped with a warning.
+    fn keys(&self) -> Result<Vec<SecretKey>> {
+        let conn = self.vault.conn();
+        let mut keys = Vec::new();
+        let mut skipped = 0usize;
+        conn.prepare_cached("SELECT key FROM secrets WHERE namespace = ?1")
+            .and_then(|mut stmt| {
+                let mut rows = stmt.query([&self.namespace])?;
+                while let Some(row) = rows.next()? {
+                    let parsed = match row.get_ref(0)? {
+                        ValueRef::Blob(bytes) | ValueRef::Text(bytes) => {
+                            SecretKey::from_bytes(bytes)
+                        }
+                        _ => Err(Error::invalid("key", "not text")),
+                    };
+                    match parsed {
+                        Ok(key) => keys.push(key),
+                        Err(e) => {
+                            skipped += 1;
+                            tracing::warn!(
+                                vault = %self.vault.path.display(),
+                                namespace = %self.namespace,
+                                "skipping a vault entry whose key is not valid: {e}"
+                            );
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| self.vault.sql_error("listing keys", e))?;
+        if skipped > 0 {
+            tracing::debug!(skipped, "vault listing skipped invalid keys");
+        }
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_path_follows_xdg() {
+        assert_eq!(
+            vault_path_in(Some("/data".into()), Some("/home/u".into()), "stable").unwrap(),
+            Path::new("/data/keyshare/stable/vault.db")
+        );
+        assert_eq!(
+            vault_path_in(None, Some("/home/u".into()), "insiders").unwrap(),
+            Path::new("/home/u/.local/share/keyshare/insiders/vault.db")
+        );
+        // A relative XDG_DATA_HOME is ignored.
+        assert_eq!(
+            vault_path_in(Some("rel".into()), Some("/home/u".into()), "stable").unwrap(),
+            Path::new("/home/u/.local/share/keyshare/stable/vault.db")
+        );
+        assert!(vault_path_in(None, None, "stable").is_err());
+        assert!(vault_path_in(None, Some("/home/u".into()), "../x").is_err());
+    }
+
+    #[test]
+    fn namespaces_are_checked() {
+        assert!(check_namespace("dev.keyshare.shared-secrets").is_ok());
+        assert!(check_namespace("").is_err());
+        assert!(check_namespace("a\0b").is_err());
+        assert!(check_namespace(&"n".repeat(MAX_NAMESPACE_LEN + 1)).is_err());
+    }
+}
