@@ -251,7 +251,8 @@ pub(crate) struct NewKek {
     pub(crate) protection: Protection,
     /// Argon2 parameters and salt, for a passphrase vault.
     pub(crate) argon2: Option<(Argon2Params, [u8; 16])>,
-    /// The one line the caller should show the user, when a key file was created.
+    /// The one line the caller should show the user when the new vault is protected by a key
+    /// file.
     pub(crate) notice: Option<String>,
 }
 
@@ -308,14 +309,15 @@ impl KeyProviders {
         if self.allow_key_file {
             let path = key_file_path(vault);
             let (kek, created) = ensure_key_file(&path)?;
-            let notice = created.then(|| {
-                format!(
-                    "keyshare: created key file {} for vault {}{why}; the vault is protected \
-                     only by that file's permissions (0600)",
-                    path.display(),
-                    vault.display()
-                )
-            });
+            // The process whose vault file wins the creation race shows this, whichever
+            // process wrote the key file, so a new vault is announced exactly once.
+            let notice = Some(format!(
+                "keyshare: created vault {} with its key in {} ({}){why}; the vault is \
+                 protected only by that file's permissions (0600)",
+                vault.display(),
+                path.display(),
+                if created { "new key file" } else { "existing key file" },
+            ));
             return Ok(NewKek {
                 kind: ProviderKind::KeyFile,
                 kek,

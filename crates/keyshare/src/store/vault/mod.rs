@@ -22,7 +22,9 @@
 //! use keyshare::{SecretKey, SecretValue, Store};
 //!
 //! let dir = tempfile::tempdir()?;
-//! let store = VaultStore::open(VaultOptions::new(dir.path().join("vault.db"), "dev.keyshare.shared-secrets"))?;
+//! // The vault's directory is created 0700; an existing one must not be readable by others.
+//! let path = dir.path().join("keyshare").join("vault.db");
+//! let store = VaultStore::open(VaultOptions::new(path, "dev.keyshare.shared-secrets"))?;
 //! // A new vault without an OS keyring is protected by a key file; tell the user once.
 //! if let Some(notice) = store.notice() {
 //!     eprintln!("{notice}");

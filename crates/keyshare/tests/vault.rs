@@ -1,0 +1,813 @@
+//! The vault store: the conformance suite, the model test over vault files, and every bad-input
+//! case (tampered values, wrong keys, foreign files, loose permissions, a newer schema).
+//!
+//! The model test runs `KEYSHARE_MODEL_CASES` cases (default 100); for more:
+//! `KEYSHARE_MODEL_CASES=2000 cargo test --release -p keyshare --test vault model`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use keyshare::store::vault::{
+    key_file_path, Argon2Params, Kek, KekStore, Protection, VaultId, VaultOptions,
+};
+use keyshare::testing::model::{check_model, ModelConfig, ModelStores};
+use keyshare::{Error, SecretKey, SecretValue, Store, UnavailableReason, VaultStore};
+use sha2::{Digest, Sha256};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn key(s: &str) -> SecretKey {
+    SecretKey::new(s).unwrap()
+}
+
+fn value(s: &[u8]) -> SecretValue {
+    SecretValue::from_slice(s)
+}
+
+/// Options that never read the process environment (tests run in parallel).
+fn options(path: &Path, namespace: &str) -> VaultOptions {
+    let mut o = VaultOptions::new(path, namespace);
+    o.keys.passphrase_env = None;
+    o
+}
+
+const FAST_ARGON2: Argon2Params = Argon2Params {
+    memory_kib: 64,
+    iterations: 1,
+    parallelism: 1,
+};
+
+fn passphrase_options(path: &Path, namespace: &str, passphrase: &'static str) -> VaultOptions {
+    let mut o = options(path, namespace);
+    o.keys.allow_key_file = false;
+    o.keys.argon2 = FAST_ARGON2;
+    o.keys.passphrase_prompt = Some(Arc::new(move |_| Ok(Some(value(passphrase.as_bytes())))));
+    o
+}
+
+fn open(path: &Path, namespace: &str) -> VaultStore {
+    VaultStore::open(options(path, namespace)).unwrap()
+}
+
+/// Every file in `dir` with the SHA-256 of its contents.
+fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let bytes = fs::read(entry.path()).unwrap();
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                hex::encode(Sha256::digest(&bytes)),
+            )
+        })
+        .collect()
+}
+
+/// A temporary directory only we can read: a vault refuses anything else.
+fn private_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn raw(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).unwrap()
+}
+
+fn side(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// An OS keyring stand-in: a map, which can be taken "down".
+#[derive(Debug, Default)]
+struct FakeKeyring {
+    entries: Mutex<HashMap<VaultId, Kek>>,
+    down: AtomicBool,
+}
+
+impl FakeKeyring {
+    fn down() -> Arc<Self> {
+        let k = FakeKeyring::default();
+        k.down.store(true, Ordering::SeqCst);
+        Arc::new(k)
+    }
+
+    fn check(&self) -> keyshare::Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::unavailable(
+                "fake keyring",
+                UnavailableReason::Locked,
+                "the fake keyring is locked",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl KekStore for FakeKeyring {
+    fn load(&self, vault: &VaultId) -> keyshare::Result<Option<Kek>> {
+        self.check()?;
+        Ok(self.entries.lock().unwrap().get(vault).cloned())
+    }
+
+    fn store(&self, vault: &VaultId, kek: &Kek) -> keyshare::Result<()> {
+        self.check()?;
+        self.entries.lock().unwrap().insert(*vault, kek.clone());
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "fake keyring".to_owned()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The conformance suite and the model test
+
+fn shared_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| private_tempdir()).path()
+}
+
+/// Every namespace in one vault file per test process; the same namespace reopens the same data.
+fn vault_factory() -> impl Fn(&str) -> Arc<dyn Store> {
+    |namespace: &str| -> Arc<dyn Store> {
+        Arc::new(open(&shared_dir().join("conformance.db"), namespace))
+    }
+}
+
+keyshare::conformance_tests!(vault_factory());
+
+static CASE: AtomicU64 = AtomicU64::new(0);
+
+/// One fresh vault file per case, holding the shared, legacy and journal namespaces.
+fn vault_model_stores() -> ModelStores {
+    let n = CASE.fetch_add(1, Ordering::Relaxed);
+    let shared = open(
+        &shared_dir().join(format!("model-{n}.db")),
+        "dev.keyshare.shared-secrets",
+    );
+    ModelStores {
+        legacy: Arc::new(shared.with_namespace("legacy").unwrap()),
+        journal: Arc::new(shared.with_namespace("journal").unwrap()),
+        shared: Arc::new(shared),
+    }
+}
+
+#[test]
+fn model_consistency_over_vault_files() {
+    check_model(&ModelConfig::from_env(100), &vault_model_stores);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Creation, files and permissions
+
+#[test]
+fn creates_private_directory_and_files() {
+    let dir = private_tempdir();
+    let path = dir.path().join("new/nested/vault.db");
+    let store = open(&path, "ns");
+    store.set(&key("k"), &value(b"v")).unwrap();
+    assert_eq!(mode(&dir.path().join("new/nested")), 0o700);
+    assert_eq!(mode(&dir.path().join("new")), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&key_file_path(&path)), 0o600);
+    // While the vault is open in WAL mode, its side files exist and are private too.
+    assert_eq!(mode(&side(&path, "-wal")), 0o600);
+    assert_eq!(mode(&side(&path, "-shm")), 0o600);
+    assert_eq!(store.path(), path);
+    // WAL is recorded in the file.
+    let mode: String = raw(&path)
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    drop(store);
+    // No temporary files are left behind.
+    let mut names: Vec<String> = fs::read_dir(dir.path().join("new/nested"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["vault.db", "vault.key"]);
+}
+
+#[test]
+fn refuses_a_vault_others_can_read_and_says_how_to_fix_it() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    open(&path, "ns").set(&key("k"), &value(b"v")).unwrap();
+
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let err = VaultStore::open(options(&path, "ns")).unwrap_err().to_string();
+    assert!(err.contains(&format!("chmod 600 {}", path.display())), "{err}");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o750)).unwrap();
+    let err = VaultStore::open(options(&path, "ns")).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("chmod 700 {}", dir.path().display())),
+        "{err}"
+    );
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+
+    let key_file = key_file_path(&path);
+    fs::set_permissions(&key_file, fs::Permissions::from_mode(0o640)).unwrap();
+    let err = VaultStore::open(options(&path, "ns")).unwrap_err().to_string();
+    assert!(err.contains(&format!("chmod 600 {}", key_file.display())), "{err}");
+    fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
+
+    // A leftover -wal file that others can read is refused too.
+    let wal = side(&path, "-wal");
+    fs::write(&wal, b"").unwrap();
+    fs::set_permissions(&wal, fs::Permissions::from_mode(0o604)).unwrap();
+    let err = VaultStore::open(options(&path, "ns")).unwrap_err().to_string();
+    assert!(err.contains(&format!("chmod 600 {}", wal.display())), "{err}");
+    fs::remove_file(&wal).unwrap();
+
+    assert_eq!(
+        open(&path, "ns").get(&key("k")).unwrap().unwrap(),
+        value(b"v")
+    );
+}
+
+#[test]
+fn refuses_to_create_in_a_directory_others_can_read() {
+    let dir = private_tempdir();
+    let open_dir = dir.path().join("open");
+    fs::create_dir(&open_dir).unwrap();
+    fs::set_permissions(&open_dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let err = VaultStore::open(options(&open_dir.join("vault.db"), "ns"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("chmod 700"), "{err}");
+    assert_eq!(fs::read_dir(&open_dir).unwrap().count(), 0);
+}
+
+#[test]
+fn key_file_notice_is_given_once_in_one_line() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let first = open(&path, "ns");
+    let notice = first.notice().expect("a new key-file vault has a notice");
+    assert!(!notice.contains('\n'), "{notice}");
+    assert!(notice.contains(&key_file_path(&path).display().to_string()));
+    assert!(notice.contains("permissions"), "{notice}");
+    assert_eq!(
+        first.protection(),
+        Protection::KeyFile {
+            path: key_file_path(&path)
+        }
+    );
+    assert!(first.info().protection.contains("file permissions"));
+    drop(first);
+    assert_eq!(open(&path, "ns").notice(), None);
+}
+
+#[test]
+fn racing_creators_agree_on_one_vault() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let barrier = std::sync::Barrier::new(8);
+    let stores: Vec<VaultStore> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (path, barrier) = (&path, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    let store = open(path, "ns");
+                    store
+                        .set(&key(&format!("k{i}")), &value(format!("{i}").as_bytes()))
+                        .unwrap();
+                    store
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        stores.iter().filter(|s| s.notice().is_some()).count(),
+        1,
+        "exactly one creator announces the new vault"
+    );
+    for store in &stores {
+        assert_eq!(store.keys().unwrap().len(), 8);
+        assert_eq!(store.vault_id(), stores[0].vault_id());
+    }
+}
+
+#[test]
+fn namespaces_share_one_file() {
+    let dir = private_tempdir();
+    let path = dir.path().join("app.db");
+    let legacy = open(&path, "legacy");
+    let journal = legacy.with_namespace("journal").unwrap();
+    legacy.set(&key("k"), &value(b"legacy")).unwrap();
+    journal.set(&key("k"), &value(b"journal")).unwrap();
+    let reopened = open(&path, "journal");
+    assert_eq!(reopened.get(&key("k")).unwrap().unwrap(), value(b"journal"));
+    assert_eq!(legacy.get(&key("k")).unwrap().unwrap(), value(b"legacy"));
+    assert!(legacy.with_namespace("").is_err());
+}
+
+#[test]
+fn too_large_values_are_refused() {
+    let dir = private_tempdir();
+    let mut o = options(&dir.path().join("v.db"), "ns");
+    o.limits.max_value_len = 8;
+    let store = VaultStore::open(o).unwrap();
+    assert!(matches!(
+        store.set(&key("k"), &value(b"123456789")),
+        Err(Error::TooLarge {
+            limit: 8,
+            actual: 9
+        })
+    ));
+    store.set(&key("k"), &value(b"12345678")).unwrap();
+}
+
+#[test]
+fn debug_output_shows_no_key_material() {
+    let dir = private_tempdir();
+    let path = dir.path().join("v.db");
+    let store = open(&path, "ns");
+    let key_line = fs::read_to_string(key_file_path(&path)).unwrap();
+    let key_hex = key_line.trim().rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(key_hex.len(), 64);
+    let shown = format!("{store:?} {:?}", VaultOptions::new(&path, "ns"));
+    assert!(!shown.contains(&key_hex), "{shown}");
+    assert!(shown.contains("v.db"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tampered and foreign data
+
+#[test]
+fn a_flipped_byte_is_corrupt_for_that_key_only_and_left_untouched() {
+    let dir = private_tempdir();
+    let path = dir.path().join("v.db");
+    let store = open(&path, "ns");
+    store.set(&key("victim"), &value(b"secret-1")).unwrap();
+    store.set(&key("other"), &value(b"secret-2")).unwrap();
+
+    let conn = raw(&path);
+    let mut sealed: Vec<u8> = conn
+        .query_row(
+            "SELECT sealed FROM secrets WHERE key = ?1",
+            [b"victim".as_slice()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let middle = sealed.len() / 2;
+    sealed[middle] ^= 0x40;
+    conn.execute(
+        "UPDATE secrets SET sealed = ?1 WHERE key = ?2",
+        (&sealed, b"victim".as_slice()),
+    )
+    .unwrap();
+
+    let err = store.get(&key("victim")).unwrap_err();
+    match &err {
+        Error::Corrupt { key: Some(k), .. } => assert_eq!(k, "victim"),
+        other => panic!("expected Corrupt naming the key, got {other:?}"),
+    }
+    assert!(err.to_string().contains("victim"), "{err}");
+    assert!(!err.to_string().contains("secret-1"));
+    assert_eq!(store.get(&key("other")).unwrap().unwrap(), value(b"secret-2"));
+    assert_eq!(store.keys().unwrap().len(), 2);
+    // The corrupt row is still there, exactly as it was.
+    let after: Vec<u8> = conn
+        .query_row(
+            "SELECT sealed FROM secrets WHERE key = ?1",
+            [b"victim".as_slice()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(after, sealed);
+}
+
+#[test]
+fn keys_skips_rows_with_invalid_keys() {
+    let dir = private_tempdir();
+    let path = dir.path().join("v.db");
+    let store = open(&path, "ns");
+    store.set(&key("good"), &value(b"v")).unwrap();
+    let conn = raw(&path);
+    for bad in [&b"\xff\xfe"[..], b"", b"a\0b"] {
+        conn.execute(
+            "INSERT INTO secrets (namespace, key, sealed) VALUES ('ns', ?1, x'00')",
+            [bad],
+        )
+        .unwrap();
+    }
+    let keys = store.keys().unwrap();
+    assert_eq!(keys, vec![key("good")]);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+    /// A sealed blob moved to another key or namespace row is Corrupt, never the moved value.
+    #[test]
+    fn sealed_values_are_bound_to_their_row(
+        key_a in "[a-z0-9.]{1,16}", key_b in "[a-z0-9.]{1,16}",
+        ns_b in "[a-z]{1,8}",
+        secret in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128),
+    ) {
+        proptest::prop_assume!(key_a != key_b);
+        let dir = shared_dir().join("bound");
+        static INIT: OnceLock<()> = OnceLock::new();
+        INIT.get_or_init(|| {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new().mode(0o700).create(&dir).unwrap()
+        });
+        let path = dir.join("v.db");
+        let store = open(&path, "ns-a");
+        store.set(&key(&key_a), &value(&secret)).unwrap();
+        proptest::prop_assert_eq!(store.get(&key(&key_a)).unwrap().unwrap(), value(&secret));
+
+        let conn = raw(&path);
+        conn.execute(
+            "INSERT OR REPLACE INTO secrets (namespace, key, sealed)
+             SELECT namespace, ?2, sealed FROM secrets WHERE namespace = 'ns-a' AND key = ?1",
+            (key_a.as_bytes(), key_b.as_bytes()),
+        ).unwrap();
+        conn.execute(
+            "INSERT OR REPLACE INTO secrets (namespace, key, sealed)
+             SELECT ?2, key, sealed FROM secrets WHERE namespace = 'ns-a' AND key = ?1",
+            (key_a.as_bytes(), &ns_b),
+        ).unwrap();
+        let moved_key = store.get(&key(&key_b));
+        proptest::prop_assert!(matches!(moved_key, Err(Error::Corrupt { .. })), "{:?}", moved_key);
+        let other_ns = store.with_namespace(&ns_b).unwrap();
+        let moved_ns = other_ns.get(&key(&key_a));
+        proptest::prop_assert!(matches!(moved_ns, Err(Error::Corrupt { .. })), "{:?}", moved_ns);
+        conn.execute("DELETE FROM secrets", []).unwrap();
+    }
+}
+
+/// A file that is not a vault is refused with a clear error and left byte-for-byte untouched.
+fn assert_refused_untouched(dir: &Path, path: &Path, expect: &str) {
+    let before = snapshot(dir);
+    for attempt in [
+        options(path, "ns"),
+        passphrase_options(path, "ns", "pass"),
+    ] {
+        let err = VaultStore::open(attempt).unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("not a keyshare vault"), "{text}");
+        assert!(text.contains(expect), "{text}");
+        assert!(text.contains("untouched"), "{text}");
+    }
+    assert_eq!(snapshot(dir), before, "the file (or its directory) changed");
+}
+
+#[test]
+fn random_bytes_are_not_a_vault() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let noise: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(&path, &noise).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_refused_untouched(dir.path(), &path, "not a SQLite database");
+
+    fs::write(&path, b"short").unwrap();
+    assert_refused_untouched(dir.path(), &path, "not a SQLite database");
+
+    fs::write(&path, b"").unwrap();
+    assert_refused_untouched(dir.path(), &path, "empty");
+}
+
+#[test]
+fn another_sqlite_database_is_not_a_vault() {
+    for wal in [false, true] {
+        let dir = private_tempdir();
+        let path = dir.path().join("vault.db");
+        {
+            let conn = raw(&path);
+            if wal {
+                conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            }
+            conn.execute_batch(
+                "CREATE TABLE ItemTable (key TEXT, value BLOB); \
+                 INSERT INTO ItemTable VALUES ('a', x'0102');",
+            )
+            .unwrap();
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_refused_untouched(dir.path(), &path, "another application");
+    }
+
+    // Our application id but no vault schema: SQLite reads it, and still writes nothing.
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    {
+        let conn = raw(&path);
+        conn.pragma_update(None, "application_id", 0x4b53_4856).unwrap();
+        conn.execute_batch("CREATE TABLE other (x);").unwrap();
+    }
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_refused_untouched(dir.path(), &path, "no meta table");
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_left_untouched() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    open(&path, "ns").set(&key("k"), &value(b"v")).unwrap();
+    raw(&path)
+        .execute(
+            "UPDATE meta SET value = 2 WHERE name = 'schema_version'",
+            [],
+        )
+        .unwrap();
+    let before = snapshot(dir.path());
+    let err = VaultStore::open(options(&path, "ns")).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("schema version 2"), "{text}");
+    assert!(text.contains("newer"), "{text}");
+    assert!(text.contains("Upgrade keyshare"), "{text}");
+    assert_eq!(snapshot(dir.path()), before);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys: passphrases, key files, the OS keyring
+
+#[test]
+fn wrong_passphrase_is_denied_and_writes_nothing() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let store = VaultStore::open(passphrase_options(&path, "ns", "right horse")).unwrap();
+    assert_eq!(store.protection(), Protection::Passphrase);
+    assert_eq!(store.notice(), None);
+    store.set(&key("k"), &value(b"v")).unwrap();
+    drop(store);
+    assert!(!key_file_path(&path).exists());
+
+    let before = snapshot(dir.path());
+    let err = VaultStore::open(passphrase_options(&path, "ns", "wrong horse")).unwrap_err();
+    match &err {
+        Error::Unavailable {
+            reason: UnavailableReason::Denied,
+            detail,
+            ..
+        } => {
+            assert!(detail.contains("passphrase"), "{detail}");
+            assert!(detail.contains("nothing was written"), "{detail}");
+        }
+        other => panic!("expected Denied, got {other:?}"),
+    }
+    assert!(!err.to_string().contains("wrong horse"));
+    assert_eq!(snapshot(dir.path()), before);
+
+    let store = VaultStore::open(passphrase_options(&path, "ns", "right horse")).unwrap();
+    assert_eq!(store.get(&key("k")).unwrap().unwrap(), value(b"v"));
+}
+
+#[test]
+fn passphrase_vault_without_a_passphrase_is_locked() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    VaultStore::open(passphrase_options(&path, "ns", "pw")).unwrap();
+    let mut o = options(&path, "ns");
+    o.keys.passphrase_prompt = Some(Arc::new(|_| Ok(None)));
+    let err = VaultStore::open(o).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                reason: UnavailableReason::Locked,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("KEYSHARE_PASSPHRASE"), "{err}");
+
+    // No provider at all for a new vault.
+    let mut o = options(&dir.path().join("other.db"), "ns");
+    o.keys.allow_key_file = false;
+    let err = VaultStore::open(o).unwrap_err();
+    assert!(matches!(err, Error::ProtectionUnavailable(_)), "{err:?}");
+    assert!(!dir.path().join("other.db").exists());
+
+    // An empty passphrase is refused.
+    let mut o = options(&dir.path().join("empty.db"), "ns");
+    o.keys.allow_key_file = false;
+    o.keys.passphrase_prompt = Some(Arc::new(|_| Ok(Some(SecretValue::default()))));
+    assert!(matches!(
+        VaultStore::open(o),
+        Err(Error::Invalid {
+            what: "passphrase",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn the_prompt_is_told_when_a_vault_is_being_created() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let prompt_options = |seen: Arc<Mutex<Vec<bool>>>| {
+        let mut o = passphrase_options(&path, "ns", "unused");
+        o.keys.passphrase_prompt = Some(Arc::new(move |req| {
+            seen.lock().unwrap().push(req.creating);
+            Ok(Some(value(b"pw")))
+        }));
+        o
+    };
+    VaultStore::open(prompt_options(seen.clone())).unwrap();
+    VaultStore::open(prompt_options(seen.clone())).unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![true, false]);
+}
+
+#[test]
+fn replaced_key_file_is_denied_and_writes_nothing() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    open(&path, "ns").set(&key("k"), &value(b"v")).unwrap();
+
+    let elsewhere = private_tempdir();
+    open(&elsewhere.path().join("vault.db"), "ns");
+    fs::copy(
+        key_file_path(&elsewhere.path().join("vault.db")),
+        key_file_path(&path),
+    )
+    .unwrap();
+
+    let before = snapshot(dir.path());
+    let err = VaultStore::open(options(&path, "ns")).unwrap_err();
+    match &err {
+        Error::Unavailable {
+            reason: UnavailableReason::Denied,
+            detail,
+            ..
+        } => {
+            assert!(detail.contains("key file"), "{detail}");
+            assert!(detail.contains("replaced"), "{detail}");
+        }
+        other => panic!("expected Denied, got {other:?}"),
+    }
+    assert_eq!(snapshot(dir.path()), before);
+}
+
+#[test]
+fn missing_or_mangled_key_file_is_reported_not_replaced() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    open(&path, "ns").set(&key("k"), &value(b"v")).unwrap();
+    let key_file = key_file_path(&path);
+
+    let saved = fs::read(&key_file).unwrap();
+    fs::remove_file(&key_file).unwrap();
+    let before = snapshot(dir.path());
+    let err = VaultStore::open(options(&path, "ns")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                reason: UnavailableReason::Locked,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("missing"), "{err}");
+    assert_eq!(snapshot(dir.path()), before, "no new key file was made");
+
+    fs::write(&key_file, b"not a key\n").unwrap();
+    fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
+    let before = snapshot(dir.path());
+    let err = VaultStore::open(options(&path, "ns")).unwrap_err();
+    assert!(err.to_string().contains("not a keyshare key file"), "{err}");
+    assert_eq!(snapshot(dir.path()), before);
+
+    fs::write(&key_file, saved).unwrap();
+    assert_eq!(
+        open(&path, "ns").get(&key("k")).unwrap().unwrap(),
+        value(b"v")
+    );
+}
+
+#[test]
+fn os_keyring_protects_new_vaults_first() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let keyring = Arc::new(FakeKeyring::default());
+    let with_keyring = |keyring: Arc<FakeKeyring>, require: bool| {
+        let mut o = options(&path, "ns");
+        o.keys.os_keyring = Some(keyring);
+        o.require_os_keyring = require;
+        o
+    };
+    let store = VaultStore::open(with_keyring(keyring.clone(), true)).unwrap();
+    assert_eq!(
+        store.protection(),
+        Protection::OsKeyring {
+            keyring: "fake keyring".to_owned()
+        }
+    );
+    assert_eq!(store.notice(), None);
+    assert!(!key_file_path(&path).exists());
+    assert!(keyring
+        .entries
+        .lock()
+        .unwrap()
+        .contains_key(&store.vault_id()));
+    store.set(&key("k"), &value(b"v")).unwrap();
+    drop(store);
+
+    let store = VaultStore::open(with_keyring(keyring.clone(), true)).unwrap();
+    assert_eq!(store.get(&key("k")).unwrap().unwrap(), value(b"v"));
+    drop(store);
+
+    // The keyring is locked: Unavailable, with what to do, and the vault untouched.
+    keyring.down.store(true, Ordering::SeqCst);
+    let before = snapshot(dir.path());
+    let err = VaultStore::open(with_keyring(keyring.clone(), false)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                reason: UnavailableReason::Locked,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("Unlock"), "{err}");
+    // A keyring that lost the entry.
+    let err = VaultStore::open(with_keyring(Arc::new(FakeKeyring::default()), false)).unwrap_err();
+    assert!(err.to_string().contains("holds no key"), "{err}");
+    // No keyring at all: no silent switch to another provider.
+    let err = VaultStore::open(options(&path, "ns")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                reason: UnavailableReason::NotRunning,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(snapshot(dir.path()), before);
+    assert!(!key_file_path(&path).exists());
+}
+
+#[test]
+fn unreachable_keyring_falls_back_to_a_key_file_and_says_so() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let mut o = options(&path, "ns");
+    o.keys.os_keyring = Some(FakeKeyring::down());
+    let store = VaultStore::open(o).unwrap();
+    assert!(matches!(store.protection(), Protection::KeyFile { .. }));
+    let notice = store.notice().unwrap();
+    assert!(notice.contains("OS keyring was unavailable"), "{notice}");
+}
+
+#[test]
+fn require_os_keyring_refuses_other_protection() {
+    let dir = private_tempdir();
+
+    // Creating: an unreachable keyring, or none, is refused and creates nothing.
+    for keyring in [Some(FakeKeyring::down()), None] {
+        let path = dir.path().join("new.db");
+        let mut o = options(&path, "ns");
+        o.keys.os_keyring = keyring.map(|k| k as Arc<dyn KekStore>);
+        o.require_os_keyring = true;
+        let err = VaultStore::open(o).unwrap_err();
+        assert!(matches!(err, Error::ProtectionUnavailable(_)), "{err:?}");
+        assert!(err.to_string().contains("require_os_keyring"), "{err}");
+        assert!(!path.exists());
+        assert!(!key_file_path(&path).exists());
+    }
+
+    // Opening: a key-file vault is refused even with a working keyring, untouched.
+    let path = dir.path().join("keyfile.db");
+    open(&path, "ns").set(&key("k"), &value(b"v")).unwrap();
+    let before = snapshot(dir.path());
+    let mut o = options(&path, "ns");
+    o.keys.os_keyring = Some(Arc::new(FakeKeyring::default()));
+    o.require_os_keyring = true;
+    let err = VaultStore::open(o).unwrap_err();
+    assert!(matches!(err, Error::ProtectionUnavailable(_)), "{err:?}");
+    assert!(err.to_string().contains("key file"), "{err}");
+    assert_eq!(snapshot(dir.path()), before);
+}
