@@ -557,6 +557,12 @@ fn wrong_passphrase_is_denied_and_writes_nothing() {
     store.set(&key("k"), &value(b"v")).unwrap();
     drop(store);
     assert!(!key_file_path(&path).exists());
+    // In rollback-journal mode a successful open switches the vault back to WAL (a write), so
+    // this shows that a wrong passphrase stops the open before any write.
+    let mode: String = raw(&path)
+        .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
 
     let before = snapshot(dir.path());
     let err = VaultStore::open(passphrase_options(&path, "ns", "wrong horse")).unwrap_err();
@@ -576,6 +582,10 @@ fn wrong_passphrase_is_denied_and_writes_nothing() {
 
     let store = VaultStore::open(passphrase_options(&path, "ns", "right horse")).unwrap();
     assert_eq!(store.get(&key("k")).unwrap().unwrap(), value(b"v"));
+    let mode: String = raw(&path)
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
 }
 
 #[test]

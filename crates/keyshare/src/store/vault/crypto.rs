@@ -441,6 +441,13 @@ mod tests {
             let d = dek(9);
             let sealed = Sealed::seal(&d, &AssociatedData::v1(&ns, &key), &SecretValue::from_slice(&value)).unwrap();
             prop_assert!(sealed.open(&d, &AssociatedData::v1(&other_ns, &other_key)).is_err());
+            // Only the namespace moved, or only the key.
+            if other_ns != ns {
+                prop_assert!(sealed.open(&d, &AssociatedData::v1(&other_ns, &key)).is_err());
+            }
+            if other_key != key {
+                prop_assert!(sealed.open(&d, &AssociatedData::v1(&ns, &other_key)).is_err());
+            }
             // Same bytes, shifted between namespace and key: the length prefixes keep them apart.
             let joined = format!("{ns}{key}");
             if joined.len() > 1 {
