@@ -138,7 +138,7 @@ impl KekStore for FakeKeyring {
 
 fn shared_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| private_tempdir()).path()
+    DIR.get_or_init(private_tempdir).path()
 }
 
 /// Every namespace in one vault file per test process; the same namespace reopens the same data.
@@ -210,12 +210,19 @@ fn refuses_a_vault_others_can_read_and_says_how_to_fix_it() {
     open(&path, "ns").set(&key("k"), &value(b"v")).unwrap();
 
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-    let err = VaultStore::open(options(&path, "ns")).unwrap_err().to_string();
-    assert!(err.contains(&format!("chmod 600 {}", path.display())), "{err}");
+    let err = VaultStore::open(options(&path, "ns"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("chmod 600 {}", path.display())),
+        "{err}"
+    );
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
 
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o750)).unwrap();
-    let err = VaultStore::open(options(&path, "ns")).unwrap_err().to_string();
+    let err = VaultStore::open(options(&path, "ns"))
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains(&format!("chmod 700 {}", dir.path().display())),
         "{err}"
@@ -224,16 +231,26 @@ fn refuses_a_vault_others_can_read_and_says_how_to_fix_it() {
 
     let key_file = key_file_path(&path);
     fs::set_permissions(&key_file, fs::Permissions::from_mode(0o640)).unwrap();
-    let err = VaultStore::open(options(&path, "ns")).unwrap_err().to_string();
-    assert!(err.contains(&format!("chmod 600 {}", key_file.display())), "{err}");
+    let err = VaultStore::open(options(&path, "ns"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("chmod 600 {}", key_file.display())),
+        "{err}"
+    );
     fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
 
     // A leftover -wal file that others can read is refused too.
     let wal = side(&path, "-wal");
     fs::write(&wal, b"").unwrap();
     fs::set_permissions(&wal, fs::Permissions::from_mode(0o604)).unwrap();
-    let err = VaultStore::open(options(&path, "ns")).unwrap_err().to_string();
-    assert!(err.contains(&format!("chmod 600 {}", wal.display())), "{err}");
+    let err = VaultStore::open(options(&path, "ns"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("chmod 600 {}", wal.display())),
+        "{err}"
+    );
     fs::remove_file(&wal).unwrap();
 
     assert_eq!(
@@ -384,7 +401,10 @@ fn a_flipped_byte_is_corrupt_for_that_key_only_and_left_untouched() {
     }
     assert!(err.to_string().contains("victim"), "{err}");
     assert!(!err.to_string().contains("secret-1"));
-    assert_eq!(store.get(&key("other")).unwrap().unwrap(), value(b"secret-2"));
+    assert_eq!(
+        store.get(&key("other")).unwrap().unwrap(),
+        value(b"secret-2")
+    );
     assert_eq!(store.keys().unwrap().len(), 2);
     // The corrupt row is still there, exactly as it was.
     let after: Vec<u8> = conn
@@ -460,10 +480,7 @@ proptest::proptest! {
 /// A file that is not a vault is refused with a clear error and left byte-for-byte untouched.
 fn assert_refused_untouched(dir: &Path, path: &Path, expect: &str) {
     let before = snapshot(dir);
-    for attempt in [
-        options(path, "ns"),
-        passphrase_options(path, "ns", "pass"),
-    ] {
+    for attempt in [options(path, "ns"), passphrase_options(path, "ns", "pass")] {
         let err = VaultStore::open(attempt).unwrap_err();
         assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
         let text = err.to_string();
@@ -517,7 +534,8 @@ fn another_sqlite_database_is_not_a_vault() {
     let path = dir.path().join("vault.db");
     {
         let conn = raw(&path);
-        conn.pragma_update(None, "application_id", 0x4b53_4856).unwrap();
+        conn.pragma_update(None, "application_id", 0x4b53_4856)
+            .unwrap();
         conn.execute_batch("CREATE TABLE other (x);").unwrap();
     }
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();

@@ -64,7 +64,10 @@ fn writer(path: &Path) {
     println!("READY");
     for n in 0..writes {
         store
-            .set(&key_of(child, n), &SecretValue::from(value_of(child, n).into_bytes()))
+            .set(
+                &key_of(child, n),
+                &SecretValue::from(value_of(child, n).into_bytes()),
+            )
             .unwrap();
         // stdout is line-buffered: the line is in the pipe before the next write starts.
         println!("ACK {child} {n}");
@@ -251,7 +254,11 @@ fn run_passphrase_child(path: &Path, passphrase: Option<&str>) -> String {
     let stdout = String::from_utf8(output.stdout).unwrap();
     stdout
         .lines()
-        .find_map(|l| l.find("OPENED ").or_else(|| l.find("ERROR ")).map(|at| l[at..].to_owned()))
+        .find_map(|l| {
+            l.find("OPENED ")
+                .or_else(|| l.find("ERROR "))
+                .map(|at| l[at..].to_owned())
+        })
         .unwrap_or_default()
 }
 

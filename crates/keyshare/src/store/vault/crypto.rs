@@ -153,9 +153,8 @@ impl<'a> AssociatedData<'a> {
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            VALUE_DOMAIN.len() + 1 + 8 + self.namespace.len() + self.key.len(),
-        );
+        let mut out =
+            Vec::with_capacity(VALUE_DOMAIN.len() + 1 + 8 + self.namespace.len() + self.key.len());
         out.extend_from_slice(VALUE_DOMAIN);
         out.push(self.schema_version);
         push_prefixed(&mut out, self.namespace.as_bytes());
@@ -201,7 +200,11 @@ impl Sealed {
         // Encrypting in place leaves no plaintext copy behind in `out`.
         let tag = dek
             .cipher()
-            .encrypt_in_place_detached(XNonce::from_slice(nonce), &aad.encode(), &mut out[HEADER_LEN..])
+            .encrypt_in_place_detached(
+                XNonce::from_slice(nonce),
+                &aad.encode(),
+                &mut out[HEADER_LEN..],
+            )
             .map_err(|_| Error::invalid("value", "too large to encrypt"))?;
         out.extend_from_slice(&tag);
         Ok(Sealed(out))
@@ -344,17 +347,18 @@ mod tests {
         manual.extend_from_slice(&[0, 0, 0, 11]);
         manual.extend_from_slice(b"github.auth");
         assert_eq!(aad.encode(), manual);
-        let plain = XChaCha20Poly1305::new(Key::from_slice(&std::array::from_fn::<u8, 32, _>(
-            |i| i as u8,
-        )))
-        .decrypt(
-            XNonce::from_slice(&nonce),
-            chacha20poly1305::aead::Payload {
-                msg: &sealed.as_bytes()[HEADER_LEN..],
-                aad: &manual,
-            },
-        )
-        .unwrap();
+        let plain =
+            XChaCha20Poly1305::new(Key::from_slice(&std::array::from_fn::<u8, 32, _>(|i| {
+                i as u8
+            })))
+            .decrypt(
+                XNonce::from_slice(&nonce),
+                chacha20poly1305::aead::Payload {
+                    msg: &sealed.as_bytes()[HEADER_LEN..],
+                    aad: &manual,
+                },
+            )
+            .unwrap();
         assert_eq!(plain, b"gho_exampletoken");
         assert_eq!(
             sealed.open(&dek, &aad).unwrap().expose_secret(),
@@ -384,7 +388,9 @@ mod tests {
                 "flip at byte {i} went unnoticed"
             );
         }
-        assert!(Sealed::from_stored(vec![1; 10]).open(&dek(1), &aad).is_err());
+        assert!(Sealed::from_stored(vec![1; 10])
+            .open(&dek(1), &aad)
+            .is_err());
     }
 
     #[test]

@@ -316,7 +316,11 @@ impl KeyProviders {
                  protected only by that file's permissions (0600)",
                 vault.display(),
                 path.display(),
-                if created { "new key file" } else { "existing key file" },
+                if created {
+                    "new key file"
+                } else {
+                    "existing key file"
+                },
             ));
             return Ok(NewKek {
                 kind: ProviderKind::KeyFile,
@@ -470,7 +474,10 @@ impl KeyProviders {
         };
         let answer = prompt(&PassphraseRequest { vault, creating })?;
         if answer.as_ref().is_some_and(|p| p.is_empty()) {
-            return Err(Error::invalid("passphrase", "the passphrase cannot be empty"));
+            return Err(Error::invalid(
+                "passphrase",
+                "the passphrase cannot be empty",
+            ));
         }
         Ok(answer)
     }
@@ -581,7 +588,10 @@ mod tests {
             key_file_path(Path::new("/d/vault.db")),
             Path::new("/d/vault.key")
         );
-        assert_eq!(key_file_path(Path::new("/d/vault")), Path::new("/d/vault.key"));
+        assert_eq!(
+            key_file_path(Path::new("/d/vault")),
+            Path::new("/d/vault.key")
+        );
         assert_eq!(
             key_file_path(Path::new("/d/x.key")),
             Path::new("/d/x.key.key")

@@ -116,19 +116,18 @@ fn vault_path_in(
 ) -> Result<PathBuf> {
     // The flavour becomes a path component: reuse the flavour name rules (no '/', no '..').
     Flavour::with_default_service(flavour)?;
-    let data_home = match xdg_data_home.map(PathBuf::from) {
-        Some(dir) if dir.is_absolute() => dir,
-        _ => match home.map(PathBuf::from) {
-            Some(home) if home.is_absolute() => home.join(".local").join("share"),
-            _ => {
-                return Err(Error::invalid(
+    let data_home =
+        match xdg_data_home.map(PathBuf::from) {
+            Some(dir) if dir.is_absolute() => dir,
+            _ => match home.map(PathBuf::from) {
+                Some(home) if home.is_absolute() => home.join(".local").join("share"),
+                _ => return Err(Error::invalid(
                     "vault path",
                     "neither XDG_DATA_HOME nor HOME is set to an absolute path; give the vault \
                      path explicitly",
-                ))
-            }
-        },
-    };
+                )),
+            },
+        };
     Ok(data_home
         .join("keyshare")
         .join(flavour)
@@ -182,7 +181,10 @@ impl Vault {
                     return Err(e);
                 }
             };
-            if let Err(e) = conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])) {
+            if let Err(e) = conn
+                .prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]))
+            {
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
@@ -302,12 +304,7 @@ impl VaultStore {
             schema_version: schema::SCHEMA_VERSION,
             vault_id,
             provider: new_kek.kind,
-            wrapped_dek: wrap_dek(
-                &new_kek.kek,
-                &dek,
-                vault_id.as_bytes(),
-                new_kek.kind.name(),
-            )?,
+            wrapped_dek: wrap_dek(&new_kek.kek, &dek, vault_id.as_bytes(), new_kek.kind.name())?,
             argon2: new_kek.argon2,
         };
         let created = files::create_private_file_atomically(path, |_, temp| {
@@ -354,9 +351,7 @@ impl VaultStore {
         }
         let is_wal = schema::check_header(path)?;
 
-        let map = |doing: &'static str| {
-            move |e| sql_error(path, options.busy_timeout, doing, e)
-        };
+        let map = |doing: &'static str| move |e| sql_error(path, options.busy_timeout, doing, e);
         // No CREATE flag: if the file vanished since the checks, fail instead of making one.
         let conn = Connection::open_with_flags(
             path,
@@ -535,13 +530,12 @@ impl Store for VaultStore {
             let conn = self.vault.conn();
             conn.prepare_cached("SELECT sealed FROM secrets WHERE namespace = ?1 AND key = ?2")
                 .and_then(|mut stmt| {
-                    stmt.query_row(
-                        (&self.namespace, key.as_str().as_bytes()),
-                        |row| match row.get_ref(0)? {
-                            ValueRef::Blob(bytes) => Ok(Some(bytes.to_vec())),
-                            _ => Ok(None),
-                        },
-                    )
+                    stmt.query_row((&self.namespace, key.as_str().as_bytes()), |row| match row
+                        .get_ref(0)?
+                    {
+                        ValueRef::Blob(bytes) => Ok(Some(bytes.to_vec())),
+                        _ => Ok(None),
+                    })
                     .optional()
                 })
                 .map_err(|e| self.vault.sql_error("reading a value", e))?

@@ -153,18 +153,24 @@ pub(crate) fn read_meta(
     }
     let int = |name: &str| match rows.get(name) {
         Some(Value::Integer(i)) => Ok(*i),
-        _ => Err(corrupt(format!("meta row {name:?} is missing or not an integer"))),
+        _ => Err(corrupt(format!(
+            "meta row {name:?} is missing or not an integer"
+        ))),
     };
     let blob = |name: &str| match rows.get(name) {
         Some(Value::Blob(b)) => Ok(b.clone()),
-        _ => Err(corrupt(format!("meta row {name:?} is missing or not a blob"))),
+        _ => Err(corrupt(format!(
+            "meta row {name:?} is missing or not a blob"
+        ))),
     };
     let schema_version = int(names::SCHEMA_VERSION)?;
     if schema_version > SCHEMA_VERSION {
         return Err(too_new(path, schema_version));
     }
     if schema_version < 1 {
-        return Err(corrupt(format!("schema version {schema_version} is invalid")));
+        return Err(corrupt(format!(
+            "schema version {schema_version} is invalid"
+        )));
     }
     let vault_id = VaultId::from_slice(&blob(names::VAULT_ID)?)
         .ok_or_else(|| corrupt("the vault id is not 16 bytes".to_owned()))?;
@@ -277,5 +283,87 @@ pub(crate) fn upgrade(
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(e: rusqlite::Error) -> Error {
+        Error::io("test", std::io::Error::other(e))
+    }
+
+    fn version(conn: &Connection) -> i64 {
+        conn.query_row(
+            "SELECT value FROM meta WHERE name = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    fn new_vault() -> (tempfile::TempDir, std::path::PathBuf, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.db");
+        let conn = Connection::open(&path).unwrap();
+        let meta = Meta {
+            schema_version: SCHEMA_VERSION,
+            vault_id: VaultId::generate().unwrap(),
+            provider: ProviderKind::KeyFile,
+            wrapped_dek: vec![1; 73],
+            argon2: None,
+        };
+        create(&conn, &meta).unwrap();
+        (dir, path, conn)
+    }
+
+    #[test]
+    fn a_new_vault_is_recognised_and_reads_back() {
+        let (_dir, path, conn) = new_vault();
+        assert!(!check_header(&path).unwrap(), "not yet in WAL mode");
+        let meta = read_meta(&conn, &path, map).unwrap();
+        assert_eq!(meta.schema_version, SCHEMA_VERSION);
+        assert_eq!(meta.provider, ProviderKind::KeyFile);
+        assert_eq!(meta.wrapped_dek, vec![1; 73]);
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        assert!(check_header(&path).unwrap());
+    }
+
+    #[test]
+    fn upgrades_go_forward_once_and_atomically() {
+        let (_dir, path, conn) = new_vault();
+        let next = [
+            MIGRATIONS[0],
+            Migration {
+                to: 2,
+                sql: "ALTER TABLE secrets ADD COLUMN written_at INTEGER",
+            },
+        ];
+        assert_eq!(upgrade(&conn, &path, &next, map).unwrap(), 2);
+        assert_eq!(version(&conn), 2);
+        conn.execute_batch("SELECT written_at FROM secrets").unwrap();
+        // Applying again is a no-op (the ALTER would fail if it ran twice).
+        assert_eq!(upgrade(&conn, &path, &next, map).unwrap(), 2);
+
+        // A failing step leaves the schema and version as they were.
+        let broken = [
+            next[0],
+            next[1],
+            Migration {
+                to: 3,
+                sql: "CREATE TABLE extra (x); THIS IS NOT SQL",
+            },
+        ];
+        assert!(upgrade(&conn, &path, &broken, map).is_err());
+        assert_eq!(version(&conn), 2);
+        assert!(conn.execute_batch("SELECT * FROM extra").is_err());
+
+        // This build's steps stop at SCHEMA_VERSION: the vault is now too new for them.
+        let err = upgrade(&conn, &path, MIGRATIONS, map).unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
+        let err = read_meta(&conn, &path, map).unwrap_err();
+        assert!(err.to_string().contains("schema version 2"), "{err}");
+        assert_eq!(version(&conn), 2);
     }
 }
