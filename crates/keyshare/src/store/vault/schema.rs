@@ -342,7 +342,8 @@ mod tests {
         ];
         assert_eq!(upgrade(&conn, &path, &next, map).unwrap(), 2);
         assert_eq!(version(&conn), 2);
-        conn.execute_batch("SELECT written_at FROM secrets").unwrap();
+        conn.execute_batch("SELECT written_at FROM secrets")
+            .unwrap();
         // Applying again is a no-op (the ALTER would fail if it ran twice).
         assert_eq!(upgrade(&conn, &path, &next, map).unwrap(), 2);
 
