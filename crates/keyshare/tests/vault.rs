@@ -839,3 +839,65 @@ fn require_os_keyring_refuses_other_protection() {
     assert!(err.to_string().contains("key file"), "{err}");
     assert_eq!(snapshot(dir.path()), before);
 }
+
+#[test]
+fn a_held_write_lock_is_unavailable_after_the_busy_timeout() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let mut o = options(&path, "ns");
+    o.busy_timeout = std::time::Duration::from_millis(50);
+    let store = VaultStore::open(o).unwrap();
+    store.set(&key("k"), &value(b"old")).unwrap();
+
+    let other = raw(&path);
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = store.set(&key("k"), &value(b"new")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                reason: UnavailableReason::TimedOut,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("busy timeout"), "{err}");
+    // Readers are not blocked by a writer in WAL mode.
+    assert_eq!(store.get(&key("k")).unwrap().unwrap(), value(b"old"));
+    other.execute_batch("COMMIT").unwrap();
+    store.set(&key("k"), &value(b"new")).unwrap();
+    assert_eq!(store.get(&key("k")).unwrap().unwrap(), value(b"new"));
+}
+
+#[test]
+fn a_damaged_database_page_is_corrupt_and_left_untouched() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let store = open(&path, "ns");
+    for i in 0..200 {
+        store
+            .set(&key(&format!("key-{i}")), &value(&[i as u8; 300]))
+            .unwrap();
+    }
+    drop(store); // the last connection checkpoints the WAL into the file
+    let mut bytes = fs::read(&path).unwrap();
+    let page_size = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+    assert!(bytes.len() > 6 * page_size, "{} bytes", bytes.len());
+    // Scribble over the b-tree header of the last page (a leaf of the secrets table).
+    let last = bytes.len() - page_size;
+    bytes[last..last + 64].fill(0xa5);
+    fs::write(&path, &bytes).unwrap();
+
+    let before = snapshot(dir.path());
+    let outcome = VaultStore::open(options(&path, "ns")).and_then(|s| {
+        (0..200)
+            .map(|i| s.get(&key(&format!("key-{i}"))).map(drop))
+            .collect::<keyshare::Result<Vec<()>>>()
+            .and_then(|_| s.keys().map(drop))
+    });
+    let err = outcome.expect_err("a damaged page must not read as fine");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains("untouched"), "{err}");
+    assert_eq!(snapshot(dir.path()), before);
+}
