@@ -46,7 +46,6 @@ pub struct Config {
     pub store: StoreChoice,
     /// Refuse to run the vault unless its key is protected by the OS keyring.
     #[serde(default)]
-    #[allow(dead_code)] // read by the vault and broker wiring, landing next
     pub require_os_keyring: bool,
     /// Start a broker automatically when none answers.
     #[allow(dead_code)] // read by the vault and broker wiring, landing next

@@ -42,6 +42,13 @@ pub fn classify(err: &anyhow::Error) -> ExitCode {
         }
         if let Some(e) = cause.downcast_ref::<Error>() {
             return match e {
+                // A vault file or directory others can read: a protection problem, not usage.
+                Error::Invalid {
+                    what: "vault permissions",
+                    ..
+                } => ExitCode::Protection,
+                // The file at the vault's path is not a vault: nothing the arguments can fix.
+                Error::Invalid { what: "vault", .. } => ExitCode::Failure,
                 Error::Invalid { .. } | Error::TooLarge { .. } => ExitCode::Usage,
                 Error::Unavailable {
                     reason: UnavailableReason::Denied,

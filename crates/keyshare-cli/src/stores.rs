@@ -5,7 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyshare::{AppId, Flavour, Limits, MemoryStore, SecretStorage, Store};
+use keyshare::store::vault::{KeyProviders, PassphraseRequest, VaultOptions, VaultStore};
+use keyshare::{
+    AppId, Flavour, Limits, MemoryStore, SecretStorage, SecretValue, Store, StoreInfo,
+    UnavailableReason, UnreachableStore,
+};
 
 use crate::config::{Config, Dirs, LegacyConfig, StoreChoice};
 
@@ -17,7 +21,6 @@ pub struct Context {
     pub flavour: Flavour,
     pub app: AppId,
     pub store: StoreChoice,
-    #[allow(dead_code)] // read by the OS keyring stores, landing next
     pub timeout: Duration,
     pub json: bool,
     pub limits: Limits,
@@ -28,6 +31,16 @@ pub struct Context {
 pub struct SharedChoice {
     pub store: Arc<dyn Store>,
     pub reason: String,
+    /// Names this shared store stably across runs (kind and path or service), whatever its
+    /// `info()` says; `None` for a store that forgets everything at exit.
+    pub identity: Option<String>,
+}
+
+fn vault_identity(ctx: &Context) -> Option<String> {
+    Some(format!(
+        "vault:{}",
+        ctx.dirs.shared_vault_path(&ctx.flavour).display()
+    ))
 }
 
 /// An opened storage, with what `doctor` reports about it.
@@ -38,9 +51,46 @@ pub struct Opened {
     pub legacy: Option<Arc<dyn Store>>,
 }
 
-pub fn open_vault(path: &Path, namespace: &str, ctx: &Context) -> anyhow::Result<Arc<dyn Store>> {
-    let _ = (path, namespace, ctx);
-    anyhow::bail!("the vault store is not built yet")
+/// Asks for a vault passphrase on the terminal (twice when creating); `None` without one.
+fn terminal_passphrase(request: &PassphraseRequest<'_>) -> keyshare::Result<Option<SecretValue>> {
+    let Ok(tty) = std::fs::File::open("/dev/tty") else {
+        return Ok(None);
+    };
+    drop(tty);
+    let ask = |prompt: &str| {
+        rpassword::prompt_password(prompt)
+            .map(|p| zeroize::Zeroizing::new(p))
+            .map_err(|e| keyshare::Error::io("reading the passphrase from the terminal", e))
+    };
+    let first = ask(&format!("Passphrase for {}: ", request.vault.display()))?;
+    if request.creating {
+        let second = ask("Repeat the passphrase: ")?;
+        if *first != *second {
+            return Err(keyshare::Error::invalid(
+                "passphrase",
+                "the two passphrases differ",
+            ));
+        }
+    }
+    Ok(Some(SecretValue::from_slice(first.as_bytes())))
+}
+
+/// Opens a vault the way every command does: the configured protection requirements, the
+/// store timeout, and the one-line notice on stderr when a key file was just created.
+pub fn open_vault(path: &Path, namespace: &str, ctx: &Context) -> anyhow::Result<VaultStore> {
+    let mut options = VaultOptions::new(path, namespace);
+    options.require_os_keyring = ctx.config.require_os_keyring;
+    options.busy_timeout = ctx.timeout;
+    options.limits = ctx.limits;
+    options.keys = KeyProviders {
+        passphrase_prompt: Some(Arc::new(terminal_passphrase)),
+        ..KeyProviders::default()
+    };
+    let vault = VaultStore::open(options)?;
+    if let Some(notice) = vault.notice() {
+        eprintln!("{notice}");
+    }
+    Ok(vault)
 }
 
 /// Picks the shared store: the explicit choice, or for `auto` the Secret Service when it is
@@ -51,36 +101,96 @@ pub fn open_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
         StoreChoice::Memory => Ok(SharedChoice {
             store: Arc::new(MemoryStore::with_limits(ctx.limits)),
             reason: "chosen explicitly (nothing persists)".to_owned(),
+            identity: None,
         }),
         StoreChoice::Vault => Ok(SharedChoice {
-            store: open_vault(&ctx.dirs.shared_vault_path(&ctx.flavour), service, ctx)?,
+            store: Arc::new(open_vault(
+                &ctx.dirs.shared_vault_path(&ctx.flavour),
+                service,
+                ctx,
+            )?),
             reason: "chosen explicitly".to_owned(),
+            identity: vault_identity(ctx),
         }),
         StoreChoice::SecretService => {
             anyhow::bail!("the Secret Service store is not built yet")
         }
         StoreChoice::Auto => Ok(SharedChoice {
-            store: open_vault(&ctx.dirs.shared_vault_path(&ctx.flavour), service, ctx)?,
+            store: Arc::new(open_vault(
+                &ctx.dirs.shared_vault_path(&ctx.flavour),
+                service,
+                ctx,
+            )?),
             reason: "auto: no Secret Service support in this build".to_owned(),
+            identity: vault_identity(ctx),
         }),
     }
 }
 
+/// How `open` should treat the legacy -> shared migration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Migration {
+    /// The first operation runs a pass (the normal case).
+    Lazy,
+    /// The caller runs the pass itself and wants its report.
+    Explicit,
+}
+
 /// Opens the app's storage: the shared store plus, if configured, its legacy store and journal.
+///
+/// If the shared store cannot be opened but the app has a legacy store, the storage still
+/// works: writes are acknowledged into the legacy store and queued for repair, reads of keys
+/// this app holds are served, and the user is told (here and by `doctor`).
 pub fn open(ctx: &Context) -> anyhow::Result<Opened> {
-    let shared = open_shared(ctx)?;
-    let mut builder = SecretStorage::builder(shared.store.clone()).limits(ctx.limits);
-    let mut legacy = None;
-    if let Some(app) = ctx.config.app(&ctx.app) {
-        match &app.legacy {
-            None => {}
-            Some(LegacyConfig::Vault) => {
-                let path = ctx.dirs.app_vault_path(&ctx.flavour, &ctx.app);
-                let store = open_vault(&path, "legacy", ctx)?;
-                let journal = open_vault(&path, "journal", ctx)?;
-                builder = builder.legacy(store.clone()).journal(journal);
-                legacy = Some(store);
+    open_with(ctx, Migration::Lazy)
+}
+
+/// [`open`], choosing how migration runs.
+pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> {
+    let legacy_config = ctx.config.app(&ctx.app).and_then(|a| a.legacy.as_ref());
+    let shared = match open_shared(ctx) {
+        Ok(shared) => shared,
+        Err(err) if legacy_config.is_some() => {
+            eprintln!(
+                "keyshare: warning: the shared store cannot be opened, so this app works from its \
+                 legacy store and queues repairs: {err:#}"
+            );
+            let reason = match err.downcast_ref::<keyshare::Error>() {
+                Some(keyshare::Error::Unavailable { reason, .. }) => *reason,
+                _ => UnavailableReason::Backend,
+            };
+            SharedChoice {
+                store: Arc::new(UnreachableStore::new(
+                    shared_placeholder_info(ctx),
+                    reason,
+                    format!("{err:#}"),
+                )),
+                reason: format!("could not be opened: {err:#}"),
+                identity: shared_placeholder_identity(ctx),
             }
+        }
+        Err(err) => return Err(err),
+    };
+    let mut builder = SecretStorage::builder(shared.store.clone())
+        .limits(ctx.limits)
+        .lazy_migration(migration == Migration::Lazy);
+    let mut legacy = None;
+    match legacy_config {
+        None => {}
+        Some(LegacyConfig::Vault) => {
+            let path = ctx.dirs.app_vault_path(&ctx.flavour, &ctx.app);
+            let store = open_vault(&path, "legacy", ctx)?;
+            // The journal's "migrated" and "dirty" marks are facts about one particular shared
+            // store: its namespace names that store, so they are never applied to another when
+            // the choice changes (`auto` may pick the keyring one day and the vault the next).
+            // A shared store that forgets everything at exit gets a journal that does too.
+            let journal: Arc<dyn Store> = match &shared.identity {
+                Some(identity) => Arc::new(store.with_namespace(&format!("journal:{identity}"))?),
+                None => Arc::new(MemoryStore::new()),
+            };
+            let store: Arc<dyn Store> = Arc::new(store);
+            builder = builder.legacy(store.clone()).journal(journal);
+            legacy = Some(store);
         }
     }
     Ok(Opened {
@@ -88,4 +198,32 @@ pub fn open(ctx: &Context) -> anyhow::Result<Opened> {
         shared,
         legacy,
     })
+}
+
+fn shared_placeholder_identity(ctx: &Context) -> Option<String> {
+    match ctx.store {
+        StoreChoice::SecretService => Some(format!("secret-service:{}", ctx.flavour.service())),
+        StoreChoice::Memory => None,
+        _ => vault_identity(ctx),
+    }
+}
+
+/// What the shared store would have been, for `doctor`, when it could not be opened.
+fn shared_placeholder_info(ctx: &Context) -> StoreInfo {
+    match ctx.store {
+        StoreChoice::SecretService => StoreInfo {
+            kind: "secret-service",
+            location: ctx.flavour.service().to_owned(),
+            protection: "unknown (not reachable)".to_owned(),
+        },
+        _ => StoreInfo {
+            kind: "vault",
+            location: ctx
+                .dirs
+                .shared_vault_path(&ctx.flavour)
+                .display()
+                .to_string(),
+            protection: "unknown (could not be opened)".to_owned(),
+        },
+    }
 }

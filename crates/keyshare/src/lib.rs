@@ -38,4 +38,4 @@ pub use storage::{
     AsyncSecretStorage, ChangeEvent, ChangeKind, Notification, SecretStorage, StorageType,
     Subscription,
 };
-pub use store::{MemoryStore, Store, StoreInfo, VaultStore};
+pub use store::{MemoryStore, Store, StoreInfo, UnreachableStore, VaultStore};

@@ -7,7 +7,7 @@ use crate::stores::{self, Context};
 
 /// `keyshare migrate`: copies the app's legacy secrets into the shared store now.
 pub fn run(ctx: &Context) -> anyhow::Result<()> {
-    let opened = stores::open(ctx)?;
+    let opened = stores::open_with(ctx, stores::Migration::Explicit)?;
     if opened.legacy.is_none() {
         return Err(crate::config::ConfigError(format!(
             "app {} has no legacy store configured, so there is nothing to migrate; configure one \
@@ -54,6 +54,8 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
                 "complete": report.complete,
             })
         );
+    } else if report.complete && report.copied + report.already_present == 0 {
+        println!("migration already complete: nothing to copy");
     } else {
         println!(
             "copied: {}, already present: {}, failed: {}",

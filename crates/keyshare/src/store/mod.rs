@@ -6,9 +6,11 @@
 //! `Arc<dyn Store>`.
 
 mod memory;
+mod unreachable;
 pub mod vault;
 
 pub use memory::MemoryStore;
+pub use unreachable::UnreachableStore;
 pub use vault::VaultStore;
 
 use std::fmt;
