@@ -171,7 +171,7 @@ fn decrypt_body(key: &Key, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, DecryptErr
             if body.is_empty() {
                 return Err(DecryptError::Truncated);
             }
-            if body.len() % AES_BLOCK_LEN != 0 {
+            if !body.len().is_multiple_of(AES_BLOCK_LEN) {
                 return Err(DecryptError::NotBlockAligned);
             }
             // Decrypted in a zeroizing buffer so that a failed attempt's bytes do not linger.
