@@ -59,7 +59,7 @@ fn terminal_passphrase(request: &PassphraseRequest<'_>) -> keyshare::Result<Opti
     drop(tty);
     let ask = |prompt: &str| {
         rpassword::prompt_password(prompt)
-            .map(|p| zeroize::Zeroizing::new(p))
+            .map(zeroize::Zeroizing::new)
             .map_err(|e| keyshare::Error::io("reading the passphrase from the terminal", e))
     };
     let first = ask(&format!("Passphrase for {}: ", request.vault.display()))?;
