@@ -6,10 +6,14 @@
 //! `Arc<dyn Store>`.
 
 mod memory;
+#[cfg(target_os = "linux")]
+pub mod secret_service;
 mod unreachable;
 pub mod vault;
 
 pub use memory::MemoryStore;
+#[cfg(target_os = "linux")]
+pub use secret_service::SecretServiceStore;
 pub use unreachable::UnreachableStore;
 pub use vault::VaultStore;
 

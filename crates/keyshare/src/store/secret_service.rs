@@ -1,0 +1,680 @@
+//! The freedesktop Secret Service (gnome-keyring, KWallet, KeePassXC, oo7-daemon) as a [`Store`].
+//!
+//! # Schema
+//!
+//! Every secret is one item in the default collection (the one the alias `default` names,
+//! normally the login keyring):
+//!
+//! | attribute    | value                                                   |
+//! |--------------|---------------------------------------------------------|
+//! | `xdg:schema` | `dev.keyshare.Secret` ([`SCHEMA`])                      |
+//! | `service`    | the namespace: a flavour's shared service name          |
+//! | `account`    | the key                                                 |
+//!
+//! The label is `keyshare: <key> (<service>)`; the secret's content type is
+//! `application/octet-stream` (values are bytes). Lookups match `service` and `account` only, so
+//! other tools interoperate both ways:
+//!
+//! ```text
+//! secret-tool lookup service dev.keyshare.shared-secrets account github.auth
+//! printf %s "$TOKEN" | secret-tool store --label=x service dev.keyshare.shared-secrets account github.auth
+//! ```
+//!
+//! # Behaviour
+//!
+//! - One D-Bus connection and one encrypted (DH) session for the store's life.
+//! - Every call is bounded by the store's timeout; past it the call gives up with
+//!   [`UnavailableReason::TimedOut`] (whatever it started may still complete).
+//! - A locked collection is reported as [`UnavailableReason::Locked`] at once: the store never
+//!   asks for an unlock prompt, because there may be nobody to answer it.
+//! - The calls run on the calling thread with a small executor of their own (zbus runs its I/O
+//!   on a thread of its own); no tokio runtime is involved, so the store may be called from any
+//!   thread, including tokio's blocking pool.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use secret_service::{Collection, EncryptionType, Item, SecretService};
+use zbus::zvariant::OwnedObjectPath;
+
+use crate::error::{Error, Result, UnavailableReason};
+use crate::model::{Limits, SecretKey, SecretValue};
+use crate::store::{Store, StoreInfo};
+
+/// The `xdg:schema` attribute of the items keyshare writes.
+pub const SCHEMA: &str = "dev.keyshare.Secret";
+
+/// The content type of the secrets keyshare writes: values are bytes.
+pub const CONTENT_TYPE: &str = "application/octet-stream";
+
+const STORE: &str = "secret service";
+const SECRETS_NAME: &str = "org.freedesktop.secrets";
+const ATTR_SCHEMA: &str = "xdg:schema";
+const ATTR_SERVICE: &str = "service";
+const ATTR_ACCOUNT: &str = "account";
+const WHAT_TO_DO_LOCKED: &str =
+    "unlock your login keyring (log in to the desktop, or run `gnome-keyring-daemon --unlock`), \
+     or use the vault: --store vault";
+const WHAT_TO_DO_NOT_RUNNING: &str =
+    "start a Secret Service (e.g. gnome-keyring) in this session and make sure \
+     DBUS_SESSION_BUS_ADDRESS points at its bus, or use the vault: --store vault";
+
+/// Which D-Bus bus to find the Secret Service on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bus {
+    /// The session bus: `DBUS_SESSION_BUS_ADDRESS`, else `$XDG_RUNTIME_DIR/bus`.
+    Session,
+    /// A bus at an explicit D-Bus address, e.g. `unix:path=/run/user/1000/bus`.
+    Address(String),
+}
+
+impl Bus {
+    fn describe(&self) -> String {
+        match self {
+            Bus::Session => match std::env::var("DBUS_SESSION_BUS_ADDRESS") {
+                Ok(address) => format!("the session bus (DBUS_SESSION_BUS_ADDRESS={address})"),
+                Err(_) => "the session bus (DBUS_SESSION_BUS_ADDRESS is not set)".to_owned(),
+            },
+            Bus::Address(address) => format!("the bus at {address}"),
+        }
+    }
+
+    async fn connect(&self) -> zbus::Result<zbus::Connection> {
+        match self {
+            Bus::Session => zbus::connection::Builder::session()?.build().await,
+            Bus::Address(address) => {
+                zbus::connection::Builder::address(address.as_str())?
+                    .build()
+                    .await
+            }
+        }
+    }
+}
+
+/// A [`Store`] over the Secret Service's default collection, within one namespace (the
+/// `service` attribute). See the module documentation for the schema.
+pub struct SecretServiceStore {
+    namespace: String,
+    bus: Bus,
+    timeout: Duration,
+    limits: Limits,
+    service: SecretService<'static>,
+    /// The default collection's object path, resolved on first use. Cleared when the
+    /// collection disappears, so that the next call resolves the alias again.
+    default_collection: Mutex<Option<OwnedObjectPath>>,
+}
+
+impl fmt::Debug for SecretServiceStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretServiceStore")
+            .field("namespace", &self.namespace)
+            .field("bus", &self.bus)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecretServiceStore {
+    /// Connects to the Secret Service on the session bus and opens an encrypted session, for
+    /// the items whose `service` attribute is `namespace`. Every call, this one included, gives
+    /// up after `timeout`.
+    ///
+    /// Errors: [`Error::Invalid`] for an unusable namespace; [`Error::Unavailable`] with
+    /// [`UnavailableReason::NotRunning`] when no bus or no Secret Service answers,
+    /// [`UnavailableReason::TimedOut`] past the timeout. A locked collection does not fail
+    /// here (each call reports it); use [`probe`] to know beforehand.
+    pub fn open(namespace: &str, timeout: Duration) -> Result<Self> {
+        Self::open_on(Bus::Session, namespace, timeout)
+    }
+
+    /// Like [`SecretServiceStore::open`], on the given bus.
+    pub fn open_on(bus: Bus, namespace: &str, timeout: Duration) -> Result<Self> {
+        check_namespace(namespace)?;
+        let service = bounded(timeout, || format!("connecting on {}", bus.describe()), async {
+            let connection = bus.connect().await.map_err(|e| {
+                Error::unavailable(
+                    STORE,
+                    UnavailableReason::NotRunning,
+                    format!(
+                        "cannot connect to {}: {e}; {WHAT_TO_DO_NOT_RUNNING}",
+                        bus.describe()
+                    ),
+                )
+            })?;
+            SecretService::connect_with_existing(EncryptionType::Dh, connection)
+                .await
+                .map_err(|e| map_error(e, &bus, "opening a session"))
+        })?;
+        Ok(SecretServiceStore {
+            namespace: namespace.to_owned(),
+            bus,
+            timeout,
+            limits: Limits::default(),
+            service,
+            default_collection: Mutex::new(None),
+        })
+    }
+
+    /// Replaces the value size limits (default: [`Limits::default`]).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The namespace: the `service` attribute of this store's items.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The bound on every call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn attributes<'k>(&'k self, key: &'k SecretKey) -> HashMap<&'k str, &'k str> {
+        HashMap::from([
+            (ATTR_SERVICE, self.namespace.as_str()),
+            (ATTR_ACCOUNT, key.as_str()),
+        ])
+    }
+
+    fn run<T>(&self, doing: impl FnOnce() -> String, call: impl Future<Output = Result<T>>) -> Result<T> {
+        bounded(self.timeout, doing, call)
+    }
+
+    fn map(&self, error: secret_service::Error, doing: &str) -> Error {
+        if is_unknown_object(&error) {
+            // The collection we cached may be gone (deleted, or the daemon restarted).
+            *self.cache() = None;
+        }
+        map_error(error, &self.bus, doing)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Option<OwnedObjectPath>> {
+        // The guarded value is a plain path, replaced whole: a panic cannot leave it torn.
+        self.default_collection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The default collection, unlocked; [`UnavailableReason::Locked`] if it is locked.
+    async fn unlocked_default_collection(&self) -> Result<Collection<'_>> {
+        let cached = self.cache().clone();
+        let service: &SecretService<'_> = &self.service;
+        let collection = match cached {
+            Some(path) => service.get_collection_by_path(path).await,
+            None => service.get_default_collection().await,
+        }
+        .map_err(|e| self.map(e, "finding the default collection"))?;
+        let locked = collection
+            .is_locked()
+            .await
+            .map_err(|e| self.map(e, "reading whether the default collection is locked"))?;
+        *self.cache() = Some(collection_path(&collection));
+        if locked {
+            return Err(locked_error(&self.bus));
+        }
+        Ok(collection)
+    }
+
+    async fn get_once(&self, key: &SecretKey) -> Result<Read> {
+        let found = self
+            .service
+            .search_items(self.attributes(key))
+            .await
+            .map_err(|e| self.map(e, "searching"))?;
+        if let Some(item) = newest(found.unlocked).await {
+            return match item.get_secret().await {
+                Ok(secret) => Ok(Read::Found(SecretValue::new(secret))),
+                Err(e) if is_unknown_object(&e) => Ok(Read::Vanished),
+                Err(e) => Err(self.map(e, "reading the secret")),
+            };
+        }
+        if !found.locked.is_empty() {
+            return Err(locked_error(&self.bus));
+        }
+        // Nothing matched. A locked collection may simply not show its items: only an unlocked
+        // one makes "not found" true.
+        self.unlocked_default_collection().await?;
+        Ok(Read::Missing)
+    }
+
+    async fn set_async(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
+        // Checked first so that a locked collection fails fast instead of asking for a prompt.
+        let collection = self.unlocked_default_collection().await?;
+        let mut attributes = self.attributes(key);
+        attributes.insert(ATTR_SCHEMA, SCHEMA);
+        let label = format!("keyshare: {key} ({})", self.namespace);
+        let created = collection
+            .create_item(
+                &label,
+                attributes,
+                value.expose_secret(),
+                true,
+                CONTENT_TYPE,
+            )
+            .await
+            .map_err(|e| self.map(e, "storing the secret"))?;
+        // `replace` only replaces an item with exactly our attributes. A copy stored by another
+        // tool (without `xdg:schema`, say) or in another collection would shadow ours on the
+        // next read: the key must have one value, so remove the others.
+        let found = self
+            .service
+            .search_items(self.attributes(key))
+            .await
+            .map_err(|e| self.map(e, "searching for older copies"))?;
+        for other in found
+            .unlocked
+            .iter()
+            .filter(|item| item.item_path != created.item_path)
+        {
+            match other.delete().await {
+                Ok(()) => {}
+                Err(e) if is_unknown_object(&e) => {}
+                Err(e) => return Err(self.map(e, "deleting an older copy")),
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_async(&self, key: &SecretKey) -> Result<bool> {
+        let found = self
+            .service
+            .search_items(self.attributes(key))
+            .await
+            .map_err(|e| self.map(e, "searching"))?;
+        if !found.locked.is_empty() {
+            // Some copy cannot be deleted: report that before deleting any.
+            return Err(locked_error(&self.bus));
+        }
+        if found.unlocked.is_empty() {
+            self.unlocked_default_collection().await?;
+            return Ok(false);
+        }
+        let mut deleted = false;
+        for item in &found.unlocked {
+            match item.delete().await {
+                Ok(()) => deleted = true,
+                // Deleted meanwhile by someone else: gone either way.
+                Err(e) if is_unknown_object(&e) => {}
+                Err(e) => return Err(self.map(e, "deleting")),
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn keys_async(&self) -> Result<Vec<SecretKey>> {
+        // Listing must not miss keys hidden in a locked collection.
+        self.unlocked_default_collection().await?;
+        let found = self
+            .service
+            .search_items(HashMap::from([(ATTR_SERVICE, self.namespace.as_str())]))
+            .await
+            .map_err(|e| self.map(e, "searching"))?;
+        if !found.locked.is_empty() {
+            return Err(locked_error(&self.bus));
+        }
+        let mut keys = BTreeSet::new();
+        let all = join_all(found.unlocked.iter().map(|item| item.get_attributes())).await;
+        for (item, attributes) in found.unlocked.iter().zip(all) {
+            let attributes = match attributes {
+                Ok(attributes) => attributes,
+                Err(e) if is_unknown_object(&e) => continue,
+                Err(e) => return Err(self.map(e, "reading item attributes")),
+            };
+            match attributes.get(ATTR_ACCOUNT).map(SecretKey::new) {
+                Some(Ok(key)) => {
+                    keys.insert(key);
+                }
+                Some(Err(e)) => tracing::warn!(
+                    item = %item.item_path.as_str(),
+                    "skipping a Secret Service item whose account is not a valid key: {e}"
+                ),
+                None => tracing::warn!(
+                    item = %item.item_path.as_str(),
+                    "skipping a Secret Service item with a service attribute but no account"
+                ),
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+}
+
+impl Store for SecretServiceStore {
+    fn info(&self) -> StoreInfo {
+        let collection = self
+            .cache()
+            .as_ref()
+            .map(|path| path.as_str().to_owned())
+            .unwrap_or_else(|| "the default collection".to_owned());
+        StoreInfo {
+            kind: "secret-service",
+            location: format!(
+                "{collection} on {}, service={}",
+                self.bus.describe(),
+                self.namespace
+            ),
+            protection: "the Secret Service keyring (encrypted with the login password)".to_owned(),
+        }
+    }
+
+    /// Errors: `Unavailable` (`Locked` when the item or the default collection is locked,
+    /// `NotRunning`, `TimedOut`, `Backend`).
+    fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
+        self.run(|| format!("reading key {key:?}"), async {
+            for _ in 0..3 {
+                match self.get_once(key).await? {
+                    Read::Found(value) => return Ok(Some(value)),
+                    Read::Missing => return Ok(None),
+                    // Deleted (or replaced) between the search and the read: search again, to
+                    // see the state after that change.
+                    Read::Vanished => continue,
+                }
+            }
+            Err(Error::unavailable(
+                STORE,
+                UnavailableReason::Backend,
+                format!("reading key {key:?}: its item kept disappearing while being read"),
+            ))
+        })
+    }
+
+    /// Errors: `TooLarge` over the limits; `Unavailable` as for `get`.
+    fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
+        self.limits.check_value(value)?;
+        self.run(|| format!("writing key {key:?}"), self.set_async(key, value))
+    }
+
+    /// Deletes every copy of the key. Errors: `Unavailable` as for `get`; when some copy is
+    /// locked nothing is deleted.
+    fn delete(&self, key: &SecretKey) -> Result<bool> {
+        self.run(|| format!("deleting key {key:?}"), self.delete_async(key))
+    }
+
+    /// Errors: `Unavailable` as for `get`. Items without a valid `account` are skipped.
+    fn keys(&self) -> Result<Vec<SecretKey>> {
+        self.run(|| "listing keys".to_owned(), self.keys_async())
+    }
+}
+
+/// One attempt at reading a key.
+enum Read {
+    Found(SecretValue),
+    Missing,
+    Vanished,
+}
+
+/// What [`probe`] found.
+#[derive(Debug)]
+pub struct ProbeReport {
+    /// The bus probed, in words.
+    pub bus: String,
+    /// The default collection's object path, when the alias `default` resolved.
+    pub collection: Option<String>,
+    /// `Ok` when a store opened now would work; otherwise why not (always
+    /// [`Error::Unavailable`]).
+    pub outcome: Result<()>,
+    /// How long the probe took.
+    pub elapsed: Duration,
+}
+
+impl ProbeReport {
+    /// True when the Secret Service answered and its default collection is unlocked.
+    pub fn is_usable(&self) -> bool {
+        self.outcome.is_ok()
+    }
+}
+
+impl fmt::Display for ProbeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.outcome, &self.collection) {
+            (Ok(()), Some(collection)) => write!(
+                f,
+                "usable: {collection} on {} is unlocked (answered in {} ms)",
+                self.bus,
+                self.elapsed.as_millis()
+            ),
+            (Ok(()), None) => write!(f, "usable on {}", self.bus),
+            (Err(e), _) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Says, within `timeout`, whether a Secret Service answers on the session bus and its default
+/// collection is unlocked: what `--store auto` needs to know, and what `doctor` prints.
+pub fn probe(timeout: Duration) -> ProbeReport {
+    probe_on(Bus::Session, timeout)
+}
+
+/// Like [`probe`], on the given bus.
+pub fn probe_on(bus: Bus, timeout: Duration) -> ProbeReport {
+    let started = Instant::now();
+    let mut collection = None;
+    let outcome = bounded(
+        timeout,
+        || format!("probing on {}", bus.describe()),
+        async {
+            let connection = bus.connect().await.map_err(|e| {
+                Error::unavailable(
+                    STORE,
+                    UnavailableReason::NotRunning,
+                    format!(
+                        "cannot connect to {}: {e}; {WHAT_TO_DO_NOT_RUNNING}",
+                        bus.describe()
+                    ),
+                )
+            })?;
+            // No secret crosses this session, so it need not be encrypted.
+            let service = SecretService::connect_with_existing(EncryptionType::Plain, connection)
+                .await
+                .map_err(|e| map_error(e, &bus, "opening a session"))?;
+            let default = service
+                .get_default_collection()
+                .await
+                .map_err(|e| map_error(e, &bus, "finding the default collection"))?;
+            collection = Some(collection_path(&default).as_str().to_owned());
+            let locked = default
+                .is_locked()
+                .await
+                .map_err(|e| map_error(e, &bus, "reading whether the default collection is locked"))?;
+            if locked {
+                return Err(locked_error(&bus));
+            }
+            Ok(())
+        },
+    );
+    ProbeReport {
+        bus: bus.describe(),
+        collection,
+        outcome,
+        elapsed: started.elapsed(),
+    }
+}
+
+fn check_namespace(namespace: &str) -> Result<()> {
+    if namespace.is_empty() || namespace.len() > 255 || namespace.contains('\0') {
+        return Err(Error::invalid(
+            "namespace",
+            "a Secret Service namespace (the `service` attribute) must be 1 to 255 bytes with no NUL",
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `call` on this thread, giving up after `timeout`. Dropping the call cancels the wait
+/// for its reply; whatever the service started may still complete.
+fn bounded<T>(
+    timeout: Duration,
+    doing: impl FnOnce() -> String,
+    call: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let expired = async {
+        async_io::Timer::after(timeout).await;
+        Err(None)
+    };
+    let call = async { call.await.map_err(Some) };
+    match async_io::block_on(futures_lite::future::or(call, expired)) {
+        Ok(value) => Ok(value),
+        Err(Some(error)) => Err(error),
+        Err(None) => Err(Error::unavailable(
+            STORE,
+            UnavailableReason::TimedOut,
+            format!(
+                "no answer within {} ms while {}; the Secret Service may be hung or waiting for \
+                 a prompt: restart it, or use the vault: --store vault",
+                timeout.as_millis(),
+                doing()
+            ),
+        )),
+    }
+}
+
+fn collection_path(collection: &Collection<'_>) -> OwnedObjectPath {
+    collection.collection_path.clone()
+}
+
+/// The item modified last, when several match (copies written by different tools).
+async fn newest(mut items: Vec<Item<'_>>) -> Option<Item<'_>> {
+    if items.len() <= 1 {
+        return items.pop();
+    }
+    let modified = join_all(items.iter().map(|item| item.get_modified())).await;
+    let newest = modified
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, m)| m.as_ref().ok().copied().unwrap_or(0))
+        .map(|(i, _)| i)?;
+    Some(items.swap_remove(newest))
+}
+
+/// Awaits all the futures, concurrently: the calls share the one connection.
+async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    futures_lite::future::poll_fn(|cx| {
+        let mut done = true;
+        for (future, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+fn locked_error(bus: &Bus) -> Error {
+    Error::unavailable(
+        STORE,
+        UnavailableReason::Locked,
+        format!(
+            "the default collection on {} is locked; {WHAT_TO_DO_LOCKED}",
+            bus.describe()
+        ),
+    )
+}
+
+/// The D-Bus error name and message inside a Secret Service error, if it carries one.
+fn dbus_error(error: &secret_service::Error) -> Option<(String, String)> {
+    use zbus::DBusError;
+    let from_zbus = |e: &zbus::Error| match e {
+        zbus::Error::MethodError(name, message, _) => Some((
+            name.as_str().to_owned(),
+            message.clone().unwrap_or_default(),
+        )),
+        zbus::Error::FDO(fdo) => Some((
+            fdo.name().as_str().to_owned(),
+            fdo.description().unwrap_or_default().to_owned(),
+        )),
+        _ => None,
+    };
+    match error {
+        secret_service::Error::Zbus(e) => from_zbus(e),
+        secret_service::Error::ZbusFdo(fdo) => match fdo {
+            zbus::fdo::Error::ZBus(e) => from_zbus(e),
+            fdo => Some((
+                fdo.name().as_str().to_owned(),
+                fdo.description().unwrap_or_default().to_owned(),
+            )),
+        },
+        _ => None,
+    }
+}
+
+fn is_unknown_object(error: &secret_service::Error) -> bool {
+    matches!(
+        dbus_error(error).as_ref().map(|(name, _)| name.as_str()),
+        Some(
+            "org.freedesktop.DBus.Error.UnknownObject"
+                | "org.freedesktop.Secret.Error.NoSuchObject"
+        )
+    )
+}
+
+fn map_error(error: secret_service::Error, bus: &Bus, doing: &str) -> Error {
+    use secret_service::Error as SsError;
+    use UnavailableReason::*;
+    let (reason, detail) = match &error {
+        SsError::Locked => return locked_error(bus),
+        SsError::Unavailable => (
+            NotRunning,
+            format!(
+                "no Secret Service ({SECRETS_NAME}) on {}; {WHAT_TO_DO_NOT_RUNNING}",
+                bus.describe()
+            ),
+        ),
+        SsError::Prompt | SsError::PromptDisconnected => (
+            Denied,
+            format!("{doing}: the Secret Service asked for a prompt that was dismissed ({error})"),
+        ),
+        SsError::NoResult => (
+            Backend,
+            format!(
+                "{doing}: the Secret Service on {} has no default collection (the alias \
+                 `default` is unset); create a login keyring, or use the vault: --store vault",
+                bus.describe()
+            ),
+        ),
+        SsError::Zbus(zbus::Error::InputOutput(_) | zbus::Error::Connection(..)) => (
+            NotRunning,
+            format!(
+                "{doing}: lost the connection to {} ({error}); {WHAT_TO_DO_NOT_RUNNING}",
+                bus.describe()
+            ),
+        ),
+        _ => match dbus_error(&error) {
+            Some((name, message)) => match name.as_str() {
+                "org.freedesktop.Secret.Error.IsLocked" => return locked_error(bus),
+                "org.freedesktop.DBus.Error.ServiceUnknown"
+                | "org.freedesktop.DBus.Error.NameHasNoOwner" => (
+                    NotRunning,
+                    format!(
+                        "no Secret Service ({SECRETS_NAME}) on {}: {message}; \
+                         {WHAT_TO_DO_NOT_RUNNING}",
+                        bus.describe()
+                    ),
+                ),
+                "org.freedesktop.DBus.Error.AccessDenied" => {
+                    (Denied, format!("{doing}: access denied: {message}"))
+                }
+                "org.freedesktop.DBus.Error.NoReply" | "org.freedesktop.DBus.Error.Timeout" => {
+                    (TimedOut, format!("{doing}: no reply: {message}"))
+                }
+                _ => (Backend, format!("{doing}: {name}: {message}")),
+            },
+            None => (Backend, format!("{doing}: {error}")),
+        },
+    };
+    Error::unavailable(STORE, reason, detail)
+}
