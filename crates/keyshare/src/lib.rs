@@ -38,4 +38,6 @@ pub use storage::{
     AsyncSecretStorage, ChangeEvent, ChangeKind, Notification, SecretStorage, StorageType,
     Subscription,
 };
+#[cfg(target_os = "linux")]
+pub use store::SecretServiceStore;
 pub use store::{MemoryStore, Store, StoreInfo, UnreachableStore, VaultStore};

@@ -34,7 +34,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use secret_service::{Collection, EncryptionType, Item, SecretService};
@@ -98,9 +98,14 @@ impl Bus {
 /// `service` attribute). See the module documentation for the schema.
 pub struct SecretServiceStore {
     namespace: String,
-    bus: Bus,
     timeout: Duration,
     limits: Limits,
+    connection: Arc<Connection>,
+}
+
+/// One D-Bus connection with its open session, shared by the stores made from one another.
+struct Connection {
+    bus: Bus,
     service: SecretService<'static>,
     /// The default collection's object path, resolved on first use. Cleared when the
     /// collection disappears, so that the next call resolves the alias again.
@@ -111,7 +116,7 @@ impl fmt::Debug for SecretServiceStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecretServiceStore")
             .field("namespace", &self.namespace)
-            .field("bus", &self.bus)
+            .field("bus", &self.connection.bus)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -150,11 +155,25 @@ impl SecretServiceStore {
         })?;
         Ok(SecretServiceStore {
             namespace: namespace.to_owned(),
-            bus,
             timeout,
             limits: Limits::default(),
-            service,
-            default_collection: Mutex::new(None),
+            connection: Arc::new(Connection {
+                bus,
+                service,
+                default_collection: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// A store over another namespace that shares this one's connection and session (and its
+    /// timeout and limits).
+    pub fn for_namespace(&self, namespace: &str) -> Result<Self> {
+        check_namespace(namespace)?;
+        Ok(SecretServiceStore {
+            namespace: namespace.to_owned(),
+            timeout: self.timeout,
+            limits: self.limits,
+            connection: self.connection.clone(),
         })
     }
 
@@ -190,12 +209,13 @@ impl SecretServiceStore {
             // The collection we cached may be gone (deleted, or the daemon restarted).
             *self.cache() = None;
         }
-        map_error(error, &self.bus, doing)
+        map_error(error, &self.connection.bus, doing)
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Option<OwnedObjectPath>> {
         // The guarded value is a plain path, replaced whole: a panic cannot leave it torn.
-        self.default_collection
+        self.connection
+            .default_collection
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
@@ -203,7 +223,7 @@ impl SecretServiceStore {
     /// The default collection, unlocked; [`UnavailableReason::Locked`] if it is locked.
     async fn unlocked_default_collection(&self) -> Result<Collection<'_>> {
         let cached = self.cache().clone();
-        let service: &SecretService<'_> = &self.service;
+        let service: &SecretService<'_> = &self.connection.service;
         let collection = match cached {
             Some(path) => service.get_collection_by_path(path).await,
             None => service.get_default_collection().await,
@@ -215,13 +235,14 @@ impl SecretServiceStore {
             .map_err(|e| self.map(e, "reading whether the default collection is locked"))?;
         *self.cache() = Some(collection_path(&collection));
         if locked {
-            return Err(locked_error(&self.bus));
+            return Err(locked_error(&self.connection.bus));
         }
         Ok(collection)
     }
 
     async fn get_once(&self, key: &SecretKey) -> Result<Read> {
         let found = self
+            .connection
             .service
             .search_items(self.attributes(key))
             .await
@@ -234,7 +255,7 @@ impl SecretServiceStore {
             };
         }
         if !found.locked.is_empty() {
-            return Err(locked_error(&self.bus));
+            return Err(locked_error(&self.connection.bus));
         }
         // Nothing matched. A locked collection may simply not show its items: only an unlocked
         // one makes "not found" true.
@@ -262,6 +283,7 @@ impl SecretServiceStore {
         // tool (without `xdg:schema`, say) or in another collection would shadow ours on the
         // next read: the key must have one value, so remove the others.
         let found = self
+            .connection
             .service
             .search_items(self.attributes(key))
             .await
@@ -282,13 +304,14 @@ impl SecretServiceStore {
 
     async fn delete_async(&self, key: &SecretKey) -> Result<bool> {
         let found = self
+            .connection
             .service
             .search_items(self.attributes(key))
             .await
             .map_err(|e| self.map(e, "searching"))?;
         if !found.locked.is_empty() {
             // Some copy cannot be deleted: report that before deleting any.
-            return Err(locked_error(&self.bus));
+            return Err(locked_error(&self.connection.bus));
         }
         if found.unlocked.is_empty() {
             self.unlocked_default_collection().await?;
@@ -310,12 +333,13 @@ impl SecretServiceStore {
         // Listing must not miss keys hidden in a locked collection.
         self.unlocked_default_collection().await?;
         let found = self
+            .connection
             .service
             .search_items(HashMap::from([(ATTR_SERVICE, self.namespace.as_str())]))
             .await
             .map_err(|e| self.map(e, "searching"))?;
         if !found.locked.is_empty() {
-            return Err(locked_error(&self.bus));
+            return Err(locked_error(&self.connection.bus));
         }
         let mut keys = BTreeSet::new();
         let all = join_all(found.unlocked.iter().map(|item| item.get_attributes())).await;
@@ -354,7 +378,7 @@ impl Store for SecretServiceStore {
             kind: "secret-service",
             location: format!(
                 "{collection} on {}, service={}",
-                self.bus.describe(),
+                self.connection.bus.describe(),
                 self.namespace
             ),
             protection: "the Secret Service keyring (encrypted with the login password)".to_owned(),
@@ -364,7 +388,7 @@ impl Store for SecretServiceStore {
     /// Errors: `Unavailable` (`Locked` when the item or the default collection is locked,
     /// `NotRunning`, `TimedOut`, `Backend`).
     fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
-        self.run(|| format!("reading key {key:?}"), async {
+        self.run(|| format!("reading key {:?}", key.as_str()), async {
             for _ in 0..3 {
                 match self.get_once(key).await? {
                     Read::Found(value) => return Ok(Some(value)),
@@ -377,7 +401,10 @@ impl Store for SecretServiceStore {
             Err(Error::unavailable(
                 STORE,
                 UnavailableReason::Backend,
-                format!("reading key {key:?}: its item kept disappearing while being read"),
+                format!(
+                    "reading key {:?}: its item kept disappearing while being read",
+                    key.as_str()
+                ),
             ))
         })
     }
@@ -385,13 +412,13 @@ impl Store for SecretServiceStore {
     /// Errors: `TooLarge` over the limits; `Unavailable` as for `get`.
     fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
         self.limits.check_value(value)?;
-        self.run(|| format!("writing key {key:?}"), self.set_async(key, value))
+        self.run(|| format!("writing key {:?}", key.as_str()), self.set_async(key, value))
     }
 
     /// Deletes every copy of the key. Errors: `Unavailable` as for `get`; when some copy is
     /// locked nothing is deleted.
     fn delete(&self, key: &SecretKey) -> Result<bool> {
-        self.run(|| format!("deleting key {key:?}"), self.delete_async(key))
+        self.run(|| format!("deleting key {:?}", key.as_str()), self.delete_async(key))
     }
 
     /// Errors: `Unavailable` as for `get`. Items without a valid `account` are skipped.

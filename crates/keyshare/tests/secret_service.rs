@@ -1,0 +1,499 @@
+//! The Secret Service store against a real gnome-keyring.
+//!
+//! `scripts/test` starts a private one (`scripts/secret-service start`) and sets
+//! `KEYSHARE_TEST_SECRET_SERVICE`; tests that use the session bus run only then, so they never
+//! write to your own login keyring. Tests about a locked keyring, a bus without a Secret Service
+//! and a hung daemon start private instances of their own through the same script.
+//! When what a test needs is missing it fails if `CI=true` and skips loudly otherwise.
+#![cfg(target_os = "linux")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyshare::store::secret_service::{probe, probe_on, Bus, SecretServiceStore, SCHEMA};
+use keyshare::testing::conformance::unique_namespace;
+use keyshare::testing::model::{check_model, ModelConfig, ModelStores};
+use keyshare::{Error, MemoryStore, SecretKey, SecretValue, Store, UnavailableReason};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Fails the test in CI, else prints why it is skipped (loudly) and returns false.
+fn skip(reason: &str) -> bool {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true, but {reason}");
+    }
+    eprintln!(
+        "\n!!!!!!!! SKIPPED: {reason}\n!!!!!!!! run the tests through scripts/test, which starts a private gnome-keyring\n"
+    );
+    false
+}
+
+/// True when the session bus carries the private Secret Service `scripts/test` started.
+fn session_service() -> bool {
+    std::env::var_os("KEYSHARE_TEST_SECRET_SERVICE").is_some()
+        || skip("no test Secret Service (KEYSHARE_TEST_SECRET_SERVICE is not set)")
+}
+
+/// True when the programs needed to start private instances are installed.
+fn keyring_programs() -> bool {
+    let found = |program: &str| {
+        std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+            .unwrap_or(false)
+    };
+    ["dbus-daemon", "gnome-keyring-daemon", "secret-tool"]
+        .iter()
+        .all(|p| found(p))
+        || skip("dbus-daemon, gnome-keyring-daemon or secret-tool is not installed")
+}
+
+fn open(namespace: &str) -> SecretServiceStore {
+    SecretServiceStore::open(namespace, TIMEOUT).expect("open the test Secret Service")
+}
+
+fn key(name: &str) -> SecretKey {
+    SecretKey::new(name).unwrap()
+}
+
+fn value(bytes: &[u8]) -> SecretValue {
+    SecretValue::from_slice(bytes)
+}
+
+fn factory() -> impl Fn(&str) -> Arc<dyn Store> {
+    |namespace: &str| -> Arc<dyn Store> { Arc::new(open(namespace)) }
+}
+
+mod conformance {
+    // The block is the factory expression of each generated test: without a service it returns
+    // from the test (skipping it, or failing it in CI) before any store is made.
+    keyshare::conformance_tests!({
+        if !super::session_service() {
+            return;
+        }
+        super::factory()
+    });
+}
+
+#[test]
+fn consistency_contract_holds_over_gnome_keyring() {
+    if !keyring_programs() {
+        return;
+    }
+    // A keyring of its own: gnome-keyring rewrites its whole file on every change, so the other
+    // tests' items (a 256 KiB one among them) would only slow this one down.
+    let private = Private::start("start");
+    let cases = std::env::var("KEYSHARE_SS_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let config = ModelConfig {
+        cases,
+        ..ModelConfig::from_env(cases)
+    };
+    let connection = SecretServiceStore::open_on(private.bus(), "model", TIMEOUT).unwrap();
+    let open = |namespace: &str| Arc::new(connection.for_namespace(namespace).unwrap());
+    // Each case gets fresh namespaces. The shared and legacy stores live in the keyring; the
+    // journal (an app's own small file in real use, written on most operations) in memory,
+    // which keeps the test's length modest.
+    check_model(&config, &|| ModelStores {
+        shared: open(&unique_namespace("model-shared")),
+        legacy: open(&unique_namespace("model-legacy")),
+        journal: Arc::new(MemoryStore::new()),
+    });
+}
+
+/// Runs `secret-tool ARGS`, feeding `stdin`; returns (success, stdout).
+fn secret_tool(args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>) {
+    use std::io::Write;
+    let mut child = Command::new("secret-tool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run secret-tool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin)
+        .expect("write secret-tool's stdin");
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), out.stdout)
+}
+
+#[test]
+fn secret_tool_reads_what_keyshare_stores() {
+    if !session_service() || !keyring_programs() {
+        return;
+    }
+    let ns = unique_namespace("interop-read");
+    let store = open(&ns);
+    store
+        .set(&key("github.auth"), &value(b"token \x00\xff bytes"))
+        .unwrap();
+    let (ok, out) = secret_tool(&["lookup", "service", &ns, "account", "github.auth"], b"");
+    assert!(ok, "secret-tool lookup failed");
+    assert_eq!(out, b"token \x00\xff bytes");
+
+    // The item is documented: schema and label.
+    let (ok, out) = secret_tool(
+        &["search", "--all", "service", &ns, "account", "github.auth"],
+        b"",
+    );
+    assert!(ok);
+    let listing = String::from_utf8_lossy(&out);
+    assert!(
+        listing.contains(&format!("\nschema = {SCHEMA}\n")),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(&format!("label = keyshare: github.auth ({ns})")),
+        "{listing}"
+    );
+
+    // An empty value is a value, to secret-tool too; a deleted one is gone.
+    store.set(&key("empty"), &value(b"")).unwrap();
+    let (ok, out) = secret_tool(&["lookup", "service", &ns, "account", "empty"], b"");
+    assert!(ok && out.is_empty(), "empty value: ok={ok} out={out:?}");
+    assert!(store.delete(&key("empty")).unwrap());
+    let (ok, _) = secret_tool(&["lookup", "service", &ns, "account", "empty"], b"");
+    assert!(!ok, "secret-tool still finds a deleted item");
+}
+
+#[test]
+fn keyshare_reads_what_secret_tool_stores() {
+    if !session_service() || !keyring_programs() {
+        return;
+    }
+    let ns = unique_namespace("interop-write");
+    let (ok, _) = secret_tool(
+        &["store", "--label=x", "service", &ns, "account", "from-tool"],
+        b"stored by secret-tool",
+    );
+    assert!(ok, "secret-tool store failed");
+    let store = open(&ns);
+    assert_eq!(
+        store
+            .get(&key("from-tool"))
+            .unwrap()
+            .expect("keyshare finds the item")
+            .expose_secret(),
+        b"stored by secret-tool"
+    );
+    assert_eq!(store.keys().unwrap(), vec![key("from-tool")]);
+
+    // Writing the key over the tool's item leaves one copy, keyshare's, for everyone.
+    store.set(&key("from-tool"), &value(b"replaced")).unwrap();
+    let (ok, out) = secret_tool(&["lookup", "service", &ns, "account", "from-tool"], b"");
+    assert!(ok);
+    assert_eq!(out, b"replaced");
+    let (_, out) = secret_tool(&["search", "--all", "service", &ns], b"");
+    let listing = String::from_utf8_lossy(&out);
+    assert_eq!(listing.matches("label = ").count(), 1, "{listing}");
+    assert_eq!(store.keys().unwrap(), vec![key("from-tool")]);
+
+    assert!(store.delete(&key("from-tool")).unwrap());
+    let (ok, _) = secret_tool(&["lookup", "service", &ns, "account", "from-tool"], b"");
+    assert!(!ok, "the item is still there after keyshare deleted it");
+}
+
+#[test]
+fn items_without_a_valid_account_are_skipped_in_listings() {
+    if !session_service() || !keyring_programs() {
+        return;
+    }
+    let ns = unique_namespace("odd-items");
+    // An item of our service with no account attribute, from some other program.
+    let (ok, _) = secret_tool(&["store", "--label=x", "service", &ns, "user", "u"], b"v");
+    assert!(ok);
+    let store = open(&ns);
+    store.set(&key("good"), &value(b"v")).unwrap();
+    assert_eq!(store.keys().unwrap(), vec![key("good")]);
+}
+
+#[test]
+fn values_over_the_limit_are_refused_before_any_call() {
+    if !session_service() {
+        return;
+    }
+    let store = open(&unique_namespace("limits"))
+        .with_limits(keyshare::Limits { max_value_len: 4 });
+    let err = store.set(&key("k"), &value(b"12345")).unwrap_err();
+    assert!(matches!(err, Error::TooLarge { limit: 4, actual: 5 }), "{err}");
+    assert_eq!(store.get(&key("k")).unwrap(), None);
+}
+
+#[test]
+fn probe_says_usable() {
+    if !session_service() {
+        return;
+    }
+    let report = probe(TIMEOUT);
+    assert!(report.is_usable(), "{report}");
+    assert!(
+        report
+            .collection
+            .as_deref()
+            .is_some_and(|c| c.starts_with("/org/freedesktop/secrets/collection/")),
+        "{report:?}"
+    );
+}
+
+// A store is a blocking API; it must never try to start a runtime of its own inside tokio's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usable_from_tokio_blocking_pool_and_runtime_threads() {
+    if !session_service() {
+        return;
+    }
+    let ns = unique_namespace("tokio");
+    let store = Arc::new(open(&ns));
+    let in_pool = store.clone();
+    let got = tokio::task::spawn_blocking(move || {
+        in_pool.set(&key("k"), &value(b"from the blocking pool"))?;
+        in_pool.get(&key("k"))
+    })
+    .await
+    .expect("the blocking task must not panic")
+    .unwrap();
+    assert_eq!(got.unwrap().expose_secret(), b"from the blocking pool");
+    // Even straight on a runtime thread (discouraged: it blocks that thread) it works.
+    assert_eq!(
+        store.get(&key("k")).unwrap().unwrap().expose_secret(),
+        b"from the blocking pool"
+    );
+    let reopened = SecretServiceStore::open(&ns, TIMEOUT).unwrap();
+    assert_eq!(reopened.keys().unwrap(), vec![key("k")]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn usable_from_a_current_thread_runtime() {
+    if !session_service() {
+        return;
+    }
+    let store = open(&unique_namespace("tokio-current"));
+    store.set(&key("k"), &value(b"v")).unwrap();
+    let store = Arc::new(store);
+    let in_pool = store.clone();
+    let got = tokio::task::spawn_blocking(move || in_pool.get(&key("k")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.unwrap().expose_secret(), b"v");
+}
+
+/// A private bus (and keyring, depending on the mode) started by `scripts/secret-service`,
+/// stopped on drop.
+struct Private {
+    dir: PathBuf,
+    address: String,
+}
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/secret-service")
+}
+
+impl Private {
+    fn start(mode: &str) -> Private {
+        // Short: a unix socket path has to fit in about 100 bytes.
+        let dir = std::env::temp_dir().join(format!(
+            "ks-ss-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        let out = Command::new("bash")
+            .arg(script())
+            .arg(mode)
+            .arg(&dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/secret-service");
+        // Stops whatever did start, even when the checks below fail.
+        let mut private = Private {
+            dir,
+            address: String::new(),
+        };
+        assert!(out.status.success(), "scripts/secret-service {mode} failed");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let address = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("export DBUS_SESSION_BUS_ADDRESS="))
+            .expect("the script prints the bus address")
+            .to_owned();
+        assert!(!address.contains(['\'', '\\', '$']), "unexpected quoting: {address}");
+        private.address = address;
+        private
+    }
+
+    fn bus(&self) -> Bus {
+        Bus::Address(self.address.clone())
+    }
+
+    fn keyring_pid(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pids"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("gnome-keyring-daemon "))
+            .last()
+            .expect("a keyring pid is recorded")
+            .to_owned()
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+fn assert_unavailable<T: std::fmt::Debug>(
+    result: keyshare::Result<T>,
+    reason: UnavailableReason,
+    says: &[&str],
+) {
+    match result {
+        Err(Error::Unavailable {
+            reason: got,
+            ref detail,
+            ..
+        }) if got == reason => {
+            let message = result.as_ref().unwrap_err().to_string();
+            for s in says {
+                assert!(message.contains(s), "{message:?} should say {s:?} ({detail})");
+            }
+        }
+        other => panic!("expected Unavailable({reason:?}), got {other:?}"),
+    }
+}
+
+#[test]
+fn locked_collection_is_reported_at_once_with_what_to_do() {
+    if !keyring_programs() {
+        return;
+    }
+    let private = Private::start("start-locked");
+    let timeout = Duration::from_secs(2);
+    let bound = timeout + Duration::from_secs(2);
+    let started = Instant::now();
+    let store = SecretServiceStore::open_on(private.bus(), "dev.keyshare.locked-marker", timeout)
+        .expect("opening works on a locked collection");
+    assert!(started.elapsed() < bound);
+    let says = ["locked", "unlock your login keyring", "--store vault"];
+    // The marker item exists (locked); the other key does not exist at all: both are "locked",
+    // never "not found".
+    for name in ["marker", "never-stored"] {
+        let started = Instant::now();
+        assert_unavailable(store.get(&key(name)), UnavailableReason::Locked, &says);
+        assert!(started.elapsed() < bound, "get took {:?}", started.elapsed());
+        let started = Instant::now();
+        assert_unavailable(store.delete(&key(name)), UnavailableReason::Locked, &says);
+        assert!(started.elapsed() < bound, "delete took {:?}", started.elapsed());
+    }
+    let started = Instant::now();
+    assert_unavailable(
+        store.set(&key("new"), &value(b"v")),
+        UnavailableReason::Locked,
+        &says,
+    );
+    assert!(started.elapsed() < bound, "set took {:?}", started.elapsed());
+    let started = Instant::now();
+    assert_unavailable(store.keys(), UnavailableReason::Locked, &says);
+    assert!(started.elapsed() < bound, "keys took {:?}", started.elapsed());
+
+    let report = probe_on(private.bus(), timeout);
+    assert!(!report.is_usable());
+    assert!(report.elapsed < bound);
+    assert_eq!(
+        report.collection.as_deref(),
+        Some("/org/freedesktop/secrets/collection/login")
+    );
+    assert_unavailable(report.outcome, UnavailableReason::Locked, &says);
+}
+
+#[test]
+fn no_bus_or_no_service_is_not_running() {
+    if !keyring_programs() {
+        return;
+    }
+    let timeout = Duration::from_secs(2);
+    let nowhere = Bus::Address("unix:path=/nonexistent/keyshare-test/bus.sock".to_owned());
+    assert_unavailable(
+        SecretServiceStore::open_on(nowhere.clone(), "ns", timeout),
+        UnavailableReason::NotRunning,
+        &["DBUS_SESSION_BUS_ADDRESS", "--store vault"],
+    );
+    assert_unavailable(
+        probe_on(nowhere, timeout).outcome,
+        UnavailableReason::NotRunning,
+        &["DBUS_SESSION_BUS_ADDRESS"],
+    );
+
+    // A bus with nobody owning org.freedesktop.secrets (and nothing to start it).
+    let bare = Private::start("start-bare");
+    assert_unavailable(
+        SecretServiceStore::open_on(bare.bus(), "ns", timeout),
+        UnavailableReason::NotRunning,
+        &["org.freedesktop.secrets", "DBUS_SESSION_BUS_ADDRESS"],
+    );
+    assert_unavailable(
+        probe_on(bare.bus(), timeout).outcome,
+        UnavailableReason::NotRunning,
+        &["org.freedesktop.secrets"],
+    );
+}
+
+#[test]
+fn a_hung_service_times_out() {
+    if !keyring_programs() {
+        return;
+    }
+    let private = Private::start("start");
+    let timeout = Duration::from_millis(1500);
+    let bound = timeout + Duration::from_secs(2);
+    let store = SecretServiceStore::open_on(private.bus(), "dev.keyshare.hung", timeout).unwrap();
+    store.set(&key("k"), &value(b"v")).unwrap();
+
+    let pid = private.keyring_pid();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap().success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    struct Resume<'a>(&'a dyn Fn(&str));
+    impl Drop for Resume<'_> {
+        fn drop(&mut self) {
+            (self.0)("-CONT");
+        }
+    }
+    let resume = Resume(&signal);
+
+    let started = Instant::now();
+    assert_unavailable(
+        store.get(&key("k")),
+        UnavailableReason::TimedOut,
+        &["no answer within 1500 ms", "reading key \"k\""],
+    );
+    let took = started.elapsed();
+    assert!(took >= timeout && took < bound, "get took {took:?}");
+    let started = Instant::now();
+    assert_unavailable(
+        SecretServiceStore::open_on(private.bus(), "dev.keyshare.hung", timeout),
+        UnavailableReason::TimedOut,
+        &["no answer"],
+    );
+    assert!(started.elapsed() < bound);
+    assert!(!probe_on(private.bus(), timeout).is_usable());
+
+    drop(resume);
+    // Once the service answers again, the same store (connection and session) works again.
+    assert_eq!(store.get(&key("k")).unwrap().unwrap().expose_secret(), b"v");
+}
