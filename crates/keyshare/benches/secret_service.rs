@@ -75,8 +75,10 @@ mod linux {
         let bare = SecretService::connect(EncryptionType::Dh).expect("bare connection");
         let bare_collection = bare.get_default_collection().unwrap();
         let bare_get = |i: usize| {
-            let attributes =
-                HashMap::from([("service", namespace.as_str()), ("account", keys[i % KEYS].as_str())]);
+            let attributes = HashMap::from([
+                ("service", namespace.as_str()),
+                ("account", keys[i % KEYS].as_str()),
+            ]);
             let found = bare.search_items(attributes).unwrap();
             let secret = found.unlocked[0].get_secret().unwrap();
             assert_eq!(secret.len(), 64);
@@ -91,7 +93,13 @@ mod linux {
 
         let secret_tool_get = |i: usize| {
             let out = Command::new("secret-tool")
-                .args(["lookup", "service", &namespace, "account", keys[i % KEYS].as_str()])
+                .args([
+                    "lookup",
+                    "service",
+                    &namespace,
+                    "account",
+                    keys[i % KEYS].as_str(),
+                ])
                 .stderr(Stdio::inherit())
                 .output()
                 .expect("run secret-tool");
@@ -106,7 +114,13 @@ mod linux {
                 ("account", keys[i % KEYS].as_str()),
             ]);
             bare_collection
-                .create_item("bench", attributes, value.expose_secret(), true, CONTENT_TYPE)
+                .create_item(
+                    "bench",
+                    attributes,
+                    value.expose_secret(),
+                    true,
+                    CONTENT_TYPE,
+                )
                 .unwrap();
         };
         let keyshare_set = |i: usize| store.set(&keys[i % KEYS], &value).unwrap();

@@ -220,10 +220,19 @@ fn values_over_the_limit_are_refused_before_any_call() {
     if !session_service() {
         return;
     }
-    let store = open(&unique_namespace("limits"))
-        .with_limits(keyshare::Limits { max_value_len: 4 });
+    let store =
+        open(&unique_namespace("limits")).with_limits(keyshare::Limits { max_value_len: 4 });
     let err = store.set(&key("k"), &value(b"12345")).unwrap_err();
-    assert!(matches!(err, Error::TooLarge { limit: 4, actual: 5 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::TooLarge {
+                limit: 4,
+                actual: 5
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(store.get(&key("k")).unwrap(), None);
 }
 
@@ -325,7 +334,10 @@ impl Private {
             .find_map(|l| l.strip_prefix("export DBUS_SESSION_BUS_ADDRESS="))
             .expect("the script prints the bus address")
             .to_owned();
-        assert!(!address.contains(['\'', '\\', '$']), "unexpected quoting: {address}");
+        assert!(
+            !address.contains(['\'', '\\', '$']),
+            "unexpected quoting: {address}"
+        );
         private.address = address;
         private
     }
@@ -368,7 +380,10 @@ fn assert_unavailable<T: std::fmt::Debug>(
         }) if got == reason => {
             let message = result.as_ref().unwrap_err().to_string();
             for s in says {
-                assert!(message.contains(s), "{message:?} should say {s:?} ({detail})");
+                assert!(
+                    message.contains(s),
+                    "{message:?} should say {s:?} ({detail})"
+                );
             }
         }
         other => panic!("expected Unavailable({reason:?}), got {other:?}"),
@@ -393,10 +408,18 @@ fn locked_collection_is_reported_at_once_with_what_to_do() {
     for name in ["marker", "never-stored"] {
         let started = Instant::now();
         assert_unavailable(store.get(&key(name)), UnavailableReason::Locked, &says);
-        assert!(started.elapsed() < bound, "get took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < bound,
+            "get took {:?}",
+            started.elapsed()
+        );
         let started = Instant::now();
         assert_unavailable(store.delete(&key(name)), UnavailableReason::Locked, &says);
-        assert!(started.elapsed() < bound, "delete took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < bound,
+            "delete took {:?}",
+            started.elapsed()
+        );
     }
     let started = Instant::now();
     assert_unavailable(
@@ -404,10 +427,18 @@ fn locked_collection_is_reported_at_once_with_what_to_do() {
         UnavailableReason::Locked,
         &says,
     );
-    assert!(started.elapsed() < bound, "set took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < bound,
+        "set took {:?}",
+        started.elapsed()
+    );
     let started = Instant::now();
     assert_unavailable(store.keys(), UnavailableReason::Locked, &says);
-    assert!(started.elapsed() < bound, "keys took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < bound,
+        "keys took {:?}",
+        started.elapsed()
+    );
 
     let report = probe_on(private.bus(), timeout);
     assert!(!report.is_usable());
@@ -464,7 +495,11 @@ fn a_hung_service_times_out() {
 
     let pid = private.keyring_pid();
     let signal = |sig: &str| {
-        let ok = Command::new("kill").args([sig, &pid]).status().unwrap().success();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill {sig} {pid}");
     };
     signal("-STOP");

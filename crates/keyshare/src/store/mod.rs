@@ -5,17 +5,29 @@
 //! object-safe so that every store, including the broker client, is interchangeable behind
 //! `Arc<dyn Store>`.
 
+#[cfg(target_os = "macos")]
+pub mod keychain;
 mod memory;
+#[cfg(any(target_os = "macos", target_os = "windows"))]
+mod os_call;
 #[cfg(target_os = "linux")]
 pub mod secret_service;
 mod unreachable;
 pub mod vault;
+#[cfg(target_os = "windows")]
+pub mod wincred;
+#[cfg(any(target_os = "windows", test))]
+mod wincred_parts;
 
+#[cfg(target_os = "macos")]
+pub use keychain::KeychainStore;
 pub use memory::MemoryStore;
 #[cfg(target_os = "linux")]
 pub use secret_service::SecretServiceStore;
 pub use unreachable::UnreachableStore;
 pub use vault::VaultStore;
+#[cfg(target_os = "windows")]
+pub use wincred::CredentialManagerStore;
 
 use std::fmt;
 use std::time::Duration;

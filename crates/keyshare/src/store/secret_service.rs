@@ -138,21 +138,25 @@ impl SecretServiceStore {
     /// Like [`SecretServiceStore::open`], on the given bus.
     pub fn open_on(bus: Bus, namespace: &str, timeout: Duration) -> Result<Self> {
         check_namespace(namespace)?;
-        let service = bounded(timeout, || format!("connecting on {}", bus.describe()), async {
-            let connection = bus.connect().await.map_err(|e| {
-                Error::unavailable(
-                    STORE,
-                    UnavailableReason::NotRunning,
-                    format!(
-                        "cannot connect to {}: {e}; {WHAT_TO_DO_NOT_RUNNING}",
-                        bus.describe()
-                    ),
-                )
-            })?;
-            SecretService::connect_with_existing(EncryptionType::Dh, connection)
-                .await
-                .map_err(|e| map_error(e, &bus, "opening a session"))
-        })?;
+        let service = bounded(
+            timeout,
+            || format!("connecting on {}", bus.describe()),
+            async {
+                let connection = bus.connect().await.map_err(|e| {
+                    Error::unavailable(
+                        STORE,
+                        UnavailableReason::NotRunning,
+                        format!(
+                            "cannot connect to {}: {e}; {WHAT_TO_DO_NOT_RUNNING}",
+                            bus.describe()
+                        ),
+                    )
+                })?;
+                SecretService::connect_with_existing(EncryptionType::Dh, connection)
+                    .await
+                    .map_err(|e| map_error(e, &bus, "opening a session"))
+            },
+        )?;
         Ok(SecretServiceStore {
             namespace: namespace.to_owned(),
             timeout,
@@ -200,7 +204,11 @@ impl SecretServiceStore {
         ])
     }
 
-    fn run<T>(&self, doing: impl FnOnce() -> String, call: impl Future<Output = Result<T>>) -> Result<T> {
+    fn run<T>(
+        &self,
+        doing: impl FnOnce() -> String,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         bounded(self.timeout, doing, call)
     }
 
@@ -412,13 +420,19 @@ impl Store for SecretServiceStore {
     /// Errors: `TooLarge` over the limits; `Unavailable` as for `get`.
     fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
         self.limits.check_value(value)?;
-        self.run(|| format!("writing key {:?}", key.as_str()), self.set_async(key, value))
+        self.run(
+            || format!("writing key {:?}", key.as_str()),
+            self.set_async(key, value),
+        )
     }
 
     /// Deletes every copy of the key. Errors: `Unavailable` as for `get`; when some copy is
     /// locked nothing is deleted.
     fn delete(&self, key: &SecretKey) -> Result<bool> {
-        self.run(|| format!("deleting key {:?}", key.as_str()), self.delete_async(key))
+        self.run(
+            || format!("deleting key {:?}", key.as_str()),
+            self.delete_async(key),
+        )
     }
 
     /// Errors: `Unavailable` as for `get`. Items without a valid `account` are skipped.
@@ -503,10 +517,9 @@ pub fn probe_on(bus: Bus, timeout: Duration) -> ProbeReport {
                 .await
                 .map_err(|e| map_error(e, &bus, "finding the default collection"))?;
             collection = Some(collection_path(&default).as_str().to_owned());
-            let locked = default
-                .is_locked()
-                .await
-                .map_err(|e| map_error(e, &bus, "reading whether the default collection is locked"))?;
+            let locked = default.is_locked().await.map_err(|e| {
+                map_error(e, &bus, "reading whether the default collection is locked")
+            })?;
             if locked {
                 return Err(locked_error(&bus));
             }
