@@ -7,6 +7,7 @@
 //! When what a test needs is missing it fails if `CI=true` and skips loudly otherwise.
 #![cfg(target_os = "linux")]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -25,7 +26,9 @@ fn skip(reason: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("CI=true, but {reason}");
     }
-    eprintln!(
+    // Straight to stderr: libtest captures `eprintln!` of passing tests, and a skip must show.
+    let _ = writeln!(
+        std::io::stderr(),
         "\n!!!!!!!! SKIPPED: {reason}\n!!!!!!!! run the tests through scripts/test, which starts a private gnome-keyring\n"
     );
     false
@@ -107,7 +110,6 @@ fn consistency_contract_holds_over_gnome_keyring() {
 
 /// Runs `secret-tool ARGS`, feeding `stdin`; returns (success, stdout).
 fn secret_tool(args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>) {
-    use std::io::Write;
     let mut child = Command::new("secret-tool")
         .args(args)
         .stdin(Stdio::piped())
@@ -350,8 +352,8 @@ impl Private {
         std::fs::read_to_string(self.dir.join("pids"))
             .unwrap()
             .lines()
-            .filter_map(|l| l.strip_prefix("gnome-keyring-daemon "))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("gnome-keyring-daemon "))
             .expect("a keyring pid is recorded")
             .to_owned()
     }

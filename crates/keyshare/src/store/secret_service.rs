@@ -718,3 +718,96 @@ fn map_error(error: secret_service::Error, bus: &Bus, doing: &str) -> Error {
     };
     Error::unavailable(STORE, reason, detail)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(error: secret_service::Error) -> UnavailableReason {
+        match map_error(error, &Bus::Address("unix:path=/x".to_owned()), "testing") {
+            Error::Unavailable { reason, .. } => reason,
+            other => panic!("not Unavailable: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_map_to_what_a_caller_can_act_on() {
+        use secret_service::Error as E;
+        use zbus::fdo::Error as Fdo;
+        assert_eq!(reason(E::Locked), UnavailableReason::Locked);
+        assert_eq!(reason(E::Unavailable), UnavailableReason::NotRunning);
+        assert_eq!(reason(E::Prompt), UnavailableReason::Denied);
+        assert_eq!(reason(E::NoResult), UnavailableReason::Backend);
+        assert_eq!(
+            reason(E::ZbusFdo(Fdo::ServiceUnknown("gone".into()))),
+            UnavailableReason::NotRunning
+        );
+        assert_eq!(
+            reason(E::Zbus(zbus::Error::FDO(Box::new(Fdo::NameHasNoOwner(
+                "gone".into()
+            ))))),
+            UnavailableReason::NotRunning
+        );
+        assert_eq!(
+            reason(E::ZbusFdo(Fdo::AccessDenied("no".into()))),
+            UnavailableReason::Denied
+        );
+        assert_eq!(
+            reason(E::ZbusFdo(Fdo::NoReply("slow".into()))),
+            UnavailableReason::TimedOut
+        );
+        assert_eq!(
+            reason(E::Zbus(zbus::Error::InputOutput(Arc::new(
+                std::io::Error::from(std::io::ErrorKind::ConnectionReset)
+            )))),
+            UnavailableReason::NotRunning
+        );
+        assert_eq!(
+            reason(E::ZbusFdo(Fdo::Failed("odd".into()))),
+            UnavailableReason::Backend
+        );
+        assert!(is_unknown_object(&E::ZbusFdo(Fdo::UnknownObject(
+            "gone".into()
+        ))));
+        assert!(!is_unknown_object(&E::ZbusFdo(Fdo::Failed("x".into()))));
+    }
+
+    #[test]
+    fn locked_and_not_running_messages_say_what_to_do() {
+        let bus = Bus::Address("unix:path=/x".to_owned());
+        let locked = locked_error(&bus).to_string();
+        assert!(locked.contains("unlock your login keyring"), "{locked}");
+        assert!(locked.contains("--store vault"), "{locked}");
+        let not_running = map_error(secret_service::Error::Unavailable, &bus, "x").to_string();
+        assert!(
+            not_running.contains("DBUS_SESSION_BUS_ADDRESS"),
+            "{not_running}"
+        );
+    }
+
+    #[test]
+    fn namespaces_are_checked() {
+        assert!(check_namespace("dev.keyshare.shared-secrets").is_ok());
+        assert!(check_namespace("").is_err());
+        assert!(check_namespace("a\0b").is_err());
+        assert!(check_namespace(&"x".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn a_call_that_never_answers_times_out() {
+        let err = bounded(
+            Duration::from_millis(50),
+            || "waiting forever".to_owned(),
+            std::future::pending::<Result<()>>(),
+        )
+        .unwrap_err();
+        match err {
+            Error::Unavailable {
+                reason: UnavailableReason::TimedOut,
+                detail,
+                ..
+            } => assert!(detail.contains("waiting forever"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
