@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyshare::store::secret_service::{probe, probe_on, Bus, SecretServiceStore, SCHEMA};
+use keyshare::store::secret_service::{
+    probe, probe_on, Bus, SecretServiceKekStore, SecretServiceStore, SCHEMA, VAULT_KEY_SCHEMA,
+};
+use keyshare::store::vault::{Kek, KekStore, VaultId, VaultOptions, VaultStore};
 use keyshare::testing::conformance::unique_namespace;
 use keyshare::testing::model::{check_model, ModelConfig, ModelStores};
 use keyshare::{Error, MemoryStore, SecretKey, SecretValue, Store, UnavailableReason};
@@ -110,7 +113,16 @@ fn consistency_contract_holds_over_gnome_keyring() {
 
 /// Runs `secret-tool ARGS`, feeding `stdin`; returns (success, stdout).
 fn secret_tool(args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>) {
-    let mut child = Command::new("secret-tool")
+    secret_tool_on(None, args, stdin)
+}
+
+/// Like [`secret_tool`], on the bus at `address` when given.
+fn secret_tool_on(address: Option<&str>, args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>) {
+    let mut command = Command::new("secret-tool");
+    if let Some(address) = address {
+        command.env("DBUS_SESSION_BUS_ADDRESS", address);
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -533,4 +545,124 @@ fn a_hung_service_times_out() {
     drop(resume);
     // Once the service answers again, the same store (connection and session) works again.
     assert_eq!(store.get(&key("k")).unwrap().unwrap().expose_secret(), b"v");
+}
+
+/// A temporary directory the vault accepts (0700).
+fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// A vault protected by a key file (no keyring involved), for a vault id no keyring knows.
+fn key_file_vault_id(dir: &Path) -> VaultId {
+    let mut options = VaultOptions::new(dir.join("other.db"), "ns");
+    options.keys.passphrase_env = None;
+    VaultStore::open(options).unwrap().vault_id()
+}
+
+#[test]
+fn vault_keys_live_in_gnome_keyring() {
+    if !keyring_programs() {
+        return;
+    }
+    let private = Private::start("start");
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let options = |keyring: Arc<SecretServiceKekStore>| {
+        let mut o = VaultOptions::new(&path, "ns");
+        o.keys.os_keyring = Some(keyring);
+        o.keys.passphrase_env = None;
+        o.require_os_keyring = true;
+        o
+    };
+    let keyring = Arc::new(SecretServiceKekStore::open_on(private.bus(), TIMEOUT).unwrap());
+    let vault = VaultStore::open(options(keyring.clone())).unwrap();
+    assert!(vault.protection().is_os_keyring(), "{}", vault.protection());
+    assert_eq!(keyring.describe(), "Secret Service (collection \"login\")");
+    vault.set(&key("k"), &value(b"v")).unwrap();
+    let id = vault.vault_id();
+    drop(vault);
+
+    // Another connection (another process, in effect) opens the vault through the keyring.
+    let reopened = Arc::new(SecretServiceKekStore::open_on(private.bus(), TIMEOUT).unwrap());
+    let vault = VaultStore::open(options(reopened.clone())).unwrap();
+    assert_eq!(vault.get(&key("k")).unwrap().unwrap(), value(b"v"));
+    let kek = reopened.load(&id).unwrap().expect("the vault key is there");
+
+    // The item follows the documented schema.
+    let (ok, out) = secret_tool_on(
+        Some(&private.address),
+        &[
+            "lookup",
+            "xdg:schema",
+            VAULT_KEY_SCHEMA,
+            "vault",
+            &id.to_hex(),
+        ],
+        b"",
+    );
+    assert!(ok);
+    assert_eq!(out, kek.expose_secret());
+
+    // A vault's key is never replaced.
+    let err = reopened.store(&id, &Kek::generate().unwrap()).unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
+    assert_eq!(
+        reopened.load(&id).unwrap().unwrap().expose_secret(),
+        kek.expose_secret()
+    );
+
+    // No key for a vault the keyring never saw; a malformed key is corrupt, and left alone.
+    let other = key_file_vault_id(dir.path());
+    assert!(reopened.load(&other).unwrap().is_none());
+    let (ok, _) = secret_tool_on(
+        Some(&private.address),
+        &[
+            "store",
+            "--label=x",
+            "xdg:schema",
+            VAULT_KEY_SCHEMA,
+            "vault",
+            &other.to_hex(),
+        ],
+        b"short",
+    );
+    assert!(ok);
+    let err = reopened.load(&other).unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt { .. }) && err.to_string().contains("5 bytes"),
+        "{err:?}"
+    );
+    let (ok, out) = secret_tool_on(
+        Some(&private.address),
+        &[
+            "lookup",
+            "xdg:schema",
+            VAULT_KEY_SCHEMA,
+            "vault",
+            &other.to_hex(),
+        ],
+        b"",
+    );
+    assert!(ok && out == b"short");
+}
+
+#[test]
+fn vault_keys_in_a_locked_keyring_are_unavailable_not_missing() {
+    if !keyring_programs() {
+        return;
+    }
+    let private = Private::start("start-locked");
+    let dir = private_tempdir();
+    let id = key_file_vault_id(dir.path());
+    let keyring = SecretServiceKekStore::open_on(private.bus(), TIMEOUT).unwrap();
+    let says = ["locked", "unlock your login keyring"];
+    assert_unavailable(keyring.load(&id), UnavailableReason::Locked, &says);
+    assert_unavailable(
+        keyring.store(&id, &Kek::generate().unwrap()),
+        UnavailableReason::Locked,
+        &says,
+    );
 }

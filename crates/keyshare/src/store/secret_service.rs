@@ -20,6 +20,10 @@
 //! printf %s "$TOKEN" | secret-tool store --label=x service dev.keyshare.shared-secrets account github.auth
 //! ```
 //!
+//! Vault key-encryption keys ([`SecretServiceKekStore`]) are items of their own: `xdg:schema` =
+//! `dev.keyshare.VaultKey` ([`VAULT_KEY_SCHEMA`]), `vault` = the vault id (32 hex digits), label
+//! `keyshare vault key <id>`, one per vault (so one per flavour).
+//!
 //! # Behaviour
 //!
 //! - One D-Bus connection and one encrypted (DH) session for the store's life.
@@ -40,12 +44,18 @@ use std::time::{Duration, Instant};
 use secret_service::{Collection, EncryptionType, Item, SecretService};
 use zbus::zvariant::OwnedObjectPath;
 
+use zeroize::Zeroizing;
+
 use crate::error::{Error, Result, UnavailableReason};
 use crate::model::{Limits, SecretKey, SecretValue};
+use crate::store::vault::{Kek, KekStore, VaultId};
 use crate::store::{Store, StoreInfo};
 
 /// The `xdg:schema` attribute of the items keyshare writes.
 pub const SCHEMA: &str = "dev.keyshare.Secret";
+
+/// The `xdg:schema` attribute of the items holding vault keys.
+pub const VAULT_KEY_SCHEMA: &str = "dev.keyshare.VaultKey";
 
 /// The content type of the secrets keyshare writes: values are bytes.
 pub const CONTENT_TYPE: &str = "application/octet-stream";
@@ -55,6 +65,7 @@ const SECRETS_NAME: &str = "org.freedesktop.secrets";
 const ATTR_SCHEMA: &str = "xdg:schema";
 const ATTR_SERVICE: &str = "service";
 const ATTR_ACCOUNT: &str = "account";
+const ATTR_VAULT: &str = "vault";
 const WHAT_TO_DO_LOCKED: &str =
     "unlock your login keyring (log in to the desktop, or run `gnome-keyring-daemon --unlock`), \
      or use the vault: --store vault";
@@ -122,6 +133,64 @@ impl fmt::Debug for SecretServiceStore {
     }
 }
 
+impl Connection {
+    async fn open(bus: Bus) -> Result<Self> {
+        let connection = bus.connect().await.map_err(|e| {
+            Error::unavailable(
+                STORE,
+                UnavailableReason::NotRunning,
+                format!(
+                    "cannot connect to {}: {e}; {WHAT_TO_DO_NOT_RUNNING}",
+                    bus.describe()
+                ),
+            )
+        })?;
+        let service = SecretService::connect_with_existing(EncryptionType::Dh, connection)
+            .await
+            .map_err(|e| map_error(e, &bus, "opening a session"))?;
+        Ok(Connection {
+            bus,
+            service,
+            default_collection: Mutex::new(None),
+        })
+    }
+
+    fn map(&self, error: secret_service::Error, doing: &str) -> Error {
+        if is_unknown_object(&error) {
+            // The collection we cached may be gone (deleted, or the daemon restarted).
+            *self.cache() = None;
+        }
+        map_error(error, &self.bus, doing)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Option<OwnedObjectPath>> {
+        // The guarded value is a plain path, replaced whole: a panic cannot leave it torn.
+        self.default_collection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The default collection, unlocked; [`UnavailableReason::Locked`] if it is locked.
+    async fn unlocked_default_collection(&self) -> Result<Collection<'_>> {
+        let cached = self.cache().clone();
+        let service: &SecretService<'_> = &self.service;
+        let collection = match cached {
+            Some(path) => service.get_collection_by_path(path).await,
+            None => service.get_default_collection().await,
+        }
+        .map_err(|e| self.map(e, "finding the default collection"))?;
+        let locked = collection
+            .is_locked()
+            .await
+            .map_err(|e| self.map(e, "reading whether the default collection is locked"))?;
+        *self.cache() = Some(collection_path(&collection));
+        if locked {
+            return Err(locked_error(&self.bus));
+        }
+        Ok(collection)
+    }
+}
+
 impl SecretServiceStore {
     /// Connects to the Secret Service on the session bus and opens an encrypted session, for
     /// the items whose `service` attribute is `namespace`. Every call, this one included, gives
@@ -138,34 +207,17 @@ impl SecretServiceStore {
     /// Like [`SecretServiceStore::open`], on the given bus.
     pub fn open_on(bus: Bus, namespace: &str, timeout: Duration) -> Result<Self> {
         check_namespace(namespace)?;
-        let service = bounded(
+        let described = bus.describe();
+        let connection = bounded(
             timeout,
-            || format!("connecting on {}", bus.describe()),
-            async {
-                let connection = bus.connect().await.map_err(|e| {
-                    Error::unavailable(
-                        STORE,
-                        UnavailableReason::NotRunning,
-                        format!(
-                            "cannot connect to {}: {e}; {WHAT_TO_DO_NOT_RUNNING}",
-                            bus.describe()
-                        ),
-                    )
-                })?;
-                SecretService::connect_with_existing(EncryptionType::Dh, connection)
-                    .await
-                    .map_err(|e| map_error(e, &bus, "opening a session"))
-            },
+            || format!("connecting on {described}"),
+            Connection::open(bus),
         )?;
         Ok(SecretServiceStore {
             namespace: namespace.to_owned(),
             timeout,
             limits: Limits::default(),
-            connection: Arc::new(Connection {
-                bus,
-                service,
-                default_collection: Mutex::new(None),
-            }),
+            connection: Arc::new(connection),
         })
     }
 
@@ -185,6 +237,14 @@ impl SecretServiceStore {
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// The store of vault keys on this store's connection and session.
+    pub fn kek_store(&self) -> SecretServiceKekStore {
+        SecretServiceKekStore {
+            timeout: self.timeout,
+            connection: self.connection.clone(),
+        }
     }
 
     /// The namespace: the `service` attribute of this store's items.
@@ -213,39 +273,15 @@ impl SecretServiceStore {
     }
 
     fn map(&self, error: secret_service::Error, doing: &str) -> Error {
-        if is_unknown_object(&error) {
-            // The collection we cached may be gone (deleted, or the daemon restarted).
-            *self.cache() = None;
-        }
-        map_error(error, &self.connection.bus, doing)
+        self.connection.map(error, doing)
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Option<OwnedObjectPath>> {
-        // The guarded value is a plain path, replaced whole: a panic cannot leave it torn.
-        self.connection
-            .default_collection
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.connection.cache()
     }
 
-    /// The default collection, unlocked; [`UnavailableReason::Locked`] if it is locked.
     async fn unlocked_default_collection(&self) -> Result<Collection<'_>> {
-        let cached = self.cache().clone();
-        let service: &SecretService<'_> = &self.connection.service;
-        let collection = match cached {
-            Some(path) => service.get_collection_by_path(path).await,
-            None => service.get_default_collection().await,
-        }
-        .map_err(|e| self.map(e, "finding the default collection"))?;
-        let locked = collection
-            .is_locked()
-            .await
-            .map_err(|e| self.map(e, "reading whether the default collection is locked"))?;
-        *self.cache() = Some(collection_path(&collection));
-        if locked {
-            return Err(locked_error(&self.connection.bus));
-        }
-        Ok(collection)
+        self.connection.unlocked_default_collection().await
     }
 
     async fn get_once(&self, key: &SecretKey) -> Result<Read> {
@@ -438,6 +474,147 @@ impl Store for SecretServiceStore {
     /// Errors: `Unavailable` as for `get`. Items without a valid `account` are skipped.
     fn keys(&self) -> Result<Vec<SecretKey>> {
         self.run(|| "listing keys".to_owned(), self.keys_async())
+    }
+}
+
+/// Vault key-encryption keys kept in the Secret Service's default collection (see the module
+/// documentation for the item schema).
+pub struct SecretServiceKekStore {
+    timeout: Duration,
+    connection: Arc<Connection>,
+}
+
+impl fmt::Debug for SecretServiceKekStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretServiceKekStore")
+            .field("bus", &self.connection.bus)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecretServiceKekStore {
+    /// Connects to the Secret Service on the session bus. Errors as for
+    /// [`SecretServiceStore::open`].
+    pub fn open(timeout: Duration) -> Result<Self> {
+        Self::open_on(Bus::Session, timeout)
+    }
+
+    /// Like [`SecretServiceKekStore::open`], on the given bus.
+    pub fn open_on(bus: Bus, timeout: Duration) -> Result<Self> {
+        let described = bus.describe();
+        let connection = bounded(
+            timeout,
+            || format!("connecting on {described}"),
+            Connection::open(bus),
+        )?;
+        Ok(SecretServiceKekStore {
+            timeout,
+            connection: Arc::new(connection),
+        })
+    }
+
+    fn attributes(id: &str) -> HashMap<&str, &str> {
+        HashMap::from([(ATTR_SCHEMA, VAULT_KEY_SCHEMA), (ATTR_VAULT, id)])
+    }
+
+    async fn find(&self, id: &str) -> Result<Option<Item<'_>>> {
+        let found = self
+            .connection
+            .service
+            .search_items(Self::attributes(id))
+            .await
+            .map_err(|e| self.connection.map(e, "searching for the vault key"))?;
+        if !found.locked.is_empty() {
+            return Err(locked_error(&self.connection.bus));
+        }
+        if let Some(item) = newest(found.unlocked).await {
+            return Ok(Some(item));
+        }
+        // "No key" only counts when the collection could have shown one.
+        self.connection.unlocked_default_collection().await?;
+        Ok(None)
+    }
+
+    async fn read(&self, id: &str) -> Result<Option<Kek>> {
+        let Some(item) = self.find(id).await? else {
+            return Ok(None);
+        };
+        let secret = Zeroizing::new(
+            item.get_secret()
+                .await
+                .map_err(|e| self.connection.map(e, "reading the vault key"))?,
+        );
+        Kek::from_slice(&secret)
+            .map(Some)
+            .map_err(|_| Error::Corrupt {
+                store: STORE.to_owned(),
+                key: None,
+                detail: format!(
+                    "the Secret Service item holding the key of vault {id} has {} bytes, not {}",
+                    secret.len(),
+                    Kek::LEN
+                ),
+            })
+    }
+}
+
+impl KekStore for SecretServiceKekStore {
+    /// `Ok(None)` only when the default collection is unlocked and holds no key for the vault.
+    fn load(&self, vault: &VaultId) -> Result<Option<Kek>> {
+        let id = vault.to_hex();
+        bounded(
+            self.timeout,
+            || format!("reading the key of vault {id}"),
+            self.read(&id),
+        )
+    }
+
+    /// Refuses to replace the key of a vault that already has one (that would lose the vault),
+    /// and reads the key back before answering `Ok`.
+    fn store(&self, vault: &VaultId, kek: &Kek) -> Result<()> {
+        let id = vault.to_hex();
+        bounded(
+            self.timeout,
+            || format!("storing the key of vault {id}"),
+            async {
+                if self.find(&id).await?.is_some() {
+                    return Err(Error::invalid(
+                        "vault key",
+                        format!("the Secret Service already holds a key for vault {id}"),
+                    ));
+                }
+                let collection = self.connection.unlocked_default_collection().await?;
+                collection
+                    .create_item(
+                        &format!("keyshare vault key {id}"),
+                        Self::attributes(&id),
+                        kek.expose_secret(),
+                        false,
+                        CONTENT_TYPE,
+                    )
+                    .await
+                    .map_err(|e| self.connection.map(e, "storing the vault key"))?;
+                match self.read(&id).await? {
+                    Some(stored) if stored.expose_secret() == kek.expose_secret() => Ok(()),
+                    _ => Err(Error::unavailable(
+                        STORE,
+                        UnavailableReason::Backend,
+                        format!("the key of vault {id} did not read back after being stored"),
+                    )),
+                }
+            },
+        )
+    }
+
+    fn describe(&self) -> String {
+        match self.connection.cache().as_ref() {
+            Some(path) => format!(
+                "Secret Service (collection {:?})",
+                path.as_str().rsplit('/').next().unwrap_or_default()
+            ),
+            None => "Secret Service (default collection)".to_owned(),
+        }
     }
 }
 
