@@ -50,7 +50,7 @@ fn keyring_programs() -> bool {
             .map(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
             .unwrap_or(false)
     };
-    ["dbus-daemon", "gnome-keyring-daemon", "secret-tool"]
+    ["dbus-daemon", "dbus-send", "gnome-keyring-daemon", "secret-tool"]
         .iter()
         .all(|p| found(p))
         || skip("dbus-daemon, gnome-keyring-daemon or secret-tool is not installed")
