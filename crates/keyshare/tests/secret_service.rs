@@ -50,10 +50,15 @@ fn keyring_programs() -> bool {
             .map(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
             .unwrap_or(false)
     };
-    ["dbus-daemon", "dbus-send", "gnome-keyring-daemon", "secret-tool"]
-        .iter()
-        .all(|p| found(p))
-        || skip("dbus-daemon, gnome-keyring-daemon or secret-tool is not installed")
+    [
+        "dbus-daemon",
+        "dbus-send",
+        "gnome-keyring-daemon",
+        "secret-tool",
+    ]
+    .iter()
+    .all(|p| found(p))
+        || skip("dbus-daemon, dbus-send, gnome-keyring-daemon or secret-tool is not installed")
 }
 
 fn open(namespace: &str) -> SecretServiceStore {
