@@ -5,7 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyshare::store::vault::{KeyProviders, PassphraseRequest, VaultOptions, VaultStore};
+use keyshare::store::secret_service::{self, SecretServiceKekStore, SecretServiceStore};
+use keyshare::store::vault::{
+    Kek, KekStore, KeyProviders, PassphraseRequest, VaultId, VaultOptions, VaultStore,
+};
 use keyshare::{
     AppId, Flavour, Limits, MemoryStore, SecretStorage, SecretValue, Store, StoreInfo,
     UnavailableReason, UnreachableStore,
@@ -75,6 +78,45 @@ fn terminal_passphrase(request: &PassphraseRequest<'_>) -> keyshare::Result<Opti
     Ok(Some(SecretValue::from_slice(first.as_bytes())))
 }
 
+/// The Secret Service as the keeper of vault keys, connected only when a vault actually asks
+/// for its key there: a vault protected by a key file never touches D-Bus, which keeps
+/// `keyshare get` fast on a machine with no keyring.
+#[derive(Debug)]
+struct LazyKeyring {
+    timeout: Duration,
+    connected: std::sync::OnceLock<Result<SecretServiceKekStore, String>>,
+}
+
+impl LazyKeyring {
+    fn connect(&self) -> keyshare::Result<&SecretServiceKekStore> {
+        self.connected
+            .get_or_init(|| SecretServiceKekStore::open(self.timeout).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|detail| {
+                keyshare::Error::unavailable(
+                    "secret service",
+                    UnavailableReason::NotRunning,
+                    detail.clone(),
+                )
+            })
+    }
+}
+
+impl KekStore for LazyKeyring {
+    fn load(&self, vault: &VaultId) -> keyshare::Result<Option<Kek>> {
+        self.connect()?.load(vault)
+    }
+    fn store(&self, vault: &VaultId, kek: &Kek) -> keyshare::Result<()> {
+        self.connect()?.store(vault, kek)
+    }
+    fn describe(&self) -> String {
+        match self.connected.get() {
+            Some(Ok(store)) => store.describe(),
+            _ => "Secret Service (default collection)".to_owned(),
+        }
+    }
+}
+
 /// Opens a vault the way every command does: the configured protection requirements, the
 /// store timeout, and the one-line notice on stderr when a key file was just created.
 pub fn open_vault(path: &Path, namespace: &str, ctx: &Context) -> anyhow::Result<VaultStore> {
@@ -83,6 +125,10 @@ pub fn open_vault(path: &Path, namespace: &str, ctx: &Context) -> anyhow::Result
     options.busy_timeout = ctx.timeout;
     options.limits = ctx.limits;
     options.keys = KeyProviders {
+        os_keyring: Some(Arc::new(LazyKeyring {
+            timeout: ctx.timeout,
+            connected: std::sync::OnceLock::new(),
+        })),
         passphrase_prompt: Some(Arc::new(terminal_passphrase)),
         ..KeyProviders::default()
     };
@@ -112,19 +158,40 @@ pub fn open_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
             reason: "chosen explicitly".to_owned(),
             identity: vault_identity(ctx),
         }),
-        StoreChoice::SecretService => {
-            anyhow::bail!("the Secret Service store is not built yet")
-        }
-        StoreChoice::Auto => Ok(SharedChoice {
-            store: Arc::new(open_vault(
-                &ctx.dirs.shared_vault_path(&ctx.flavour),
-                service,
-                ctx,
-            )?),
-            reason: "auto: no Secret Service support in this build".to_owned(),
-            identity: vault_identity(ctx),
+        StoreChoice::SecretService => Ok(SharedChoice {
+            store: Arc::new(
+                SecretServiceStore::open(service, ctx.timeout)?.with_limits(ctx.limits),
+            ),
+            reason: "chosen explicitly".to_owned(),
+            identity: secret_service_identity(ctx),
         }),
+        StoreChoice::Auto => {
+            let report = secret_service::probe(ctx.timeout);
+            if report.is_usable() {
+                Ok(SharedChoice {
+                    store: Arc::new(
+                        SecretServiceStore::open(service, ctx.timeout)?.with_limits(ctx.limits),
+                    ),
+                    reason: format!("auto: the Secret Service is {report}"),
+                    identity: secret_service_identity(ctx),
+                })
+            } else {
+                Ok(SharedChoice {
+                    store: Arc::new(open_vault(
+                        &ctx.dirs.shared_vault_path(&ctx.flavour),
+                        service,
+                        ctx,
+                    )?),
+                    reason: format!("auto: the Secret Service is not usable ({report})"),
+                    identity: vault_identity(ctx),
+                })
+            }
+        }
     }
+}
+
+fn secret_service_identity(ctx: &Context) -> Option<String> {
+    Some(format!("secret-service:{}", ctx.flavour.service()))
 }
 
 /// How `open` should treat the legacy -> shared migration.
@@ -202,7 +269,7 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
 
 fn shared_placeholder_identity(ctx: &Context) -> Option<String> {
     match ctx.store {
-        StoreChoice::SecretService => Some(format!("secret-service:{}", ctx.flavour.service())),
+        StoreChoice::SecretService => secret_service_identity(ctx),
         StoreChoice::Memory => None,
         _ => vault_identity(ctx),
     }

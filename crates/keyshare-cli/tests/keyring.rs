@@ -1,0 +1,226 @@
+//! The `keyshare` binary against the real gnome-keyring that `scripts/test` starts
+//! (`KEYSHARE_TEST_SECRET_SERVICE` set). Without it these tests fail when `CI=true` and skip
+//! loudly otherwise.
+#![cfg(target_os = "linux")]
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Output;
+
+use assert_cmd::Command;
+
+fn keyring_available() -> bool {
+    if std::env::var_os("KEYSHARE_TEST_SECRET_SERVICE").is_some() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true, but no test Secret Service (KEYSHARE_TEST_SECRET_SERVICE is not set)");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! SKIPPED: no test Secret Service; run the tests through scripts/test\n"
+    );
+    false
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    flavor: String,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        // A flavour (and so a service name) of its own, so runs never see each other's items.
+        let flavor = format!(
+            "t{}x{}",
+            std::process::id(),
+            dir.path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .replace('.', "")
+        );
+        Env { dir, flavor }
+    }
+
+    fn service(&self) -> String {
+        format!("dev.keyshare.{}.shared-secrets", self.flavor)
+    }
+
+    fn home(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn command(&self, with_bus: bool) -> Command {
+        let mut cmd = Command::cargo_bin("keyshare").unwrap();
+        cmd.env_clear()
+            .env("HOME", self.home())
+            .env("XDG_CONFIG_HOME", self.home().join("config"))
+            .env("XDG_DATA_HOME", self.home().join("data"))
+            .env("XDG_RUNTIME_DIR", self.home().join("run"))
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .args(["--flavor", &self.flavor]);
+        if with_bus {
+            if let Some(bus) = std::env::var_os("DBUS_SESSION_BUS_ADDRESS") {
+                cmd.env("DBUS_SESSION_BUS_ADDRESS", bus);
+            }
+        }
+        cmd
+    }
+
+    fn run(&self, with_bus: bool, args: &[&str], stdin: &[u8]) -> Output {
+        self.command(with_bus)
+            .args(args)
+            .write_stdin(stdin.to_vec())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let out = self.run(true, args, stdin);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+fn secret_tool(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = std::process::Command::new("secret-tool")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("secret-tool runs");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn auto_picks_the_keyring_and_secret_tool_sees_the_same_items() {
+    if !keyring_available() {
+        return;
+    }
+    let env = Env::new();
+    env.ok(&["--app", "code", "set", "github.auth"], b"from-keyshare");
+    let looked_up = secret_tool(
+        &[
+            "lookup",
+            "service",
+            &env.service(),
+            "account",
+            "github.auth",
+        ],
+        b"",
+    );
+    assert_eq!(looked_up.stdout, b"from-keyshare");
+    let stored = secret_tool(
+        &[
+            "store",
+            "--label=x",
+            "service",
+            &env.service(),
+            "account",
+            "from.tool",
+        ],
+        b"from-secret-tool",
+    );
+    assert!(stored.status.success());
+    let got = env.ok(&["--app", "agents", "get", "from.tool"], b"");
+    assert_eq!(got.stdout, b"from-secret-tool");
+    let doctor = env.ok(&["--json", "doctor"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    assert_eq!(report["shared"]["kind"], "secret-service", "{report}");
+    assert!(report["shared"]["chosen_because"]
+        .as_str()
+        .unwrap()
+        .starts_with("auto: the Secret Service is usable"));
+    for key in ["github.auth", "from.tool"] {
+        env.ok(&["delete", key], b"");
+    }
+}
+
+#[test]
+fn without_a_keyring_auto_uses_the_vault_and_says_why() {
+    if !keyring_available() {
+        return;
+    }
+    let env = Env::new();
+    let out = env.run(false, &["set", "k"], b"v");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doctor = env.run(false, &["--json", "doctor"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    assert_eq!(report["shared"]["kind"], "vault", "{report}");
+    assert!(report["shared"]["chosen_because"]
+        .as_str()
+        .unwrap()
+        .contains("not usable"));
+}
+
+#[test]
+fn a_new_vault_keeps_its_key_in_the_keyring_when_there_is_one() {
+    if !keyring_available() {
+        return;
+    }
+    let env = Env::new();
+    let out = env.ok(&["--store", "vault", "set", "k"], b"v");
+    assert!(
+        out.stderr.is_empty(),
+        "no key-file notice: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doctor = env.ok(&["--store", "vault", "--json", "doctor"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    assert!(
+        report["shared"]["protection"]
+            .as_str()
+            .unwrap()
+            .starts_with("OS keyring"),
+        "{report}"
+    );
+    assert_eq!(env.ok(&["--store", "vault", "get", "k"], b"").stdout, b"v");
+    // The same vault without the keyring cannot be opened, and says so: never a silent switch.
+    let out = env.run(false, &["--store", "vault", "get", "k"], b"");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn require_os_keyring_refuses_a_key_file() {
+    if !keyring_available() {
+        return;
+    }
+    let env = Env::new();
+    let config = env.home().join("config/keyshare/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "require_os_keyring = true\n").unwrap();
+    let out = env.run(false, &["--store", "vault", "set", "k"], b"v");
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("require_os_keyring"));
+    assert!(!env
+        .home()
+        .join("data/keyshare")
+        .join(&env.flavor)
+        .join("vault.db")
+        .exists());
+    env.ok(&["--store", "vault", "set", "k"], b"v");
+}
