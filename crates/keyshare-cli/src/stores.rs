@@ -84,20 +84,30 @@ fn terminal_passphrase(request: &PassphraseRequest<'_>) -> keyshare::Result<Opti
 #[derive(Debug)]
 struct LazyKeyring {
     timeout: Duration,
-    connected: std::sync::OnceLock<Result<SecretServiceKekStore, String>>,
+    connected: std::sync::OnceLock<Result<SecretServiceKekStore, (UnavailableReason, String)>>,
 }
 
 impl LazyKeyring {
     fn connect(&self) -> keyshare::Result<&SecretServiceKekStore> {
         self.connected
-            .get_or_init(|| SecretServiceKekStore::open(self.timeout).map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                SecretServiceKekStore::open(self.timeout).map_err(|err| match err {
+                    // The usual case on a server: say it in a few words, since this ends up in
+                    // the one-line notice about the key file.
+                    keyshare::Error::Unavailable {
+                        reason: UnavailableReason::NotRunning,
+                        ..
+                    } => (
+                        UnavailableReason::NotRunning,
+                        "no Secret Service on the session bus".to_owned(),
+                    ),
+                    keyshare::Error::Unavailable { reason, detail, .. } => (reason, detail),
+                    other => (UnavailableReason::Backend, other.to_string()),
+                })
+            })
             .as_ref()
-            .map_err(|detail| {
-                keyshare::Error::unavailable(
-                    "secret service",
-                    UnavailableReason::NotRunning,
-                    detail.clone(),
-                )
+            .map_err(|(reason, detail)| {
+                keyshare::Error::unavailable("OS keyring", *reason, detail.clone())
             })
     }
 }
