@@ -12,6 +12,8 @@ mod memory;
 mod os_call;
 #[cfg(target_os = "linux")]
 pub mod secret_service;
+#[cfg(feature = "openbao")]
+pub mod openbao;
 mod unreachable;
 pub mod vault;
 #[cfg(target_os = "windows")]
@@ -24,6 +26,8 @@ pub use keychain::KeychainStore;
 pub use memory::MemoryStore;
 #[cfg(target_os = "linux")]
 pub use secret_service::SecretServiceStore;
+#[cfg(feature = "openbao")]
+pub use openbao::{OpenBaoAuth, OpenBaoConfig, OpenBaoStore};
 pub use unreachable::UnreachableStore;
 pub use vault::VaultStore;
 #[cfg(target_os = "windows")]
