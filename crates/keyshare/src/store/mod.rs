@@ -8,12 +8,12 @@
 #[cfg(target_os = "macos")]
 pub mod keychain;
 mod memory;
+#[cfg(feature = "openbao")]
+pub mod openbao;
 #[cfg(any(target_os = "macos", target_os = "windows"))]
 mod os_call;
 #[cfg(target_os = "linux")]
 pub mod secret_service;
-#[cfg(feature = "openbao")]
-pub mod openbao;
 mod unreachable;
 pub mod vault;
 #[cfg(target_os = "windows")]
@@ -24,10 +24,10 @@ mod wincred_parts;
 #[cfg(target_os = "macos")]
 pub use keychain::KeychainStore;
 pub use memory::MemoryStore;
-#[cfg(target_os = "linux")]
-pub use secret_service::SecretServiceStore;
 #[cfg(feature = "openbao")]
 pub use openbao::{OpenBaoAuth, OpenBaoConfig, OpenBaoStore};
+#[cfg(target_os = "linux")]
+pub use secret_service::SecretServiceStore;
 pub use unreachable::UnreachableStore;
 pub use vault::VaultStore;
 #[cfg(target_os = "windows")]
