@@ -23,6 +23,8 @@ pub enum StoreChoice {
     Vault,
     /// Process memory: nothing persists (for tests and experiments).
     Memory,
+    /// An OpenBao (or HashiCorp Vault) KV v2 mount shared by several machines: `[openbao]`.
+    Openbao,
 }
 
 impl StoreChoice {
@@ -32,6 +34,7 @@ impl StoreChoice {
             StoreChoice::SecretService => "secret-service",
             StoreChoice::Vault => "vault",
             StoreChoice::Memory => "memory",
+            StoreChoice::Openbao => "openbao",
         }
     }
 }
@@ -56,6 +59,8 @@ pub struct Config {
     pub flavors: BTreeMap<String, FlavorConfig>,
     #[serde(default)]
     pub apps: BTreeMap<String, AppConfig>,
+    /// The OpenBao server, for `store = "openbao"`.
+    pub openbao: Option<crate::openbao::OpenBaoSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,6 +196,9 @@ impl Config {
         }
         if self.timeout_ms == Some(0) {
             bail!("timeout_ms must be at least 1");
+        }
+        if let Some(openbao) = &self.openbao {
+            openbao.validate()?;
         }
         Ok(())
     }

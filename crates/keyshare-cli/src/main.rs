@@ -5,6 +5,7 @@ mod cmd;
 mod config;
 mod exit;
 mod input;
+mod openbao;
 mod stores;
 
 use std::path::PathBuf;
@@ -66,6 +67,9 @@ enum Command {
     Repair,
     /// Show which stores are in use, how they are protected, and any problem.
     Doctor,
+    /// Check an OpenBao token (or AppRole secret id) read from standard input, and keep it in
+    /// the local credentials vault for `store = "openbao"`.
+    OpenbaoLogin(openbao::LoginArgs),
 }
 
 fn context(cli: &Cli) -> anyhow::Result<(Context, PathBuf)> {
@@ -109,6 +113,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Migrate => cmd::migrate::run(&ctx),
         Command::Repair => cmd::repair::run(&ctx),
         Command::Doctor => cmd::doctor::run(&ctx, &config_path),
+        Command::OpenbaoLogin(args) => openbao::login(args, &ctx),
     }
 }
 

@@ -175,6 +175,7 @@ pub fn open_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
             reason: "chosen explicitly".to_owned(),
             identity: secret_service_identity(ctx),
         }),
+        StoreChoice::Openbao => crate::openbao::open_shared(ctx),
         StoreChoice::Auto => {
             let report = secret_service::probe(ctx.timeout);
             if report.is_usable() {
@@ -281,6 +282,7 @@ fn shared_placeholder_identity(ctx: &Context) -> Option<String> {
     match ctx.store {
         StoreChoice::SecretService => secret_service_identity(ctx),
         StoreChoice::Memory => None,
+        StoreChoice::Openbao => crate::openbao::identity(ctx),
         _ => vault_identity(ctx),
     }
 }
@@ -288,6 +290,7 @@ fn shared_placeholder_identity(ctx: &Context) -> Option<String> {
 /// What the shared store would have been, for `doctor`, when it could not be opened.
 fn shared_placeholder_info(ctx: &Context) -> StoreInfo {
     match ctx.store {
+        StoreChoice::Openbao => crate::openbao::placeholder_info(ctx),
         StoreChoice::SecretService => StoreInfo {
             kind: "secret-service",
             location: ctx.flavour.service().to_owned(),

@@ -3,6 +3,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use crate::config::StoreChoice;
 use crate::stores::{self, Context};
 
 /// `keyshare doctor`: which stores this app and flavour use and why, how they are protected,
@@ -74,6 +75,9 @@ pub fn run(ctx: &Context, config_path: &Path) -> anyhow::Result<()> {
         }
         Err(err) => problems.push(format!("cannot open the stores: {err:#}")),
     }
+    if ctx.store == StoreChoice::Openbao {
+        report["openbao"] = crate::openbao::doctor_report(ctx, &mut problems);
+    }
     report["problems"] = json!(problems);
 
     if ctx.json {
@@ -130,6 +134,7 @@ fn print_human(report: &Value) {
     if !report["storage_type"].is_null() {
         println!("storage type:  {}", s(&report["storage_type"]));
     }
+    crate::openbao::print_human(&report["openbao"]);
     if let Some(pending) = report["pending_repairs"].as_array() {
         println!("pending repairs: {}", pending.len());
     }

@@ -8,6 +8,8 @@
 #[cfg(target_os = "macos")]
 pub mod keychain;
 mod memory;
+#[cfg(feature = "openbao")]
+pub mod openbao;
 #[cfg(any(target_os = "macos", target_os = "windows"))]
 mod os_call;
 #[cfg(target_os = "linux")]
@@ -22,6 +24,8 @@ mod wincred_parts;
 #[cfg(target_os = "macos")]
 pub use keychain::KeychainStore;
 pub use memory::MemoryStore;
+#[cfg(feature = "openbao")]
+pub use openbao::{OpenBaoAuth, OpenBaoConfig, OpenBaoStore};
 #[cfg(target_os = "linux")]
 pub use secret_service::SecretServiceStore;
 pub use unreachable::UnreachableStore;

@@ -1,0 +1,199 @@
+//! `store = "openbao"` end to end: the `keyshare` binary against the OpenBao dev server that
+//! `scripts/test` starts (`scripts/openbao start dev --tls`). Without it: fails when `CI=true`,
+//! skips loudly otherwise.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+
+use assert_cmd::Command;
+use keyshare::store::openbao::{OpenBaoAuth, OpenBaoConfig, OpenBaoStore};
+use keyshare::{MemoryStore, SecretKey, SecretValue, Store};
+
+struct Server {
+    addr: String,
+    token: String,
+    ca: String,
+}
+
+fn server() -> Option<Server> {
+    let Ok(addr) = std::env::var("KEYSHARE_TEST_OPENBAO_ADDR") else {
+        let message = "the OpenBao dev server is not running (KEYSHARE_TEST_OPENBAO_ADDR is not \
+                       set): run the tests through scripts/test";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true and {message}");
+        }
+        eprintln!("\n!!!!!!!!!! SKIPPED: {message} !!!!!!!!!!\n");
+        return None;
+    };
+    let token_file = std::env::var("KEYSHARE_TEST_OPENBAO_TOKEN_FILE").unwrap();
+    Some(Server {
+        addr,
+        token: std::fs::read_to_string(token_file)
+            .unwrap()
+            .trim()
+            .to_owned(),
+        ca: std::env::var("KEYSHARE_TEST_OPENBAO_CA_FILE")
+            .expect("the dev server runs with TLS (scripts/openbao start dev --tls)"),
+    })
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(server: &Server, prefix: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let config = dir.path().join("config/keyshare/config.toml");
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "store = \"openbao\"\n[openbao]\naddresses = [\"{}\"]\nprefix = \"{prefix}\"\nca_file = \"{}\"\n",
+                server.addr, server.ca
+            ),
+        )
+        .unwrap();
+        Env { dir }
+    }
+
+    fn home(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        Command::cargo_bin("keyshare")
+            .unwrap()
+            .env_clear()
+            .env("HOME", self.home())
+            .env("XDG_CONFIG_HOME", self.home().join("config"))
+            .env("XDG_DATA_HOME", self.home().join("data"))
+            .args(args)
+            .write_stdin(stdin.to_vec())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let out = self.run(args, stdin);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+fn unique_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("keyshare-cli-tests/{}-{nanos}", std::process::id())
+}
+
+#[test]
+fn login_set_get_doctor_against_the_server() {
+    let Some(server) = server() else { return };
+    let prefix = unique_prefix();
+    let env = Env::new(&server, &prefix);
+
+    // Before a token is stored: denied (exit 8), with what to do.
+    let out = env.run(&["get", "github.auth"], b"");
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("openbao.token"));
+
+    let out = env.ok(&["openbao-login"], format!("{}\n", server.token).as_bytes());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("accepted"), "{said}");
+    assert!(!said.contains(&server.token), "{said}");
+
+    env.ok(&["set", "github.auth"], b"s3cret");
+    let out = env.ok(&["get", "github.auth"], b"");
+    assert_eq!(out.stdout, b"s3cret");
+
+    // A wrong token is refused and does not replace the working one.
+    let out = env.run(&["openbao-login"], b"not-a-token\n");
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.ok(&["get", "github.auth"], b"");
+    assert_eq!(out.stdout, b"s3cret");
+
+    // Another machine (the library, its own credentials) reads it at the documented path.
+    let creds = Arc::new(MemoryStore::new());
+    let token_key = SecretKey::new("openbao.token").unwrap();
+    creds
+        .set(
+            &token_key,
+            &SecretValue::from_slice(server.token.as_bytes()),
+        )
+        .unwrap();
+    let mut config = OpenBaoConfig::new(
+        vec![server.addr.clone()],
+        "secret",
+        format!("{prefix}/dev.keyshare.shared-secrets"),
+        OpenBaoAuth::token(token_key),
+    );
+    config.ca_file = Some(server.ca.clone().into());
+    let other = OpenBaoStore::new(config, creds).unwrap();
+    let got = other.get(&SecretKey::new("github.auth").unwrap()).unwrap();
+    assert_eq!(got.unwrap().expose_secret(), b"s3cret");
+
+    let out = env.run(&["doctor", "--json"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bao = &report["openbao"];
+    assert_eq!(bao["auth_method"], "token", "{report}");
+    assert_eq!(bao["nodes"][0]["state"], "active", "{report}");
+    assert!(bao["latency_ms"].is_number(), "{report}");
+    assert!(
+        bao["token"]["ttl_seconds"].is_null(),
+        "the dev root token never expires: {report}"
+    );
+    assert_eq!(report["shared"]["kind"], "openbao", "{report}");
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    assert!(!out
+        .stdout
+        .windows(server.token.len())
+        .any(|w| w == server.token.as_bytes()));
+
+    let human = env.ok(&["doctor"], b"");
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("openbao:") && text.contains("never expires"),
+        "{text}"
+    );
+}
+
+#[test]
+fn openbao_without_its_section_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::cargo_bin("keyshare")
+        .unwrap()
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .env("XDG_DATA_HOME", dir.path().join("data"))
+        .args(["--store", "openbao", "get", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[openbao]"));
+}
