@@ -89,6 +89,9 @@ pub struct AppConfig {
 pub enum LegacyConfig {
     /// A private vault of the app's own under the data directory.
     Vault,
+    /// An Electron app's state database (VS Code and its forks), e.g.
+    /// `{ kind = "electron", app_name = "Code", user_data_dir = "..." }`.
+    Electron(crate::cmd::legacy::ElectronConfig),
 }
 
 /// The XDG base directories, resolved once from the environment.
@@ -244,6 +247,8 @@ mod tests {
             service = "com.example.app.shared-secrets"
             [apps.code]
             legacy = { kind = "vault" }
+            [apps.cursor]
+            legacy = { kind = "electron", app_name = "Cursor", user_data_dir = "/u/Cursor", password_store = "basic" }
             [apps.agents]
             executables = ["/usr/bin/agents"]
             shared_keys = ["github.auth"]
@@ -264,6 +269,15 @@ mod tests {
             config.apps["code"].legacy,
             Some(LegacyConfig::Vault)
         ));
+        let Some(LegacyConfig::Electron(electron)) = &config.apps["cursor"].legacy else {
+            panic!("electron legacy store expected");
+        };
+        assert_eq!(electron.app_name, "Cursor");
+        assert_eq!(
+            electron.user_data_dir.as_deref(),
+            Some(Path::new("/u/Cursor"))
+        );
+        assert!(!electron.force);
     }
 
     #[test]

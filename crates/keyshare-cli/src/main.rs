@@ -70,6 +70,12 @@ enum Command {
     /// Check an OpenBao token (or AppRole secret id) read from standard input, and keep it in
     /// the local credentials vault for `store = "openbao"`.
     OpenbaoLogin(openbao::LoginArgs),
+    /// Inspect an Electron app's own secrets (VS Code's state database).
+    #[command(subcommand)]
+    Legacy(cmd::legacy::Command),
+    /// Copy another program's secrets into this flavour's shared store.
+    #[command(subcommand)]
+    Import(cmd::import::Source),
 }
 
 fn context(cli: &Cli) -> anyhow::Result<(Context, PathBuf)> {
@@ -114,6 +120,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Repair => cmd::repair::run(&ctx),
         Command::Doctor => cmd::doctor::run(&ctx, &config_path),
         Command::OpenbaoLogin(args) => openbao::login(args, &ctx),
+        Command::Legacy(command) => cmd::legacy::run(command, &ctx),
+        Command::Import(source) => cmd::import::run(source, &ctx),
     }
 }
 

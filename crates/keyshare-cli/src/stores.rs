@@ -270,6 +270,21 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
             builder = builder.legacy(store.clone()).journal(journal);
             legacy = Some(store);
         }
+        Some(LegacyConfig::Electron(electron)) => {
+            let store = electron.open()?;
+            // The journal cannot live in the state database (the app owns it): it lives in the
+            // app's own vault, namespaced by the shared store as above.
+            let journal: Arc<dyn Store> = match &shared.identity {
+                Some(identity) => Arc::new(open_vault(
+                    &ctx.dirs.app_vault_path(&ctx.flavour, &ctx.app),
+                    &format!("journal:{identity}"),
+                    ctx,
+                )?),
+                None => Arc::new(MemoryStore::new()),
+            };
+            builder = builder.legacy(store.clone()).journal(journal);
+            legacy = Some(store);
+        }
     }
     Ok(Opened {
         storage: builder.build(),

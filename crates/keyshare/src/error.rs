@@ -21,6 +21,9 @@ pub enum UnavailableReason {
     NotRunning,
     /// The backing service answered with an error of its own.
     Backend,
+    /// Another program owns the data and would overwrite changes made now (e.g. VS Code
+    /// running over its state database): retry after it exits.
+    InUse,
 }
 
 impl fmt::Display for UnavailableReason {
@@ -31,6 +34,7 @@ impl fmt::Display for UnavailableReason {
             UnavailableReason::TimedOut => "timed out",
             UnavailableReason::NotRunning => "not reachable",
             UnavailableReason::Backend => "backend error",
+            UnavailableReason::InUse => "in use by another program",
         })
     }
 }

@@ -355,6 +355,27 @@ fn too_large_values_are_refused() {
 }
 
 #[test]
+fn set_many_is_all_or_nothing() {
+    let dir = private_tempdir();
+    let mut o = options(&dir.path().join("v.db"), "ns");
+    o.limits.max_value_len = 8;
+    let store = VaultStore::open(o).unwrap();
+    let err = store
+        .set_many(&[(key("a"), value(b"fits")), (key("b"), value(b"123456789"))])
+        .unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    assert_eq!(
+        store.get(&key("a")).unwrap(),
+        None,
+        "half a batch was written"
+    );
+    store
+        .set_many(&[(key("a"), value(b"1")), (key("b"), value(b"2"))])
+        .unwrap();
+    assert_eq!(store.keys().unwrap().len(), 2);
+}
+
+#[test]
 fn debug_output_shows_no_key_material() {
     let dir = private_tempdir();
     let path = dir.path().join("v.db");

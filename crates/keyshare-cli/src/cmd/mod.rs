@@ -4,6 +4,8 @@
 pub mod delete;
 pub mod doctor;
 pub mod get;
+pub mod import;
+pub mod legacy;
 pub mod list;
 pub mod migrate;
 pub mod repair;

@@ -5,6 +5,7 @@
 //! object-safe so that every store, including the broker client, is interchangeable behind
 //! `Arc<dyn Store>`.
 
+pub mod electron;
 #[cfg(target_os = "macos")]
 pub mod keychain;
 mod memory;
@@ -21,6 +22,7 @@ pub mod wincred;
 #[cfg(any(target_os = "windows", test))]
 mod wincred_parts;
 
+pub use electron::ElectronStore;
 #[cfg(target_os = "macos")]
 pub use keychain::KeychainStore;
 pub use memory::MemoryStore;
@@ -93,6 +95,16 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Lists the keys that have values.
     fn keys(&self) -> Result<Vec<SecretKey>>;
+
+    /// Writes several values, as `set` would one after the other. A store that can make them
+    /// one durable operation overrides this (the vault: one transaction, all or nothing), which
+    /// is what makes bulk imports fast. The default calls `set` for each, in order, and stops
+    /// at the first error; as for every write, an error does not say what took effect.
+    fn set_many(&self, entries: &[(SecretKey, SecretValue)]) -> Result<()> {
+        entries
+            .iter()
+            .try_for_each(|(key, value)| self.set(key, value))
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -110,5 +122,8 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn keys(&self) -> Result<Vec<SecretKey>> {
         (**self).keys()
+    }
+    fn set_many(&self, entries: &[(SecretKey, SecretValue)]) -> Result<()> {
+        (**self).set_many(entries)
     }
 }

@@ -24,6 +24,10 @@
 //! `dev.keyshare.VaultKey` ([`VAULT_KEY_SCHEMA`]), `vault` = the vault id (32 hex digits), label
 //! `keyshare vault key <id>`, one per vault (so one per flavour).
 //!
+//! Electron apps' safeStorage secrets ([`SafeStorageLookup`], read only) are Chromium's items:
+//! attribute `application` = the app's name, `xdg:schema` = [`CHROMIUM_SAFE_STORAGE_SCHEMA`].
+//! Their label changed between Electron versions, so they are found by `application` alone.
+//!
 //! # Behaviour
 //!
 //! - One D-Bus connection and one encrypted (DH) session for the store's life.
@@ -66,6 +70,10 @@ const ATTR_SCHEMA: &str = "xdg:schema";
 const ATTR_SERVICE: &str = "service";
 const ATTR_ACCOUNT: &str = "account";
 const ATTR_VAULT: &str = "vault";
+const ATTR_APPLICATION: &str = "application";
+
+/// The `xdg:schema` of the safeStorage items Chromium's libsecret backend writes today.
+pub const CHROMIUM_SAFE_STORAGE_SCHEMA: &str = "chrome_libsecret_os_crypt_password_v2";
 const WHAT_TO_DO_LOCKED: &str =
     "unlock your login keyring (log in to the desktop, or run `gnome-keyring-daemon --unlock`), \
      or use the vault: --store vault";
@@ -242,6 +250,14 @@ impl SecretServiceStore {
     /// The store of vault keys on this store's connection and session.
     pub fn kek_store(&self) -> SecretServiceKekStore {
         SecretServiceKekStore {
+            timeout: self.timeout,
+            connection: self.connection.clone(),
+        }
+    }
+
+    /// Electron safeStorage lookups on this store's connection and session.
+    pub fn safe_storage_lookup(&self) -> SafeStorageLookup {
+        SafeStorageLookup {
             timeout: self.timeout,
             connection: self.connection.clone(),
         }
@@ -616,6 +632,124 @@ impl KekStore for SecretServiceKekStore {
             None => "Secret Service (default collection)".to_owned(),
         }
     }
+}
+
+/// Reads the keyring secret an Electron app's safeStorage uses on Linux (password store
+/// `gnome-libsecret`): the secret of the item whose `application` attribute is the app's name.
+pub struct SafeStorageLookup {
+    timeout: Duration,
+    connection: Arc<Connection>,
+}
+
+impl fmt::Debug for SafeStorageLookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SafeStorageLookup")
+            .field("bus", &self.connection.bus)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SafeStorageLookup {
+    /// Connects to the Secret Service on the session bus. Errors as for
+    /// [`SecretServiceStore::open`].
+    pub fn open(timeout: Duration) -> Result<Self> {
+        Self::open_on(Bus::Session, timeout)
+    }
+
+    /// Like [`SafeStorageLookup::open`], on the given bus.
+    pub fn open_on(bus: Bus, timeout: Duration) -> Result<Self> {
+        let described = bus.describe();
+        let connection = bounded(
+            timeout,
+            || format!("connecting on {described}"),
+            Connection::open(bus),
+        )
+        .map_err(safe_storage_advice)?;
+        Ok(SafeStorageLookup {
+            timeout,
+            connection: Arc::new(connection),
+        })
+    }
+
+    async fn read(&self, app_name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let found = self
+            .connection
+            .service
+            .search_items(HashMap::from([(ATTR_APPLICATION, app_name)]))
+            .await
+            .map_err(|e| self.connection.map(e, "searching for the safeStorage item"))?;
+        let Some(item) = chromium_preferred(found.unlocked, app_name).await else {
+            if !found.locked.is_empty() {
+                return Err(locked_error(&self.connection.bus));
+            }
+            // "No item" only counts when the collection could have shown one.
+            self.connection.unlocked_default_collection().await?;
+            return Ok(None);
+        };
+        let secret = item
+            .get_secret()
+            .await
+            .map_err(|e| self.connection.map(e, "reading the safeStorage secret"))?;
+        Ok(Some(Zeroizing::new(secret)))
+    }
+}
+
+impl crate::store::electron::KeyringLookup for SafeStorageLookup {
+    /// `Ok(None)` only when the default collection is unlocked and has no item for the app.
+    fn keyring_secret(&self, app_name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        bounded(
+            self.timeout,
+            || format!("reading the safeStorage secret of {app_name}"),
+            self.read(app_name),
+        )
+        .map_err(safe_storage_advice)
+    }
+}
+
+/// The store's advice ("use the vault") does not help someone reading an Electron app's key:
+/// what helps is giving the key another way.
+fn safe_storage_advice(error: Error) -> Error {
+    const INSTEAD: &str = "or give the app's keyring password instead (keyshare: \
+                           --keyring-password-stdin)";
+    match error {
+        Error::Unavailable {
+            store,
+            reason,
+            detail,
+        } => Error::Unavailable {
+            store,
+            reason,
+            detail: detail
+                .replace(", or use the vault: --store vault", "")
+                .replace("; or use the vault: --store vault", "")
+                + "; "
+                + INSTEAD,
+        },
+        other => other,
+    }
+}
+
+/// When an app has several items (left over from older Electron versions), the ones with
+/// Chromium's current schema first, then the newest: what Chromium itself reads.
+async fn chromium_preferred<'a>(items: Vec<Item<'a>>, app_name: &str) -> Option<Item<'a>> {
+    if items.len() <= 1 {
+        return newest(items).await;
+    }
+    tracing::warn!(
+        "{} Secret Service items have application={app_name:?}; using the newest with \
+         Chromium's schema",
+        items.len()
+    );
+    let schemas = join_all(items.iter().map(|item| item.get_attributes())).await;
+    let (current, older): (Vec<_>, Vec<_>) =
+        items.into_iter().zip(schemas).partition(|(_, attributes)| {
+            attributes.as_ref().is_ok_and(|a| {
+                a.get(ATTR_SCHEMA).map(String::as_str) == Some(CHROMIUM_SAFE_STORAGE_SCHEMA)
+            })
+        });
+    let pick = if current.is_empty() { older } else { current };
+    newest(pick.into_iter().map(|(item, _)| item).collect()).await
 }
 
 /// One attempt at reading a key.

@@ -158,6 +158,24 @@ pub fn unusual_keys(factory: Factory) {
     assert_eq!(sorted(s.keys().unwrap()), expected);
 }
 
+/// `set_many` writes every value, replacing earlier ones, as `set` would.
+pub fn set_many(factory: Factory) {
+    let s = factory(&unique_namespace("set_many"));
+    s.set(&key("b"), &value(b"old")).unwrap();
+    s.set_many(&[]).unwrap();
+    s.set_many(&[
+        (key("a"), value(b"1")),
+        (key("b"), value(b"2")),
+        (key("c"), value(b"")),
+    ])
+    .unwrap();
+    for (k, v) in [("a", &b"1"[..]), ("b", b"2"), ("c", b"")] {
+        assert_eq!(s.get(&key(k)).unwrap().unwrap().expose_secret(), v, "{k}");
+    }
+    let expected: BTreeSet<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(sorted(s.keys().unwrap()), expected);
+}
+
 /// Two namespaces never see each other's keys.
 pub fn namespaces_are_isolated(factory: Factory) {
     let a = factory(&unique_namespace("iso_a"));
@@ -218,7 +236,7 @@ macro_rules! conformance_tests {
     ($factory:expr) => {
         $crate::conformance_tests!(@tests $factory;
             round_trip, missing_is_none, empty_value_is_a_value, overwrite, delete,
-            keys_lists_exactly, binary_values, large_value, unusual_keys,
+            keys_lists_exactly, binary_values, large_value, unusual_keys, set_many,
             namespaces_are_isolated, reopen_sees_data, concurrent_writers);
     };
     (@tests $factory:expr; $($check:ident),*) => {

@@ -563,6 +563,28 @@ impl Store for VaultStore {
         })
     }
 
+    /// One transaction for all the values: every one is written, or none. Limits are checked
+    /// and values sealed before the transaction starts.
+    fn set_many(&self, entries: &[(SecretKey, SecretValue)]) -> Result<()> {
+        let sealed = entries
+            .iter()
+            .map(|(key, value)| {
+                self.vault.limits.check_value(value)?;
+                Ok((key, Sealed::seal(&self.vault.dek, &self.aad(key), value)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.vault.write("writing values", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO secrets (namespace, key, sealed) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (namespace, key) DO UPDATE SET sealed = excluded.sealed",
+            )?;
+            for (key, sealed) in &sealed {
+                stmt.execute((&self.namespace, key.as_str().as_bytes(), sealed.as_bytes()))?;
+            }
+            Ok(())
+        })
+    }
+
     fn delete(&self, key: &SecretKey) -> Result<bool> {
         self.vault.write("deleting a value", |conn| {
             conn.prepare_cached("DELETE FROM secrets WHERE namespace = ?1 AND key = ?2")?

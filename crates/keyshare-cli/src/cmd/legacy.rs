@@ -1,0 +1,305 @@
+//! `keyshare legacy list`: what an Electron app (VS Code and its forks) keeps in its state
+//! database, row by row. Reads only: the database is opened read-only.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use keyshare::store::electron::{
+    state_db_path, user_data_dir, ElectronStore, KeySource, SafeStorageKeys, SecretRow,
+};
+use keyshare::{Limits, SecretValue, Store};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::input::read_value;
+use crate::stores::Context;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// List every secret row of a state database: its key, whether it decrypts, and why not.
+    /// Values are shown only with --show-values.
+    List(ListArgs),
+}
+
+/// Where the app's safeStorage key comes from (shared by `legacy` and `import`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeyArgs {
+    /// The app's product name, as in its user-data directory and keyring item.
+    #[arg(long, value_name = "NAME", default_value = "Code")]
+    pub app_name: String,
+    /// The app's user-data directory [default: VSCODE_PORTABLE, VSCODE_APPDATA, or the OS
+    /// location for the app name].
+    #[arg(long, value_name = "PATH")]
+    pub user_data_dir: Option<PathBuf>,
+    /// How the app stores its key (Electron's --password-store) [default: gnome-libsecret on
+    /// Linux, the keychain on macOS, Local State on Windows].
+    #[arg(long, value_enum, value_name = "STORE")]
+    pub password_store: Option<PasswordStore>,
+    /// Read the app's keyring password (the Secret Service item's secret) from standard input
+    /// instead of asking the Secret Service.
+    #[arg(long)]
+    pub keyring_password_stdin: bool,
+}
+
+/// Electron's Linux `--password-store` choices keyshare can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PasswordStore {
+    /// No keyring: `v10` secrets with Chromium's fixed key.
+    Basic,
+    /// The Secret Service (GNOME Keyring, KeePassXC, ...): `v11` secrets.
+    GnomeLibsecret,
+}
+
+impl KeyArgs {
+    /// The key source the flags ask for; reads the keyring password from stdin if asked to.
+    pub fn key_source(&self) -> anyhow::Result<KeySource> {
+        if self.keyring_password_stdin {
+            if self.password_store == Some(PasswordStore::Basic) {
+                return Err(keyshare::Error::invalid(
+                    "arguments",
+                    "--keyring-password-stdin is for the gnome-libsecret password store; the \
+                     basic store has no password",
+                )
+                .into());
+            }
+            let value = read_value(
+                None,
+                &Limits {
+                    max_value_len: 4096,
+                },
+                &format!("Keyring password of {}: ", self.app_name),
+            )?;
+            return Ok(KeySource::KeyringPassword(keyring_password(&value)));
+        }
+        Ok(match self.password_store {
+            Some(PasswordStore::Basic) => KeySource::Basic,
+            Some(PasswordStore::GnomeLibsecret) => KeySource::GnomeLibsecret,
+            None => KeySource::platform_default(),
+        })
+    }
+
+    /// The user-data directory the flags and environment point at.
+    pub fn user_data_dir(&self) -> anyhow::Result<PathBuf> {
+        Ok(user_data_dir(
+            &self.app_name,
+            self.user_data_dir.as_deref(),
+        )?)
+    }
+}
+
+/// An app's state database as its legacy store, in `config.toml`:
+/// `legacy = { kind = "electron", app_name = "Code", user_data_dir = "...", password_store = "basic", force = false }`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElectronConfig {
+    /// The app's product name (`Code`, `Code - Insiders`, `VSCodium`, `Cursor`, ...).
+    pub app_name: String,
+    /// Its user-data directory [default: located from the app name].
+    pub user_data_dir: Option<PathBuf>,
+    /// How it stores its key [default: the OS's usual store].
+    pub password_store: Option<PasswordStore>,
+    /// Write even while the app runs (it may then lose what keyshare wrote).
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl ElectronConfig {
+    /// Opens the store for dual writes and migration.
+    pub fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+        let source = match self.password_store {
+            Some(PasswordStore::Basic) => KeySource::Basic,
+            Some(PasswordStore::GnomeLibsecret) => KeySource::GnomeLibsecret,
+            None => KeySource::platform_default(),
+        };
+        let store = ElectronStore::for_app(&self.app_name, self.user_data_dir.as_deref(), &source)?
+            .force(self.force)
+            .open()?;
+        Ok(Arc::new(store))
+    }
+}
+
+/// The password as stored in the keyring: a trailing line break (from `echo` or a terminal)
+/// is not part of it.
+fn keyring_password(value: &SecretValue) -> Zeroizing<Vec<u8>> {
+    let bytes = value.expose_secret();
+    let bytes = bytes
+        .strip_suffix(b"\n")
+        .map(|b| b.strip_suffix(b"\r").unwrap_or(b))
+        .unwrap_or(bytes);
+    Zeroizing::new(bytes.to_vec())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// The state database [default: <user-data-dir>/User/globalStorage/state.vscdb].
+    #[arg(long, value_name = "PATH")]
+    pub state_db: Option<PathBuf>,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Also print each value that decrypts. Values are secrets: mind your terminal and logs.
+    #[arg(long)]
+    pub show_values: bool,
+}
+
+pub fn run(command: &Command, ctx: &Context) -> anyhow::Result<()> {
+    match command {
+        Command::List(args) => list(args, ctx),
+    }
+}
+
+fn list(args: &ListArgs, ctx: &Context) -> anyhow::Result<()> {
+    let (db, dir) = match &args.state_db {
+        Some(db) => (db.clone(), args.key.user_data_dir.clone()),
+        None => {
+            let dir = args.key.user_data_dir()?;
+            (state_db_path(&dir), Some(dir))
+        }
+    };
+    let source = args.key.key_source()?;
+    let explicit = args.key.keyring_password_stdin || args.key.password_store.is_some();
+    let mut notes = Vec::new();
+    let keys = match source.resolve(&args.key.app_name, dir.as_deref()) {
+        Ok(keys) => keys,
+        // Listing is still useful without the keyring: v10 rows decrypt, the rest say why not.
+        Err(err) if !explicit && err.is_unavailable() => {
+            notes.push(format!(
+                "cannot get {}'s key ({err}); only v10 secrets can be decrypted",
+                args.key.app_name
+            ));
+            SafeStorageKeys::linux_basic()
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let store = open_read_only(&db, keys, &args.key.app_name)?;
+    let listing = store.rows()?;
+    if let Some(problem) = &listing.marker_problem {
+        notes.push(format!(
+            "{problem}: VS Code would list none of these secrets"
+        ));
+    }
+
+    if ctx.json {
+        let secrets: Vec<_> = listing
+            .rows
+            .iter()
+            .map(|row| row_json(row, args.show_values))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "state_db": db.display().to_string(),
+                "app_name": args.key.app_name,
+                "key_source": store.keys_in_use().origin(),
+                "notes": notes,
+                "secrets": secrets,
+            })
+        );
+    } else {
+        println!(
+            "{}: {} secret row(s); key from {}",
+            db.display(),
+            listing.rows.len(),
+            store.keys_in_use().origin()
+        );
+        for note in &notes {
+            println!("note: {note}");
+        }
+        for row in &listing.rows {
+            print_row(row, args.show_values);
+        }
+    }
+    Ok(())
+}
+
+pub fn open_read_only(
+    db: &Path,
+    keys: SafeStorageKeys,
+    app_name: &str,
+) -> anyhow::Result<ElectronStore> {
+    Ok(ElectronStore::builder(db, keys)
+        .app_name(app_name)
+        .read_only(true)
+        .open()?)
+}
+
+fn print_row(row: &SecretRow, show_values: bool) {
+    let name = match &row.extension {
+        Some(ext) => format!("extension {} key {:?}", ext.extension_id, ext.key),
+        None => format!("key {:?}", row.key),
+    };
+    let version = row
+        .version
+        .as_deref()
+        .map_or("?", |v| if v.is_empty() { "empty" } else { v });
+    let unlisted = if row.listed {
+        ""
+    } else {
+        " (not in the target marker: VS Code does not list it)"
+    };
+    match &row.value {
+        Ok(value) => {
+            let shown = if show_values {
+                format!(" value {}", display_value(value))
+            } else {
+                String::new()
+            };
+            println!(
+                "ok    {version:<5} {name}: decrypts ({} bytes){shown}{unlisted}",
+                value.len()
+            );
+        }
+        Err(err) => println!("FAIL  {version:<5} {name}: {err}{unlisted}"),
+    }
+}
+
+fn display_value(value: &SecretValue) -> String {
+    match std::str::from_utf8(value.expose_secret()) {
+        Ok(text) => format!("{text:?}"),
+        Err(_) => format!(
+            "base64:{}",
+            base64::engine::general_purpose::STANDARD.encode(value.expose_secret())
+        ),
+    }
+}
+
+fn row_json(row: &SecretRow, show_values: bool) -> serde_json::Value {
+    let mut out = json!({
+        "key": row.key,
+        "extension_id": row.extension.as_ref().map(|e| e.extension_id.as_str()),
+        "extension_key": row.extension.as_ref().map(|e| e.key.as_str()),
+        "listed": row.listed,
+        "version": row.version,
+        "decrypts": row.value.is_ok(),
+        "error": row.value.as_ref().err().map(|e| e.to_string()),
+    });
+    if show_values {
+        if let Ok(value) = &row.value {
+            match std::str::from_utf8(value.expose_secret()) {
+                Ok(text) => out["value"] = json!(text),
+                Err(_) => {
+                    out["value_base64"] = json!(
+                        base64::engine::general_purpose::STANDARD.encode(value.expose_secret())
+                    )
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trailing_line_break_is_not_part_of_the_password() {
+        for input in [&b"pw"[..], b"pw\n", b"pw\r\n"] {
+            let got = keyring_password(&SecretValue::from_slice(input));
+            assert_eq!(got.as_slice(), b"pw", "{input:?}");
+        }
+        let inner = keyring_password(&SecretValue::from_slice(b"p\nw\n\n"));
+        assert_eq!(inner.as_slice(), b"p\nw\n");
+    }
+}

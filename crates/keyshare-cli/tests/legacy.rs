@@ -1,0 +1,432 @@
+//! `keyshare legacy list` and `keyshare import vscode` end to end, over a copy of the reference
+//! sample database (tests/data in the keyshare crate), in a throwaway home with no D-Bus.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+const SAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../keyshare/tests/data/sample-state.vscdb"
+);
+/// The sample database's keyring password (reference README).
+const KEYRING_PASSWORD: &str = "k8Q2Vx0mZt5bN1cR4yW7pA==";
+const GITHUB: &str = r#"{"extensionId":"vscode.github-authentication","key":"github.auth"}"#;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["config", "data", "run"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        Env { dir }
+    }
+
+    fn home(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A user-data directory holding a copy of the sample database.
+    fn user_data_dir(&self) -> PathBuf {
+        let dir = self.home().join("config/Code");
+        let db = dir.join("User/globalStorage/state.vscdb");
+        if !db.exists() {
+            std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+            std::fs::copy(SAMPLE, &db).unwrap();
+        }
+        dir
+    }
+
+    fn state_db(&self) -> PathBuf {
+        self.user_data_dir().join("User/globalStorage/state.vscdb")
+    }
+
+    fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        Command::cargo_bin("keyshare")
+            .unwrap()
+            .env_clear()
+            .env("HOME", self.home())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("XDG_CONFIG_HOME", self.home().join("config"))
+            .env("XDG_DATA_HOME", self.home().join("data"))
+            .env("XDG_RUNTIME_DIR", self.home().join("run"))
+            .args(args)
+            .write_stdin(stdin.to_vec())
+            .output()
+            .unwrap()
+    }
+
+    fn ok_json(&self, args: &[&str], stdin: &[u8]) -> Value {
+        let out = self.run(args, stdin);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+    }
+
+    /// `exit code` + stderr, with the temp dir replaced, for a snapshot.
+    fn failure(&self, args: &[&str], stdin: &[u8]) -> String {
+        let out = self.run(args, stdin);
+        assert!(!out.status.success(), "expected failure for {args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr)
+            .replace(&self.home().display().to_string(), "[HOME]");
+        format!("exit {}\n{stderr}", out.status.code().unwrap_or(-1))
+    }
+}
+
+macro_rules! snapshot {
+    ($name:literal, $value:expr) => {
+        insta::with_settings!({ prepend_module_to_snapshot => false }, {
+            insta::assert_snapshot!($name, $value);
+        })
+    };
+}
+
+#[test]
+fn legacy_list_decrypts_both_sample_secrets_with_the_keyring_password() {
+    let env = Env::new();
+    let db = env.state_db();
+    let db = db.to_str().unwrap();
+    let before = std::fs::read(db).unwrap();
+    let listing = env.ok_json(
+        &[
+            "legacy",
+            "list",
+            "--state-db",
+            db,
+            "--keyring-password-stdin",
+            "--show-values",
+            "--json",
+        ],
+        format!("{KEYRING_PASSWORD}\n").as_bytes(),
+    );
+    let secrets = listing["secrets"].as_array().unwrap();
+    assert_eq!(secrets.len(), 2, "{listing}");
+    for secret in secrets {
+        assert_eq!(secret["decrypts"], true, "{secret}");
+        assert_eq!(secret["value"], "hello", "{secret}");
+        assert_eq!(secret["listed"], true);
+    }
+    let github = secrets.iter().find(|s| s["key"] == GITHUB).unwrap();
+    assert_eq!(github["extension_id"], "vscode.github-authentication");
+    assert_eq!(github["extension_key"], "github.auth");
+    assert_eq!(github["version"], "v11");
+    assert_eq!(
+        std::fs::read(db).unwrap(),
+        before,
+        "listing wrote to the database"
+    );
+
+    // Human output, and no values without --show-values.
+    let out = env.run(
+        &[
+            "legacy",
+            "list",
+            "--state-db",
+            db,
+            "--keyring-password-stdin",
+        ],
+        KEYRING_PASSWORD.as_bytes(),
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.matches("decrypts (5 bytes)").count(), 2, "{text}");
+    assert!(!text.contains("hello"), "a value was printed: {text}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(KEYRING_PASSWORD),
+        "the password leaked to stderr"
+    );
+}
+
+#[test]
+fn legacy_list_without_a_keyring_reads_v10_and_says_why_v11_fails() {
+    let env = Env::new();
+    let db = env.state_db();
+    let listing = env.ok_json(
+        &[
+            "legacy",
+            "list",
+            "--state-db",
+            db.to_str().unwrap(),
+            "--json",
+        ],
+        b"",
+    );
+    assert!(
+        listing["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("only v10 secrets can be decrypted"),
+        "{listing}"
+    );
+    let secrets = listing["secrets"].as_array().unwrap();
+    let v10 = secrets.iter().find(|s| s["version"] == "v10").unwrap();
+    assert_eq!(v10["decrypts"], true);
+    assert!(v10.get("value").is_none());
+    let v11 = secrets.iter().find(|s| s["version"] == "v11").unwrap();
+    assert_eq!(v11["decrypts"], false);
+    assert!(
+        v11["error"].as_str().unwrap().contains("keyring secret"),
+        "{v11}"
+    );
+
+    // A wrong password is reported per row, never turned into garbage.
+    let listing = env.ok_json(
+        &[
+            "legacy",
+            "list",
+            "--state-db",
+            db.to_str().unwrap(),
+            "--keyring-password-stdin",
+            "--json",
+        ],
+        b"AAAAAAAAAAAAAAAAAAAAAA==",
+    );
+    let v11 = &listing["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["version"] == "v11")
+        .unwrap()
+        .clone();
+    assert_eq!(v11["decrypts"], false);
+    assert!(
+        v11["error"].as_str().unwrap().contains("wrong key"),
+        "{v11}"
+    );
+}
+
+#[test]
+fn import_vscode_copies_into_the_shared_store() {
+    let env = Env::new();
+    let dir = env.user_data_dir();
+    let dir = dir.to_str().unwrap();
+    let before = std::fs::read(env.state_db()).unwrap();
+    let args = [
+        "--store",
+        "memory",
+        "--json",
+        "import",
+        "vscode",
+        "--user-data-dir",
+        dir,
+        "--keyring-password-stdin",
+    ];
+    let report = env.ok_json(&args, KEYRING_PASSWORD.as_bytes());
+    assert_eq!(report["imported"].as_array().unwrap().len(), 2, "{report}");
+    assert!(report["failed"].as_array().unwrap().is_empty());
+    assert_eq!(report["dry_run"], false);
+
+    let mut dry = args.to_vec();
+    dry.push("--dry-run");
+    let report = env.ok_json(&dry, KEYRING_PASSWORD.as_bytes());
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["imported"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        std::fs::read(env.state_db()).unwrap(),
+        before,
+        "importing wrote to the source"
+    );
+}
+
+#[test]
+fn import_vscode_into_the_vault_is_idempotent_and_get_reads_the_key() {
+    let env = Env::new();
+    let dir = env.user_data_dir();
+    let args = [
+        "--store",
+        "vault",
+        "--json",
+        "import",
+        "vscode",
+        "--user-data-dir",
+        dir.to_str().unwrap(),
+        "--keyring-password-stdin",
+    ];
+    let first = env.ok_json(&args, KEYRING_PASSWORD.as_bytes());
+    assert_eq!(first["imported"].as_array().unwrap().len(), 2, "{first}");
+    let second = env.ok_json(&args, KEYRING_PASSWORD.as_bytes());
+    assert!(
+        second["imported"].as_array().unwrap().is_empty(),
+        "{second}"
+    );
+    assert_eq!(second["already_present"].as_array().unwrap().len(), 2);
+
+    // The shared-store key is the row key without `secret://`.
+    let out = env.run(&["--store", "vault", "get", GITHUB], b"");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"hello");
+}
+
+#[test]
+fn import_vscode_fails_with_the_reason_when_a_secret_does_not_decrypt() {
+    let env = Env::new();
+    let dir = env.user_data_dir();
+    // With the basic key the v11 sample row cannot be read: one imported, one failed.
+    let out = env.run(
+        &[
+            "--store",
+            "memory",
+            "import",
+            "vscode",
+            "--user-data-dir",
+            dir.to_str().unwrap(),
+            "--password-store",
+            "basic",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("1 imported"), "{stdout}");
+    assert!(
+        stdout.contains("failed: {\"extensionId\":\"vscode.github-authentication\""),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("import incomplete: 1 secret(s) failed"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_electron_legacy_store_in_the_config_is_dual_written_and_migrated_from() {
+    let env = Env::new();
+    let dir = env.user_data_dir();
+    let config = env.home().join("config/keyshare/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[apps.code]\nlegacy = {{ kind = \"electron\", app_name = \"Code\", \
+             user_data_dir = {:?}, password_store = \"basic\" }}\n",
+            dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = env.run(
+        &["--app", "code", "--store", "vault", "set", "new.key"],
+        b"tok",
+    );
+    assert!(out.status.success(), "{out:?}");
+    // Read back through the app's own database, as VS Code would find it.
+    let db = env.state_db();
+    let listing = env.ok_json(
+        &[
+            "legacy",
+            "list",
+            "--state-db",
+            db.to_str().unwrap(),
+            "--password-store",
+            "basic",
+            "--show-values",
+            "--json",
+        ],
+        b"",
+    );
+    let row = listing["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == "new.key")
+        .unwrap_or_else(|| panic!("no new.key row: {listing}"))
+        .clone();
+    assert_eq!(row["value"], "tok");
+    assert_eq!(row["listed"], true);
+    assert_eq!(row["version"], "v10");
+    let backups = std::fs::read_dir(db.parent().unwrap())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("state.vscdb.keyshare-backup-")
+        })
+        .count();
+    assert_eq!(backups, 1);
+    // The v10 legacy secret reaches the app through lazy migration.
+    let out = env.run(
+        &[
+            "--app",
+            "code",
+            "--store",
+            "vault",
+            "get",
+            r#"{"extensionId":"publisher.my-ext","key":"apiToken"}"#,
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"hello");
+}
+
+#[test]
+fn legacy_error_messages() {
+    let env = Env::new();
+    snapshot!(
+        "legacy_list_missing_db",
+        env.failure(
+            &["legacy", "list", "--state-db", "/nonexistent/state.vscdb"],
+            b""
+        )
+    );
+    snapshot!(
+        "legacy_list_password_with_basic",
+        env.failure(
+            &[
+                "legacy",
+                "list",
+                "--state-db",
+                "/nonexistent/state.vscdb",
+                "--password-store",
+                "basic",
+                "--keyring-password-stdin"
+            ],
+            b"pw"
+        )
+    );
+    snapshot!(
+        "legacy_list_bad_app_name",
+        env.failure(&["legacy", "list", "--app-name", "../x"], b"")
+    );
+    snapshot!(
+        "import_vscode_missing_dir",
+        env.failure(
+            &[
+                "--store",
+                "memory",
+                "import",
+                "vscode",
+                "--app-name",
+                "VSCodium",
+                "--password-store",
+                "basic"
+            ],
+            b""
+        )
+    );
+    snapshot!(
+        "import_vscode_no_secret_service",
+        env.failure(
+            &[
+                "--store",
+                "memory",
+                "import",
+                "vscode",
+                "--user-data-dir",
+                env.user_data_dir().to_str().unwrap()
+            ],
+            b""
+        )
+    );
+}

@@ -1,0 +1,823 @@
+//! The Electron legacy store: VS Code's (and its forks') secrets in `state.vscdb`.
+//!
+//! VS Code keeps each secret as a row of `ItemTable`:
+//! - key `secret://<key>` (an extension's key is `JSON.stringify({extensionId, key})`, but any
+//!   string may follow the prefix);
+//! - value `JSON.stringify(buffer)` of the Electron `safeStorage` blob, exactly
+//!   `{"type":"Buffer","data":[118,49,49,...]}`, bound as TEXT;
+//! - an entry `"secret://<key>": 1` in the `__$__targetStorageMarker` row, without which VS
+//!   Code's `keys()` does not list the secret.
+//!
+//! The keyshare key of a row is the row key without `secret://`. [`ElectronStore`] reads and
+//! writes exactly that, with these guarantees beyond VS Code's own:
+//! - a row that cannot be decoded or decrypted is reported (`Error::Corrupt`, naming the key
+//!   and the reason) and never deleted or rewritten by a read, and it does not stop `keys()`;
+//! - a write happens only when the new blob decrypts back to the value with the app's keys,
+//!   and (for a keyring password typed by the user) only once that password has been checked
+//!   against the rows the app wrote: VS Code deletes any secret it cannot decrypt;
+//! - a write is refused while the app runs (it caches the table and would overwrite the
+//!   change), unless forced; reads are always allowed;
+//! - the database is copied to `state.vscdb.keyshare-backup-<time>` (mode 0600) before the
+//!   first write of each store instance;
+//! - each write is one `BEGIN IMMEDIATE` transaction (row and marker together).
+//!
+//! ```no_run
+//! use keyshare::store::electron::{ElectronStore, KeySource};
+//! use keyshare::{SecretKey, Store};
+//!
+//! let store = ElectronStore::for_app("Code", None, &KeySource::GnomeLibsecret)?.open()?;
+//! let key = SecretKey::new(r#"{"extensionId":"vscode.github-authentication","key":"github.auth"}"#)?;
+//! let sessions = store.get(&key)?;
+//! # Ok::<(), keyshare::Error>(())
+//! ```
+
+mod backup;
+mod import;
+mod keys;
+mod marker;
+mod paths;
+mod platform;
+mod running;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+#[cfg(target_os = "linux")]
+pub use crate::store::secret_service::SafeStorageLookup;
+pub use backup::utc_stamp;
+pub use import::{import_legacy, ImportOutcome, ImportProgress, ImportReport};
+pub use keys::{KeySource, KeyringLookup, SafeStorageKeys};
+pub use marker::{MarkerError, TargetMarker, TARGET_MARKER_ROW};
+pub use oscrypt::{ExtensionSecretKey, SECRET_ROW_PREFIX};
+pub use paths::{
+    check_app_name, state_db_path, user_data_dir, user_data_dir_in, user_data_dir_of_state_db, Os,
+    KNOWN_APPS,
+};
+pub use platform::wrapped_key_from_local_state;
+use running::RunningCheck;
+pub use running::{find_running_app, RunningApp};
+
+use crate::error::{Error, Result, UnavailableReason};
+use crate::model::{Limits, SecretKey, SecretValue};
+use crate::store::{Store, StoreInfo, DEFAULT_TIMEOUT};
+
+/// VS Code's schema, exactly as VS Code creates it.
+const SCHEMA: &str = "PRAGMA user_version = 1; \
+     CREATE TABLE IF NOT EXISTS ItemTable (key TEXT UNIQUE ON CONFLICT REPLACE, value BLOB)";
+
+/// Every key starting with `secret://` sorts from `secret://` up to (excluding) `secret:/0`,
+/// since `0` follows `/`: a range the key's unique index answers.
+const SECRET_ROWS: &str =
+    "SELECT key, value FROM ItemTable WHERE key >= 'secret://' AND key < 'secret:/0'";
+const SECRET_ROW_KEYS: &str =
+    "SELECT key FROM ItemTable WHERE key >= 'secret://' AND key < 'secret:/0'";
+
+/// A [`Store`] over an Electron app's `state.vscdb`. See the module documentation.
+pub struct ElectronStore {
+    path: PathBuf,
+    app_name: String,
+    /// `None` when the database is not inside a user-data directory we know.
+    running_check: Option<RunningCheck>,
+    keys: SafeStorageKeys,
+    force: bool,
+    backup: bool,
+    read_only: bool,
+    limits: Limits,
+    state: Mutex<State>,
+}
+
+struct State {
+    conn: Connection,
+    /// `None` until the first write; then the backup taken (if any).
+    first_write: Option<Option<PathBuf>>,
+    write_key_confirmed: bool,
+}
+
+impl fmt::Debug for ElectronStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ElectronStore")
+            .field("path", &self.path)
+            .field("app_name", &self.app_name)
+            .field("keys", &self.keys)
+            .field("force", &self.force)
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens an [`ElectronStore`]; see [`ElectronStore::builder`].
+#[derive(Debug)]
+pub struct ElectronStoreBuilder {
+    path: PathBuf,
+    keys: SafeStorageKeys,
+    app_name: String,
+    user_data_dir: Option<PathBuf>,
+    force: bool,
+    backup: bool,
+    create: bool,
+    read_only: bool,
+    limits: Limits,
+}
+
+impl ElectronStoreBuilder {
+    /// The app that owns the database (default `Code`): named in messages and used to find a
+    /// running instance.
+    pub fn app_name(mut self, app_name: impl Into<String>) -> Self {
+        self.app_name = app_name.into();
+        self
+    }
+
+    /// The app's user-data directory, where a running instance leaves its lock files. By
+    /// default it is derived from the database path when that has the standard layout
+    /// (`<userData>/User/globalStorage/state.vscdb`); otherwise no running check is possible.
+    pub fn user_data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.user_data_dir = Some(dir.into());
+        self
+    }
+
+    /// Writes even while the app runs (default: refuse). The app may then overwrite or lose
+    /// what was written.
+    pub fn force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+
+    /// Whether to back the database up before the first write (default: yes).
+    pub fn backup(mut self, backup: bool) -> Self {
+        self.backup = backup;
+        self
+    }
+
+    /// Creates the database, with VS Code's schema, if it does not exist (default: no, a
+    /// missing database is an error).
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
+    /// Opens the database read-only: writes fail, and nothing (not even a journal) is written.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Value size limits for writes.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Opens the database and checks that it is a VS Code state database.
+    pub fn open(self) -> Result<ElectronStore> {
+        check_app_name(&self.app_name)?;
+        let user_data_dir = self
+            .user_data_dir
+            .clone()
+            .or_else(|| user_data_dir_of_state_db(&self.path));
+        let is_default_dir = user_data_dir.as_deref().is_some_and(|dir| {
+            paths::user_data_dir(&self.app_name, None).is_ok_and(|default| same_path(dir, &default))
+        });
+        let name = store_name(&self.app_name, &self.path);
+        let exists = self.path.exists();
+        if !exists && (!self.create || self.read_only) {
+            return Err(Error::io(
+                format!("opening {name}"),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such file (is the app name or user-data directory right?)",
+                ),
+            ));
+        }
+        if !exists {
+            create_private_file(&self.path)?;
+        }
+        let flags = if self.read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        };
+        let sql = |doing: &str, e: rusqlite::Error| sql_error(&name, &self.app_name, doing, e);
+        let conn = Connection::open_with_flags(&self.path, flags).map_err(|e| sql("opening", e))?;
+        conn.busy_timeout(DEFAULT_TIMEOUT)
+            .map_err(|e| sql("configuring", e))?;
+        let has_table: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ItemTable')",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(|e| sql("reading the schema", e))?;
+        if !has_table {
+            if !self.create || self.read_only {
+                return Err(Error::Corrupt {
+                    store: name,
+                    key: None,
+                    detail: "it has no ItemTable, so it is not a VS Code state database".to_owned(),
+                });
+            }
+            conn.execute_batch(SCHEMA)
+                .map_err(|e| sql("creating the schema", e))?;
+        }
+        Ok(ElectronStore {
+            path: self.path,
+            running_check: user_data_dir
+                .map(|dir| RunningCheck::new(&self.app_name, dir, is_default_dir)),
+            app_name: self.app_name,
+            keys: self.keys,
+            force: self.force,
+            backup: self.backup,
+            read_only: self.read_only,
+            limits: self.limits,
+            state: Mutex::new(State {
+                conn,
+                // A database created just now holds nothing to back up.
+                first_write: if exists { None } else { Some(None) },
+                write_key_confirmed: false,
+            }),
+        })
+    }
+}
+
+/// One `secret://` row, as `ElectronStore::rows` reports it.
+#[derive(Debug)]
+pub struct SecretRow {
+    /// Everything after `secret://`, verbatim (lossily decoded if it is not UTF-8).
+    pub key: String,
+    /// The extension id and key, when the row key is exactly what VS Code writes for an
+    /// extension's secret.
+    pub extension: Option<ExtensionSecretKey>,
+    /// Whether the target marker lists the row (`1`), so that VS Code's `keys()` returns it.
+    pub listed: bool,
+    /// The blob's version tag (`v10`, `v11`), `""` for the empty blob, `None` when the value
+    /// is not a Node Buffer or starts with something else.
+    pub version: Option<String>,
+    /// The decrypted value, or why it could not be read.
+    pub value: Result<SecretValue>,
+}
+
+/// Every `secret://` row of a database, for `keyshare legacy list`.
+#[derive(Debug)]
+pub struct RowListing {
+    /// The rows, in key order.
+    pub rows: Vec<SecretRow>,
+    /// Why the target marker could not be read, if it could not (then `listed` is false
+    /// everywhere).
+    pub marker_problem: Option<MarkerError>,
+}
+
+impl ElectronStore {
+    /// A builder for the store over the database at `state_db`, decrypting and encrypting with
+    /// `keys`.
+    pub fn builder(state_db: impl Into<PathBuf>, keys: SafeStorageKeys) -> ElectronStoreBuilder {
+        ElectronStoreBuilder {
+            path: state_db.into(),
+            keys,
+            app_name: "Code".to_owned(),
+            user_data_dir: None,
+            force: false,
+            backup: true,
+            create: false,
+            read_only: false,
+            limits: Limits::default(),
+        }
+    }
+
+    /// A builder for an installed app: finds its user-data directory (`explicit`, else
+    /// `VSCODE_PORTABLE`, `VSCODE_APPDATA` or the OS default) and resolves its keys from
+    /// `source` (which may ask the Secret Service or the keychain).
+    pub fn for_app(
+        app_name: &str,
+        explicit_user_data_dir: Option<&Path>,
+        source: &KeySource,
+    ) -> Result<ElectronStoreBuilder> {
+        let dir = user_data_dir(app_name, explicit_user_data_dir)?;
+        let keys = source.resolve(app_name, Some(&dir))?;
+        Ok(ElectronStore::builder(state_db_path(&dir), keys)
+            .app_name(app_name)
+            .user_data_dir(dir))
+    }
+
+    /// The database's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The owning app's name.
+    pub fn app_name(&self) -> &str {
+        &self.app_name
+    }
+
+    /// The keys this store uses.
+    pub fn keys_in_use(&self) -> &SafeStorageKeys {
+        &self.keys
+    }
+
+    /// The backup taken before the first write, once there has been one.
+    pub fn backup_path(&self) -> Option<PathBuf> {
+        self.lock().first_write.clone().flatten()
+    }
+
+    /// Every `secret://` row with its decoded key, whether VS Code lists it, and its value or
+    /// why it cannot be read. Reads only.
+    pub fn rows(&self) -> Result<RowListing> {
+        let (raw_rows, marker, marker_problem) = {
+            let state = self.lock();
+            let (marker, marker_problem) = match self.read_marker(&state.conn) {
+                Ok(marker) => (marker, None),
+                Err(Error::Corrupt { .. }) => {
+                    (TargetMarker::default(), self.marker_error(&state.conn))
+                }
+                Err(e) => return Err(e),
+            };
+            let mut stmt = state
+                .conn
+                .prepare_cached(SECRET_ROWS)
+                .map_err(|e| self.sql("listing secrets", e))?;
+            let raw_rows = stmt
+                .query_map([], |row| {
+                    let key = match row.get_ref(0)? {
+                        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                        _ => String::new(),
+                    };
+                    Ok((key, value_bytes(row.get_ref(1)?)))
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(|e| self.sql("listing secrets", e))?;
+            (raw_rows, marker, marker_problem)
+        };
+        let rows = raw_rows
+            .into_iter()
+            .map(|(row_key, raw)| {
+                let parsed = oscrypt::parse_secret_row_key(&row_key);
+                let key = parsed.as_ref().map(|p| p.key.clone()).unwrap_or_default();
+                let blob =
+                    raw.and_then(|raw| oscrypt::decode_buffer_json(raw).map_err(|e| e.to_string()));
+                let version = blob.as_ref().ok().and_then(|b| version_of(b));
+                let value = match blob {
+                    Ok(blob) => self.decrypt_row(&key, &blob),
+                    Err(detail) => Err(self.corrupt(&key, detail)),
+                };
+                SecretRow {
+                    listed: marker.is_machine(&row_key),
+                    extension: parsed.and_then(|p| p.extension),
+                    key,
+                    version,
+                    value,
+                }
+            })
+            .collect();
+        Ok(RowListing {
+            rows,
+            marker_problem,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every write is a transaction that rolls back when dropped, so a panic while the lock
+        // was held cannot leave the database half-written.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn name(&self) -> String {
+        store_name(&self.app_name, &self.path)
+    }
+
+    fn sql(&self, doing: &str, e: rusqlite::Error) -> Error {
+        sql_error(&self.name(), &self.app_name, doing, e)
+    }
+
+    fn corrupt(&self, key: &str, detail: impl fmt::Display) -> Error {
+        Error::Corrupt {
+            store: self.name(),
+            key: Some(key.to_owned()),
+            detail: format!("{detail} (the row is left untouched)"),
+        }
+    }
+
+    fn decrypt_row(&self, key: &str, blob: &[u8]) -> Result<SecretValue> {
+        match self.keys.decrypt(blob) {
+            Ok(plain) => Ok(SecretValue::from(plain)),
+            Err(oscrypt::DecryptError::MissingKey { prefix }) => Err(Error::unavailable(
+                self.name(),
+                UnavailableReason::NotRunning,
+                format!(
+                    "key {key:?} is a {prefix} secret, which needs {app}'s keyring secret; this \
+                     store reads with {origin}. Use the gnome-libsecret password store or give \
+                     the keyring password",
+                    app = self.app_name,
+                    origin = self.keys.origin()
+                ),
+            )),
+            Err(e) => Err(self.corrupt(
+                key,
+                format!("cannot decrypt it with {}: {e}", self.keys.origin()),
+            )),
+        }
+    }
+
+    /// The marker, or `Corrupt` if it cannot be parsed.
+    fn read_marker(&self, conn: &Connection) -> Result<TargetMarker> {
+        match self.raw_marker(conn)? {
+            None => Ok(TargetMarker::default()),
+            Some(raw) => TargetMarker::parse(&raw).map_err(|e| Error::Corrupt {
+                store: self.name(),
+                key: None,
+                detail: format!(
+                    "{e}; keyshare does not list or write secrets until it is repaired, and \
+                     leaves it untouched"
+                ),
+            }),
+        }
+    }
+
+    fn marker_error(&self, conn: &Connection) -> Option<MarkerError> {
+        self.raw_marker(conn)
+            .ok()
+            .flatten()
+            .and_then(|raw| TargetMarker::parse(&raw).err())
+    }
+
+    fn raw_marker(&self, conn: &Connection) -> Result<Option<Vec<u8>>> {
+        conn.prepare_cached("SELECT value FROM ItemTable WHERE key = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row([TARGET_MARKER_ROW], |row| {
+                    Ok(value_bytes(row.get_ref(0)?).unwrap_or_default())
+                })
+                .optional()
+            })
+            .map_err(|e| self.sql("reading the target marker", e))
+    }
+
+    fn write_marker(&self, conn: &Connection, marker: &TargetMarker) -> Result<()> {
+        conn.prepare_cached("INSERT INTO ItemTable (key, value) VALUES (?1, ?2)")
+            .and_then(|mut stmt| stmt.execute((TARGET_MARKER_ROW, marker.to_json())))
+            .map(drop)
+            .map_err(|e| self.sql("writing the target marker", e))
+    }
+
+    /// Refuses writes on a read-only store or while the app runs (unless forced).
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::unavailable(
+                self.name(),
+                UnavailableReason::Denied,
+                "the store was opened read-only",
+            ));
+        }
+        if self.force {
+            return Ok(());
+        }
+        if let Some(check) = &self.running_check {
+            if let Some(running) = check.find() {
+                return Err(Error::unavailable(
+                    self.name(),
+                    UnavailableReason::InUse,
+                    format!(
+                        "{app} is running ({evidence}); it keeps its secrets in memory and would \
+                         overwrite what keyshare writes now. Quit {app} and retry, or force the \
+                         write (--force) to write anyway",
+                        app = self.app_name,
+                        evidence = running.evidence
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Backs the database up before the first write of this instance.
+    fn before_first_write(&self, state: &mut State) -> Result<()> {
+        if state.first_write.is_some() {
+            return Ok(());
+        }
+        let backup = if self.backup {
+            let path = backup::backup_database(&state.conn, &self.path)?;
+            tracing::info!(backup = %path.display(), "backed up {}", self.path.display());
+            Some(path)
+        } else {
+            None
+        };
+        state.first_write = Some(backup);
+        Ok(())
+    }
+
+    /// Checks a user-given keyring password against the rows the app wrote with it: refuses
+    /// when rows that only the real key opens exist and none opens with this one.
+    fn confirm_write_key(&self, conn: &Connection) -> Result<()> {
+        let mut stmt = conn
+            .prepare_cached(SECRET_ROWS)
+            .map_err(|e| self.sql("checking the keyring password", e))?;
+        let mut rows = stmt
+            .query([])
+            .map_err(|e| self.sql("checking the keyring password", e))?;
+        let (mut confirmed, mut contradicted) = (0usize, 0usize);
+        while let Some(row) = rows
+            .next()
+            .map_err(|e| self.sql("checking the keyring password", e))?
+        {
+            let Ok(Ok(blob)) = row.get_ref(1).map(|v| {
+                value_bytes(v)
+                    .and_then(|raw| oscrypt::decode_buffer_json(raw).map_err(|e| e.to_string()))
+            }) else {
+                continue;
+            };
+            match self.keys.vouches_for_write_key(&blob) {
+                Some(true) => confirmed += 1,
+                Some(false) => contradicted += 1,
+                None => {}
+            }
+        }
+        if contradicted > 0 && confirmed == 0 {
+            return Err(Error::invalid(
+                "keyring password",
+                format!(
+                    "it decrypts none of the {contradicted} {prefix} secrets {app} wrote, so it \
+                     is not {app}'s key; writing with it would leave secrets {app} cannot read \
+                     (and deletes). Nothing was written",
+                    prefix = self.keys.write_prefix().unwrap_or("v11"),
+                    app = self.app_name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Encrypts `value` into a row value, and checks that it decodes and decrypts back to
+    /// `value` with the app's keys.
+    fn seal(&self, key: &SecretKey, value: &SecretValue) -> Result<String> {
+        let write_key = self.keys.write.as_ref().ok_or_else(|| {
+            Error::unavailable(
+                self.name(),
+                UnavailableReason::Denied,
+                format!(
+                    "cannot write {key:?}: {}",
+                    self.keys
+                        .no_write_reason
+                        .as_deref()
+                        .unwrap_or("the app's key is unknown")
+                ),
+            )
+        })?;
+        let blob = oscrypt::encrypt(write_key, value.expose_secret()).map_err(|e| match e {
+            oscrypt::EncryptError::TooLong => Error::TooLarge {
+                limit: self.limits.max_value_len,
+                actual: value.len(),
+            },
+            other => Error::io(
+                format!("encrypting {key:?}"),
+                std::io::Error::other(other.to_string()),
+            ),
+        })?;
+        let row_value = oscrypt::encode_buffer_json(&blob);
+        let round_trip = oscrypt::decode_buffer_json(&row_value)
+            .ok()
+            .filter(|decoded| *decoded == blob)
+            .and_then(|decoded| self.keys.decrypt(&decoded).ok())
+            .map(SecretValue::from);
+        if round_trip.as_ref() != Some(value) {
+            return Err(Error::unavailable(
+                self.name(),
+                UnavailableReason::Backend,
+                format!(
+                    "refusing to write {key:?}: the new row does not decrypt back to the value \
+                     with {}; nothing was written",
+                    self.keys.origin()
+                ),
+            ));
+        }
+        Ok(row_value)
+    }
+}
+
+impl Store for ElectronStore {
+    fn info(&self) -> StoreInfo {
+        StoreInfo {
+            kind: "electron",
+            location: self.path.display().to_string(),
+            protection: format!(
+                "{} safeStorage, key from {}",
+                self.app_name,
+                self.keys.origin()
+            ),
+        }
+    }
+
+    /// `Ok(None)` when there is no row. `Corrupt` (naming the key) when the row is not a Node
+    /// Buffer or does not decrypt; `Unavailable` when it needs a key this store was not given
+    /// or the database stays locked; the row is never changed by a read.
+    fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
+        let row_key = format!("{SECRET_ROW_PREFIX}{key}");
+        let raw = {
+            let state = self.lock();
+            state
+                .conn
+                .prepare_cached("SELECT value FROM ItemTable WHERE key = ?1")
+                .and_then(|mut stmt| {
+                    stmt.query_row([&row_key], |row| Ok(value_bytes(row.get_ref(0)?)))
+                        .optional()
+                })
+                .map_err(|e| self.sql("reading a secret", e))?
+        };
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let blob = raw
+            .and_then(|raw| oscrypt::decode_buffer_json(raw).map_err(|e| e.to_string()))
+            .map_err(|detail| self.corrupt(key.as_str(), detail))?;
+        self.decrypt_row(key.as_str(), &blob).map(Some)
+    }
+
+    /// Writes the row (TEXT) and its marker in one transaction. `Unavailable` when the app is
+    /// running (unless forced), when the app's key is unknown, or when the database stays
+    /// locked; `Invalid` when a user-given keyring password does not match the app's rows;
+    /// `Corrupt` when the target marker cannot be parsed (nothing is written then).
+    fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
+        self.limits.check_value(value)?;
+        self.check_writable()?;
+        let row_key = format!("{SECRET_ROW_PREFIX}{key}");
+        let row_value = self.seal(key, value)?;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        self.before_first_write(state)?;
+        let tx = state
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.sql("starting a write", e))?;
+        if self.keys.confirm_before_write && !state.write_key_confirmed {
+            self.confirm_write_key(&tx)?;
+        }
+        let mut marker = self.read_marker(&tx)?;
+        tx.prepare_cached("INSERT INTO ItemTable (key, value) VALUES (?1, ?2)")
+            .and_then(|mut stmt| stmt.execute((&row_key, &row_value)))
+            .map_err(|e| self.sql("writing a secret", e))?;
+        if marker.set_machine(&row_key) {
+            self.write_marker(&tx, &marker)?;
+        }
+        tx.commit().map_err(|e| self.sql("committing a write", e))?;
+        state.write_key_confirmed = true;
+        Ok(())
+    }
+
+    /// Deletes the row and its marker entry in one transaction; the same refusals as `set`.
+    fn delete(&self, key: &SecretKey) -> Result<bool> {
+        self.check_writable()?;
+        let row_key = format!("{SECRET_ROW_PREFIX}{key}");
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        self.before_first_write(state)?;
+        let tx = state
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.sql("starting a delete", e))?;
+        let mut marker = self.read_marker(&tx)?;
+        let deleted = tx
+            .prepare_cached("DELETE FROM ItemTable WHERE key = ?1")
+            .and_then(|mut stmt| stmt.execute([&row_key]))
+            .map_err(|e| self.sql("deleting a secret", e))?;
+        if marker.remove(&row_key) {
+            self.write_marker(&tx, &marker)?;
+        }
+        tx.commit()
+            .map_err(|e| self.sql("committing a delete", e))?;
+        Ok(deleted > 0)
+    }
+
+    /// The keys of the `secret://` rows that the target marker lists (VS Code's semantics).
+    /// Rows whose key is not a valid keyshare key are skipped and logged; an undecryptable row
+    /// is listed (its `get` reports why). `Corrupt` when the marker itself cannot be parsed.
+    fn keys(&self) -> Result<Vec<SecretKey>> {
+        let state = self.lock();
+        let marker = self.read_marker(&state.conn)?;
+        let listed: std::collections::HashSet<&str> = marker.machine_keys().collect();
+        let mut stmt = state
+            .conn
+            .prepare_cached(SECRET_ROW_KEYS)
+            .map_err(|e| self.sql("listing secrets", e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.sql("listing secrets", e))?;
+        let mut keys = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| self.sql("listing secrets", e))? {
+            let ValueRef::Text(raw) = row.get_ref(0).map_err(|e| self.sql("listing secrets", e))?
+            else {
+                continue;
+            };
+            let Ok(row_key) = std::str::from_utf8(raw) else {
+                tracing::warn!(store = %self.name(), "skipping a secret row whose key is not UTF-8");
+                continue;
+            };
+            if !listed.contains(row_key) {
+                continue;
+            }
+            let name = &row_key[SECRET_ROW_PREFIX.len()..];
+            match SecretKey::new(name) {
+                Ok(key) => keys.push(key),
+                Err(e) => tracing::warn!(
+                    store = %self.name(),
+                    "skipping secret row {row_key:?}: {e}"
+                ),
+            }
+        }
+        Ok(keys)
+    }
+}
+
+fn store_name(app_name: &str, path: &Path) -> String {
+    format!("{app_name} state database {}", path.display())
+}
+
+/// The bytes of a row value stored as TEXT or BLOB; an error message for anything else.
+fn value_bytes(value: ValueRef<'_>) -> std::result::Result<Vec<u8>, String> {
+    match value {
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Ok(bytes.to_vec()),
+        ValueRef::Null => Err("the row value is NULL, not a Node Buffer".to_owned()),
+        ValueRef::Integer(_) | ValueRef::Real(_) => {
+            Err("the row value is a number, not a Node Buffer".to_owned())
+        }
+    }
+}
+
+fn version_of(blob: &[u8]) -> Option<String> {
+    if blob.is_empty() {
+        return Some(String::new());
+    }
+    match blob.get(..3) {
+        Some(tag @ (b"v10" | b"v11")) => Some(String::from_utf8_lossy(tag).into_owned()),
+        _ => None,
+    }
+}
+
+fn sql_error(store: &str, app_name: &str, doing: &str, e: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::unavailable(
+            store,
+            UnavailableReason::TimedOut,
+            format!(
+                "{doing}: another program (is {app_name} running?) kept the database locked for \
+                 {} s",
+                DEFAULT_TIMEOUT.as_secs()
+            ),
+        ),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => Error::Corrupt {
+            store: store.to_owned(),
+            key: None,
+            detail: format!("{doing}: {e} (the file is left untouched)"),
+        },
+        Some(ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => {
+            Error::unavailable(store, UnavailableReason::Denied, format!("{doing}: {e}"))
+        }
+        _ => Error::io(
+            format!("{doing} in {store}"),
+            std::io::Error::other(e.to_string()),
+        ),
+    }
+}
+
+/// Creates a new database file readable by its owner only (it will hold secrets).
+fn create_private_file(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .map(drop)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    canonical(a) == canonical(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blob_that_does_not_decrypt_back_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.vscdb");
+        // Keys that disagree with themselves: what a bug in key handling would look like.
+        let mut keys = SafeStorageKeys::linux_keyring(b"read-with-this", String::new(), false);
+        keys.write = Some(oscrypt::Key::linux_v11(b"but-write-with-this"));
+        let store = ElectronStore::builder(&db, keys)
+            .create(true)
+            .open()
+            .unwrap();
+        let key = SecretKey::new("k").unwrap();
+        let err = store
+            .set(&key, &SecretValue::from_slice(b"a value"))
+            .unwrap_err();
+        assert!(err.to_string().contains("does not decrypt back"), "{err}");
+        assert_eq!(store.get(&key).unwrap(), None, "the row was written");
+        assert!(store.keys().unwrap().is_empty());
+    }
+}
