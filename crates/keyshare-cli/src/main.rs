@@ -1,6 +1,7 @@
 //! `keyshare`: the command-line front end. Thin: it parses arguments, builds the context, and
 //! hands over to one module per command. Exit codes: see `exit.rs` and the README.
 
+mod broker;
 mod cmd;
 mod config;
 mod exit;
@@ -47,6 +48,12 @@ struct Cli {
     /// Which shared store to use (overrides the config file).
     #[arg(long, global = true, value_enum, value_name = "STORE")]
     store: Option<StoreChoice>,
+    /// Open the shared store in this process instead of going through the broker.
+    #[arg(long, global = true)]
+    direct: bool,
+    /// Never start a broker; fail if none is running (config: `autostart = false`).
+    #[arg(long, global = true, env = "KEYSHARE_NO_AUTOSTART")]
+    no_autostart: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,6 +83,10 @@ enum Command {
     /// Copy another program's secrets into this flavour's shared store.
     #[command(subcommand)]
     Import(cmd::import::Source),
+    /// Run the flavour's broker in the foreground (until SIGTERM or SIGINT).
+    Serve(cmd::serve::Args),
+    /// Print change events as they happen (never values).
+    Watch(cmd::watch::Args),
 }
 
 fn context(cli: &Cli) -> anyhow::Result<(Context, PathBuf)> {
@@ -104,9 +115,26 @@ fn context(cli: &Cli) -> anyhow::Result<(Context, PathBuf)> {
             timeout,
             json: cli.json,
             limits: Limits::default(),
+            routing: routing(cli),
         },
         config_path,
     ))
+}
+
+fn routing(cli: &Cli) -> broker::Routing {
+    let mut passthrough = Vec::new();
+    if let Some(config) = &cli.config {
+        passthrough.extend(["--config".into(), config.clone().into_os_string()]);
+    }
+    if let Some(store) = cli.store {
+        passthrough.extend(["--store".into(), store.name().into()]);
+    }
+    broker::Routing {
+        direct: cli.direct,
+        no_autostart: cli.no_autostart,
+        passthrough,
+        autostarted: matches!(&cli.command, Command::Serve(args) if args.autostarted),
+    }
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
@@ -122,6 +150,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::OpenbaoLogin(args) => openbao::login(args, &ctx),
         Command::Legacy(command) => cmd::legacy::run(command, &ctx),
         Command::Import(source) => cmd::import::run(source, &ctx),
+        Command::Serve(args) => cmd::serve::run(args, &ctx),
+        Command::Watch(args) => cmd::watch::run(args, &ctx),
     }
 }
 

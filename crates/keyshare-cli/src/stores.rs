@@ -27,6 +27,7 @@ pub struct Context {
     pub timeout: Duration,
     pub json: bool,
     pub limits: Limits,
+    pub routing: crate::broker::Routing,
 }
 
 /// The shared store that was chosen, and why.
@@ -139,7 +140,10 @@ pub fn open_vault(path: &Path, namespace: &str, ctx: &Context) -> anyhow::Result
             timeout: ctx.timeout,
             connected: std::sync::OnceLock::new(),
         })),
-        passphrase_prompt: Some(Arc::new(terminal_passphrase)),
+        // An autostarted broker has no terminal: a client that needs the passphrase typed
+        // opens the vault itself instead.
+        passphrase_prompt: (!ctx.routing.autostarted)
+            .then(|| Arc::new(terminal_passphrase) as Arc<_>),
         ..KeyProviders::default()
     };
     let vault = VaultStore::open(options)?;
@@ -149,9 +153,17 @@ pub fn open_vault(path: &Path, namespace: &str, ctx: &Context) -> anyhow::Result
     Ok(vault)
 }
 
-/// Picks the shared store: the explicit choice, or for `auto` the Secret Service when it is
-/// reachable and unlocked, else the vault.
+/// The shared store: the flavour's broker (see `broker.rs`), or the store itself.
 pub fn open_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
+    match crate::broker::route(ctx)? {
+        Some(through_broker) => Ok(through_broker),
+        None => open_direct_shared(ctx),
+    }
+}
+
+/// Picks the shared store itself: the explicit choice, or for `auto` the Secret Service when
+/// it is reachable and unlocked, else the vault.
+pub fn open_direct_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
     let service = ctx.flavour.service();
     match ctx.store {
         StoreChoice::Memory => Ok(SharedChoice {
@@ -293,7 +305,7 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
     })
 }
 
-fn shared_placeholder_identity(ctx: &Context) -> Option<String> {
+pub fn shared_placeholder_identity(ctx: &Context) -> Option<String> {
     match ctx.store {
         StoreChoice::SecretService => secret_service_identity(ctx),
         StoreChoice::Memory => None,

@@ -141,7 +141,9 @@ fn open_raw(path: &Path, namespace: &str) -> VaultStore {
 #[test]
 fn dual_write_fallback_and_repair_through_the_cli() {
     let env = Env::new();
-    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    // Direct access: a running broker would keep the shared vault open, and this test makes it
+    // unusable by changing its permissions, which only a fresh open notices.
+    env.config("autostart = false\n[apps.code]\nlegacy = { kind = \"vault\" }\n");
     env.ok(&["--app", "code", "set", "github.auth"], b"v1");
     // Both copies exist: the shared one for every app, the legacy one for rollback.
     let app_vault = env.data().join("stable/apps/code.db");

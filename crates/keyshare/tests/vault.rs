@@ -922,3 +922,41 @@ fn a_damaged_database_page_is_corrupt_and_left_untouched() {
     assert!(err.to_string().contains("untouched"), "{err}");
     assert_eq!(snapshot(dir.path()), before);
 }
+
+/// Concurrent writers share commits (group commit): every acknowledged write of every thread
+/// is there afterwards, and deletes in the same batches report what they deleted.
+#[test]
+fn concurrent_writers_share_commits_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault").join("vault.db");
+    let store = Arc::new(VaultStore::open(options(&path, "group")).unwrap());
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let store = &store;
+            s.spawn(move || {
+                for i in 0..40 {
+                    let k = key(&format!("t{t}.k{}", i % 4));
+                    store
+                        .set(&k, &value(format!("{t}:{i}").as_bytes()))
+                        .unwrap();
+                    if i % 10 == 9 {
+                        assert!(store.delete(&k).unwrap(), "the key was just written");
+                        assert!(!store.delete(&k).unwrap());
+                    }
+                }
+            });
+        }
+    });
+    let reopened = VaultStore::open(options(&path, "group")).unwrap();
+    for t in 0..8 {
+        for slot in 0..4 {
+            let last = (0..40).rev().find(|i| i % 4 == slot).unwrap();
+            let got = reopened.get(&key(&format!("t{t}.k{slot}"))).unwrap();
+            let expected = (last % 10 != 9).then(|| format!("{t}:{last}"));
+            assert_eq!(
+                got.map(|v| String::from_utf8(v.expose_secret().to_vec()).unwrap()),
+                expected
+            );
+        }
+    }
+}

@@ -9,7 +9,9 @@ pub mod legacy;
 pub mod list;
 pub mod migrate;
 pub mod repair;
+pub mod serve;
 pub mod set;
+pub mod watch;
 
 use keyshare::SecretKey;
 

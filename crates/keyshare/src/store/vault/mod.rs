@@ -138,6 +138,8 @@ fn vault_path_in(
 struct Vault {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Writes waiting for the next group commit (see [`Vault::write`]).
+    pending: Mutex<Vec<PendingWrite>>,
     dek: Dek,
     vault_id: VaultId,
     protection: Protection,
@@ -161,38 +163,142 @@ impl Vault {
         sql_error(&self.path, self.busy_timeout, doing, e)
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction: the write lock is taken up front (waiting
-    /// up to the busy timeout), so the transaction never has to be retried half-way.
-    fn write<T>(
-        &self,
-        doing: &str,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T> {
+    /// Applies one write, committed together with whatever other writes are waiting (group
+    /// commit): the first writer to get the connection becomes the leader and applies every
+    /// queued write in one `BEGIN IMMEDIATE` transaction (each in its own savepoint, so one
+    /// failing write does not undo the others), with one `fsync` for all of them; the others
+    /// wait for the leader's answer. Concurrent writers (the broker's clients, on different
+    /// keys) then share commits instead of queueing for one `fsync` each. A write is
+    /// acknowledged only after the transaction holding it committed.
+    fn write(&self, doing: &'static str, op: WriteOp) -> Result<bool> {
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        self.lock_pending().push((doing, op, answer));
         let conn = self.conn();
+        // A leader that held the connection before us may have committed our write already.
+        if let Ok(result) = answered.try_recv() {
+            return result;
+        }
+        let batch = std::mem::take(&mut *self.lock_pending());
+        let results = self.commit_batch(&conn, &batch);
+        drop(conn);
+        for ((_, _, answer), result) in batch.into_iter().zip(results) {
+            // Only the waiting writer's receiver can be gone, if it panicked.
+            let _ = answer.send(result);
+        }
+        answered.recv().unwrap_or_else(|_| {
+            Err(Error::io(
+                format!("{doing} in vault {}", self.path.display()),
+                std::io::Error::other("the writer that took this write panicked"),
+            ))
+        })
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, Vec<PendingWrite>> {
+        // Pushes and takes of whole vectors only: a panic cannot leave it torn.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn commit_batch(&self, conn: &Connection, batch: &[PendingWrite]) -> Vec<Result<bool>> {
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
-        let run = || -> rusqlite::Result<T> {
-            conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-            let value = match f(&conn) {
-                Ok(value) => value,
-                Err(e) => {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    return Err(e);
-                }
-            };
-            if let Err(e) = conn
-                .prepare_cached("COMMIT")
-                .and_then(|mut s| s.execute([]))
-            {
-                if !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
-                return Err(e);
+        // The transaction failed as a whole: every write of the batch gets the same error
+        // (rebuilt per write, since errors are not `Clone`), keeping its kind.
+        let fail_all = |stage: &str, e: rusqlite::Error| -> Vec<Result<bool>> {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
             }
-            Ok(value)
+            let first = self.sql_error(stage, e);
+            let text = first.to_string();
+            batch
+                .iter()
+                .map(|_| {
+                    Err(match &first {
+                        Error::Unavailable { reason, .. } => {
+                            Error::unavailable("vault", *reason, text.clone())
+                        }
+                        Error::Corrupt { key, .. } => Error::Corrupt {
+                            store: self.store_name(),
+                            key: key.clone(),
+                            detail: text.clone(),
+                        },
+                        _ => Error::io(text.clone(), std::io::Error::other("transaction failed")),
+                    })
+                })
+                .collect()
         };
-        run().map_err(|e| self.sql_error(doing, e))
+        if let Err(e) = conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]))
+        {
+            return fail_all("starting a write", e);
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        for (doing, op, _) in batch {
+            let applied = conn
+                .execute_batch("SAVEPOINT one_write")
+                .and_then(|()| op.apply(conn));
+            match applied {
+                Ok(changed) => {
+                    let _ = conn.execute_batch("RELEASE one_write");
+                    results.push(Ok(changed));
+                }
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK TO one_write; RELEASE one_write");
+                    results.push(Err(self.sql_error(doing, e)));
+                }
+            }
+        }
+        if let Err(e) = conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+        {
+            return fail_all("committing", e);
+        }
+        results
+    }
+}
+
+/// One queued write: what it is doing (for errors), the change, and where its answer goes.
+type PendingWrite = (
+    &'static str,
+    WriteOp,
+    std::sync::mpsc::SyncSender<Result<bool>>,
+);
+
+/// A change to one row, applied by whichever writer leads the commit.
+enum WriteOp {
+    Set {
+        namespace: String,
+        key: Vec<u8>,
+        sealed: Vec<u8>,
+    },
+    Delete {
+        namespace: String,
+        key: Vec<u8>,
+    },
+}
+
+impl WriteOp {
+    /// Applies the change; whether a row changed.
+    fn apply(&self, conn: &Connection) -> rusqlite::Result<bool> {
+        match self {
+            WriteOp::Set {
+                namespace,
+                key,
+                sealed,
+            } => conn
+                .prepare_cached(
+                    "INSERT INTO secrets (namespace, key, sealed) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (namespace, key) DO UPDATE SET sealed = excluded.sealed",
+                )?
+                .execute((namespace, key, sealed))
+                .map(|n| n > 0),
+            WriteOp::Delete { namespace, key } => conn
+                .prepare_cached("DELETE FROM secrets WHERE namespace = ?1 AND key = ?2")?
+                .execute((namespace, key))
+                .map(|n| n > 0),
+        }
     }
 }
 
@@ -422,6 +528,7 @@ impl VaultStore {
         let vault = Vault {
             path: path.clone(),
             conn: Mutex::new(conn),
+            pending: Mutex::new(Vec::new()),
             dek,
             vault_id,
             protection,
@@ -553,14 +660,12 @@ impl Store for VaultStore {
     fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
         self.vault.limits.check_value(value)?;
         let sealed = Sealed::seal(&self.vault.dek, &self.aad(key), value)?;
-        self.vault.write("writing a value", |conn| {
-            conn.prepare_cached(
-                "INSERT INTO secrets (namespace, key, sealed) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (namespace, key) DO UPDATE SET sealed = excluded.sealed",
-            )?
-            .execute((&self.namespace, key.as_str().as_bytes(), sealed.as_bytes()))
-            .map(drop)
-        })
+        let op = WriteOp::Set {
+            namespace: self.namespace.clone(),
+            key: key.as_str().as_bytes().to_vec(),
+            sealed: sealed.as_bytes().to_vec(),
+        };
+        self.vault.write("writing a value", op).map(drop)
     }
 
     /// One transaction for all the values: every one is written, or none. Limits are checked
@@ -586,11 +691,11 @@ impl Store for VaultStore {
     }
 
     fn delete(&self, key: &SecretKey) -> Result<bool> {
-        self.vault.write("deleting a value", |conn| {
-            conn.prepare_cached("DELETE FROM secrets WHERE namespace = ?1 AND key = ?2")?
-                .execute((&self.namespace, key.as_str().as_bytes()))
-                .map(|deleted| deleted > 0)
-        })
+        let op = WriteOp::Delete {
+            namespace: self.namespace.clone(),
+            key: key.as_str().as_bytes().to_vec(),
+        };
+        self.vault.write("deleting a value", op)
     }
 
     /// Rows whose key is not a valid [`SecretKey`] are skipped with a warning.

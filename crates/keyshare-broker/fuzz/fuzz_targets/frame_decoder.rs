@@ -1,0 +1,33 @@
+//! Arbitrary bytes as a stream of frames, decoded the way the broker and the client decode
+//! them: no input may panic, and every request that decodes re-encodes to an equal request.
+
+#![no_main]
+
+use keyshare_broker::protocol::{
+    decode, encode, frame_len, RequestFrame, ServerFrame, HEADER_LEN, MAX_FRAME_LEN,
+};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut rest = data;
+    loop {
+        match frame_len(rest) {
+            Ok(Some(total)) => {
+                assert!(total >= HEADER_LEN && total <= HEADER_LEN + MAX_FRAME_LEN);
+                let body = &rest[HEADER_LEN..total];
+                if let Ok(request) = decode::<RequestFrame>(body) {
+                    let again = encode(&request).expect("a decoded request encodes");
+                    let back: RequestFrame = decode(&again[HEADER_LEN..]).expect("round trip");
+                    assert_eq!(back, request);
+                }
+                if let Ok(frame) = decode::<ServerFrame>(body) {
+                    let again = encode(&frame).expect("a decoded frame encodes");
+                    let back: ServerFrame = decode(&again[HEADER_LEN..]).expect("round trip");
+                    assert_eq!(back, frame);
+                }
+                rest = &rest[total..];
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+});

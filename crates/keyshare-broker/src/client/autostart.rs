@@ -1,0 +1,165 @@
+//! Starting the broker when no broker answers.
+//!
+//! A client that finds no broker takes the startup lock (so that of several clients starting
+//! at once, one starts the broker and the others wait for it), checks again, then runs
+//! `<program> serve --flavor <F> --autostarted` in its own process group (a Ctrl-C in the
+//! terminal does not reach it) and waits for the ready line the broker writes to its stdout
+//! once its socket is bound. No polling, no sleeps: the pipe says when it is ready, or its
+//! end (with the broker's stderr) says why it is not.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use keyshare::Flavour;
+
+use crate::client::TransportError;
+use crate::daemon::{BrokerPaths, FileLock, READY_LINE};
+
+/// How to start the broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Autostart {
+    /// The program to run.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Extra environment variables for the broker.
+    pub env: Vec<(OsString, OsString)>,
+    /// How long to wait for the ready line.
+    pub ready_timeout: Duration,
+}
+
+impl Autostart {
+    /// `keyshare serve --flavor <F> --autostarted`, where `keyshare` is this process's own
+    /// executable when it is named `keyshare` (so a CLI starts a broker of its own version),
+    /// else `keyshare` from `PATH`.
+    pub fn keyshare_serve(flavour: &Flavour) -> Self {
+        let program = std::env::current_exe()
+            .ok()
+            .filter(|exe| exe.file_name().is_some_and(|n| n == "keyshare"))
+            .unwrap_or_else(|| PathBuf::from("keyshare"));
+        Autostart {
+            program,
+            args: vec![
+                "serve".into(),
+                "--flavor".into(),
+                flavour.name().into(),
+                "--autostarted".into(),
+            ],
+            env: Vec::new(),
+            ready_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Starts the broker unless one answers by the time the startup lock is ours. Returns what
+    /// the broker wrote to stderr before it was ready (notices, such as a key file it created),
+    /// for the caller to show; empty when another client started it.
+    pub(crate) async fn start(&self, paths: &BrokerPaths) -> Result<String, TransportError> {
+        let this = self.clone();
+        let paths = paths.clone();
+        tokio::task::spawn_blocking(move || this.start_blocking(&paths))
+            .await
+            .map_err(|_| TransportError::Autostart("the autostart task failed".into()))?
+    }
+
+    fn start_blocking(&self, paths: &BrokerPaths) -> Result<String, TransportError> {
+        let fail = |what: String| TransportError::Autostart(what);
+        paths.ensure_dir().map_err(|e| fail(e.to_string()))?;
+        let _startup = FileLock::acquire(&paths.startup_lock).map_err(|e| fail(e.to_string()))?;
+        // Another client may have started it while we waited for the lock.
+        if std::os::unix::net::UnixStream::connect(&paths.socket).is_ok() {
+            return Ok(String::new());
+        }
+        tracing::info!(program = %self.program.display(), "starting the broker");
+        let mut child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                fail(format!(
+                    "cannot run {}: {e} (set the broker program in config.toml, or use \
+                     --no-autostart / --direct)",
+                    self.program.display()
+                ))
+            })?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Other output before the ready line (a wrapper's banner, a test harness's
+            // progress text on the same line) is skipped.
+            let ready = BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .any(|line| line.trim_end().ends_with(READY_LINE));
+            let _ = ready_tx.send(ready);
+        });
+        // Drained on its own thread: a broker that logs a lot before it is ready must not
+        // block on a full pipe. Only the tail is kept, for the error message.
+        let stderr_reader = std::thread::spawn(move || {
+            let mut tail = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&chunk[..n]);
+                if tail.len() > 8192 {
+                    tail.drain(..tail.len() - 4096);
+                }
+            }
+            String::from_utf8_lossy(&tail).trim().to_owned()
+        });
+        match ready_rx.recv_timeout(self.ready_timeout) {
+            Ok(true) => {
+                // Reap it when it exits, so it never lingers as a zombie of a long-lived app.
+                std::thread::spawn(move || {
+                    let _ = child.wait();
+                });
+                // The broker points its stderr at /dev/null right after the ready line, so
+                // the reader reaches the end at once.
+                Ok(stderr_reader.join().unwrap_or_default())
+            }
+            Ok(false) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Its stdout ended without the ready line: it exited, or it is running but
+                // broken (closed stdout without saying ready). Either way it is not the broker
+                // we wait for; killing an exited child of ours is harmless (not yet reaped, so
+                // the pid is still ours).
+                let _ = child.kill();
+                let status = child.wait().ok();
+                let stderr = stderr_reader.join().unwrap_or_default();
+                // It may have lost a race with a broker started by hand.
+                if std::os::unix::net::UnixStream::connect(&paths.socket).is_ok() {
+                    return Ok(String::new());
+                }
+                Err(fail(format!(
+                    "{} exited ({}) before it was ready{}",
+                    self.program.display(),
+                    status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string()),
+                    if stderr.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {stderr}")
+                    }
+                )))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(fail(format!(
+                    "{} was not ready within {:?}",
+                    self.program.display(),
+                    self.ready_timeout
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,703 @@
+//! The broker client: one connection per client, shared by every task and thread that uses it.
+//!
+//! Requests are pipelined: each gets an id, goes to a writer task, and its reply is routed back
+//! by id by a reader task, so concurrent callers never wait for each other's round trips. The
+//! connection is made on first use (starting the broker if it is not running and autostart is
+//! on) and remade after the broker went away; a request in flight when the connection broke
+//! fails with [`TransportError::Closed`] and may or may not have taken effect, as the
+//! [`keyshare::Store`] contract allows.
+//!
+//! [`BlockingBrokerClient`] is the same client behind the blocking [`keyshare::Store`] trait.
+
+mod autostart;
+mod blocking;
+
+pub use autostart::Autostart;
+pub use blocking::BlockingBrokerClient;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+
+use keyshare::{
+    AppId, ChangeEvent, ChangeKind, Flavour, Notification, SecretKey, SecretValue,
+    UnavailableReason,
+};
+
+use crate::connection::FrameReader;
+use crate::daemon::BrokerPaths;
+use crate::protocol::{
+    decode, encode, BrokerStatus, EventKind, FrameError, RemoteError, Reply, Request, RequestFrame,
+    ServerFrame, WireKey, WireValue, PROTOCOL_VERSION,
+};
+
+/// The request could not be carried to the broker and back: the broker may never have seen
+/// it. Kept apart from [`RemoteError`] (the broker saw it and said no).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// Nothing listens on the socket, and autostart is off or did not help.
+    #[error("no broker is running at {socket}{hint}")]
+    NotRunning {
+        /// The socket path.
+        socket: PathBuf,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// Connecting failed for another reason (permissions, ...).
+    #[error("cannot connect to the broker at {socket}: {source}")]
+    Connect {
+        /// The socket path.
+        socket: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Starting the broker failed.
+    #[error("could not start the broker: {0}")]
+    Autostart(String),
+    /// The connection closed before the reply arrived.
+    #[error("the connection to the broker closed before it answered")]
+    Closed,
+    /// No reply within the client's timeout.
+    #[error("the broker did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// A frame could not be read, written or decoded.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The broker answered with something this client did not ask for.
+    #[error("unexpected answer from the broker: {0}")]
+    Unexpected(String),
+}
+
+/// Any failure of a client call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The request did not make it there and back.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The broker refused or failed the request.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+impl ClientError {
+    /// The library error an app sees through [`keyshare::Store`]: transport failures are
+    /// `Unavailable` (not running, timed out), remote errors keep their kind.
+    pub fn into_store_error(self, store: &str) -> keyshare::Error {
+        match self {
+            ClientError::Remote(remote) => remote.into_store_error(store),
+            ClientError::Transport(transport) => {
+                let reason = match &transport {
+                    TransportError::TimedOut(_) => UnavailableReason::TimedOut,
+                    TransportError::NotRunning { .. }
+                    | TransportError::Connect { .. }
+                    | TransportError::Autostart(_)
+                    | TransportError::Closed => UnavailableReason::NotRunning,
+                    _ => UnavailableReason::Backend,
+                };
+                keyshare::Error::unavailable(store, reason, transport.to_string())
+            }
+        }
+    }
+}
+
+/// How a client finds and talks to its broker.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// The broker's socket and lock paths.
+    pub paths: BrokerPaths,
+    /// The app this client speaks for, declared in hello.
+    pub app: AppId,
+    /// The client program's name and version, declared in hello (for the broker's logs).
+    pub client_name: String,
+    /// See `client_name`.
+    pub client_version: String,
+    /// The longest a request may wait for its reply.
+    pub timeout: Duration,
+    /// How to start the broker when none answers; `None` disables autostart.
+    pub autostart: Option<Autostart>,
+}
+
+impl ClientConfig {
+    /// A configuration for `app` over the broker of `flavour` under `$XDG_RUNTIME_DIR`, with
+    /// autostart through `keyshare serve`.
+    pub fn new(flavour: &Flavour, app: AppId) -> keyshare::Result<Self> {
+        Ok(Self::with_paths(BrokerPaths::from_env(flavour)?, app)
+            .autostart(Some(Autostart::keyshare_serve(flavour))))
+    }
+
+    /// A configuration for explicit paths, without autostart.
+    pub fn with_paths(paths: BrokerPaths, app: AppId) -> Self {
+        ClientConfig {
+            paths,
+            app,
+            client_name: "keyshare-broker-client".to_owned(),
+            client_version: env!("CARGO_PKG_VERSION").to_owned(),
+            timeout: keyshare::store::DEFAULT_TIMEOUT,
+            autostart: None,
+        }
+    }
+
+    /// Sets (or clears) autostart.
+    pub fn autostart(mut self, autostart: Option<Autostart>) -> Self {
+        self.autostart = autostart;
+        self
+    }
+
+    /// Sets the per-request timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the client name and version declared in hello.
+    pub fn client(mut self, name: impl Into<String>, version: impl Into<String>) -> Self {
+        self.client_name = name.into();
+        self.client_version = version.into();
+        self
+    }
+}
+
+/// What the broker said in hello.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// The broker program's name.
+    pub server: String,
+    /// Its version.
+    pub server_version: String,
+    /// The protocol version in use.
+    pub protocol: u32,
+}
+
+type ReplySender = oneshot::Sender<Result<Reply, ClientError>>;
+
+#[derive(Default)]
+struct Pending {
+    /// Per request: where its reply goes, and for a subscribe, the sink its events go to once
+    /// the broker accepted it (installed by the reader before it reads the next frame, so no
+    /// event of the new subscription can miss it and a refused one leaves the old in place).
+    waiting: HashMap<u64, (ReplySender, Option<EventSink>)>,
+    closed: bool,
+}
+
+/// Where pushed events go: the current subscription's channel, and how many events it missed
+/// because its reader was slow.
+struct EventSink {
+    tx: mpsc::Sender<Notification>,
+    missed: u64,
+}
+
+struct Connection {
+    /// Callers write their own frames (no hop through a writer task: that is a cross-thread
+    /// wake-up per request), one whole frame at a time under this lock.
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Arc<Mutex<Pending>>,
+    next_id: AtomicU64,
+    info: ServerInfo,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a single map or option update: poison cannot leave it torn.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Connection {
+    fn is_closed(&self) -> bool {
+        lock(&self.pending).closed
+    }
+
+    async fn open(
+        config: &ClientConfig,
+        autostart_output: &Mutex<Option<String>>,
+    ) -> Result<Connection, ClientError> {
+        let stream = match UnixStream::connect(&config.paths.socket).await {
+            Ok(stream) => stream,
+            Err(err) if is_absent(&err) => match &config.autostart {
+                Some(autostart) => {
+                    let output = autostart.start(&config.paths).await?;
+                    if !output.is_empty() {
+                        *lock(autostart_output) = Some(output);
+                    }
+                    UnixStream::connect(&config.paths.socket)
+                        .await
+                        .map_err(|source| TransportError::Connect {
+                            socket: config.paths.socket.clone(),
+                            source,
+                        })?
+                }
+                None => {
+                    return Err(TransportError::NotRunning {
+                        socket: config.paths.socket.clone(),
+                        hint: " (autostart is off: run `keyshare serve`, or use --direct)",
+                    }
+                    .into())
+                }
+            },
+            Err(source) => {
+                return Err(TransportError::Connect {
+                    socket: config.paths.socket.clone(),
+                    source,
+                }
+                .into())
+            }
+        };
+        let (read_half, mut write_half) = stream.into_split();
+        let mut reader = FrameReader::new(read_half);
+        let hello = encode(&RequestFrame {
+            id: 0,
+            request: Request::Hello {
+                client: config.client_name.clone(),
+                client_version: config.client_version.clone(),
+                protocol: PROTOCOL_VERSION,
+                app: config.app.to_string(),
+            },
+        })
+        .map_err(TransportError::from)?;
+        let handshake = async {
+            write_half
+                .write_all(&hello)
+                .await
+                .map_err(|e| TransportError::Frame(e.into()))?;
+            let body = reader
+                .read_frame()
+                .await
+                .map_err(TransportError::from)?
+                .ok_or(TransportError::Closed)?;
+            match decode::<ServerFrame>(body).map_err(TransportError::from)? {
+                ServerFrame::Reply {
+                    id: 0,
+                    reply:
+                        Reply::Hello {
+                            server,
+                            server_version,
+                            protocol,
+                        },
+                } if protocol == PROTOCOL_VERSION => Ok(ServerInfo {
+                    server,
+                    server_version,
+                    protocol,
+                }),
+                ServerFrame::Error { error, .. } => Err(ClientError::Remote(error)),
+                other => Err(TransportError::Unexpected(format!(
+                    "expected the hello reply, got {}",
+                    describe(&other)
+                ))
+                .into()),
+            }
+        };
+        let info = tokio::time::timeout(config.timeout, handshake)
+            .await
+            .map_err(|_| TransportError::TimedOut(config.timeout))??;
+
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let events: Arc<Mutex<Option<EventSink>>> = Arc::default();
+        let reader = tokio::spawn(read_loop(reader, Arc::clone(&pending), events));
+        Ok(Connection {
+            writer: tokio::sync::Mutex::new(write_half),
+            pending,
+            next_id: AtomicU64::new(1),
+            info,
+            reader,
+        })
+    }
+
+    async fn call(&self, request: Request, timeout: Duration) -> Result<Reply, ClientError> {
+        self.call_with_sink(request, timeout, None).await
+    }
+
+    async fn call_with_sink(
+        &self,
+        request: Request,
+        timeout: Duration,
+        sink: Option<EventSink>,
+    ) -> Result<Reply, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode(&RequestFrame { id, request }).map_err(TransportError::from)?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = lock(&self.pending);
+            if pending.closed {
+                return Err(TransportError::Closed.into());
+            }
+            pending.waiting.insert(id, (tx, sink));
+        }
+        let exchange = async {
+            self.write_frame(&frame).await?;
+            rx.await.map_err(|_| TransportError::Closed)?
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => {
+                lock(&self.pending).waiting.remove(&id);
+                Err(TransportError::TimedOut(timeout).into())
+            }
+        }
+    }
+
+    /// Writes one frame. If this future is dropped half-way (a timeout, a cancelled caller),
+    /// the stream holds a partial frame: the connection is then marked closed, so no later
+    /// request follows the fragment and the next call reconnects.
+    async fn write_frame(&self, frame: &[u8]) -> Result<(), TransportError> {
+        struct Unfinished<'a>(Option<&'a Mutex<Pending>>);
+        impl Drop for Unfinished<'_> {
+            fn drop(&mut self) {
+                if let Some(pending) = self.0 {
+                    fail_all(pending, || TransportError::Closed);
+                }
+            }
+        }
+        let mut writer = self.writer.lock().await;
+        if lock(&self.pending).closed {
+            return Err(TransportError::Closed);
+        }
+        let mut unfinished = Unfinished(Some(&self.pending));
+        let written = writer.write_all(frame).await;
+        unfinished.0 = None;
+        if written.is_err() {
+            fail_all(&self.pending, || TransportError::Closed);
+            return Err(TransportError::Closed);
+        }
+        Ok(())
+    }
+}
+
+fn is_absent(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+fn describe(frame: &ServerFrame) -> String {
+    match frame {
+        ServerFrame::Reply { id, reply } => format!("a reply to request {id} ({reply:?})"),
+        ServerFrame::Error { id, error } => format!("an error for request {id:?} ({error})"),
+        ServerFrame::Event { seq, .. } => format!("event {seq}"),
+        ServerFrame::Resync { .. } => "a resync notice".to_owned(),
+    }
+}
+
+async fn read_loop(
+    mut reader: FrameReader<OwnedReadHalf>,
+    pending: Arc<Mutex<Pending>>,
+    events: Arc<Mutex<Option<EventSink>>>,
+) {
+    let why = loop {
+        let body = match reader.read_frame().await {
+            Ok(Some(body)) => body,
+            Ok(None) => break None,
+            Err(err) => {
+                tracing::debug!(error = %err, "broker connection failed");
+                break None;
+            }
+        };
+        let frame = match decode::<ServerFrame>(body) {
+            Ok(frame) => frame,
+            Err(err) => {
+                tracing::warn!(error = %err, "undecodable frame from the broker; closing");
+                break None;
+            }
+        };
+        match frame {
+            ServerFrame::Reply { id, reply } => resolve(&pending, &events, id, Ok(reply)),
+            ServerFrame::Error {
+                id: Some(id),
+                error,
+            } => resolve(&pending, &events, id, Err(ClientError::Remote(error))),
+            // Not tied to a request: the broker is closing this connection for a reason every
+            // waiting request should report.
+            ServerFrame::Error { id: None, error } => break Some(error),
+            ServerFrame::Event { seq, key, kind } => deliver(
+                &events,
+                Notification::Changed(ChangeEvent {
+                    seq,
+                    key: key.0,
+                    kind: match kind {
+                        EventKind::Set => ChangeKind::Set,
+                        EventKind::Delete => ChangeKind::Delete,
+                    },
+                }),
+            ),
+            ServerFrame::Resync { missed } => deliver(&events, Notification::Resync { missed }),
+        }
+    };
+    match why {
+        Some(error) => fail_all_remote(&pending, error),
+        None => fail_all(&pending, || TransportError::Closed),
+    }
+    // Ends the subscription stream.
+    lock(&events).take();
+}
+
+fn resolve(
+    pending: &Mutex<Pending>,
+    events: &Mutex<Option<EventSink>>,
+    id: u64,
+    result: Result<Reply, ClientError>,
+) {
+    let Some((tx, sink)) = lock(pending).waiting.remove(&id) else {
+        return;
+    };
+    if let (Some(sink), Ok(Reply::Subscribe { .. })) = (sink, &result) {
+        *lock(events) = Some(sink);
+    }
+    // The caller may have timed out and gone: nothing to do then.
+    let _ = tx.send(result);
+}
+
+fn deliver(events: &Mutex<Option<EventSink>>, notification: Notification) {
+    let mut guard = lock(events);
+    let Some(sink) = guard.as_mut() else { return };
+    if sink.missed > 0 {
+        match sink.tx.try_send(Notification::Resync {
+            missed: sink.missed,
+        }) {
+            Ok(()) => sink.missed = 0,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                sink.missed += 1;
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                guard.take();
+                return;
+            }
+        }
+    }
+    match sink.tx.try_send(notification) {
+        Ok(()) => {}
+        // A slow reader never blocks replies to other requests: count what it misses and tell
+        // it to resync.
+        Err(mpsc::error::TrySendError::Full(_)) => sink.missed += 1,
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            guard.take();
+        }
+    }
+}
+
+fn fail_all(pending: &Mutex<Pending>, error: impl Fn() -> TransportError) {
+    let waiting = {
+        let mut pending = lock(pending);
+        pending.closed = true;
+        std::mem::take(&mut pending.waiting)
+    };
+    for (_, (tx, _)) in waiting {
+        let _ = tx.send(Err(error().into()));
+    }
+}
+
+fn fail_all_remote(pending: &Mutex<Pending>, error: RemoteError) {
+    let waiting = {
+        let mut pending = lock(pending);
+        pending.closed = true;
+        std::mem::take(&mut pending.waiting)
+    };
+    for (_, (tx, _)) in waiting {
+        let _ = tx.send(Err(error.clone().into()));
+    }
+}
+
+/// How many notifications a subscription buffers before it starts counting misses.
+const EVENT_BUFFER: usize = 1024;
+
+/// Change notifications from the broker. Ends (`None`) when the connection closes; the
+/// subscriber should then resubscribe and re-read what it caches.
+#[derive(Debug)]
+pub struct EventStream {
+    rx: mpsc::Receiver<Notification>,
+    last_seq: u64,
+}
+
+impl EventStream {
+    /// The broker's sequence number when the subscription started; events follow it.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The next notification.
+    pub async fn next(&mut self) -> Option<Notification> {
+        self.rx.recv().await
+    }
+
+    /// The next notification, blocking the thread. Not for async code.
+    pub fn blocking_next(&mut self) -> Option<Notification> {
+        self.rx.blocking_recv()
+    }
+}
+
+/// The async broker client. Cheap to share behind an `Arc`; every method may be called
+/// concurrently, and concurrent calls are pipelined over one connection.
+pub struct BrokerClient {
+    config: ClientConfig,
+    store_name: String,
+    current: Mutex<Option<Arc<Connection>>>,
+    connecting: tokio::sync::Mutex<()>,
+    autostart_output: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for BrokerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerClient")
+            .field("socket", &self.config.paths.socket)
+            .field("app", &self.config.app)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerClient {
+    /// A client that connects on first use.
+    pub fn new(config: ClientConfig) -> Self {
+        BrokerClient {
+            store_name: format!("broker at {}", config.paths.socket.display()),
+            config,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            autostart_output: Mutex::new(None),
+        }
+    }
+
+    /// A client that has connected (and said hello) already, so configuration problems show
+    /// at once.
+    pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+        let client = Self::new(config);
+        client.connection().await?;
+        Ok(client)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The name used for this broker in errors (`broker at <socket>`).
+    pub fn store_name(&self) -> &str {
+        &self.store_name
+    }
+
+    async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+        if let Some(conn) = lock(&self.current).as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(conn));
+        }
+        // One caller connects; the others wait for its connection instead of opening theirs.
+        let _connecting = self.connecting.lock().await;
+        if let Some(conn) = lock(&self.current).as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(conn));
+        }
+        let conn = Arc::new(Connection::open(&self.config, &self.autostart_output).await?);
+        *lock(&self.current) = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    async fn call(&self, request: Request) -> Result<Reply, ClientError> {
+        let conn = self.connection().await?;
+        conn.call(request, self.config.timeout).await
+    }
+
+    /// What a broker this client started wrote to stderr before it was ready (a notice such as
+    /// "created a key file"), once; a program with a terminal should show it.
+    pub fn take_autostart_output(&self) -> Option<String> {
+        lock(&self.autostart_output).take()
+    }
+
+    /// What the broker said in hello (connecting if needed).
+    pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
+        Ok(self.connection().await?.info.clone())
+    }
+
+    /// Reads a value; `Ok(None)` when there is none.
+    pub async fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>, ClientError> {
+        match self
+            .call(Request::Get {
+                key: WireKey(key.clone()),
+            })
+            .await?
+        {
+            Reply::Get { value } => Ok(value.map(|v| v.0)),
+            other => Err(unexpected("get", &other)),
+        }
+    }
+
+    /// Writes a value; `Ok` once the broker's store acknowledged it.
+    pub async fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<(), ClientError> {
+        match self
+            .call(Request::Set {
+                key: WireKey(key.clone()),
+                value: WireValue(value.clone()),
+            })
+            .await?
+        {
+            Reply::Set {} => Ok(()),
+            other => Err(unexpected("set", &other)),
+        }
+    }
+
+    /// Deletes a value; whether there was one.
+    pub async fn delete(&self, key: &SecretKey) -> Result<bool, ClientError> {
+        match self
+            .call(Request::Delete {
+                key: WireKey(key.clone()),
+            })
+            .await?
+        {
+            Reply::Delete { deleted } => Ok(deleted),
+            other => Err(unexpected("delete", &other)),
+        }
+    }
+
+    /// Lists the keys this app may see.
+    pub async fn keys(&self) -> Result<Vec<SecretKey>, ClientError> {
+        match self.call(Request::Keys).await? {
+            Reply::Keys { keys } => Ok(keys.into_iter().map(|k| k.0).collect()),
+            other => Err(unexpected("keys", &other)),
+        }
+    }
+
+    /// The broker's state.
+    pub async fn status(&self) -> Result<BrokerStatus, ClientError> {
+        match self.call(Request::Status).await? {
+            Reply::Status(status) => Ok(status),
+            other => Err(unexpected("status", &other)),
+        }
+    }
+
+    /// Subscribes to changes of `keys` (all keys this app may see when `None`). A new
+    /// subscription replaces the previous one of this client, whose stream then ends.
+    pub async fn subscribe(
+        &self,
+        keys: Option<Vec<SecretKey>>,
+    ) -> Result<EventStream, ClientError> {
+        let conn = self.connection().await?;
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let request = Request::Subscribe {
+            keys: keys.map(|keys| keys.into_iter().map(WireKey).collect()),
+        };
+        let sink = EventSink { tx, missed: 0 };
+        match conn
+            .call_with_sink(request, self.config.timeout, Some(sink))
+            .await?
+        {
+            Reply::Subscribe { last_seq } => Ok(EventStream { rx, last_seq }),
+            other => Err(unexpected("subscribe", &other)),
+        }
+    }
+}
+
+fn unexpected(op: &str, reply: &Reply) -> ClientError {
+    TransportError::Unexpected(format!("asked {op}, got {reply:?}")).into()
+}

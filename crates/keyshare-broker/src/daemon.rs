@@ -1,0 +1,497 @@
+//! What `keyshare serve` needs around [`crate::server::run`]: the socket path, a private
+//! directory, one instance per flavour, systemd socket activation, readiness and signals.
+//!
+//! ```no_run
+//! # fn main() -> keyshare::Result<()> {
+//! use keyshare::{Flavour, MemoryStore, SecretStorage};
+//! use keyshare_broker::daemon::{BrokerPaths, Daemon};
+//! use keyshare_broker::server::BrokerState;
+//!
+//! let paths = BrokerPaths::from_env(&Flavour::with_default_service("stable")?)?;
+//! // Before any thread starts: socket activation reads (and clears) the environment.
+//! let daemon = Daemon::prepare(&paths)?;
+//! let runtime = tokio::runtime::Runtime::new().map_err(|e| keyshare::Error::io("runtime", e))?;
+//! let storage = SecretStorage::builder(std::sync::Arc::new(MemoryStore::new())).build();
+//! runtime.block_on(async {
+//!     // Signal handlers need the runtime: install them inside it.
+//!     let signal = keyshare_broker::daemon::shutdown_signal()?;
+//!     daemon.serve(BrokerState::new(storage), signal).await
+//! })
+//! # }
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::path::{Path, PathBuf};
+
+use keyshare::{Error, Flavour, Result};
+
+use crate::server::{run, BrokerState};
+
+/// Where one flavour's broker lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerPaths {
+    /// `$XDG_RUNTIME_DIR/keyshare`, mode 0700.
+    pub dir: PathBuf,
+    /// `<dir>/<flavour>.sock`, mode 0600.
+    pub socket: PathBuf,
+    /// `<dir>/<flavour>.lock`: held by the running broker (one instance per flavour).
+    pub instance_lock: PathBuf,
+    /// `<dir>/<flavour>.start.lock`: held by a client while it autostarts the broker, so that
+    /// two clients do not start two.
+    pub startup_lock: PathBuf,
+}
+
+impl BrokerPaths {
+    /// The paths under `$XDG_RUNTIME_DIR`. Fails with a clear error when it is unset: the
+    /// runtime directory is the only place that is private, per-user and cleaned at logout.
+    pub fn from_env(flavour: &Flavour) -> Result<Self> {
+        Self::from_runtime_dir(std::env::var_os("XDG_RUNTIME_DIR"), flavour)
+    }
+
+    /// [`BrokerPaths::from_env`] with the value of `XDG_RUNTIME_DIR` given.
+    pub fn from_runtime_dir(
+        runtime_dir: Option<std::ffi::OsString>,
+        flavour: &Flavour,
+    ) -> Result<Self> {
+        match runtime_dir {
+            Some(dir) if !dir.is_empty() => Ok(Self::under(Path::new(&dir), flavour)),
+            _ => Err(Error::unavailable(
+                "broker",
+                keyshare::UnavailableReason::NotRunning,
+                "XDG_RUNTIME_DIR is not set, so there is no private place for the broker's \
+                 socket; log in through a session manager (systemd-logind sets it) or set it to \
+                 a directory only you can access, or use --direct",
+            )),
+        }
+    }
+
+    /// The paths under a given runtime directory (tests, or an explicit configuration).
+    pub fn under(runtime_dir: &Path, flavour: &Flavour) -> Self {
+        let dir = runtime_dir.join("keyshare");
+        let name = flavour.name();
+        BrokerPaths {
+            socket: dir.join(format!("{name}.sock")),
+            instance_lock: dir.join(format!("{name}.lock")),
+            startup_lock: dir.join(format!("{name}.start.lock")),
+            dir,
+        }
+    }
+
+    /// Creates the directory with mode 0700 if needed, and refuses one that another user owns
+    /// or that others can enter. An existing directory of ours with looser permissions is
+    /// tightened (and logged), since nothing secret can have been exposed through it yet that
+    /// a socket with mode 0600 did not protect.
+    pub fn ensure_dir(&self) -> Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
+        let meta = fs::symlink_metadata(&self.dir)
+            .map_err(|e| Error::io(format!("inspecting {}", self.dir.display()), e))?;
+        let uid = rustix::process::geteuid().as_raw();
+        if !meta.is_dir() {
+            return Err(Error::invalid(
+                "broker directory",
+                format!("{} is not a directory", self.dir.display()),
+            ));
+        }
+        if meta.uid() != uid {
+            return Err(Error::invalid(
+                "broker directory",
+                format!(
+                    "{} belongs to uid {}, not to you (uid {uid}); remove it or fix \
+                     XDG_RUNTIME_DIR",
+                    self.dir.display(),
+                    meta.uid()
+                ),
+            ));
+        }
+        if meta.mode() & 0o077 != 0 {
+            tracing::warn!(dir = %self.dir.display(), mode = format!("{:o}", meta.mode() & 0o777), "tightening the broker directory to 0700");
+            fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io(format!("chmod 0700 {}", self.dir.display()), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// An exclusive `flock` on a file, released when dropped (or when the process dies, which is
+/// what makes a stale lock impossible).
+#[derive(Debug)]
+pub struct FileLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileLock {
+    fn open(path: &Path) -> Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))
+    }
+
+    /// Takes the lock without waiting; `Ok(None)` when another process holds it.
+    pub fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
+        let file = Self::open(path)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(FileLock {
+                file,
+                path: path.to_owned(),
+            })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(Error::io(format!("locking {}", path.display()), e.into())),
+        }
+    }
+
+    /// Takes the lock, waiting for the holder to release it. Blocks the thread.
+    pub fn acquire(path: &Path) -> Result<FileLock> {
+        let file = Self::open(path)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| Error::io(format!("locking {}", path.display()), e.into()))?;
+        Ok(FileLock {
+            file,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The locked file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Where the listener came from, which decides who removes the socket file.
+#[derive(Debug)]
+enum Origin {
+    /// We bound it (this inode); we remove it at exit, if it is still ours.
+    Bound(PathBuf, (u64, u64)),
+    /// systemd passed it (socket activation); systemd owns the file.
+    Activated,
+}
+
+/// A broker ready to serve: the listener is bound (or inherited) and the instance lock held.
+#[derive(Debug)]
+pub struct Daemon {
+    listener: StdUnixListener,
+    origin: Origin,
+    _lock: FileLock,
+}
+
+impl Daemon {
+    /// Takes the instance lock and binds the socket, or takes the socket systemd passed.
+    ///
+    /// Call it before starting threads: socket activation reads and clears `LISTEN_PID` and
+    /// `LISTEN_FDS`. Errors: another broker for this flavour is running
+    /// ([`Error::Unavailable`] naming the socket), or the directory, lock or socket cannot be
+    /// set up ([`Error::Io`], [`Error::Invalid`]).
+    pub fn prepare(paths: &BrokerPaths) -> Result<Daemon> {
+        paths.ensure_dir()?;
+        let activated = listenfd::ListenFd::from_env()
+            .take_unix_listener(0)
+            .map_err(|e| Error::io("taking the socket passed by systemd (LISTEN_FDS)", e))?;
+        let lock = FileLock::try_acquire(&paths.instance_lock)?.ok_or_else(|| {
+            Error::unavailable(
+                "broker",
+                keyshare::UnavailableReason::Backend,
+                format!(
+                    "another broker already serves {} (it holds {})",
+                    paths.socket.display(),
+                    paths.instance_lock.display()
+                ),
+            )
+        })?;
+        write_pid(&lock);
+        if let Some(listener) = activated {
+            tracing::info!("using the socket passed by systemd");
+            return Ok(Daemon {
+                listener,
+                origin: Origin::Activated,
+                _lock: lock,
+            });
+        }
+        remove_stale_socket(&paths.socket, &lock)?;
+        let listener = StdUnixListener::bind(&paths.socket)
+            .map_err(|e| Error::io(format!("binding {}", paths.socket.display()), e))?;
+        // The directory is already 0700; 0600 on the socket keeps it private even if the
+        // directory's mode is later loosened by hand.
+        fs::set_permissions(&paths.socket, fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(format!("chmod 0600 {}", paths.socket.display()), e))?;
+        let id = file_id(&paths.socket)
+            .map_err(|e| Error::io(format!("inspecting {}", paths.socket.display()), e))?;
+        Ok(Daemon {
+            listener,
+            origin: Origin::Bound(paths.socket.clone(), id),
+            _lock: lock,
+        })
+    }
+
+    /// Serves until `shutdown` completes, then removes the socket file (unless systemd owns
+    /// it) and releases the lock. A broker whose socket file was removed or replaced (the
+    /// runtime directory cleaned at logout, say) can no longer be reached, so it stops too.
+    pub async fn serve(self, state: BrokerState, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("making the broker socket non-blocking", e))?;
+        let listener = tokio::net::UnixListener::from_std(self.listener)
+            .map_err(|e| Error::io("registering the broker socket", e))?;
+        let socket_gone = async {
+            match &self.origin {
+                Origin::Bound(path, id) => socket_replaced(path, *id).await,
+                Origin::Activated => std::future::pending().await,
+            }
+        };
+        let stop = async {
+            tokio::select! {
+                () = shutdown => {}
+                () = socket_gone => {}
+            }
+        };
+        let result = run(listener, stop, state).await;
+        if let Origin::Bound(path, id) = &self.origin {
+            // Still holding the instance lock; and a socket file that is not ours any more
+            // (replaced by hand) is left alone.
+            if file_id(path).ok() == Some(*id) {
+                if let Err(err) = fs::remove_file(path) {
+                    tracing::warn!(path = %path.display(), error = %err, "could not remove the socket");
+                }
+            }
+        }
+        result
+    }
+}
+
+fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
+    let meta = fs::symlink_metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// Completes when `path` no longer is the socket we bound. Checked every few seconds: there is
+/// no portable notification for "a file in /run was removed", and a few seconds do not matter
+/// to an unreachable broker.
+async fn socket_replaced(path: &Path, id: (u64, u64)) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        match file_id(path) {
+            Ok(now) if now == id => {}
+            Ok(_) => {
+                tracing::warn!(socket = %path.display(), "the socket file was replaced; stopping");
+                return;
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(socket = %path.display(), "the socket file was removed; stopping");
+                return;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+fn write_pid(lock: &FileLock) {
+    // For humans and `doctor` only; the lock itself is the flock.
+    let mut file = &lock.file;
+    let _ = file.set_len(0);
+    let _ = writeln!(file, "{}", std::process::id());
+}
+
+/// The pid recorded in an instance lock file, for messages.
+pub fn lock_holder_pid(path: &Path) -> Option<u32> {
+    let mut text = String::new();
+    File::open(path).ok()?.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+/// Removes a socket file left by a broker that died. Takes the instance lock as proof that no
+/// other broker of this flavour runs; refuses to remove a socket something still listens on
+/// (systemd's, for instance), since removing it would orphan that listener.
+fn remove_stale_socket(socket: &Path, _held: &FileLock) -> Result<()> {
+    let meta = match fs::symlink_metadata(socket) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("inspecting {}", socket.display()), e)),
+    };
+    use std::os::unix::fs::FileTypeExt;
+    if !meta.file_type().is_socket() {
+        return Err(Error::invalid(
+            "broker socket",
+            format!(
+                "{} exists and is not a socket; it was left untouched, remove it by hand",
+                socket.display()
+            ),
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(Error::unavailable(
+            "broker",
+            keyshare::UnavailableReason::Backend,
+            format!(
+                "something already listens on {} (a systemd socket unit?); stop it first",
+                socket.display()
+            ),
+        ));
+    }
+    tracing::info!(socket = %socket.display(), "removing a stale socket");
+    fs::remove_file(socket)
+        .map_err(|e| Error::io(format!("removing stale socket {}", socket.display()), e))
+}
+
+/// Completes on the first SIGTERM or SIGINT. Must be called inside a tokio runtime.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| Error::io("installing the SIGINT handler", e))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
+}
+
+/// The line an autostarted broker writes to its stdout once it accepts connections.
+pub const READY_LINE: &str = "keyshare-broker ready";
+
+/// Tells the client that autostarted this broker that it is ready: writes [`READY_LINE`] (the
+/// client accepts a line that ends with it) to
+/// stdout, then points stdout and stderr at `/dev/null`, so the client can stop reading and
+/// the broker never writes into a closed pipe. Call it after [`Daemon::prepare`] (the socket
+/// accepts connections from then on; they wait in the backlog until `serve` runs).
+pub fn notify_ready_on_stdout() -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{READY_LINE}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Error::io("writing the readiness line", e))?;
+    let null = File::options()
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Error::io("opening /dev/null", e))?;
+    rustix::stdio::dup2_stdout(&null).map_err(|e| Error::io("redirecting stdout", e.into()))?;
+    rustix::stdio::dup2_stderr(&null).map_err(|e| Error::io("redirecting stderr", e.into()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flavour() -> Flavour {
+        Flavour::with_default_service("stable").unwrap()
+    }
+
+    #[test]
+    fn paths_follow_the_flavour() {
+        let p = BrokerPaths::under(Path::new("/run/user/1000"), &flavour());
+        assert_eq!(p.socket, Path::new("/run/user/1000/keyshare/stable.sock"));
+        assert_eq!(p.dir, Path::new("/run/user/1000/keyshare"));
+        assert_ne!(p.instance_lock, p.startup_lock);
+    }
+
+    #[test]
+    fn directory_is_private_and_socket_is_0600() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = BrokerPaths::under(tmp.path(), &flavour());
+        let daemon = Daemon::prepare(&paths).unwrap();
+        let dir_mode = fs::metadata(&paths.dir).unwrap().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        let sock_mode = fs::metadata(&paths.socket).unwrap().mode() & 0o777;
+        assert_eq!(sock_mode, 0o600);
+        assert_eq!(
+            lock_holder_pid(&paths.instance_lock),
+            Some(std::process::id())
+        );
+        // A second instance is refused while the first holds the lock, and the first
+        // instance's socket is left alone.
+        let second = Daemon::prepare(&paths).unwrap_err();
+        assert!(second.to_string().contains("another broker"), "{second}");
+        assert!(paths.socket.exists());
+        drop(daemon);
+    }
+
+    #[test]
+    fn loose_directory_is_tightened_and_stale_socket_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = BrokerPaths::under(tmp.path(), &flavour());
+        fs::create_dir_all(&paths.dir).unwrap();
+        fs::set_permissions(&paths.dir, fs::Permissions::from_mode(0o755)).unwrap();
+        // A socket nobody listens on: what a killed broker leaves behind.
+        drop(StdUnixListener::bind(&paths.socket).unwrap());
+        assert!(paths.socket.exists());
+        let daemon = Daemon::prepare(&paths).unwrap();
+        assert_eq!(fs::metadata(&paths.dir).unwrap().mode() & 0o777, 0o700);
+        std::os::unix::net::UnixStream::connect(&paths.socket).unwrap();
+        drop(daemon);
+    }
+
+    #[test]
+    fn a_broker_whose_socket_was_removed_stops() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = BrokerPaths::under(tmp.path(), &flavour());
+        let daemon = Daemon::prepare(&paths).unwrap();
+        fs::remove_file(&paths.socket).unwrap();
+        let storage =
+            keyshare::SecretStorage::builder(std::sync::Arc::new(keyshare::MemoryStore::new()))
+                .build();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        // No shutdown signal: only the removed socket can end this.
+        runtime
+            .block_on(daemon.serve(BrokerState::new(storage), std::future::pending()))
+            .unwrap();
+        // The lock is released with the daemon.
+        assert!(FileLock::try_acquire(&paths.instance_lock)
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn a_live_socket_or_a_non_socket_is_left_untouched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = BrokerPaths::under(tmp.path(), &flavour());
+        paths.ensure_dir().unwrap();
+        let live = StdUnixListener::bind(&paths.socket).unwrap();
+        let err = Daemon::prepare(&paths).unwrap_err();
+        assert!(err.to_string().contains("already listens"), "{err}");
+        drop(live);
+        fs::remove_file(&paths.socket).unwrap();
+        fs::write(&paths.socket, b"not a socket").unwrap();
+        let err = Daemon::prepare(&paths).unwrap_err();
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(fs::read(&paths.socket).unwrap(), b"not a socket");
+    }
+
+    #[test]
+    fn missing_runtime_dir_is_a_clear_error() {
+        for unset in [None, Some(std::ffi::OsString::new())] {
+            let err = BrokerPaths::from_runtime_dir(unset, &flavour()).unwrap_err();
+            assert!(
+                err.to_string().contains("XDG_RUNTIME_DIR is not set"),
+                "{err}"
+            );
+            assert!(err.is_unavailable());
+        }
+        let paths = BrokerPaths::from_runtime_dir(Some("/run/user/7".into()), &flavour()).unwrap();
+        assert_eq!(paths.socket, Path::new("/run/user/7/keyshare/stable.sock"));
+    }
+
+    #[test]
+    fn locks_exclude_each_other() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("x.lock");
+        let held = FileLock::try_acquire(&path).unwrap().unwrap();
+        assert!(FileLock::try_acquire(&path).unwrap().is_none());
+        drop(held);
+        assert!(FileLock::try_acquire(&path).unwrap().is_some());
+        assert_eq!(FileLock::acquire(&path).unwrap().path(), path);
+    }
+}

@@ -1,0 +1,892 @@
+//! The wire protocol: length-prefixed JSON frames.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON (one object).
+//! The length excludes the prefix and is at most [`MAX_FRAME_LEN`]; a longer length closes the
+//! connection before anything is read or allocated. Values travel as standard base64 (with
+//! padding) in the `value` field. `docs/protocol.md` is the reference for other languages; this
+//! module is the reference implementation and its tests hold the fixed vectors.
+//!
+//! Buffers that may hold a secret value are zeroized when dropped, and no type here prints a
+//! value in its `Debug` output.
+
+use std::fmt;
+
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::Zeroizing;
+
+use keyshare::{Error, SecretKey, SecretValue, UnavailableReason};
+
+/// The protocol version this build speaks. A hello with any other version is refused with
+/// [`ErrorCode::VersionMismatch`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame body accepted, in bytes: 1 MiB. A 256 KiB value is about 342 KiB in
+/// base64, plus a key of at most 4 KiB (24 KiB when every byte needs a JSON escape).
+pub const MAX_FRAME_LEN: usize = 1024 * 1024;
+
+/// The length of the frame header.
+pub const HEADER_LEN: usize = 4;
+
+/// Why a frame could not be decoded. Any of these closes the connection it arrived on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The length prefix announced more than [`MAX_FRAME_LEN`] bytes.
+    #[error("frame of {len} bytes is over the limit of {MAX_FRAME_LEN} bytes")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+    },
+    /// The connection ended in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({got} of {expected} bytes)")]
+    Truncated {
+        /// Bytes announced (header included).
+        expected: usize,
+        /// Bytes received.
+        got: usize,
+    },
+    /// The body is not a valid message. The text names the field, never a value.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// Reading or writing the socket failed.
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Finds the first complete frame in `buf`: `Ok(Some(n))` when `buf` starts with a complete
+/// frame whose total length (header included) is `n`, `Ok(None)` when more bytes are needed,
+/// and [`FrameError::TooLarge`] as soon as the header announces an oversized body (before the
+/// body has arrived, so nothing is buffered for it).
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge { len });
+    }
+    let total = HEADER_LEN + len;
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// Encodes a message as one frame (header and body) in a buffer that is zeroized on drop.
+pub fn encode<T: Serialize>(message: &T) -> Result<Zeroizing<Vec<u8>>, FrameError> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(128));
+    buf.extend_from_slice(&[0; HEADER_LEN]);
+    serde_json::to_writer(&mut *buf, message)
+        .map_err(|e| FrameError::Malformed(format!("cannot encode: {e}")))?;
+    let len = buf.len() - HEADER_LEN;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge { len });
+    }
+    buf[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(buf)
+}
+
+/// Decodes a frame body (without the header).
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
+    serde_json::from_slice(body).map_err(|e| FrameError::Malformed(describe_json_error(&e)))
+}
+
+/// serde_json's messages quote the offending token for some errors ("invalid type: string
+/// \"...\""), which could be a value. Keep only the category and the position.
+fn describe_json_error(err: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match err.classify() {
+        Category::Syntax => "not valid JSON",
+        Category::Eof => "JSON ends early",
+        Category::Data => "a field is missing, unknown or of the wrong type",
+        Category::Io => "read error",
+    };
+    let text = err.to_string();
+    // Messages like "missing field `key`" and "unknown variant `x`, expected ..." name the
+    // field or the operation, which is what a client author needs, and never a value.
+    let detail = if text.starts_with("missing field") || text.starts_with("unknown variant") {
+        text.split(" at line").next().unwrap_or("").to_owned()
+    } else {
+        String::new()
+    };
+    if detail.is_empty() {
+        format!("{what} (line {}, column {})", err.line(), err.column())
+    } else {
+        format!("{what}: {detail}")
+    }
+}
+
+/// A secret value on the wire: standard base64 text. Its `Debug` is redacted like
+/// [`SecretValue`]'s.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WireValue(pub SecretValue);
+
+impl fmt::Debug for WireValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for WireValue {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD.encode(self.0.expose_secret()),
+        );
+        serializer.serialize_str(&text)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = WireValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a base64 string")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<WireValue, E> {
+                let mut bytes = Zeroizing::new(Vec::with_capacity(text.len() / 4 * 3 + 3));
+                base64::engine::general_purpose::STANDARD
+                    .decode_vec(text, &mut bytes)
+                    .map_err(|_| E::custom("`value` is not valid base64"))?;
+                Ok(WireValue(SecretValue::from(bytes)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// A key on the wire: a JSON string checked with [`SecretKey::new`] on arrival.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireKey(pub SecretKey);
+
+impl Serialize for WireKey {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for WireKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        SecretKey::new(text)
+            .map(WireKey)
+            .map_err(|e| serde::de::Error::custom(format!("bad key: {e}")))
+    }
+}
+
+/// A request from client to broker, with the id the reply will carry. Ids are chosen by the
+/// client; the broker answers every request exactly once, possibly out of order (requests on
+/// different keys run in parallel), so a client may pipeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// The client's request id.
+    pub id: u64,
+    /// The operation.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// The operations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Request {
+    /// Must be the first request on a connection.
+    Hello {
+        /// The client program's name, for logs.
+        client: String,
+        /// The client program's version, for logs.
+        client_version: String,
+        /// The protocol version the client speaks.
+        protocol: u32,
+        /// The app the client speaks for (`code`, `agents`, `cli`, ...).
+        app: String,
+    },
+    /// Reads a value; the reply's `value` is `null` when there is none.
+    Get {
+        /// The key.
+        key: WireKey,
+    },
+    /// Writes a value. The reply comes once the store has acknowledged it (durably, for a
+    /// durable store).
+    Set {
+        /// The key.
+        key: WireKey,
+        /// The value.
+        value: WireValue,
+    },
+    /// Deletes a value; the reply says whether there was one.
+    Delete {
+        /// The key.
+        key: WireKey,
+    },
+    /// Lists the keys this app may see.
+    Keys,
+    /// Starts (or replaces) this connection's change-event subscription.
+    Subscribe {
+        /// Only these keys; `null` or absent for every key this app may see.
+        #[serde(default)]
+        keys: Option<Vec<WireKey>>,
+    },
+    /// Reports the broker's state.
+    Status,
+}
+
+impl Request {
+    /// The operation's name, for logs and errors.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Get { .. } => "get",
+            Request::Set { .. } => "set",
+            Request::Delete { .. } => "delete",
+            Request::Keys => "keys",
+            Request::Subscribe { .. } => "subscribe",
+            Request::Status => "status",
+        }
+    }
+}
+
+/// A frame from broker to client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ServerFrame {
+    /// The successful answer to request `id`.
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// The answer.
+        #[serde(flatten)]
+        reply: Reply,
+    },
+    /// The failed answer to request `id`; `id` is `null` when the failure is not tied to a
+    /// request (a malformed frame, a refused connection), after which the broker closes the
+    /// connection.
+    Error {
+        /// The request's id, if known.
+        id: Option<u64>,
+        /// What went wrong.
+        #[serde(flatten)]
+        error: RemoteError,
+    },
+    /// A change, pushed to a subscribed connection.
+    Event {
+        /// The broker-wide sequence number. It increases by one per change; a subscriber
+        /// restricted to some keys sees gaps, and only a `resync` frame means events were lost.
+        seq: u64,
+        /// The key that changed.
+        key: WireKey,
+        /// What happened.
+        kind: EventKind,
+    },
+    /// The subscriber fell behind and `missed` events were dropped: re-read what it caches.
+    Resync {
+        /// How many events were lost.
+        missed: u64,
+    },
+}
+
+/// What happened to a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A value was written.
+    Set,
+    /// The value was deleted.
+    Delete,
+}
+
+/// A successful answer, tagged with the operation it answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Reply {
+    /// Answer to `hello`.
+    Hello {
+        /// The broker program's name.
+        server: String,
+        /// The broker program's version.
+        server_version: String,
+        /// The protocol version in use.
+        protocol: u32,
+    },
+    /// Answer to `get`: `null` when the key has no value.
+    Get {
+        /// The value, if any.
+        value: Option<WireValue>,
+    },
+    /// Answer to `set`.
+    Set {},
+    /// Answer to `delete`.
+    Delete {
+        /// Whether a value was deleted.
+        deleted: bool,
+    },
+    /// Answer to `keys`.
+    Keys {
+        /// The keys.
+        keys: Vec<WireKey>,
+    },
+    /// Answer to `subscribe`: events with a greater `seq` than this follow.
+    Subscribe {
+        /// The latest sequence number at the time of subscribing.
+        last_seq: u64,
+    },
+    /// Answer to `status`.
+    Status(BrokerStatus),
+}
+
+/// What `status` reports. Never holds a value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BrokerStatus {
+    /// The broker program's version.
+    pub server_version: String,
+    /// The broker's process id.
+    pub pid: u32,
+    /// Open connections.
+    pub connections: u64,
+    /// The latest change sequence number.
+    pub last_seq: u64,
+    /// The shared store, for humans.
+    pub shared_store: String,
+    /// The legacy store, if any, for humans.
+    pub legacy_store: Option<String>,
+    /// Keys whose shared copy waits for a repair.
+    pub pending_repairs: u64,
+}
+
+/// The kind of a remote failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The store cannot answer now (locked, timed out, not running); `reason` says which.
+    Unavailable,
+    /// The broker refused: another user, an app pinned to other executables, or a key not
+    /// shared with this app.
+    Denied,
+    /// A key or argument was not acceptable.
+    Invalid,
+    /// The value is over the store's limit; `limit` and `actual` say by how much.
+    TooLarge,
+    /// The stored data for the key is corrupt (and left untouched).
+    Corrupt,
+    /// The client broke the protocol (malformed frame, request before hello, ...). The broker
+    /// closes the connection after sending it.
+    Protocol,
+    /// The client's protocol version is not the broker's. The broker closes the connection.
+    VersionMismatch,
+    /// A code this build does not know (sent by a newer broker).
+    #[serde(other)]
+    Unknown,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Denied => "denied",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Corrupt => "corrupt",
+            ErrorCode::Protocol => "protocol",
+            ErrorCode::VersionMismatch => "version_mismatch",
+            ErrorCode::Unknown => "unknown",
+        })
+    }
+}
+
+/// A failure reported by the broker: the request reached it and it said no. Kept apart from
+/// [`crate::client::TransportError`] (the request may not have reached it at all).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("broker said {code}: {message}")]
+pub struct RemoteError {
+    /// The kind.
+    pub code: ErrorCode,
+    /// For humans; names keys and limits, never values.
+    pub message: String,
+    /// For `unavailable`: `locked`, `denied`, `timed_out`, `not_running` or `backend`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For `too_large`: the limit in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// For `too_large`: the offered size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual: Option<u64>,
+    /// For `corrupt`: the key, when the corruption is local to one key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// For `version_mismatch`: the protocol version the broker speaks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
+}
+
+impl RemoteError {
+    /// An error with only a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RemoteError {
+            code,
+            message: message.into(),
+            reason: None,
+            limit: None,
+            actual: None,
+            key: None,
+            protocol: None,
+        }
+    }
+
+    /// The broker-side translation of a store error.
+    pub fn from_store_error(err: &Error) -> Self {
+        match err {
+            Error::Invalid { .. } => RemoteError::new(ErrorCode::Invalid, err.to_string()),
+            Error::TooLarge { limit, actual } => RemoteError {
+                limit: Some(*limit as u64),
+                actual: Some(*actual as u64),
+                ..RemoteError::new(ErrorCode::TooLarge, err.to_string())
+            },
+            Error::Unavailable { reason, .. } => RemoteError {
+                reason: Some(reason_name(*reason).to_owned()),
+                ..RemoteError::new(ErrorCode::Unavailable, err.to_string())
+            },
+            Error::Corrupt { key, .. } => RemoteError {
+                key: key.clone(),
+                ..RemoteError::new(ErrorCode::Corrupt, err.to_string())
+            },
+            // I/O failures and missing protection are the store's trouble, not the client's:
+            // the client may retry later.
+            _ => RemoteError {
+                reason: Some(reason_name(UnavailableReason::Backend).to_owned()),
+                ..RemoteError::new(ErrorCode::Unavailable, err.to_string())
+            },
+        }
+    }
+
+    /// The client-side translation into the library's error, so a broker-backed store fails
+    /// the way any store does. `store` names the broker (socket path) in the message.
+    pub fn into_store_error(self, store: &str) -> Error {
+        match self.code {
+            ErrorCode::Invalid => Error::invalid("request", self.message),
+            ErrorCode::TooLarge => match (self.limit, self.actual) {
+                (Some(limit), Some(actual)) => Error::TooLarge {
+                    limit: limit as usize,
+                    actual: actual as usize,
+                },
+                _ => Error::invalid("request", self.message),
+            },
+            ErrorCode::Corrupt => Error::Corrupt {
+                store: store.to_owned(),
+                key: self.key,
+                detail: self.message,
+            },
+            ErrorCode::Denied => Error::unavailable(store, UnavailableReason::Denied, self.message),
+            ErrorCode::Unavailable => {
+                let reason = self
+                    .reason
+                    .as_deref()
+                    .and_then(reason_from_name)
+                    .unwrap_or(UnavailableReason::Backend);
+                Error::unavailable(store, reason, self.message)
+            }
+            ErrorCode::Protocol | ErrorCode::VersionMismatch | ErrorCode::Unknown => {
+                Error::unavailable(
+                    store,
+                    UnavailableReason::Backend,
+                    format!("{}: {}", self.code, self.message),
+                )
+            }
+        }
+    }
+}
+
+fn reason_name(reason: UnavailableReason) -> &'static str {
+    match reason {
+        UnavailableReason::Locked => "locked",
+        UnavailableReason::Denied => "denied",
+        UnavailableReason::TimedOut => "timed_out",
+        UnavailableReason::NotRunning => "not_running",
+        _ => "backend",
+    }
+}
+
+fn reason_from_name(name: &str) -> Option<UnavailableReason> {
+    Some(match name {
+        "locked" => UnavailableReason::Locked,
+        "denied" => UnavailableReason::Denied,
+        "timed_out" => UnavailableReason::TimedOut,
+        "not_running" => UnavailableReason::NotRunning,
+        "backend" => UnavailableReason::Backend,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> WireKey {
+        WireKey(SecretKey::new(s).unwrap())
+    }
+
+    fn body(frame: &[u8]) -> &str {
+        let n = frame_len(frame).unwrap().unwrap();
+        assert_eq!(n, frame.len());
+        std::str::from_utf8(&frame[HEADER_LEN..]).unwrap()
+    }
+
+    /// The vectors of `docs/protocol.md`: if one changes, the document and every client in
+    /// another language change with it.
+    #[test]
+    fn request_vectors() {
+        let cases: Vec<(RequestFrame, &str)> = vec![
+            (
+                RequestFrame {
+                    id: 1,
+                    request: Request::Hello {
+                        client: "keyshare-cli".into(),
+                        client_version: "0.1.0".into(),
+                        protocol: 1,
+                        app: "code".into(),
+                    },
+                },
+                r#"{"id":1,"op":"hello","client":"keyshare-cli","client_version":"0.1.0","protocol":1,"app":"code"}"#,
+            ),
+            (
+                RequestFrame {
+                    id: 2,
+                    request: Request::Set {
+                        key: key("github.auth"),
+                        value: WireValue(SecretValue::from_slice(b"token")),
+                    },
+                },
+                r#"{"id":2,"op":"set","key":"github.auth","value":"dG9rZW4="}"#,
+            ),
+            (
+                RequestFrame {
+                    id: 3,
+                    request: Request::Get {
+                        key: key("github.auth"),
+                    },
+                },
+                r#"{"id":3,"op":"get","key":"github.auth"}"#,
+            ),
+            (
+                RequestFrame {
+                    id: 4,
+                    request: Request::Delete {
+                        key: key("github.auth"),
+                    },
+                },
+                r#"{"id":4,"op":"delete","key":"github.auth"}"#,
+            ),
+            (
+                RequestFrame {
+                    id: 5,
+                    request: Request::Keys,
+                },
+                r#"{"id":5,"op":"keys"}"#,
+            ),
+            (
+                RequestFrame {
+                    id: 6,
+                    request: Request::Subscribe {
+                        keys: Some(vec![key("github.auth")]),
+                    },
+                },
+                r#"{"id":6,"op":"subscribe","keys":["github.auth"]}"#,
+            ),
+            (
+                RequestFrame {
+                    id: 7,
+                    request: Request::Status,
+                },
+                r#"{"id":7,"op":"status"}"#,
+            ),
+        ];
+        for (frame, json) in cases {
+            let encoded = encode(&frame).unwrap();
+            assert_eq!(body(&encoded), json);
+            assert_eq!(&encoded[..4], &(json.len() as u32).to_be_bytes());
+            assert_eq!(decode::<RequestFrame>(json.as_bytes()).unwrap(), frame);
+        }
+        // `keys` may be omitted from subscribe.
+        assert_eq!(
+            decode::<RequestFrame>(br#"{"id":9,"op":"subscribe"}"#).unwrap(),
+            RequestFrame {
+                id: 9,
+                request: Request::Subscribe { keys: None }
+            }
+        );
+    }
+
+    #[test]
+    fn the_documented_get_bytes() {
+        let frame = encode(&RequestFrame {
+            id: 3,
+            request: Request::Get {
+                key: key("github.auth"),
+            },
+        })
+        .unwrap();
+        // docs/protocol.md shows these bytes.
+        assert_eq!(&frame[..4], &[0, 0, 0, 39]);
+        assert_eq!(&frame[4..10], b"{\"id\":");
+    }
+
+    #[test]
+    fn server_vectors() {
+        let cases: Vec<(ServerFrame, &str)> = vec![
+            (
+                ServerFrame::Reply {
+                    id: 1,
+                    reply: Reply::Hello {
+                        server: "keyshare-broker".into(),
+                        server_version: "0.1.0".into(),
+                        protocol: 1,
+                    },
+                },
+                r#"{"type":"reply","id":1,"op":"hello","server":"keyshare-broker","server_version":"0.1.0","protocol":1}"#,
+            ),
+            (
+                ServerFrame::Reply {
+                    id: 3,
+                    reply: Reply::Get {
+                        value: Some(WireValue(SecretValue::from_slice(b"token"))),
+                    },
+                },
+                r#"{"type":"reply","id":3,"op":"get","value":"dG9rZW4="}"#,
+            ),
+            (
+                ServerFrame::Reply {
+                    id: 3,
+                    reply: Reply::Get { value: None },
+                },
+                r#"{"type":"reply","id":3,"op":"get","value":null}"#,
+            ),
+            (
+                ServerFrame::Reply {
+                    id: 2,
+                    reply: Reply::Set {},
+                },
+                r#"{"type":"reply","id":2,"op":"set"}"#,
+            ),
+            (
+                ServerFrame::Reply {
+                    id: 4,
+                    reply: Reply::Delete { deleted: true },
+                },
+                r#"{"type":"reply","id":4,"op":"delete","deleted":true}"#,
+            ),
+            (
+                ServerFrame::Reply {
+                    id: 5,
+                    reply: Reply::Keys {
+                        keys: vec![key("github.auth")],
+                    },
+                },
+                r#"{"type":"reply","id":5,"op":"keys","keys":["github.auth"]}"#,
+            ),
+            (
+                ServerFrame::Reply {
+                    id: 6,
+                    reply: Reply::Subscribe { last_seq: 41 },
+                },
+                r#"{"type":"reply","id":6,"op":"subscribe","last_seq":41}"#,
+            ),
+            (
+                ServerFrame::Event {
+                    seq: 42,
+                    key: key("github.auth"),
+                    kind: EventKind::Set,
+                },
+                r#"{"type":"event","seq":42,"key":"github.auth","kind":"set"}"#,
+            ),
+            (
+                ServerFrame::Resync { missed: 7 },
+                r#"{"type":"resync","missed":7}"#,
+            ),
+            (
+                ServerFrame::Error {
+                    id: Some(8),
+                    error: RemoteError::new(
+                        ErrorCode::Denied,
+                        "app \"agents\" may not read \"npm.token\"",
+                    ),
+                },
+                r#"{"type":"error","id":8,"code":"denied","message":"app \"agents\" may not read \"npm.token\""}"#,
+            ),
+            (
+                ServerFrame::Error {
+                    id: None,
+                    error: RemoteError {
+                        protocol: Some(1),
+                        ..RemoteError::new(ErrorCode::VersionMismatch, "client speaks 2")
+                    },
+                },
+                r#"{"type":"error","id":null,"code":"version_mismatch","message":"client speaks 2","protocol":1}"#,
+            ),
+        ];
+        for (frame, json) in cases {
+            let encoded = encode(&frame).unwrap();
+            assert_eq!(body(&encoded), json);
+            assert_eq!(decode::<ServerFrame>(json.as_bytes()).unwrap(), frame);
+        }
+        let status = ServerFrame::Reply {
+            id: 7,
+            reply: Reply::Status(BrokerStatus {
+                server_version: "0.1.0".into(),
+                pid: 10,
+                connections: 2,
+                last_seq: 3,
+                shared_store: "memory".into(),
+                legacy_store: None,
+                pending_repairs: 0,
+            }),
+        };
+        let encoded = encode(&status).unwrap();
+        assert_eq!(decode::<ServerFrame>(&encoded[4..]).unwrap(), status);
+        // An error code from a newer broker still decodes.
+        let future: ServerFrame =
+            decode(br#"{"type":"error","id":1,"code":"rate_limited","message":"slow down"}"#)
+                .unwrap();
+        assert!(matches!(
+            future,
+            ServerFrame::Error {
+                error: RemoteError {
+                    code: ErrorCode::Unknown,
+                    ..
+                },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn frame_boundaries() {
+        assert_eq!(frame_len(&[]).unwrap(), None);
+        assert_eq!(frame_len(&[0, 0, 0]).unwrap(), None);
+        assert_eq!(frame_len(&[0, 0, 0, 2, b'{']).unwrap(), None);
+        assert_eq!(frame_len(&[0, 0, 0, 2, b'{', b'}', 9]).unwrap(), Some(6));
+        let max = (MAX_FRAME_LEN as u32).to_be_bytes();
+        assert_eq!(frame_len(&max).unwrap(), None);
+        let over = (MAX_FRAME_LEN as u32 + 1).to_be_bytes();
+        assert!(matches!(
+            frame_len(&over),
+            Err(FrameError::TooLarge { len }) if len == MAX_FRAME_LEN + 1
+        ));
+        assert!(frame_len(&[0xff; 4]).is_err());
+    }
+
+    #[test]
+    fn largest_value_fits_in_a_frame() {
+        let value = SecretValue::new(vec![0xff; keyshare::model::DEFAULT_MAX_VALUE_LEN]);
+        // The worst key: every byte a control character that JSON escapes as \u00XX.
+        let key = key(&"\u{1}".repeat(keyshare::model::MAX_KEY_LEN));
+        let frame = encode(&RequestFrame {
+            id: u64::MAX,
+            request: Request::Set {
+                key,
+                value: WireValue(value),
+            },
+        })
+        .unwrap();
+        assert!(frame.len() <= MAX_FRAME_LEN + HEADER_LEN);
+    }
+
+    #[test]
+    fn bad_bodies_are_named_without_values() {
+        let cases: &[&[u8]] = &[
+            b"",
+            b"{",
+            b"[]",
+            b"null",
+            br#"{"id":1}"#,
+            br#"{"id":1,"op":"launch"}"#,
+            br#"{"id":1,"op":"get"}"#,
+            br#"{"id":1,"op":"get","key":""}"#,
+            br#"{"id":1,"op":"set","key":"k","value":"hunter2-not-base64!"}"#,
+            br#"{"id":1,"op":"set","key":"k","value":42}"#,
+            br#"{"id":-1,"op":"keys"}"#,
+            b"\xff\xfe",
+        ];
+        for body in cases {
+            let err = decode::<RequestFrame>(body).unwrap_err();
+            let text = err.to_string();
+            assert!(text.starts_with("malformed frame"), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+        let err = decode::<RequestFrame>(br#"{"id":1,"op":"get"}"#).unwrap_err();
+        assert!(err.to_string().contains("`key`"), "{err}");
+        let err = decode::<RequestFrame>(br#"{"id":1,"op":"launch"}"#).unwrap_err();
+        assert!(err.to_string().contains("launch"), "{err}");
+    }
+
+    #[test]
+    fn values_never_show_in_debug() {
+        let frame = RequestFrame {
+            id: 1,
+            request: Request::Set {
+                key: key("k"),
+                value: WireValue(SecretValue::from_slice(b"hunter2")),
+            },
+        };
+        let shown = format!("{frame:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("aHVudGVyMg"), "{shown}");
+        let reply = ServerFrame::Reply {
+            id: 1,
+            reply: Reply::Get {
+                value: Some(WireValue(SecretValue::from_slice(b"hunter2"))),
+            },
+        };
+        assert!(!format!("{reply:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn error_translation_round_trips_the_kind() {
+        let cases = [
+            Error::invalid("key", "empty"),
+            Error::TooLarge {
+                limit: 4,
+                actual: 5,
+            },
+            Error::unavailable("vault", UnavailableReason::Locked, "locked"),
+            Error::Corrupt {
+                store: "vault".into(),
+                key: Some("k".into()),
+                detail: "bad tag".into(),
+            },
+        ];
+        for err in cases {
+            let remote = RemoteError::from_store_error(&err);
+            let back = remote.into_store_error("broker");
+            assert_eq!(
+                std::mem::discriminant(&back),
+                std::mem::discriminant(&err),
+                "{err} became {back}"
+            );
+        }
+        let locked = RemoteError::from_store_error(&Error::unavailable(
+            "vault",
+            UnavailableReason::Locked,
+            "x",
+        ))
+        .into_store_error("broker");
+        assert!(matches!(
+            locked,
+            Error::Unavailable {
+                reason: UnavailableReason::Locked,
+                ..
+            }
+        ));
+        let denied = RemoteError::new(ErrorCode::Denied, "no").into_store_error("broker");
+        assert!(matches!(
+            denied,
+            Error::Unavailable {
+                reason: UnavailableReason::Denied,
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,705 @@
+//! The broker server: [`run`] serves a [`SecretStorage`] over a Unix listener until a shutdown
+//! future completes.
+//!
+//! Per connection: the peer's UID is checked on accept, the first request must be a `hello`
+//! with this protocol version (and pass the [`AccessPolicy`]), then requests are read in order
+//! and each takes its key's turn in the storage *as it is read*, so requests on one key run in
+//! the order they arrived (across all connections: the storage orders them), while requests
+//! on different keys run in parallel and may be answered out of order. A malformed frame ends
+//! that connection only.
+//!
+//! Shutdown: stop accepting and reading, let the requests already read finish and their
+//! replies reach the socket, then return. A `set` is answered only after the store returned, so
+//! every acknowledged write is as durable as the store makes it.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use zeroize::Zeroizing;
+
+use keyshare::{AppId, AsyncSecretStorage, ChangeKind, Notification, SecretKey, SecretStorage};
+
+use crate::access::{process_executable, AccessPolicy, Grant};
+use crate::connection::FrameReader;
+use crate::protocol::{
+    decode, encode, BrokerStatus, ErrorCode, EventKind, FrameError, RemoteError, Reply, Request,
+    RequestFrame, ServerFrame, WireKey, WireValue, PROTOCOL_VERSION,
+};
+
+/// The server's name in `hello` replies.
+pub const SERVER_NAME: &str = "keyshare-broker";
+
+/// Tunables, with defaults suited to one user's apps.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Requests of one connection in progress at once; further requests wait unread, which
+    /// pushes back on a client that pipelines without bound.
+    pub max_in_flight_per_connection: usize,
+    /// How long a new connection may take to say hello.
+    pub handshake_timeout: Duration,
+    /// How often pending repairs of the shared store are retried.
+    pub repair_interval: Duration,
+    /// Stop on its own after this long without any connection (an autostarted broker does,
+    /// so that it does not outlive its users indefinitely); `None` serves until told to stop.
+    pub idle_exit: Option<Duration>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_connections: 4096,
+            max_in_flight_per_connection: 64,
+            handshake_timeout: Duration::from_secs(10),
+            repair_interval: Duration::from_secs(30),
+            idle_exit: None,
+        }
+    }
+}
+
+/// What the server serves: the storage (shared store, and the broker's own legacy store if it
+/// has one), the access policy and the options.
+#[derive(Debug)]
+pub struct BrokerState {
+    storage: SecretStorage,
+    policy: AccessPolicy,
+    options: ServerOptions,
+}
+
+impl BrokerState {
+    /// Serves `storage` with the default (open) policy and default options.
+    pub fn new(storage: SecretStorage) -> Self {
+        BrokerState {
+            storage,
+            policy: AccessPolicy::default(),
+            options: ServerOptions::default(),
+        }
+    }
+
+    /// Sets the access policy.
+    pub fn with_policy(mut self, policy: AccessPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets the options.
+    pub fn with_options(mut self, options: ServerOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+struct Shared {
+    storage: AsyncSecretStorage,
+    policy: AccessPolicy,
+    options: ServerOptions,
+    uid: u32,
+    /// Open connections; a watch so the idle timer can wait for it to reach zero.
+    connections: watch::Sender<u64>,
+}
+
+/// Serves connections from `listener` until `shutdown` completes, then drains and returns.
+///
+/// Errors: only a listener that keeps failing ends the server early
+/// ([`keyshare::Error::Io`]); everything that goes wrong with one connection is logged and
+/// ends that connection.
+pub async fn run(
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()>,
+    state: BrokerState,
+) -> keyshare::Result<()> {
+    let shared = Arc::new(Shared {
+        storage: state.storage.to_async(),
+        policy: state.policy,
+        options: state.options,
+        uid: rustix::process::geteuid().as_raw(),
+        connections: watch::Sender::new(0),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(repair_loop(Arc::clone(&shared), stop_rx.clone()));
+
+    let limit = Arc::new(Semaphore::new(shared.options.max_connections.max(1)));
+    let idle_exit = shared.options.idle_exit;
+    let accepted = tokio::select! {
+        result = accept_loop(&listener, &shared, &limit, &stop_rx, &mut tasks) => result,
+        () = shutdown => Ok(()),
+        () = idle(&shared, idle_exit) => {
+            tracing::info!("no connection for {:?}; stopping", idle_exit.unwrap_or_default());
+            Ok(())
+        }
+    };
+    // Stop accepting first, so no client connects to a server that will not answer.
+    drop(listener);
+    let _ = stop_tx.send(true);
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(err) = joined {
+            if err.is_panic() {
+                tracing::error!("a connection task panicked");
+            }
+        }
+    }
+    tracing::info!("broker stopped");
+    accepted
+}
+
+async fn accept_loop(
+    listener: &UnixListener,
+    shared: &Arc<Shared>,
+    limit: &Arc<Semaphore>,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) -> keyshare::Result<()> {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let permit = Arc::clone(limit)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        // Reap finished connections so the set does not grow with every connection ever made.
+        while tasks.try_join_next().is_some() {}
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(10);
+                stream
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: wait and retry rather than spin or
+                // give up while clients are connected; give up only if it persists.
+                tracing::warn!(error = %err, "accept failed");
+                if backoff > Duration::from_secs(60) {
+                    return Err(keyshare::Error::io("accepting a broker connection", err));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                continue;
+            }
+        };
+        let shared = Arc::clone(shared);
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            shared.connections.send_modify(|n| *n += 1);
+            serve_connection(&shared, stream, stop).await;
+            shared.connections.send_modify(|n| *n -= 1);
+            drop(permit);
+        });
+    }
+}
+
+/// Completes once there has been no connection for `period` (never when `None`).
+async fn idle(shared: &Shared, period: Option<Duration>) {
+    let Some(period) = period else {
+        return std::future::pending().await;
+    };
+    let mut connections = shared.connections.subscribe();
+    loop {
+        if connections.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(period) => return,
+            _ = connections.wait_for(|n| *n > 0) => {}
+        }
+    }
+}
+
+async fn repair_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(shared.options.repair_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick completes at once; the storage runs its own pass on first use.
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match shared.storage.repair().await {
+            Ok(report) if report.repaired > 0 || !report.failed.is_empty() => {
+                tracing::info!(
+                    repaired = report.repaired,
+                    still_pending = report.failed.len(),
+                    "background repair pass"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "background repair pass failed"),
+        }
+    }
+}
+
+type Outgoing = Zeroizing<Vec<u8>>;
+
+/// One connection: refuse strangers, handshake, then serve requests until the client leaves,
+/// breaks the protocol, or the server stops.
+async fn serve_connection(shared: &Arc<Shared>, stream: UnixStream, stop: watch::Receiver<bool>) {
+    let cred = match stream.peer_cred() {
+        Ok(cred) => cred,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not read peer credentials; connection refused");
+            return;
+        }
+    };
+    let (read_half, write_half) = stream.into_split();
+    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(64);
+    let writer = tokio::spawn(write_loop(write_half, out_rx));
+
+    if cred.uid() != shared.uid {
+        tracing::warn!(
+            peer_uid = cred.uid(),
+            peer_pid = ?cred.pid(),
+            "refused a connection from another user"
+        );
+        let message = format!(
+            "connection refused: this broker serves uid {} only, you are uid {}",
+            shared.uid,
+            cred.uid()
+        );
+        send_error(&out_tx, None, RemoteError::new(ErrorCode::Denied, message)).await;
+    } else {
+        let mut conn = Connection {
+            shared: Arc::clone(shared),
+            reader: FrameReader::new(read_half),
+            out: out_tx.clone(),
+            in_flight: JoinSet::new(),
+            in_flight_limit: Arc::new(Semaphore::new(
+                shared.options.max_in_flight_per_connection.max(1),
+            )),
+            subscription: None,
+            peer_pid: cred.pid(),
+            stop,
+        };
+        conn.serve().await;
+        conn.finish().await;
+    }
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+/// Writes queued frames, batching whatever is queued into one flush.
+async fn write_loop(write_half: OwnedWriteHalf, mut out: mpsc::Receiver<Outgoing>) {
+    let mut writer = BufWriter::with_capacity(16 * 1024, write_half);
+    while let Some(frame) = out.recv().await {
+        if writer.write_all(&frame).await.is_err() {
+            return;
+        }
+        drop(frame);
+        while let Ok(frame) = out.try_recv() {
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+async fn send(out: &mpsc::Sender<Outgoing>, frame: &ServerFrame) {
+    match encode(frame) {
+        // A closed channel means the writer gave up on a dead socket; the reader notices too.
+        Ok(bytes) => {
+            let _ = out.send(bytes).await;
+        }
+        Err(err) => tracing::error!(error = %err, "could not encode a reply"),
+    }
+}
+
+async fn send_error(out: &mpsc::Sender<Outgoing>, id: Option<u64>, error: RemoteError) {
+    send(out, &ServerFrame::Error { id, error }).await;
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    reader: FrameReader<OwnedReadHalf>,
+    out: mpsc::Sender<Outgoing>,
+    in_flight: JoinSet<()>,
+    in_flight_limit: Arc<Semaphore>,
+    subscription: Option<tokio::task::JoinHandle<()>>,
+    peer_pid: Option<i32>,
+    stop: watch::Receiver<bool>,
+}
+
+/// What the reader loop saw.
+enum Incoming {
+    Frame(Result<RequestFrame, FrameError>),
+    Closed,
+    Stop,
+}
+
+impl Connection {
+    async fn next(&mut self) -> Incoming {
+        if *self.stop.borrow() {
+            return Incoming::Stop;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.stop.changed() => return Incoming::Stop,
+                // Reap finished requests so the set stays small on a long-lived connection.
+                Some(_) = self.in_flight.join_next(), if !self.in_flight.is_empty() => continue,
+                frame = self.reader.read_frame() => {
+                    return match frame {
+                        Ok(Some(body)) => Incoming::Frame(decode::<RequestFrame>(body)),
+                        Ok(None) => Incoming::Closed,
+                        Err(err) => Incoming::Frame(Err(err)),
+                    };
+                }
+            }
+        }
+    }
+
+    async fn serve(&mut self) {
+        let Some(grant) = self.handshake().await else {
+            return;
+        };
+        tracing::debug!(app = %grant.app(), pid = ?self.peer_pid, "client connected");
+        loop {
+            let frame = match self.next().await {
+                Incoming::Frame(Ok(frame)) => frame,
+                Incoming::Frame(Err(err)) => {
+                    self.protocol_violation(err).await;
+                    return;
+                }
+                Incoming::Closed | Incoming::Stop => return,
+            };
+            // Wait for a slot before reading on: a client that pipelines without bound is
+            // slowed down instead of growing the broker's memory.
+            let permit = Arc::clone(&self.in_flight_limit)
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            self.dispatch(&grant, frame, permit).await;
+        }
+    }
+
+    async fn handshake(&mut self) -> Option<Grant> {
+        let timeout = self.shared.options.handshake_timeout;
+        let incoming = match tokio::time::timeout(timeout, self.next()).await {
+            Ok(incoming) => incoming,
+            Err(_) => {
+                let msg = format!("no hello within {} s", timeout.as_secs());
+                send_error(&self.out, None, RemoteError::new(ErrorCode::Protocol, msg)).await;
+                return None;
+            }
+        };
+        let frame = match incoming {
+            Incoming::Frame(Ok(frame)) => frame,
+            Incoming::Frame(Err(err)) => {
+                self.protocol_violation(err).await;
+                return None;
+            }
+            Incoming::Closed | Incoming::Stop => return None,
+        };
+        let id = frame.id;
+        let Request::Hello {
+            client,
+            client_version,
+            protocol,
+            app,
+        } = frame.request
+        else {
+            let msg = format!(
+                "the first request must be hello, not {}",
+                frame.request.op()
+            );
+            send_error(
+                &self.out,
+                Some(id),
+                RemoteError::new(ErrorCode::Protocol, msg),
+            )
+            .await;
+            return None;
+        };
+        if protocol != PROTOCOL_VERSION {
+            tracing::warn!(%client, %client_version, protocol, "protocol version mismatch");
+            let msg = format!(
+                "protocol version mismatch: {client} {client_version} speaks version {protocol}, \
+                 this broker ({SERVER_NAME} {}) speaks version {PROTOCOL_VERSION}; \
+                 upgrade the older of the two",
+                env!("CARGO_PKG_VERSION")
+            );
+            let error = RemoteError {
+                protocol: Some(PROTOCOL_VERSION),
+                ..RemoteError::new(ErrorCode::VersionMismatch, msg)
+            };
+            send_error(&self.out, Some(id), error).await;
+            return None;
+        }
+        let app = match AppId::new(app) {
+            Ok(app) => app,
+            Err(err) => {
+                send_error(
+                    &self.out,
+                    Some(id),
+                    RemoteError::new(ErrorCode::Invalid, err.to_string()),
+                )
+                .await;
+                return None;
+            }
+        };
+        let exe: Option<PathBuf> = if self.shared.policy.pins_executables() {
+            self.peer_pid.and_then(|pid| process_executable(pid).ok())
+        } else {
+            None
+        };
+        match self.shared.policy.admit(&app, exe.as_deref()) {
+            Ok(grant) => {
+                let reply = Reply::Hello {
+                    server: SERVER_NAME.to_owned(),
+                    server_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    protocol: PROTOCOL_VERSION,
+                };
+                send(&self.out, &ServerFrame::Reply { id, reply }).await;
+                Some(grant)
+            }
+            Err(refusal) => {
+                tracing::warn!(app = %app, pid = ?self.peer_pid, %refusal, "refused a client");
+                send_error(
+                    &self.out,
+                    Some(id),
+                    RemoteError::new(ErrorCode::Denied, refusal.to_string()),
+                )
+                .await;
+                None
+            }
+        }
+    }
+
+    async fn protocol_violation(&mut self, err: FrameError) {
+        match &err {
+            FrameError::Io(_) | FrameError::Truncated { .. } => {
+                tracing::debug!(error = %err, "connection ended mid-frame");
+            }
+            _ => {
+                tracing::warn!(error = %err, pid = ?self.peer_pid, "protocol violation; closing the connection");
+                send_error(
+                    &self.out,
+                    None,
+                    RemoteError::new(ErrorCode::Protocol, err.to_string()),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Starts one request. Storage operations take their key's turn here, in arrival order;
+    /// the rest runs in its own task.
+    async fn dispatch(&mut self, grant: &Grant, frame: RequestFrame, permit: OwnedSemaphorePermit) {
+        let id = frame.id;
+        let storage = &self.shared.storage;
+        let out = self.out.clone();
+        let denied = |key: &SecretKey| {
+            RemoteError::new(
+                ErrorCode::Denied,
+                format!(
+                    "app {:?} may not use key {:?} (broker.apps.{}.shared_keys)",
+                    grant.app().as_str(),
+                    key.as_str(),
+                    grant.app()
+                ),
+            )
+        };
+        match frame.request {
+            Request::Get { key: WireKey(key) } => {
+                if !grant.allows(&key) {
+                    return send_error(&out, Some(id), denied(&key)).await;
+                }
+                let op = storage.get(&key);
+                self.in_flight.spawn(async move {
+                    let frame = match op.await {
+                        Ok(value) => ServerFrame::Reply {
+                            id,
+                            reply: Reply::Get {
+                                value: value.map(WireValue),
+                            },
+                        },
+                        Err(err) => error_frame(id, "get", &key, &err),
+                    };
+                    send(&out, &frame).await;
+                    drop(permit);
+                });
+            }
+            Request::Set {
+                key: WireKey(key),
+                value: WireValue(value),
+            } => {
+                if !grant.allows(&key) {
+                    return send_error(&out, Some(id), denied(&key)).await;
+                }
+                let op = storage.set(&key, &value);
+                drop(value);
+                self.in_flight.spawn(async move {
+                    let frame = match op.await {
+                        Ok(()) => ServerFrame::Reply {
+                            id,
+                            reply: Reply::Set {},
+                        },
+                        Err(err) => error_frame(id, "set", &key, &err),
+                    };
+                    send(&out, &frame).await;
+                    drop(permit);
+                });
+            }
+            Request::Delete { key: WireKey(key) } => {
+                if !grant.allows(&key) {
+                    return send_error(&out, Some(id), denied(&key)).await;
+                }
+                let op = storage.delete(&key);
+                self.in_flight.spawn(async move {
+                    let frame = match op.await {
+                        Ok(deleted) => ServerFrame::Reply {
+                            id,
+                            reply: Reply::Delete { deleted },
+                        },
+                        Err(err) => error_frame(id, "delete", &key, &err),
+                    };
+                    send(&out, &frame).await;
+                    drop(permit);
+                });
+            }
+            Request::Keys => {
+                let storage = storage.clone();
+                let grant = grant.clone();
+                self.in_flight.spawn(async move {
+                    let frame = match storage.keys().await {
+                        Ok(keys) => ServerFrame::Reply {
+                            id,
+                            reply: Reply::Keys {
+                                keys: keys
+                                    .into_iter()
+                                    .filter(|k| grant.allows(k))
+                                    .map(WireKey)
+                                    .collect(),
+                            },
+                        },
+                        Err(err) => ServerFrame::Error {
+                            id: Some(id),
+                            error: RemoteError::from_store_error(&err),
+                        },
+                    };
+                    send(&out, &frame).await;
+                    drop(permit);
+                });
+            }
+            Request::Subscribe { keys } => {
+                let only: Option<Vec<SecretKey>> =
+                    keys.map(|keys| keys.into_iter().map(|WireKey(k)| k).collect());
+                if let Some(key) = only.iter().flatten().find(|k| !grant.allows(k)) {
+                    return send_error(&out, Some(id), denied(key)).await;
+                }
+                // Subscribe before reading the sequence number: an event in between is then
+                // both counted and delivered (and skipped as already covered), never lost.
+                let mut events = storage.subscribe();
+                let last_seq = storage.to_blocking().status().last_event_seq;
+                send(
+                    &out,
+                    &ServerFrame::Reply {
+                        id,
+                        reply: Reply::Subscribe { last_seq },
+                    },
+                )
+                .await;
+                drop(permit);
+                if let Some(old) = self.subscription.take() {
+                    old.abort();
+                }
+                let grant = grant.clone();
+                let mut stop = self.stop.clone();
+                self.subscription = Some(tokio::spawn(async move {
+                    loop {
+                        let notification = tokio::select! {
+                            n = events.recv() => n,
+                            _ = stop.changed() => return,
+                        };
+                        let frame = match notification {
+                            None => return,
+                            Some(Notification::Resync { missed }) => ServerFrame::Resync { missed },
+                            Some(Notification::Changed(event)) => {
+                                let wanted = event.seq > last_seq
+                                    && grant.allows(&event.key)
+                                    && only.as_ref().is_none_or(|o| o.contains(&event.key));
+                                if !wanted {
+                                    continue;
+                                }
+                                ServerFrame::Event {
+                                    seq: event.seq,
+                                    key: WireKey(event.key),
+                                    kind: match event.kind {
+                                        ChangeKind::Delete => EventKind::Delete,
+                                        _ => EventKind::Set,
+                                    },
+                                }
+                            }
+                        };
+                        let Ok(bytes) = encode(&frame) else { continue };
+                        if out.send(bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                }));
+            }
+            Request::Status => {
+                let status = self.shared.status(&self.shared.storage);
+                send(
+                    &out,
+                    &ServerFrame::Reply {
+                        id,
+                        reply: Reply::Status(status),
+                    },
+                )
+                .await;
+                drop(permit);
+            }
+            Request::Hello { .. } => {
+                send_error(
+                    &out,
+                    Some(id),
+                    RemoteError::new(ErrorCode::Protocol, "hello was already done"),
+                )
+                .await;
+                drop(permit);
+            }
+        }
+    }
+
+    /// Lets every request already read finish and queue its reply.
+    async fn finish(&mut self) {
+        if let Some(subscription) = self.subscription.take() {
+            subscription.abort();
+        }
+        while self.in_flight.join_next().await.is_some() {}
+    }
+}
+
+fn error_frame(id: u64, op: &str, key: &SecretKey, err: &keyshare::Error) -> ServerFrame {
+    tracing::debug!(op, key = %key, error = %err, "request failed");
+    ServerFrame::Error {
+        id: Some(id),
+        error: RemoteError::from_store_error(err),
+    }
+}
+
+impl Shared {
+    fn status(&self, storage: &AsyncSecretStorage) -> BrokerStatus {
+        let status = storage.to_blocking().status();
+        BrokerStatus {
+            server_version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            connections: *self.connections.borrow(),
+            last_seq: status.last_event_seq,
+            shared_store: status.shared.to_string(),
+            legacy_store: status.legacy.map(|l| l.to_string()),
+            pending_repairs: status.pending_repairs.len() as u64,
+        }
+    }
+}

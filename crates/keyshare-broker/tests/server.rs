@@ -1,0 +1,709 @@
+//! The broker end to end, in one process: a server on a temporary socket, real clients and raw
+//! sockets speaking (and breaking) the protocol.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use keyshare::{
+    ChangeKind, Error, MemoryStore, Notification, SecretKey, SecretStorage, SecretValue, Store,
+    StoreInfo, UnavailableReason,
+};
+use keyshare_broker::access::{AccessPolicy, AppRule, KeyPattern};
+use keyshare_broker::client::Autostart;
+use keyshare_broker::protocol::{self, ErrorCode, Reply, ServerFrame, MAX_FRAME_LEN};
+use keyshare_broker::{BlockingBrokerClient, ServerOptions};
+
+use common::TestBroker;
+
+fn k(s: &str) -> SecretKey {
+    SecretKey::new(s).unwrap()
+}
+
+fn v(s: &str) -> SecretValue {
+    SecretValue::from_slice(s.as_bytes())
+}
+
+/// A raw connection for speaking the protocol byte by byte.
+struct Raw(UnixStream);
+
+impl Raw {
+    fn connect(broker: &TestBroker) -> Raw {
+        let s = UnixStream::connect(&broker.paths.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Raw(s)
+    }
+
+    fn send_body(&mut self, body: &[u8]) {
+        self.0
+            .write_all(&(body.len() as u32).to_be_bytes())
+            .unwrap();
+        self.0.write_all(body).unwrap();
+    }
+
+    fn hello(&mut self, protocol: u32) -> ServerFrame {
+        self.send_body(
+            format!(
+                r#"{{"id":0,"op":"hello","client":"raw","client_version":"1","protocol":{protocol},"app":"code"}}"#
+            )
+            .as_bytes(),
+        );
+        self.read().expect("a hello answer")
+    }
+
+    /// The next frame, or `None` when the broker closed the connection.
+    fn read(&mut self) -> Option<ServerFrame> {
+        let mut header = [0u8; 4];
+        if self.0.read_exact(&mut header).is_err() {
+            return None;
+        }
+        let mut body = vec![0; u32::from_be_bytes(header) as usize];
+        self.0.read_exact(&mut body).unwrap();
+        Some(protocol::decode(&body).unwrap())
+    }
+
+    fn assert_closed(&mut self) {
+        let mut rest = Vec::new();
+        let n = self.0.read_to_end(&mut rest).unwrap_or(0);
+        assert_eq!(n, 0, "expected the broker to close the connection");
+    }
+}
+
+fn protocol_error(frame: Option<ServerFrame>) -> String {
+    match frame {
+        Some(ServerFrame::Error { id: None, error }) if error.code == ErrorCode::Protocol => {
+            error.message
+        }
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+}
+
+#[test]
+fn set_get_delete_keys_through_the_blocking_client() {
+    let broker = TestBroker::memory();
+    let client = broker.client("code");
+    assert_eq!(client.get(&k("github.auth")).unwrap(), None);
+    client.set(&k("github.auth"), &v("token")).unwrap();
+    assert_eq!(
+        client
+            .get(&k("github.auth"))
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        b"token"
+    );
+    assert_eq!(client.keys().unwrap(), vec![k("github.auth")]);
+    assert!(client.delete(&k("github.auth")).unwrap());
+    assert!(!client.delete(&k("github.auth")).unwrap());
+    let info = client.server_info().unwrap();
+    assert_eq!(info.protocol, protocol::PROTOCOL_VERSION);
+    let status = client.status().unwrap();
+    assert_eq!(status.connections, 1);
+    assert_eq!(status.last_seq, 3, "one set and two deletes");
+    assert_eq!(client.info().kind, "broker");
+}
+
+#[test]
+fn too_large_values_are_refused_with_the_limit() {
+    let broker = TestBroker::memory();
+    let client = broker.client("code");
+    let big = SecretValue::new(vec![1; keyshare::model::DEFAULT_MAX_VALUE_LEN + 1]);
+    match client.set(&k("big"), &big) {
+        Err(Error::TooLarge { limit, actual }) => {
+            assert_eq!(limit, keyshare::model::DEFAULT_MAX_VALUE_LEN);
+            assert_eq!(actual, limit + 1);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // The connection is still good.
+    client.set(&k("big"), &v("small")).unwrap();
+}
+
+#[test]
+fn concurrent_requests_share_one_connection() {
+    let broker = TestBroker::memory();
+    let client = Arc::new(broker.client("code"));
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let client = &client;
+            s.spawn(move || {
+                for i in 0..50 {
+                    let key = k(&format!("t{t}.k{}", i % 5));
+                    client.set(&key, &v(&format!("{t}:{i}"))).unwrap();
+                    let got = client.get(&key).unwrap().unwrap();
+                    assert_eq!(got.expose_secret(), format!("{t}:{i}").as_bytes());
+                }
+            });
+        }
+    });
+    assert_eq!(client.status().unwrap().connections, 1);
+    assert_eq!(client.keys().unwrap().len(), 40);
+}
+
+#[test]
+fn oversized_truncated_and_garbage_frames_close_only_that_connection() {
+    let broker = TestBroker::memory();
+    let good = broker.client("code");
+    good.set(&k("k"), &v("before")).unwrap();
+
+    // Oversized: refused from the header alone, before the body is sent.
+    let mut raw = Raw::connect(&broker);
+    raw.0
+        .write_all(&((MAX_FRAME_LEN + 1) as u32).to_be_bytes())
+        .unwrap();
+    let msg = protocol_error(raw.read());
+    assert!(msg.contains("over the limit"), "{msg}");
+    raw.assert_closed();
+
+    // Oversized after a good hello.
+    let mut raw = Raw::connect(&broker);
+    assert!(matches!(raw.hello(1), ServerFrame::Reply { .. }));
+    raw.0.write_all(&[0xff, 0xff, 0xff, 0xff]).unwrap();
+    protocol_error(raw.read());
+    raw.assert_closed();
+
+    // Garbage bodies.
+    for body in [
+        &b"not json"[..],
+        b"{\"id\":1,\"op\":\"explode\"}",
+        b"\x00\x01\x02",
+        b"{\"id\":1,\"op\":\"set\",\"key\":\"k\",\"value\":\"***\"}",
+    ] {
+        let mut raw = Raw::connect(&broker);
+        assert!(matches!(raw.hello(1), ServerFrame::Reply { .. }));
+        raw.send_body(body);
+        let msg = protocol_error(raw.read());
+        assert!(msg.starts_with("malformed frame"), "{msg}");
+        raw.assert_closed();
+    }
+
+    // Truncated: the client goes away mid-frame.
+    let mut raw = Raw::connect(&broker);
+    assert!(matches!(raw.hello(1), ServerFrame::Reply { .. }));
+    raw.0.write_all(&[0, 0, 0, 100, b'{']).unwrap();
+    raw.0.shutdown(std::net::Shutdown::Write).unwrap();
+    raw.assert_closed();
+
+    // The well-behaved client never noticed, and a garbage write did not land.
+    assert_eq!(
+        good.get(&k("k")).unwrap().unwrap().expose_secret(),
+        b"before"
+    );
+    good.set(&k("k"), &v("after")).unwrap();
+    assert_eq!(good.status().unwrap().connections, 1);
+}
+
+#[test]
+fn handshake_is_required_and_versioned() {
+    let broker = TestBroker::memory();
+
+    let mut raw = Raw::connect(&broker);
+    match raw.hello(2) {
+        ServerFrame::Error { id: Some(0), error } => {
+            assert_eq!(error.code, ErrorCode::VersionMismatch);
+            assert_eq!(error.protocol, Some(1));
+            assert!(
+                error.message.contains("speaks version 2"),
+                "{}",
+                error.message
+            );
+            assert!(
+                error.message.contains("speaks version 1"),
+                "{}",
+                error.message
+            );
+        }
+        other => panic!("expected a version mismatch, got {other:?}"),
+    }
+    raw.assert_closed();
+
+    let mut raw = Raw::connect(&broker);
+    raw.send_body(br#"{"id":5,"op":"get","key":"k"}"#);
+    match raw.read() {
+        Some(ServerFrame::Error { id: Some(5), error }) => {
+            assert_eq!(error.code, ErrorCode::Protocol);
+            assert!(error.message.contains("must be hello"), "{}", error.message);
+        }
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    raw.assert_closed();
+
+    let mut raw = Raw::connect(&broker);
+    raw.send_body(
+        br#"{"id":0,"op":"hello","client":"raw","client_version":"1","protocol":1,"app":"../evil"}"#,
+    );
+    match raw.read() {
+        Some(ServerFrame::Error { error, .. }) => assert_eq!(error.code, ErrorCode::Invalid),
+        other => panic!("expected invalid, got {other:?}"),
+    }
+
+    // A correct hello gets the server's versions.
+    let mut raw = Raw::connect(&broker);
+    match raw.hello(1) {
+        ServerFrame::Reply {
+            id: 0,
+            reply: Reply::Hello {
+                server, protocol, ..
+            },
+        } => {
+            assert_eq!(server, "keyshare-broker");
+            assert_eq!(protocol, 1);
+        }
+        other => panic!("expected a hello reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_documented_example_session_works_byte_for_byte() {
+    // docs/protocol.md walks through exactly this exchange.
+    let broker = TestBroker::memory();
+    let mut raw = Raw::connect(&broker);
+    raw.hello(1);
+    raw.send_body(br#"{"id":2,"op":"set","key":"github.auth","value":"dG9rZW4="}"#);
+    raw.send_body(br#"{"id":3,"op":"get","key":"github.auth"}"#);
+    let mut replies = vec![raw.read().unwrap(), raw.read().unwrap()];
+    replies.sort_by_key(|f| match f {
+        ServerFrame::Reply { id, .. } => *id,
+        _ => u64::MAX,
+    });
+    assert_eq!(
+        protocol::encode(&replies[0]).unwrap()[4..],
+        br#"{"type":"reply","id":2,"op":"set"}"#[..]
+    );
+    assert_eq!(
+        protocol::encode(&replies[1]).unwrap()[4..],
+        br#"{"type":"reply","id":3,"op":"get","value":"dG9rZW4="}"#[..]
+    );
+}
+
+fn agents_policy() -> AccessPolicy {
+    let mut policy = AccessPolicy::default();
+    policy.apps.insert(
+        "agents".into(),
+        AppRule {
+            executables: vec![],
+            shared_keys: Some(vec![KeyPattern::new("github.auth").unwrap()]),
+        },
+    );
+    policy.apps.insert(
+        "code".into(),
+        AppRule {
+            executables: vec![std::env::current_exe().unwrap()],
+            shared_keys: None,
+        },
+    );
+    policy.apps.insert(
+        "pinned-elsewhere".into(),
+        AppRule {
+            executables: vec!["/usr/bin/true".into()],
+            shared_keys: None,
+        },
+    );
+    policy
+}
+
+fn denied(result: keyshare::Result<impl std::fmt::Debug>) -> String {
+    match result {
+        Err(Error::Unavailable {
+            reason: UnavailableReason::Denied,
+            detail,
+            ..
+        }) => detail,
+        other => panic!("expected denied, got {other:?}"),
+    }
+}
+
+#[test]
+fn shared_keys_restrict_what_an_app_sees() {
+    let broker = TestBroker::start(
+        SecretStorage::builder(Arc::new(MemoryStore::new())).build(),
+        agents_policy(),
+        ServerOptions::default(),
+    );
+    let code = broker.client("code");
+    code.set(&k("github.auth"), &v("gh")).unwrap();
+    code.set(&k("npm.token"), &v("npm")).unwrap();
+
+    let agents = broker.client("agents");
+    let mut events = agents.subscribe(None).unwrap();
+    assert_eq!(
+        agents
+            .get(&k("github.auth"))
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        b"gh"
+    );
+    let msg = denied(agents.get(&k("npm.token")));
+    assert!(
+        msg.contains("\"agents\" may not use key \"npm.token\""),
+        "{msg}"
+    );
+    denied(agents.set(&k("npm.token"), &v("x")));
+    denied(agents.delete(&k("npm.token")));
+    assert_eq!(agents.keys().unwrap(), vec![k("github.auth")]);
+    denied(agents.subscribe(Some(vec![k("npm.token")])));
+    assert_eq!(
+        code.get(&k("npm.token")).unwrap().unwrap().expose_secret(),
+        b"npm"
+    );
+
+    // Events: the agents app hears about its key only.
+    code.set(&k("npm.token"), &v("npm2")).unwrap();
+    code.set(&k("github.auth"), &v("gh2")).unwrap();
+    match events.blocking_next() {
+        Some(Notification::Changed(e)) => {
+            assert_eq!(e.key, k("github.auth"));
+            assert_eq!(e.seq, 4, "the broker-wide sequence number");
+        }
+        other => panic!("expected the github.auth event, got {other:?}"),
+    }
+}
+
+#[test]
+fn executable_pinning_checks_the_peer_process() {
+    let broker = TestBroker::start(
+        SecretStorage::builder(Arc::new(MemoryStore::new())).build(),
+        agents_policy(),
+        ServerOptions::default(),
+    );
+    // "code" is pinned to this test binary: admitted.
+    broker.client("code").server_info().unwrap();
+    // Pinned to another executable: refused at hello, with the reason.
+    let err = broker.client("pinned-elsewhere").server_info().unwrap_err();
+    let msg = denied(Err::<(), _>(err));
+    assert!(msg.contains("pinned to other executables"), "{msg}");
+    assert!(
+        msg.contains(&std::env::current_exe().unwrap().display().to_string()),
+        "{msg}"
+    );
+
+    let mut refusing = agents_policy();
+    refusing.unlisted_apps = keyshare_broker::access::UnlistedApps::Refuse;
+    let broker = TestBroker::start(
+        SecretStorage::builder(Arc::new(MemoryStore::new())).build(),
+        refusing,
+        ServerOptions::default(),
+    );
+    let msg = denied(broker.client("stranger").server_info());
+    assert!(msg.contains("not configured"), "{msg}");
+}
+
+#[test]
+fn subscribers_get_ordered_events_from_every_client() {
+    let broker = TestBroker::memory();
+    let watcher = broker.client("agents");
+    let mut events = watcher.subscribe(Some(vec![k("a")])).unwrap();
+    assert_eq!(events.last_seq(), 0);
+    let writer = broker.client("code");
+    writer.set(&k("b"), &v("1")).unwrap();
+    writer.set(&k("a"), &v("1")).unwrap();
+    writer.delete(&k("a")).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        match events.blocking_next() {
+            Some(Notification::Changed(e)) => seen.push((e.seq, e.kind)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, vec![(2, ChangeKind::Set), (3, ChangeKind::Delete)]);
+}
+
+#[test]
+fn a_subscriber_that_does_not_read_gets_a_resync_notice() {
+    let storage = SecretStorage::builder(Arc::new(MemoryStore::new()))
+        .event_capacity(8)
+        .build();
+    let broker = TestBroker::start(storage, AccessPolicy::default(), ServerOptions::default());
+    let mut raw = Raw::connect(&broker);
+    raw.hello(1);
+    raw.send_body(br#"{"id":1,"op":"subscribe"}"#);
+    assert!(matches!(
+        raw.read(),
+        Some(ServerFrame::Reply {
+            reply: Reply::Subscribe { .. },
+            ..
+        })
+    ));
+    // Enough events to fill the socket buffers and the broker's queues while the raw
+    // subscriber reads nothing.
+    let writer = broker.client("code");
+    for i in 0..20_000 {
+        writer.set(&k(&format!("k{}", i % 10)), &v("x")).unwrap();
+    }
+    let mut last = 0;
+    let mut resync = None;
+    while let Some(frame) = raw.read() {
+        match frame {
+            ServerFrame::Event { seq, .. } => {
+                assert!(seq > last, "sequence numbers increase");
+                if resync.is_none() {
+                    assert_eq!(seq, last + 1, "no silent gap before the resync notice");
+                }
+                last = seq;
+                if seq == 20_000 {
+                    break;
+                }
+            }
+            ServerFrame::Resync { missed } => {
+                assert!(missed > 0);
+                resync = Some(missed);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        resync.is_some(),
+        "a lagging subscriber must be told to resync"
+    );
+    assert_eq!(last, 20_000, "events after the resync keep flowing");
+}
+
+/// A store whose `set` waits until the test lets it finish.
+#[derive(Debug)]
+struct GatedStore {
+    inner: MemoryStore,
+    entered: Mutex<mpsc::Sender<()>>,
+    release: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Store for GatedStore {
+    fn info(&self) -> StoreInfo {
+        self.inner.info()
+    }
+    fn get(&self, key: &SecretKey) -> keyshare::Result<Option<SecretValue>> {
+        self.inner.get(key)
+    }
+    fn set(&self, key: &SecretKey, value: &SecretValue) -> keyshare::Result<()> {
+        self.entered.lock().unwrap().send(()).unwrap();
+        self.release.lock().unwrap().recv().unwrap();
+        self.inner.set(key, value)
+    }
+    fn delete(&self, key: &SecretKey) -> keyshare::Result<bool> {
+        self.inner.delete(key)
+    }
+    fn keys(&self) -> keyshare::Result<Vec<SecretKey>> {
+        self.inner.keys()
+    }
+}
+
+#[test]
+fn shutdown_finishes_in_flight_requests_then_returns() {
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let store = Arc::new(GatedStore {
+        inner: MemoryStore::new(),
+        entered: Mutex::new(entered_tx),
+        release: Mutex::new(release_rx),
+    });
+    let mut broker = TestBroker::start(
+        SecretStorage::builder(store.clone()).build(),
+        AccessPolicy::default(),
+        ServerOptions::default(),
+    );
+    let client = Arc::new(broker.client("code"));
+    let writer = {
+        let client = Arc::clone(&client);
+        std::thread::spawn(move || client.set(&k("k"), &v("durable")))
+    };
+    entered_rx.recv().unwrap();
+    // The write is inside the store. Stop the server now: it must not return, nor drop the
+    // connection, before the write finished and its acknowledgement went out.
+    broker.signal_stop();
+    // New connections are refused once the listener is gone; wait for that instead of a sleep.
+    while UnixStream::connect(&broker.paths.socket).is_ok() {
+        std::thread::yield_now();
+    }
+    release_tx.send(()).unwrap();
+    writer
+        .join()
+        .unwrap()
+        .expect("the in-flight write is acknowledged");
+    broker.join().unwrap();
+    assert_eq!(
+        store.inner.get(&k("k")).unwrap().unwrap().expose_secret(),
+        b"durable"
+    );
+    // After shutdown the client reports the broker as not running, never as "not found".
+    match client.get(&k("k")) {
+        Err(Error::Unavailable {
+            reason: UnavailableReason::NotRunning,
+            ..
+        }) => {}
+        other => panic!("expected NotRunning, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_client_reconnects_to_a_restarted_broker() {
+    let shared = Arc::new(MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let paths = common::socket_of(dir.path());
+    paths.ensure_dir().unwrap();
+    let start = || {
+        TestBroker::start_at(
+            tempfile::tempdir().unwrap(),
+            paths.clone(),
+            SecretStorage::builder(shared.clone()).build(),
+            AccessPolicy::default(),
+            ServerOptions::default(),
+        )
+    };
+    let broker = start();
+    let client = broker.client("code");
+    client.set(&k("k"), &v("1")).unwrap();
+    broker.stop().unwrap();
+    std::fs::remove_file(&paths.socket).unwrap();
+    let restarted = start();
+    // The old connection closed with the old broker; the client notices and reconnects.
+    assert_eq!(client.get(&k("k")).unwrap().unwrap().expose_secret(), b"1");
+    assert_eq!(restarted.client("x").status().unwrap().connections, 2);
+}
+
+#[test]
+fn without_a_broker_and_without_autostart_the_error_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = common::socket_of(dir.path());
+    let client = BlockingBrokerClient::new(keyshare_broker::ClientConfig::with_paths(
+        paths,
+        keyshare::AppId::new("code").unwrap(),
+    ))
+    .unwrap();
+    match client.get(&k("k")) {
+        Err(Error::Unavailable {
+            reason: UnavailableReason::NotRunning,
+            detail,
+            ..
+        }) => {
+            assert!(detail.contains("no broker is running"), "{detail}");
+            assert!(detail.contains("keyshare serve"), "{detail}");
+        }
+        other => panic!("expected NotRunning, got {other:?}"),
+    }
+}
+
+const AUTOSTART_DIR: &str = "KEYSHARE_TEST_AUTOSTART_DIR";
+
+/// Run by `autostart_starts_one_broker_for_racing_clients` as the autostarted broker: what
+/// `keyshare serve --autostarted` does.
+#[test]
+#[ignore = "helper: runs as a child process of another test"]
+fn autostart_broker_child() {
+    let dir = std::env::var_os(AUTOSTART_DIR).expect("run by the autostart test");
+    let paths = common::socket_of(std::path::Path::new(&dir));
+    let daemon = keyshare_broker::daemon::Daemon::prepare(&paths).unwrap();
+    keyshare_broker::daemon::notify_ready_on_stdout().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime
+        .block_on(async {
+            let storage = SecretStorage::builder(Arc::new(MemoryStore::new())).build();
+            daemon
+                .serve(
+                    keyshare_broker::BrokerState::new(storage),
+                    keyshare_broker::daemon::shutdown_signal().unwrap(),
+                )
+                .await
+        })
+        .unwrap();
+}
+
+#[test]
+fn autostart_starts_one_broker_for_racing_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = common::socket_of(dir.path());
+    let autostart = Autostart {
+        program: std::env::current_exe().unwrap(),
+        args: [
+            "autostart_broker_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect(),
+        env: vec![(AUTOSTART_DIR.into(), dir.path().into())],
+        ready_timeout: Duration::from_secs(30),
+    };
+    let config = keyshare_broker::ClientConfig::with_paths(
+        paths.clone(),
+        keyshare::AppId::new("code").unwrap(),
+    )
+    .autostart(Some(autostart));
+    let pids: Vec<u32> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let config = config.clone();
+                s.spawn(move || {
+                    let client = BlockingBrokerClient::new(config).unwrap();
+                    client.set(&k(&format!("k{i}")), &v("x")).unwrap();
+                    client.status().unwrap().pid
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(pids.iter().all(|p| *p == pids[0]), "one broker: {pids:?}");
+    let client = BlockingBrokerClient::new(config.autostart(None)).unwrap();
+    assert_eq!(client.keys().unwrap().len(), 4);
+    drop(client);
+
+    // SIGTERM: it stops, removes its socket and releases its lock. Waiting for the lock is
+    // waiting for the process to exit.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pids[0] as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let lock = keyshare_broker::daemon::FileLock::acquire(&paths.instance_lock).unwrap();
+    assert!(!paths.socket.exists(), "the socket is removed on SIGTERM");
+    drop(lock);
+}
+
+#[test]
+fn autostart_failure_reports_the_brokers_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = common::socket_of(dir.path());
+    let autostart = Autostart {
+        program: "/bin/sh".into(),
+        args: vec![
+            "-c".into(),
+            "echo 'config.toml: bad flavour' >&2; exit 3".into(),
+        ],
+        env: vec![],
+        ready_timeout: Duration::from_secs(30),
+    };
+    let client = BlockingBrokerClient::new(
+        keyshare_broker::ClientConfig::with_paths(paths, keyshare::AppId::new("code").unwrap())
+            .autostart(Some(autostart)),
+    )
+    .unwrap();
+    let err = client.get(&k("k")).unwrap_err().to_string();
+    assert!(err.contains("could not start the broker"), "{err}");
+    assert!(err.contains("exit status: 3"), "{err}");
+    assert!(err.contains("config.toml: bad flavour"), "{err}");
+}
+
+#[test]
+fn an_idle_broker_stops_on_its_own_only_when_idle() {
+    let mut options = ServerOptions::default();
+    options.idle_exit = Some(Duration::from_millis(200));
+    let broker = TestBroker::start(
+        SecretStorage::builder(Arc::new(MemoryStore::new())).build(),
+        AccessPolicy::default(),
+        options,
+    );
+    let client = broker.client("code");
+    // Connected for longer than the idle period: the broker stays.
+    for i in 0..5 {
+        client.set(&k("k"), &v(&i.to_string())).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(client.get(&k("k")).unwrap().unwrap().expose_secret(), b"4");
+    drop(client);
+    broker.wait_for_exit().unwrap();
+}

@@ -1,0 +1,119 @@
+//! Reaching the shared store through the broker: whether to, and how.
+//!
+//! Persistent shared stores (vault, Secret Service, auto) are reached through the flavour's
+//! broker unless `--direct` is given, starting it if none answers (unless `--no-autostart` or
+//! `autostart = false`). The memory store is always direct: a broker's memory is not what a
+//! one-off command means by "memory". Without `XDG_RUNTIME_DIR` there is no private place for
+//! the socket, so the command goes direct (and says so in the log).
+
+use std::sync::Arc;
+
+use keyshare_broker::access::{AccessPolicy, AppRule, KeyPattern};
+use keyshare_broker::client::Autostart;
+use keyshare_broker::daemon::BrokerPaths;
+use keyshare_broker::{BlockingBrokerClient, ClientConfig, ClientError};
+
+use crate::config::{Config, StoreChoice};
+use crate::stores::{Context, SharedChoice};
+
+/// How the command reaches the shared store, from the global flags.
+#[derive(Clone, Debug, Default)]
+pub struct Routing {
+    /// `--direct`: open the store in this process.
+    pub direct: bool,
+    /// `--no-autostart`: never start a broker.
+    pub no_autostart: bool,
+    /// The `--config` and `--store` given to this command, passed on to an autostarted broker
+    /// so it serves the same store.
+    pub passthrough: Vec<std::ffi::OsString>,
+    /// This process is an autostarted broker: it has no terminal to ask a passphrase on.
+    pub autostarted: bool,
+}
+
+/// The broker's paths for the context's flavour (a clear error when `XDG_RUNTIME_DIR` is unset).
+pub fn paths(ctx: &Context) -> anyhow::Result<BrokerPaths> {
+    Ok(BrokerPaths::from_runtime_dir(
+        ctx.dirs.runtime_dir.clone().map(Into::into),
+        &ctx.flavour,
+    )?)
+}
+
+/// A client of the context's broker, autostarting it unless disabled.
+pub fn client(ctx: &Context) -> anyhow::Result<BlockingBrokerClient> {
+    let autostart = !ctx.routing.no_autostart && ctx.config.autostart != Some(false);
+    let mut config = ClientConfig::with_paths(paths(ctx)?, ctx.app.clone())
+        .client("keyshare", env!("CARGO_PKG_VERSION"))
+        .timeout(ctx.timeout);
+    if autostart {
+        let mut start = Autostart::keyshare_serve(&ctx.flavour);
+        start.args.extend(ctx.routing.passthrough.iter().cloned());
+        config = config.autostart(Some(start));
+    }
+    Ok(BlockingBrokerClient::new(config)?)
+}
+
+/// The broker as the shared store, or `None` when the command should open it directly: with
+/// `--direct`, for the memory store, without `XDG_RUNTIME_DIR`, when no broker runs and
+/// autostart is off, and when autostart failed (the direct open then reports the real problem,
+/// such as a vault that needs a passphrase typed on this terminal, with its own exit code).
+/// A broker that answers but refuses (another app's pin, a protocol mismatch) is an error.
+pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
+    if ctx.routing.direct || ctx.store == StoreChoice::Memory {
+        return Ok(None);
+    }
+    if ctx.dirs.runtime_dir.is_none() {
+        tracing::warn!("XDG_RUNTIME_DIR is not set: opening the shared store directly");
+        return Ok(None);
+    }
+    let client = client(ctx)?;
+    match client.hello() {
+        Ok(_) => {}
+        Err(ClientError::Transport(err)) => {
+            tracing::warn!(error = %err, "no broker: opening the shared store directly");
+            return Ok(None);
+        }
+        Err(err) => {
+            return Err(err
+                .into_store_error(client.async_client().store_name())
+                .into())
+        }
+    }
+    if let Some(notice) = client.async_client().take_autostart_output() {
+        // What the broker said while starting (e.g. that it created a key file) is for the
+        // user who caused the start.
+        eprintln!("{}", notice.trim_end());
+    }
+    Ok(Some(SharedChoice {
+        store: Arc::new(client),
+        reason: "through the broker (--direct opens it in this process)".to_owned(),
+        // The broker serves the same store this command would open: same journal.
+        identity: crate::stores::shared_placeholder_identity(ctx),
+    }))
+}
+
+/// The broker's access policy from `[apps.<id>]` in `config.toml`.
+pub fn policy(config: &Config) -> anyhow::Result<AccessPolicy> {
+    let mut policy = AccessPolicy::default();
+    for (app, rule) in &config.apps {
+        let shared_keys = match &rule.shared_keys {
+            None => None,
+            Some(patterns) => Some(
+                patterns
+                    .iter()
+                    .map(|p| KeyPattern::new(p.clone()))
+                    .collect::<keyshare::Result<Vec<_>>>()
+                    .map_err(|e| {
+                        crate::config::ConfigError(format!("[apps.{app}] shared_keys: {e}"))
+                    })?,
+            ),
+        };
+        policy.apps.insert(
+            app.clone(),
+            AppRule {
+                executables: rule.executables.clone(),
+                shared_keys,
+            },
+        );
+    }
+    Ok(policy)
+}

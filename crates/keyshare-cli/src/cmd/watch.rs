@@ -1,0 +1,106 @@
+//! `keyshare watch [KEY...]`: change events as they happen, one line each (`--json`: one JSON
+//! object per line). Values are never printed: read them with `keyshare get`.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use keyshare::{ChangeKind, Notification};
+
+use crate::broker;
+use crate::cmd::parse_key;
+use crate::stores::Context;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only these keys (default: every key this app may see).
+    pub keys: Vec<String>,
+}
+
+pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
+    if ctx.routing.direct {
+        return Err(keyshare::Error::invalid(
+            "arguments",
+            "`keyshare watch` needs the broker (change events come from it); drop --direct",
+        )
+        .into());
+    }
+    let keys = if args.keys.is_empty() {
+        None
+    } else {
+        Some(
+            args.keys
+                .iter()
+                .map(|k| parse_key(k))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        )
+    };
+    let client = broker::client(ctx)?;
+    let mut out = std::io::stdout().lock();
+    let mut first = true;
+    loop {
+        let mut events = client.subscribe(keys.clone())?;
+        if first {
+            eprintln!(
+                "keyshare: watching {} (Ctrl-C to stop)",
+                if args.keys.is_empty() {
+                    "every key".to_owned()
+                } else {
+                    args.keys.join(", ")
+                }
+            );
+        } else {
+            // The broker restarted: whatever changed meanwhile was not reported.
+            print(
+                &mut out,
+                ctx.json,
+                &Notification::Resync { missed: 0 },
+                true,
+            )?;
+        }
+        first = false;
+        while let Some(notification) = events.blocking_next() {
+            print(&mut out, ctx.json, &notification, false)?;
+        }
+    }
+}
+
+fn print(
+    out: &mut impl Write,
+    json: bool,
+    notification: &Notification,
+    reconnected: bool,
+) -> anyhow::Result<()> {
+    let line = match (notification, json) {
+        (Notification::Changed(e), true) => serde_json::json!({
+            "seq": e.seq,
+            "key": e.key.as_str(),
+            "kind": kind(e.kind),
+        })
+        .to_string(),
+        (Notification::Changed(e), false) => {
+            format!("{} {} {}", e.seq, kind(e.kind), e.key.as_str())
+        }
+        (Notification::Resync { missed }, true) => serde_json::json!({
+            "resync": true,
+            "missed": missed,
+            "reconnected": reconnected,
+        })
+        .to_string(),
+        (Notification::Resync { .. }, false) if reconnected => {
+            "resync: reconnected to the broker; changes in between were not reported".to_owned()
+        }
+        (Notification::Resync { missed }, false) => {
+            format!("resync: {missed} changes were not reported; re-read what you cache")
+        }
+    };
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .context("cannot write to standard output")
+}
+
+fn kind(kind: ChangeKind) -> &'static str {
+    match kind {
+        ChangeKind::Delete => "delete",
+        _ => "set",
+    }
+}

@@ -1,0 +1,175 @@
+//! The CLI with the broker: `keyshare serve` in the foreground, `keyshare watch`, commands
+//! routed through the running broker, `--direct`, and a clean exit on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn keyshare(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyshare"));
+    cmd.env_clear()
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_RUNTIME_DIR", home.join("run"))
+        .args(["--store", "vault"]);
+    cmd
+}
+
+fn run(home: &Path, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let mut child = keyshare(home)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Reads `from` until a line contains `needle`; returns that line.
+fn wait_for_line(from: &mut impl BufRead, needle: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            from.read_line(&mut line).unwrap() > 0,
+            "ended before a line with {needle:?}"
+        );
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+fn sigterm(pid: u32) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+}
+
+#[test]
+fn serve_watch_and_commands_through_the_broker() {
+    let home = tempfile::tempdir().unwrap();
+    let socket = home.path().join("run/keyshare/stable.sock");
+    let mut serve = keyshare(home.path())
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut serve_err = BufReader::new(serve.stderr.take().unwrap());
+    let banner = wait_for_line(&mut serve_err, "keyshare: serving flavour stable");
+    assert!(banner.contains("stable.sock"), "{banner}");
+
+    // A second broker for the same flavour is refused.
+    let second = run(home.path(), &["serve"], b"");
+    assert_eq!(second.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another broker already serves"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    let mut watch = keyshare(home.path())
+        .args(["--app", "agents", "--json", "watch", "github.auth"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut watch_err = BufReader::new(watch.stderr.take().unwrap());
+    wait_for_line(&mut watch_err, "watching github.auth");
+    let mut watch_out = BufReader::new(watch.stdout.take().unwrap());
+
+    let set = run(
+        home.path(),
+        &["--app", "code", "set", "github.auth"],
+        b"gho_1",
+    );
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let event = wait_for_line(&mut watch_out, "github.auth");
+    let event: serde_json::Value = serde_json::from_str(&event).unwrap();
+    assert_eq!(event["kind"], "set");
+    assert_eq!(event["key"], "github.auth");
+    assert!(
+        !event.to_string().contains("gho_1"),
+        "events never carry values"
+    );
+    let got = run(home.path(), &["--app", "agents", "get", "github.auth"], b"");
+    assert_eq!(got.stdout, b"gho_1");
+
+    // --direct reads the same vault without the broker; watch needs the broker.
+    let direct = run(home.path(), &["--direct", "get", "github.auth"], b"");
+    assert_eq!(direct.stdout, b"gho_1");
+    let refused = run(home.path(), &["--direct", "watch"], b"");
+    assert_eq!(refused.status.code(), Some(2));
+
+    let deleted = run(home.path(), &["delete", "github.auth"], b"");
+    assert!(deleted.status.success());
+    let event = wait_for_line(&mut watch_out, "github.auth");
+    assert!(event.contains("\"delete\""), "{event}");
+
+    // SIGTERM: exit 0, socket removed.
+    let _ = watch.kill();
+    let _ = watch.wait();
+    sigterm(serve.id());
+    assert!(serve.wait().unwrap().success());
+    assert!(!socket.exists(), "the socket is removed at exit");
+    let mut rest = String::new();
+    let _ = serve_err.read_to_string(&mut rest);
+    assert!(!rest.contains("gho_1"), "no value in the broker's output");
+
+    // A watcher autostarts a broker; when that broker goes away, the watcher starts another
+    // and reports the gap.
+    let mut watch = keyshare(home.path())
+        .args(["--json", "watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut watch_err = BufReader::new(watch.stderr.take().unwrap());
+    wait_for_line(&mut watch_err, "watching every key");
+    let mut watch_out = BufReader::new(watch.stdout.take().unwrap());
+    let lock = home.path().join("run/keyshare/stable.lock");
+    let first_broker = broker_pid(&lock);
+    sigterm(first_broker);
+    let gap = wait_for_line(&mut watch_out, "resync");
+    assert!(gap.contains("\"reconnected\":true"), "{gap}");
+    let second_broker = broker_pid(&lock);
+    assert_ne!(first_broker, second_broker);
+    let _ = watch.kill();
+    let _ = watch.wait();
+    sigterm(second_broker);
+}
+
+fn broker_pid(lock: &Path) -> u32 {
+    std::fs::read_to_string(lock)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn without_a_broker_and_without_autostart_commands_go_direct() {
+    let home = tempfile::tempdir().unwrap();
+    let set = run(
+        home.path(),
+        &["--no-autostart", "set", "github.auth"],
+        b"gho_2",
+    );
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    assert!(!home.path().join("run/keyshare/stable.sock").exists());
+    let got = run(home.path(), &["--no-autostart", "get", "github.auth"], b"");
+    assert_eq!(got.stdout, b"gho_2");
+}
