@@ -264,7 +264,7 @@ fn the_documented_example_session_works_byte_for_byte() {
     raw.hello(1);
     raw.send_body(br#"{"id":2,"op":"set","key":"github.auth","value":"dG9rZW4="}"#);
     raw.send_body(br#"{"id":3,"op":"get","key":"github.auth"}"#);
-    let mut replies = vec![raw.read().unwrap(), raw.read().unwrap()];
+    let mut replies = [raw.read().unwrap(), raw.read().unwrap()];
     replies.sort_by_key(|f| match f {
         ServerFrame::Reply { id, .. } => *id,
         _ => u64::MAX,

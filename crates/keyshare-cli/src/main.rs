@@ -130,7 +130,8 @@ fn routing(cli: &Cli) -> broker::Routing {
         passthrough.extend(["--store".into(), store.name().into()]);
     }
     broker::Routing {
-        direct: cli.direct,
+        // `doctor` diagnoses the store itself, the way this machine would open it.
+        direct: cli.direct || matches!(cli.command, Command::Doctor),
         no_autostart: cli.no_autostart,
         passthrough,
         autostarted: matches!(&cli.command, Command::Serve(args) if args.autostarted),
