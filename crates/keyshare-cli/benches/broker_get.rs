@@ -1,0 +1,119 @@
+//! (c) `keyshare get` as a whole process through a running broker vs `secret-tool lookup`
+//! against gnome-keyring, measured in the same run. Target: keyshare at least 8x faster.
+//!
+//! Needs a Secret Service on the session bus (`DBUS_SESSION_BUS_ADDRESS`):
+//! `d=$(mktemp -d); eval "$(scripts/secret-service start "$d")";
+//!  cargo bench -p keyshare-cli --bench broker_get; scripts/secret-service stop "$d"`
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn median_wall(mut run: impl FnMut(), n: usize) -> Duration {
+    for _ in 0..n / 10 {
+        run();
+    }
+    let mut times: Vec<Duration> = (0..n)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[n / 2]
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("broker_get bench: skipped (run with `cargo bench`)");
+        return;
+    }
+    if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none()
+        || Command::new("secret-tool")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        println!("broker_get bench: skipped: needs secret-tool and a Secret Service (see the file's header)");
+        return;
+    }
+    let keyshare = env!("CARGO_BIN_EXE_keyshare");
+    let home = tempfile::tempdir().unwrap();
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(keyshare);
+        c.env("HOME", home.path())
+            .env("XDG_DATA_HOME", home.path().join("data"))
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .env("XDG_RUNTIME_DIR", home.path().join("run"))
+            .args(["--store", "vault"])
+            .args(args);
+        c
+    };
+    let mut serve = cmd(&["serve"]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut banner = BufReader::new(serve.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("serving flavour") {
+        line.clear();
+        assert!(
+            banner.read_line(&mut line).unwrap() > 0,
+            "keyshare serve failed"
+        );
+    }
+    let mut set = cmd(&["set", "bench.token"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    set.stdin
+        .take()
+        .unwrap()
+        .write_all(b"gho_bench_value")
+        .unwrap();
+    assert!(set.wait().unwrap().success());
+    let mut store = Command::new("secret-tool")
+        .args([
+            "store",
+            "--label=keyshare bench",
+            "service",
+            "keyshare-bench",
+            "key",
+            "token",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    store
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"gho_bench_value")
+        .unwrap();
+    assert!(store.wait().unwrap().success());
+
+    let ours = median_wall(
+        || {
+            let out = cmd(&["get", "bench.token"]).output().unwrap();
+            assert_eq!(out.stdout, b"gho_bench_value");
+        },
+        200,
+    );
+    let theirs = median_wall(
+        || {
+            let out = Command::new("secret-tool")
+                .args(["lookup", "service", "keyshare-bench", "key", "token"])
+                .output()
+                .unwrap();
+            assert_eq!(out.stdout, b"gho_bench_value");
+        },
+        200,
+    );
+    println!(
+        "(c) `keyshare get` through a running broker {ours:?}, `secret-tool lookup` (gnome-keyring) {theirs:?}: keyshare {:.1}x faster (target >= 8x)",
+        theirs.as_secs_f64() / ours.as_secs_f64()
+    );
+    let _ = Command::new("secret-tool")
+        .args(["clear", "service", "keyshare-bench", "key", "token"])
+        .status();
+    let _ = serve.kill();
+    let _ = serve.wait();
+}
