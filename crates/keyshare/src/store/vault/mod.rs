@@ -277,6 +277,10 @@ enum WriteOp {
         namespace: String,
         key: Vec<u8>,
     },
+    SetMany {
+        namespace: String,
+        rows: Vec<(Vec<u8>, Vec<u8>)>,
+    },
 }
 
 impl WriteOp {
@@ -298,6 +302,16 @@ impl WriteOp {
                 .prepare_cached("DELETE FROM secrets WHERE namespace = ?1 AND key = ?2")?
                 .execute((namespace, key))
                 .map(|n| n > 0),
+            WriteOp::SetMany { namespace, rows } => {
+                let mut stmt = conn.prepare_cached(
+                    "INSERT INTO secrets (namespace, key, sealed) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (namespace, key) DO UPDATE SET sealed = excluded.sealed",
+                )?;
+                for (key, sealed) in rows {
+                    stmt.execute((namespace, key, sealed))?;
+                }
+                Ok(!rows.is_empty())
+            }
         }
     }
 }
@@ -678,16 +692,15 @@ impl Store for VaultStore {
                 Ok((key, Sealed::seal(&self.vault.dek, &self.aad(key), value)?))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.vault.write("writing values", |conn| {
-            let mut stmt = conn.prepare_cached(
-                "INSERT INTO secrets (namespace, key, sealed) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (namespace, key) DO UPDATE SET sealed = excluded.sealed",
-            )?;
-            for (key, sealed) in &sealed {
-                stmt.execute((&self.namespace, key.as_str().as_bytes(), sealed.as_bytes()))?;
-            }
-            Ok(())
-        })
+        // One write op, so one savepoint: all rows or none.
+        let op = WriteOp::SetMany {
+            namespace: self.namespace.clone(),
+            rows: sealed
+                .iter()
+                .map(|(key, sealed)| (key.as_str().as_bytes().to_vec(), sealed.as_bytes().to_vec()))
+                .collect(),
+        };
+        self.vault.write("writing values", op).map(drop)
     }
 
     fn delete(&self, key: &SecretKey) -> Result<bool> {
