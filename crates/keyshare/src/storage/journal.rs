@@ -130,10 +130,10 @@ impl Journal {
             .set(name, &SecretValue::from_slice(key.as_str().as_bytes()))
     }
 
+    /// Always writes, even when the in-memory copy already says dirty: a clear that failed
+    /// after taking effect leaves memory saying "dirty" while the journal on disk does not, and
+    /// trusting memory here would let a restart serve the stale shared copy.
     pub(crate) fn mark_dirty(&self, key: &SecretKey) -> Result<()> {
-        if self.is_dirty(key) {
-            return Ok(());
-        }
         self.record(&entry_name(DIRTY, key), key)?;
         self.write().dirty.insert(key.clone());
         Ok(())

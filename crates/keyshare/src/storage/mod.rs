@@ -649,15 +649,14 @@ impl Inner {
                     .shared_write_failures
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %err, key = %key, "shared store write failed; queued for repair");
-                if !was_dirty {
-                    // Without this record an acknowledged value could be shadowed by the stale
-                    // shared copy, so failing to write it fails the operation (nothing has
-                    // changed in the legacy store yet).
-                    self.journal.mark_dirty(key).map_err(|journal_err| {
-                        tracing::error!(error = %journal_err, "could not record a pending repair");
-                        err
-                    })?;
-                }
+                // Without this record an acknowledged value could be shadowed by the stale
+                // shared copy, so failing to write it fails the operation (nothing has changed
+                // in the legacy store yet). Written even if the key looks dirty already: see
+                // `Journal::mark_dirty`.
+                self.journal.mark_dirty(key).map_err(|journal_err| {
+                    tracing::error!(error = %journal_err, "could not record a pending repair");
+                    err
+                })?;
                 false
             }
         };
