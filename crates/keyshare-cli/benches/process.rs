@@ -55,7 +55,7 @@ fn main() {
     let mut set = Command::new(keyshare);
     env(&mut set);
     let mut child = set
-        .args(["--store", "vault", "set", "github.auth"])
+        .args(["--store", "vault", "--direct", "set", "github.auth"])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
@@ -75,7 +75,7 @@ fn main() {
             let mut get = Command::new(keyshare);
             env(&mut get);
             let status = get
-                .args(["--store", "vault", "get", "github.auth"])
+                .args(["--store", "vault", "--direct", "get", "github.auth"])
                 .status()
                 .unwrap();
             assert!(status.success(), "keyshare get failed");
