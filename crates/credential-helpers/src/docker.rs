@@ -1,0 +1,351 @@
+//! The docker-credential-helpers protocol, as the docker CLI speaks it: the verb is the only
+//! argument; `store` reads `{"ServerURL","Username","Secret"}` on stdin; `get` and `erase` read
+//! a server URL; `get` answers with the same JSON; `list` answers with a JSON map from server
+//! URL to username. Errors are one line on stdout and a non-zero exit; the docker CLI matches
+//! three of those lines exactly ([`NOT_FOUND`], [`MISSING_SERVER_URL`], [`MISSING_USERNAME`]).
+//!
+//! # Key scheme
+//!
+//! `docker:<ServerURL>`, e.g. `docker:https://index.docker.io/v1/`, the URL exactly as docker
+//! passes it. The value is a JSON document with the server URL, the username and the secret.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use keyshare::{Error, Result, SecretKey, SecretStorage, SecretValue};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// The most input accepted, in bytes (a store payload carries a token, rarely over a few KiB).
+pub const MAX_INPUT_LEN: usize = 1024 * 1024;
+
+/// The prefix of every docker credential's key.
+pub const KEY_PREFIX: &str = "docker:";
+
+/// The canonical "not found" line the docker CLI recognises.
+pub const NOT_FOUND: &str = "credentials not found in native keychain";
+/// The canonical line for a request without a server URL.
+pub const MISSING_SERVER_URL: &str = "no credentials server URL";
+/// The canonical line for a store payload without a username.
+pub const MISSING_USERNAME: &str = "no credentials username";
+
+/// The `what` of every [`Error::Invalid`] this module returns; for those, the `reason` is the
+/// line to print on stdout.
+pub const INPUT: &str = "docker credential input";
+
+const STORE_NAME: &str = "docker credentials";
+
+fn invalid(reason: impl Into<String>) -> Error {
+    Error::invalid(INPUT, reason)
+}
+
+/// A credential as docker stores it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The registry, e.g. `https://index.docker.io/v1/`.
+    pub server_url: String,
+    /// The username.
+    pub username: String,
+    /// The password or token.
+    pub secret: SecretValue,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("server_url", &self.server_url)
+            .field("username", &self.username)
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    #[serde(rename = "ServerURL")]
+    server_url: &'a str,
+    #[serde(rename = "Username")]
+    username: &'a str,
+    #[serde(rename = "Secret")]
+    secret: &'a str,
+}
+
+#[derive(Deserialize)]
+struct WireIn {
+    #[serde(rename = "ServerURL", default)]
+    server_url: String,
+    #[serde(rename = "Username", default)]
+    username: String,
+    #[serde(rename = "Secret")]
+    secret: Option<Zeroizing<String>>,
+}
+
+fn check_input(input: &[u8]) -> Result<()> {
+    if input.len() > MAX_INPUT_LEN {
+        return Err(invalid(format!(
+            "more than {MAX_INPUT_LEN} bytes of input; docker never sends that much"
+        )));
+    }
+    if input.contains(&0) {
+        return Err(invalid("the input contains a NUL byte"));
+    }
+    Ok(())
+}
+
+fn json_error(e: &serde_json::Error) -> String {
+    // serde_json's message may quote the document (the secret): only the category and the
+    // position are reported.
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "malformed JSON",
+        serde_json::error::Category::Data => "a field has the wrong type",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!("{what} at line {}, column {}", e.line(), e.column())
+}
+
+impl Credential {
+    /// Parses `store`'s input. Unknown fields are ignored (docker may add some).
+    ///
+    /// Errors ([`Error::Invalid`], never quoting the input): malformed JSON, a NUL byte, input
+    /// over [`MAX_INPUT_LEN`], and, with docker's exact wording, an empty `ServerURL`
+    /// ([`MISSING_SERVER_URL`]) or `Username` ([`MISSING_USERNAME`]); a missing `Secret`.
+    pub fn parse_store(input: &[u8]) -> Result<Credential> {
+        check_input(input)?;
+        let mut wire: WireIn = serde_json::from_slice(input).map_err(|e| {
+            invalid(format!(
+                "the store payload is not {{\"ServerURL\",\"Username\",\"Secret\"}}: {}",
+                json_error(&e)
+            ))
+        })?;
+        if wire.server_url.is_empty() {
+            return Err(invalid(MISSING_SERVER_URL));
+        }
+        if wire.username.is_empty() {
+            return Err(invalid(MISSING_USERNAME));
+        }
+        let Some(secret) = wire.secret.as_mut() else {
+            return Err(invalid("the store payload has no \"Secret\" field"));
+        };
+        let credential = Credential {
+            server_url: wire.server_url,
+            username: wire.username,
+            secret: SecretValue::new(std::mem::take(&mut **secret).into_bytes()),
+        };
+        key(&credential.server_url)?;
+        Ok(credential)
+    }
+
+    /// `get`'s answer: the JSON document and a newline, as docker's own helpers write it.
+    pub fn answer(&self) -> Result<Zeroizing<Vec<u8>>> {
+        let mut buf = self.to_json()?;
+        buf.push(b'\n');
+        Ok(buf)
+    }
+
+    fn to_json(&self) -> Result<Zeroizing<Vec<u8>>> {
+        let secret = std::str::from_utf8(self.secret.expose_secret())
+            .map_err(|_| invalid("the secret is not valid UTF-8"))?;
+        // Sized up front so the buffer holding the secret is never reallocated.
+        let mut buf = Zeroizing::new(Vec::with_capacity(
+            128 + 2 * (self.server_url.len() + self.username.len() + secret.len()) + 16,
+        ));
+        serde_json::to_writer(
+            &mut *buf,
+            &Wire {
+                server_url: &self.server_url,
+                username: &self.username,
+                secret,
+            },
+        )
+        .map_err(|e| invalid(format!("cannot encode the credential: {}", json_error(&e))))?;
+        Ok(buf)
+    }
+
+    fn decode(key: &SecretKey, value: &SecretValue) -> Result<Credential> {
+        let corrupt = |detail: String| Error::Corrupt {
+            store: STORE_NAME.to_owned(),
+            key: Some(key.as_str().to_owned()),
+            detail,
+        };
+        let mut wire: WireIn = serde_json::from_slice(value.expose_secret()).map_err(|e| {
+            corrupt(format!(
+                "not a keyshare docker credential ({})",
+                json_error(&e)
+            ))
+        })?;
+        let Some(secret) = wire.secret.as_mut() else {
+            return Err(corrupt("the stored credential has no Secret".to_owned()));
+        };
+        let credential = Credential {
+            server_url: wire.server_url,
+            username: wire.username,
+            secret: SecretValue::new(std::mem::take(&mut **secret).into_bytes()),
+        };
+        if KEY_PREFIX.to_owned() + &credential.server_url != key.as_str() {
+            return Err(corrupt(
+                "the credential stored under this key is for another server".to_owned(),
+            ));
+        }
+        Ok(credential)
+    }
+}
+
+/// Parses `get`'s and `erase`'s input: the server URL, surrounding whitespace trimmed (as
+/// docker's helpers do). Empty: [`MISSING_SERVER_URL`].
+pub fn parse_server_url(input: &[u8]) -> Result<String> {
+    check_input(input)?;
+    let text =
+        std::str::from_utf8(input).map_err(|_| invalid("the server URL is not valid UTF-8"))?;
+    let url = text.trim();
+    if url.is_empty() {
+        return Err(invalid(MISSING_SERVER_URL));
+    }
+    if url.contains(['\n', '\r']) {
+        return Err(invalid("the server URL spans several lines; send one URL"));
+    }
+    key(url)?;
+    Ok(url.to_owned())
+}
+
+/// The key a docker credential for `server_url` is stored under.
+pub fn key(server_url: &str) -> Result<SecretKey> {
+    SecretKey::new(format!("{KEY_PREFIX}{server_url}"))
+        .map_err(|e| invalid(format!("the server URL cannot be stored: {e}")))
+}
+
+/// `store`: saves (or replaces) the credential for its server.
+pub fn store(storage: &SecretStorage, credential: &Credential) -> Result<()> {
+    let value = SecretValue::from(credential.to_json()?);
+    storage.set(&key(&credential.server_url)?, &value)
+}
+
+/// `get`: the credential for `server_url`, `None` when there is none.
+pub fn get(storage: &SecretStorage, server_url: &str) -> Result<Option<Credential>> {
+    let key = key(server_url)?;
+    storage
+        .get(&key)?
+        .map(|value| Credential::decode(&key, &value))
+        .transpose()
+}
+
+/// `erase`: removes the credential for `server_url`; `false` when there was none.
+pub fn erase(storage: &SecretStorage, server_url: &str) -> Result<bool> {
+    storage.delete(&key(server_url)?)
+}
+
+/// `list`: every stored server URL with its username.
+pub fn list(storage: &SecretStorage) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for key in storage.keys()? {
+        if !key.as_str().starts_with(KEY_PREFIX) {
+            continue;
+        }
+        if let Some(value) = storage.get(&key)? {
+            let credential = Credential::decode(&key, &value)?;
+            out.insert(credential.server_url, credential.username);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use keyshare::MemoryStore;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn reason(err: Error) -> String {
+        match err {
+            Error::Invalid { reason, .. } => reason,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn store_get_list_erase() {
+        let storage = SecretStorage::builder(Arc::new(MemoryStore::new())).build();
+        for (url, user, secret) in [
+            ("https://index.docker.io/v1/", "alice", "s1"),
+            ("ghcr.io", "bob", "s2"),
+        ] {
+            let payload = format!(
+                r#"{{"ServerURL":"{url}","Username":"{user}","Secret":"{secret}","Extra":1}}"#
+            );
+            store(
+                &storage,
+                &Credential::parse_store(payload.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        }
+        let got = get(&storage, &parse_server_url(b" ghcr.io\n").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            &got.answer().unwrap()[..],
+            b"{\"ServerURL\":\"ghcr.io\",\"Username\":\"bob\",\"Secret\":\"s2\"}\n"
+        );
+        let listed = list(&storage).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed["https://index.docker.io/v1/"], "alice");
+        assert!(erase(&storage, "ghcr.io").unwrap());
+        assert!(!erase(&storage, "ghcr.io").unwrap());
+        assert!(get(&storage, "ghcr.io").unwrap().is_none());
+        assert_eq!(
+            storage.keys().unwrap()[0].as_str(),
+            "docker:https://index.docker.io/v1/"
+        );
+    }
+
+    #[test]
+    fn bad_payloads_name_the_problem_without_the_secret() {
+        assert_eq!(
+            reason(Credential::parse_store(br#"{"Username":"u","Secret":"hunter2"}"#).unwrap_err()),
+            MISSING_SERVER_URL
+        );
+        assert_eq!(
+            reason(
+                Credential::parse_store(br#"{"ServerURL":"s","Secret":"hunter2"}"#).unwrap_err()
+            ),
+            MISSING_USERNAME
+        );
+        assert!(reason(
+            Credential::parse_store(br#"{"ServerURL":"s","Username":"u"}"#).unwrap_err()
+        )
+        .contains("no \"Secret\""));
+        for bad in [
+            &br#"{"ServerURL":"s","Username":"u","Secret":"hunter2""#[..],
+            br#"{"ServerURL":"s","Username":"u","Secret":hunter2}"#,
+            br#"{"ServerURL":"s","Username":"u","Secret":["hunter2"]}"#,
+        ] {
+            let text = reason(Credential::parse_store(bad).unwrap_err());
+            assert!(
+                !text.contains("hunter2") && text.contains("line 1, column"),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            reason(parse_server_url(b"  \n").unwrap_err()),
+            MISSING_SERVER_URL
+        );
+        assert!(reason(parse_server_url(b"a\0b").unwrap_err()).contains("NUL"));
+        assert!(reason(parse_server_url(b"a\nb").unwrap_err()).contains("several lines"));
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Credential::parse_store(&bytes);
+            let _ = parse_server_url(&bytes);
+        }
+
+        #[test]
+        fn answer_parses_back(url in "[^\0\n\r ]{1,40}", user in "[^\0]{1,20}", secret in "[^\0]{0,40}") {
+            let credential = Credential { server_url: url, username: user, secret: SecretValue::from_slice(secret.as_bytes()) };
+            prop_assert_eq!(Credential::parse_store(&credential.answer().unwrap()).unwrap(), credential);
+        }
+    }
+}

@@ -1,0 +1,998 @@
+//! git's credential helper protocol (`git help credential`, "INPUT/OUTPUT FORMAT").
+//!
+//! git writes `key=value` lines to the helper's stdin, ended by a blank line or end of input,
+//! and reads the same format back from `get`. This module parses that input ([`Request`]),
+//! stores credentials in a [`SecretStorage`] under the key scheme below, and writes `get`'s
+//! answer ([`Credential::write_answer`]).
+//!
+//! # Key scheme
+//!
+//! `git:<protocol>://<username>@<host>[/<path>]`, e.g. `git:https://alice@github.com` or, with
+//! `credential.useHttpPath`, `git:https://alice@github.com/org/repo.git`. The username and the
+//! host are percent-encoded (so neither contains `@` or `/`), the path is kept as git sent it.
+//! The value is a JSON document holding every attribute (the password and the OAuth refresh
+//! token included), so the key is only an index: `get` without a username finds every
+//! username stored for that protocol, host and path, and answers with the most recently stored
+//! one that has not expired.
+//!
+//! A path is part of the key only when git sends one (it does so for HTTP only with
+//! `credential.useHttpPath`), and a request matches only entries with exactly the same path:
+//! a credential stored for one repository is never offered for another.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{BufRead, Read, Write};
+
+use keyshare::{Error, Result, SecretKey, SecretStorage, SecretValue};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::keys::encode;
+
+/// The longest line accepted, in bytes, without its line ending (git's own limit for a
+/// credential line).
+pub const MAX_LINE_LEN: usize = 65_535;
+
+/// The most input accepted in total, in bytes: enough for any real request, small enough that
+/// a runaway writer cannot exhaust memory.
+pub const MAX_INPUT_LEN: usize = 1024 * 1024;
+
+/// The prefix of every git credential's key.
+pub const KEY_PREFIX: &str = "git:";
+
+const INPUT: &str = "git credential input";
+const STORE_NAME: &str = "git credentials";
+
+/// One request from git, as parsed from the helper's standard input.
+///
+/// Single-valued attributes keep the last value given, as git does; `name[]` attributes
+/// accumulate, and an empty `name[]=` clears the list. Attributes this helper does not use are
+/// ignored.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    /// `protocol`, e.g. `https`.
+    pub protocol: Option<String>,
+    /// `host`, including the port when the URL has one.
+    pub host: Option<String>,
+    /// `path`, sent only when it matters (e.g. `credential.useHttpPath`).
+    pub path: Option<String>,
+    /// `username`.
+    pub username: Option<String>,
+    /// `password`.
+    pub password: Option<SecretValue>,
+    /// `password_expiry_utc`, seconds since the Unix epoch; `0` means "no expiry", as in git.
+    pub password_expiry_utc: Option<u64>,
+    /// `oauth_refresh_token`: as secret as the password.
+    pub oauth_refresh_token: Option<SecretValue>,
+    /// `capability[]` values git announced (`authtype`, `state`, ...).
+    pub capabilities: Vec<String>,
+    /// Every other `name[]` attribute (e.g. `wwwauth[]`), by name without the brackets.
+    pub multi_valued: BTreeMap<String, Vec<String>>,
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("protocol", &self.protocol)
+            .field("host", &self.host)
+            .field("path", &self.path)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("password_expiry_utc", &self.password_expiry_utc)
+            .field("oauth_refresh_token", &self.oauth_refresh_token)
+            .field("capabilities", &self.capabilities)
+            .field("multi_valued", &self.multi_valued)
+            .finish()
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> Error {
+    Error::invalid(INPUT, reason)
+}
+
+impl Request {
+    /// Parses git's input: lines up to a blank line or the end of input.
+    ///
+    /// Errors ([`Error::Invalid`], never quoting a value): a line over [`MAX_LINE_LEN`] bytes,
+    /// more than [`MAX_INPUT_LEN`] bytes in total, a NUL byte, invalid UTF-8, a line without
+    /// `=` or with an empty name, a `password_expiry_utc` that is not a number. A read error is
+    /// [`Error::Io`].
+    pub fn parse(mut input: impl BufRead) -> Result<Request> {
+        let mut request = Request::default();
+        let mut line = Zeroizing::new(Vec::with_capacity(256));
+        let mut total = 0usize;
+        let mut number = 0usize;
+        loop {
+            number += 1;
+            line.clear();
+            // One byte more than the longest line plus its "\r\n" is enough to tell that a
+            // line is too long, without ever holding more than that.
+            let read = (&mut input)
+                .take(MAX_LINE_LEN as u64 + 3)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| Error::io("reading the git credential input", e))?;
+            if read == 0 {
+                break;
+            }
+            total += read;
+            if total > MAX_INPUT_LEN {
+                return Err(invalid(format!(
+                    "more than {MAX_INPUT_LEN} bytes of input; git never sends that much"
+                )));
+            }
+            let mut content: &[u8] = &line;
+            if let Some(rest) = content.strip_suffix(b"\n") {
+                content = rest.strip_suffix(b"\r").unwrap_or(rest);
+            }
+            if content.len() > MAX_LINE_LEN {
+                return Err(invalid(format!(
+                    "line {number} is longer than {MAX_LINE_LEN} bytes"
+                )));
+            }
+            if content.is_empty() {
+                break;
+            }
+            if content.contains(&0) {
+                return Err(invalid(format!("line {number} contains a NUL byte")));
+            }
+            let text = std::str::from_utf8(content)
+                .map_err(|_| invalid(format!("line {number} is not valid UTF-8")))?;
+            let Some((name, value)) = text.split_once('=') else {
+                return Err(invalid(format!(
+                    "line {number} is not of the form name=value"
+                )));
+            };
+            if name.is_empty() {
+                return Err(invalid(format!(
+                    "line {number} has an empty name before '='"
+                )));
+            }
+            request.set(name, value, number)?;
+        }
+        Ok(request)
+    }
+
+    fn set(&mut self, name: &str, value: &str, number: usize) -> Result<()> {
+        if let Some(list_name) = name.strip_suffix("[]") {
+            let list = if list_name == "capability" {
+                &mut self.capabilities
+            } else {
+                self.multi_valued.entry(list_name.to_owned()).or_default()
+            };
+            if value.is_empty() {
+                list.clear();
+            } else {
+                list.push(value.to_owned());
+            }
+            return Ok(());
+        }
+        match name {
+            "protocol" => self.protocol = Some(value.to_owned()),
+            "host" => self.host = Some(value.to_owned()),
+            "path" => self.path = Some(value.to_owned()),
+            "username" => self.username = Some(value.to_owned()),
+            "password" => self.password = Some(SecretValue::from_slice(value.as_bytes())),
+            "oauth_refresh_token" => {
+                self.oauth_refresh_token = Some(SecretValue::from_slice(value.as_bytes()))
+            }
+            "password_expiry_utc" => {
+                let seconds: u64 = value.parse().map_err(|_| {
+                    invalid(format!(
+                        "line {number}: password_expiry_utc must be a number of seconds since \
+                         1970 (UTC)"
+                    ))
+                })?;
+                // git reads 0 as "never expires".
+                self.password_expiry_utc = (seconds != 0).then_some(seconds);
+            }
+            // `url`, `authtype`, `credential`, `ephemeral`, `continue`, `quit`, and whatever
+            // later versions of git add: not used by this helper.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Writes the request in git's format, secrets included (the inverse of [`Request::parse`],
+    /// for tests and tools). Fails with `InvalidData` if a value cannot be written on one line.
+    pub fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let text = |name: &str, value: &Option<String>, out: &mut dyn Write| match value {
+            Some(value) => write_attribute(out, name, value.as_bytes()),
+            None => Ok(()),
+        };
+        text("protocol", &self.protocol, out)?;
+        text("host", &self.host, out)?;
+        text("path", &self.path, out)?;
+        text("username", &self.username, out)?;
+        if let Some(password) = &self.password {
+            write_attribute(out, "password", password.expose_secret())?;
+        }
+        if let Some(expiry) = self.password_expiry_utc {
+            write_attribute(out, "password_expiry_utc", expiry.to_string().as_bytes())?;
+        }
+        if let Some(token) = &self.oauth_refresh_token {
+            write_attribute(out, "oauth_refresh_token", token.expose_secret())?;
+        }
+        for capability in &self.capabilities {
+            write_attribute(out, "capability[]", capability.as_bytes())?;
+        }
+        for (name, values) in &self.multi_valued {
+            for value in values {
+                write_attribute(out, &format!("{name}[]"), value.as_bytes())?;
+            }
+        }
+        out.write_all(b"\n")
+    }
+
+    /// The protocol, host and path this request is about, validated.
+    fn target(&self) -> Result<Target<'_>> {
+        let protocol = self
+            .protocol
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| invalid("no protocol= line; git always sends one"))?;
+        if !protocol
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        {
+            return Err(invalid(
+                "the protocol may contain only letters, digits, '+', '-' and '.'",
+            ));
+        }
+        let host = self
+            .host
+            .as_deref()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid("no host= line; keyshare stores credentials per host"))?;
+        Ok(Target {
+            protocol,
+            host,
+            path: self.path.as_deref(),
+        })
+    }
+}
+
+fn write_attribute(out: &mut dyn Write, name: &str, value: &[u8]) -> std::io::Result<()> {
+    if value.contains(&b'\n') || value.contains(&0) {
+        // Never say which value: it may be the password.
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the {name} attribute contains a newline or NUL and cannot be sent to git"),
+        ));
+    }
+    out.write_all(name.as_bytes())?;
+    out.write_all(b"=")?;
+    out.write_all(value)?;
+    out.write_all(b"\n")
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Target<'a> {
+    protocol: &'a str,
+    host: &'a str,
+    path: Option<&'a str>,
+}
+
+impl Target<'_> {
+    fn prefix(&self) -> String {
+        format!("{KEY_PREFIX}{}://", self.protocol)
+    }
+
+    /// Everything after the username: `@host[/path]`.
+    fn tail(&self) -> String {
+        let mut tail = format!("@{}", encode(self.host, b":[]"));
+        if let Some(path) = self.path {
+            tail.push('/');
+            tail.push_str(path);
+        }
+        tail
+    }
+
+    fn key(&self, username: &str) -> Result<SecretKey> {
+        SecretKey::new(format!(
+            "{}{}{}",
+            self.prefix(),
+            encode(username, b""),
+            self.tail()
+        ))
+    }
+
+    /// True if `key` is this target's key for some username.
+    fn is_key_for_some_user(&self, key: &str) -> bool {
+        let (prefix, tail) = (self.prefix(), self.tail());
+        key.len() >= prefix.len() + tail.len()
+            && key.starts_with(&prefix)
+            && key.ends_with(&tail)
+            && !key[prefix.len()..key.len() - tail.len()].contains(['@', '/'])
+    }
+}
+
+/// The key a credential for this protocol, host, optional path and username is stored under.
+pub fn key_for(
+    protocol: &str,
+    host: &str,
+    path: Option<&str>,
+    username: &str,
+) -> Result<SecretKey> {
+    Target {
+        protocol,
+        host,
+        path,
+    }
+    .key(username)
+}
+
+/// A stored credential.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The protocol it is for.
+    pub protocol: String,
+    /// The host (with port) it is for.
+    pub host: String,
+    /// The path it is for, when it was stored with one.
+    pub path: Option<String>,
+    /// The username.
+    pub username: String,
+    /// The password.
+    pub password: SecretValue,
+    /// When the password expires (seconds since 1970, UTC).
+    pub password_expiry_utc: Option<u64>,
+    /// The OAuth refresh token.
+    pub oauth_refresh_token: Option<SecretValue>,
+    /// When it was stored (seconds since 1970, UTC): the newest wins when several match.
+    pub stored_at: u64,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("protocol", &self.protocol)
+            .field("host", &self.host)
+            .field("path", &self.path)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("password_expiry_utc", &self.password_expiry_utc)
+            .field("oauth_refresh_token", &self.oauth_refresh_token)
+            .field("stored_at", &self.stored_at)
+            .finish()
+    }
+}
+
+impl Credential {
+    /// True once the password's expiry time has passed (git's rule: expired when the expiry
+    /// is earlier than now).
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.password_expiry_utc.is_some_and(|expiry| expiry < now)
+    }
+
+    /// Writes `get`'s answer: `username`, `password`, then `password_expiry_utc` and
+    /// `oauth_refresh_token` when stored, and the blank line that ends it.
+    pub fn write_answer(&self, out: &mut impl Write) -> std::io::Result<()> {
+        // Built in one zeroized buffer and written once, so a failure half-way cannot leave
+        // git with a username and no password.
+        let mut buf = Zeroizing::new(Vec::with_capacity(256 + self.password.len()));
+        write_attribute(&mut *buf, "username", self.username.as_bytes())?;
+        write_attribute(&mut *buf, "password", self.password.expose_secret())?;
+        if let Some(expiry) = self.password_expiry_utc {
+            write_attribute(
+                &mut *buf,
+                "password_expiry_utc",
+                expiry.to_string().as_bytes(),
+            )?;
+        }
+        if let Some(token) = &self.oauth_refresh_token {
+            write_attribute(&mut *buf, "oauth_refresh_token", token.expose_secret())?;
+        }
+        buf.extend_from_slice(b"\n");
+        out.write_all(&buf)?;
+        out.flush()
+    }
+
+    fn encode(&self) -> Result<SecretValue> {
+        fn as_text<'v>(value: &'v SecretValue, what: &str) -> Result<&'v str> {
+            std::str::from_utf8(value.expose_secret())
+                .map_err(|_| invalid(format!("the {what} is not valid UTF-8")))
+        }
+        let record = RecordOut {
+            v: RECORD_VERSION,
+            protocol: &self.protocol,
+            host: &self.host,
+            path: self.path.as_deref(),
+            username: &self.username,
+            password: as_text(&self.password, "password")?,
+            password_expiry_utc: self.password_expiry_utc,
+            oauth_refresh_token: self
+                .oauth_refresh_token
+                .as_ref()
+                .map(|t| as_text(t, "oauth_refresh_token"))
+                .transpose()?,
+            stored_at: self.stored_at,
+        };
+        // Sized up front so that the buffer holding the secret is not reallocated (which would
+        // leave copies behind in freed memory); JSON escaping at most doubles most text.
+        let secret_len =
+            self.password.len() + self.oauth_refresh_token.as_ref().map_or(0, |t| t.len());
+        let mut buf = Zeroizing::new(Vec::with_capacity(
+            512 + 2 * (secret_len + self.host.len() + self.username.len())
+                + self.path.as_ref().map_or(0, |p| 2 * p.len()),
+        ));
+        serde_json::to_writer(&mut *buf, &record).map_err(|e| {
+            invalid(format!(
+                "cannot encode the credential: {}",
+                e.classify_text()
+            ))
+        })?;
+        Ok(SecretValue::from(buf))
+    }
+
+    fn decode(key: &SecretKey, value: &SecretValue) -> Result<Credential> {
+        let corrupt = |detail: String| Error::Corrupt {
+            store: STORE_NAME.to_owned(),
+            key: Some(key.as_str().to_owned()),
+            detail,
+        };
+        let mut record: RecordIn = serde_json::from_slice(value.expose_secret()).map_err(|e| {
+            // serde_json's message may quote the document (the password): only its category
+            // and position are reported.
+            corrupt(format!(
+                "not a keyshare git credential ({} at line {}, column {})",
+                e.classify_text(),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        if record.v != RECORD_VERSION {
+            return Err(corrupt(format!(
+                "format version {} is not known to this keyshare (it knows {RECORD_VERSION})",
+                record.v
+            )));
+        }
+        let credential = Credential {
+            protocol: record.protocol,
+            host: record.host,
+            path: record.path,
+            username: record.username,
+            password: SecretValue::new(std::mem::take(&mut *record.password).into_bytes()),
+            password_expiry_utc: record.password_expiry_utc,
+            oauth_refresh_token: record
+                .oauth_refresh_token
+                .as_mut()
+                .map(|t| SecretValue::new(std::mem::take(&mut **t).into_bytes())),
+            stored_at: record.stored_at,
+        };
+        let one_line = |text: &[u8]| !text.contains(&b'\n') && !text.contains(&0);
+        if ![
+            credential.username.as_bytes(),
+            credential.password.expose_secret(),
+            credential
+                .oauth_refresh_token
+                .as_ref()
+                .map_or(&[][..], |t| t.expose_secret()),
+        ]
+        .into_iter()
+        .all(one_line)
+        {
+            return Err(corrupt(
+                "a stored attribute contains a newline or NUL, which git cannot read".to_owned(),
+            ));
+        }
+        Ok(credential)
+    }
+
+    fn matches(&self, target: &Target<'_>, username: Option<&str>) -> bool {
+        self.protocol == target.protocol
+            && self.host == target.host
+            && self.path.as_deref() == target.path
+            && username.is_none_or(|u| self.username == u)
+    }
+}
+
+trait ClassifyText {
+    fn classify_text(&self) -> &'static str;
+}
+
+impl ClassifyText for serde_json::Error {
+    fn classify_text(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "I/O error",
+            serde_json::error::Category::Syntax => "malformed JSON",
+            serde_json::error::Category::Data => "unexpected fields or types",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+/// The stored value's format version. Frozen: a new layout takes a new number.
+const RECORD_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    v: u32,
+    protocol: &'a str,
+    host: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
+    username: &'a str,
+    password: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password_expiry_utc: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oauth_refresh_token: Option<&'a str>,
+    stored_at: u64,
+}
+
+#[derive(Deserialize)]
+struct RecordIn {
+    v: u32,
+    protocol: String,
+    host: String,
+    #[serde(default)]
+    path: Option<String>,
+    username: String,
+    password: Zeroizing<String>,
+    #[serde(default)]
+    password_expiry_utc: Option<u64>,
+    #[serde(default)]
+    oauth_refresh_token: Option<Zeroizing<String>>,
+    stored_at: u64,
+}
+
+/// What [`store`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// The credential was stored (replacing the one for the same user, if any).
+    Stored,
+    /// The password had already expired: nothing was stored or changed.
+    Expired,
+}
+
+/// `store`: saves the credential git approved.
+///
+/// Needs `protocol`, `host`, `username` and `password` ([`Error::Invalid`] otherwise; git
+/// always sends them). An already expired password is not stored ([`StoreOutcome::Expired`]).
+pub fn store(storage: &SecretStorage, request: &Request, now: u64) -> Result<StoreOutcome> {
+    let target = request.target()?;
+    let username = request.username.as_deref().ok_or_else(|| {
+        invalid("no username= line; git sends one with every credential to store")
+    })?;
+    let password = request
+        .password
+        .clone()
+        .ok_or_else(|| invalid("no password= line; there is nothing to store"))?;
+    let credential = Credential {
+        protocol: target.protocol.to_owned(),
+        host: target.host.to_owned(),
+        path: target.path.map(str::to_owned),
+        username: username.to_owned(),
+        password,
+        password_expiry_utc: request.password_expiry_utc,
+        oauth_refresh_token: request.oauth_refresh_token.clone(),
+        stored_at: now,
+    };
+    if credential.is_expired(now) {
+        return Ok(StoreOutcome::Expired);
+    }
+    let key = target.key(username)?;
+    let value = credential.encode()?;
+    storage.set(&key, &value)?;
+    Ok(StoreOutcome::Stored)
+}
+
+/// Every stored credential for the request's protocol, host and path (and username, when it
+/// has one), expired ones included, newest first.
+fn matching(storage: &SecretStorage, request: &Request) -> Result<Vec<(SecretKey, Credential)>> {
+    let target = request.target()?;
+    let username = request.username.as_deref();
+    let keys = match username {
+        Some(username) => vec![target.key(username)?],
+        None => storage
+            .keys()?
+            .into_iter()
+            .filter(|k| target.is_key_for_some_user(k.as_str()))
+            .collect(),
+    };
+    let mut found = Vec::new();
+    for key in keys {
+        // Listed a moment ago but deleted since: simply not there.
+        let Some(value) = storage.get(&key)? else {
+            continue;
+        };
+        let credential = Credential::decode(&key, &value)?;
+        if !credential.matches(&target, username) {
+            return Err(Error::Corrupt {
+                store: STORE_NAME.to_owned(),
+                key: Some(key.as_str().to_owned()),
+                detail: "the credential stored under this key is for another URL or user"
+                    .to_owned(),
+            });
+        }
+        found.push((key, credential));
+    }
+    found.sort_by(|(ka, a), (kb, b)| b.stored_at.cmp(&a.stored_at).then_with(|| ka.cmp(kb)));
+    Ok(found)
+}
+
+/// `get`: the newest unexpired credential for the request, `None` when there is none.
+pub fn get(storage: &SecretStorage, request: &Request, now: u64) -> Result<Option<Credential>> {
+    Ok(matching(storage, request)?
+        .into_iter()
+        .map(|(_, credential)| credential)
+        .find(|credential| !credential.is_expired(now)))
+}
+
+/// `erase`: removes the matching credentials (every username when the request has none), but
+/// when git passes a password, only those whose stored password is that one: git erases the
+/// password that just failed, which must not remove a newer one another app stored since.
+/// Returns how many were removed.
+pub fn erase(storage: &SecretStorage, request: &Request) -> Result<usize> {
+    let mut erased = 0;
+    for (key, credential) in matching(storage, request)? {
+        if request
+            .password
+            .as_ref()
+            .is_some_and(|password| *password != credential.password)
+        {
+            continue;
+        }
+        if storage.delete(&key)? {
+            erased += 1;
+        }
+    }
+    Ok(erased)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use keyshare::MemoryStore;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn parse(text: &[u8]) -> Result<Request> {
+        Request::parse(text)
+    }
+
+    fn storage() -> SecretStorage {
+        SecretStorage::builder(Arc::new(MemoryStore::new())).build()
+    }
+
+    fn reason(err: Error) -> String {
+        match err {
+            Error::Invalid { reason, .. } => reason,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_every_supported_attribute() {
+        let request = parse(
+            b"capability[]=authtype\ncapability[]=state\nprotocol=https\nhost=example.com:8443\n\
+              path=org/repo.git\nusername=alice\npassword=p=w\npassword_expiry_utc=1700000000\n\
+              oauth_refresh_token=rt\nwwwauth[]=Basic realm=\"x\"\nwwwauth[]=Bearer\nurl=ignored\n\
+              unknown=ignored\n\nprotocol=after-the-blank-line\n",
+        )
+        .unwrap();
+        assert_eq!(request.protocol.as_deref(), Some("https"));
+        assert_eq!(request.host.as_deref(), Some("example.com:8443"));
+        assert_eq!(request.path.as_deref(), Some("org/repo.git"));
+        assert_eq!(request.username.as_deref(), Some("alice"));
+        assert_eq!(request.password.as_ref().unwrap().expose_secret(), b"p=w");
+        assert_eq!(request.password_expiry_utc, Some(1_700_000_000));
+        assert_eq!(
+            request
+                .oauth_refresh_token
+                .as_ref()
+                .unwrap()
+                .expose_secret(),
+            b"rt"
+        );
+        assert_eq!(request.capabilities, ["authtype", "state"]);
+        assert_eq!(
+            request.multi_valued["wwwauth"],
+            ["Basic realm=\"x\"", "Bearer"]
+        );
+        assert!(!request.multi_valued.contains_key("url"));
+    }
+
+    #[test]
+    fn crlf_empty_reset_and_eof_without_newline() {
+        let request = parse(b"wwwauth[]=a\r\nwwwauth[]=\r\nwwwauth[]=b\r\nhost=h").unwrap();
+        assert_eq!(request.multi_valued["wwwauth"], ["b"]);
+        assert_eq!(request.host.as_deref(), Some("h"));
+        assert_eq!(parse(b"").unwrap(), Request::default());
+        assert_eq!(
+            parse(b"password_expiry_utc=0\n")
+                .unwrap()
+                .password_expiry_utc,
+            None
+        );
+    }
+
+    #[test]
+    fn line_length_limit_is_exact() {
+        let at_limit = format!("host={}\n", "h".repeat(MAX_LINE_LEN - 5));
+        assert_eq!(at_limit.len() - 1, MAX_LINE_LEN);
+        assert!(parse(at_limit.as_bytes()).is_ok());
+        let over = format!("host={}\n", "h".repeat(MAX_LINE_LEN - 4));
+        assert_eq!(
+            reason(parse(over.as_bytes()).unwrap_err()),
+            "line 1 is longer than 65535 bytes"
+        );
+        // Without a newline at all, and not on the first line.
+        let over = format!("protocol=https\nhost={}", "h".repeat(MAX_LINE_LEN));
+        assert_eq!(
+            reason(parse(over.as_bytes()).unwrap_err()),
+            "line 2 is longer than 65535 bytes"
+        );
+    }
+
+    #[test]
+    fn bad_lines_are_rejected_without_quoting_them() {
+        for (input, expected) in [
+            (&b"password=se\0cret\n"[..], "line 1 contains a NUL byte"),
+            (
+                b"host=h\nsecretpassword\n",
+                "line 2 is not of the form name=value",
+            ),
+            (b"=secret\n", "line 1 has an empty name before '='"),
+            (b"password=\xff\xfe\n", "line 1 is not valid UTF-8"),
+        ] {
+            let text = reason(parse(input).unwrap_err());
+            assert_eq!(text, expected);
+            assert!(!text.contains("secret"));
+        }
+        assert!(reason(parse(b"password_expiry_utc=soon\n").unwrap_err())
+            .contains("password_expiry_utc must be a number"));
+        let many = "wwwauth[]=x\n".repeat(MAX_INPUT_LEN / 12 + 1);
+        assert!(reason(parse(many.as_bytes()).unwrap_err()).contains("more than"));
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let request = parse(b"password=hunter2\noauth_refresh_token=tok3n\n").unwrap();
+        let text = format!("{request:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("tok3n"),
+            "{text}"
+        );
+    }
+
+    fn req(text: &str) -> Request {
+        parse(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn store_get_erase_with_and_without_username() {
+        let storage = storage();
+        let now = 1_000;
+        store(
+            &storage,
+            &req("protocol=https\nhost=h\nusername=alice\npassword=a1\n"),
+            now,
+        )
+        .unwrap();
+        store(
+            &storage,
+            &req("protocol=https\nhost=h\nusername=bob\npassword=b1\n"),
+            now + 1,
+        )
+        .unwrap();
+        // The newest wins without a username; a username picks its own.
+        let got = get(&storage, &req("protocol=https\nhost=h\n"), now + 2)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (got.username.as_str(), got.password.expose_secret()),
+            ("bob", &b"b1"[..])
+        );
+        let got = get(
+            &storage,
+            &req("protocol=https\nhost=h\nusername=alice\n"),
+            now + 2,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(got.password.expose_secret(), b"a1");
+        // Other protocol, host, port or a path: nothing.
+        for other in [
+            "protocol=http\nhost=h\n",
+            "protocol=https\nhost=h:444\n",
+            "protocol=https\nhost=h\npath=repo.git\n",
+            "protocol=https\nhost=h\nusername=carol\n",
+        ] {
+            assert!(
+                get(&storage, &req(other), now).unwrap().is_none(),
+                "{other}"
+            );
+        }
+        let mut keys: Vec<String> = storage
+            .keys()
+            .unwrap()
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        keys.sort();
+        assert_eq!(keys, ["git:https://alice@h", "git:https://bob@h"]);
+        // A wrong password erases nothing; the right one erases only that user.
+        assert_eq!(
+            erase(
+                &storage,
+                &req("protocol=https\nhost=h\nusername=bob\npassword=old\n")
+            )
+            .unwrap(),
+            0
+        );
+        assert_eq!(
+            erase(&storage, &req("protocol=https\nhost=h\npassword=b1\n")).unwrap(),
+            1
+        );
+        let got = get(&storage, &req("protocol=https\nhost=h\n"), now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.username, "alice");
+        // No password: every matching user.
+        assert_eq!(
+            erase(&storage, &req("protocol=https\nhost=h\n")).unwrap(),
+            1
+        );
+        assert!(storage.keys().unwrap().is_empty());
+    }
+
+    #[test]
+    fn paths_and_odd_usernames_do_not_collide() {
+        let storage = storage();
+        store(
+            &storage,
+            &req("protocol=https\nhost=h\npath=a@b/c\nusername=x@y/z\npassword=1\n"),
+            1,
+        )
+        .unwrap();
+        store(
+            &storage,
+            &req("protocol=https\nhost=h\npath=c\nusername=x\npassword=2\n"),
+            2,
+        )
+        .unwrap();
+        let got = get(&storage, &req("protocol=https\nhost=h\npath=a@b/c\n"), 3)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (got.username.as_str(), got.password.expose_secret()),
+            ("x@y/z", &b"1"[..])
+        );
+        let got = get(&storage, &req("protocol=https\nhost=h\npath=c\n"), 3)
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.password.expose_secret(), b"2");
+        assert!(get(&storage, &req("protocol=https\nhost=h\npath=b/c\n"), 3)
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            key_for("https", "h", Some("a@b/c"), "x@y/z")
+                .unwrap()
+                .as_str(),
+            "git:https://x%40y%2Fz@h/a@b/c"
+        );
+    }
+
+    #[test]
+    fn expired_credentials_are_neither_stored_nor_returned() {
+        let storage = storage();
+        let expired = "protocol=https\nhost=h\nusername=u\npassword=p\npassword_expiry_utc=99\n";
+        assert_eq!(
+            store(&storage, &req(expired), 100).unwrap(),
+            StoreOutcome::Expired
+        );
+        assert!(storage.keys().unwrap().is_empty());
+        let later = "protocol=https\nhost=h\nusername=u\npassword=p\npassword_expiry_utc=200\n\
+                     oauth_refresh_token=rt\n";
+        assert_eq!(
+            store(&storage, &req(later), 100).unwrap(),
+            StoreOutcome::Stored
+        );
+        let got = get(&storage, &req("protocol=https\nhost=h\n"), 200)
+            .unwrap()
+            .unwrap();
+        let mut answer = Vec::new();
+        got.write_answer(&mut answer).unwrap();
+        assert_eq!(
+            answer,
+            b"username=u\npassword=p\npassword_expiry_utc=200\noauth_refresh_token=rt\n\n"
+        );
+        assert!(get(&storage, &req("protocol=https\nhost=h\n"), 201)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn missing_fields_and_corrupt_values_are_errors() {
+        let storage = storage();
+        for (input, expected) in [
+            ("host=h\nusername=u\npassword=p\n", "no protocol= line"),
+            ("protocol=https\nusername=u\npassword=p\n", "no host= line"),
+            ("protocol=https\nhost=h\npassword=p\n", "no username= line"),
+            ("protocol=https\nhost=h\nusername=u\n", "no password= line"),
+            (
+                "protocol=ht tps\nhost=h\nusername=u\npassword=p\n",
+                "the protocol may contain",
+            ),
+        ] {
+            let text = reason(store(&storage, &req(input), 1).unwrap_err());
+            assert!(text.starts_with(expected), "{text}");
+        }
+        let key = key_for("https", "h", None, "u").unwrap();
+        storage
+            .set(&key, &SecretValue::from_slice(b"{\"password\":\"hunter2\""))
+            .unwrap();
+        let err = get(&storage, &req("protocol=https\nhost=h\n"), 1).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // Left untouched.
+        assert!(erase(&storage, &req("protocol=https\nhost=h\n")).is_err());
+        assert!(storage.get(&key).unwrap().is_some());
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        // Anything but newline and NUL; '=' and '\r' in the middle included.
+        "[^\n\0]{0,40}".prop_filter("no trailing CR", |v| !v.ends_with('\r'))
+    }
+
+    fn list() -> impl Strategy<Value = Vec<String>> {
+        prop::collection::vec(value().prop_filter("non-empty", |v| !v.is_empty()), 0..3)
+    }
+
+    prop_compose! {
+        fn request()(
+            protocol in prop::option::of(value()),
+            host in prop::option::of(value()),
+            path in prop::option::of(value()),
+            username in prop::option::of(value()),
+            password in prop::option::of(value()),
+            password_expiry_utc in prop::option::of(1u64..),
+            oauth_refresh_token in prop::option::of(value()),
+            capabilities in list(),
+            multi_valued in prop::collection::btree_map("[a-z]{1,8}", list().prop_filter("non-empty", |l| !l.is_empty()), 0..3),
+        ) -> Request {
+            Request {
+                protocol, host, path, username,
+                password: password.map(|p| SecretValue::from_slice(p.as_bytes())),
+                password_expiry_utc,
+                oauth_refresh_token: oauth_refresh_token.map(|t| SecretValue::from_slice(t.as_bytes())),
+                capabilities,
+                multi_valued: multi_valued.into_iter().filter(|(k, _)| k != "capability").collect(),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn write_then_parse_is_identity(request in request()) {
+            let mut bytes = Vec::new();
+            request.write_to(&mut bytes).unwrap();
+            prop_assert_eq!(Request::parse(&bytes[..]).unwrap(), request);
+        }
+
+        #[test]
+        fn any_line_over_the_limit_is_rejected(
+            before in prop::collection::vec("[a-z]{1,5}=[a-z]{0,5}", 0..4),
+            extra in 1usize..300,
+            name in "[a-z_]{1,10}",
+            crlf in any::<bool>(),
+        ) {
+            let mut input = before.join("\n");
+            if !input.is_empty() { input.push('\n'); }
+            let line = format!("{name}={}", "v".repeat(MAX_LINE_LEN + extra - name.len() - 1));
+            prop_assert_eq!(line.len(), MAX_LINE_LEN + extra);
+            input.push_str(&line);
+            input.push_str(if crlf { "\r\n" } else { "\n" });
+            let err = Request::parse(input.as_bytes()).unwrap_err();
+            prop_assert_eq!(reason(err), format!("line {} is longer than 65535 bytes", before.len() + 1));
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = Request::parse(&bytes[..]);
+        }
+    }
+}
