@@ -87,6 +87,10 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Print change events as they happen (never values).
     Watch(cmd::watch::Args),
+    /// git's credential helper: `git config --global credential.helper '!keyshare git-credential'`.
+    GitCredential(cmd::git_credential::Args),
+    /// docker's credential helper, also run as `docker-credential-keyshare VERB`.
+    DockerCredential(cmd::docker_credential::Args),
 }
 
 fn context(cli: &Cli) -> anyhow::Result<(Context, PathBuf)> {
@@ -153,6 +157,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Import(source) => cmd::import::run(source, &ctx),
         Command::Serve(args) => cmd::serve::run(args, &ctx),
         Command::Watch(args) => cmd::watch::run(args, &ctx),
+        Command::GitCredential(args) => cmd::git_credential::run(args, &ctx),
+        Command::DockerCredential(args) => cmd::docker_credential::run(args, &ctx),
     }
 }
 
@@ -166,10 +172,13 @@ fn main() {
             .with_env_filter(filter)
             .try_init();
     }
-    let cli = Cli::parse();
+    let cli = cmd::multicall_args().map_or_else(Cli::parse, Cli::parse_from);
     let code = match run(&cli) {
         Ok(()) => ExitCode::Ok,
         Err(err) => {
+            if let Command::DockerCredential(_) = cli.command {
+                cmd::docker_credential::report_on_stdout(&err);
+            }
             eprintln!("{}", render(&err));
             classify(&err)
         }

@@ -2,8 +2,10 @@
 //! error for `main` to render; none of them exits or prints errors itself.
 
 pub mod delete;
+pub mod docker_credential;
 pub mod doctor;
 pub mod get;
+pub mod git_credential;
 pub mod import;
 pub mod legacy;
 pub mod list;
@@ -18,4 +20,25 @@ use keyshare::SecretKey;
 /// Validates a key given on the command line.
 pub fn parse_key(key: &str) -> anyhow::Result<SecretKey> {
     Ok(SecretKey::new(key)?)
+}
+
+/// The command line to parse when the binary runs under a helper's program name (a link or a
+/// copy): `docker-credential-keyshare VERB` is `keyshare docker-credential VERB`, and
+/// `git-credential-keyshare OP` (for `credential.helper = keyshare`) is
+/// `keyshare git-credential OP`. `None` under any other name.
+pub fn multicall_args() -> Option<Vec<std::ffi::OsString>> {
+    let mut args = std::env::args_os();
+    let argv0 = args.next()?;
+    let subcommand = match std::path::Path::new(&argv0).file_stem()?.to_str()? {
+        docker_credential::PROGRAM => "docker-credential",
+        "git-credential-keyshare" => "git-credential",
+        _ => return None,
+    };
+    Some(
+        ["keyshare", subcommand]
+            .into_iter()
+            .map(std::ffi::OsString::from)
+            .chain(args)
+            .collect(),
+    )
 }

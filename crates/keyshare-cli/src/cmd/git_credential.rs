@@ -1,0 +1,62 @@
+//! `keyshare git-credential get|store|erase`: git's credential helper.
+//!
+//! Configure with `git config --global credential.helper '!keyshare git-credential'` (the `!`
+//! makes git run the command as written; without it git would run `git credential-keyshare`).
+//! The protocol and the key scheme live in `keyshare_credential_helpers::git`.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use keyshare_credential_helpers::git::{self, Request, StoreOutcome};
+
+use crate::stores::{self, Context};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// `get`, `store` or `erase`, as git passes it. Other operations are ignored, as git asks
+    /// of helpers.
+    pub operation: String,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
+    if !matches!(args.operation.as_str(), "get" | "store" | "erase") {
+        // git-credential(7): "If a helper receives any other operation, it should silently
+        // ignore the request", so that newer versions of git can add operations.
+        return Ok(());
+    }
+    // Read and check the whole request before opening any store: bad input changes nothing.
+    let request = Request::parse(std::io::stdin().lock())?;
+    let opened = stores::open(ctx)?;
+    let storage = &opened.storage;
+    match args.operation.as_str() {
+        "get" => {
+            // Nothing found: no output and success, which tells git to ask the next helper or
+            // the user.
+            if let Some(credential) = git::get(storage, &request, now())? {
+                let mut out = std::io::stdout().lock();
+                credential
+                    .write_answer(&mut out)
+                    .context("cannot write the credential to standard output")?;
+            }
+        }
+        "store" => {
+            if git::store(storage, &request, now())? == StoreOutcome::Expired {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "keyshare: not storing an already expired credential"
+                );
+            }
+        }
+        _ => {
+            git::erase(storage, &request)?;
+        }
+    }
+    Ok(())
+}
