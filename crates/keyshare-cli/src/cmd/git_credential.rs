@@ -28,7 +28,12 @@ fn now() -> u64 {
 pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     if !matches!(args.operation.as_str(), "get" | "store" | "erase") {
         // git-credential(7): "If a helper receives any other operation, it should silently
-        // ignore the request", so that newer versions of git can add operations.
+        // ignore the request", so that newer versions of git can add operations. The input is
+        // still read (and dropped) so that git never writes into a closed pipe.
+        let _ = std::io::copy(
+            &mut std::io::Read::take(std::io::stdin().lock(), git::MAX_INPUT_LEN as u64),
+            &mut std::io::sink(),
+        );
         return Ok(());
     }
     // Read and check the whole request before opening any store: bad input changes nothing.
