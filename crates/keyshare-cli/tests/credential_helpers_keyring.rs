@@ -171,12 +171,8 @@ fn docker_credentials_live_in_the_keyring() {
         "store",
         b"{\"ServerURL\":\"registry.example\",\"Username\":\"bob\",\"Secret\":\"from-docker\"}\n",
     ));
-    assert!(
-        ok(secret_tool_lookup(&env, "docker:registry.example"))
-            .stdout
-            .len()
-            > 0
-    );
+    let item = ok(secret_tool_lookup(&env, "docker:registry.example"));
+    assert!(String::from_utf8_lossy(&item.stdout).contains("\"Secret\":\"from-docker\""));
     let got = ok(env.docker("get", b"registry.example"));
     assert_eq!(
         String::from_utf8_lossy(&got.stdout),
