@@ -120,10 +120,8 @@ impl Request {
                     "more than {MAX_INPUT_LEN} bytes of input; git never sends that much"
                 )));
             }
-            let mut content: &[u8] = &line;
-            if let Some(rest) = content.strip_suffix(b"\n") {
-                content = rest.strip_suffix(b"\r").unwrap_or(rest);
-            }
+            let content = line.strip_suffix(b"\n").unwrap_or(&line);
+            let content = content.strip_suffix(b"\r").unwrap_or(content);
             if content.len() > MAX_LINE_LEN {
                 return Err(invalid(format!(
                     "line {number} is longer than {MAX_LINE_LEN} bytes"
@@ -131,6 +129,13 @@ impl Request {
             }
             if content.is_empty() {
                 break;
+            }
+            if content.ends_with(b"\r") {
+                // Not representable: git strips one CR before the newline, so a value ending
+                // in CR would not survive the way back.
+                return Err(invalid(format!(
+                    "line {number} ends with a carriage return inside its value"
+                )));
             }
             if content.contains(&0) {
                 return Err(invalid(format!("line {number} contains a NUL byte")));
@@ -164,6 +169,8 @@ impl Request {
             } else {
                 list.push(value.to_owned());
             }
+            // A cleared list is the same as one never sent.
+            self.multi_valued.retain(|_, values| !values.is_empty());
             return Ok(());
         }
         match name {
@@ -252,11 +259,14 @@ impl Request {
 }
 
 fn write_attribute(out: &mut dyn Write, name: &str, value: &[u8]) -> std::io::Result<()> {
-    if value.contains(&b'\n') || value.contains(&0) {
+    if value.contains(&b'\n') || value.contains(&0) || value.ends_with(b"\r") {
         // Never say which value: it may be the password.
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("the {name} attribute contains a newline or NUL and cannot be sent to git"),
+            format!(
+                "the {name} attribute contains a newline or NUL, or ends with a carriage return, \
+                 and cannot be sent to git"
+            ),
         ));
     }
     out.write_all(name.as_bytes())?;
@@ -459,7 +469,8 @@ impl Credential {
                 .map(|t| SecretValue::new(std::mem::take(&mut **t).into_bytes())),
             stored_at: record.stored_at,
         };
-        let one_line = |text: &[u8]| !text.contains(&b'\n') && !text.contains(&0);
+        let one_line =
+            |text: &[u8]| !text.contains(&b'\n') && !text.contains(&0) && !text.ends_with(b"\r");
         if ![
             credential.username.as_bytes(),
             credential.password.expose_secret(),
@@ -472,7 +483,9 @@ impl Credential {
         .all(one_line)
         {
             return Err(corrupt(
-                "a stored attribute contains a newline or NUL, which git cannot read".to_owned(),
+                "a stored attribute contains a newline or NUL, or ends with a carriage return, \
+                 which git cannot read"
+                    .to_owned(),
             ));
         }
         Ok(credential)
@@ -701,6 +714,11 @@ mod tests {
         assert_eq!(request.multi_valued["wwwauth"], ["b"]);
         assert_eq!(request.host.as_deref(), Some("h"));
         assert_eq!(parse(b"").unwrap(), Request::default());
+        // A list cleared by an empty value is as if it had never been sent.
+        assert!(parse(b"wwwauth[]=a\nwwwauth[]=\n")
+            .unwrap()
+            .multi_valued
+            .is_empty());
         assert_eq!(
             parse(b"password_expiry_utc=0\n")
                 .unwrap()
@@ -737,6 +755,10 @@ mod tests {
             ),
             (b"=secret\n", "line 1 has an empty name before '='"),
             (b"password=\xff\xfe\n", "line 1 is not valid UTF-8"),
+            (
+                b"password=secret\r\r\n",
+                "line 1 ends with a carriage return inside its value",
+            ),
         ] {
             let text = reason(parse(input).unwrap_err());
             assert_eq!(text, expected);
