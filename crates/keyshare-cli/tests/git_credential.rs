@@ -448,11 +448,22 @@ fn a_wrong_stored_password_fails_the_clone_and_git_erases_it() {
 
 #[test]
 fn the_multicall_name_works_as_credential_helper_keyshare() {
+    // `credential.helper = keyshare` makes git run `git-credential-keyshare` from PATH.
+    multicall_helper_setup("keyshare", "m.example");
+}
+
+#[test]
+fn the_issue_setup_line_keyshare_git_credential_works_with_the_link() {
+    // `credential.helper = "keyshare git-credential"` makes git run
+    // `git-credential-keyshare git-credential store`.
+    multicall_helper_setup("keyshare git-credential", "m.example");
+}
+
+fn multicall_helper_setup(helper: &str, host: &str) {
     if !tools_available() {
         return;
     }
-    // `credential.helper = keyshare` makes git run `git-credential-keyshare` from PATH.
-    let env = Env::with_helper("keyshare");
+    let env = Env::with_helper(helper);
     let bin = env.home().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::os::unix::fs::symlink(KEYSHARE, bin.join("git-credential-keyshare")).unwrap();
@@ -477,8 +488,8 @@ fn the_multicall_name_works_as_credential_helper_keyshare() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"protocol=https\nhost=m.example\nusername=u\npassword=p\n")
+        .write_all(format!("protocol=https\nhost={host}\nusername=u\npassword=p\n").as_bytes())
         .unwrap();
     ok(approve.wait_with_output().unwrap());
-    assert_eq!(env.keys(), ["git:https://u@m.example"]);
+    assert_eq!(env.keys(), [format!("git:https://u@{host}")]);
 }
