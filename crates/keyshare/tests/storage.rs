@@ -286,6 +286,33 @@ fn change_events_are_sequenced_and_lag_asks_for_resync() {
     ));
 }
 
+// A change made outside the storage (another machine) reaches subscribers in the same sequence,
+// without touching the stores.
+#[test]
+fn an_external_change_is_announced_in_sequence_and_changes_nothing() {
+    let shared = Arc::new(MemoryStore::new());
+    let storage = SecretStorage::builder(shared.clone()).build();
+    let mut sub = storage.subscribe();
+    storage.set(&k("a"), &v("1")).unwrap();
+    let seq = storage.announce_external_change(&k("b"), ChangeKind::Set);
+    let deleted = storage.announce_external_change(&k("a"), ChangeKind::Delete);
+    let Some(Notification::Changed(e1)) = sub.try_recv() else {
+        panic!("expected the set")
+    };
+    let Some(Notification::Changed(e2)) = sub.try_recv() else {
+        panic!("expected the announced set")
+    };
+    let Some(Notification::Changed(e3)) = sub.try_recv() else {
+        panic!("expected the announced delete")
+    };
+    assert_eq!((e2.seq, e2.key.as_str(), e2.kind), (seq, "b", ChangeKind::Set));
+    assert_eq!((e3.seq, e3.key.as_str(), e3.kind), (deleted, "a", ChangeKind::Delete));
+    assert_eq!((e2.seq, e3.seq), (e1.seq + 1, e1.seq + 2));
+    assert_eq!(sub.try_recv(), None);
+    assert_eq!(read(&storage, "a").as_deref(), Some("1"));
+    assert_eq!(shared.get(&k("b")).unwrap(), None);
+}
+
 // Seed problem 8: the migration flag was set even when keys failed.
 #[test]
 fn migration_marks_done_only_when_every_key_made_it_and_retries_failures() {

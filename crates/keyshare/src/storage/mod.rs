@@ -346,6 +346,13 @@ impl SecretStorage {
         self.inner.events.subscribe()
     }
 
+    /// Tells subscribers about a change that happened outside this storage (another machine
+    /// wrote the shared store), as the next event in sequence; returns its sequence number.
+    /// Nothing is read or written: subscribers re-read the key if they want its value.
+    pub fn announce_external_change(&self, key: &SecretKey, kind: ChangeKind) -> u64 {
+        self.inner.events.emit(key, kind)
+    }
+
     /// Settles the storage type and loads the journal now, instead of on the first operation.
     pub fn ready(&self) -> Result<StorageType> {
         self.inner.ensure_ready()?;
