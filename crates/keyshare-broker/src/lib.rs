@@ -8,6 +8,8 @@
 //!   across all clients.
 //! - [`daemon`]: socket path, private directory, one instance per flavour, systemd socket
 //!   activation, readiness, signals: what `keyshare serve` calls.
+//! - [`external`]: polling for changes other machines made to the shared store (OpenBao), so
+//!   subscribers hear of them too.
 //! - [`client`]: the async client (pipelined over one connection, autostarting the broker) and
 //!   the blocking client that implements [`keyshare::Store`].
 //!
@@ -43,9 +45,11 @@ pub mod access;
 pub mod client;
 pub mod connection;
 pub mod daemon;
+pub mod external;
 pub mod protocol;
 pub mod server;
 
+pub use external::{ChangeSource, ExternalChanges, OpenBaoChanges};
 pub use client::{BlockingBrokerClient, BrokerClient, ClientConfig, ClientError, TransportError};
 pub use protocol::RemoteError;
 pub use server::{run, BrokerState, ServerOptions};

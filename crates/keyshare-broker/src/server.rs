@@ -28,6 +28,7 @@ use keyshare::{AppId, AsyncSecretStorage, ChangeKind, Notification, SecretKey, S
 
 use crate::access::{process_executable, AccessPolicy, Grant};
 use crate::connection::FrameReader;
+use crate::external::ExternalChanges;
 use crate::protocol::{
     decode, encode, BrokerStatus, ErrorCode, EventKind, FrameError, RemoteError, Reply, Request,
     RequestFrame, ServerFrame, WireKey, WireValue, PROTOCOL_VERSION,
@@ -73,6 +74,7 @@ pub struct BrokerState {
     storage: SecretStorage,
     policy: AccessPolicy,
     options: ServerOptions,
+    external: Option<ExternalChanges>,
 }
 
 impl BrokerState {
@@ -82,7 +84,15 @@ impl BrokerState {
             storage,
             policy: AccessPolicy::default(),
             options: ServerOptions::default(),
+            external: None,
         }
+    }
+
+    /// Polls `changes` while serving and announces what it finds to subscribers, for writes
+    /// to the shared store that did not go through this broker (another machine's).
+    pub fn with_external_changes(mut self, changes: ExternalChanges) -> Self {
+        self.external = Some(changes);
+        self
     }
 
     /// Sets the access policy.
@@ -127,6 +137,13 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(repair_loop(Arc::clone(&shared), stop_rx.clone()));
+    if let Some(external) = state.external {
+        tasks.spawn(external_changes_loop(
+            state.storage.clone(),
+            external,
+            stop_rx.clone(),
+        ));
+    }
 
     let limit = Arc::new(Semaphore::new(shared.options.max_connections.max(1)));
     let idle_exit = shared.options.idle_exit;
@@ -232,6 +249,58 @@ async fn repair_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "background repair pass failed"),
+        }
+    }
+}
+
+/// Polls the external change source on the blocking pool every interval and announces each
+/// change through the storage, so subscribers get it in sequence with the broker's own.
+async fn external_changes_loop(
+    storage: SecretStorage,
+    external: ExternalChanges,
+    mut stop: watch::Receiver<bool>,
+) {
+    let ExternalChanges {
+        mut source,
+        interval,
+    } = external;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // The first tick completes at once: a source without a baseline takes it at start.
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let storage = storage.clone();
+        let poll = tokio::task::spawn_blocking(move || {
+            let result = source.poll();
+            if let Ok(changes) = &result {
+                for (key, kind) in changes {
+                    storage.announce_external_change(key, *kind);
+                }
+            }
+            (source, result.map(|changes| changes.len()))
+        });
+        // A poll in progress (bounded by the store's timeout) does not hold up shutdown.
+        let (returned, result) = tokio::select! {
+            joined = poll => match joined {
+                Ok(done) => done,
+                Err(_) => {
+                    tracing::error!("the external change poll panicked; no longer polling");
+                    return;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        source = returned;
+        match result {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(changes = n, "announced changes made elsewhere"),
+            Err(err) => tracing::warn!(
+                error = %err,
+                "polling the shared store for changes made elsewhere failed; retrying next interval"
+            ),
         }
     }
 }

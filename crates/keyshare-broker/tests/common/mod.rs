@@ -50,12 +50,29 @@ impl TestBroker {
         policy: AccessPolicy,
         options: ServerOptions,
     ) -> Self {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let socket = paths.socket.clone();
         let state = BrokerState::new(storage.clone())
             .with_policy(policy)
             .with_options(options);
+        Self::start_state_at(dir, paths, storage, state)
+    }
+
+    /// Serves `state`, whose storage is `storage`.
+    pub fn start_state(storage: SecretStorage, state: BrokerState) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = BrokerPaths::under(dir.path(), &flavour());
+        paths.ensure_dir().unwrap();
+        Self::start_state_at(dir, paths, storage, state)
+    }
+
+    fn start_state_at(
+        dir: tempfile::TempDir,
+        paths: BrokerPaths,
+        storage: SecretStorage,
+        state: BrokerState,
+    ) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let socket = paths.socket.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
