@@ -49,7 +49,7 @@ pub mod external;
 pub mod protocol;
 pub mod server;
 
-pub use external::{ChangeSource, ExternalChanges, OpenBaoChanges};
 pub use client::{BlockingBrokerClient, BrokerClient, ClientConfig, ClientError, TransportError};
+pub use external::{ChangeSource, ExternalChanges, OpenBaoChanges};
 pub use protocol::RemoteError;
 pub use server::{run, BrokerState, ServerOptions};

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyshare::store::openbao::{OpenBaoAuth, OpenBaoConfig, OpenBaoStore};
-use keyshare::{ChangeKind, MemoryStore, Notification, SecretKey, SecretStorage, SecretValue, Store};
+use keyshare::{
+    ChangeKind, MemoryStore, Notification, SecretKey, SecretStorage, SecretValue, Store,
+};
 use keyshare_broker::client::{BrokerClient, EventStream};
 use keyshare_broker::{BrokerState, ExternalChanges, OpenBaoChanges};
 
@@ -89,7 +91,9 @@ async fn another_machines_writes_reach_subscribers() {
         Duration::from_millis(100),
     ));
     let broker = TestBroker::start_state(storage, state);
-    let client = BrokerClient::connect(broker.config("agents")).await.unwrap();
+    let client = BrokerClient::connect(broker.config("agents"))
+        .await
+        .unwrap();
     let mut events = client.subscribe(None).await.unwrap();
 
     let remote = key("github.auth");

@@ -9,6 +9,7 @@
 //! prefix = "keyshare"              # the flavour's service name is appended (default "keyshare")
 //! ca_file = "/etc/keyshare/bao-ca.pem"   # trust this CA instead of the public web roots
 //! auth = "token"                   # or "approle", with role_id (and approle_mount)
+//! watch_interval_ms = 2000         # how often `keyshare serve` polls for other machines' writes
 //! ```
 //!
 //! The token, or the AppRole secret id, never sits in the config file: `keyshare openbao-login`
@@ -22,6 +23,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use keyshare::store::openbao::{NodeState, OpenBaoAuth, OpenBaoConfig, OpenBaoStore};
 use keyshare::{MemoryStore, SecretKey, SecretValue, Store, StoreInfo};
+use keyshare_broker::{ExternalChanges, OpenBaoChanges};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -56,6 +58,13 @@ pub struct OpenBaoSection {
     pub role_id: Option<String>,
     #[serde(default = "default_approle_mount")]
     pub approle_mount: String,
+    /// How often the broker polls the KV metadata for other machines' writes.
+    #[serde(default = "default_watch_interval_ms")]
+    pub watch_interval_ms: u64,
+}
+
+fn default_watch_interval_ms() -> u64 {
+    2000
 }
 
 fn default_mount() -> String {
@@ -78,6 +87,9 @@ impl OpenBaoSection {
         }
         if self.auth == AuthKind::Approle && self.role_id.as_deref().unwrap_or("").is_empty() {
             bail!("[openbao] auth = \"approle\" needs role_id");
+        }
+        if self.watch_interval_ms == 0 {
+            bail!("[openbao] watch_interval_ms: must be at least 1 (milliseconds between polls)");
         }
         // The library's own checks (address form, mount, prefix), with a throwaway store.
         let mut config = self.library_config("validation", Duration::from_secs(1));
@@ -159,6 +171,21 @@ pub fn open_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
         reason: "chosen explicitly".to_owned(),
         identity: identity(ctx),
     })
+}
+
+/// The shared store for `keyshare serve`, with the poller that announces other machines'
+/// writes. The poller watches the very store the broker writes through, so the broker's own
+/// writes are not announced twice.
+pub fn open_shared_watched(ctx: &Context) -> anyhow::Result<(SharedChoice, ExternalChanges)> {
+    let store = Arc::new(open_store(ctx)?);
+    let interval = Duration::from_millis(section(ctx)?.watch_interval_ms);
+    let changes = ExternalChanges::new(Box::new(OpenBaoChanges::new(Arc::clone(&store))), interval);
+    let shared = SharedChoice {
+        store,
+        reason: "chosen explicitly".to_owned(),
+        identity: identity(ctx),
+    };
+    Ok((shared, changes))
 }
 
 pub fn placeholder_info(ctx: &Context) -> StoreInfo {

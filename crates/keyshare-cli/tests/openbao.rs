@@ -197,3 +197,27 @@ fn openbao_without_its_section_is_a_config_error() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("[openbao]"));
 }
+
+#[test]
+fn a_zero_watch_interval_is_a_config_error_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config/keyshare/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        "store = \"openbao\"\n[openbao]\naddresses = [\"https://bao.example:8200\"]\nwatch_interval_ms = 0\n",
+    )
+    .unwrap();
+    let out = Command::cargo_bin("keyshare")
+        .unwrap()
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .env("XDG_DATA_HOME", dir.path().join("data"))
+        .args(["get", "k"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("watch_interval_ms"), "{stderr}");
+}

@@ -305,8 +305,14 @@ fn an_external_change_is_announced_in_sequence_and_changes_nothing() {
     let Some(Notification::Changed(e3)) = sub.try_recv() else {
         panic!("expected the announced delete")
     };
-    assert_eq!((e2.seq, e2.key.as_str(), e2.kind), (seq, "b", ChangeKind::Set));
-    assert_eq!((e3.seq, e3.key.as_str(), e3.kind), (deleted, "a", ChangeKind::Delete));
+    assert_eq!(
+        (e2.seq, e2.key.as_str(), e2.kind),
+        (seq, "b", ChangeKind::Set)
+    );
+    assert_eq!(
+        (e3.seq, e3.key.as_str(), e3.kind),
+        (deleted, "a", ChangeKind::Delete)
+    );
     assert_eq!((e2.seq, e3.seq), (e1.seq + 1, e1.seq + 2));
     assert_eq!(sub.try_recv(), None);
     assert_eq!(read(&storage, "a").as_deref(), Some("1"));

@@ -7,6 +7,7 @@ use keyshare_broker::daemon::{self, Daemon};
 use keyshare_broker::{BrokerState, ServerOptions};
 
 use crate::broker;
+use crate::config::StoreChoice;
 use crate::stores::{self, Context};
 
 /// How long an autostarted broker stays without any client before it exits.
@@ -25,7 +26,13 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     // Before any thread exists: socket activation reads and clears the environment.
     let daemon = Daemon::prepare(&paths)?;
     let policy = broker::policy(&ctx.config)?;
-    let shared = stores::open_direct_shared(ctx)?;
+    // OpenBao has no push notification for KV writes: the broker polls for other machines'.
+    let (shared, external) = if ctx.store == StoreChoice::Openbao {
+        let (shared, external) = crate::openbao::open_shared_watched(ctx)?;
+        (shared, Some(external))
+    } else {
+        (stores::open_direct_shared(ctx)?, None)
+    };
     let storage = SecretStorage::builder(shared.store.clone())
         .limits(ctx.limits)
         .build();
@@ -49,9 +56,12 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         .build()
         .map_err(|e| keyshare::Error::io("starting the broker's runtime", e))?;
     runtime.block_on(async {
-        let state = BrokerState::new(storage)
+        let mut state = BrokerState::new(storage)
             .with_policy(policy)
             .with_options(options);
+        if let Some(external) = external {
+            state = state.with_external_changes(external);
+        }
         daemon.serve(state, daemon::shutdown_signal()?).await
     })?;
     Ok(())
