@@ -221,3 +221,83 @@ fn a_zero_watch_interval_is_a_config_error_naming_the_setting() {
     assert_eq!(out.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("watch_interval_ms"), "{stderr}");
 }
+
+/// Sends each line `from` prints to the returned channel, so a test can wait with a deadline.
+fn lines_of(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line with {needle:?} within 10 s ({e})"),
+        }
+    }
+}
+
+#[test]
+fn serve_announces_writes_made_without_the_broker() {
+    let Some(server) = server() else { return };
+    let env = Env::new(&server, &unique_prefix());
+    let config = env.home().join("config/keyshare/config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("watch_interval_ms = 100\n");
+    std::fs::write(&config, text).unwrap();
+    env.ok(&["openbao-login"], format!("{}\n", server.token).as_bytes());
+    std::fs::create_dir_all(env.home().join("run")).unwrap();
+    std::fs::set_permissions(
+        env.home().join("run"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+
+    let spawn = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keyshare"))
+            .env_clear()
+            .env("HOME", env.home())
+            .env("XDG_CONFIG_HOME", env.home().join("config"))
+            .env("XDG_DATA_HOME", env.home().join("data"))
+            .env("XDG_RUNTIME_DIR", env.home().join("run"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut serve = spawn(&["serve"]);
+    let serve_err = lines_of(serve.stderr.take().unwrap());
+    wait_for(&serve_err, "keyshare: serving flavour stable");
+    let mut watch = spawn(&["--no-autostart", "--json", "watch", "github.auth"]);
+    let watch_err = lines_of(watch.stderr.take().unwrap());
+    let watch_out = lines_of(watch.stdout.take().unwrap());
+    wait_for(&watch_err, "watching github.auth");
+
+    // `--direct` (and no XDG_RUNTIME_DIR in `env.ok`): written as another machine would.
+    env.ok(&["--direct", "set", "github.auth"], b"elsewhere");
+    let event: serde_json::Value =
+        serde_json::from_str(&wait_for(&watch_out, "github.auth")).unwrap();
+    assert_eq!((&event["kind"], &event["key"]), (&"set".into(), &"github.auth".into()));
+    env.ok(&["--direct", "delete", "github.auth"], b"");
+    let event: serde_json::Value =
+        serde_json::from_str(&wait_for(&watch_out, "github.auth")).unwrap();
+    assert_eq!(event["kind"], "delete");
+
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let _ = serve.kill();
+    let _ = serve.wait();
+}
