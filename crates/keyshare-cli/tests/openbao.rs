@@ -249,6 +249,16 @@ fn wait_for(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
     }
 }
 
+/// A child process that is killed and reaped when the test ends, passing or not.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn serve_announces_writes_made_without_the_broker() {
     let Some(server) = server() else { return };
@@ -276,28 +286,28 @@ fn serve_announces_writes_made_without_the_broker() {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
+            .map(Reaped)
             .unwrap()
     };
     let mut serve = spawn(&["serve"]);
-    let serve_err = lines_of(serve.stderr.take().unwrap());
+    let serve_err = lines_of(serve.0.stderr.take().unwrap());
     wait_for(&serve_err, "keyshare: serving flavour stable");
     let mut watch = spawn(&["--no-autostart", "--json", "watch", "github.auth"]);
-    let watch_err = lines_of(watch.stderr.take().unwrap());
-    let watch_out = lines_of(watch.stdout.take().unwrap());
+    let watch_err = lines_of(watch.0.stderr.take().unwrap());
+    let watch_out = lines_of(watch.0.stdout.take().unwrap());
     wait_for(&watch_err, "watching github.auth");
 
     // `--direct` (and no XDG_RUNTIME_DIR in `env.ok`): written as another machine would.
     env.ok(&["--direct", "set", "github.auth"], b"elsewhere");
     let event: serde_json::Value =
         serde_json::from_str(&wait_for(&watch_out, "github.auth")).unwrap();
-    assert_eq!((&event["kind"], &event["key"]), (&"set".into(), &"github.auth".into()));
+    assert_eq!(
+        (&event["kind"], &event["key"]),
+        (&"set".into(), &"github.auth".into())
+    );
     env.ok(&["--direct", "delete", "github.auth"], b"");
     let event: serde_json::Value =
         serde_json::from_str(&wait_for(&watch_out, "github.auth")).unwrap();
     assert_eq!(event["kind"], "delete");
-
-    let _ = watch.kill();
-    let _ = watch.wait();
-    let _ = serve.kill();
-    let _ = serve.wait();
+    drop((watch, serve));
 }
