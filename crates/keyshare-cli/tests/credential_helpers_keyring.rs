@@ -4,26 +4,14 @@
 //! Without the keyring these tests fail when `CI=true` and skip loudly otherwise.
 #![cfg(target_os = "linux")]
 
+mod support;
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 const KEYSHARE: &str = env!("CARGO_BIN_EXE_keyshare");
-
-fn keyring_available() -> bool {
-    if std::env::var_os("KEYSHARE_TEST_SECRET_SERVICE").is_some() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true, but no test Secret Service (KEYSHARE_TEST_SECRET_SERVICE is not set)");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!!!!! SKIPPED: no test Secret Service; run the tests through scripts/test\n"
-    );
-    false
-}
 
 struct Env {
     dir: tempfile::TempDir,
@@ -133,7 +121,7 @@ fn secret_tool_lookup(env: &Env, account: &str) -> Output {
 
 #[test]
 fn git_credentials_live_in_the_keyring() {
-    if !keyring_available() {
+    if !support::keyring_available() {
         return;
     }
     let env = Env::new();
@@ -163,7 +151,7 @@ fn git_credentials_live_in_the_keyring() {
 
 #[test]
 fn docker_credentials_live_in_the_keyring() {
-    if !keyring_available() {
+    if !support::keyring_available() {
         return;
     }
     let env = Env::new();

@@ -9,10 +9,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+mod support;
+
 const KEYSHARE: &str = env!("CARGO_BIN_EXE_keyshare");
 
-/// `git` and `python3` (for the HTTP server) are needed; `scripts/test` installs them. Missing:
-/// a failure in CI, a loud skip elsewhere.
+/// `git` and `python3` (for the HTTP server) are needed; `scripts/test` installs them.
 fn tools_available() -> bool {
     let runs = |program: &str| {
         Command::new(program)
@@ -20,17 +21,10 @@ fn tools_available() -> bool {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if runs("git") && runs("python3") {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true, but git or python3 is missing (scripts/test installs them)");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!!!!! SKIPPED: git or python3 is missing; run the tests through scripts/test\n"
-    );
-    false
+    support::required(
+        runs("git") && runs("python3"),
+        "git or python3 is missing (scripts/test installs them)",
+    )
 }
 
 struct Env {

@@ -3,26 +3,14 @@
 //! loudly otherwise.
 #![cfg(target_os = "linux")]
 
+mod support;
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
 
 use assert_cmd::Command;
-
-fn keyring_available() -> bool {
-    if std::env::var_os("KEYSHARE_TEST_SECRET_SERVICE").is_some() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true, but no test Secret Service (KEYSHARE_TEST_SECRET_SERVICE is not set)");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!!!!! SKIPPED: no test Secret Service; run the tests through scripts/test\n"
-    );
-    false
-}
 
 struct Env {
     dir: tempfile::TempDir,
@@ -104,7 +92,7 @@ fn secret_tool(args: &[&str], stdin: &[u8]) -> Output {
 
 #[test]
 fn auto_picks_the_keyring_and_secret_tool_sees_the_same_items() {
-    if !keyring_available() {
+    if !support::keyring_available() {
         return;
     }
     let env = Env::new();
@@ -148,7 +136,7 @@ fn auto_picks_the_keyring_and_secret_tool_sees_the_same_items() {
 
 #[test]
 fn without_a_keyring_auto_uses_the_vault_and_says_why() {
-    if !keyring_available() {
+    if !support::keyring_available() {
         return;
     }
     let env = Env::new();
@@ -169,7 +157,7 @@ fn without_a_keyring_auto_uses_the_vault_and_says_why() {
 
 #[test]
 fn a_new_vault_keeps_its_key_in_the_keyring_when_there_is_one() {
-    if !keyring_available() {
+    if !support::keyring_available() {
         return;
     }
     let env = Env::new();
@@ -202,7 +190,7 @@ fn a_new_vault_keeps_its_key_in_the_keyring_when_there_is_one() {
 
 #[test]
 fn require_os_keyring_refuses_a_key_file() {
-    if !keyring_available() {
+    if !support::keyring_available() {
         return;
     }
     let env = Env::new();
