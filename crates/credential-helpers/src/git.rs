@@ -20,7 +20,6 @@
 //! a credential stored for one repository is never offered for another.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::{BufRead, Read, Write};
 
 use keyshare::{Error, Result, SecretKey, SecretStorage, SecretValue};
@@ -48,7 +47,7 @@ const STORE_NAME: &str = "git credentials";
 /// Single-valued attributes keep the last value given, as git does; `name[]` attributes
 /// accumulate, and an empty `name[]=` clears the list. Attributes this helper does not use are
 /// ignored.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
     /// `protocol`, e.g. `https`.
     pub protocol: Option<String>,
@@ -68,22 +67,6 @@ pub struct Request {
     pub capabilities: Vec<String>,
     /// Every other `name[]` attribute (e.g. `wwwauth[]`), by name without the brackets.
     pub multi_valued: BTreeMap<String, Vec<String>>,
-}
-
-impl fmt::Debug for Request {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Request")
-            .field("protocol", &self.protocol)
-            .field("host", &self.host)
-            .field("path", &self.path)
-            .field("username", &self.username)
-            .field("password", &self.password)
-            .field("password_expiry_utc", &self.password_expiry_utc)
-            .field("oauth_refresh_token", &self.oauth_refresh_token)
-            .field("capabilities", &self.capabilities)
-            .field("multi_valued", &self.multi_valued)
-            .finish()
-    }
 }
 
 fn invalid(reason: impl Into<String>) -> Error {
@@ -332,7 +315,7 @@ pub fn key_for(
 }
 
 /// A stored credential.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
     /// The protocol it is for.
     pub protocol: String,
@@ -350,21 +333,6 @@ pub struct Credential {
     pub oauth_refresh_token: Option<SecretValue>,
     /// When it was stored (seconds since 1970, UTC): the newest wins when several match.
     pub stored_at: u64,
-}
-
-impl fmt::Debug for Credential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credential")
-            .field("protocol", &self.protocol)
-            .field("host", &self.host)
-            .field("path", &self.path)
-            .field("username", &self.username)
-            .field("password", &self.password)
-            .field("password_expiry_utc", &self.password_expiry_utc)
-            .field("oauth_refresh_token", &self.oauth_refresh_token)
-            .field("stored_at", &self.stored_at)
-            .finish()
-    }
 }
 
 impl Credential {
@@ -774,6 +742,21 @@ mod tests {
     fn debug_never_shows_secrets() {
         let request = parse(b"password=hunter2\noauth_refresh_token=tok3n\n").unwrap();
         let text = format!("{request:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("tok3n"),
+            "{text}"
+        );
+        let credential = Credential {
+            protocol: "https".into(),
+            host: "example.com".into(),
+            path: None,
+            username: "u".into(),
+            password: SecretValue::from_slice(b"hunter2"),
+            password_expiry_utc: None,
+            oauth_refresh_token: Some(SecretValue::from_slice(b"tok3n")),
+            stored_at: 0,
+        };
+        let text = format!("{credential:?}");
         assert!(
             !text.contains("hunter2") && !text.contains("tok3n"),
             "{text}"
