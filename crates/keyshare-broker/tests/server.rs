@@ -107,6 +107,36 @@ fn set_get_delete_keys_through_the_blocking_client() {
 }
 
 #[test]
+fn a_client_without_an_io_thread_serves_calls_from_several_threads() {
+    let broker = TestBroker::memory();
+    let client =
+        Arc::new(BlockingBrokerClient::new_without_io_thread(broker.config("code")).unwrap());
+    // Every thread's reply arrives on the one connection; whichever thread is inside a call
+    // drives it, so replies meant for another thread must still reach that thread.
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let client = &client;
+            s.spawn(move || {
+                for i in 0..50 {
+                    let key = k(&format!("t{t}.k{}", i % 3));
+                    client.set(&key, &v(&format!("{t}:{i}"))).unwrap();
+                    let got = client.get(&key).unwrap().unwrap();
+                    assert_eq!(got.expose_secret(), format!("{t}:{i}").as_bytes());
+                }
+            });
+        }
+    });
+    assert_eq!(client.keys().unwrap().len(), 12);
+    // Events could not be delivered between calls: refused with a pointer to `new`.
+    match client.subscribe(None) {
+        Err(Error::Invalid { reason, .. }) => {
+            assert!(reason.contains("BlockingBrokerClient::new"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
 fn too_large_values_are_refused_with_the_limit() {
     let broker = TestBroker::memory();
     let client = broker.client("code");

@@ -38,8 +38,13 @@ pub fn paths(ctx: &Context) -> anyhow::Result<BrokerPaths> {
     )?)
 }
 
-/// A client of the context's broker, autostarting it unless disabled.
+/// A client of the context's broker, autostarting it unless disabled, with an I/O thread of
+/// its own (subscriptions need one).
 pub fn client(ctx: &Context) -> anyhow::Result<BlockingBrokerClient> {
+    Ok(BlockingBrokerClient::new(client_config(ctx)?)?)
+}
+
+fn client_config(ctx: &Context) -> anyhow::Result<ClientConfig> {
     let autostart = !ctx.routing.no_autostart && ctx.config.autostart != Some(false);
     let mut config = ClientConfig::with_paths(paths(ctx)?, ctx.app.clone())
         .client("keyshare", env!("CARGO_PKG_VERSION"))
@@ -49,7 +54,7 @@ pub fn client(ctx: &Context) -> anyhow::Result<BlockingBrokerClient> {
         start.args.extend(ctx.routing.passthrough.iter().cloned());
         config = config.autostart(Some(start));
     }
-    Ok(BlockingBrokerClient::new(config)?)
+    Ok(config)
 }
 
 /// The broker as the shared store, or `None` when the command should open it directly: with
@@ -65,7 +70,8 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
         tracing::warn!("XDG_RUNTIME_DIR is not set: opening the shared store directly");
         return Ok(None);
     }
-    let client = client(ctx)?;
+    // A command makes a call or two and exits: no I/O thread to start and stop.
+    let client = BlockingBrokerClient::new_without_io_thread(client_config(ctx)?)?;
     match client.hello() {
         Ok(_) => {}
         Err(ClientError::Transport(err)) => {

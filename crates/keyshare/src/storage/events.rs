@@ -46,39 +46,62 @@ pub enum Notification {
 pub(crate) struct EventHub {
     // Sequence assignment and sending happen under one lock so that receivers see sequence
     // numbers in increasing order even when two threads report changes at once.
-    next: Mutex<(u64, broadcast::Sender<ChangeEvent>)>,
+    next: Mutex<Next>,
+}
+
+#[derive(Debug)]
+struct Next {
+    seq: u64,
+    capacity: usize,
+    // Made by the first `subscribe`: a broadcast channel allocates all its slots up front
+    // (tens of KiB for the default 1,024), which a one-shot process such as `keyshare get`
+    // that never subscribes should not pay for. Events sent before anyone subscribed reach
+    // nobody either way.
+    tx: Option<broadcast::Sender<ChangeEvent>>,
 }
 
 impl EventHub {
     pub(crate) fn new(capacity: usize) -> Self {
-        let (tx, _) = broadcast::channel(capacity.max(1));
         EventHub {
-            next: Mutex::new((1, tx)),
+            next: Mutex::new(Next {
+                seq: 1,
+                capacity: capacity.max(1),
+                tx: None,
+            }),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Next> {
+        // Only a counter and an Option change under this lock: a panic cannot leave it torn.
+        self.next.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn emit(&self, key: &SecretKey, kind: ChangeKind) -> u64 {
-        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = next.0;
-        next.0 += 1;
-        // No subscribers is not an error.
-        let _ = next.1.send(ChangeEvent {
-            seq,
-            key: key.clone(),
-            kind,
-        });
+        let mut next = self.lock();
+        let seq = next.seq;
+        next.seq += 1;
+        if let Some(tx) = &next.tx {
+            // No subscribers left is not an error.
+            let _ = tx.send(ChangeEvent {
+                seq,
+                key: key.clone(),
+                kind,
+            });
+        }
         seq
     }
 
     pub(crate) fn last_seq(&self) -> u64 {
-        self.next.lock().unwrap_or_else(|e| e.into_inner()).0 - 1
+        self.lock().seq - 1
     }
 
     pub(crate) fn subscribe(&self) -> Subscription {
-        let next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-        Subscription {
-            rx: next.1.subscribe(),
-        }
+        let mut next = self.lock();
+        let capacity = next.capacity;
+        let tx = next
+            .tx
+            .get_or_insert_with(|| broadcast::channel(capacity).0);
+        Subscription { rx: tx.subscribe() }
     }
 }
 

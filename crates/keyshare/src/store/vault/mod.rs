@@ -538,6 +538,9 @@ impl VaultStore {
             conn.pragma_update(None, "journal_mode", "WAL")
                 .map_err(map("switching to WAL mode"))?;
         }
+        // Only for a vault that opened: a refused file is closed the default way, which
+        // removes the side files its reading made.
+        keep_wal_files(&conn).map_err(map("keeping the WAL file between opens"))?;
 
         let vault = Vault {
             path: path.clone(),
@@ -603,6 +606,36 @@ impl VaultStore {
             key: Some(key.as_str().to_owned()),
             detail: format!("{detail}; the entry was left untouched"),
         }
+    }
+}
+
+/// Keeps the `-wal` and `-shm` files when the last connection closes, instead of SQLite's
+/// default of deleting both and creating them again on the next open. Every `keyshare get` is
+/// a process of its own, and that create-and-unlink pair was a measurable part of its run time
+/// (crates/keyshare-cli/benches/process.rs). The close still checkpoints, and with
+/// `journal_size_limit = 0` the kept WAL is truncated to zero bytes then, so no page images
+/// outlive the connection in it. The files keep the vault's 0600 mode and are checked like it.
+#[allow(unsafe_code)]
+fn keep_wal_files(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::ffi;
+    conn.pragma_update(None, "journal_size_limit", 0)?;
+    let mut persist: std::ffi::c_int = 1;
+    // SAFETY: `conn.handle()` is the open connection `conn` owns, used on this thread for the
+    // duration of the call only. "main" is a NUL-terminated string. For
+    // SQLITE_FCNTL_PERSIST_WAL, SQLite reads (and writes back) one `int` through the last
+    // argument, which points at `persist` for the whole call.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&raw mut persist).cast(),
+        )
+    };
+    if rc == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None))
     }
 }
 
