@@ -121,6 +121,18 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    /// Whether it is this ticket's turn now, without waiting. Once true it stays true (the
+    /// line only moves on when this ticket is dropped).
+    pub(crate) fn is_served(&mut self) -> bool {
+        if !self.served {
+            let lines = KeyQueues::lock(self.queues.shard(self.hash));
+            self.served = lines
+                .get(&self.hash)
+                .is_some_and(|line| line.now_serving == self.number);
+        }
+        self.served
+    }
+
     /// Blocks until it is this ticket's turn.
     pub(crate) fn wait(&self) {
         if self.served {
@@ -251,6 +263,24 @@ mod tests {
             .expect("the third ticket is served");
         handle.join().unwrap();
         assert!(q.try_enqueue_idle(&key("a")).is_some(), "the line is gone");
+    }
+
+    #[test]
+    fn is_served_tells_whose_turn_it_is_without_waiting() {
+        let q = KeyQueues::new();
+        let mut first = q.enqueue(&key("a"));
+        let mut abandoned = q.enqueue(&key("a"));
+        let mut third = q.enqueue(&key("a"));
+        let mut other = q.enqueue(&key("b"));
+        assert!(first.is_served());
+        assert!(other.is_served(), "other keys do not wait");
+        assert!(!abandoned.is_served());
+        assert!(!third.is_served());
+        drop(abandoned);
+        assert!(!third.is_served(), "still behind the holder");
+        drop(first);
+        assert!(third.is_served(), "the abandoned ticket is skipped");
+        third.wait();
     }
 
     #[test]
