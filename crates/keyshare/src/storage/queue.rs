@@ -3,9 +3,9 @@
 //! Every operation takes a numbered ticket for its key at the moment it is called, then waits
 //! until that number is served. Tickets for one key are served in the order they were taken;
 //! tickets for different keys never wait for each other. Because the ticket is taken before any
-//! work (including before an async call hops onto the blocking pool), call order is the
-//! execution order, which is what "FIFO per key" means to a caller who fires a `set` and a
-//! `get` without awaiting the first.
+//! work (before an async call hops onto the blocking pool, or checks whether its turn has come
+//! so that it may run inline), call order is the execution order, which is what "FIFO per key"
+//! means to a caller who fires a `set` and a `get` without awaiting the first.
 //!
 //! Keys are identified by a keyed 64-bit hash. Two different keys colliding would only make them
 //! share a queue (less concurrency, never a correctness problem).
