@@ -759,9 +759,7 @@ impl Connection {
         let mut reply = Box::pin(reply);
         // A no-op waker is enough for this first poll: if it is pending, the spawned task
         // polls it again with its own waker before waiting.
-        let first = reply
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()));
+        let first = reply.as_mut().poll(&mut Context::from_waker(Waker::noop()));
         if let Poll::Ready(frame) = first {
             send(&self.out, &frame).await;
             drop(permit);

@@ -221,9 +221,8 @@ impl SecretStorageBuilder {
     /// Builds the storage. Nothing is read yet: the first operation settles the storage type,
     /// loads the journal and (if enabled) migrates.
     pub fn build(self) -> SecretStorage {
-        let journal_store: Arc<dyn Store> = self
-            .journal
-            .unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let journal_store: Arc<dyn Store> =
+            self.journal.unwrap_or_else(|| Arc::new(MemoryStore::new()));
         let nonblocking = self.shared.is_nonblocking()
             && self.legacy.as_ref().is_none_or(|l| l.is_nonblocking())
             && journal_store.is_nonblocking();
