@@ -1012,6 +1012,19 @@ mod tests {
                 .legacy(memory())
                 .journal(faulty())
         )));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().unwrap();
+            // The vault refuses a directory others can read.
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+            let mut vault = crate::store::vault::VaultOptions::new(dir.path().join("v.db"), "ns");
+            vault.keys.passphrase_env = None;
+            let vault = crate::store::VaultStore::open(vault).unwrap();
+            assert!(first_get_uses_the_pool(ready_storage(
+                SecretStorage::builder(Arc::new(vault))
+            )));
+        }
         // Not ready yet: the storage type probe may block.
         assert!(first_get_uses_the_pool(
             SecretStorage::builder(memory()).build()
