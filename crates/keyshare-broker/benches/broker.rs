@@ -45,7 +45,8 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
 fn start_broker(dir: &Path, store: Arc<dyn Store>) -> (BrokerPaths,) {
     let paths = BrokerPaths::under(dir, &flavour());
     paths.ensure_dir().unwrap();
-    // As `keyshare serve` runs it: one runtime thread (store calls go to the blocking pool).
+    // As `keyshare serve` runs it: one runtime thread (store calls that may block go to the
+    // blocking pool; a memory store's run inline).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

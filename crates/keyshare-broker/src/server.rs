@@ -15,6 +15,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -584,19 +585,21 @@ impl Connection {
                     return send_error(&out, Some(id), denied(&key)).await;
                 }
                 let op = storage.get(&key);
-                self.in_flight.spawn(async move {
-                    let frame = match op.await {
-                        Ok(value) => ServerFrame::Reply {
-                            id,
-                            reply: Reply::Get {
-                                value: value.map(WireValue),
+                self.answer(
+                    async move {
+                        match op.await {
+                            Ok(value) => ServerFrame::Reply {
+                                id,
+                                reply: Reply::Get {
+                                    value: value.map(WireValue),
+                                },
                             },
-                        },
-                        Err(err) => error_frame(id, "get", &key, &err),
-                    };
-                    send(&out, &frame).await;
-                    drop(permit);
-                });
+                            Err(err) => error_frame(id, "get", &key, &err),
+                        }
+                    },
+                    permit,
+                )
+                .await;
             }
             Request::Set {
                 key: WireKey(key),
@@ -607,34 +610,38 @@ impl Connection {
                 }
                 let op = storage.set(&key, &value);
                 drop(value);
-                self.in_flight.spawn(async move {
-                    let frame = match op.await {
-                        Ok(()) => ServerFrame::Reply {
-                            id,
-                            reply: Reply::Set {},
-                        },
-                        Err(err) => error_frame(id, "set", &key, &err),
-                    };
-                    send(&out, &frame).await;
-                    drop(permit);
-                });
+                self.answer(
+                    async move {
+                        match op.await {
+                            Ok(()) => ServerFrame::Reply {
+                                id,
+                                reply: Reply::Set {},
+                            },
+                            Err(err) => error_frame(id, "set", &key, &err),
+                        }
+                    },
+                    permit,
+                )
+                .await;
             }
             Request::Delete { key: WireKey(key) } => {
                 if !grant.allows(&key) {
                     return send_error(&out, Some(id), denied(&key)).await;
                 }
                 let op = storage.delete(&key);
-                self.in_flight.spawn(async move {
-                    let frame = match op.await {
-                        Ok(deleted) => ServerFrame::Reply {
-                            id,
-                            reply: Reply::Delete { deleted },
-                        },
-                        Err(err) => error_frame(id, "delete", &key, &err),
-                    };
-                    send(&out, &frame).await;
-                    drop(permit);
-                });
+                self.answer(
+                    async move {
+                        match op.await {
+                            Ok(deleted) => ServerFrame::Reply {
+                                id,
+                                reply: Reply::Delete { deleted },
+                            },
+                            Err(err) => error_frame(id, "delete", &key, &err),
+                        }
+                    },
+                    permit,
+                )
+                .await;
             }
             Request::Keys => {
                 let storage = storage.clone();
@@ -739,6 +746,31 @@ impl Connection {
                 drop(permit);
             }
         }
+    }
+
+    /// Sends the reply that `reply` makes, from this task if it is ready on its first poll (a
+    /// storage operation that ran inline), which saves spawning a task and a scheduler round
+    /// per request; otherwise from a task of its own, so that this connection reads on.
+    async fn answer(
+        &mut self,
+        reply: impl Future<Output = ServerFrame> + Send + 'static,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let mut reply = Box::pin(reply);
+        // A no-op waker is enough for this first poll: if it is pending, the spawned task
+        // polls it again with its own waker before waiting.
+        let first = reply.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        if let Poll::Ready(frame) = first {
+            send(&self.out, &frame).await;
+            drop(permit);
+            return;
+        }
+        let out = self.out.clone();
+        self.in_flight.spawn(async move {
+            let frame = reply.await;
+            send(&out, &frame).await;
+            drop(permit);
+        });
     }
 
     /// Lets every request already read finish and queue its reply.

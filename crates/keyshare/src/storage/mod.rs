@@ -221,7 +221,11 @@ impl SecretStorageBuilder {
     /// Builds the storage. Nothing is read yet: the first operation settles the storage type,
     /// loads the journal and (if enabled) migrates.
     pub fn build(self) -> SecretStorage {
-        let journal_store = self.journal.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let journal_store: Arc<dyn Store> =
+            self.journal.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let nonblocking = self.shared.is_nonblocking()
+            && self.legacy.as_ref().is_none_or(|l| l.is_nonblocking())
+            && journal_store.is_nonblocking();
         SecretStorage {
             inner: Arc::new(Inner {
                 shared: self.shared,
@@ -238,6 +242,7 @@ impl SecretStorageBuilder {
                 limits: self.limits,
                 counters: Counters::default(),
                 lazy_migration: self.lazy_migration,
+                nonblocking,
             }),
         }
     }
@@ -246,7 +251,7 @@ impl SecretStorageBuilder {
 /// An app's secret storage. Cheap to clone; clones share everything.
 ///
 /// The methods here block the calling thread; from async code use [`SecretStorage::to_async`],
-/// whose methods run the same operations on the blocking pool.
+/// whose methods never block a runtime thread.
 #[derive(Clone)]
 pub struct SecretStorage {
     inner: Arc<Inner>,
@@ -276,6 +281,9 @@ struct Inner {
     limits: Limits,
     counters: Counters,
     lazy_migration: bool,
+    /// Every store (shared, legacy, journal) says its calls never block: see
+    /// [`Store::is_nonblocking`].
+    nonblocking: bool,
 }
 
 fn reason(err: &Error) -> String {
@@ -379,10 +387,17 @@ impl SecretStorage {
     }
 }
 
-/// The async face of a [`SecretStorage`]: the same operations and guarantees, run on tokio's
-/// blocking pool so that no store call ever blocks a runtime thread. Each operation takes its
-/// place in its key's queue when it is called, so operations issued without awaiting each
-/// other still run in call order.
+/// The async face of a [`SecretStorage`]: the same operations and guarantees, without ever
+/// blocking a runtime thread. Each operation takes its place in its key's queue when it is
+/// called, so operations issued without awaiting each other still run in call order.
+///
+/// Where an operation runs: on tokio's blocking pool, unless it cannot block, in which case it
+/// runs inline when the future is first polled, saving two cross-thread wake-ups. It cannot
+/// block when every store is [non-blocking](Store::is_nonblocking) (a [`MemoryStore`]) or the
+/// storage type is in-memory, the storage is ready (the storage type probe, which may block, has run) and the key's turn has
+/// already come (waiting for it would block the runtime thread, and on a single-threaded
+/// runtime could wait forever on a task that cannot run). `repair` always uses the pool: it
+/// waits for the turns of the keys it repairs.
 #[derive(Clone)]
 pub struct AsyncSecretStorage {
     inner: Arc<Inner>,
@@ -415,10 +430,15 @@ impl AsyncSecretStorage {
         key: &SecretKey,
     ) -> impl std::future::Future<Output = Result<Option<SecretValue>>> + Send + 'static {
         // The ticket is taken now, at call time, not when the future is first polled.
-        let ticket = self.inner.queues.enqueue(key);
+        let mut ticket = self.inner.queues.enqueue(key);
         let inner = Arc::clone(&self.inner);
         let key = key.clone();
-        blocking(move || inner.run_get(ticket, &key))
+        async move {
+            if inner.can_run_inline(&mut ticket) {
+                return inner.run_get(ticket, &key);
+            }
+            blocking(move || inner.run_get(ticket, &key)).await
+        }
     }
 
     /// See [`SecretStorage::set`].
@@ -427,11 +447,16 @@ impl AsyncSecretStorage {
         key: &SecretKey,
         value: &SecretValue,
     ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-        let ticket = self.inner.queues.enqueue(key);
+        let mut ticket = self.inner.queues.enqueue(key);
         let inner = Arc::clone(&self.inner);
         let key = key.clone();
         let value = value.clone();
-        blocking(move || inner.run_set(ticket, &key, &value))
+        async move {
+            if inner.can_run_inline(&mut ticket) {
+                return inner.run_set(ticket, &key, &value);
+            }
+            blocking(move || inner.run_set(ticket, &key, &value)).await
+        }
     }
 
     /// See [`SecretStorage::delete`].
@@ -439,15 +464,24 @@ impl AsyncSecretStorage {
         &self,
         key: &SecretKey,
     ) -> impl std::future::Future<Output = Result<bool>> + Send + 'static {
-        let ticket = self.inner.queues.enqueue(key);
+        let mut ticket = self.inner.queues.enqueue(key);
         let inner = Arc::clone(&self.inner);
         let key = key.clone();
-        blocking(move || inner.run_delete(ticket, &key))
+        async move {
+            if inner.can_run_inline(&mut ticket) {
+                return inner.run_delete(ticket, &key);
+            }
+            blocking(move || inner.run_delete(ticket, &key)).await
+        }
     }
 
     /// See [`SecretStorage::keys`].
     pub async fn keys(&self) -> Result<Vec<SecretKey>> {
         let inner = Arc::clone(&self.inner);
+        // `keys` takes no turn, so only the stores and readiness matter.
+        if inner.ready.load(Ordering::Acquire) && (inner.nonblocking || inner.in_memory()) {
+            return inner.do_keys();
+        }
         blocking(move || {
             inner.ensure_ready()?;
             inner.do_keys()
@@ -523,6 +557,15 @@ impl Inner {
         }
         self.ready.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Whether an async operation holding `ticket` can run right here without blocking: see
+    /// [`AsyncSecretStorage`]. Checked when the future is first polled, not when it is made,
+    /// so an operation whose turn came in between still runs inline.
+    fn can_run_inline(&self, ticket: &mut Ticket) -> bool {
+        self.ready.load(Ordering::Acquire)
+            && (self.nonblocking || self.in_memory())
+            && ticket.is_served()
     }
 
     fn in_memory(&self) -> bool {
@@ -835,5 +878,195 @@ impl Inner {
             }
         };
         step().unwrap_or_else(|err| MigrationOutcome::Failed(reason(&err)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::mpsc;
+    use std::task::{Context, Poll, Waker};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::testing::FaultStore;
+
+    fn key(s: &str) -> SecretKey {
+        SecretKey::new(s).unwrap()
+    }
+
+    fn value(s: &str) -> SecretValue {
+        SecretValue::from_slice(s.as_bytes())
+    }
+
+    fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    /// A single-threaded runtime whose only blocking-pool thread is busy until the returned
+    /// sender is dropped: an operation sent to the pool cannot finish before that, so one that
+    /// completes on its first poll ran inline.
+    fn runtime_with_busy_pool() -> (tokio::runtime::Runtime, mpsc::Sender<()>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .build()
+            .unwrap();
+        let (release, released) = mpsc::channel::<()>();
+        let (started_tx, started) = mpsc::channel();
+        rt.spawn_blocking(move || {
+            started_tx.send(()).unwrap();
+            let _ = released.recv();
+        });
+        started.recv().unwrap();
+        (rt, release)
+    }
+
+    fn ready(storage: SecretStorage) -> AsyncSecretStorage {
+        storage.ready().unwrap();
+        storage.to_async()
+    }
+
+    fn faulty() -> Arc<dyn Store> {
+        Arc::new(FaultStore::new(MemoryStore::new(), Duration::from_secs(1)))
+    }
+
+    #[test]
+    fn memory_stores_run_inline_without_the_blocking_pool() {
+        let (rt, _release) = runtime_with_busy_pool();
+        let storage = ready(
+            SecretStorage::builder(Arc::new(MemoryStore::new()))
+                .legacy(Arc::new(MemoryStore::new()))
+                .journal(Arc::new(MemoryStore::new()))
+                .build(),
+        );
+        let k = key("a");
+        let _guard = rt.enter();
+        let Poll::Ready(set) = poll_once(pin!(storage.set(&k, &value("1")))) else {
+            panic!("set went to the blocking pool");
+        };
+        set.unwrap();
+        let Poll::Ready(got) = poll_once(pin!(storage.get(&k))) else {
+            panic!("get went to the blocking pool");
+        };
+        assert_eq!(got.unwrap(), Some(value("1")));
+        let Poll::Ready(keys) = poll_once(pin!(storage.keys())) else {
+            panic!("keys went to the blocking pool");
+        };
+        assert_eq!(keys.unwrap(), vec![k.clone()]);
+        let Poll::Ready(deleted) = poll_once(pin!(storage.delete(&k))) else {
+            panic!("delete went to the blocking pool");
+        };
+        assert!(deleted.unwrap());
+    }
+
+    #[test]
+    fn in_memory_storage_runs_inline_whatever_its_stores() {
+        let (rt, _release) = runtime_with_busy_pool();
+        let storage = ready(
+            SecretStorage::builder(faulty())
+                .storage_type(StorageType::InMemory)
+                .build(),
+        );
+        let _guard = rt.enter();
+        let Poll::Ready(set) = poll_once(pin!(storage.set(&key("a"), &value("1")))) else {
+            panic!("set went to the blocking pool");
+        };
+        set.unwrap();
+    }
+
+    /// Whether the first `get` over this storage goes to the blocking pool; it must still
+    /// answer once the pool is free.
+    fn first_get_uses_the_pool(storage: SecretStorage) -> bool {
+        let (rt, release) = runtime_with_busy_pool();
+        let storage = storage.to_async();
+        let _guard = rt.enter();
+        let mut get = pin!(storage.get(&key("a")));
+        let answer = match poll_once(get.as_mut()) {
+            Poll::Ready(answer) => Some(answer),
+            Poll::Pending => None,
+        };
+        let used_pool = answer.is_none();
+        drop(release);
+        let answer = answer.unwrap_or_else(|| rt.block_on(get));
+        assert_eq!(answer.unwrap(), None);
+        used_pool
+    }
+
+    #[test]
+    fn blocking_stores_and_the_first_operation_use_the_blocking_pool() {
+        let memory = || -> Arc<dyn Store> { Arc::new(MemoryStore::new()) };
+        let ready_storage = |builder: SecretStorageBuilder| {
+            let storage = builder.build();
+            storage.ready().unwrap();
+            storage
+        };
+        assert!(first_get_uses_the_pool(ready_storage(
+            SecretStorage::builder(faulty())
+        )));
+        assert!(first_get_uses_the_pool(ready_storage(
+            SecretStorage::builder(memory()).legacy(faulty())
+        )));
+        assert!(first_get_uses_the_pool(ready_storage(
+            SecretStorage::builder(memory())
+                .legacy(memory())
+                .journal(faulty())
+        )));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().unwrap();
+            // The vault refuses a directory others can read.
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+            let mut vault = crate::store::vault::VaultOptions::new(dir.path().join("v.db"), "ns");
+            vault.keys.passphrase_env = None;
+            let vault = crate::store::VaultStore::open(vault).unwrap();
+            assert!(first_get_uses_the_pool(ready_storage(
+                SecretStorage::builder(Arc::new(vault))
+            )));
+        }
+        // Not ready yet: the storage type probe may block.
+        assert!(first_get_uses_the_pool(
+            SecretStorage::builder(memory()).build()
+        ));
+        // The control: the same check sees an inline run.
+        assert!(!first_get_uses_the_pool(ready_storage(
+            SecretStorage::builder(memory())
+                .legacy(memory())
+                .journal(memory())
+        )));
+    }
+
+    #[test]
+    fn an_operation_whose_turn_has_not_come_waits_in_call_order() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let storage = ready(SecretStorage::builder(Arc::new(MemoryStore::new())).build());
+        let k = key("a");
+        rt.block_on(async {
+            // Made in this order, polled in reverse: each must see exactly what was called
+            // before it, although its first poll comes before theirs.
+            let set_1 = storage.set(&k, &value("1"));
+            let get_1 = storage.get(&k);
+            let set_2 = storage.set(&k, &value("2"));
+            let get_2 = storage.get(&k);
+            let delete = storage.delete(&k);
+            let get_none = storage.get(&k);
+            let mut get_none = pin!(get_none);
+            let mut delete = pin!(delete);
+            let mut get_2 = pin!(get_2);
+            let mut get_1 = pin!(get_1);
+            assert!(poll_once(get_none.as_mut()).is_pending());
+            assert!(poll_once(delete.as_mut()).is_pending());
+            assert!(poll_once(get_2.as_mut()).is_pending());
+            assert!(poll_once(get_1.as_mut()).is_pending());
+            set_1.await.unwrap();
+            assert_eq!(get_1.await.unwrap(), Some(value("1")));
+            set_2.await.unwrap();
+            assert_eq!(get_2.await.unwrap(), Some(value("2")));
+            assert!(delete.await.unwrap());
+            assert_eq!(get_none.await.unwrap(), None);
+        });
     }
 }

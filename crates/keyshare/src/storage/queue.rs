@@ -3,9 +3,9 @@
 //! Every operation takes a numbered ticket for its key at the moment it is called, then waits
 //! until that number is served. Tickets for one key are served in the order they were taken;
 //! tickets for different keys never wait for each other. Because the ticket is taken before any
-//! work (including before an async call hops onto the blocking pool), call order is the
-//! execution order, which is what "FIFO per key" means to a caller who fires a `set` and a
-//! `get` without awaiting the first.
+//! work (before an async call hops onto the blocking pool, or checks whether its turn has come
+//! so that it may run inline), call order is the execution order, which is what "FIFO per key"
+//! means to a caller who fires a `set` and a `get` without awaiting the first.
 //!
 //! Keys are identified by a keyed 64-bit hash. Two different keys colliding would only make them
 //! share a queue (less concurrency, never a correctness problem).
@@ -121,6 +121,18 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    /// Whether it is this ticket's turn now, without waiting. Once true it stays true (the
+    /// line only moves on when this ticket is dropped).
+    pub(crate) fn is_served(&mut self) -> bool {
+        if !self.served {
+            let lines = KeyQueues::lock(self.queues.shard(self.hash));
+            self.served = lines
+                .get(&self.hash)
+                .is_some_and(|line| line.now_serving == self.number);
+        }
+        self.served
+    }
+
     /// Blocks until it is this ticket's turn.
     pub(crate) fn wait(&self) {
         if self.served {
@@ -251,6 +263,24 @@ mod tests {
             .expect("the third ticket is served");
         handle.join().unwrap();
         assert!(q.try_enqueue_idle(&key("a")).is_some(), "the line is gone");
+    }
+
+    #[test]
+    fn is_served_tells_whose_turn_it_is_without_waiting() {
+        let q = KeyQueues::new();
+        let mut first = q.enqueue(&key("a"));
+        let mut abandoned = q.enqueue(&key("a"));
+        let mut third = q.enqueue(&key("a"));
+        let mut other = q.enqueue(&key("b"));
+        assert!(first.is_served());
+        assert!(other.is_served(), "other keys do not wait");
+        assert!(!abandoned.is_served());
+        assert!(!third.is_served());
+        drop(abandoned);
+        assert!(!third.is_served(), "still behind the holder");
+        drop(first);
+        assert!(third.is_served(), "the abandoned ticket is skipped");
+        third.wait();
     }
 
     #[test]

@@ -64,4 +64,9 @@ impl Store for MemoryStore {
     fn keys(&self) -> Result<Vec<SecretKey>> {
         Ok(self.read().keys().cloned().collect())
     }
+
+    /// A map behind a lock held only for one insert, remove or lookup.
+    fn is_nonblocking(&self) -> bool {
+        true
+    }
 }

@@ -105,6 +105,20 @@ pub trait Store: Send + Sync + fmt::Debug {
             .iter()
             .try_for_each(|(key, value)| self.set(key, value))
     }
+
+    /// Whether every call returns promptly on the calling thread: no I/O, no other process,
+    /// no sleep, and no lock that anyone holds across I/O. `SecretStorage`'s async face then
+    /// runs the call inline on the runtime thread instead of hopping to tokio's blocking pool,
+    /// which costs two cross-thread wake-ups per operation.
+    ///
+    /// The default is `false`: when in doubt, a store blocks. Claiming `true` wrongly stalls
+    /// the async runtime of every app using the store (on a single-threaded runtime, all of
+    /// its tasks), so only stores that are plain in-process data structures claim it. A store
+    /// that wraps another must not claim it just because the inner store does, unless it adds
+    /// no blocking of its own.
+    fn is_nonblocking(&self) -> bool {
+        false
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -125,5 +139,8 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn set_many(&self, entries: &[(SecretKey, SecretValue)]) -> Result<()> {
         (**self).set_many(entries)
+    }
+    fn is_nonblocking(&self) -> bool {
+        (**self).is_nonblocking()
     }
 }

@@ -43,4 +43,8 @@ impl Store for UnreachableStore {
     fn keys(&self) -> Result<Vec<SecretKey>> {
         Err(self.error())
     }
+    /// Every call only builds an error.
+    fn is_nonblocking(&self) -> bool {
+        true
+    }
 }

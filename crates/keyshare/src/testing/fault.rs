@@ -210,6 +210,11 @@ impl<S: Store> Store for FaultStore<S> {
     fn keys(&self) -> Result<Vec<SecretKey>> {
         self.call(CallKind::Read, |s| s.keys())
     }
+
+    /// Never, whatever it wraps: an armed `Stall` sleeps for the timeout.
+    fn is_nonblocking(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
