@@ -1,0 +1,304 @@
+//! The command line: what clap parses, and how.
+//!
+//! `keyshare get` and the credential helpers are run by other programs for every lookup, so
+//! their start-up time is the product's latency (crates/keyshare-cli/benches/process.rs).
+//! Two things keep clap's share of it small: every subcommand's arguments are added to the
+//! tree only when that subcommand is parsed ([`Lazy`]), and those lookups are first parsed by
+//! a tree that holds only them ([`QuickCli`]), falling back to the whole tree for anything
+//! else, including their help and every error, so what the user sees never differs.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::cmd;
+use crate::config::StoreChoice;
+use crate::openbao;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyshare",
+    version,
+    about = "Share secrets between a family of applications",
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub globals: Globals,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The flags every command takes, before or after its name.
+#[derive(Debug, clap::Args)]
+pub struct Globals {
+    /// Product flavour (its secrets are invisible to other flavours) [default: stable].
+    #[arg(long, global = true, env = "KEYSHARE_FLAVOR", value_name = "F")]
+    pub flavor: Option<String>,
+    /// The app id this command acts as.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYSHARE_APP",
+        value_name = "A",
+        default_value = "keyshare"
+    )]
+    pub app: String,
+    /// Config file [default: $XDG_CONFIG_HOME/keyshare/config.toml].
+    #[arg(long, global = true, env = "KEYSHARE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Which shared store to use (overrides the config file).
+    #[arg(long, global = true, value_enum, value_name = "STORE")]
+    pub store: Option<StoreChoice>,
+    /// Open the shared store in this process instead of going through the broker.
+    #[arg(long, global = true)]
+    pub direct: bool,
+    /// Never start a broker; fail if none is running (config: `autostart = false`).
+    #[arg(long, global = true, env = "KEYSHARE_NO_AUTOSTART")]
+    pub no_autostart: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Store a secret; the value is read from standard input (or --from-file).
+    Set(Lazy<cmd::set::Args>),
+    /// Print a secret's value to standard output, exactly as stored.
+    Get(Lazy<cmd::get::Args>),
+    /// Delete a secret from every store of the app.
+    Delete(Lazy<cmd::delete::Args>),
+    /// List the keys (never the values).
+    List,
+    /// Copy the app's legacy secrets into the shared store now.
+    Migrate,
+    /// Retry pending repairs of the shared store now.
+    Repair,
+    /// Show which stores are in use, how they are protected, and any problem.
+    Doctor,
+    /// Check an OpenBao token (or AppRole secret id) read from standard input, and keep it in
+    /// the local credentials vault for `store = "openbao"`.
+    OpenbaoLogin(Lazy<openbao::LoginArgs>),
+    /// Inspect an Electron app's own secrets (VS Code's state database).
+    #[command(subcommand)]
+    Legacy(LazySubcommands<cmd::legacy::Command>),
+    /// Copy another program's secrets into this flavour's shared store.
+    #[command(subcommand)]
+    Import(LazySubcommands<cmd::import::Source>),
+    /// Run the flavour's broker in the foreground (until SIGTERM or SIGINT).
+    Serve(Lazy<cmd::serve::Args>),
+    /// Print change events as they happen (never values).
+    Watch(Lazy<cmd::watch::Args>),
+    /// git's credential helper: `git config --global credential.helper '!keyshare git-credential'`.
+    GitCredential(Lazy<cmd::git_credential::Args>),
+    /// docker's credential helper, also run as `docker-credential-keyshare VERB`.
+    DockerCredential(Lazy<cmd::docker_credential::Args>),
+}
+
+/// A subcommand's arguments, added to clap's command tree only when that subcommand is the one
+/// being parsed (or when help lists them). Building every subcommand's arguments up front was
+/// a sixth of the instructions `keyshare get` ran before doing any work
+/// (crates/keyshare-cli/benches/process.rs measures the whole process).
+#[derive(Debug)]
+pub struct Lazy<T>(pub T);
+
+impl<T: clap::FromArgMatches> clap::FromArgMatches for Lazy<T> {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches(matches).map(Lazy)
+    }
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(matches)
+    }
+}
+
+impl<T: clap::Args> clap::Args for Lazy<T> {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_args)
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_args_for_update)
+    }
+}
+
+/// [`Lazy`] for a command that has subcommands of its own (`legacy`, `import`).
+#[derive(Debug)]
+pub struct LazySubcommands<T>(pub T);
+
+impl<T: clap::FromArgMatches> clap::FromArgMatches for LazySubcommands<T> {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches(matches).map(LazySubcommands)
+    }
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(matches)
+    }
+}
+
+impl<T: clap::Subcommand> clap::Subcommand for LazySubcommands<T> {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_subcommands)
+    }
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_subcommands_for_update)
+    }
+    fn has_subcommand(name: &str) -> bool {
+        T::has_subcommand(name)
+    }
+}
+
+/// The lookups that other programs run for every credential, parsed by a tree that has only
+/// them: building and walking it costs a fraction of the whole tree. A strict subset of
+/// [`Cli`] (same globals, same subcommand arguments), so whatever it accepts the whole tree
+/// accepts the same way (the `quick_parse_agrees_with_the_whole_tree` test checks this).
+#[derive(Debug, Parser)]
+#[command(name = "keyshare", disable_help_subcommand = true)]
+struct QuickCli {
+    #[command(flatten)]
+    globals: Globals,
+    #[command(subcommand)]
+    command: QuickCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum QuickCommand {
+    Get(cmd::get::Args),
+    GitCredential(cmd::git_credential::Args),
+    DockerCredential(cmd::docker_credential::Args),
+}
+
+/// The subcommand names [`QuickCli`] knows.
+const QUICK_COMMANDS: [&str; 3] = ["get", "git-credential", "docker-credential"];
+
+impl From<QuickCli> for Cli {
+    fn from(quick: QuickCli) -> Cli {
+        Cli {
+            globals: quick.globals,
+            command: match quick.command {
+                QuickCommand::Get(args) => Command::Get(Lazy(args)),
+                QuickCommand::GitCredential(args) => Command::GitCredential(Lazy(args)),
+                QuickCommand::DockerCredential(args) => Command::DockerCredential(Lazy(args)),
+            },
+        }
+    }
+}
+
+/// The parsed command line (clap prints help, version and usage errors and exits itself).
+pub fn parse_command_line() -> Cli {
+    let args = cmd::multicall_args().unwrap_or_else(|| std::env::args_os().collect());
+    parse_from(args).unwrap_or_else(|e| e.exit())
+}
+
+/// Parses `args` (the program name first): by [`QuickCli`] if it can, else by the whole tree,
+/// which also gives every help text and error.
+pub fn parse_from(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    if args
+        .iter()
+        .skip(1)
+        .any(|a| QUICK_COMMANDS.iter().any(|q| a == q))
+    {
+        let mut quick = QuickCli::command();
+        let parsed = quick
+            .try_get_matches_from_mut(&args)
+            .ok()
+            .and_then(|matches| QuickCli::from_arg_matches(&matches).ok());
+        // Parser trees are not needed again and the process ends soon: freeing their many
+        // small allocations one by one was a measurable share of a `keyshare get`.
+        std::mem::forget(quick);
+        if let Some(parsed) = parsed {
+            return Ok(parsed.into());
+        }
+    }
+    let mut command = Cli::command();
+    let matches = command.try_get_matches_from_mut(args)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut command))?;
+    std::mem::forget(command);
+    Ok(cli)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+    use proptest::prelude::*;
+
+    fn whole_tree(args: &[std::ffi::OsString]) -> Result<String, String> {
+        let mut command = Cli::command();
+        command
+            .try_get_matches_from_mut(args)
+            .and_then(|m| Cli::from_arg_matches(&m))
+            .map(|cli| format!("{cli:?}"))
+            .map_err(|e| e.render().to_string())
+    }
+
+    const TOKENS: &[&str] = &[
+        "get",
+        "get",
+        "git-credential",
+        "docker-credential",
+        "set",
+        "list",
+        "doctor",
+        "store",
+        "erase",
+        "github.auth",
+        "k",
+        "",
+        "--flavor",
+        "insiders",
+        "--flavor=x",
+        "--app",
+        "code",
+        "--config",
+        "/tmp/c.toml",
+        "--json",
+        "--store",
+        "vault",
+        "memory",
+        "bogus",
+        "--direct",
+        "--no-autostart",
+        "--help",
+        "-h",
+        "--version",
+        "-V",
+        "--",
+        "-x",
+        "--from-file",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #[test]
+        fn quick_parse_agrees_with_the_whole_tree(
+            picks in proptest::collection::vec(0..TOKENS.len(), 0..7)
+        ) {
+            let args: Vec<std::ffi::OsString> = std::iter::once("keyshare")
+                .chain(picks.iter().map(|&i| TOKENS[i]))
+                .map(Into::into)
+                .collect();
+            let expected = whole_tree(&args);
+            let got = parse_from(args.clone())
+                .map(|cli| format!("{cli:?}"))
+                .map_err(|e| e.render().to_string());
+            prop_assert_eq!(got, expected, "argv {:?}", args);
+        }
+    }
+
+    #[test]
+    fn the_lookups_take_the_quick_tree() {
+        // Not a timing test: this shows the quick tree accepts the forms programs use, so
+        // they never pay for the whole tree.
+        for argv in [
+            &["keyshare", "get", "github.auth"][..],
+            &["keyshare", "--store", "vault", "--direct", "get", "k"],
+            &["keyshare", "get", "k", "--json", "--flavor", "insiders"],
+            &["keyshare", "git-credential", "get"],
+            &["keyshare", "docker-credential", "list"],
+        ] {
+            let mut quick = QuickCli::command();
+            let matches = quick.try_get_matches_from_mut(argv);
+            assert!(matches.is_ok(), "{argv:?}: {:?}", matches.err());
+        }
+    }
+}
