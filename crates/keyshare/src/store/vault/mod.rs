@@ -148,6 +148,20 @@ struct Vault {
     busy_timeout: Duration,
 }
 
+impl Drop for Vault {
+    fn drop(&mut self) {
+        // The WAL file is kept between opens (see `keep_wal_files`); a size limit makes the
+        // close that follows truncate it to zero bytes after its checkpoint, so no page image
+        // outlives the connection in it. Set only now: while the vault is open, a limit makes
+        // SQLite shrink the file after checkpoints and grow it again, which measured 35-50%
+        // fewer durable sets per second (crates/keyshare-broker/benches/broker.rs, (d)).
+        let conn = self.conn.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = conn.pragma_update(None, "journal_size_limit", 0) {
+            tracing::debug!(error = %err, "could not limit the WAL before closing the vault");
+        }
+    }
+}
+
 impl Vault {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock can at worst leave a transaction open, which
@@ -612,13 +626,13 @@ impl VaultStore {
 /// Keeps the `-wal` and `-shm` files when the last connection closes, instead of SQLite's
 /// default of deleting both and creating them again on the next open. Every `keyshare get` is
 /// a process of its own, and that create-and-unlink pair was a measurable part of its run time
-/// (crates/keyshare-cli/benches/process.rs). The close still checkpoints, and with
-/// `journal_size_limit = 0` the kept WAL is truncated to zero bytes then, so no page images
-/// outlive the connection in it. The files keep the vault's 0600 mode and are checked like it.
+/// (crates/keyshare-cli/benches/process.rs). The close still checkpoints, and `Vault`'s `Drop`
+/// sets `journal_size_limit = 0` first, so the kept WAL is truncated to zero bytes then and no
+/// page images outlive the connection in it. The files keep the vault's 0600 mode and are
+/// checked like it.
 #[allow(unsafe_code)]
 fn keep_wal_files(conn: &Connection) -> rusqlite::Result<()> {
     use rusqlite::ffi;
-    conn.pragma_update(None, "journal_size_limit", 0)?;
     let mut persist: std::ffi::c_int = 1;
     // SAFETY: `conn.handle()` is the open connection `conn` owns, used on this thread for the
     // duration of the call only. "main" is a NUL-terminated string. For
