@@ -11,6 +11,7 @@ use std::sync::Arc;
 use keyshare_broker::access::{AccessPolicy, AppRule, KeyPattern};
 use keyshare_broker::client::Autostart;
 use keyshare_broker::daemon::BrokerPaths;
+use keyshare_broker::protocol::BrokerStatus;
 use keyshare_broker::{BlockingBrokerClient, ClientConfig, ClientError};
 
 use crate::config::{Config, StoreChoice};
@@ -122,4 +123,63 @@ pub fn policy(config: &Config) -> anyhow::Result<AccessPolicy> {
         );
     }
     Ok(policy)
+}
+
+/// Whether the flavour's broker answers, for `doctor`. Never starts one.
+#[derive(Debug)]
+pub enum Probe {
+    /// `XDG_RUNTIME_DIR` is unset: there is no broker socket, commands open stores directly.
+    NoRuntimeDir,
+    /// Nothing answers on the socket.
+    NotRunning {
+        socket: std::path::PathBuf,
+        why: String,
+    },
+    /// A broker answers; its own account of itself.
+    Running {
+        socket: std::path::PathBuf,
+        status: Box<BrokerStatus>,
+    },
+    /// A broker answers but refuses this app (or speaks another protocol version).
+    Refused {
+        socket: std::path::PathBuf,
+        why: String,
+    },
+}
+
+pub fn probe(ctx: &Context) -> anyhow::Result<Probe> {
+    if ctx.dirs.runtime_dir.is_none() {
+        return Ok(Probe::NoRuntimeDir);
+    }
+    let paths = paths(ctx)?;
+    let socket = paths.socket.clone();
+    let config = ClientConfig::with_paths(paths, ctx.app.clone())
+        .client("keyshare", env!("CARGO_PKG_VERSION"))
+        .timeout(ctx.timeout)
+        .autostart(None);
+    let client = BlockingBrokerClient::new_without_io_thread(config)?;
+    let refused = |socket, err: ClientError| Probe::Refused {
+        socket,
+        why: err.to_string(),
+    };
+    match client.hello() {
+        Ok(_) => {}
+        Err(ClientError::Transport(err)) => {
+            return Ok(Probe::NotRunning {
+                socket,
+                why: err.to_string(),
+            })
+        }
+        Err(err) => return Ok(refused(socket, err)),
+    }
+    Ok(match client.status() {
+        Ok(status) => Probe::Running {
+            socket,
+            status: Box::new(status),
+        },
+        Err(err) => Probe::Refused {
+            socket,
+            why: err.to_string(),
+        },
+    })
 }

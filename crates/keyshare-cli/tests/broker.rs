@@ -104,6 +104,26 @@ fn serve_watch_and_commands_through_the_broker() {
     let got = run(home.path(), &["--app", "agents", "get", "github.auth"], b"");
     assert_eq!(got.stdout, b"gho_1");
 
+    // doctor examines the store directly, and says which broker runs and what it serves.
+    let doctor = run(home.path(), &["--json", "doctor"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    assert_eq!(report["broker"]["running"], true, "{report}");
+    assert_eq!(report["broker"]["pid"], serve.id(), "{report}");
+    assert!(
+        report["broker"]["shared_store"]
+            .as_str()
+            .unwrap()
+            .contains("vault"),
+        "{report}"
+    );
+    let human = run(home.path(), &["doctor"], b"");
+    assert!(
+        String::from_utf8_lossy(&human.stdout)
+            .contains(&format!("broker:        running (pid {}", serve.id())),
+        "{}",
+        String::from_utf8_lossy(&human.stdout)
+    );
+
     // --direct reads the same vault without the broker; watch needs the broker.
     let direct = run(home.path(), &["--direct", "get", "github.auth"], b"");
     assert_eq!(direct.stdout, b"gho_1");
@@ -121,6 +141,11 @@ fn serve_watch_and_commands_through_the_broker() {
     sigterm(serve.id());
     assert!(serve.wait().unwrap().success());
     assert!(!socket.exists(), "the socket is removed at exit");
+    // With no broker, doctor says so and does not start one.
+    let doctor = run(home.path(), &["--json", "doctor"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    assert_eq!(report["broker"]["running"], false, "{report}");
+    assert!(!socket.exists(), "doctor never starts a broker");
     let mut rest = String::new();
     let _ = serve_err.read_to_string(&mut rest);
     assert!(!rest.contains("gho_1"), "no value in the broker's output");

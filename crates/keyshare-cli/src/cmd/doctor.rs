@@ -3,6 +3,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use crate::broker;
 use crate::config::StoreChoice;
 use crate::stores::{self, Context};
 
@@ -75,6 +76,7 @@ pub fn run(ctx: &Context, config_path: &Path) -> anyhow::Result<()> {
         }
         Err(err) => problems.push(format!("cannot open the stores: {err:#}")),
     }
+    report["broker"] = broker_report(ctx, &mut problems);
     if ctx.store == StoreChoice::Openbao {
         report["openbao"] = crate::openbao::doctor_report(ctx, &mut problems);
     }
@@ -89,6 +91,45 @@ pub fn run(ctx: &Context, config_path: &Path) -> anyhow::Result<()> {
         anyhow::bail!("doctor found {} problem(s)", problems.len());
     }
     Ok(())
+}
+
+/// The flavour's broker: doctor examines the store the way this process would open it, but
+/// commands go through the broker when one runs, so the user needs to know whether one does and
+/// what it serves.
+fn broker_report(ctx: &Context, problems: &mut Vec<String>) -> Value {
+    match broker::probe(ctx) {
+        Ok(broker::Probe::NoRuntimeDir) => json!({
+            "running": false,
+            "socket": Value::Null,
+            "note": "XDG_RUNTIME_DIR is not set: commands open the stores directly",
+        }),
+        Ok(broker::Probe::NotRunning { socket, why }) => json!({
+            "running": false,
+            "socket": socket.display().to_string(),
+            "note": format!("no broker answers ({why}); commands start one unless --no-autostart or autostart = false"),
+        }),
+        Ok(broker::Probe::Running { socket, status }) => json!({
+            "running": true,
+            "socket": socket.display().to_string(),
+            "pid": status.pid,
+            "version": status.server_version,
+            "connections": status.connections,
+            "shared_store": status.shared_store,
+            "legacy_store": status.legacy_store,
+            "pending_repairs": status.pending_repairs,
+        }),
+        Ok(broker::Probe::Refused { socket, why }) => {
+            problems.push(format!(
+                "the broker at {} refused this app: {why}",
+                socket.display()
+            ));
+            json!({ "running": true, "socket": socket.display().to_string(), "refused": why })
+        }
+        Err(err) => {
+            problems.push(format!("cannot check for a broker: {err:#}"));
+            Value::Null
+        }
+    }
 }
 
 fn print_human(report: &Value) {
@@ -133,6 +174,23 @@ fn print_human(report: &Value) {
     }
     if !report["storage_type"].is_null() {
         println!("storage type:  {}", s(&report["storage_type"]));
+    }
+    let broker = &report["broker"];
+    if broker["running"] == Value::Bool(true) && broker["refused"].is_null() {
+        println!(
+            "broker:        running (pid {}, {} connection(s)) on {}",
+            s(&broker["pid"]),
+            s(&broker["connections"]),
+            s(&broker["socket"])
+        );
+        println!("  serves:      {}", s(&broker["shared_store"]));
+    } else if broker["running"] == Value::Bool(true) {
+        println!(
+            "broker:        refuses this app ({})",
+            s(&broker["refused"])
+        );
+    } else if !broker.is_null() {
+        println!("broker:        not running ({})", s(&broker["note"]));
     }
     crate::openbao::print_human(&report["openbao"]);
     if let Some(pending) = report["pending_repairs"].as_array() {
