@@ -13,6 +13,7 @@
 //!   store cannot answer (the legacy store always holds this app's latest acknowledged value).
 //! - Operations on one key run one at a time in call order; different keys run in parallel.
 
+mod combine;
 mod events;
 mod journal;
 mod queue;
@@ -243,6 +244,7 @@ impl SecretStorageBuilder {
                 counters: Counters::default(),
                 lazy_migration: self.lazy_migration,
                 nonblocking,
+                sets: combine::SetQueue::default(),
             }),
         }
     }
@@ -284,6 +286,8 @@ struct Inner {
     /// Every store (shared, legacy, journal) says its calls never block: see
     /// [`Store::is_nonblocking`].
     nonblocking: bool,
+    /// Async sets waiting for their group commit (storages without a legacy store only).
+    sets: combine::SetQueue,
 }
 
 fn reason(err: &Error) -> String {
@@ -455,6 +459,28 @@ impl AsyncSecretStorage {
             if inner.can_run_inline(&mut ticket) {
                 return inner.run_set(ticket, &key, &value);
             }
+            if inner.can_combine_sets() {
+                inner.limits.check_value(&value)?;
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let start_drainer = inner.sets.push(combine::PendingSet {
+                    ticket,
+                    key,
+                    value,
+                    reply,
+                });
+                if start_drainer {
+                    let drainer = Arc::clone(&inner);
+                    // Not awaited: the drainer answers every queued set through its channel.
+                    drop(tokio::task::spawn_blocking(move || drainer.drain_sets()));
+                }
+                return answer.await.unwrap_or_else(|_| {
+                    Err(Error::unavailable(
+                        "secret storage",
+                        crate::error::UnavailableReason::NotRunning,
+                        "the write was dropped (the async runtime is shutting down, or the store panicked)",
+                    ))
+                });
+            }
             blocking(move || inner.run_set(ticket, &key, &value)).await
         }
     }
@@ -566,6 +592,63 @@ impl Inner {
         self.ready.load(Ordering::Acquire)
             && (self.nonblocking || self.in_memory())
             && ticket.is_served()
+    }
+
+    /// Whether async sets may be group-committed (see `combine`): only the shared store is
+    /// written, so one `set_many` is the whole operation, and the type is settled.
+    fn can_combine_sets(&self) -> bool {
+        self.legacy.is_none() && self.ready.load(Ordering::Acquire) && !self.in_memory()
+    }
+
+    /// The drainer of `sets`: rounds of queued sets, each written with one `set_many`, until
+    /// the queue is empty.
+    fn drain_sets(&self) {
+        struct Gone<'a>(&'a combine::SetQueue);
+        impl Drop for Gone<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.drainer_gone();
+                }
+            }
+        }
+        let _gone = Gone(&self.sets);
+        while let Some(batch) = self.sets.take() {
+            for round in combine::rounds(batch) {
+                self.commit_round(round);
+            }
+        }
+    }
+
+    fn commit_round(&self, round: Vec<combine::PendingSet>) {
+        for set in &round {
+            set.ticket.wait();
+        }
+        let results: Vec<Result<()>> = if round.len() == 1 {
+            vec![self.shared.set(&round[0].key, &round[0].value)]
+        } else {
+            let entries: Vec<(SecretKey, SecretValue)> = round
+                .iter()
+                .map(|set| (set.key.clone(), set.value.clone()))
+                .collect();
+            match self.shared.set_many(&entries) {
+                Ok(()) => round.iter().map(|_| Ok(())).collect(),
+                // All or nothing failed (or failed after taking effect): one by one, so that
+                // each caller gets its own answer. Writing a value twice is harmless.
+                Err(err) => {
+                    tracing::debug!(error = %err, "a combined write failed; writing one by one");
+                    round
+                        .iter()
+                        .map(|set| self.shared.set(&set.key, &set.value))
+                        .collect()
+                }
+            }
+        };
+        for (set, result) in round.into_iter().zip(results) {
+            self.events.emit(&set.key, ChangeKind::Set);
+            drop(set.ticket);
+            // A caller that stopped waiting still had its value written, as with any set.
+            let _ = set.reply.send(result);
+        }
     }
 
     fn in_memory(&self) -> bool {
@@ -991,6 +1074,159 @@ mod tests {
         let answer = answer.unwrap_or_else(|| rt.block_on(get));
         assert_eq!(answer.unwrap(), None);
         used_pool
+    }
+
+    /// A store whose calls block (as far as `SecretStorage` knows) until the test opens its
+    /// gate, and which records the rounds it is given.
+    #[derive(Debug, Default)]
+    struct GatedStore {
+        inner: MemoryStore,
+        open: Mutex<bool>,
+        opened: std::sync::Condvar,
+        rounds: Mutex<Vec<Vec<String>>>,
+        fail_set_many: bool,
+        fail_key: Option<&'static str>,
+    }
+
+    impl GatedStore {
+        fn wait_for_gate(&self) {
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+        }
+        fn open_gate(&self) {
+            *self.open.lock().unwrap() = true;
+            self.opened.notify_all();
+        }
+    }
+
+    impl Store for GatedStore {
+        fn info(&self) -> StoreInfo {
+            self.inner.info()
+        }
+        fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
+            self.wait_for_gate();
+            if self.fail_key == Some(key.as_str()) {
+                return Err(Error::invalid("test", "this key always fails"));
+            }
+            self.rounds
+                .lock()
+                .unwrap()
+                .push(vec![key.as_str().to_owned()]);
+            self.inner.set(key, value)
+        }
+        fn set_many(&self, entries: &[(SecretKey, SecretValue)]) -> Result<()> {
+            self.wait_for_gate();
+            let keys: Vec<String> = entries.iter().map(|(k, _)| k.as_str().to_owned()).collect();
+            if self.fail_set_many {
+                return Err(Error::invalid("test", "set_many fails"));
+            }
+            self.rounds.lock().unwrap().push(keys);
+            self.inner.set_many(entries)
+        }
+        fn delete(&self, key: &SecretKey) -> Result<bool> {
+            self.inner.delete(key)
+        }
+        fn keys(&self) -> Result<Vec<SecretKey>> {
+            self.inner.keys()
+        }
+    }
+
+    /// Makes every set (in order), polls each once so that all are queued while the store's
+    /// gate is shut, then opens the gate and collects the answers.
+    fn queued_sets(store: Arc<GatedStore>, sets: &[(&str, String)]) -> Vec<Result<()>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let storage = ready(SecretStorage::builder(store.clone()).build());
+        rt.block_on(async {
+            let mut futures: Vec<_> = sets
+                .iter()
+                .map(|(k, v)| Box::pin(storage.set(&key(k), &value(v))))
+                .collect();
+            for future in &mut futures {
+                assert!(poll_once(future.as_mut()).is_pending(), "the gate is shut");
+            }
+            store.open_gate();
+            let mut answers = Vec::new();
+            for future in futures {
+                answers.push(future.await);
+            }
+            answers
+        })
+    }
+
+    #[test]
+    fn concurrent_async_sets_are_written_in_rounds() {
+        let store = Arc::new(GatedStore::default());
+        let sets: Vec<(&str, String)> = (0..64)
+            .map(|i| {
+                (
+                    &*Box::leak(format!("k{i}").into_boxed_str()),
+                    format!("v{i}"),
+                )
+            })
+            .collect();
+        let answers = queued_sets(store.clone(), &sets);
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        for (k, v) in &sets {
+            assert_eq!(store.inner.get(&key(k)).unwrap(), Some(value(v)));
+        }
+        let rounds = store.rounds.lock().unwrap();
+        // Whatever the drainer took before the gate opened is one round; everything queued
+        // behind it is the next.
+        assert!(rounds.len() <= 2, "{} rounds", rounds.len());
+        assert_eq!(rounds.iter().map(Vec::len).sum::<usize>(), 64);
+    }
+
+    #[test]
+    fn a_repeated_key_waits_for_the_next_round_in_call_order() {
+        let store = Arc::new(GatedStore::default());
+        let sets: Vec<(&str, String)> = (0..20)
+            .map(|i| (if i % 2 == 0 { "same" } else { "other" }, format!("{i}")))
+            .collect();
+        let answers = queued_sets(store.clone(), &sets);
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        assert_eq!(store.inner.get(&key("same")).unwrap(), Some(value("18")));
+        assert_eq!(store.inner.get(&key("other")).unwrap(), Some(value("19")));
+        let rounds = store.rounds.lock().unwrap();
+        for round in rounds.iter() {
+            let mut unique = round.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(
+                unique.len(),
+                round.len(),
+                "a round held one key twice: {round:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_round_answers_each_set_on_its_own() {
+        let store = Arc::new(GatedStore {
+            fail_set_many: true,
+            fail_key: Some("bad"),
+            ..GatedStore::default()
+        });
+        let sets = [
+            ("a", "1".to_owned()),
+            ("bad", "2".to_owned()),
+            ("c", "3".to_owned()),
+        ];
+        let answers = queued_sets(store.clone(), &sets);
+        assert!(answers[0].is_ok() && answers[2].is_ok(), "{answers:?}");
+        assert!(
+            matches!(&answers[1], Err(Error::Invalid { reason, .. }) if reason.contains("always fails")),
+            "{answers:?}"
+        );
+        assert_eq!(store.inner.get(&key("a")).unwrap(), Some(value("1")));
+        assert_eq!(store.inner.get(&key("c")).unwrap(), Some(value("3")));
+        assert_eq!(store.inner.get(&key("bad")).unwrap(), None);
     }
 
     #[test]
