@@ -3,11 +3,14 @@
 //!
 //! Without it every concurrent `set` holds a blocking-pool thread of its own, and the store's own
 //! group commit then wakes each of those threads in turn: measured, the broker spent more time
-//! switching threads than writing (crates/keyshare-broker/benches/broker.rs, part (d)). Here the
-//! sets queue up and one blocking task at a time drains the queue. Each round waits for the
-//! turns of its keys (tickets were taken at call time, so per-key call order holds), writes the
-//! round with one [`Store::set_many`], and answers every caller. A key that appears twice is
-//! cut into the next round: a round never holds two turns of one key.
+//! switching threads than writing (crates/keyshare-broker/benches/broker.rs, part (d)). Here a
+//! set whose key's turn has already come (its ticket is served) joins a queue, and one blocking
+//! task at a time drains the queue: each round is written with one [`Store::set_many`] and every
+//! caller answered. A set that must wait for an earlier operation on its key takes the blocking
+//! pool as before: the drainer never waits for a turn, because the operation it would wait for
+//! may be a set queued behind it (futures are first polled in any order, not in call order),
+//! which would deadlock. Only one ticket per key is served at a time, so a key cannot be queued
+//! twice; `rounds` still cuts a repeated key into the next round, as a guard.
 
 use std::sync::Mutex;
 
@@ -16,6 +19,9 @@ use tokio::sync::oneshot;
 use super::queue::Ticket;
 use crate::error::Result;
 use crate::model::{SecretKey, SecretValue};
+
+#[cfg(doc)]
+use crate::store::Store;
 
 /// One queued `set`.
 pub(crate) struct PendingSet {

@@ -459,7 +459,10 @@ impl AsyncSecretStorage {
             if inner.can_run_inline(&mut ticket) {
                 return inner.run_set(ticket, &key, &value);
             }
-            if inner.can_combine_sets() {
+            // Only a set whose turn has come is queued: the drainer then never waits for a turn,
+            // so it can never wait for a set that is queued behind it (futures are first polled
+            // in any order, not in call order).
+            if inner.can_combine_sets() && ticket.is_served() {
                 inner.limits.check_value(&value)?;
                 let (reply, answer) = tokio::sync::oneshot::channel();
                 let start_drainer = inner.sets.push(combine::PendingSet {
@@ -469,9 +472,18 @@ impl AsyncSecretStorage {
                     reply,
                 });
                 if start_drainer {
+                    // A thread of its own, not one from tokio's blocking pool: operations waiting
+                    // for their keys' turns may fill the pool, and the sets they wait for are the
+                    // ones this thread writes. Not joined: it answers every queued set through
+                    // its channel and ends when the queue is empty.
                     let drainer = Arc::clone(&inner);
-                    // Not awaited: the drainer answers every queued set through its channel.
-                    drop(tokio::task::spawn_blocking(move || drainer.drain_sets()));
+                    let spawned = std::thread::Builder::new()
+                        .name("keyshare-sets".into())
+                        .spawn(move || drainer.drain_sets());
+                    if spawned.is_err() {
+                        let drainer = Arc::clone(&inner);
+                        drop(tokio::task::spawn_blocking(move || drainer.drain_sets()));
+                    }
                 }
                 return answer.await.unwrap_or_else(|_| {
                     Err(Error::unavailable(
@@ -621,6 +633,7 @@ impl Inner {
 
     fn commit_round(&self, round: Vec<combine::PendingSet>) {
         for set in &round {
+            // Served when queued: returns at once.
             set.ticket.wait();
         }
         let results: Vec<Result<()>> = if round.len() == 1 {
@@ -1202,6 +1215,51 @@ mod tests {
                 unique.len(),
                 round.len(),
                 "a round held one key twice: {round:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sets_polled_out_of_call_order_never_wait_on_each_other() {
+        // The deadlock this guards against: with a queued set whose turn had not come, the
+        // drainer waited for a set that was queued behind it. Futures spawned on a
+        // multi-threaded runtime are first polled in any order.
+        let store = Arc::new(GatedStore::default());
+        store.open_gate();
+        let storage = ready(SecretStorage::builder(store.clone()).build());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        let finished = rt.block_on(async {
+            let mut tasks = Vec::new();
+            // Fewer operations than tokio's blocking pool has threads (512): more waiters than
+            // that can starve whichever operation holds a turn, with or without combining.
+            for i in 0..150 {
+                let k = key(&format!("k{}", i % 3));
+                // Made (tickets taken) in this order; spawned tasks are polled in any order.
+                let set = storage.set(&k, &value(&i.to_string()));
+                let get = storage.get(&k);
+                tasks.push(tokio::spawn(set));
+                tasks.push(tokio::spawn(async move { get.await.map(drop) }));
+            }
+            let all = async {
+                for task in tasks {
+                    task.await.unwrap().unwrap();
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(30), all).await
+        });
+        // Deadlocked blocking-pool threads would keep a normal runtime drop waiting forever.
+        rt.shutdown_background();
+        assert!(finished.is_ok(), "every operation finished (no deadlock)");
+        // Per-key call order: each key holds the last value written to it.
+        for k in 0..3 {
+            let last = (0..150).filter(|i| i % 3 == k).max().unwrap();
+            assert_eq!(
+                store.inner.get(&key(&format!("k{k}"))).unwrap(),
+                Some(value(&last.to_string()))
             );
         }
     }
