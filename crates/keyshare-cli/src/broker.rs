@@ -151,12 +151,8 @@ pub fn probe(ctx: &Context) -> anyhow::Result<Probe> {
     if ctx.dirs.runtime_dir.is_none() {
         return Ok(Probe::NoRuntimeDir);
     }
-    let paths = paths(ctx)?;
-    let socket = paths.socket.clone();
-    let config = ClientConfig::with_paths(paths, ctx.app.clone())
-        .client("keyshare", env!("CARGO_PKG_VERSION"))
-        .timeout(ctx.timeout)
-        .autostart(None);
+    let config = client_config(ctx)?.autostart(None);
+    let socket = config.paths.socket.clone();
     let client = BlockingBrokerClient::new_without_io_thread(config)?;
     let refused = |socket, err: ClientError| Probe::Refused {
         socket,

@@ -9,8 +9,8 @@
 //! caller answered. A set that must wait for an earlier operation on its key takes the blocking
 //! pool as before: the drainer never waits for a turn, because the operation it would wait for
 //! may be a set queued behind it (futures are first polled in any order, not in call order),
-//! which would deadlock. Only one ticket per key is served at a time, so a key cannot be queued
-//! twice; `rounds` still cuts a repeated key into the next round, as a guard.
+//! which would deadlock. Only one ticket per key is served at a time, so a key is never queued
+//! twice and everything queued can go into one round.
 
 use std::sync::Mutex;
 
@@ -78,18 +78,4 @@ impl SetQueue {
     pub(crate) fn drainer_gone(&self) {
         self.lock().draining = false;
     }
-}
-
-/// Splits `batch` into rounds in which no key appears twice, keeping call order.
-pub(crate) fn rounds(batch: Vec<PendingSet>) -> Vec<Vec<PendingSet>> {
-    let mut rounds: Vec<Vec<PendingSet>> = vec![Vec::new()];
-    for set in batch {
-        let current = rounds.last_mut().expect("never empty");
-        if current.iter().any(|queued| queued.key == set.key) {
-            rounds.push(vec![set]);
-        } else {
-            current.push(set);
-        }
-    }
-    rounds
 }

@@ -612,8 +612,8 @@ impl Inner {
         self.legacy.is_none() && self.ready.load(Ordering::Acquire) && !self.in_memory()
     }
 
-    /// The drainer of `sets`: rounds of queued sets, each written with one `set_many`, until
-    /// the queue is empty.
+    /// The drainer of `sets`: everything queued so far is a round, written with one
+    /// `set_many`, until the queue is empty.
     fn drain_sets(&self) {
         struct Gone<'a>(&'a combine::SetQueue);
         impl Drop for Gone<'_> {
@@ -624,10 +624,8 @@ impl Inner {
             }
         }
         let _gone = Gone(&self.sets);
-        while let Some(batch) = self.sets.take() {
-            for round in combine::rounds(batch) {
-                self.commit_round(round);
-            }
+        while let Some(round) = self.sets.take() {
+            self.commit_round(round);
         }
     }
 
@@ -1197,7 +1195,7 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_key_waits_for_the_next_round_in_call_order() {
+    fn a_repeated_key_keeps_call_order_and_never_shares_a_round() {
         let store = Arc::new(GatedStore::default());
         let sets: Vec<(&str, String)> = (0..20)
             .map(|i| (if i % 2 == 0 { "same" } else { "other" }, format!("{i}")))
