@@ -142,6 +142,17 @@ impl fmt::Debug for SecretServiceStore {
 }
 
 impl Connection {
+    /// [`Connection::open`] bounded by `timeout` (a bus that accepts the connection and then
+    /// never answers must not hang the caller).
+    fn open_within(bus: Bus, timeout: Duration) -> Result<Connection> {
+        let described = bus.describe();
+        bounded(
+            timeout,
+            || format!("connecting on {described}"),
+            Connection::open(bus),
+        )
+    }
+
     async fn open(bus: Bus) -> Result<Self> {
         let connection = bus.connect().await.map_err(|e| {
             Error::unavailable(
@@ -215,12 +226,7 @@ impl SecretServiceStore {
     /// Like [`SecretServiceStore::open`], on the given bus.
     pub fn open_on(bus: Bus, namespace: &str, timeout: Duration) -> Result<Self> {
         check_namespace(namespace)?;
-        let described = bus.describe();
-        let connection = bounded(
-            timeout,
-            || format!("connecting on {described}"),
-            Connection::open(bus),
-        )?;
+        let connection = Connection::open_within(bus, timeout)?;
         Ok(SecretServiceStore {
             namespace: namespace.to_owned(),
             timeout,
@@ -518,12 +524,7 @@ impl SecretServiceKekStore {
 
     /// Like [`SecretServiceKekStore::open`], on the given bus.
     pub fn open_on(bus: Bus, timeout: Duration) -> Result<Self> {
-        let described = bus.describe();
-        let connection = bounded(
-            timeout,
-            || format!("connecting on {described}"),
-            Connection::open(bus),
-        )?;
+        let connection = Connection::open_within(bus, timeout)?;
         Ok(SecretServiceKekStore {
             timeout,
             connection: Arc::new(connection),
@@ -659,13 +660,7 @@ impl SafeStorageLookup {
 
     /// Like [`SafeStorageLookup::open`], on the given bus.
     pub fn open_on(bus: Bus, timeout: Duration) -> Result<Self> {
-        let described = bus.describe();
-        let connection = bounded(
-            timeout,
-            || format!("connecting on {described}"),
-            Connection::open(bus),
-        )
-        .map_err(safe_storage_advice)?;
+        let connection = Connection::open_within(bus, timeout).map_err(safe_storage_advice)?;
         Ok(SafeStorageLookup {
             timeout,
             connection: Arc::new(connection),
