@@ -179,7 +179,21 @@ pub fn open_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
 pub fn open_shared_watched(ctx: &Context) -> anyhow::Result<(SharedChoice, ExternalChanges)> {
     let store = Arc::new(open_store(ctx)?);
     let interval = Duration::from_millis(section(ctx)?.watch_interval_ms);
-    let changes = ExternalChanges::new(Box::new(OpenBaoChanges::new(Arc::clone(&store))), interval);
+    // The baseline is taken now, before the broker says it is serving: a write made elsewhere
+    // after that message is then always announced. Taken later (on the poller's first tick),
+    // a write landing in between would be part of the baseline and never announced.
+    let source = match store.snapshot() {
+        Ok(baseline) => OpenBaoChanges::since(Arc::clone(&store), baseline),
+        Err(err) => {
+            tracing::warn!(
+                error = %err,
+                "could not list the shared store's versions at start; writes made elsewhere \
+                 before the first successful poll will not be announced"
+            );
+            OpenBaoChanges::new(Arc::clone(&store))
+        }
+    };
+    let changes = ExternalChanges::new(Box::new(source), interval);
     let shared = SharedChoice {
         store,
         reason: "chosen explicitly".to_owned(),

@@ -237,14 +237,26 @@ fn lines_of(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Recei
     rx
 }
 
-fn wait_for(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+/// The first line from `lines` that contains `needle`; on a timeout, the panic message shows
+/// what `context` printed so far (the broker's log says why an event never came).
+fn wait_for(
+    lines: &std::sync::mpsc::Receiver<String>,
+    needle: &str,
+    context: &std::sync::mpsc::Receiver<String>,
+) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match lines.recv_timeout(left) {
             Ok(line) if line.contains(needle) => return line,
             Ok(_) => {}
-            Err(e) => panic!("no line with {needle:?} within 10 s ({e})"),
+            Err(e) => {
+                let printed: Vec<String> = context.try_iter().collect();
+                panic!(
+                    "no line with {needle:?} within 10 s ({e}); the broker printed:\n{}",
+                    printed.join("\n")
+                )
+            }
         }
     }
 }
@@ -291,23 +303,23 @@ fn serve_announces_writes_made_without_the_broker() {
     };
     let mut serve = spawn(&["serve"]);
     let serve_err = lines_of(serve.0.stderr.take().unwrap());
-    wait_for(&serve_err, "keyshare: serving flavour stable");
+    wait_for(&serve_err, "keyshare: serving flavour stable", &serve_err);
     let mut watch = spawn(&["--no-autostart", "--json", "watch", "github.auth"]);
     let watch_err = lines_of(watch.0.stderr.take().unwrap());
     let watch_out = lines_of(watch.0.stdout.take().unwrap());
-    wait_for(&watch_err, "watching github.auth");
+    wait_for(&watch_err, "watching github.auth", &serve_err);
 
     // `--direct` (and no XDG_RUNTIME_DIR in `env.ok`): written as another machine would.
     env.ok(&["--direct", "set", "github.auth"], b"elsewhere");
     let event: serde_json::Value =
-        serde_json::from_str(&wait_for(&watch_out, "github.auth")).unwrap();
+        serde_json::from_str(&wait_for(&watch_out, "github.auth", &serve_err)).unwrap();
     assert_eq!(
         (&event["kind"], &event["key"]),
         (&"set".into(), &"github.auth".into())
     );
     env.ok(&["--direct", "delete", "github.auth"], b"");
     let event: serde_json::Value =
-        serde_json::from_str(&wait_for(&watch_out, "github.auth")).unwrap();
+        serde_json::from_str(&wait_for(&watch_out, "github.auth", &serve_err)).unwrap();
     assert_eq!(event["kind"], "delete");
     drop((watch, serve));
 }
