@@ -11,7 +11,7 @@
 //! - [`external`]: polling for changes other machines made to the shared store (OpenBao), so
 //!   subscribers hear of them too.
 //! - [`client`]: the async client (pipelined over one connection, autostarting the broker) and
-//!   the blocking client that implements [`keyshare::Store`].
+//!   the blocking clients that implement [`keyshare::Store`].
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -49,7 +49,9 @@ pub mod external;
 pub mod protocol;
 pub mod server;
 
-pub use client::{BlockingBrokerClient, BrokerClient, ClientConfig, ClientError, TransportError};
+pub use client::{
+    BlockingBrokerClient, BrokerClient, ClientConfig, ClientError, OneShotClient, TransportError,
+};
 pub use external::{ChangeSource, ExternalChanges, OpenBaoChanges};
 pub use protocol::RemoteError;
 pub use server::{run, BrokerState, ServerOptions};

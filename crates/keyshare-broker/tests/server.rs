@@ -15,9 +15,9 @@ use keyshare::{
 use keyshare_broker::access::{AccessPolicy, AppRule, KeyPattern};
 use keyshare_broker::client::Autostart;
 use keyshare_broker::protocol::{self, ErrorCode, Reply, ServerFrame, MAX_FRAME_LEN};
-use keyshare_broker::{BlockingBrokerClient, ServerOptions};
+use keyshare_broker::{BlockingBrokerClient, OneShotClient, ServerOptions};
 
-use common::TestBroker;
+use common::{flavour, TestBroker};
 
 fn k(s: &str) -> SecretKey {
     SecretKey::new(s).unwrap()
@@ -107,12 +107,10 @@ fn set_get_delete_keys_through_the_blocking_client() {
 }
 
 #[test]
-fn a_client_without_an_io_thread_serves_calls_from_several_threads() {
+fn a_one_shot_client_serves_calls_from_several_threads() {
     let broker = TestBroker::memory();
-    let client =
-        Arc::new(BlockingBrokerClient::new_without_io_thread(broker.config("code")).unwrap());
-    // Every thread's reply arrives on the one connection; whichever thread is inside a call
-    // drives it, so replies meant for another thread must still reach that thread.
+    let client = Arc::new(OneShotClient::new(broker.config("code")));
+    // Calls take turns on the one connection; hello goes out with the first of them.
     std::thread::scope(|s| {
         for t in 0..4 {
             let client = &client;
@@ -127,13 +125,127 @@ fn a_client_without_an_io_thread_serves_calls_from_several_threads() {
         }
     });
     assert_eq!(client.keys().unwrap().len(), 12);
-    // Events could not be delivered between calls: refused with a pointer to `new`.
-    match client.subscribe(None) {
-        Err(Error::Invalid { reason, .. }) => {
-            assert!(reason.contains("BlockingBrokerClient::new"), "{reason}")
+    assert!(client.delete(&k("t0.k0")).unwrap());
+    assert_eq!(client.hello().unwrap().protocol, protocol::PROTOCOL_VERSION);
+    assert_eq!(
+        client.status().unwrap().connections,
+        1,
+        "one connection for all calls"
+    );
+}
+
+/// A stand-in broker on `socket` that serves one scripted connection per entry of `script`:
+/// it reads what the client sent (at least one byte), then writes the entry's bytes and
+/// closes. Returns what each connection had sent when it was answered.
+fn scripted_broker(
+    socket: std::path::PathBuf,
+    script: Vec<Vec<u8>>,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        let mut received = Vec::new();
+        for answer in script {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = vec![0; 4096];
+            let n = conn.read(&mut buf).unwrap();
+            received.push(buf[..n].to_vec());
+            conn.write_all(&answer).unwrap();
         }
-        other => panic!("expected a refusal, got {other:?}"),
+        received
+    })
+}
+
+fn server_frames(frames: &[ServerFrame]) -> Vec<u8> {
+    frames
+        .iter()
+        .flat_map(|f| protocol::encode(f).unwrap().to_vec())
+        .collect()
+}
+
+#[test]
+fn a_one_shot_client_sends_hello_with_its_first_request_and_reconnects_after_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("b.sock");
+    let hello = ServerFrame::Reply {
+        id: 0,
+        reply: Reply::Hello {
+            server: "scripted".into(),
+            server_version: "0".into(),
+            protocol: protocol::PROTOCOL_VERSION,
+        },
+    };
+    let got = ServerFrame::Reply {
+        id: 1,
+        reply: Reply::Get {
+            value: Some(protocol::WireValue(v("token"))),
+        },
+    };
+    let broker = scripted_broker(
+        socket.clone(),
+        vec![
+            // First connection: hello answered, then closed before the reply.
+            server_frames(std::slice::from_ref(&hello)),
+            // Second: both replies in one write.
+            server_frames(&[hello, got]),
+        ],
+    );
+    let mut config = keyshare_broker::ClientConfig::with_paths(
+        keyshare_broker::daemon::BrokerPaths::under(dir.path(), &flavour()),
+        keyshare::AppId::new("code").unwrap(),
+    );
+    config.paths.socket = socket;
+    let client = OneShotClient::new(config);
+    match client.get(&k("github.auth")) {
+        Err(Error::Unavailable { reason, .. }) => assert_eq!(reason, UnavailableReason::NotRunning),
+        other => panic!("expected the closed connection to be reported, got {other:?}"),
     }
+    assert_eq!(
+        client
+            .get(&k("github.auth"))
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        b"token"
+    );
+    for sent in broker.join().unwrap() {
+        // Every connection's first write held hello and the get together.
+        let first = u32::from_be_bytes(sent[..4].try_into().unwrap()) as usize;
+        let hello: serde_json::Value = serde_json::from_slice(&sent[4..4 + first]).unwrap();
+        assert_eq!(hello["op"], "hello");
+        let rest = &sent[4 + first..];
+        let get: serde_json::Value = serde_json::from_slice(&rest[4..]).unwrap();
+        assert_eq!((&get["op"], &get["id"]), (&"get".into(), &1.into()));
+    }
+}
+
+#[test]
+fn a_one_shot_client_times_out_on_a_silent_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("b.sock");
+    // Accepts and reads, never answers (the listener's backlog holds the connection).
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let mut config = keyshare_broker::ClientConfig::with_paths(
+        keyshare_broker::daemon::BrokerPaths::under(dir.path(), &flavour()),
+        keyshare::AppId::new("code").unwrap(),
+    )
+    .timeout(Duration::from_millis(200));
+    config.paths.socket = socket;
+    let client = OneShotClient::new(config);
+    let started = std::time::Instant::now();
+    match client.set(&k("k"), &v("secret-value")) {
+        Err(err @ Error::Unavailable { .. }) => {
+            assert!(matches!(
+                err,
+                Error::Unavailable {
+                    reason: UnavailableReason::TimedOut,
+                    ..
+                }
+            ));
+            assert!(!err.to_string().contains("secret-value"), "{err}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[test]
@@ -224,6 +336,70 @@ fn oversized_truncated_and_garbage_frames_close_only_that_connection() {
     );
     good.set(&k("k"), &v("after")).unwrap();
     assert_eq!(good.status().unwrap().connections, 1);
+}
+
+/// Frames for `bodies`, back to back, to be sent in one write.
+fn frames(bodies: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for body in bodies {
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+#[test]
+fn requests_sent_behind_hello_are_answered_after_it_or_not_at_all() {
+    let broker = TestBroker::memory();
+    broker.client("code").set(&k("k"), &v("value")).unwrap();
+
+    // Accepted: both replies, hello's first, without waiting between them.
+    let mut raw = Raw::connect(&broker);
+    let hello =
+        br#"{"id":0,"op":"hello","client":"raw","client_version":"1","protocol":1,"app":"code"}"#;
+    raw.0
+        .write_all(&frames(&[hello, br#"{"id":1,"op":"get","key":"k"}"#]))
+        .unwrap();
+    assert!(matches!(
+        raw.read(),
+        Some(ServerFrame::Reply {
+            id: 0,
+            reply: Reply::Hello { .. }
+        })
+    ));
+    match raw.read() {
+        Some(ServerFrame::Reply {
+            id: 1,
+            reply: Reply::Get { value: Some(value) },
+        }) => assert_eq!(value.0.expose_secret(), b"value"),
+        other => panic!("expected the get reply, got {other:?}"),
+    }
+
+    // Refused: the hello's error, then the connection closes; the request behind it is never
+    // served (here: a write that must not land).
+    let mut raw = Raw::connect(&broker);
+    let bad_hello =
+        br#"{"id":0,"op":"hello","client":"raw","client_version":"1","protocol":2,"app":"code"}"#;
+    raw.0
+        .write_all(&frames(&[
+            bad_hello,
+            br#"{"id":1,"op":"set","key":"k","value":"b3RoZXI="}"#,
+        ]))
+        .unwrap();
+    assert!(matches!(
+        raw.read(),
+        Some(ServerFrame::Error { id: Some(0), .. })
+    ));
+    raw.assert_closed();
+    assert_eq!(
+        broker
+            .client("code")
+            .get(&k("k"))
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        b"value"
+    );
 }
 
 #[test]

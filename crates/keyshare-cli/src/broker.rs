@@ -12,7 +12,7 @@ use keyshare_broker::access::{AccessPolicy, AppRule, KeyPattern};
 use keyshare_broker::client::Autostart;
 use keyshare_broker::daemon::BrokerPaths;
 use keyshare_broker::protocol::BrokerStatus;
-use keyshare_broker::{BlockingBrokerClient, ClientConfig, ClientError};
+use keyshare_broker::{BlockingBrokerClient, ClientConfig, ClientError, OneShotClient};
 
 use crate::config::{Config, StoreChoice};
 use crate::stores::{Context, SharedChoice};
@@ -71,21 +71,15 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
         tracing::warn!("XDG_RUNTIME_DIR is not set: opening the shared store directly");
         return Ok(None);
     }
-    // A command makes a call or two and exits: no I/O thread to start and stop.
-    let client = BlockingBrokerClient::new_without_io_thread(client_config(ctx)?)?;
-    match client.hello() {
-        Ok(_) => {}
-        Err(ClientError::Transport(err)) => {
-            tracing::warn!(error = %err, "no broker: opening the shared store directly");
-            return Ok(None);
-        }
-        Err(err) => {
-            return Err(err
-                .into_store_error(client.async_client().store_name())
-                .into())
-        }
+    // A command makes a call or two and exits: no runtime, and hello rides with the first
+    // request. Connecting (or autostarting) says whether a broker is there; whether it accepts
+    // this app is its answer to hello, which comes with the first reply.
+    let client = OneShotClient::new(client_config(ctx)?);
+    if let Err(err) = client.connect() {
+        tracing::warn!(error = %err, "no broker: opening the shared store directly");
+        return Ok(None);
     }
-    if let Some(notice) = client.async_client().take_autostart_output() {
+    if let Some(notice) = client.take_autostart_output() {
         // What the broker said while starting (e.g. that it created a key file) is for the
         // user who caused the start.
         eprintln!("{}", notice.trim_end());
@@ -153,7 +147,7 @@ pub fn probe(ctx: &Context) -> anyhow::Result<Probe> {
     }
     let config = client_config(ctx)?.autostart(None);
     let socket = config.paths.socket.clone();
-    let client = BlockingBrokerClient::new_without_io_thread(config)?;
+    let client = OneShotClient::new(config);
     let refused = |socket, err: ClientError| Probe::Refused {
         socket,
         why: err.to_string(),

@@ -66,7 +66,7 @@ impl Autostart {
             .map_err(|_| TransportError::Autostart("the autostart task failed".into()))?
     }
 
-    fn start_blocking(&self, paths: &BrokerPaths) -> Result<String, TransportError> {
+    pub(crate) fn start_blocking(&self, paths: &BrokerPaths) -> Result<String, TransportError> {
         let fail = |what: String| TransportError::Autostart(what);
         paths.ensure_dir().map_err(|e| fail(e.to_string()))?;
         let _startup = FileLock::acquire(&paths.startup_lock).map_err(|e| fail(e.to_string()))?;

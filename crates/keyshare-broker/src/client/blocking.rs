@@ -11,7 +11,9 @@ use crate::protocol::BrokerStatus;
 
 /// A [`BrokerClient`] with its own small runtime (one I/O thread), usable from any thread.
 ///
-/// Calls from several threads share one connection and are pipelined. Do not call it from
+/// Calls from several threads share one connection and are pipelined. A process that makes a
+/// call or two and exits is served faster by [`OneShotClient`](crate::client::OneShotClient).
+/// Do not call it from
 /// async code (it blocks the calling thread); use [`BrokerClient`] there, or the blocking
 /// client from `spawn_blocking` (which is what `AsyncSecretStorage` does).
 pub struct BlockingBrokerClient {
@@ -19,9 +21,6 @@ pub struct BlockingBrokerClient {
     // the last reference were dropped inside an async context.
     runtime: Option<tokio::runtime::Runtime>,
     client: Arc<BrokerClient>,
-    /// No I/O thread: the connection makes progress only inside a call (see
-    /// [`BlockingBrokerClient::new_without_io_thread`]).
-    caller_driven: bool,
 }
 
 impl fmt::Debug for BlockingBrokerClient {
@@ -52,26 +51,6 @@ impl BlockingBrokerClient {
         Ok(BlockingBrokerClient {
             runtime: Some(runtime),
             client: Arc::new(BrokerClient::new(config)),
-            caller_driven: false,
-        })
-    }
-
-    /// A client that starts no thread of its own: the connection is driven by whichever thread
-    /// is inside a call. For a process that makes a few calls and exits, such as the
-    /// `keyshare` CLI, this saves starting (and stopping) an I/O thread, a measurable part of
-    /// a `keyshare get` through the broker (crates/keyshare-cli/benches/broker_get.rs). Calls
-    /// from several threads still work, one driving at a time. Subscriptions need the
-    /// connection driven between calls, so [`subscribe`](Self::subscribe) refuses here: use
-    /// [`new`](Self::new) for them.
-    pub fn new_without_io_thread(config: ClientConfig) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| keyshare::Error::io("starting the broker client's runtime", e))?;
-        Ok(BlockingBrokerClient {
-            runtime: Some(runtime),
-            client: Arc::new(BrokerClient::new(config)),
-            caller_driven: true,
         })
     }
 
@@ -116,13 +95,6 @@ impl BlockingBrokerClient {
 
     /// Subscribes to changes; read the stream with [`EventStream::blocking_next`].
     pub fn subscribe(&self, keys: Option<Vec<SecretKey>>) -> Result<EventStream> {
-        if self.caller_driven {
-            return Err(keyshare::Error::invalid(
-                "broker subscription",
-                "a client made by new_without_io_thread cannot deliver events between calls; \
-                 make it with BlockingBrokerClient::new",
-            ));
-        }
         self.block_on(self.client.subscribe(keys))
     }
 }

@@ -8,12 +8,16 @@
 //! [`keyshare::Store`] contract allows.
 //!
 //! [`BlockingBrokerClient`] is the same client behind the blocking [`keyshare::Store`] trait.
+//! [`OneShotClient`] is a plain blocking client without a runtime, for a process that makes a
+//! call or two and exits.
 
 mod autostart;
 mod blocking;
+mod one_shot;
 
 pub use autostart::Autostart;
 pub use blocking::BlockingBrokerClient;
+pub use one_shot::OneShotClient;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -213,7 +217,7 @@ impl Drop for Connection {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section is a single map or option update: poison cannot leave it torn.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -260,16 +264,7 @@ impl Connection {
         };
         let (read_half, mut write_half) = stream.into_split();
         let mut reader = FrameReader::new(read_half);
-        let hello = encode(&RequestFrame {
-            id: 0,
-            request: Request::Hello {
-                client: config.client_name.clone(),
-                client_version: config.client_version.clone(),
-                protocol: PROTOCOL_VERSION,
-                app: config.app.to_string(),
-            },
-        })
-        .map_err(TransportError::from)?;
+        let hello = encode(&hello_request(config)).map_err(TransportError::from)?;
         let handshake = async {
             write_half
                 .write_all(&hello)
@@ -280,27 +275,7 @@ impl Connection {
                 .await
                 .map_err(TransportError::from)?
                 .ok_or(TransportError::Closed)?;
-            match decode::<ServerFrame>(body).map_err(TransportError::from)? {
-                ServerFrame::Reply {
-                    id: 0,
-                    reply:
-                        Reply::Hello {
-                            server,
-                            server_version,
-                            protocol,
-                        },
-                } if protocol == PROTOCOL_VERSION => Ok(ServerInfo {
-                    server,
-                    server_version,
-                    protocol,
-                }),
-                ServerFrame::Error { error, .. } => Err(ClientError::Remote(error)),
-                other => Err(TransportError::Unexpected(format!(
-                    "expected the hello reply, got {}",
-                    describe(&other)
-                ))
-                .into()),
-            }
+            read_hello(decode::<ServerFrame>(body).map_err(TransportError::from)?)
         };
         let info = tokio::time::timeout(config.timeout, handshake)
             .await
@@ -377,6 +352,56 @@ impl Connection {
         Ok(())
     }
 }
+
+/// The hello that opens every connection.
+fn hello_request(config: &ClientConfig) -> RequestFrame {
+    RequestFrame {
+        id: 0,
+        request: Request::Hello {
+            client: config.client_name.clone(),
+            client_version: config.client_version.clone(),
+            protocol: PROTOCOL_VERSION,
+            app: config.app.to_string(),
+        },
+    }
+}
+
+/// The broker's answer to hello: who it is, or why it refused.
+fn read_hello(frame: ServerFrame) -> Result<ServerInfo, ClientError> {
+    match frame {
+        ServerFrame::Reply {
+            id: 0,
+            reply:
+                Reply::Hello {
+                    server,
+                    server_version,
+                    protocol,
+                },
+        } if protocol == PROTOCOL_VERSION => Ok(ServerInfo {
+            server,
+            server_version,
+            protocol,
+        }),
+        ServerFrame::Error { error, .. } => Err(ClientError::Remote(error)),
+        other => Err(TransportError::Unexpected(format!(
+            "expected the hello reply, got {}",
+            describe(&other)
+        ))
+        .into()),
+    }
+}
+
+/// The payload of `$reply` when it answers the operation `$variant`, else an "unexpected
+/// answer" error: what every client method does with its reply.
+macro_rules! expect_reply {
+    ($reply:expr, $variant:ident $fields:tt => $out:expr) => {
+        match $reply {
+            $crate::protocol::Reply::$variant $fields => Ok($out),
+            other => Err($crate::client::unexpected(stringify!($variant), &other)),
+        }
+    };
+}
+use expect_reply;
 
 fn is_absent(err: &std::io::Error) -> bool {
     matches!(
@@ -622,58 +647,45 @@ impl BrokerClient {
 
     /// Reads a value; `Ok(None)` when there is none.
     pub async fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>, ClientError> {
-        match self
+        let reply = self
             .call(Request::Get {
                 key: WireKey(key.clone()),
             })
-            .await?
-        {
-            Reply::Get { value } => Ok(value.map(|v| v.0)),
-            other => Err(unexpected("get", &other)),
-        }
+            .await?;
+        expect_reply!(reply, Get { value } => value.map(|v| v.0))
     }
 
     /// Writes a value; `Ok` once the broker's store acknowledged it.
     pub async fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<(), ClientError> {
-        match self
+        let reply = self
             .call(Request::Set {
                 key: WireKey(key.clone()),
                 value: WireValue(value.clone()),
             })
-            .await?
-        {
-            Reply::Set {} => Ok(()),
-            other => Err(unexpected("set", &other)),
-        }
+            .await?;
+        expect_reply!(reply, Set {} => ())
     }
 
     /// Deletes a value; whether there was one.
     pub async fn delete(&self, key: &SecretKey) -> Result<bool, ClientError> {
-        match self
+        let reply = self
             .call(Request::Delete {
                 key: WireKey(key.clone()),
             })
-            .await?
-        {
-            Reply::Delete { deleted } => Ok(deleted),
-            other => Err(unexpected("delete", &other)),
-        }
+            .await?;
+        expect_reply!(reply, Delete { deleted } => deleted)
     }
 
     /// Lists the keys this app may see.
     pub async fn keys(&self) -> Result<Vec<SecretKey>, ClientError> {
-        match self.call(Request::Keys).await? {
-            Reply::Keys { keys } => Ok(keys.into_iter().map(|k| k.0).collect()),
-            other => Err(unexpected("keys", &other)),
-        }
+        let reply = self.call(Request::Keys).await?;
+        expect_reply!(reply, Keys { keys } => keys.into_iter().map(|k| k.0).collect())
     }
 
     /// The broker's state.
     pub async fn status(&self) -> Result<BrokerStatus, ClientError> {
-        match self.call(Request::Status).await? {
-            Reply::Status(status) => Ok(status),
-            other => Err(unexpected("status", &other)),
-        }
+        let reply = self.call(Request::Status).await?;
+        expect_reply!(reply, Status(status) => status)
     }
 
     /// Subscribes to changes of `keys` (all keys this app may see when `None`). A new
@@ -688,16 +700,13 @@ impl BrokerClient {
             keys: keys.map(|keys| keys.into_iter().map(WireKey).collect()),
         };
         let sink = EventSink { tx, missed: 0 };
-        match conn
+        let reply = conn
             .call_with_sink(request, self.config.timeout, Some(sink))
-            .await?
-        {
-            Reply::Subscribe { last_seq } => Ok(EventStream { rx, last_seq }),
-            other => Err(unexpected("subscribe", &other)),
-        }
+            .await?;
+        expect_reply!(reply, Subscribe { last_seq } => EventStream { rx, last_seq })
     }
 }
 
 fn unexpected(op: &str, reply: &Reply) -> ClientError {
-    TransportError::Unexpected(format!("asked {op}, got {reply:?}")).into()
+    TransportError::Unexpected(format!("asked {}, got {reply:?}", op.to_lowercase())).into()
 }

@@ -1,0 +1,378 @@
+//! A broker client with no runtime and no thread of its own, for a process that makes a call or
+//! two and exits (the `keyshare` CLI).
+//!
+//! A whole `keyshare get` through the broker is mostly process start-up, so what this client
+//! leaves out is measurable there (crates/keyshare-cli/benches/broker_get.rs): no async
+//! runtime to build and tear down (its epoll instance, wake-up descriptors and first
+//! allocations), and no round trip of its own for hello: hello goes out in the same write as
+//! the first request, and the broker's two replies come back together.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use zeroize::Zeroizing;
+
+use keyshare::{Result, SecretKey, SecretValue, Store, StoreInfo};
+
+use crate::client::{
+    expect_reply, hello_request, is_absent, lock, read_hello, ClientConfig, ClientError,
+    ServerInfo, TransportError,
+};
+use crate::protocol::{
+    decode, encode, frame_len, BrokerStatus, Reply, Request, RequestFrame, ServerFrame, WireKey,
+    WireValue, HEADER_LEN,
+};
+
+/// A broker client over a plain blocking socket, implementing [`Store`].
+///
+/// Calls are made one at a time (callers on several threads take turns); there are no
+/// subscriptions (nothing would read events between calls: use
+/// [`BlockingBrokerClient`](crate::BlockingBrokerClient) for them). The connection is made on
+/// first use, or by [`connect`](Self::connect), starting the broker if configured to, and
+/// made again after a failed call.
+pub struct OneShotClient {
+    config: ClientConfig,
+    store_name: String,
+    conn: Mutex<Option<Conn>>,
+    autostart_output: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for OneShotClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OneShotClient")
+            .field("socket", &self.config.paths.socket)
+            .field("app", &self.config.app)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Conn {
+    stream: UnixStream,
+    /// Received bytes (which may hold secret values): `filled` of them are unread.
+    buf: Zeroizing<Vec<u8>>,
+    filled: usize,
+    next_id: u64,
+    /// What the broker said in hello, once its reply was read; until then the hello request is
+    /// still to be written (`greeted == false`) or its reply still to be read.
+    info: Option<ServerInfo>,
+    greeted: bool,
+}
+
+impl OneShotClient {
+    /// A client that connects on first use.
+    pub fn new(config: ClientConfig) -> Self {
+        OneShotClient {
+            store_name: format!("broker at {}", config.paths.socket.display()),
+            config,
+            conn: Mutex::new(None),
+            autostart_output: Mutex::new(None),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The name used for this broker in errors (`broker at <socket>`).
+    pub fn store_name(&self) -> &str {
+        &self.store_name
+    }
+
+    /// What a broker this client started wrote to stderr before it was ready, once.
+    pub fn take_autostart_output(&self) -> Option<String> {
+        lock(&self.autostart_output).take()
+    }
+
+    /// Connects now (starting the broker if configured to), without waiting for any answer:
+    /// hello goes out with the first request. An error here is always a
+    /// [`ClientError::Transport`]: nothing answered.
+    pub fn connect(&self) -> std::result::Result<(), ClientError> {
+        let mut conn = lock(&self.conn);
+        if conn.is_none() {
+            *conn = Some(self.open()?);
+        }
+        Ok(())
+    }
+
+    /// Connects if needed and says hello, keeping transport and remote failures apart, so a
+    /// caller can tell "no broker" from "the broker refused".
+    pub fn hello(&self) -> std::result::Result<ServerInfo, ClientError> {
+        let mut guard = lock(&self.conn);
+        let deadline = Instant::now() + self.config.timeout;
+        let conn = self.connected(&mut guard)?;
+        let result = conn.greet(&self.config, deadline);
+        if result.is_err() {
+            *guard = None;
+        }
+        result
+    }
+
+    /// The broker's state.
+    pub fn status(&self) -> Result<BrokerStatus> {
+        self.call(
+            Request::Status,
+            |reply| expect_reply!(reply, Status(status) => status),
+        )
+    }
+
+    fn open(&self) -> std::result::Result<Conn, ClientError> {
+        let socket = &self.config.paths.socket;
+        let connect_error = |source| TransportError::Connect {
+            socket: socket.clone(),
+            source,
+        };
+        let stream = match UnixStream::connect(socket) {
+            Ok(stream) => stream,
+            Err(err) if is_absent(&err) => match &self.config.autostart {
+                Some(autostart) => {
+                    let output = autostart.start_blocking(&self.config.paths)?;
+                    if !output.is_empty() {
+                        *lock(&self.autostart_output) = Some(output);
+                    }
+                    UnixStream::connect(socket).map_err(connect_error)?
+                }
+                None => {
+                    return Err(TransportError::NotRunning {
+                        socket: socket.clone(),
+                        hint: " (autostart is off: run `keyshare serve`, or use --direct)",
+                    }
+                    .into())
+                }
+            },
+            Err(err) => return Err(connect_error(err).into()),
+        };
+        Ok(Conn {
+            stream,
+            buf: Zeroizing::new(vec![0; 8192]),
+            filled: 0,
+            next_id: 1,
+            info: None,
+            greeted: false,
+        })
+    }
+
+    fn connected<'a>(
+        &self,
+        guard: &'a mut Option<Conn>,
+    ) -> std::result::Result<&'a mut Conn, ClientError> {
+        if guard.is_none() {
+            *guard = Some(self.open()?);
+        }
+        Ok(guard.as_mut().expect("just set"))
+    }
+
+    /// Sends `request` (behind hello on a new connection) and turns its reply into `T`. Any
+    /// failure drops the connection: a reply may still be on its way, and the next call must
+    /// not mistake it for its own.
+    fn call<T>(
+        &self,
+        request: Request,
+        accept: impl FnOnce(Reply) -> std::result::Result<T, ClientError>,
+    ) -> Result<T> {
+        let mut guard = lock(&self.conn);
+        let deadline = Instant::now() + self.config.timeout;
+        let result = self
+            .connected(&mut guard)
+            .and_then(|conn| conn.exchange(&self.config, request, deadline))
+            .and_then(accept);
+        if result.is_err() {
+            *guard = None;
+        }
+        result.map_err(|e| e.into_store_error(&self.store_name))
+    }
+}
+
+impl Conn {
+    /// Writes hello if it has not been written, then reads its reply if not read yet.
+    fn greet(
+        &mut self,
+        config: &ClientConfig,
+        deadline: Instant,
+    ) -> std::result::Result<ServerInfo, ClientError> {
+        if !self.greeted {
+            let hello = encode(&hello_request(config)).map_err(TransportError::from)?;
+            self.write(&hello, deadline, config.timeout)?;
+            self.greeted = true;
+        }
+        self.read_hello_reply(deadline, config.timeout)
+    }
+
+    fn read_hello_reply(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> std::result::Result<ServerInfo, ClientError> {
+        if let Some(info) = &self.info {
+            return Ok(info.clone());
+        }
+        let frame = self.read_frame(deadline, timeout)?;
+        let info = read_hello(frame)?;
+        self.info = Some(info.clone());
+        Ok(info)
+    }
+
+    fn exchange(
+        &mut self,
+        config: &ClientConfig,
+        request: Request,
+        deadline: Instant,
+    ) -> std::result::Result<Reply, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = encode(&RequestFrame { id, request }).map_err(TransportError::from)?;
+        if self.greeted {
+            self.write(&frame, deadline, config.timeout)?;
+        } else {
+            // One write, one wake-up of the broker, one round trip for both.
+            let mut both = encode(&hello_request(config)).map_err(TransportError::from)?;
+            both.extend_from_slice(&frame);
+            self.write(&both, deadline, config.timeout)?;
+            self.greeted = true;
+        }
+        self.read_hello_reply(deadline, config.timeout)?;
+        match self.read_frame(deadline, config.timeout)? {
+            ServerFrame::Reply { id: got, reply } if got == id => Ok(reply),
+            ServerFrame::Error {
+                id: Some(got),
+                error,
+            } if got == id => Err(ClientError::Remote(error)),
+            // The broker is closing this connection, for a reason this request reports.
+            ServerFrame::Error { id: None, error } => Err(ClientError::Remote(error)),
+            // No subscription is ever made on this connection, and every earlier request was
+            // answered before its call returned: anything else is a broken broker.
+            other => Err(TransportError::Unexpected(format!(
+                "expected the reply to request {id}, got {}",
+                super::describe(&other)
+            ))
+            .into()),
+        }
+    }
+
+    fn write(
+        &mut self,
+        bytes: &[u8],
+        deadline: Instant,
+        timeout: Duration,
+    ) -> std::result::Result<(), TransportError> {
+        let left = remaining(deadline, timeout)?;
+        self.stream
+            .set_write_timeout(Some(left))
+            .map_err(|e| TransportError::Frame(e.into()))?;
+        self.stream.write_all(bytes).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                TransportError::TimedOut(timeout)
+            }
+            _ => TransportError::Closed,
+        })
+    }
+
+    /// The next whole frame from the broker, decoded.
+    fn read_frame(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> std::result::Result<ServerFrame, TransportError> {
+        loop {
+            if let Some(len) = frame_len(&self.buf[..self.filled])? {
+                let frame = decode::<ServerFrame>(&self.buf[HEADER_LEN..len]);
+                self.buf.copy_within(len..self.filled, 0);
+                self.filled -= len;
+                return Ok(frame?);
+            }
+            // The header is known by now if enough bytes came: make room for the whole frame
+            // (frame_len refused a body over the limit already).
+            let wanted = match self.buf[..self.filled].get(..HEADER_LEN) {
+                Some(header) => {
+                    HEADER_LEN + u32::from_be_bytes(header.try_into().expect("4 bytes")) as usize
+                }
+                None => HEADER_LEN,
+            };
+            if self.buf.len() < wanted {
+                // Into a new zeroizing buffer: growing in place could leave a copy of the old
+                // bytes behind in freed memory.
+                let mut bigger = Zeroizing::new(vec![0; wanted.max(2 * self.buf.len())]);
+                bigger[..self.filled].copy_from_slice(&self.buf[..self.filled]);
+                self.buf = bigger;
+            }
+            let left = remaining(deadline, timeout)?;
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| TransportError::Frame(e.into()))?;
+            match self.stream.read(&mut self.buf[self.filled..]) {
+                Ok(0) => return Err(TransportError::Closed),
+                Ok(n) => self.filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(TransportError::TimedOut(timeout))
+                }
+                Err(_) => return Err(TransportError::Closed),
+            }
+        }
+    }
+}
+
+/// What is left of the call's time; a socket timeout of zero would mean "none", so an
+/// exhausted deadline is a timeout here.
+fn remaining(
+    deadline: Instant,
+    timeout: Duration,
+) -> std::result::Result<Duration, TransportError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(TransportError::TimedOut(timeout));
+    }
+    Ok(left)
+}
+
+impl Store for OneShotClient {
+    fn info(&self) -> StoreInfo {
+        StoreInfo {
+            kind: "broker",
+            location: self.config.paths.socket.display().to_string(),
+            protection: "the broker process's store, reached over a same-user socket".to_owned(),
+        }
+    }
+
+    fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
+        let request = Request::Get {
+            key: WireKey(key.clone()),
+        };
+        self.call(
+            request,
+            |reply| expect_reply!(reply, Get { value } => value.map(|v| v.0)),
+        )
+    }
+
+    fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
+        let request = Request::Set {
+            key: WireKey(key.clone()),
+            value: WireValue(value.clone()),
+        };
+        self.call(request, |reply| expect_reply!(reply, Set {} => ()))
+    }
+
+    fn delete(&self, key: &SecretKey) -> Result<bool> {
+        let request = Request::Delete {
+            key: WireKey(key.clone()),
+        };
+        self.call(
+            request,
+            |reply| expect_reply!(reply, Delete { deleted } => deleted),
+        )
+    }
+
+    fn keys(&self) -> Result<Vec<SecretKey>> {
+        self.call(
+            Request::Keys,
+            |reply| expect_reply!(reply, Keys { keys } => keys.into_iter().map(|k| k.0).collect()),
+        )
+    }
+}
