@@ -7,33 +7,64 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn median_wall(mut run: impl FnMut(), n: usize) -> Duration {
+/// The median wall time of each of `runs`, taken in turns (one run of each per round), so a
+/// change in the machine's load during the measurement weighs on all of them alike.
+fn median_walls(runs: &mut [&mut dyn FnMut()], n: usize) -> Vec<Duration> {
     for _ in 0..n / 10 {
-        run();
+        for run in runs.iter_mut() {
+            run();
+        }
     }
-    let mut times: Vec<Duration> = (0..n)
-        .map(|_| {
+    let mut times = vec![Vec::with_capacity(n); runs.len()];
+    for _ in 0..n {
+        for (run, times) in runs.iter_mut().zip(&mut times) {
             let start = Instant::now();
             run();
-            start.elapsed()
+            times.push(start.elapsed());
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort();
+            t[n / 2]
         })
-        .collect();
-    times.sort();
-    times[n / 2]
+        .collect()
 }
 
-fn trivial_binary(dir: &Path) -> PathBuf {
+/// `fn main() {}` built with `rustc -O` and `extra` arguments.
+fn trivial_binary(dir: &Path, name: &str, extra: &[String]) -> PathBuf {
     let src = dir.join("noop.rs");
     std::fs::write(&src, "fn main() {}\n").unwrap();
-    let out = dir.join("noop");
+    let out = dir.join(name);
     let status = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
         .args(["-O", "-o"])
         .arg(&out)
+        .args(extra)
         .arg(&src)
         .status()
         .expect("rustc runs");
     assert!(status.success(), "building the trivial binary failed");
     out
+}
+
+/// The rustc arguments that link GCC's unwinder in as keyshare's build.rs does, if this
+/// toolchain has it.
+fn static_unwinder_args() -> Option<Vec<String>> {
+    let out = Command::new("cc")
+        .arg("-print-file-name=libgcc_eh.a")
+        .output()
+        .ok()?;
+    let archive = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !archive.is_absolute() {
+        return None;
+    }
+    Some(vec![
+        "-L".into(),
+        archive.parent()?.display().to_string(),
+        "-l".into(),
+        "static:+whole-archive=gcc_eh".into(),
+    ])
 }
 
 fn main() {
@@ -62,37 +93,49 @@ fn main() {
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), &[b'x'; 1024]).unwrap();
     assert!(child.wait().unwrap().success(), "keyshare set failed");
 
-    let noop = trivial_binary(home.path());
+    let noop = trivial_binary(home.path(), "noop", &[]);
+    // The same, with the unwinder linked in as keyshare links it: shown so the figure can be
+    // read both ways (keyshare's start-up against what a Rust program costs by default, and
+    // against the cheapest Rust program built the same way).
+    let noop_eh = static_unwinder_args().map(|args| trivial_binary(home.path(), "noop-eh", &args));
     const N: usize = 300;
-    // Both processes get the same small environment and the same stdout/stderr, so the only
+    // Every process gets the same small environment and the same stdout/stderr, so the only
     // difference is the program.
-    let baseline = median_wall(
-        || {
-            let mut noop = Command::new(&noop);
-            env(&mut noop);
-            assert!(noop.status().unwrap().success());
-        },
-        N,
-    );
-    let measured = median_wall(
-        || {
-            let mut get = Command::new(keyshare);
-            env(&mut get);
-            let status = get
-                .args(["--store", "vault", "--direct", "get", "github.auth"])
-                .status()
-                .unwrap();
-            assert!(status.success(), "keyshare get failed");
-        },
-        N,
-    );
+    let run_trivial = |path: &Path| {
+        let mut noop = Command::new(path);
+        env(&mut noop);
+        assert!(noop.status().unwrap().success());
+    };
+    let mut baseline = || run_trivial(&noop);
+    let mut baseline_eh = || run_trivial(noop_eh.as_deref().unwrap_or(&noop));
+    let mut measured = || {
+        let mut get = Command::new(keyshare);
+        env(&mut get);
+        let status = get
+            .args(["--store", "vault", "--direct", "get", "github.auth"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "keyshare get failed");
+    };
+    let medians = median_walls(&mut [&mut baseline, &mut baseline_eh, &mut measured], N);
+    let [baseline, baseline_eh, measured] = medians[..] else {
+        unreachable!("three runs")
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "baseline  trivial Rust binary (exit only):  {:8.3} ms (median of {N})",
-        baseline.as_secs_f64() * 1e3
+        ms(baseline)
     );
+    if noop_eh.is_some() {
+        println!(
+            "          the same, unwinder linked in:     {:8.3} ms (median of {N}; keyshare {:.2}x of it)",
+            ms(baseline_eh),
+            measured.as_secs_f64() / baseline_eh.as_secs_f64()
+        );
+    }
     println!(
         "measured  keyshare get (vault, key file):   {:8.3} ms (median of {N})  ratio {:.2}x (target <= 2.00x)",
-        measured.as_secs_f64() * 1e3,
+        ms(measured),
         measured.as_secs_f64() / baseline.as_secs_f64()
     );
 }

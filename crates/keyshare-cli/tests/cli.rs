@@ -180,3 +180,21 @@ fn no_home_is_a_clear_error() {
     );
     snapshot!("no_home", text);
 }
+
+/// build.rs links GCC's unwinder in, so the dynamic loader has one library less to load at
+/// every start (see its header).
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn the_binary_does_not_load_libgcc_s() {
+    // The loader lists the libraries it would load and exits without running the program.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyshare"))
+        .env("LD_TRACE_LOADED_OBJECTS", "1")
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && listed.contains("libc.so"),
+        "{listed}"
+    );
+    assert!(!listed.contains("libgcc_s"), "{listed}");
+}
