@@ -114,14 +114,18 @@ fn init_logging(spec: &std::ffi::OsStr) {
 }
 
 fn main() {
-    // Logs go to stderr, off unless KEYSHARE_LOG asks (e.g. KEYSHARE_LOG=warn, or
-    // KEYSHARE_LOG=keyshare=debug,zbus=warn); without it no subscriber is built at all, which
-    // keeps start-up short. Logs never contain values: the library logs keys and error kinds
-    // only. (`Targets`, not `EnvFilter`: the latter brings a regex engine into every run.)
-    if let Some(spec) = std::env::var_os("KEYSHARE_LOG") {
-        init_logging(&spec);
-    }
     let cli = parse_command_line();
+    // Logs go to stderr as KEYSHARE_LOG asks (e.g. KEYSHARE_LOG=warn, or
+    // KEYSHARE_LOG=keyshare=debug,zbus=warn). Without it, a command logs nothing and builds no
+    // subscriber at all, which keeps start-up short; the broker, a daemon whose warnings (a
+    // refused connection, a failed repair) are only ever seen in its log, logs at `info`.
+    // Logs never contain values: the library logs keys and error kinds only. (`Targets`, not
+    // `EnvFilter`: the latter brings a regex engine into every run.)
+    match std::env::var_os("KEYSHARE_LOG") {
+        Some(spec) => init_logging(&spec),
+        None if matches!(cli.command, Command::Serve(_)) => init_logging("info".as_ref()),
+        None => {}
+    }
     let code = match run(&cli) {
         Ok(()) => ExitCode::Ok,
         Err(err) => {

@@ -149,6 +149,8 @@ fn serve_watch_and_commands_through_the_broker() {
     let mut rest = String::new();
     let _ = serve_err.read_to_string(&mut rest);
     assert!(!rest.contains("gho_1"), "no value in the broker's output");
+    // A daemon logs without being asked to (KEYSHARE_LOG is not set here).
+    assert!(rest.contains("SIGTERM: shutting down"), "{rest}");
 
     // A watcher autostarts a broker; when that broker goes away, the watcher starts another
     // and reports the gap.
