@@ -198,3 +198,37 @@ fn the_binary_does_not_load_libgcc_s() {
     );
     assert!(!listed.contains("libgcc_s"), "{listed}");
 }
+
+/// main.rs replaces Rust's start-up on Unix and must keep its one visible effect: SIGPIPE is
+/// ignored, so writing to a reader that went away is a reported error, not a silent death.
+#[test]
+#[cfg(unix)]
+fn a_closed_standard_output_is_an_error_not_a_signal() {
+    let env = Env::new();
+    let set = env.run(&["--store", "vault", "--direct", "set", "k"], b"value");
+    assert!(set.status.success(), "{set:?}");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyshare"))
+        .env_clear()
+        .env("HOME", env.home())
+        .env("XDG_CONFIG_HOME", env.home().join("config"))
+        .env("XDG_DATA_HOME", env.home().join("data"))
+        .args(["--store", "vault", "--direct", "get", "k"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), None, "killed by a signal: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "the generic failure code: {stderr}"
+    );
+    assert!(
+        stderr.contains("cannot write to standard output"),
+        "{stderr}"
+    );
+}
