@@ -200,3 +200,53 @@ fn without_a_broker_and_without_autostart_commands_go_direct() {
     let got = run(home.path(), &["--no-autostart", "get", "github.auth"], b"");
     assert_eq!(got.stdout, b"gho_2");
 }
+
+/// An autostarted broker outlives the command that started it. Whatever descriptors that
+/// command inherited without close-on-exec (an app's pipes, leaked by careless code) must not
+/// stay open in the broker for its lifetime: whoever waits for such a pipe's end would wait
+/// ten idle minutes.
+#[test]
+fn an_autostarted_broker_keeps_no_inherited_descriptor() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("run")).unwrap();
+    std::fs::set_permissions(
+        home.path().join("run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    // The shell leaks its stdout (our pipe) to `keyshare` as descriptor 9, without
+    // close-on-exec, and `keyshare get` starts the broker.
+    let mut shell = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec 9>&1 1>/dev/null; exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_keyshare"))
+        .args(["--store", "vault", "get", "absent.key"])
+        .env_clear()
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .env("XDG_DATA_HOME", home.path().join("data"))
+        .env("XDG_RUNTIME_DIR", home.path().join("run"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pipe = shell.stdout.take().unwrap();
+    let status = shell.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "not found, after starting the broker"
+    );
+    let lock = home.path().join("run/keyshare/stable.lock");
+    let broker = broker_pid(&lock);
+    // The pipe ends once nothing holds its write end: `sh`/`keyshare get` have exited, so only
+    // a broker that kept descriptor 9 could hold it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = done_tx.send(pipe.read_to_end(&mut rest).map(|_| rest.len()));
+    });
+    let ended = done_rx.recv_timeout(std::time::Duration::from_secs(10));
+    sigterm(broker);
+    assert!(ended.is_ok(), "the broker still holds the inherited pipe");
+}

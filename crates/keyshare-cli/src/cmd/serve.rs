@@ -22,6 +22,9 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
+    if args.autostarted {
+        close_inherited_descriptors();
+    }
     let paths = broker::paths(ctx)?;
     // Before any thread exists: socket activation reads and clears the environment.
     let daemon = Daemon::prepare(&paths)?;
@@ -66,3 +69,28 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     })?;
     Ok(())
 }
+
+/// Closes every descriptor above standard error that this process inherited.
+///
+/// An autostarted broker outlives the command that started it, by ten idle minutes or more.
+/// Rust opens every descriptor close-on-exec, but the app that ran that command may have
+/// leaked some (a pipe it reads until its writers are gone, a lock file): a broker holding
+/// them would keep that pipe from ending and that lock from being released.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn close_inherited_descriptors() {
+    // SAFETY: this runs first in an autostarted broker, before it opens its lock, socket,
+    // store or any thread: no descriptor above 2 belongs to anything in this process, so none
+    // is closed behind an owner's back.
+    let failed = unsafe { libc::close_range(3, libc::c_uint::MAX, 0) } != 0;
+    if failed {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not close the descriptors inherited from the command that started the broker"
+        );
+    }
+}
+
+/// Elsewhere (unverified platforms) inherited descriptors stay open.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn close_inherited_descriptors() {}
