@@ -563,6 +563,47 @@ fn diff_snapshots(old: &KvSnapshot, new: &KvSnapshot) -> Vec<(SecretKey, ChangeK
     changes
 }
 
+/// What [`OpenBaoStore::changes_since`] needs to tell this store's writes from other writers'.
+///
+/// A poll's snapshot is taken while writes go on, so a version it sees may come from a write
+/// whose reply has not been handled yet, or from an earlier write of this store that a later
+/// one has already followed. Hence every own outcome not yet seen by a poll is kept (not only
+/// the latest), and a key with a write in flight is decided at a later poll.
+#[derive(Default)]
+struct OwnWrites {
+    /// Per key, in write order: versions written (`Some`) and deletes of a live value (`None`).
+    done: HashMap<SecretKey, Vec<Option<u64>>>,
+    /// Outcomes held in `done`, for the [`MAX_OWN_WRITES`] bound.
+    len: usize,
+    /// Writes sent (or about to be) whose outcome is not in `done` yet.
+    in_flight: HashMap<SecretKey, usize>,
+}
+
+/// Marks a write to `key` in flight until dropped (every return path of a write, errors too).
+struct InFlight<'a> {
+    store: &'a OpenBaoStore,
+    key: &'a SecretKey,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(store: &'a OpenBaoStore, key: &'a SecretKey) -> Self {
+        *store.own().in_flight.entry(key.clone()).or_insert(0) += 1;
+        InFlight { store, key }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut own = self.store.own();
+        if let Some(n) = own.in_flight.get_mut(self.key) {
+            *n -= 1;
+            if *n == 0 {
+                own.in_flight.remove(self.key);
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The store
 
@@ -656,9 +697,9 @@ pub struct OpenBaoStore {
     login: Mutex<()>,
     /// Index of the address that answered last: the next call starts there.
     preferred: AtomicUsize,
-    /// Versions this store wrote (`Some`) or keys it deleted (`None`), so the change poller
-    /// does not report a machine's own writes back to it.
-    own_writes: Mutex<HashMap<SecretKey, Option<u64>>>,
+    /// This store's writes, so the change poller does not report a machine's own writes back
+    /// to it.
+    own_writes: Mutex<OwnWrites>,
     cas_conflicts: AtomicU64,
     /// Writes to one key from this process go one at a time (striped by key hash), so threads
     /// of one machine do not starve each other in check-and-set retries.
@@ -1464,13 +1505,20 @@ impl OpenBaoStore {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    fn own(&self) -> std::sync::MutexGuard<'_, OwnWrites> {
+        self.own_writes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn remember_own(&self, key: &SecretKey, version: Option<u64>) {
-        let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
-        if own.len() >= MAX_OWN_WRITES && !own.contains_key(key) {
-            // Forgetting only costs the poller a duplicate event.
-            own.clear();
+        let mut own = self.own();
+        if own.len >= MAX_OWN_WRITES {
+            // Forgetting only costs the poller a duplicate event (in-flight marks are kept:
+            // their writes' outcomes are still to come).
+            own.done.clear();
+            own.len = 0;
         }
-        own.insert(key.clone(), version);
+        own.done.entry(key.clone()).or_default().push(version);
+        own.len += 1;
     }
 
     /// Every key's version now; the baseline for [`OpenBaoStore::changes_since`].
@@ -1494,24 +1542,43 @@ impl OpenBaoStore {
     /// and emits the usual change events; OpenBao offers no push notification for KV writes.
     ///
     /// A key written and deleted again between two polls is not seen; a key written twice is
-    /// reported once.
+    /// reported once. A key this store is writing while the snapshot is taken is compared
+    /// again at the next poll (so a change by another writer to a key this store keeps
+    /// writing back to back is reported late).
     pub fn changes_since(
         &self,
         since: &KvSnapshot,
     ) -> Result<(KvSnapshot, Vec<(SecretKey, ChangeKind)>)> {
-        let now = self.snapshot()?;
-        let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
-        let changes = diff_snapshots(since, &now)
-            .into_iter()
-            .filter(|(key, _, version)| match own.get(key) {
-                Some(mine) if mine == version => {
-                    own.remove(key);
-                    false
+        let mut now = self.snapshot()?;
+        let mut own = self.own();
+        let own = &mut *own;
+        let mut changes = Vec::new();
+        for (key, kind, version) in diff_snapshots(since, &now) {
+            if own.in_flight.contains_key(&key) {
+                // The version seen may be that write's, whose outcome is not known yet: keep
+                // the key as it was, so the next poll compares again (and reports a change
+                // that is not this store's then).
+                match since.versions.get(&key) {
+                    Some(v) => now.versions.insert(key, *v),
+                    None => now.versions.remove(&key),
+                };
+                continue;
+            }
+            let mine = own.done.get_mut(&key).and_then(|outcomes| {
+                let at = outcomes.iter().position(|o| *o == version)?;
+                // That write and the earlier ones (which it followed) are accounted for.
+                own.len -= at + 1;
+                outcomes.drain(..=at);
+                Some(outcomes.is_empty())
+            });
+            match mine {
+                Some(true) => {
+                    own.done.remove(&key);
                 }
-                _ => true,
-            })
-            .map(|(key, kind, _)| (key, kind))
-            .collect();
+                Some(false) => {}
+                None => changes.push((key, kind)),
+            }
+        }
         Ok((now, changes))
     }
 
@@ -1801,6 +1868,7 @@ impl Store for OpenBaoStore {
             .encode_string(value.expose_secret(), &mut encoded);
         let path = self.kv_path("data", key);
         let _turn = self.write_lock(key);
+        let _in_flight = InFlight::start(self, key);
         let mut conflicts = 0u32;
         for _ in 0..=self.config.cas_retries {
             let version = self
@@ -1871,6 +1939,7 @@ impl Store for OpenBaoStore {
     fn delete(&self, key: &SecretKey) -> Result<bool> {
         let deadline = self.deadline();
         let _turn = self.write_lock(key);
+        let _in_flight = InFlight::start(self, key);
         let existed = self
             .read_metadata(key, deadline)?
             .and_then(|m| m.live_version())
@@ -1885,7 +1954,11 @@ impl Store for OpenBaoStore {
         if !(matches!(reply.status, 200 | 204) || Self::is_not_found(&reply)) {
             return Err(self.unexpected("a delete", &reply));
         }
-        self.remember_own(key, None);
+        if existed {
+            // Only a delete of a live value shows in snapshots. Remembering the others would
+            // hide a later delete by another writer (versions restart after a delete).
+            self.remember_own(key, None);
+        }
         Ok(existed)
     }
 
