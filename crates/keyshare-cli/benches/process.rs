@@ -5,32 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// The median wall time of each of `runs`, taken in turns (one run of each per round), so a
-/// change in the machine's load during the measurement weighs on all of them alike.
-fn median_walls(runs: &mut [&mut dyn FnMut()], n: usize) -> Vec<Duration> {
-    for _ in 0..n / 10 {
-        for run in runs.iter_mut() {
-            run();
-        }
-    }
-    let mut times = vec![Vec::with_capacity(n); runs.len()];
-    for _ in 0..n {
-        for (run, times) in runs.iter_mut().zip(&mut times) {
-            let start = Instant::now();
-            run();
-            times.push(start.elapsed());
-        }
-    }
-    times
-        .into_iter()
-        .map(|mut t| {
-            t.sort();
-            t[n / 2]
-        })
-        .collect()
-}
+mod timing;
+use timing::median_walls;
 
 /// `fn main() {}` built with `rustc -O` and `extra` arguments.
 fn trivial_binary(dir: &Path, name: &str, extra: &[String]) -> PathBuf {
@@ -117,7 +95,7 @@ fn main() {
             .unwrap();
         assert!(status.success(), "keyshare get failed");
     };
-    let medians = median_walls(&mut [&mut baseline, &mut baseline_eh, &mut measured], N);
+    let medians = median_walls(&mut [&mut baseline, &mut baseline_eh, &mut measured], N, 1);
     let [baseline, baseline_eh, measured] = medians[..] else {
         unreachable!("three runs")
     };
