@@ -979,3 +979,48 @@ fn concurrent_writers_share_commits_and_lose_nothing() {
         }
     }
 }
+
+/// `try_get_now` answers from a free connection, and leaves the busy timeout that every
+/// other call waits with as it was (it turns it off for its own read).
+#[test]
+fn try_get_now_answers_and_keeps_the_busy_timeout() {
+    use std::time::{Duration, Instant};
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let mut o = options(&path, "ns");
+    o.busy_timeout = Duration::from_millis(400);
+    let store = VaultStore::open(o).unwrap();
+    store.set(&key("k"), &value(b"v")).unwrap();
+    assert_eq!(
+        store.try_get_now(&key("k")).unwrap().unwrap(),
+        Some(value(b"v"))
+    );
+    assert_eq!(store.try_get_now(&key("absent")).unwrap().unwrap(), None);
+
+    // Another process holds the write lock: a set waits the whole busy timeout, not zero.
+    let other = raw(&path);
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = Instant::now();
+    let err = store.set(&key("k"), &value(b"new")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                reason: UnavailableReason::TimedOut,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "the set gave up after {:?}: the busy timeout was not restored",
+        started.elapsed()
+    );
+    // A reader is not held up by a writer in WAL mode: answered at once.
+    assert_eq!(
+        store.try_get_now(&key("k")).unwrap().unwrap(),
+        Some(value(b"v"))
+    );
+    other.execute_batch("COMMIT").unwrap();
+}

@@ -400,7 +400,9 @@ impl SecretStorage {
 /// block when every store is [non-blocking](Store::is_nonblocking) (a [`MemoryStore`]) or the
 /// storage type is in-memory, the storage is ready (the storage type probe, which may block, has run) and the key's turn has
 /// already come (waiting for it would block the runtime thread, and on a single-threaded
-/// runtime could wait forever on a task that cannot run). `repair` always uses the pool: it
+/// runtime could wait forever on a task that cannot run). A get whose turn has come on a
+/// storage without a legacy store also runs inline when the shared store can answer it without
+/// waiting ([`Store::try_get_now`]: the vault, when no write holds it). `repair` always uses the pool: it
 /// waits for the turns of the keys it repairs.
 #[derive(Clone)]
 pub struct AsyncSecretStorage {
@@ -440,6 +442,9 @@ impl AsyncSecretStorage {
         async move {
             if inner.can_run_inline(&mut ticket) {
                 return inner.run_get(ticket, &key);
+            }
+            if let Some(answer) = inner.try_get_now(&mut ticket, &key) {
+                return answer;
             }
             blocking(move || inner.run_get(ticket, &key)).await
         }
@@ -604,6 +609,25 @@ impl Inner {
         self.ready.load(Ordering::Acquire)
             && (self.nonblocking || self.in_memory())
             && ticket.is_served()
+    }
+
+    /// A get answered on the runtime thread by a shared store that can tell it need not wait
+    /// ([`Store::try_get_now`]), when the shared store is the whole read: the type is settled,
+    /// persisted, with no legacy store to fall back to, and the key's turn has come. `None`:
+    /// run it on the blocking pool.
+    fn try_get_now(
+        &self,
+        ticket: &mut Ticket,
+        key: &SecretKey,
+    ) -> Option<Result<Option<SecretValue>>> {
+        if !(self.ready.load(Ordering::Acquire)
+            && self.legacy.is_none()
+            && !self.in_memory()
+            && ticket.is_served())
+        {
+            return None;
+        }
+        self.shared.try_get_now(key)
     }
 
     /// Whether async sets may be group-committed (see `combine`): only the shared store is
@@ -1087,6 +1111,57 @@ mod tests {
         used_pool
     }
 
+    /// A store that blocks (as far as `SecretStorage` knows) but can say that a get will not
+    /// wait (`now`), as the vault does when no write holds it.
+    #[derive(Debug, Default)]
+    struct AnswersNow {
+        inner: MemoryStore,
+        now: bool,
+    }
+
+    impl Store for AnswersNow {
+        fn info(&self) -> StoreInfo {
+            self.inner.info()
+        }
+        fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
+            self.inner.set(key, value)
+        }
+        fn delete(&self, key: &SecretKey) -> Result<bool> {
+            self.inner.delete(key)
+        }
+        fn keys(&self) -> Result<Vec<SecretKey>> {
+            self.inner.keys()
+        }
+        fn try_get_now(&self, key: &SecretKey) -> Option<Result<Option<SecretValue>>> {
+            self.now.then(|| self.inner.get(key))
+        }
+    }
+
+    #[test]
+    fn a_get_the_shared_store_can_answer_now_skips_the_pool_only_without_a_legacy_store() {
+        let answers = |now| {
+            Arc::new(AnswersNow {
+                now,
+                ..Default::default()
+            })
+        };
+        let settled = |storage: SecretStorage| {
+            storage.ready().unwrap();
+            storage
+        };
+        let alone = |now| settled(SecretStorage::builder(answers(now)).build());
+        assert!(!first_get_uses_the_pool(alone(true)));
+        assert!(first_get_uses_the_pool(alone(false)));
+        // With a legacy store, a miss may fall back to it (and migrate): the pool's job.
+        let with_legacy = SecretStorage::builder(answers(true))
+            .legacy(Arc::new(MemoryStore::new()))
+            .build();
+        assert!(first_get_uses_the_pool(settled(with_legacy)));
+    }
+
     /// A store whose calls block (as far as `SecretStorage` knows) until the test opens its
     /// gate, and which records the rounds it is given.
     #[derive(Debug, Default)]
@@ -1312,9 +1387,14 @@ mod tests {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
             let mut vault = crate::store::vault::VaultOptions::new(dir.path().join("v.db"), "ns");
             vault.keys.passphrase_env = None;
-            let vault = crate::store::VaultStore::open(vault).unwrap();
+            let vault: Arc<dyn Store> = Arc::new(crate::store::VaultStore::open(vault).unwrap());
+            // A vault can block (a lock another process holds), so only a get it answers at
+            // once skips the pool, and only without a legacy store to fall back to.
             assert!(first_get_uses_the_pool(ready_storage(
-                SecretStorage::builder(Arc::new(vault))
+                SecretStorage::builder(vault.clone()).legacy(memory())
+            )));
+            assert!(!first_get_uses_the_pool(ready_storage(
+                SecretStorage::builder(vault)
             )));
         }
         // Not ready yet: the storage type probe may block.

@@ -119,6 +119,19 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn is_nonblocking(&self) -> bool {
         false
     }
+
+    /// [`get`](Store::get), if it can be answered at once on the calling thread without
+    /// waiting: for a lock another thread or process holds, for another process, for a slow
+    /// device. `None` means "not without waiting" (nothing was read), and the caller then calls
+    /// `get` where waiting is fine. `SecretStorage`'s async face asks this before handing a
+    /// read to the blocking pool, whose two cross-thread wake-ups cost more than a read from a
+    /// file the OS holds in memory.
+    ///
+    /// The default answers only for a [non-blocking](Store::is_nonblocking) store. A store that
+    /// overrides it must never wait in it: on a single-threaded runtime that stalls every task.
+    fn try_get_now(&self, key: &SecretKey) -> Option<Result<Option<SecretValue>>> {
+        self.is_nonblocking().then(|| self.get(key))
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -142,5 +155,8 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn is_nonblocking(&self) -> bool {
         (**self).is_nonblocking()
+    }
+    fn try_get_now(&self, key: &SecretKey) -> Option<Result<Option<SecretValue>>> {
+        (**self).try_get_now(key)
     }
 }

@@ -621,6 +621,40 @@ impl VaultStore {
             detail: format!("{detail}; the entry was left untouched"),
         }
     }
+
+    /// The stored row for `key`: `None` when there is none, `Some(None)` when its value is not
+    /// a blob.
+    fn read_sealed(
+        &self,
+        conn: &Connection,
+        key: &SecretKey,
+    ) -> rusqlite::Result<Option<Option<Vec<u8>>>> {
+        conn.prepare_cached("SELECT sealed FROM secrets WHERE namespace = ?1 AND key = ?2")
+            .and_then(|mut stmt| {
+                stmt.query_row((&self.namespace, key.as_str().as_bytes()), |row| match row
+                    .get_ref(0)?
+                {
+                    ValueRef::Blob(bytes) => Ok(Some(bytes.to_vec())),
+                    _ => Ok(None),
+                })
+                .optional()
+            })
+    }
+
+    fn unseal(
+        &self,
+        key: &SecretKey,
+        stored: Option<Option<Vec<u8>>>,
+    ) -> Result<Option<SecretValue>> {
+        match stored {
+            None => Ok(None),
+            Some(None) => Err(self.corrupt(key, "the stored value is not a blob")),
+            Some(Some(bytes)) => Sealed::from_stored(bytes)
+                .open(&self.vault.dek, &self.aad(key))
+                .map(Some)
+                .map_err(|detail| self.corrupt(key, detail)),
+        }
+    }
 }
 
 /// Keeps the `-wal` and `-shm` files when the last connection closes, instead of SQLite's
@@ -694,27 +728,40 @@ impl Store for VaultStore {
     /// `Ok(None)` when absent; [`Error::Corrupt`] naming the key when its sealed value does
     /// not authenticate (other keys stay readable).
     fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
-        let stored = {
-            let conn = self.vault.conn();
-            conn.prepare_cached("SELECT sealed FROM secrets WHERE namespace = ?1 AND key = ?2")
-                .and_then(|mut stmt| {
-                    stmt.query_row((&self.namespace, key.as_str().as_bytes()), |row| match row
-                        .get_ref(0)?
-                    {
-                        ValueRef::Blob(bytes) => Ok(Some(bytes.to_vec())),
-                        _ => Ok(None),
-                    })
-                    .optional()
-                })
-                .map_err(|e| self.vault.sql_error("reading a value", e))?
+        let stored = self
+            .read_sealed(&self.vault.conn(), key)
+            .map_err(|e| self.vault.sql_error("reading a value", e))?;
+        self.unseal(key, stored)
+    }
+
+    /// A read in WAL mode waits for nothing but a recovery or checkpoint another connection is
+    /// running, and the file's pages are in the OS's memory after the first read: so the read
+    /// is answered at once when the connection is free (a write holds it across its fsync) and
+    /// SQLite reports no lock (with the busy timeout off, a wait is `SQLITE_BUSY` at once).
+    fn try_get_now(&self, key: &SecretKey) -> Option<Result<Option<SecretValue>>> {
+        let conn = match self.vault.conn.try_lock() {
+            Ok(conn) => conn,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
         };
+        conn.busy_timeout(Duration::ZERO).ok()?;
+        let stored = self.read_sealed(&conn, key);
+        let restored = conn.busy_timeout(self.vault.busy_timeout);
+        drop(conn);
+        if let Err(e) = restored {
+            return Some(Err(self.vault.sql_error("restoring the busy timeout", e)));
+        }
         match stored {
-            None => Ok(None),
-            Some(None) => Err(self.corrupt(key, "the stored value is not a blob")),
-            Some(Some(bytes)) => Sealed::from_stored(bytes)
-                .open(&self.vault.dek, &self.aad(key))
-                .map(Some)
-                .map_err(|detail| self.corrupt(key, detail)),
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) =>
+            {
+                None
+            }
+            Err(e) => Some(Err(self.vault.sql_error("reading a value", e))),
+            Ok(stored) => Some(self.unseal(key, stored)),
         }
     }
 
@@ -816,6 +863,29 @@ mod tests {
         );
         assert!(vault_path_in(None, None, "stable").is_err());
         assert!(vault_path_in(None, Some("/home/u".into()), "../x").is_err());
+    }
+
+    #[test]
+    fn try_get_now_does_not_wait_for_a_connection_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let mut options = VaultOptions::new(dir.path().join("vault.db"), "ns");
+        options.keys.passphrase_env = None;
+        let store = VaultStore::open(options).unwrap();
+        let k = SecretKey::new("k").unwrap();
+        store.set(&k, &SecretValue::from_slice(b"v")).unwrap();
+        // As a write does across its commit and fsync.
+        let in_use = store.vault.conn();
+        assert!(store.try_get_now(&k).is_none());
+        drop(in_use);
+        assert_eq!(
+            store.try_get_now(&k).unwrap().unwrap(),
+            Some(SecretValue::from_slice(b"v"))
+        );
     }
 
     #[test]
