@@ -282,7 +282,10 @@ mod tests {
     #[test]
     fn unknown_prefixes_are_rejected() {
         for (key, keys) in all_keys() {
-            let blob = encrypt(&key, b"hello").unwrap();
+            // A fixed nonce: a shorter prefix takes the first byte after it into the tag, and
+            // a random Windows nonce starting with b'0' or b'1' made "v1" + nonce a valid
+            // "v10"/"v11" blob (a failure in 1 run of 128).
+            let blob = encrypt_with_nonce(&key, b"hello", [0xa5; GCM_NONCE_LEN]).unwrap();
             for prefix in [&b"v20"[..], b"V10", b"v1", b"x", b"v12"] {
                 let mut bad = prefix.to_vec();
                 bad.extend_from_slice(&blob[Version::LEN..]);
