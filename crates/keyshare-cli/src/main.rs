@@ -142,6 +142,21 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
     std::process::exit(std::panic::catch_unwind(keyshare_main).unwrap_or(101))
 }
 
+/// `pow` for the whole program, so the dynamic loader need not map the C math library
+/// (`libm.so.6`) at every start only for it: it is the one symbol the binary imports from
+/// there (indicatif's rate estimate and tokio's scheduler statistics call it), and mapping,
+/// relocating and binding a library is a measurable part of a `keyshare get`. The linker
+/// links system libraries `--as-needed`, so with `pow` defined here it records no need for
+/// `libm.so.6`. The `libm` crate is Rust's port of musl's math library. tests/cli.rs checks
+/// that the binary does not load `libm.so.6`; the test below, that `libm::pow` agrees with
+/// the C library's (which the test binary, without this definition, still calls).
+#[cfg(all(target_os = "linux", target_env = "gnu", not(test)))]
+#[allow(unsafe_code)]
+#[no_mangle]
+pub extern "C" fn pow(x: f64, y: f64) -> f64 {
+    libm::pow(x, y)
+}
+
 #[cfg(any(not(unix), test))]
 fn main() {
     std::process::exit(keyshare_main())
@@ -172,4 +187,35 @@ fn keyshare_main() -> i32 {
         }
     };
     code as i32
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    #[test]
+    fn libm_pow_agrees_with_the_c_library() {
+        let bases = [
+            0.0,
+            -0.0,
+            0.5,
+            1.0,
+            1.5,
+            2.0,
+            10.0,
+            1e-300,
+            1e300,
+            -2.0,
+            f64::INFINITY,
+        ];
+        let exponents = [0.0, 0.5, 1.0, 2.0, 3.0, -1.0, -0.5, 0.1, 100.0, f64::NAN];
+        for x in bases {
+            for y in exponents {
+                // `powf` is the C library's `pow` here: the test binary does not define its own.
+                let (ours, theirs) = (libm::pow(x, y), x.powf(y));
+                let agree = ours == theirs
+                    || (ours.is_nan() && theirs.is_nan())
+                    || (ours - theirs).abs() <= theirs.abs() * 4.0 * f64::EPSILON;
+                assert!(agree, "pow({x}, {y}): libm {ours}, C {theirs}");
+            }
+        }
+    }
 }

@@ -181,11 +181,11 @@ fn no_home_is_a_clear_error() {
     snapshot!("no_home", text);
 }
 
-/// build.rs links GCC's unwinder in, so the dynamic loader has one library less to load at
-/// every start (see its header).
+/// build.rs links GCC's unwinder in and main.rs defines `pow`, so the dynamic loader has two
+/// libraries less to load at every start (see there).
 #[test]
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn the_binary_does_not_load_libgcc_s() {
+fn the_binary_loads_neither_libgcc_s_nor_libm() {
     // The loader lists the libraries it would load and exits without running the program.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyshare"))
         .env("LD_TRACE_LOADED_OBJECTS", "1")
@@ -197,6 +197,8 @@ fn the_binary_does_not_load_libgcc_s() {
         "{listed}"
     );
     assert!(!listed.contains("libgcc_s"), "{listed}");
+    // main.rs defines `pow`, the one function it needed from the C math library.
+    assert!(!listed.contains("libm.so"), "{listed}");
 }
 
 /// main.rs replaces Rust's start-up on Unix and must keep its one visible effect: SIGPIPE is
