@@ -146,7 +146,7 @@ impl OneShotClient {
         };
         Ok(Conn {
             stream,
-            buf: Zeroizing::new(vec![0; 8192]),
+            buf: Zeroizing::new(vec![0; 1024]),
             filled: 0,
             next_id: 1,
             info: None,
