@@ -132,6 +132,10 @@ fn a_one_shot_client_serves_calls_from_several_threads() {
         1,
         "one connection for all calls"
     );
+    // A reply far larger than the client's first receive buffer.
+    let big = SecretValue::from_slice(&[0x5a; 200 * 1024]);
+    client.set(&k("big"), &big).unwrap();
+    assert_eq!(client.get(&k("big")).unwrap().unwrap(), big);
 }
 
 /// A stand-in broker on `socket` that serves one scripted connection per entry of `script`:
