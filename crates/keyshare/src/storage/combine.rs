@@ -4,15 +4,16 @@
 //! Without it every concurrent `set` holds a blocking-pool thread of its own, and the store's own
 //! group commit then wakes each of those threads in turn: measured, the broker spent more time
 //! switching threads than writing (crates/keyshare-broker/benches/broker.rs, part (d)). Here a
-//! set whose key's turn has already come (its ticket is served) joins a queue, and one blocking
-//! task at a time drains the queue: each round is written with one [`Store::set_many`] and every
-//! caller answered. A set that must wait for an earlier operation on its key takes the blocking
+//! set whose key's turn has already come (its ticket is served) joins a queue, and one thread
+//! at a time drains the queue: each round is written with one [`Store::set_many`] and every
+//! caller answered. The thread then waits a while for more sets before it ends. A set that must wait for an earlier operation on its key takes the blocking
 //! pool as before: the drainer never waits for a turn, because the operation it would wait for
 //! may be a set queued behind it (futures are first polled in any order, not in call order),
 //! which would deadlock. Only one ticket per key is served at a time, so a key is never queued
 //! twice and everything queued can go into one round.
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -34,13 +35,23 @@ pub(crate) struct PendingSet {
 #[derive(Default)]
 struct State {
     queue: Vec<PendingSet>,
+    /// A drainer thread exists (draining, or parked waiting for sets).
     draining: bool,
+    /// The storage is gone: a parked drainer ends.
+    closed: bool,
 }
+
+/// How long a drainer with nothing to write stays parked before it ends. Starting a thread
+/// costs more than a round's own work on a fast disk, and a writer that keeps the queue only
+/// nearly busy (the broker under a steady stream of sets) would start one per round.
+pub(crate) const DRAINER_IDLE: Duration = Duration::from_secs(10);
 
 /// The queue of sets waiting for the drainer.
 #[derive(Default)]
 pub(crate) struct SetQueue {
     state: Mutex<State>,
+    /// Signalled when a set is queued or the storage closes.
+    queued: Condvar,
 }
 
 impl std::fmt::Debug for SetQueue {
@@ -51,26 +62,48 @@ impl std::fmt::Debug for SetQueue {
 
 impl SetQueue {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // Pushes, takes and a flag: a panic cannot leave the state torn.
+        // Pushes, takes and flags: a panic cannot leave the state torn.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a set. `true` when no drainer runs: the caller must start one.
+    /// Queues a set. `true` when no drainer exists: the caller must start one.
     pub(crate) fn push(&self, set: PendingSet) -> bool {
         let mut state = self.lock();
         state.queue.push(set);
-        !std::mem::replace(&mut state.draining, true)
+        let start = !std::mem::replace(&mut state.draining, true);
+        drop(state);
+        if !start {
+            self.queued.notify_one();
+        }
+        start
     }
 
-    /// Everything queued so far, in call order; `None` (and the drainer is done) when the
-    /// queue is empty.
-    pub(crate) fn take(&self) -> Option<Vec<PendingSet>> {
+    /// Everything queued so far, in call order, waiting up to `idle` for a first set. `None`
+    /// (and the drainer is done) when nothing came, or the storage closed.
+    pub(crate) fn take(&self, idle: Duration) -> Option<Vec<PendingSet>> {
+        let deadline = Instant::now() + idle;
         let mut state = self.lock();
-        if state.queue.is_empty() {
-            state.draining = false;
-            return None;
+        loop {
+            if !state.queue.is_empty() {
+                return Some(std::mem::take(&mut state.queue));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if state.closed || left.is_zero() {
+                state.draining = false;
+                return None;
+            }
+            state = self
+                .queued
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        Some(std::mem::take(&mut state.queue))
+    }
+
+    /// The storage is being dropped: a parked drainer ends now instead of after its idle time.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.queued.notify_all();
     }
 
     /// Marks the drainer gone (it panicked): the next `push` starts another. Sets it had taken

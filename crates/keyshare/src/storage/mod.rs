@@ -23,7 +23,7 @@ pub use events::{ChangeEvent, ChangeKind, Notification, Subscription};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{Error, Result};
 use crate::model::{Limits, SecretKey, SecretValue};
@@ -244,7 +244,7 @@ impl SecretStorageBuilder {
                 counters: Counters::default(),
                 lazy_migration: self.lazy_migration,
                 nonblocking,
-                sets: combine::SetQueue::default(),
+                sets: Arc::default(),
             }),
         }
     }
@@ -287,7 +287,14 @@ struct Inner {
     /// [`Store::is_nonblocking`].
     nonblocking: bool,
     /// Async sets waiting for their group commit (storages without a legacy store only).
-    sets: combine::SetQueue,
+    sets: Arc<combine::SetQueue>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // A drainer parked waiting for sets ends now.
+        self.sets.close();
+    }
 }
 
 fn reason(err: &Error) -> String {
@@ -480,14 +487,16 @@ impl AsyncSecretStorage {
                     // A thread of its own, not one from tokio's blocking pool: operations waiting
                     // for their keys' turns may fill the pool, and the sets they wait for are the
                     // ones this thread writes. Not joined: it answers every queued set through
-                    // its channel and ends when the queue is empty.
-                    let drainer = Arc::clone(&inner);
+                    // its channel, and ends once nothing was queued for a while.
+                    let (storage, sets) = (Arc::downgrade(&inner), Arc::clone(&inner.sets));
                     let spawned = std::thread::Builder::new()
                         .name("keyshare-sets".into())
-                        .spawn(move || drainer.drain_sets());
+                        .spawn(move || Inner::drain_sets(storage, sets));
                     if spawned.is_err() {
-                        let drainer = Arc::clone(&inner);
-                        drop(tokio::task::spawn_blocking(move || drainer.drain_sets()));
+                        let (storage, sets) = (Arc::downgrade(&inner), Arc::clone(&inner.sets));
+                        drop(tokio::task::spawn_blocking(move || {
+                            Inner::drain_sets(storage, sets)
+                        }));
                     }
                 }
                 return answer.await.unwrap_or_else(|_| {
@@ -637,8 +646,10 @@ impl Inner {
     }
 
     /// The drainer of `sets`: everything queued so far is a round, written with one
-    /// `set_many`, until the queue is empty.
-    fn drain_sets(&self) {
+    /// `set_many`; then it waits for more (up to [`combine::DRAINER_IDLE`]). It holds the
+    /// storage only while it writes a round, so a storage dropped while its drainer waits is
+    /// dropped then (its stores closed) and the drainer ends.
+    fn drain_sets(inner: Weak<Inner>, sets: Arc<combine::SetQueue>) {
         struct Gone<'a>(&'a combine::SetQueue);
         impl Drop for Gone<'_> {
             fn drop(&mut self) {
@@ -647,9 +658,11 @@ impl Inner {
                 }
             }
         }
-        let _gone = Gone(&self.sets);
-        while let Some(round) = self.sets.take() {
-            self.commit_round(round);
+        let _gone = Gone(&sets);
+        while let Some(round) = sets.take(combine::DRAINER_IDLE) {
+            // Every queued set's caller holds the storage until it is answered.
+            let Some(inner) = inner.upgrade() else { return };
+            inner.commit_round(round);
         }
     }
 
@@ -1244,6 +1257,67 @@ mod tests {
             }
             answers
         })
+    }
+
+    /// A memory store that records which thread each write ran on.
+    #[derive(Debug, Default)]
+    struct ThreadRecorder {
+        inner: MemoryStore,
+        threads: Mutex<Vec<std::thread::ThreadId>>,
+    }
+
+    impl Store for ThreadRecorder {
+        fn info(&self) -> StoreInfo {
+            self.inner.info()
+        }
+        fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
+            self.threads
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
+            self.inner.set(key, value)
+        }
+        fn delete(&self, key: &SecretKey) -> Result<bool> {
+            self.inner.delete(key)
+        }
+        fn keys(&self) -> Result<Vec<SecretKey>> {
+            self.inner.keys()
+        }
+    }
+
+    #[test]
+    fn one_drainer_thread_serves_sets_one_after_another_and_ends_with_the_storage() {
+        let store = Arc::new(ThreadRecorder::default());
+        let storage = ready(SecretStorage::builder(store.clone()).build());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // Each set is answered (the queue is empty again) before the next is made.
+        for i in 0..5 {
+            rt.block_on(storage.set(&key("k"), &value(&i.to_string())))
+                .unwrap();
+        }
+        let threads = store.threads.lock().unwrap().clone();
+        assert_eq!(threads.len(), 5);
+        assert!(
+            threads.iter().all(|t| *t == threads[0]),
+            "a thread per set: {threads:?}"
+        );
+        assert_ne!(threads[0], std::thread::current().id());
+        // The parked drainer holds the storage only weakly: dropping the storage drops its
+        // stores now, not after the drainer's idle time.
+        drop(storage);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&store) > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the store outlived the storage"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
