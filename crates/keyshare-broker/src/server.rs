@@ -47,6 +47,11 @@ pub struct ServerOptions {
     /// Requests of one connection in progress at once; further requests wait unread, which
     /// pushes back on a client that pipelines without bound.
     pub max_in_flight_per_connection: usize,
+    /// Requests in progress across all connections. Keep it below the runtime's limit of
+    /// blocking threads (tokio's default is 512): a request waiting for its key's turn holds a
+    /// blocking thread, and the request whose turn it is must always find one, or all of them
+    /// wait forever.
+    pub max_in_flight: usize,
     /// How long a new connection may take to say hello.
     pub handshake_timeout: Duration,
     /// How often pending repairs of the shared store are retried.
@@ -61,6 +66,7 @@ impl Default for ServerOptions {
         ServerOptions {
             max_connections: 4096,
             max_in_flight_per_connection: 64,
+            max_in_flight: 256,
             handshake_timeout: Duration::from_secs(10),
             repair_interval: Duration::from_secs(30),
             idle_exit: None,
@@ -116,7 +122,12 @@ struct Shared {
     uid: u32,
     /// Open connections; a watch so the idle timer can wait for it to reach zero.
     connections: watch::Sender<u64>,
+    /// [`ServerOptions::max_in_flight`].
+    in_flight: Arc<Semaphore>,
 }
+
+/// A request's places: one among its connection's requests in progress, one among all.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// Serves connections from `listener` until `shutdown` completes, then drains and returns.
 ///
@@ -131,6 +142,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         storage: state.storage.to_async(),
         policy: state.policy,
+        in_flight: Arc::new(Semaphore::new(state.options.max_in_flight.max(1))),
         options: state.options,
         uid: rustix::process::geteuid().as_raw(),
         connections: watch::Sender::new(0),
@@ -448,7 +460,11 @@ impl Connection {
                 .acquire_owned()
                 .await
                 .expect("never closed");
-            self.dispatch(&grant, frame, permit).await;
+            let everyone = Arc::clone(&self.shared.in_flight)
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            self.dispatch(&grant, frame, (permit, everyone)).await;
         }
     }
 
@@ -564,7 +580,7 @@ impl Connection {
 
     /// Starts one request. Storage operations take their key's turn here, in arrival order;
     /// the rest runs in its own task.
-    async fn dispatch(&mut self, grant: &Grant, frame: RequestFrame, permit: OwnedSemaphorePermit) {
+    async fn dispatch(&mut self, grant: &Grant, frame: RequestFrame, permit: Permits) {
         let id = frame.id;
         let storage = &self.shared.storage;
         let out = self.out.clone();
@@ -754,7 +770,7 @@ impl Connection {
     async fn answer(
         &mut self,
         reply: impl Future<Output = ServerFrame> + Send + 'static,
-        permit: OwnedSemaphorePermit,
+        permit: Permits,
     ) {
         let mut reply = Box::pin(reply);
         // A no-op waker is enough for this first poll: if it is pending, the spawned task

@@ -917,3 +917,82 @@ fn an_idle_broker_stops_on_its_own_only_when_idle() {
     drop(client);
     broker.wait_for_exit().unwrap();
 }
+
+/// A store whose reads of `gated.*` keys block until the gate opens, counting how many are
+/// inside at once.
+#[derive(Debug, Default)]
+struct GatedReads {
+    inner: MemoryStore,
+    open: Mutex<bool>,
+    opened: std::sync::Condvar,
+    inside: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl Store for GatedReads {
+    fn info(&self) -> StoreInfo {
+        self.inner.info()
+    }
+    fn get(&self, key: &SecretKey) -> keyshare::Result<Option<SecretValue>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if key.as_str().starts_with("gated.") {
+            let now = self.inside.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+            self.inside.fetch_sub(1, SeqCst);
+        }
+        self.inner.get(key)
+    }
+    fn set(&self, key: &SecretKey, value: &SecretValue) -> keyshare::Result<()> {
+        self.inner.set(key, value)
+    }
+    fn delete(&self, key: &SecretKey) -> keyshare::Result<bool> {
+        self.inner.delete(key)
+    }
+    fn keys(&self) -> keyshare::Result<Vec<SecretKey>> {
+        self.inner.keys()
+    }
+}
+
+/// Requests in progress are bounded across connections, not only per connection: a request
+/// waiting for its key's turn holds a blocking thread, and with the pool full of them the
+/// request whose turn it is could never run.
+#[test]
+fn requests_in_progress_are_bounded_across_connections() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = Arc::new(GatedReads::default());
+    let storage = SecretStorage::builder(store.clone()).build();
+    storage.ready().unwrap();
+    let mut options = ServerOptions::default();
+    options.max_in_flight = 2;
+    let broker = TestBroker::start(storage, AccessPolicy::default(), options);
+    let readers: Vec<_> = (0..3)
+        .map(|i| {
+            let client = OneShotClient::new(broker.config("code"));
+            std::thread::spawn(move || client.get(&k(&format!("gated.{i}"))))
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.inside.load(SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no read reached the store"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Time for a third read to get in, if it could.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        store.most.load(SeqCst),
+        2,
+        "more reads in progress than the bound"
+    );
+    *store.open.lock().unwrap() = true;
+    store.opened.notify_all();
+    for reader in readers {
+        assert_eq!(reader.join().unwrap().unwrap(), None);
+    }
+}
