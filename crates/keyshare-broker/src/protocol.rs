@@ -309,6 +309,12 @@ pub enum Reply {
         server_version: String,
         /// The protocol version in use.
         protocol: u32,
+        /// Which shared store the broker serves, named as a process opening that store
+        /// directly would name it (`vault:<path>`, `secret-service:<service>`, ...), so an app
+        /// can key its own records about that store (its repair journal) the same way through
+        /// the broker and without it. Absent when the broker was not told.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        store: Option<String>,
     },
     /// Answer to `get`: `null` when the key has no value.
     Get {
@@ -644,9 +650,22 @@ mod tests {
                         server: "keyshare-broker".into(),
                         server_version: "0.1.0".into(),
                         protocol: 1,
+                        store: None,
                     },
                 },
                 r#"{"type":"reply","id":1,"op":"hello","server":"keyshare-broker","server_version":"0.1.0","protocol":1}"#,
+            ),
+            (
+                ServerFrame::Reply {
+                    id: 1,
+                    reply: Reply::Hello {
+                        server: "keyshare-broker".into(),
+                        server_version: "0.1.0".into(),
+                        protocol: 1,
+                        store: Some("secret-service:dev.keyshare.shared-secrets".into()),
+                    },
+                },
+                r#"{"type":"reply","id":1,"op":"hello","server":"keyshare-broker","server_version":"0.1.0","protocol":1,"store":"secret-service:dev.keyshare.shared-secrets"}"#,
             ),
             (
                 ServerFrame::Reply {

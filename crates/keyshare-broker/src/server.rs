@@ -82,6 +82,7 @@ pub struct BrokerState {
     policy: AccessPolicy,
     options: ServerOptions,
     external: Option<ExternalChanges>,
+    store_identity: Option<String>,
 }
 
 impl BrokerState {
@@ -92,7 +93,14 @@ impl BrokerState {
             policy: AccessPolicy::default(),
             options: ServerOptions::default(),
             external: None,
+            store_identity: None,
         }
+    }
+
+    /// Names the shared store in every hello reply (see [`Reply::Hello`]'s `store`).
+    pub fn with_store_identity(mut self, identity: Option<String>) -> Self {
+        self.store_identity = identity;
+        self
     }
 
     /// Polls `changes` while serving and announces what it finds to subscribers, for writes
@@ -118,6 +126,7 @@ impl BrokerState {
 struct Shared {
     storage: AsyncSecretStorage,
     policy: AccessPolicy,
+    store_identity: Option<String>,
     options: ServerOptions,
     uid: u32,
     /// Open connections; a watch so the idle timer can wait for it to reach zero.
@@ -142,6 +151,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         storage: state.storage.to_async(),
         policy: state.policy,
+        store_identity: state.store_identity,
         in_flight: Arc::new(Semaphore::new(state.options.max_in_flight.max(1))),
         options: state.options,
         uid: rustix::process::geteuid().as_raw(),
@@ -544,6 +554,7 @@ impl Connection {
                     server: SERVER_NAME.to_owned(),
                     server_version: env!("CARGO_PKG_VERSION").to_owned(),
                     protocol: PROTOCOL_VERSION,
+                    store: self.shared.store_identity.clone(),
                 };
                 send(&self.out, &ServerFrame::Reply { id, reply }).await;
                 Some(grant)

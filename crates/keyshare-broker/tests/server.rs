@@ -176,6 +176,7 @@ fn a_one_shot_client_sends_hello_with_its_first_request_and_reconnects_after_a_f
             server: "scripted".into(),
             server_version: "0".into(),
             protocol: protocol::PROTOCOL_VERSION,
+            store: None,
         },
     };
     let got = ServerFrame::Reply {
@@ -464,6 +465,23 @@ fn handshake_is_required_and_versioned() {
         }
         other => panic!("expected a hello reply, got {other:?}"),
     }
+}
+
+#[test]
+fn hello_names_the_served_store_when_the_broker_was_told() {
+    let storage = SecretStorage::builder(Arc::new(MemoryStore::new())).build();
+    let told = TestBroker::start_state(
+        storage.clone(),
+        keyshare_broker::BrokerState::new(storage)
+            .with_store_identity(Some("vault:/data/keyshare/stable/vault.db".into())),
+    );
+    let info = OneShotClient::new(told.config("code")).hello().unwrap();
+    assert_eq!(
+        info.store.as_deref(),
+        Some("vault:/data/keyshare/stable/vault.db")
+    );
+    let untold = TestBroker::memory();
+    assert_eq!(untold.client("code").server_info().unwrap().store, None);
 }
 
 #[test]

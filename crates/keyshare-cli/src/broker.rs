@@ -75,7 +75,25 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
     // request. Connecting (or autostarting) says whether a broker is there; whether it accepts
     // this app is its answer to hello, which comes with the first reply.
     let client = OneShotClient::new(client_config(ctx)?);
-    if let Err(err) = client.connect() {
+    let mut identity = crate::stores::shared_placeholder_identity(ctx);
+    if ctx
+        .config
+        .app(&ctx.app)
+        .and_then(|a| a.legacy.as_ref())
+        .is_some()
+    {
+        // This app keeps a repair journal about the shared store, keyed by that store's
+        // identity: ask the broker which store it serves (with `store = "auto"` this process
+        // cannot know), at the price of waiting for hello before the first request.
+        match client.hello() {
+            Ok(info) => identity = info.store.or(identity),
+            Err(ClientError::Transport(err)) => {
+                tracing::warn!(error = %err, "no broker: opening the shared store directly");
+                return Ok(None);
+            }
+            Err(err) => return Err(err.into_store_error(client.store_name()).into()),
+        }
+    } else if let Err(err) = client.connect() {
         tracing::warn!(error = %err, "no broker: opening the shared store directly");
         return Ok(None);
     }
@@ -87,8 +105,7 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
     Ok(Some(SharedChoice {
         store: Arc::new(client),
         reason: "through the broker (--direct opens it in this process)".to_owned(),
-        // The broker serves the same store this command would open: same journal.
-        identity: crate::stores::shared_placeholder_identity(ctx),
+        identity,
     }))
 }
 

@@ -213,3 +213,50 @@ fn require_os_keyring_refuses_a_key_file() {
         .exists());
     env.ok(&["--store", "vault", "set", "k"], b"v");
 }
+
+/// With `store = "auto"` a command cannot tell which store the broker chose; an app's repair
+/// journal must still be keyed to that store (here the keyring), as a direct open would key
+/// it, or its marks would not apply when the app next runs without the broker.
+#[test]
+fn through_the_broker_an_apps_journal_is_keyed_to_the_store_the_broker_serves() {
+    if !support::keyring_available() {
+        return;
+    }
+    let env = Env::new();
+    let config = env.home().join("config/keyshare/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "[apps.code]\nlegacy = { kind = \"vault\" }\n").unwrap();
+    // Starts the broker (the command inherits the session bus, so auto picks the keyring).
+    env.ok(&["--app", "code", "set", "github.auth"], b"v1");
+    let lock = env.home().join(format!("run/keyshare/{}.lock", env.flavor));
+    let broker: i32 = std::fs::read_to_string(&lock)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let app_vault = env
+        .home()
+        .join(format!("data/keyshare/{}/apps/code.db", env.flavor));
+    let namespaces: Vec<String> = {
+        let db = rusqlite::Connection::open_with_flags(
+            &app_vault,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut stmt = db
+            .prepare("SELECT DISTINCT namespace FROM secrets")
+            .unwrap();
+        let rows = stmt.query_map([], |row| row.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(broker).unwrap(),
+        rustix::process::Signal::TERM,
+    );
+    let journal = format!("journal:secret-service:{}", env.service());
+    assert!(namespaces.contains(&journal), "{namespaces:?}");
+    assert!(
+        !namespaces.iter().any(|n| n.starts_with("journal:vault:")),
+        "{namespaces:?}"
+    );
+}

@@ -181,6 +181,9 @@ pub struct ServerInfo {
     pub server_version: String,
     /// The protocol version in use.
     pub protocol: u32,
+    /// The shared store the broker serves, named as a direct open would name it (`None` when
+    /// the broker does not say).
+    pub store: Option<String>,
 }
 
 type ReplySender = oneshot::Sender<Result<Reply, ClientError>>;
@@ -376,11 +379,13 @@ fn read_hello(frame: ServerFrame) -> Result<ServerInfo, ClientError> {
                     server,
                     server_version,
                     protocol,
+                    store,
                 },
         } if protocol == PROTOCOL_VERSION => Ok(ServerInfo {
             server,
             server_version,
             protocol,
+            store,
         }),
         ServerFrame::Error { error, .. } => Err(ClientError::Remote(error)),
         other => Err(TransportError::Unexpected(format!(

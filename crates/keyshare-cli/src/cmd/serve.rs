@@ -61,7 +61,8 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     runtime.block_on(async {
         let mut state = BrokerState::new(storage)
             .with_policy(policy)
-            .with_options(options);
+            .with_options(options)
+            .with_store_identity(shared.identity.clone());
         if let Some(external) = external {
             state = state.with_external_changes(external);
         }
