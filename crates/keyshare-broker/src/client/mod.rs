@@ -164,6 +164,22 @@ impl ClientConfig {
         self
     }
 
+    /// Nothing listens on the socket and autostart is off.
+    pub(crate) fn not_running(&self) -> TransportError {
+        TransportError::NotRunning {
+            socket: self.paths.socket.clone(),
+            hint: " (autostart is off: run `keyshare serve`, or use --direct)",
+        }
+    }
+
+    /// Connecting to the socket failed for another reason than nothing listening.
+    pub(crate) fn connect_failed(&self, source: std::io::Error) -> TransportError {
+        TransportError::Connect {
+            socket: self.paths.socket.clone(),
+            source,
+        }
+    }
+
     /// Sets the client name and version declared in hello.
     pub fn client(mut self, name: impl Into<String>, version: impl Into<String>) -> Self {
         self.client_name = name.into();
@@ -238,32 +254,14 @@ impl Connection {
             Ok(stream) => stream,
             Err(err) if is_absent(&err) => match &config.autostart {
                 Some(autostart) => {
-                    let output = autostart.start(&config.paths).await?;
-                    if !output.is_empty() {
-                        *lock(autostart_output) = Some(output);
-                    }
+                    keep_autostart_output(autostart_output, autostart.start(&config.paths).await?);
                     UnixStream::connect(&config.paths.socket)
                         .await
-                        .map_err(|source| TransportError::Connect {
-                            socket: config.paths.socket.clone(),
-                            source,
-                        })?
+                        .map_err(|source| config.connect_failed(source))?
                 }
-                None => {
-                    return Err(TransportError::NotRunning {
-                        socket: config.paths.socket.clone(),
-                        hint: " (autostart is off: run `keyshare serve`, or use --direct)",
-                    }
-                    .into())
-                }
+                None => return Err(config.not_running().into()),
             },
-            Err(source) => {
-                return Err(TransportError::Connect {
-                    socket: config.paths.socket.clone(),
-                    source,
-                }
-                .into())
-            }
+            Err(source) => return Err(config.connect_failed(source).into()),
         };
         let (read_half, mut write_half) = stream.into_split();
         let mut reader = FrameReader::new(read_half);
@@ -353,6 +351,13 @@ impl Connection {
             return Err(TransportError::Closed);
         }
         Ok(())
+    }
+}
+
+/// Keeps what a broker this client started printed before it was ready, for the caller.
+fn keep_autostart_output(slot: &Mutex<Option<String>>, output: String) {
+    if !output.is_empty() {
+        *lock(slot) = Some(output);
     }
 }
 

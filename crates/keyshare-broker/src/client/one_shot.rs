@@ -17,8 +17,8 @@ use zeroize::Zeroizing;
 use keyshare::{Result, SecretKey, SecretValue, Store, StoreInfo};
 
 use crate::client::{
-    expect_reply, hello_request, is_absent, lock, read_hello, ClientConfig, ClientError,
-    ServerInfo, TransportError,
+    expect_reply, hello_request, is_absent, keep_autostart_output, lock, read_hello, ClientConfig,
+    ClientError, ServerInfo, TransportError,
 };
 use crate::protocol::{
     decode, encode, frame_len, BrokerStatus, Reply, Request, RequestFrame, ServerFrame, WireKey,
@@ -119,30 +119,19 @@ impl OneShotClient {
     }
 
     fn open(&self) -> std::result::Result<Conn, ClientError> {
-        let socket = &self.config.paths.socket;
-        let connect_error = |source| TransportError::Connect {
-            socket: socket.clone(),
-            source,
-        };
-        let stream = match UnixStream::connect(socket) {
+        let config = &self.config;
+        let stream = match UnixStream::connect(&config.paths.socket) {
             Ok(stream) => stream,
-            Err(err) if is_absent(&err) => match &self.config.autostart {
+            Err(err) if is_absent(&err) => match &config.autostart {
                 Some(autostart) => {
-                    let output = autostart.start_blocking(&self.config.paths)?;
-                    if !output.is_empty() {
-                        *lock(&self.autostart_output) = Some(output);
-                    }
-                    UnixStream::connect(socket).map_err(connect_error)?
+                    let output = autostart.start_blocking(&config.paths)?;
+                    keep_autostart_output(&self.autostart_output, output);
+                    UnixStream::connect(&config.paths.socket)
+                        .map_err(|source| config.connect_failed(source))?
                 }
-                None => {
-                    return Err(TransportError::NotRunning {
-                        socket: socket.clone(),
-                        hint: " (autostart is off: run `keyshare serve`, or use --direct)",
-                    }
-                    .into())
-                }
+                None => return Err(config.not_running().into()),
             },
-            Err(err) => return Err(connect_error(err).into()),
+            Err(source) => return Err(config.connect_failed(source).into()),
         };
         Ok(Conn {
             stream,
