@@ -116,6 +116,15 @@ fn get_sizes() -> (usize, usize) {
     (request, reply)
 }
 
+/// The sum of what the client tasks counted.
+async fn sum_of(tasks: Vec<tokio::task::JoinHandle<u64>>) -> u64 {
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total
+}
+
 /// Requests answered by the raw server in `window`, over CONCURRENCY connections.
 async fn raw_gets(raw_path: &Path, request_len: usize, reply_len: usize, window: Duration) -> u64 {
     let tasks: Vec<_> = (0..CONCURRENCY)
@@ -136,11 +145,7 @@ async fn raw_gets(raw_path: &Path, request_len: usize, reply_len: usize, window:
             })
         })
         .collect();
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.unwrap();
-    }
-    total
+    sum_of(tasks).await
 }
 
 /// Gets answered by the broker in `window`, over CONCURRENCY client connections.
@@ -165,11 +170,7 @@ async fn broker_gets(paths: &BrokerPaths, window: Duration) -> u64 {
             })
         })
         .collect();
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.unwrap();
-    }
-    total
+    sum_of(tasks).await
 }
 
 fn bench_latency_and_throughput(dir: &Path) {
@@ -318,11 +319,7 @@ fn bench_durable_sets(dir: &Path) {
             })
             .collect();
         let start = Instant::now();
-        let mut total = 0;
-        for t in tasks {
-            total += t.await.unwrap();
-        }
-        total as f64 / start.elapsed().as_secs_f64()
+        sum_of(tasks).await as f64 / start.elapsed().as_secs_f64()
     });
     println!(
         "(d) durable sets: broker over the vault, {CONCURRENCY} clients {rate:.0}/s, single writer into the vault {single:.0}/s, {:.1}x (target >= 3x)",
