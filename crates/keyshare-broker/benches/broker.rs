@@ -45,12 +45,9 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
 fn start_broker(dir: &Path, store: Arc<dyn Store>) -> (BrokerPaths,) {
     let paths = BrokerPaths::under(dir, &flavour());
     paths.ensure_dir().unwrap();
-    // As `keyshare serve` runs it: one runtime thread (store calls that may block go to the
+    // On the runtime `keyshare serve` runs it on (store calls that may block go to the
     // blocking pool; a memory store's run inline).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = daemon::runtime().unwrap();
     let listener = rt.block_on(async { UnixListener::bind(&paths.socket).unwrap() });
     let storage = SecretStorage::builder(store).build();
     let server = keyshare_broker::run(listener, std::future::pending(), BrokerState::new(storage));
@@ -341,11 +338,8 @@ fn serve_for_rss(dir: &Path) {
     let paths = BrokerPaths::under(dir, &flavour());
     let daemon = Daemon::prepare(&paths).unwrap();
     daemon::notify_ready_on_stdout().unwrap();
-    // As `keyshare serve` runs it.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // On the runtime `keyshare serve` runs it on.
+    let rt = daemon::runtime().unwrap();
     let storage = SecretStorage::builder(Arc::new(MemoryStore::new())).build();
     rt.block_on(async {
         let signal = daemon::shutdown_signal().unwrap();

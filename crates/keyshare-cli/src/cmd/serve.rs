@@ -52,12 +52,7 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
             paths.socket.display()
         );
     }
-    // One runtime thread is plenty: store calls run on the blocking pool, and fewer threads
-    // mean fewer cross-thread wake-ups per request and a smaller idle footprint.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| keyshare::Error::io("starting the broker's runtime", e))?;
+    let runtime = daemon::runtime()?;
     runtime.block_on(async {
         let mut state = BrokerState::new(storage)
             .with_policy(policy)
