@@ -111,4 +111,15 @@ impl SetQueue {
     pub(crate) fn drainer_gone(&self) {
         self.lock().draining = false;
     }
+
+    /// No drainer could be started: every queued set is answered with an error (its reply
+    /// sender drops, its key's turn passes on), and the next `push` tries again.
+    pub(crate) fn abandon(&self) {
+        let queued = {
+            let mut state = self.lock();
+            state.draining = false;
+            std::mem::take(&mut state.queue)
+        };
+        drop(queued);
+    }
 }

@@ -484,20 +484,7 @@ impl AsyncSecretStorage {
                     reply,
                 });
                 if start_drainer {
-                    // A thread of its own, not one from tokio's blocking pool: operations waiting
-                    // for their keys' turns may fill the pool, and the sets they wait for are the
-                    // ones this thread writes. Not joined: it answers every queued set through
-                    // its channel, and ends once nothing was queued for a while.
-                    let (storage, sets) = (Arc::downgrade(&inner), Arc::clone(&inner.sets));
-                    let spawned = std::thread::Builder::new()
-                        .name("keyshare-sets".into())
-                        .spawn(move || Inner::drain_sets(storage, sets));
-                    if spawned.is_err() {
-                        let (storage, sets) = (Arc::downgrade(&inner), Arc::clone(&inner.sets));
-                        drop(tokio::task::spawn_blocking(move || {
-                            Inner::drain_sets(storage, sets)
-                        }));
-                    }
+                    Inner::start_drainer(&inner);
                 }
                 return answer.await.unwrap_or_else(|_| {
                     Err(Error::unavailable(
@@ -643,6 +630,41 @@ impl Inner {
     /// written, so one `set_many` is the whole operation, and the type is settled.
     fn can_combine_sets(&self) -> bool {
         self.legacy.is_none() && self.ready.load(Ordering::Acquire) && !self.in_memory()
+    }
+
+    /// Starts the drainer of `inner.sets`: on a thread of its own, not one from tokio's
+    /// blocking pool, because operations waiting for their keys' turns may fill the pool, and
+    /// the sets they wait for are the ones this thread writes. Not joined: it answers every
+    /// queued set through its channel, and ends once nothing was queued for a while.
+    fn start_drainer(inner: &Arc<Inner>) {
+        let (storage, sets) = (Arc::downgrade(inner), Arc::clone(&inner.sets));
+        let spawned = std::thread::Builder::new()
+            .name("keyshare-sets".into())
+            .spawn(move || Inner::drain_sets(storage, sets));
+        if let Err(err) = spawned {
+            tracing::warn!(error = %err, "could not start a thread for queued sets; using the blocking pool");
+            Inner::start_drainer_on(inner, &tokio::runtime::Handle::current());
+        }
+    }
+
+    /// Starts the drainer on `runtime`'s blocking pool. If the pool never runs it (the runtime
+    /// is shutting down), the queued sets are answered with an error instead of waiting for a
+    /// drainer that does not exist, and the next set tries again.
+    fn start_drainer_on(inner: &Arc<Inner>, runtime: &tokio::runtime::Handle) {
+        struct NotRun(Option<Arc<combine::SetQueue>>);
+        impl Drop for NotRun {
+            fn drop(&mut self) {
+                if let Some(sets) = self.0.take() {
+                    sets.abandon();
+                }
+            }
+        }
+        let storage = Arc::downgrade(inner);
+        let mut not_run = NotRun(Some(Arc::clone(&inner.sets)));
+        drop(runtime.spawn_blocking(move || {
+            let sets = not_run.0.take().expect("taken only here");
+            Inner::drain_sets(storage, sets);
+        }));
     }
 
     /// The drainer of `sets`: everything queued so far is a round, written with one
@@ -1341,6 +1363,40 @@ mod tests {
         // behind it is the next.
         assert!(rounds.len() <= 2, "{} rounds", rounds.len());
         assert_eq!(rounds.iter().map(Vec::len).sum::<usize>(), 64);
+    }
+
+    #[test]
+    fn sets_queued_for_a_drainer_that_never_runs_get_an_error_and_the_next_set_works() {
+        let store = Arc::new(GatedStore::default());
+        store.open_gate();
+        let storage = ready(SecretStorage::builder(store.clone()).build());
+        let inner = &storage.inner;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let start = inner.sets.push(combine::PendingSet {
+            ticket: inner.queues.enqueue(&key("k")),
+            key: key("k"),
+            value: value("lost"),
+            reply,
+        });
+        assert!(start, "no drainer existed");
+        let dead = tokio::runtime::Runtime::new().unwrap();
+        let handle = dead.handle().clone();
+        dead.shutdown_timeout(Duration::from_secs(5));
+        Inner::start_drainer_on(inner, &handle);
+        // The set is answered (with an error) instead of waiting forever, its key's turn has
+        // passed on, and the next set starts a drainer again.
+        let (answered, answers) = std::sync::mpsc::channel();
+        std::thread::spawn(move || answered.send(answer.blocking_recv().is_err()));
+        assert_eq!(
+            answers.recv_timeout(Duration::from_secs(5)),
+            Ok(true),
+            "the queued set was never answered"
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(storage.set(&key("k"), &value("kept"))).unwrap();
+        assert_eq!(store.inner.get(&key("k")).unwrap(), Some(value("kept")));
     }
 
     #[test]
