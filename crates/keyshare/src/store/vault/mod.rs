@@ -247,26 +247,33 @@ impl Vault {
         {
             return fail_all("starting a write", e);
         }
-        let mut results = Vec::with_capacity(batch.len());
-        for (doing, op, _) in batch {
-            let applied = conn
-                .execute_batch("SAVEPOINT one_write")
-                .and_then(|()| op.apply(conn));
-            match applied {
-                Ok(changed) => {
-                    let _ = conn.execute_batch("RELEASE one_write");
-                    results.push(Ok(changed));
-                }
+        let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+        let results = if let [(doing, op, _)] = batch {
+            // A write alone needs no savepoint: the transaction is all it would undo.
+            match op.apply(conn) {
+                Ok(changed) => vec![Ok(changed)],
                 Err(e) => {
-                    let _ = conn.execute_batch("ROLLBACK TO one_write; RELEASE one_write");
-                    results.push(Err(self.sql_error(doing, e)));
+                    let _ = conn.execute_batch("ROLLBACK");
+                    return vec![Err(self.sql_error(doing, e))];
                 }
             }
-        }
-        if let Err(e) = conn
-            .prepare_cached("COMMIT")
-            .and_then(|mut s| s.execute([]))
-        {
+        } else {
+            let mut results = Vec::with_capacity(batch.len());
+            for (doing, op, _) in batch {
+                match run("SAVEPOINT one_write").and_then(|_| op.apply(conn)) {
+                    Ok(changed) => {
+                        let _ = run("RELEASE one_write");
+                        results.push(Ok(changed));
+                    }
+                    Err(e) => {
+                        let _ = run("ROLLBACK TO one_write").and_then(|_| run("RELEASE one_write"));
+                        results.push(Err(self.sql_error(doing, e)));
+                    }
+                }
+            }
+            results
+        };
+        if let Err(e) = run("COMMIT") {
             return fail_all("committing", e);
         }
         results
