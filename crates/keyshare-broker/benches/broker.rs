@@ -51,7 +51,8 @@ fn start_broker(dir: &Path, store: Arc<dyn Store>) -> (BrokerPaths,) {
     let listener = rt.block_on(async { UnixListener::bind(&paths.socket).unwrap() });
     let storage = SecretStorage::builder(store).build();
     let server = keyshare_broker::run(listener, std::future::pending(), BrokerState::new(storage));
-    std::thread::spawn(move || rt.block_on(server));
+    // Spawned, as `daemon::serve_on_worker` does: the accept loop runs on a worker.
+    std::thread::spawn(move || rt.block_on(async { tokio::spawn(server).await }));
     (paths,)
 }
 
@@ -358,11 +359,8 @@ fn serve_for_rss(dir: &Path) {
     // On the runtime `keyshare serve` runs it on.
     let rt = daemon::runtime().unwrap();
     let storage = SecretStorage::builder(Arc::new(MemoryStore::new())).build();
-    rt.block_on(async {
-        let signal = daemon::shutdown_signal().unwrap();
-        daemon.serve(BrokerState::new(storage), signal).await
-    })
-    .unwrap();
+    rt.block_on(daemon::serve_on_worker(daemon, BrokerState::new(storage)))
+        .unwrap();
 }
 
 fn bench_rss(dir: &Path) {

@@ -10,13 +10,10 @@
 //! let paths = BrokerPaths::from_env(&Flavour::with_default_service("stable")?)?;
 //! // Before any thread starts: socket activation reads (and clears) the environment.
 //! let daemon = Daemon::prepare(&paths)?;
-//! let runtime = tokio::runtime::Runtime::new().map_err(|e| keyshare::Error::io("runtime", e))?;
+//! let runtime = keyshare_broker::daemon::runtime()?;
 //! let storage = SecretStorage::builder(std::sync::Arc::new(MemoryStore::new())).build();
-//! runtime.block_on(async {
-//!     // Signal handlers need the runtime: install them inside it.
-//!     let signal = keyshare_broker::daemon::shutdown_signal()?;
-//!     daemon.serve(BrokerState::new(storage), signal).await
-//! })
+//! // Until SIGTERM or SIGINT, with the accept loop on one of the runtime's workers.
+//! runtime.block_on(keyshare_broker::daemon::serve_on_worker(daemon, BrokerState::new(storage)))
 //! # }
 //! ```
 
@@ -379,6 +376,23 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the broker's runtime", e))
+}
+
+/// Serves until SIGTERM or SIGINT, from a task of the current runtime: `block_on` this (on
+/// [`runtime`]) rather than `daemon.serve(..)` itself.
+///
+/// Why: `block_on` runs its future on the calling thread, which is not one of the runtime's
+/// workers. The accept loop would run there, and every connection it accepted would be handed
+/// to a worker across threads, a wake-up that cost a `keyshare get` through the broker
+/// 0.08-0.2 ms of its 1.4 ms (crates/keyshare-cli/benches/broker_get.rs). Spawned, the loop
+/// runs on a worker and a new connection's task starts on that same worker.
+pub async fn serve_on_worker(daemon: Daemon, state: BrokerState) -> Result<()> {
+    let signal = shutdown_signal()?;
+    match tokio::spawn(daemon.serve(state, signal)).await {
+        Ok(served) => served,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(err) => Err(Error::io("serving", std::io::Error::other(err.to_string()))),
+    }
 }
 
 /// The line an autostarted broker writes to its stdout once it accepts connections.

@@ -53,16 +53,14 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         );
     }
     let runtime = daemon::runtime()?;
-    runtime.block_on(async {
-        let mut state = BrokerState::new(storage)
-            .with_policy(policy)
-            .with_options(options)
-            .with_store_identity(shared.identity.clone());
-        if let Some(external) = external {
-            state = state.with_external_changes(external);
-        }
-        daemon.serve(state, daemon::shutdown_signal()?).await
-    })?;
+    let mut state = BrokerState::new(storage)
+        .with_policy(policy)
+        .with_options(options)
+        .with_store_identity(shared.identity.clone());
+    if let Some(external) = external {
+        state = state.with_external_changes(external);
+    }
+    runtime.block_on(daemon::serve_on_worker(daemon, state))?;
     Ok(())
 }
 
