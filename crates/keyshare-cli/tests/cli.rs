@@ -1,77 +1,19 @@
 //! The `keyshare` binary end to end, in a throwaway home. Every error message is a snapshot
 //! (`tests/snapshots/`), with the temporary directory replaced by `[HOME]`.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
-
 use assert_cmd::Command;
 
-struct Env {
-    dir: tempfile::TempDir,
-}
+mod support;
 
-impl Env {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        for sub in ["config", "data", "run"] {
-            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-        }
-        Env { dir }
-    }
+use support::Home;
 
-    fn home(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::cargo_bin("keyshare").unwrap();
-        cmd.env_clear()
-            .env("HOME", self.home())
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("XDG_CONFIG_HOME", self.home().join("config"))
-            .env("XDG_DATA_HOME", self.home().join("data"))
-            .env("XDG_RUNTIME_DIR", self.home().join("run"))
-            .args(args);
-        cmd
-    }
-
-    fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        self.cmd(args).write_stdin(stdin.to_vec()).output().unwrap()
-    }
-
-    fn config(&self, text: &str) -> PathBuf {
-        let path = self.home().join("config/keyshare/config.toml");
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    /// `exit code` + stderr, with the temp dir replaced, for a snapshot.
-    fn failure(&self, args: &[&str], stdin: &[u8]) -> String {
-        let out = self.run(args, stdin);
-        assert!(!out.status.success(), "expected failure for {args:?}");
-        assert!(
-            out.stdout.is_empty(),
-            "no stdout on failure: {:?}",
-            out.stdout
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr)
-            .replace(&self.home().display().to_string(), "[HOME]");
-        format!("exit {}\n{stderr}", out.status.code().unwrap_or(-1))
-    }
-}
-
-macro_rules! snapshot {
-    ($name:literal, $value:expr) => {
-        insta::with_settings!({ prepend_module_to_snapshot => false }, {
-            insta::assert_snapshot!($name, $value);
-        })
-    };
+fn home() -> Home {
+    Home::new().with_xdg_dirs()
 }
 
 #[test]
 fn usage_errors() {
-    let env = Env::new();
+    let env = home();
     snapshot!(
         "usage_empty_key",
         env.failure(&["--store", "memory", "get", ""], b"")
@@ -105,7 +47,7 @@ fn usage_errors() {
 
 #[test]
 fn too_large_value_names_the_limit() {
-    let env = Env::new();
+    let env = home();
     let big = vec![b'x'; 256 * 1024 + 1];
     snapshot!(
         "too_large",
@@ -115,7 +57,7 @@ fn too_large_value_names_the_limit() {
 
 #[test]
 fn from_file_that_does_not_exist() {
-    let env = Env::new();
+    let env = home();
     snapshot!(
         "from_file_missing",
         env.failure(
@@ -134,7 +76,7 @@ fn from_file_that_does_not_exist() {
 
 #[test]
 fn not_found_is_exit_1() {
-    let env = Env::new();
+    let env = home();
     snapshot!(
         "get_not_found",
         env.failure(&["--store", "memory", "get", "nothing"], b"")
@@ -147,7 +89,7 @@ fn not_found_is_exit_1() {
 
 #[test]
 fn config_errors_are_exit_5() {
-    let env = Env::new();
+    let env = home();
     env.config("store = [");
     snapshot!("config_syntax", env.failure(&["list"], b""));
     env.config("stor = \"vault\"\n");
@@ -162,7 +104,7 @@ fn config_errors_are_exit_5() {
 
 #[test]
 fn migrate_without_a_legacy_store() {
-    let env = Env::new();
+    let env = home();
     snapshot!(
         "migrate_no_legacy",
         env.failure(&["--store", "memory", "migrate"], b"")
@@ -206,16 +148,16 @@ fn the_binary_loads_neither_libgcc_s_nor_libm() {
 #[test]
 #[cfg(unix)]
 fn a_closed_standard_output_is_an_error_not_a_signal() {
-    let env = Env::new();
+    let env = home();
     let set = env.run(&["--store", "vault", "--direct", "set", "k"], b"value");
     assert!(set.status.success(), "{set:?}");
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyshare"))
         .env_clear()
-        .env("HOME", env.home())
-        .env("XDG_CONFIG_HOME", env.home().join("config"))
-        .env("XDG_DATA_HOME", env.home().join("data"))
+        .env("HOME", env.path())
+        .env("XDG_CONFIG_HOME", env.path().join("config"))
+        .env("XDG_DATA_HOME", env.path().join("data"))
         .args(["--store", "vault", "--direct", "get", "k"])
         .stdout(writer)
         .stderr(std::process::Stdio::piped())

@@ -3,66 +3,19 @@
 //! unusable, migration, and the error paths that need real files.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use assert_cmd::Command;
 use keyshare::store::vault::{VaultOptions, VaultStore};
 use keyshare::{SecretKey, SecretValue, Store};
 
-struct Env {
-    dir: tempfile::TempDir,
-}
+mod support;
 
-impl Env {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        Env { dir }
-    }
+use support::Home;
 
-    fn home(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn data(&self) -> PathBuf {
-        self.home().join("data/keyshare")
-    }
-
-    fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        Command::cargo_bin("keyshare")
-            .unwrap()
-            .env_clear()
-            .env("HOME", self.home())
-            .env("XDG_CONFIG_HOME", self.home().join("config"))
-            .env("XDG_DATA_HOME", self.home().join("data"))
-            .env("XDG_RUNTIME_DIR", self.home().join("run"))
-            .args(["--store", "vault"])
-            .args(args)
-            .write_stdin(stdin.to_vec())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let out = self.run(args, stdin);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn code(&self, args: &[&str]) -> i32 {
-        self.run(args, b"").status.code().unwrap()
-    }
-
-    fn config(&self, text: &str) {
-        let path = self.home().join("config/keyshare/config.toml");
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
+/// A home whose commands use the vault.
+fn home() -> Home {
+    Home::new().with_store("vault")
 }
 
 fn stderr(out: &Output) -> String {
@@ -71,7 +24,7 @@ fn stderr(out: &Output) -> String {
 
 #[test]
 fn one_app_signs_in_the_other_reads_and_other_flavours_see_nothing() {
-    let env = Env::new();
+    let env = home();
     let first = env.ok(&["--app", "code", "set", "github.auth"], b"s3cret");
     let notice = stderr(&first);
     assert!(
@@ -101,9 +54,9 @@ fn one_app_signs_in_the_other_reads_and_other_flavours_see_nothing() {
 
 #[test]
 fn values_round_trip_exactly_and_empty_is_not_missing() {
-    let env = Env::new();
+    let env = home();
     let bin: Vec<u8> = (0..=255u8).collect();
-    let file = env.home().join("value.bin");
+    let file = env.path().join("value.bin");
     std::fs::write(&file, &bin).unwrap();
     env.ok(&["set", "bin", "--from-file", file.to_str().unwrap()], b"");
     assert_eq!(env.ok(&["get", "bin"], b"").stdout, bin);
@@ -124,7 +77,7 @@ fn values_round_trip_exactly_and_empty_is_not_missing() {
 
 #[test]
 fn list_and_delete() {
-    let env = Env::new();
+    let env = home();
     for k in ["b", "a", "c"] {
         env.ok(&["set", k], k.as_bytes());
     }
@@ -140,13 +93,13 @@ fn open_raw(path: &Path, namespace: &str) -> VaultStore {
 
 #[test]
 fn dual_write_fallback_and_repair_through_the_cli() {
-    let env = Env::new();
+    let env = home();
     // Direct access: a running broker would keep the shared vault open, and this test makes it
     // unusable by changing its permissions, which only a fresh open notices.
     env.config("autostart = false\n[apps.code]\nlegacy = { kind = \"vault\" }\n");
     env.ok(&["--app", "code", "set", "github.auth"], b"v1");
     // Both copies exist: the shared one for every app, the legacy one for rollback.
-    let app_vault = env.data().join("stable/apps/code.db");
+    let app_vault = env.data_dir().join("stable/apps/code.db");
     let legacy = open_raw(&app_vault, "legacy");
     let key = SecretKey::new("github.auth").unwrap();
     assert_eq!(
@@ -160,7 +113,7 @@ fn dual_write_fallback_and_repair_through_the_cli() {
     );
 
     // Make the shared vault unusable: its permissions are now unsafe.
-    let shared = env.data().join("stable/vault.db");
+    let shared = env.data_dir().join("stable/vault.db");
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = env.ok(&["--app", "code", "set", "github.auth"], b"v2");
     assert!(stderr(&out).contains("queues repairs"), "{}", stderr(&out));
@@ -203,14 +156,14 @@ fn dual_write_fallback_and_repair_through_the_cli() {
 
 #[test]
 fn migrate_copies_legacy_secrets_and_is_idempotent() {
-    let env = Env::new();
+    let env = home();
     env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
     // Secrets the app kept before it shared anything.
-    let app_vault = env.data().join("stable/apps/code.db");
+    let app_vault = env.data_dir().join("stable/apps/code.db");
     std::fs::create_dir_all(app_vault.parent().unwrap()).unwrap();
-    std::fs::set_permissions(env.data(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(env.data_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::set_permissions(
-        env.data().join("stable"),
+        env.data_dir().join("stable"),
         std::fs::Permissions::from_mode(0o700),
     )
     .unwrap();
@@ -244,10 +197,10 @@ fn migrate_copies_legacy_secrets_and_is_idempotent() {
 
 #[test]
 fn a_file_that_is_not_a_vault_is_reported_and_left_untouched() {
-    let env = Env::new();
-    let shared = env.data().join("stable/vault.db");
+    let env = home();
+    let shared = env.data_dir().join("stable/vault.db");
     std::fs::create_dir_all(shared.parent().unwrap()).unwrap();
-    for dir in [env.data(), env.data().join("stable")] {
+    for dir in [env.data_dir(), env.data_dir().join("stable")] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
     let garbage = b"this is somebody's notes, not a vault".repeat(40);
@@ -265,10 +218,10 @@ fn a_file_that_is_not_a_vault_is_reported_and_left_untouched() {
 
 #[test]
 fn a_corrupt_value_is_exit_4_and_other_keys_still_read() {
-    let env = Env::new();
+    let env = home();
     env.ok(&["set", "good"], b"fine");
     env.ok(&["set", "bad"], b"will be damaged");
-    let shared = env.data().join("stable/vault.db");
+    let shared = env.data_dir().join("stable/vault.db");
     let conn = rusqlite::Connection::open(&shared).unwrap();
     conn.execute(
         "UPDATE secrets SET sealed = substr(sealed, 1, length(sealed) - 1) || x'00' WHERE key = CAST('bad' AS BLOB)",

@@ -1,10 +1,8 @@
 //! `keyshare legacy list` and `keyshare import vscode` end to end, over a copy of the reference
 //! sample database (tests/data in the keyshare crate), in a throwaway home with no D-Bus.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::PathBuf;
 
-use assert_cmd::Command;
 use serde_json::Value;
 
 const SAMPLE: &str = concat!(
@@ -15,26 +13,25 @@ const SAMPLE: &str = concat!(
 const KEYRING_PASSWORD: &str = "k8Q2Vx0mZt5bN1cR4yW7pA==";
 const GITHUB: &str = r#"{"extensionId":"vscode.github-authentication","key":"github.auth"}"#;
 
-struct Env {
-    dir: tempfile::TempDir,
+mod support;
+
+use support::Home;
+
+fn home() -> Home {
+    Home::new().with_xdg_dirs()
 }
 
-impl Env {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        for sub in ["config", "data", "run"] {
-            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-        }
-        Env { dir }
-    }
-
-    fn home(&self) -> &Path {
-        self.dir.path()
-    }
-
+/// What these tests need of a home besides running commands.
+trait VsCode {
     /// A user-data directory holding a copy of the sample database.
+    fn user_data_dir(&self) -> PathBuf;
+    fn state_db(&self) -> PathBuf;
+    fn ok_json(&self, args: &[&str], stdin: &[u8]) -> Value;
+}
+
+impl VsCode for Home {
     fn user_data_dir(&self) -> PathBuf {
-        let dir = self.home().join("config/Code");
+        let dir = self.path().join("config/Code");
         let db = dir.join("User/globalStorage/state.vscdb");
         if !db.exists() {
             std::fs::create_dir_all(db.parent().unwrap()).unwrap();
@@ -47,52 +44,14 @@ impl Env {
         self.user_data_dir().join("User/globalStorage/state.vscdb")
     }
 
-    fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        Command::cargo_bin("keyshare")
-            .unwrap()
-            .env_clear()
-            .env("HOME", self.home())
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("XDG_CONFIG_HOME", self.home().join("config"))
-            .env("XDG_DATA_HOME", self.home().join("data"))
-            .env("XDG_RUNTIME_DIR", self.home().join("run"))
-            .args(args)
-            .write_stdin(stdin.to_vec())
-            .output()
-            .unwrap()
-    }
-
     fn ok_json(&self, args: &[&str], stdin: &[u8]) -> Value {
-        let out = self.run(args, stdin);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+        serde_json::from_slice(&self.ok(args, stdin).stdout).expect("JSON on stdout")
     }
-
-    /// `exit code` + stderr, with the temp dir replaced, for a snapshot.
-    fn failure(&self, args: &[&str], stdin: &[u8]) -> String {
-        let out = self.run(args, stdin);
-        assert!(!out.status.success(), "expected failure for {args:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr)
-            .replace(&self.home().display().to_string(), "[HOME]");
-        format!("exit {}\n{stderr}", out.status.code().unwrap_or(-1))
-    }
-}
-
-macro_rules! snapshot {
-    ($name:literal, $value:expr) => {
-        insta::with_settings!({ prepend_module_to_snapshot => false }, {
-            insta::assert_snapshot!($name, $value);
-        })
-    };
 }
 
 #[test]
 fn legacy_list_decrypts_both_sample_secrets_with_the_keyring_password() {
-    let env = Env::new();
+    let env = home();
     let db = env.state_db();
     let db = db.to_str().unwrap();
     let before = std::fs::read(db).unwrap();
@@ -148,7 +107,7 @@ fn legacy_list_decrypts_both_sample_secrets_with_the_keyring_password() {
 
 #[test]
 fn legacy_list_without_a_keyring_reads_v10_and_says_why_v11_fails() {
-    let env = Env::new();
+    let env = home();
     let db = env.state_db();
     let listing = env.ok_json(
         &[
@@ -206,7 +165,7 @@ fn legacy_list_without_a_keyring_reads_v10_and_says_why_v11_fails() {
 
 #[test]
 fn import_vscode_copies_into_the_shared_store() {
-    let env = Env::new();
+    let env = home();
     let dir = env.user_data_dir();
     let dir = dir.to_str().unwrap();
     let before = std::fs::read(env.state_db()).unwrap();
@@ -239,7 +198,7 @@ fn import_vscode_copies_into_the_shared_store() {
 
 #[test]
 fn import_vscode_into_the_vault_is_idempotent_and_get_reads_the_key() {
-    let env = Env::new();
+    let env = home();
     let dir = env.user_data_dir();
     let args = [
         "--store",
@@ -268,7 +227,7 @@ fn import_vscode_into_the_vault_is_idempotent_and_get_reads_the_key() {
 
 #[test]
 fn import_vscode_fails_with_the_reason_when_a_secret_does_not_decrypt() {
-    let env = Env::new();
+    let env = home();
     let dir = env.user_data_dir();
     // With the basic key the v11 sample row cannot be read: one imported, one failed.
     let out = env.run(
@@ -300,9 +259,9 @@ fn import_vscode_fails_with_the_reason_when_a_secret_does_not_decrypt() {
 
 #[test]
 fn an_electron_legacy_store_in_the_config_is_dual_written_and_migrated_from() {
-    let env = Env::new();
+    let env = home();
     let dir = env.user_data_dir();
-    let config = env.home().join("config/keyshare/config.toml");
+    let config = env.path().join("config/keyshare/config.toml");
     std::fs::create_dir_all(config.parent().unwrap()).unwrap();
     std::fs::write(
         &config,
@@ -372,7 +331,7 @@ fn an_electron_legacy_store_in_the_config_is_dual_written_and_migrated_from() {
 
 #[test]
 fn legacy_error_messages() {
-    let env = Env::new();
+    let env = home();
     snapshot!(
         "legacy_list_missing_db",
         env.failure(
