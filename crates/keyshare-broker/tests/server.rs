@@ -8,9 +8,10 @@ use std::os::unix::net::UnixStream;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use keyshare::testing::{Call, HookStore};
 use keyshare::{
     ChangeKind, Error, MemoryStore, Notification, SecretKey, SecretStorage, SecretValue, Store,
-    StoreInfo, UnavailableReason,
+    UnavailableReason,
 };
 use keyshare_broker::access::{AccessPolicy, AppRule, KeyPattern};
 use keyshare_broker::client::Autostart;
@@ -690,43 +691,18 @@ fn a_subscriber_that_does_not_read_gets_a_resync_notice() {
     assert_eq!(last, 20_000, "events after the resync keep flowing");
 }
 
-/// A store whose `set` waits until the test lets it finish.
-#[derive(Debug)]
-struct GatedStore {
-    inner: MemoryStore,
-    entered: Mutex<mpsc::Sender<()>>,
-    release: Mutex<mpsc::Receiver<()>>,
-}
-
-impl Store for GatedStore {
-    fn info(&self) -> StoreInfo {
-        self.inner.info()
-    }
-    fn get(&self, key: &SecretKey) -> keyshare::Result<Option<SecretValue>> {
-        self.inner.get(key)
-    }
-    fn set(&self, key: &SecretKey, value: &SecretValue) -> keyshare::Result<()> {
-        self.entered.lock().unwrap().send(()).unwrap();
-        self.release.lock().unwrap().recv().unwrap();
-        self.inner.set(key, value)
-    }
-    fn delete(&self, key: &SecretKey) -> keyshare::Result<bool> {
-        self.inner.delete(key)
-    }
-    fn keys(&self) -> keyshare::Result<Vec<SecretKey>> {
-        self.inner.keys()
-    }
-}
-
 #[test]
 fn shutdown_finishes_in_flight_requests_then_returns() {
     let (entered_tx, entered_rx) = mpsc::channel();
-    let (release_tx, release_rx) = mpsc::channel();
-    let store = Arc::new(GatedStore {
-        inner: MemoryStore::new(),
-        entered: Mutex::new(entered_tx),
-        release: Mutex::new(release_rx),
-    });
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    // A set waits inside the store until the test lets it finish.
+    let (entered, release) = (Mutex::new(entered_tx), Mutex::new(release_rx));
+    let store = Arc::new(HookStore::new(move |call| {
+        if let Call::Set(_) = call {
+            entered.lock().unwrap().send(()).unwrap();
+            release.lock().unwrap().recv().unwrap();
+        }
+    }));
     let mut broker = TestBroker::start(
         SecretStorage::builder(store.clone()).build(),
         AccessPolicy::default(),
@@ -752,7 +728,7 @@ fn shutdown_finishes_in_flight_requests_then_returns() {
         .expect("the in-flight write is acknowledged");
     broker.join().unwrap();
     assert_eq!(
-        store.inner.get(&k("k")).unwrap().unwrap().expose_secret(),
+        store.inner().get(&k("k")).unwrap().unwrap().expose_secret(),
         b"durable"
     );
     // After shutdown the client reports the broker as not running, never as "not found".
@@ -936,42 +912,25 @@ fn an_idle_broker_stops_on_its_own_only_when_idle() {
     broker.wait_for_exit().unwrap();
 }
 
-/// A store whose reads of `gated.*` keys block until the gate opens, counting how many are
-/// inside at once.
+/// Holds the calls that reach it until it opens, counting how many are inside at once.
 #[derive(Debug, Default)]
-struct GatedReads {
-    inner: MemoryStore,
+struct Gate {
     open: Mutex<bool>,
     opened: std::sync::Condvar,
     inside: std::sync::atomic::AtomicUsize,
     most: std::sync::atomic::AtomicUsize,
 }
 
-impl Store for GatedReads {
-    fn info(&self) -> StoreInfo {
-        self.inner.info()
-    }
-    fn get(&self, key: &SecretKey) -> keyshare::Result<Option<SecretValue>> {
+impl Gate {
+    fn pass(&self) {
         use std::sync::atomic::Ordering::SeqCst;
-        if key.as_str().starts_with("gated.") {
-            let now = self.inside.fetch_add(1, SeqCst) + 1;
-            self.most.fetch_max(now, SeqCst);
-            let mut open = self.open.lock().unwrap();
-            while !*open {
-                open = self.opened.wait(open).unwrap();
-            }
-            self.inside.fetch_sub(1, SeqCst);
+        let now = self.inside.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
         }
-        self.inner.get(key)
-    }
-    fn set(&self, key: &SecretKey, value: &SecretValue) -> keyshare::Result<()> {
-        self.inner.set(key, value)
-    }
-    fn delete(&self, key: &SecretKey) -> keyshare::Result<bool> {
-        self.inner.delete(key)
-    }
-    fn keys(&self) -> keyshare::Result<Vec<SecretKey>> {
-        self.inner.keys()
+        self.inside.fetch_sub(1, SeqCst);
     }
 }
 
@@ -981,8 +940,15 @@ impl Store for GatedReads {
 #[test]
 fn requests_in_progress_are_bounded_across_connections() {
     use std::sync::atomic::Ordering::SeqCst;
-    let store = Arc::new(GatedReads::default());
-    let storage = SecretStorage::builder(store.clone()).build();
+    // Reads of `gated.*` keys wait at the gate.
+    let gate = Arc::new(Gate::default());
+    let at_gate = Arc::clone(&gate);
+    let storage = SecretStorage::builder(Arc::new(HookStore::new(move |call| {
+        if matches!(call, Call::Get(key) if key.as_str().starts_with("gated.")) {
+            at_gate.pass();
+        }
+    })))
+    .build();
     storage.ready().unwrap();
     let mut options = ServerOptions::default();
     options.max_in_flight = 2;
@@ -994,7 +960,7 @@ fn requests_in_progress_are_bounded_across_connections() {
         })
         .collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while store.inside.load(SeqCst) < 2 {
+    while gate.inside.load(SeqCst) < 2 {
         assert!(
             std::time::Instant::now() < deadline,
             "no read reached the store"
@@ -1004,12 +970,12 @@ fn requests_in_progress_are_bounded_across_connections() {
     // Time for a third read to get in, if it could.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        store.most.load(SeqCst),
+        gate.most.load(SeqCst),
         2,
         "more reads in progress than the bound"
     );
-    *store.open.lock().unwrap() = true;
-    store.opened.notify_all();
+    *gate.open.lock().unwrap() = true;
+    gate.opened.notify_all();
     for reader in readers {
         assert_eq!(reader.join().unwrap().unwrap(), None);
     }

@@ -1281,38 +1281,18 @@ mod tests {
         })
     }
 
-    /// A memory store that records which thread each write ran on.
-    #[derive(Debug, Default)]
-    struct ThreadRecorder {
-        inner: MemoryStore,
-        threads: Mutex<Vec<std::thread::ThreadId>>,
-    }
-
-    impl Store for ThreadRecorder {
-        fn info(&self) -> StoreInfo {
-            self.inner.info()
-        }
-        fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
-            self.inner.get(key)
-        }
-        fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
-            self.threads
-                .lock()
-                .unwrap()
-                .push(std::thread::current().id());
-            self.inner.set(key, value)
-        }
-        fn delete(&self, key: &SecretKey) -> Result<bool> {
-            self.inner.delete(key)
-        }
-        fn keys(&self) -> Result<Vec<SecretKey>> {
-            self.inner.keys()
-        }
-    }
-
     #[test]
     fn one_drainer_thread_serves_sets_one_after_another_and_ends_with_the_storage() {
-        let store = Arc::new(ThreadRecorder::default());
+        // Which thread each set ran on.
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let store = Arc::new({
+            let threads = Arc::clone(&threads);
+            crate::testing::HookStore::new(move |call| {
+                if let crate::testing::Call::Set(_) = call {
+                    threads.lock().unwrap().push(std::thread::current().id());
+                }
+            })
+        });
         let storage = ready(SecretStorage::builder(store.clone()).build());
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -1322,7 +1302,7 @@ mod tests {
             rt.block_on(storage.set(&key("k"), &value(&i.to_string())))
                 .unwrap();
         }
-        let threads = store.threads.lock().unwrap().clone();
+        let threads = threads.lock().unwrap().clone();
         assert_eq!(threads.len(), 5);
         assert!(
             threads.iter().all(|t| *t == threads[0]),

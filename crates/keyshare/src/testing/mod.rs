@@ -4,6 +4,8 @@
 
 pub mod conformance;
 pub mod fault;
+pub mod hook;
 pub mod model;
 
 pub use fault::{Calls, Fault, FaultStore};
+pub use hook::{Call, HookStore};
