@@ -1024,3 +1024,75 @@ fn try_get_now_answers_and_keeps_the_busy_timeout() {
     );
     other.execute_batch("COMMIT").unwrap();
 }
+
+/// A signed-out token must not stay on disk, not even sealed: whoever later learns the vault's
+/// key (a passphrase typed in front of them, a key file copied) could open it. SQLite leaves a
+/// deleted row's bytes in the page's free space unless `secure_delete` is on, and the WAL holds
+/// earlier images of the page until it is checkpointed and emptied.
+#[test]
+fn deleted_and_replaced_values_leave_no_sealed_bytes_in_the_files() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let store = open(&path, "app");
+    // Neighbours on the same page, so that the page itself stays in use.
+    for i in 0..5 {
+        store
+            .set(&key(&format!("other.{i}")), &value(b"kept"))
+            .unwrap();
+    }
+    let sealed = || -> Vec<u8> {
+        raw(&path)
+            .query_row(
+                "SELECT sealed FROM secrets WHERE namespace = 'app' AND key = ?1",
+                [b"github.auth".as_slice()],
+                |row| row.get(0),
+            )
+            .unwrap()
+    };
+    store
+        .set(&key("github.auth"), &value(b"first token"))
+        .unwrap();
+    let first = sealed();
+    store
+        .set(&key("github.auth"), &value(b"second, longer token"))
+        .unwrap();
+    let second = sealed();
+    assert_ne!(first, second);
+    assert!(store.delete(&key("github.auth")).unwrap());
+
+    let on_disk = || {
+        let mut bytes = fs::read(&path).unwrap();
+        if let Ok(wal) = fs::read(side(&path, "-wal")) {
+            bytes.extend(wal);
+        }
+        bytes
+    };
+    let holds = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    // While the vault is open (a broker keeps it open for days) ...
+    let open_files = on_disk();
+    assert!(
+        !holds(&open_files, &first),
+        "replaced value left in the open vault's files"
+    );
+    assert!(
+        !holds(&open_files, &second),
+        "deleted value left in the open vault's files"
+    );
+    // ... and after it closed.
+    drop(store);
+    let closed_files = on_disk();
+    assert!(
+        !holds(&closed_files, &first),
+        "replaced value left in the files"
+    );
+    assert!(
+        !holds(&closed_files, &second),
+        "deleted value left in the files"
+    );
+    // The neighbours are still there.
+    let store = open(&path, "app");
+    assert_eq!(
+        store.get(&key("other.3")).unwrap().unwrap().expose_secret(),
+        b"kept"
+    );
+}

@@ -207,6 +207,25 @@ impl Vault {
         })
     }
 
+    /// Copies the WAL into the database file and empties it. Called after a delete: the WAL
+    /// holds earlier images of the deleted value's page (sealed, but readable by whoever
+    /// later learns the vault's key), and a broker keeps the vault open for days. Best effort
+    /// and without waiting: while another connection reads, SQLite cannot empty it, and the
+    /// next delete or the close does. Not after every write: it costs flushes of its own.
+    fn empty_wal(&self) {
+        let conn = self.conn();
+        let _ = conn.busy_timeout(Duration::ZERO);
+        let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            row.get::<_, i64>(0)
+        });
+        let _ = conn.busy_timeout(self.busy_timeout);
+        match busy {
+            Ok(0) => {}
+            Ok(_) => tracing::debug!("the WAL is in use by another reader; emptied later"),
+            Err(err) => tracing::debug!(error = %err, "could not empty the WAL after a delete"),
+        }
+    }
+
     fn lock_pending(&self) -> MutexGuard<'_, Vec<PendingWrite>> {
         // Pushes and takes of whole vectors only: a panic cannot leave it torn.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
@@ -503,6 +522,11 @@ impl VaultStore {
             .map_err(map("setting the busy timeout"))?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(map("setting synchronous=FULL"))?;
+        // A deleted or replaced value's sealed bytes are zeroed instead of left in the page's
+        // free space, where whoever later learns the vault's key could read them. Costs no
+        // I/O of its own: the page is written anyway.
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(map("setting secure_delete=ON"))?;
 
         let (dek, vault_id, protection, notice, version) = match created {
             Some(c) => (
@@ -809,7 +833,11 @@ impl Store for VaultStore {
             namespace: self.namespace.clone(),
             key: key.as_str().as_bytes().to_vec(),
         };
-        self.vault.write("deleting a value", op)
+        let deleted = self.vault.write("deleting a value", op)?;
+        if deleted {
+            self.vault.empty_wal();
+        }
+        Ok(deleted)
     }
 
     /// Rows whose key is not a valid [`SecretKey`] are skipped with a warning.
