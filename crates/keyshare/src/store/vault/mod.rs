@@ -214,16 +214,33 @@ impl Vault {
     /// next delete or the close does. Not after every write: it costs flushes of its own.
     fn empty_wal(&self) {
         let conn = self.conn();
-        let _ = conn.busy_timeout(Duration::ZERO);
-        let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-            row.get::<_, i64>(0)
+        let busy = self.without_waiting(&conn, |conn| {
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            })
         });
-        let _ = conn.busy_timeout(self.busy_timeout);
         match busy {
-            Ok(0) => {}
-            Ok(_) => tracing::debug!("the WAL is in use by another reader; emptied later"),
-            Err(err) => tracing::debug!(error = %err, "could not empty the WAL after a delete"),
+            Ok(Ok(0)) => {}
+            Ok(Ok(_)) => tracing::debug!("the WAL is in use by another reader; emptied later"),
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "could not empty the WAL after a delete")
+            }
+            Err(err) => tracing::warn!(error = %err, "could not restore the vault's busy timeout"),
         }
+    }
+
+    /// Runs `f` with a zero busy timeout, so that SQLite answers "busy" at once instead of
+    /// waiting for another connection, then puts the vault's timeout back. The outer error is
+    /// from setting the timeout; the inner one is `f`'s.
+    fn without_waiting<T>(
+        &self,
+        conn: &Connection,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<rusqlite::Result<T>> {
+        conn.busy_timeout(Duration::ZERO)?;
+        let result = f(conn);
+        conn.busy_timeout(self.busy_timeout)?;
+        Ok(result)
     }
 
     fn lock_pending(&self) -> MutexGuard<'_, Vec<PendingWrite>> {
@@ -775,13 +792,14 @@ impl Store for VaultStore {
             Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        conn.busy_timeout(Duration::ZERO).ok()?;
-        let stored = self.read_sealed(&conn, key);
-        let restored = conn.busy_timeout(self.vault.busy_timeout);
+        let stored = self
+            .vault
+            .without_waiting(&conn, |conn| self.read_sealed(conn, key));
         drop(conn);
-        if let Err(e) = restored {
-            return Some(Err(self.vault.sql_error("restoring the busy timeout", e)));
-        }
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(e) => return Some(Err(self.vault.sql_error("setting the busy timeout", e))),
+        };
         match stored {
             Err(e)
                 if matches!(
