@@ -92,6 +92,19 @@ fn raw(path: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(path).unwrap()
 }
 
+fn assert_timed_out(err: &Error) {
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                reason: UnavailableReason::TimedOut,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
 fn side(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
@@ -892,16 +905,7 @@ fn a_held_write_lock_is_unavailable_after_the_busy_timeout() {
     let other = raw(&path);
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let err = store.set(&key("k"), &value(b"new")).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Unavailable {
-                reason: UnavailableReason::TimedOut,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_timed_out(&err);
     assert!(err.to_string().contains("busy timeout"), "{err}");
     // Readers are not blocked by a writer in WAL mode.
     assert_eq!(store.get(&key("k")).unwrap().unwrap(), value(b"old"));
@@ -1002,16 +1006,7 @@ fn try_get_now_answers_and_keeps_the_busy_timeout() {
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let started = Instant::now();
     let err = store.set(&key("k"), &value(b"new")).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Unavailable {
-                reason: UnavailableReason::TimedOut,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_timed_out(&err);
     assert!(
         started.elapsed() >= Duration::from_millis(350),
         "the set gave up after {:?}: the busy timeout was not restored",
