@@ -253,11 +253,47 @@ fn unreachable_shared_store_is_unavailable_not_not_found() {
     shared.set_down(true);
     let err = code.storage.get(&k("written-by-agents")).unwrap_err();
     assert!(err.is_unavailable(), "{err}");
-    // A key this app wrote is still served from its legacy copy.
+    // A key whose shared copy this app knows to be stale (its write there failed) is served
+    // from its own copy: that is the newest acknowledged value.
     shared.set_down(false);
-    code.storage.set(&k("mine"), &v("m")).unwrap();
+    code.storage.set(&k("mine"), &v("m1")).unwrap();
+    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
+    code.storage.set(&k("mine"), &v("m2")).unwrap();
     shared.set_down(true);
-    assert_eq!(read(&code.storage, "mine").as_deref(), Some("m"));
+    assert_eq!(read(&code.storage, "mine").as_deref(), Some("m2"));
+}
+
+// While the shared store is unreachable, this app's own copy of a key that is in the shared
+// store is not an answer: another app may have signed out (deleted it) or signed in again
+// (a newer value) since. Found in review: both came back.
+#[test]
+fn unreachable_shared_store_does_not_bring_back_a_deleted_or_older_value() {
+    let shared = faulty();
+    let code = app(&shared);
+    let agents = app(&shared);
+    code.storage.set(&k("github.auth"), &v("t1")).unwrap();
+    agents.storage.delete(&k("github.auth")).unwrap();
+    assert_eq!(read(&code.storage, "github.auth"), None);
+    shared.set_down(true);
+    let err = code.storage.get(&k("github.auth")).unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+
+    shared.set_down(false);
+    code.storage.set(&k("other.auth"), &v("y1")).unwrap();
+    agents.storage.set(&k("other.auth"), &v("y2")).unwrap();
+    assert_eq!(read(&code.storage, "other.auth").as_deref(), Some("y2"));
+    shared.set_down(true);
+    let err = code.storage.get(&k("other.auth")).unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert_eq!(
+        code.legacy
+            .inner()
+            .get(&k("other.auth"))
+            .unwrap()
+            .map(|v| v.expose_secret().to_vec()),
+        Some(b"y1".to_vec()),
+        "the app's own copy is kept"
+    );
 }
 
 // Seed problem 7: no change events; here every change has an increasing sequence number.

@@ -778,9 +778,14 @@ impl Inner {
                 Ok(found)
             }
             Ok(None) => Ok(None),
+            // Once a key is in the shared store, the shared copy is the truth: another app may
+            // have deleted it or written a newer value since this app's own copy was written,
+            // so answering from that copy could bring back a signed-out token or go back to an
+            // older value than one already read. Only a key that was never migrated (whose
+            // legacy copy is what a read falls back to anyway) is answered from it. A key
+            // whose shared copy is stale is dirty, answered above.
+            Err(shared_err) if !self.journal.fallback_allowed(key) => Err(shared_err),
             Err(shared_err) => match legacy.get(key) {
-                // The legacy store holds this app's latest acknowledged value (or a newer,
-                // unacknowledged one): never older than what we acknowledged.
                 Ok(Some(value)) => {
                     tracing::warn!(error = %shared_err, key = %key, "shared store failed a read; answered from the legacy store");
                     self.counters
