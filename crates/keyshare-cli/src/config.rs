@@ -146,6 +146,11 @@ impl Dirs {
         self.flavour_data_dir(flavour).join("vault.db")
     }
 
+    /// Which store `auto` chose on the flavour's first use (see `stores::open_direct_shared`).
+    pub fn auto_choice_path(&self, flavour: &Flavour) -> PathBuf {
+        self.flavour_data_dir(flavour).join("auto-store")
+    }
+
     /// An app's private vault: its legacy store and its repair journal.
     pub fn app_vault_path(&self, flavour: &Flavour, app: &AppId) -> PathBuf {
         self.flavour_data_dir(flavour)

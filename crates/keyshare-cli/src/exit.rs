@@ -48,7 +48,10 @@ pub fn classify(err: &anyhow::Error) -> ExitCode {
                     ..
                 } => ExitCode::Protection,
                 // The file at the vault's path is not a vault: nothing the arguments can fix.
-                Error::Invalid { what: "vault", .. } => ExitCode::Failure,
+                Error::Invalid {
+                    what: "vault" | "auto store record",
+                    ..
+                } => ExitCode::Failure,
                 Error::Invalid { .. } | Error::TooLarge { .. } => ExitCode::Usage,
                 Error::Unavailable {
                     reason: UnavailableReason::Denied,

@@ -188,28 +188,177 @@ pub fn open_direct_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
             identity: secret_service_identity(ctx),
         }),
         StoreChoice::Openbao => crate::openbao::open_shared(ctx),
-        StoreChoice::Auto => {
+        StoreChoice::Auto => open_auto(ctx),
+    }
+}
+
+/// What `auto` chose for a flavour, kept from its first use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AutoChoice {
+    SecretService,
+    Vault,
+}
+
+impl AutoChoice {
+    const SECRET_SERVICE: &'static str = "secret-service";
+    const VAULT: &'static str = "vault";
+
+    fn as_str(self) -> &'static str {
+        match self {
+            AutoChoice::SecretService => Self::SECRET_SERVICE,
+            AutoChoice::Vault => Self::VAULT,
+        }
+    }
+}
+
+/// The recorded choice: `None` when there is none yet; an error naming the file when it holds
+/// anything else (it is left as it is).
+fn read_auto_choice(path: &Path) -> anyhow::Result<Option<AutoChoice>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(keyshare::Error::io(format!("reading {}", path.display()), e).into()),
+    };
+    match text.trim_end_matches('\n') {
+        AutoChoice::SECRET_SERVICE => Ok(Some(AutoChoice::SecretService)),
+        AutoChoice::VAULT => Ok(Some(AutoChoice::Vault)),
+        _ => Err(keyshare::Error::invalid(
+            "auto store record",
+            format!(
+                "{} should say `{}` or `{}` (which store `--store auto` chose for this flavour) \
+                 but says something else; it was left untouched. Fix or remove it (removing it \
+                 makes the next command choose again)",
+                path.display(),
+                AutoChoice::SECRET_SERVICE,
+                AutoChoice::VAULT
+            ),
+        )
+        .into()),
+    }
+}
+
+/// `auto`: the Secret Service when one runs on the session bus (unlocked or locked), else the
+/// vault; decided on the flavour's first use and kept (in `Dirs::auto_choice_path`).
+///
+/// Why kept: deciding again on every run split a flavour's secrets between two stores. With
+/// the keyring locked, or a shell without the session bus (ssh), a run chose the vault, so
+/// reads said "not found" for secrets that are in the keyring, and writes went where the next
+/// run with the keyring would not look. A locked keyring is the keyring's answer ("locked",
+/// exit 3), and a missing one, once the flavour lives there, is "unavailable".
+fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
+    let record = ctx.dirs.auto_choice_path(&ctx.flavour);
+    let recorded = read_auto_choice(&record)?;
+    let service = ctx.flavour.service();
+    let open_vault_here = || -> anyhow::Result<Arc<dyn Store>> {
+        Ok(Arc::new(open_vault(
+            &ctx.dirs.shared_vault_path(&ctx.flavour),
+            service,
+            ctx,
+        )?))
+    };
+    match recorded {
+        Some(AutoChoice::Vault) => Ok(SharedChoice {
+            store: open_vault_here()?,
+            reason: format!(
+                "auto: the vault, chosen on this flavour's first use because the Secret Service \
+                 was not usable then (recorded in {}; remove that file to choose again)",
+                record.display()
+            ),
+            identity: vault_identity(ctx),
+        }),
+        Some(AutoChoice::SecretService) => {
             let report = secret_service::probe(ctx.timeout);
-            if report.is_usable() {
-                Ok(SharedChoice {
+            let reachable = report.is_usable() || is_locked(&report);
+            let store = SecretServiceStore::open(service, ctx.timeout)
+                .and_then(|store| {
+                    if reachable {
+                        Ok(store)
+                    } else {
+                        Err(report_error(&report))
+                    }
+                })
+                .map_err(|err| {
+                    anyhow::Error::new(err).context(format!(
+                        "this flavour's shared secrets are in the Secret Service (`auto` chose it \
+                         on the flavour's first use; recorded in {}), which cannot be reached now. \
+                         Start the keyring (or run where the session bus is), or pass `--store \
+                         vault` for a separate vault",
+                        record.display()
+                    ))
+                })?;
+            Ok(SharedChoice {
+                store: Arc::new(store.with_limits(ctx.limits)),
+                reason: format!(
+                    "auto: the Secret Service is {report} (chosen on this flavour's first use; \
+                     recorded in {})",
+                    record.display()
+                ),
+                identity: secret_service_identity(ctx),
+            })
+        }
+        None => {
+            let report = secret_service::probe(ctx.timeout);
+            let choice = if report.is_usable() || is_locked(&report) {
+                AutoChoice::SecretService
+            } else {
+                AutoChoice::Vault
+            };
+            let shared = match choice {
+                AutoChoice::SecretService => SharedChoice {
                     store: Arc::new(
                         SecretServiceStore::open(service, ctx.timeout)?.with_limits(ctx.limits),
                     ),
                     reason: format!("auto: the Secret Service is {report}"),
                     identity: secret_service_identity(ctx),
-                })
-            } else {
-                Ok(SharedChoice {
-                    store: Arc::new(open_vault(
-                        &ctx.dirs.shared_vault_path(&ctx.flavour),
-                        service,
-                        ctx,
-                    )?),
+                },
+                AutoChoice::Vault => SharedChoice {
+                    store: open_vault_here()?,
                     reason: format!("auto: the Secret Service is not usable ({report})"),
                     identity: vault_identity(ctx),
-                })
+                },
+            };
+            let line = format!("{}\n", choice.as_str());
+            match keyshare::store::vault::create_private_file(&record, line.as_bytes()) {
+                Ok(true) => Ok(shared),
+                // Another process decided first: its choice stands.
+                Ok(false) => match read_auto_choice(&record)? {
+                    Some(theirs) if theirs != choice => open_auto(ctx),
+                    _ => Ok(shared),
+                },
+                Err(err) => {
+                    eprintln!(
+                        "keyshare: warning: could not record which store `auto` chose ({}), so \
+                         the next command chooses again: {err}",
+                        choice.as_str()
+                    );
+                    Ok(shared)
+                }
             }
         }
+    }
+}
+
+fn is_locked(report: &secret_service::ProbeReport) -> bool {
+    matches!(
+        &report.outcome,
+        Err(keyshare::Error::Unavailable {
+            reason: UnavailableReason::Locked,
+            ..
+        })
+    )
+}
+
+/// The probe's error, rebuilt (errors are not `Clone`) with its kind.
+fn report_error(report: &secret_service::ProbeReport) -> keyshare::Error {
+    match &report.outcome {
+        Err(keyshare::Error::Unavailable { reason, .. }) => {
+            keyshare::Error::unavailable("secret service", *reason, report.to_string())
+        }
+        _ => keyshare::Error::unavailable(
+            "secret service",
+            UnavailableReason::NotRunning,
+            report.to_string(),
+        ),
     }
 }
 

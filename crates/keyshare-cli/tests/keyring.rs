@@ -153,6 +153,59 @@ fn without_a_keyring_auto_uses_the_vault_and_says_why() {
         .as_str()
         .unwrap()
         .contains("not usable"));
+    // The choice is kept: with the keyring reachable later, the flavour's secrets are still
+    // in its vault (deciding again would answer "not found").
+    assert_eq!(env.ok(&["--direct", "get", "k"], b"").stdout, b"v");
+    let doctor = env.ok(&["--direct", "--json", "doctor"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    assert_eq!(report["shared"]["kind"], "vault", "{report}");
+}
+
+/// Once `auto` chose the keyring for a flavour, a run that cannot reach it (a shell without the
+/// session bus) says the store is unavailable (exit 3), never "not found", and does not start
+/// a vault of its own that later runs would not read.
+#[test]
+fn auto_keeps_the_keyring_it_chose_and_is_unavailable_without_it() {
+    if !support::keyring_available() {
+        return;
+    }
+    let env = Env::new();
+    env.ok(&["--direct", "set", "github.auth"], b"t1");
+    let record = env
+        .home()
+        .join("data/keyshare")
+        .join(&env.flavor)
+        .join("auto-store");
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap(),
+        "secret-service\n"
+    );
+    for args in [
+        &["--direct", "get", "github.auth"][..],
+        &["--direct", "set", "github.auth"],
+    ] {
+        let out = env.run(false, args, b"t2");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains("auto-store"), "{stderr}");
+    }
+    assert!(!env
+        .home()
+        .join("data/keyshare")
+        .join(&env.flavor)
+        .join("vault.db")
+        .exists());
+    assert_eq!(
+        env.ok(&["--direct", "get", "github.auth"], b"").stdout,
+        b"t1"
+    );
+    env.ok(&["--direct", "delete", "github.auth"], b"");
+    // A record that says something else is reported, and left as it is.
+    std::fs::write(&record, "keychain\n").unwrap();
+    let out = env.run(true, &["--direct", "get", "github.auth"], b"");
+    assert_eq!(out.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("left untouched"));
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), "keychain\n");
 }
 
 #[test]

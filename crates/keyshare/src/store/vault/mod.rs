@@ -64,6 +64,19 @@ use schema::Meta;
 /// The file name of a flavour's shared vault.
 pub const VAULT_FILE_NAME: &str = "vault.db";
 
+/// Creates `path` (mode 0600, in a 0700 directory created if missing) holding `contents`,
+/// atomically and without ever replacing a file: `Ok(false)` when `path` already exists
+/// (another process won a race), and that file is left alone. For the small records kept
+/// beside a vault, such as which store `auto` chose.
+pub fn create_private_file(path: &Path, contents: &[u8]) -> Result<bool> {
+    use std::io::Write;
+    files::ensure_private_dir(files::parent_dir(path))?;
+    files::create_private_file_atomically(path, |file, temp| {
+        file.write_all(contents)
+            .map_err(|e| Error::io(format!("writing {}", temp.display()), e))
+    })
+}
+
 /// The longest namespace accepted, in bytes.
 pub const MAX_NAMESPACE_LEN: usize = 1024;
 
