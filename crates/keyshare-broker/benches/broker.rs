@@ -425,6 +425,8 @@ fn hello(s: &mut std::os::unix::net::UnixStream) {
             client_version: "0".into(),
             protocol: keyshare_broker::protocol::PROTOCOL_VERSION,
             app: "bench".into(),
+            expect_store: None,
+            require_os_keyring: false,
         },
     })
     .unwrap();

@@ -200,6 +200,17 @@ pub enum Request {
         protocol: u32,
         /// The app the client speaks for (`code`, `agents`, `cli`, ...).
         app: String,
+        /// The shared store the client means, named as the hello reply's `store` names it. A
+        /// broker that serves another store refuses hello with `store_mismatch`, so a client
+        /// told to use one store never reads or writes another through a broker started
+        /// with other settings.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect_store: Option<String>,
+        /// The client requires the OS keyring to protect the secrets (the keyring itself, or a
+        /// vault whose key it holds). A broker whose store is protected otherwise refuses hello
+        /// with `protection`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        require_os_keyring: bool,
     },
     /// Reads a value; the reply's `value` is `null` when there is none.
     Get {
@@ -383,6 +394,12 @@ pub enum ErrorCode {
     Protocol,
     /// The client's protocol version is not the broker's. The broker closes the connection.
     VersionMismatch,
+    /// The broker serves another store than the one hello's `expect_store` names. The broker
+    /// closes the connection.
+    StoreMismatch,
+    /// Hello required a protection (`require_os_keyring`) the broker's store does not have.
+    /// The broker closes the connection.
+    Protection,
     /// A code this build does not know (sent by a newer broker).
     #[serde(other)]
     Unknown,
@@ -398,6 +415,8 @@ impl fmt::Display for ErrorCode {
             ErrorCode::Corrupt => "corrupt",
             ErrorCode::Protocol => "protocol",
             ErrorCode::VersionMismatch => "version_mismatch",
+            ErrorCode::StoreMismatch => "store_mismatch",
+            ErrorCode::Protection => "protection",
             ErrorCode::Unknown => "unknown",
         })
     }
@@ -487,6 +506,8 @@ impl RemoteError {
                 detail: self.message,
             },
             ErrorCode::Denied => Error::unavailable(store, UnavailableReason::Denied, self.message),
+            ErrorCode::StoreMismatch => Error::invalid("broker store", self.message),
+            ErrorCode::Protection => Error::ProtectionUnavailable(self.message),
             ErrorCode::Unavailable => {
                 let reason = self
                     .reason
@@ -554,9 +575,27 @@ mod tests {
                         client_version: "0.1.0".into(),
                         protocol: 1,
                         app: "code".into(),
+                        expect_store: None,
+                        require_os_keyring: false,
                     },
                 },
                 r#"{"id":1,"op":"hello","client":"keyshare-cli","client_version":"0.1.0","protocol":1,"app":"code"}"#,
+            ),
+            (
+                RequestFrame {
+                    id: 1,
+                    request: Request::Hello {
+                        client: "keyshare-cli".into(),
+                        client_version: "0.1.0".into(),
+                        protocol: 1,
+                        app: "code".into(),
+                        expect_store: Some(
+                            "vault:/home/u/.local/share/keyshare/stable/vault.db".into(),
+                        ),
+                        require_os_keyring: true,
+                    },
+                },
+                r#"{"id":1,"op":"hello","client":"keyshare-cli","client_version":"0.1.0","protocol":1,"app":"code","expect_store":"vault:/home/u/.local/share/keyshare/stable/vault.db","require_os_keyring":true}"#,
             ),
             (
                 RequestFrame {

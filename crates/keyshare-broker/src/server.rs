@@ -83,6 +83,7 @@ pub struct BrokerState {
     options: ServerOptions,
     external: Option<ExternalChanges>,
     store_identity: Option<String>,
+    os_keyring: Option<bool>,
 }
 
 impl BrokerState {
@@ -94,12 +95,20 @@ impl BrokerState {
             options: ServerOptions::default(),
             external: None,
             store_identity: None,
+            os_keyring: None,
         }
     }
 
     /// Names the shared store in every hello reply (see [`Reply::Hello`]'s `store`).
     pub fn with_store_identity(mut self, identity: Option<String>) -> Self {
         self.store_identity = identity;
+        self
+    }
+
+    /// Says whether the OS keyring protects the shared store's secrets (`None`: does not
+    /// apply). With `Some(false)`, a hello that requires it is refused.
+    pub fn with_os_keyring_protection(mut self, protected: Option<bool>) -> Self {
+        self.os_keyring = protected;
         self
     }
 
@@ -127,6 +136,7 @@ struct Shared {
     storage: AsyncSecretStorage,
     policy: AccessPolicy,
     store_identity: Option<String>,
+    os_keyring: Option<bool>,
     options: ServerOptions,
     uid: u32,
     /// Open connections; a watch so the idle timer can wait for it to reach zero.
@@ -152,6 +162,7 @@ pub async fn run(
         storage: state.storage.to_async(),
         policy: state.policy,
         store_identity: state.store_identity,
+        os_keyring: state.os_keyring,
         in_flight: Arc::new(Semaphore::new(state.options.max_in_flight.max(1))),
         options: state.options,
         uid: rustix::process::geteuid().as_raw(),
@@ -478,6 +489,40 @@ impl Connection {
         }
     }
 
+    /// Why hello's expectations of the store are not met, if they are not: another store
+    /// than `expect_store`, or not the OS keyring's protection when that is required.
+    fn refuse_settings(
+        &self,
+        expect_store: Option<String>,
+        require_os_keyring: bool,
+    ) -> Option<RemoteError> {
+        let pid = std::process::id();
+        if let Some(expected) = expect_store {
+            if self.shared.store_identity.as_deref() != Some(expected.as_str()) {
+                let serving = match &self.shared.store_identity {
+                    Some(identity) => identity.as_str(),
+                    None => "a store that keeps nothing across restarts (memory)",
+                };
+                let msg = format!(
+                    "this flavour's broker (pid {pid}) serves {serving}, not {expected} as the \
+                     client asked; stop that broker (it was started with other settings) or open \
+                     the store directly (`--direct`)"
+                );
+                return Some(RemoteError::new(ErrorCode::StoreMismatch, msg));
+            }
+        }
+        if require_os_keyring && self.shared.os_keyring == Some(false) {
+            let msg = format!(
+                "the client requires the OS keyring to protect its secrets (require_os_keyring), \
+                 and this flavour's broker (pid {pid}) serves a store it does not protect; stop \
+                 that broker (it was started with other settings) or open the store directly \
+                 (`--direct`)"
+            );
+            return Some(RemoteError::new(ErrorCode::Protection, msg));
+        }
+        None
+    }
+
     async fn handshake(&mut self) -> Option<Grant> {
         let timeout = self.shared.options.handshake_timeout;
         let incoming = match tokio::time::timeout(timeout, self.next()).await {
@@ -502,6 +547,8 @@ impl Connection {
             client_version,
             protocol,
             app,
+            expect_store,
+            require_os_keyring,
         } = frame.request
         else {
             let msg = format!(
@@ -543,6 +590,11 @@ impl Connection {
                 return None;
             }
         };
+        if let Some(refusal) = self.refuse_settings(expect_store, require_os_keyring) {
+            tracing::warn!(%client, %app, "{}", refusal.message);
+            send_error(&self.out, Some(id), refusal).await;
+            return None;
+        }
         let exe: Option<PathBuf> = if self.shared.policy.pins_executables() {
             self.peer_pid.and_then(|pid| process_executable(pid).ok())
         } else {

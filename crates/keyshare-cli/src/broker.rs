@@ -49,7 +49,11 @@ fn client_config(ctx: &Context) -> anyhow::Result<ClientConfig> {
     let autostart = !ctx.routing.no_autostart && ctx.config.autostart != Some(false);
     let mut config = ClientConfig::with_paths(paths(ctx)?, ctx.app.clone())
         .client("keyshare", env!("CARGO_PKG_VERSION"))
-        .timeout(ctx.timeout);
+        .timeout(ctx.timeout)
+        // A broker started with other settings (another `--store`, another config) must not
+        // silently serve this command: it refuses hello instead.
+        .expect_store(crate::stores::expected_identity(ctx))
+        .require_os_keyring(ctx.config.require_os_keyring);
     if autostart {
         let mut start = Autostart::keyshare_serve(&ctx.flavour);
         start.args.extend(ctx.routing.passthrough.iter().cloned());
@@ -106,6 +110,8 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
         store: Arc::new(client),
         reason: "through the broker (--direct opens it in this process)".to_owned(),
         identity,
+        // The broker checked it at hello, when this command requires it.
+        os_keyring: None,
     }))
 }
 

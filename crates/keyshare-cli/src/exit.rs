@@ -49,7 +49,7 @@ pub fn classify(err: &anyhow::Error) -> ExitCode {
                 } => ExitCode::Protection,
                 // The file at the vault's path is not a vault: nothing the arguments can fix.
                 Error::Invalid {
-                    what: "vault" | "auto store record",
+                    what: "vault" | "auto store record" | "broker store",
                     ..
                 } => ExitCode::Failure,
                 Error::Invalid { .. } | Error::TooLarge { .. } => ExitCode::Usage,

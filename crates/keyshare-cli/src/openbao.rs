@@ -170,6 +170,7 @@ pub fn open_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
         store: Arc::new(open_store(ctx)?),
         reason: "chosen explicitly".to_owned(),
         identity: identity(ctx),
+        os_keyring: None,
     })
 }
 
@@ -198,6 +199,7 @@ pub fn open_shared_watched(ctx: &Context) -> anyhow::Result<(SharedChoice, Exter
         store,
         reason: "chosen explicitly".to_owned(),
         identity: identity(ctx),
+        os_keyring: None,
     };
     Ok((shared, changes))
 }

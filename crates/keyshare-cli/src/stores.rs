@@ -38,6 +38,10 @@ pub struct SharedChoice {
     /// Names this shared store stably across runs (kind and path or service), whatever its
     /// `info()` says; `None` for a store that forgets everything at exit.
     pub identity: Option<String>,
+    /// Whether the OS keyring protects this store's secrets (the Secret Service itself, or a
+    /// vault whose key it holds); `None` where that does not apply. A broker refuses clients
+    /// that require it when it is `Some(false)`.
+    pub os_keyring: Option<bool>,
 }
 
 fn vault_identity(ctx: &Context) -> Option<String> {
@@ -170,22 +174,16 @@ pub fn open_direct_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
             store: Arc::new(MemoryStore::with_limits(ctx.limits)),
             reason: "chosen explicitly (nothing persists)".to_owned(),
             identity: None,
+            os_keyring: Some(false),
         }),
-        StoreChoice::Vault => Ok(SharedChoice {
-            store: Arc::new(open_vault(
-                &ctx.dirs.shared_vault_path(&ctx.flavour),
-                service,
-                ctx,
-            )?),
-            reason: "chosen explicitly".to_owned(),
-            identity: vault_identity(ctx),
-        }),
+        StoreChoice::Vault => shared_vault(ctx, "chosen explicitly".to_owned()),
         StoreChoice::SecretService => Ok(SharedChoice {
             store: Arc::new(
                 SecretServiceStore::open(service, ctx.timeout)?.with_limits(ctx.limits),
             ),
             reason: "chosen explicitly".to_owned(),
             identity: secret_service_identity(ctx),
+            os_keyring: Some(true),
         }),
         StoreChoice::Openbao => crate::openbao::open_shared(ctx),
         StoreChoice::Auto => open_auto(ctx),
@@ -249,23 +247,15 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
     let record = ctx.dirs.auto_choice_path(&ctx.flavour);
     let recorded = read_auto_choice(&record)?;
     let service = ctx.flavour.service();
-    let open_vault_here = || -> anyhow::Result<Arc<dyn Store>> {
-        Ok(Arc::new(open_vault(
-            &ctx.dirs.shared_vault_path(&ctx.flavour),
-            service,
-            ctx,
-        )?))
-    };
     match recorded {
-        Some(AutoChoice::Vault) => Ok(SharedChoice {
-            store: open_vault_here()?,
-            reason: format!(
+        Some(AutoChoice::Vault) => shared_vault(
+            ctx,
+            format!(
                 "auto: the vault, chosen on this flavour's first use because the Secret Service \
                  was not usable then (recorded in {}; remove that file to choose again)",
                 record.display()
             ),
-            identity: vault_identity(ctx),
-        }),
+        ),
         Some(AutoChoice::SecretService) => {
             let report = secret_service::probe(ctx.timeout);
             let reachable = report.is_usable() || is_locked(&report);
@@ -294,6 +284,7 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
                     record.display()
                 ),
                 identity: secret_service_identity(ctx),
+                os_keyring: Some(true),
             })
         }
         None => {
@@ -310,12 +301,12 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
                     ),
                     reason: format!("auto: the Secret Service is {report}"),
                     identity: secret_service_identity(ctx),
+                    os_keyring: Some(true),
                 },
-                AutoChoice::Vault => SharedChoice {
-                    store: open_vault_here()?,
-                    reason: format!("auto: the Secret Service is not usable ({report})"),
-                    identity: vault_identity(ctx),
-                },
+                AutoChoice::Vault => shared_vault(
+                    ctx,
+                    format!("auto: the Secret Service is not usable ({report})"),
+                )?,
             };
             let line = format!("{}\n", choice.as_str());
             match keyshare::store::vault::create_private_file(&record, line.as_bytes()) {
@@ -359,6 +350,41 @@ fn report_error(report: &secret_service::ProbeReport) -> keyshare::Error {
             UnavailableReason::NotRunning,
             report.to_string(),
         ),
+    }
+}
+
+/// The flavour's shared vault, opened, as the shared store chosen for `reason`.
+fn shared_vault(ctx: &Context, reason: String) -> anyhow::Result<SharedChoice> {
+    let vault = open_vault(
+        &ctx.dirs.shared_vault_path(&ctx.flavour),
+        ctx.flavour.service(),
+        ctx,
+    )?;
+    let os_keyring = Some(vault.protection().is_os_keyring());
+    Ok(SharedChoice {
+        store: Arc::new(vault),
+        reason,
+        identity: vault_identity(ctx),
+        os_keyring,
+    })
+}
+
+/// The identity of the shared store this command means, as the broker names the one it
+/// serves, when it can be told without opening anything: explicit choices, and `auto` once it
+/// has chosen. `None`: any (`auto` before its first choice), or not through a broker.
+pub fn expected_identity(ctx: &Context) -> Option<String> {
+    match ctx.store {
+        StoreChoice::Memory => None,
+        StoreChoice::Vault => vault_identity(ctx),
+        StoreChoice::SecretService => secret_service_identity(ctx),
+        StoreChoice::Openbao => crate::openbao::identity(ctx),
+        // An unreadable record is reported by the direct open; the broker's own open met it
+        // too, or it would not be serving.
+        StoreChoice::Auto => match read_auto_choice(&ctx.dirs.auto_choice_path(&ctx.flavour)) {
+            Ok(Some(AutoChoice::Vault)) => vault_identity(ctx),
+            Ok(Some(AutoChoice::SecretService)) => secret_service_identity(ctx),
+            Ok(None) | Err(_) => None,
+        },
     }
 }
 
@@ -406,6 +432,7 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
                 )),
                 reason: format!("could not be opened: {err:#}"),
                 identity: shared_placeholder_identity(ctx),
+                os_keyring: None,
             }
         }
         Err(err) => return Err(err),

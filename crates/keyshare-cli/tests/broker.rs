@@ -250,3 +250,69 @@ fn an_autostarted_broker_keeps_no_inherited_descriptor() {
     sigterm(broker);
     assert!(ended.is_ok(), "the broker still holds the inherited pipe");
 }
+
+/// A broker started with other settings (another `--store`, a config without
+/// `require_os_keyring`) refuses a command instead of serving it from a store it did not ask
+/// for. Found in review: the command wrote to a memory broker and exited 0.
+#[test]
+fn a_broker_started_with_other_settings_refuses_instead_of_serving_another_store() {
+    let home = tempfile::tempdir().unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_keyshare"))
+        .env_clear()
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .env("XDG_DATA_HOME", home.path().join("data"))
+        .env("XDG_RUNTIME_DIR", home.path().join("run"))
+        .args(["--store", "memory", "serve"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut serve_err = BufReader::new(serve.stderr.take().unwrap());
+    wait_for_line(&mut serve_err, "keyshare: serving flavour stable");
+    for (args, stdin) in [(&["set", "k"][..], &b"v1"[..]), (&["get", "k"], b"")] {
+        let out = run(home.path(), args, stdin);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(7), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "broker (pid {}) serves a store that keeps nothing",
+                serve.id()
+            )),
+            "{stderr}"
+        );
+    }
+    let direct = run(home.path(), &["--direct", "get", "k"], b"");
+    assert_eq!(
+        direct.status.code(),
+        Some(1),
+        "the set wrote nothing anywhere"
+    );
+    sigterm(serve.id());
+    assert!(serve.wait().unwrap().success());
+
+    // A broker over a vault whose key is in a key file (no keyring here), then a config that
+    // requires the OS keyring: refused with the protection exit code, as a direct open is.
+    let mut serve = keyshare(home.path())
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut serve_err = BufReader::new(serve.stderr.take().unwrap());
+    wait_for_line(&mut serve_err, "keyshare: serving flavour stable");
+    let out = run(home.path(), &["set", "k"], b"v2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = home.path().join("config/keyshare/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "require_os_keyring = true\n").unwrap();
+    let out = run(home.path(), &["get", "k"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("require_os_keyring"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    sigterm(serve.id());
+    assert!(serve.wait().unwrap().success());
+}

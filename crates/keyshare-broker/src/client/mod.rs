@@ -130,6 +130,12 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// How to start the broker when none answers; `None` disables autostart.
     pub autostart: Option<Autostart>,
+    /// The shared store the client means (see hello's `expect_store`); `None` takes whichever
+    /// the broker serves.
+    pub expect_store: Option<String>,
+    /// Refuse a broker whose store the OS keyring does not protect (hello's
+    /// `require_os_keyring`).
+    pub require_os_keyring: bool,
 }
 
 impl ClientConfig {
@@ -149,7 +155,21 @@ impl ClientConfig {
             client_version: env!("CARGO_PKG_VERSION").to_owned(),
             timeout: keyshare::store::DEFAULT_TIMEOUT,
             autostart: None,
+            expect_store: None,
+            require_os_keyring: false,
         }
+    }
+
+    /// Names the shared store this client means: a broker serving another refuses hello.
+    pub fn expect_store(mut self, identity: Option<String>) -> Self {
+        self.expect_store = identity;
+        self
+    }
+
+    /// Requires the OS keyring's protection of the broker's store.
+    pub fn require_os_keyring(mut self, required: bool) -> Self {
+        self.require_os_keyring = required;
+        self
     }
 
     /// Sets (or clears) autostart.
@@ -370,6 +390,8 @@ fn hello_request(config: &ClientConfig) -> RequestFrame {
             client_version: config.client_version.clone(),
             protocol: PROTOCOL_VERSION,
             app: config.app.to_string(),
+            expect_store: config.expect_store.clone(),
+            require_os_keyring: config.require_os_keyring,
         },
     }
 }

@@ -56,7 +56,8 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     let mut state = BrokerState::new(storage)
         .with_policy(policy)
         .with_options(options)
-        .with_store_identity(shared.identity.clone());
+        .with_store_identity(shared.identity.clone())
+        .with_os_keyring_protection(shared.os_keyring);
     if let Some(external) = external {
         state = state.with_external_changes(external);
     }
