@@ -176,6 +176,7 @@ fn keyshare_main() -> i32 {
         None if matches!(cli.command, Command::Serve(_)) => init_logging("info".as_ref()),
         None => {}
     }
+    no_core_dumps(matches!(cli.command, Command::Serve(_)));
     let code = match run(&cli) {
         Ok(()) => ExitCode::Ok,
         Err(err) => {
@@ -188,6 +189,39 @@ fn keyshare_main() -> i32 {
     };
     code as i32
 }
+
+/// Keeps this process's memory, which holds secrets (a value read from stdin, a vault's
+/// key, the broker's whole cache of replies), out of core dumps: zeroizing buffers does not
+/// reach the copies that stdin's buffer and grown vectors leave behind. A core size limit of 0
+/// (soft and hard, so no child or library raises it) stops the kernel writing a core file and
+/// tells a dump collector (systemd-coredump) not to keep one. The broker, which holds every
+/// app's secrets for days, is also made non-dumpable: no dump at all, and no other process of
+/// the user may attach to it with ptrace. Commands are not, because a broker that pins app ids
+/// to executables reads its clients' `/proc/<pid>/exe`, which a non-dumpable process hides.
+#[cfg(unix)]
+fn no_core_dumps(serving: bool) {
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    let none = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    if let Err(err) = setrlimit(Resource::Core, none) {
+        tracing::warn!(error = %err, "could not turn off core dumps");
+    }
+    #[cfg(target_os = "linux")]
+    if serving {
+        use rustix::process::{set_dumpable_behavior, DumpableBehavior};
+        if let Err(err) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
+            tracing::warn!(error = %err, "could not make the broker non-dumpable");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = serving;
+}
+
+/// Elsewhere (Windows: unverified here) nothing is done yet.
+#[cfg(not(unix))]
+fn no_core_dumps(_serving: bool) {}
 
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {

@@ -176,3 +176,55 @@ fn a_closed_standard_output_is_an_error_not_a_signal() {
         "{stderr}"
     );
 }
+
+/// The soft and hard core size limits of `pid`, from `/proc/<pid>/limits`, once `keyshare`
+/// has set them (or after 5 s, whatever they are then).
+#[cfg(target_os = "linux")]
+fn core_limits(pid: u32) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .unwrap()
+            .split_whitespace()
+            .skip(4)
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        if line == "0 0" || std::time::Instant::now() > deadline {
+            return line;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A command holds secrets in memory (a value read from stdin, a vault's key): it runs with
+/// core dumps off, whatever limit it inherited, so a crash or a SIGQUIT leaves no core file
+/// with them. Found in review: a `git-credential store` killed with SIGQUIT dumped the password.
+#[cfg(target_os = "linux")]
+#[test]
+fn commands_and_the_broker_run_with_core_dumps_off() {
+    let env = home();
+    for args in [
+        &["--store", "memory", "git-credential", "store"][..],
+        &["--store", "vault", "serve"],
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyshare"))
+            .env_clear()
+            .env("HOME", env.path())
+            .env("XDG_CONFIG_HOME", env.path().join("config"))
+            .env("XDG_DATA_HOME", env.path().join("data"))
+            .env("XDG_RUNTIME_DIR", env.path().join("run"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let limits = core_limits(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(limits, "0 0", "{args:?}");
+    }
+}
