@@ -56,8 +56,14 @@ pub struct Globals {
     /// Open the shared store in this process instead of going through the broker.
     #[arg(long, global = true)]
     pub direct: bool,
-    /// Never start a broker; fail if none is running (config: `autostart = false`).
-    #[arg(long, global = true, env = "KEYSHARE_NO_AUTOSTART")]
+    /// Never start a broker: with none running, open the store in this process (config:
+    /// `autostart = false`).
+    #[arg(
+        long,
+        global = true,
+        env = "KEYSHARE_NO_AUTOSTART",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub no_autostart: bool,
 }
 

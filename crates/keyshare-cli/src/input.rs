@@ -39,18 +39,45 @@ pub fn read_value(
     Ok(SecretValue::from(std::mem::take(&mut *buf)))
 }
 
-fn read_limited(reader: impl Read, buf: &mut Vec<u8>, limits: &Limits) -> anyhow::Result<()> {
+fn read_limited(mut reader: impl Read, buf: &mut Vec<u8>, limits: &Limits) -> anyhow::Result<()> {
     let max = limits.max_value_len;
-    reader
+    (&mut reader)
         .take(max as u64 + 1)
         .read_to_end(buf)
         .map_err(|e| Error::io("read", e))?;
     if buf.len() > max {
-        // The true size is unknown (we stopped reading); say "more than".
+        // The rest is counted, not kept, so that the error says the true size.
+        let rest =
+            std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| Error::io("read", e))?;
         return Err(Error::TooLarge {
             limit: max,
-            actual: buf.len(),
+            actual: buf.len() + rest as usize,
         }
+        .into());
+    }
+    Ok(())
+}
+
+/// Refuses an empty value unless `allow_empty`: an empty read is far more often a broken pipe
+/// or an unset variable (`printf %s "$TOKEN"`) than a value, and storing it would replace a
+/// working secret with nothing.
+pub fn check_not_empty(
+    value: &SecretValue,
+    from_file: Option<&Path>,
+    allow_empty: bool,
+) -> anyhow::Result<()> {
+    if value.expose_secret().is_empty() && !allow_empty {
+        let source = match from_file {
+            Some(path) => format!("{} is empty", path.display()),
+            None => "standard input was empty".to_owned(),
+        };
+        return Err(Error::invalid(
+            "value",
+            format!(
+                "{source}, so nothing was stored (an empty value would replace the secret); pass \
+                 --allow-empty to store an empty value"
+            ),
+        )
         .into());
     }
     Ok(())

@@ -228,3 +228,94 @@ fn commands_and_the_broker_run_with_core_dumps_off() {
         assert_eq!(limits, "0 0", "{args:?}");
     }
 }
+
+/// An empty input (a broken pipe, an unset variable) does not replace a secret with nothing;
+/// `--allow-empty` stores an empty value on purpose. Found in review: it exited 0 and the
+/// token was gone.
+#[test]
+fn an_empty_value_is_refused_unless_allowed() {
+    let env = home();
+    env.ok(
+        &["--store", "vault", "--direct", "set", "github.auth"],
+        b"gho_1",
+    );
+    snapshot!(
+        "set_empty",
+        env.failure(&["--store", "vault", "--direct", "set", "github.auth"], b"")
+    );
+    let got = env.ok(&["--store", "vault", "--direct", "get", "github.auth"], b"");
+    assert_eq!(got.stdout, b"gho_1", "the stored value is untouched");
+    let empty = env.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let out = env.run(
+        &[
+            "--store",
+            "vault",
+            "--direct",
+            "set",
+            "github.auth",
+            "--from-file",
+            empty.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is empty"));
+    env.ok(
+        &[
+            "--store",
+            "vault",
+            "--direct",
+            "set",
+            "--allow-empty",
+            "github.auth",
+        ],
+        b"",
+    );
+    let got = env.ok(&["--store", "vault", "--direct", "get", "github.auth"], b"");
+    assert!(got.stdout.is_empty());
+}
+
+/// The size in the error is the input's, not the limit plus one.
+#[test]
+fn too_large_says_the_true_size() {
+    let env = home();
+    let out = env.run(&["--store", "memory", "set", "k"], &vec![b'x'; 1_000_000]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("value is 1000000 bytes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `KEYSHARE_NO_AUTOSTART` takes the usual ways of saying yes and no (it took only `true`
+/// and `false`, and `1` failed every command, the docker helper's included).
+#[test]
+fn no_autostart_from_the_environment_takes_1_and_0() {
+    let env = home();
+    for (value, broker_started) in [("1", false), ("yes", false), ("0", true)] {
+        let out = env
+            .command(&["--store", "vault", "set", "k"])
+            .env("KEYSHARE_NO_AUTOSTART", value)
+            .write_stdin(b"v".to_vec())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{value}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lock = env.path().join("run/keyshare/stable.lock");
+        let running = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|pid| pid.trim().parse::<i32>().ok());
+        assert_eq!(running.is_some(), broker_started, "{value}");
+        if let Some(pid) = running {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid).unwrap(),
+                rustix::process::Signal::TERM,
+            );
+        }
+    }
+}

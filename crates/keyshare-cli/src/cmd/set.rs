@@ -12,6 +12,9 @@ pub struct Args {
     /// Read the value from this file instead of standard input.
     #[arg(long, value_name = "PATH")]
     pub from_file: Option<PathBuf>,
+    /// Store an empty value (refused otherwise: an empty input is usually a mistake).
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Catches a value typed after the key, so that it is refused without being echoed back
     /// (clap's own error would print it).
     #[arg(hide = true, num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
@@ -34,6 +37,7 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         &ctx.limits,
         &format!("Value for {key}: "),
     )?;
+    crate::input::check_not_empty(&value, args.from_file.as_deref(), args.allow_empty)?;
     let opened = stores::open(ctx)?;
     opened.storage.set(&key, &value)?;
     Ok(())
