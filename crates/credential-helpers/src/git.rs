@@ -228,11 +228,24 @@ impl Request {
                 "the protocol may contain only letters, digits, '+', '-' and '.'",
             ));
         }
-        let host = self
-            .host
-            .as_deref()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| invalid("no host= line; keyshare stores credentials per host"))?;
+        let has_path = self.path.as_deref().is_some_and(|p| !p.is_empty());
+        let host = match self.host.as_deref() {
+            Some(host) if !host.is_empty() => host,
+            // git asks for a client certificate's passphrase with `protocol=cert`, an empty
+            // host and the certificate's path: there the path is what names the credential.
+            Some(_) | None if has_path => "",
+            Some(_) => {
+                return Err(invalid(
+                    "the host= line is empty; keyshare stores credentials per host (only a \
+                     request with a path=, such as a certificate's, may have none)",
+                ))
+            }
+            None => {
+                return Err(invalid(
+                    "no host= line; keyshare stores credentials per host",
+                ))
+            }
+        };
         Ok(Target {
             protocol,
             host,
@@ -879,6 +892,42 @@ mod tests {
                 .as_str(),
             "git:https://x%40y%2Fz@h/a@b/c"
         );
+    }
+
+    /// git asks for a client certificate's passphrase with `protocol=cert`, `host=` empty,
+    /// `username=` empty and the certificate's path. Found in review: refused as "no host= line".
+    #[test]
+    fn a_client_certificate_passphrase_is_stored_and_found_by_its_path() {
+        let storage = storage();
+        let cert = "protocol=cert\nhost=\npath=/home/u/client.p12\nusername=\n";
+        assert_eq!(
+            store(&storage, &req(&format!("{cert}password=pp\n")), 1).unwrap(),
+            StoreOutcome::Stored
+        );
+        let got = get(&storage, &req(cert), 2).unwrap().unwrap();
+        assert_eq!(got.password.expose_secret(), b"pp");
+        assert!(get(
+            &storage,
+            &req("protocol=cert\nhost=\npath=/home/u/other.p12\n"),
+            2
+        )
+        .unwrap()
+        .is_none());
+        assert_eq!(
+            erase(&storage, &req(&format!("{cert}password=pp\n"))).unwrap(),
+            1
+        );
+        assert!(storage.keys().unwrap().is_empty());
+        // Without a path, an empty host is still refused, and says so.
+        let text = reason(
+            store(
+                &storage,
+                &req("protocol=https\nhost=\nusername=u\npassword=p\n"),
+                1,
+            )
+            .unwrap_err(),
+        );
+        assert!(text.starts_with("the host= line is empty"), "{text}");
     }
 
     #[test]
