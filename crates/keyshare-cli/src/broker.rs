@@ -117,7 +117,10 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
 
 /// The broker's access policy from `[apps.<id>]` in `config.toml`.
 pub fn policy(config: &Config) -> anyhow::Result<AccessPolicy> {
-    let mut policy = AccessPolicy::default();
+    let mut policy = AccessPolicy {
+        unlisted_apps: config.unlisted_apps,
+        ..AccessPolicy::default()
+    };
     for (app, rule) in &config.apps {
         let shared_keys = match &rule.shared_keys {
             None => None,

@@ -59,6 +59,11 @@ pub struct Config {
     pub flavors: BTreeMap<String, FlavorConfig>,
     #[serde(default)]
     pub apps: BTreeMap<String, AppConfig>,
+    /// What the broker lets app ids that `[apps.*]` does not name do: `all_keys` (the
+    /// default) or `refuse`. Without `refuse`, a `shared_keys` list binds only the apps that
+    /// declare that id: any process can declare another.
+    #[serde(default)]
+    pub unlisted_apps: keyshare_broker::access::UnlistedApps,
     /// The OpenBao server, for `store = "openbao"`.
     pub openbao: Option<crate::openbao::OpenBaoSection>,
 }

@@ -316,3 +316,45 @@ fn a_broker_started_with_other_settings_refuses_instead_of_serving_another_store
     sigterm(serve.id());
     assert!(serve.wait().unwrap().success());
 }
+
+/// `unlisted_apps = "refuse"` in config.toml: an app id that `[apps.*]` does not name is
+/// turned away, so a `shared_keys` list cannot be escaped by declaring another id. Found in
+/// review: the library had the switch, the config had no way to turn it on.
+#[test]
+fn unlisted_apps_can_be_refused_from_the_config() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config/keyshare/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        "unlisted_apps = \"refuse\"\n[apps.code]\nshared_keys = [\"github.*\"]\n",
+    )
+    .unwrap();
+    let mut serve = keyshare(home.path())
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut serve_err = BufReader::new(serve.stderr.take().unwrap());
+    wait_for_line(&mut serve_err, "keyshare: serving flavour stable");
+    let out = run(home.path(), &["--app", "code", "set", "github.auth"], b"t");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        home.path(),
+        &["--app", "anything", "get", "github.auth"],
+        b"",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    sigterm(serve.id());
+    assert!(serve.wait().unwrap().success());
+}
