@@ -358,6 +358,14 @@ struct ErrorsReply {
     errors: Vec<String>,
 }
 
+/// The shape of an OpenBao answer, to tell its 404s from a proxy's or another server's: an
+/// `errors` list, or a `data` envelope (KV's answer for a soft-deleted version).
+#[derive(Deserialize)]
+struct AnswerShape {
+    errors: Option<Vec<String>>,
+    data: Option<serde::de::IgnoredAny>,
+}
+
 #[derive(Deserialize)]
 struct KvData {
     data: Option<KvFields>,
@@ -668,6 +676,15 @@ impl Reply {
         serde_json::from_slice::<ErrorsReply>(&self.body)
             .map(|e| e.errors.join("; "))
             .unwrap_or_default()
+    }
+
+    /// Whether the body is an OpenBao JSON answer (an `errors` list or a `data` envelope).
+    /// A 404 from a proxy, a web server at a wrong address or a path that is not the API is
+    /// not: taking it for "not found" would answer reads with nothing and acknowledge deletes
+    /// that never reached the server.
+    fn is_openbao_answer(&self) -> bool {
+        serde_json::from_slice::<AnswerShape>(&self.body)
+            .is_ok_and(|a| a.errors.is_some() || a.data.is_some())
     }
 }
 
@@ -1454,6 +1471,10 @@ impl OpenBaoStore {
                 "; is there a KV version 2 secrets engine at mount {:?}? (`bao secrets enable -path={} -version=2 kv`)",
                 self.config.mount, self.config.mount
             )
+        } else if !reply.is_openbao_answer() {
+            " and a body that is not an OpenBao answer (a proxy or another server at this \
+             address?)"
+                .to_owned()
         } else {
             String::new()
         };
@@ -1473,10 +1494,12 @@ impl OpenBaoStore {
         )
     }
 
-    /// A KV "not found" is a 404 with an empty error list; a 404 naming an error (no such mount)
-    /// is a configuration problem, never "not found".
+    /// A KV "not found" is a 404 with an empty error list, or with a data envelope (a
+    /// soft-deleted version); a 404 naming an error (no such mount) is a configuration
+    /// problem, and a 404 whose body is not OpenBao JSON is not OpenBao's answer: neither is
+    /// "not found".
     fn is_not_found(reply: &Reply) -> bool {
-        reply.status == 404 && reply.server_errors().is_empty()
+        reply.status == 404 && reply.is_openbao_answer() && reply.server_errors().is_empty()
     }
 
     fn read_metadata(&self, key: &SecretKey, deadline: Instant) -> Result<Option<Metadata>> {
@@ -2148,6 +2171,100 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+    }
+
+    /// A loopback HTTP server answering every request with `status` and `body` (JSON when
+    /// `json`, otherwise an HTML page as a proxy would send), until the test ends.
+    fn answering(status: u16, json: bool, body: &'static str) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                // Requests here carry no body: read up to the end of the headers.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                let kind = if json {
+                    "application/json"
+                } else {
+                    "text/html"
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        address
+    }
+
+    fn store_at(address: String) -> OpenBaoStore {
+        let mut c = config();
+        c.addresses = vec![address];
+        c.timeout = Duration::from_secs(5);
+        let creds = Arc::new(crate::MemoryStore::new());
+        creds
+            .set(&key("openbao.token"), &SecretValue::from_slice(b"t"))
+            .unwrap();
+        OpenBaoStore::new(c, creds).unwrap()
+    }
+
+    #[test]
+    fn a_404_that_is_not_an_openbao_answer_is_unavailable_not_missing() {
+        let s = store_at(answering(
+            404,
+            false,
+            "<html><body><h1>404 Not Found</h1>nginx</body></html>",
+        ));
+        let is_backend = |e: &Error| {
+            matches!(
+                e,
+                Error::Unavailable {
+                    reason: UnavailableReason::Backend,
+                    ..
+                }
+            )
+        };
+        let err = s.get(&key("k")).unwrap_err();
+        assert!(is_backend(&err), "{err}");
+        let shown = err.to_string();
+        assert!(shown.contains("HTTP 404"), "{shown}");
+        assert!(shown.contains("not an OpenBao answer"), "{shown}");
+        let err = s.keys().unwrap_err();
+        assert!(is_backend(&err), "{err}");
+        let err = s.delete(&key("k")).unwrap_err();
+        assert!(is_backend(&err), "{err}");
+    }
+
+    #[test]
+    fn a_404_with_an_empty_error_list_or_a_data_envelope_is_not_found() {
+        let s = store_at(answering(404, true, r#"{"errors":[]}"#));
+        assert!(s.get(&key("k")).unwrap().is_none());
+        assert!(s.keys().unwrap().is_empty());
+        assert!(!s.delete(&key("k")).unwrap());
+        // KV's answer for a soft-deleted latest version.
+        let s = store_at(answering(
+            404,
+            true,
+            r#"{"data":{"data":null,"metadata":{"deletion_time":"2026-01-01T00:00:00Z","destroyed":false,"version":2}}}"#,
+        ));
+        assert!(s.get(&key("k")).unwrap().is_none());
+        // A 404 naming an error (no such mount) stays a configuration problem.
+        let s = store_at(answering(
+            404,
+            true,
+            r#"{"errors":["no handler for route \"nope/data/x\""]}"#,
+        ));
+        let err = s.get(&key("k")).unwrap_err();
+        assert!(err.to_string().contains("KV version 2"), "{err}");
     }
 
     #[test]
