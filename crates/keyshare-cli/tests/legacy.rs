@@ -257,10 +257,7 @@ fn import_vscode_fails_with_the_reason_when_a_secret_does_not_decrypt() {
     );
 }
 
-#[test]
-fn an_electron_legacy_store_in_the_config_is_dual_written_and_migrated_from() {
-    let env = home();
-    let dir = env.user_data_dir();
+fn basic_legacy_config(env: &Home, dir: &std::path::Path) {
     let config = env.path().join("config/keyshare/config.toml");
     std::fs::create_dir_all(config.parent().unwrap()).unwrap();
     std::fs::write(
@@ -272,6 +269,48 @@ fn an_electron_legacy_store_in_the_config_is_dual_written_and_migrated_from() {
         ),
     )
     .unwrap();
+}
+
+#[test]
+fn a_basic_legacy_store_never_writes_where_the_app_uses_the_keyring() {
+    let env = home();
+    let dir = env.user_data_dir();
+    basic_legacy_config(&env, &dir);
+    let out = env.run(
+        &["--app", "code", "--store", "vault", "set", "new.key"],
+        b"tok",
+    );
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("protects its secrets with the keyring"),
+        "{stderr}"
+    );
+    let rows = rusqlite::Connection::open(env.state_db())
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM ItemTable WHERE key = 'secret://new.key'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[test]
+fn an_electron_legacy_store_in_the_config_is_dual_written_and_migrated_from() {
+    let env = home();
+    let dir = env.user_data_dir();
+    // An app on password store basic has only v10 rows: the sample's v11 row (keyring-protected)
+    // would make keyshare refuse to write with the fixed key.
+    rusqlite::Connection::open(env.state_db())
+        .unwrap()
+        .execute(
+            "DELETE FROM ItemTable WHERE key = ?1",
+            [r#"secret://{"extensionId":"vscode.github-authentication","key":"github.auth"}"#],
+        )
+        .unwrap();
+    basic_legacy_config(&env, &dir);
     let out = env.run(
         &["--app", "code", "--store", "vault", "set", "new.key"],
         b"tok",

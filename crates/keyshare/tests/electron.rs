@@ -425,6 +425,45 @@ fn a_mistyped_keyring_password_never_writes() {
 }
 
 #[test]
+fn basic_never_writes_a_v10_row_where_the_app_keeps_v11_rows() {
+    let (_dir, db) = sample_copy();
+    let before = raw_rows(&db);
+    let keys = KeySource::Basic
+        .resolve("Code", Some(&user_data_dir(&db)))
+        .unwrap();
+    let store = ElectronStore::builder(&db, keys)
+        .backup(false)
+        .open()
+        .unwrap();
+    // GITHUB is a v11 row this store cannot read; neither it nor a new key is written.
+    for k in [GITHUB, "new"] {
+        let err = store.set(&key(k), &value("v")).unwrap_err();
+        assert!(matches!(err, Error::ProtectionUnavailable(_)), "{err:?}");
+        let shown = err.to_string();
+        assert!(shown.contains("keyring"), "{shown}");
+        assert!(shown.contains("v11"), "{shown}");
+        assert!(shown.contains("Nothing was written"), "{shown}");
+    }
+    drop(store);
+    assert_eq!(raw_rows(&db), before);
+
+    // Without v11 rows, basic is what the app uses: writes go ahead.
+    exec(
+        &db,
+        &format!("DELETE FROM ItemTable WHERE key = 'secret://{GITHUB}'"),
+    );
+    let store = ElectronStore::builder(&db, SafeStorageKeys::linux_basic())
+        .backup(false)
+        .open()
+        .unwrap();
+    store.set(&key("new"), &value("v")).unwrap();
+    assert_eq!(
+        store.get(&key("new")).unwrap().unwrap().expose_secret(),
+        b"v"
+    );
+}
+
+#[test]
 fn an_unknown_app_key_or_a_read_only_store_never_writes() {
     let (_dir, db) = sample_copy();
     let before = raw_rows(&db);

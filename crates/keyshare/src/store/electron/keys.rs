@@ -266,6 +266,12 @@ impl SafeStorageKeys {
         self.write.as_ref().map(|k| k.prefix())
     }
 
+    /// Whether writes use Linux's fixed `v10` key (`peanuts`, password store basic): a
+    /// protection in name only, since every copy of Chromium knows the key.
+    pub(super) fn writes_with_fixed_key(&self) -> bool {
+        self.decrypt.platform() == oscrypt::Platform::Linux && self.write_prefix() == Some("v10")
+    }
+
     /// Decrypts a blob by the platform's rules.
     pub fn decrypt(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, oscrypt::DecryptError> {
         oscrypt::decrypt(&self.decrypt, blob)

@@ -94,6 +94,9 @@ struct State {
     conn: Connection,
     /// `None` until the first write; then the backup taken (if any).
     first_write: Option<Option<PathBuf>>,
+    /// Set after the first write commits: the write key (a typed keyring password, or the
+    /// fixed `v10` key against a database of `v11` rows) has then been checked against the
+    /// app's rows.
     write_key_confirmed: bool,
 }
 
@@ -546,6 +549,47 @@ impl ElectronStore {
         Ok(())
     }
 
+    /// Refuses a write with the fixed `v10` key when the app keeps `v11` rows: those were
+    /// written with a keyring key, so the app protects its secrets with the keyring, and a
+    /// `v10` row would be a readable-by-anyone copy of a secret that was protected (often
+    /// over a value this store could not even read).
+    fn refuse_downgrade(&self, conn: &Connection) -> Result<()> {
+        let mut stmt = conn
+            .prepare_cached(SECRET_ROWS)
+            .map_err(|e| self.sql("checking how the app protects its secrets", e))?;
+        let mut rows = stmt
+            .query([])
+            .map_err(|e| self.sql("checking how the app protects its secrets", e))?;
+        let mut keyring_rows = 0usize;
+        while let Some(row) = rows
+            .next()
+            .map_err(|e| self.sql("checking how the app protects its secrets", e))?
+        {
+            // Undecodable rows say nothing about the key; they are reported on read.
+            let Ok(Ok(blob)) = row.get_ref(1).map(|v| {
+                value_bytes(v)
+                    .and_then(|raw| oscrypt::decode_buffer_json(raw).map_err(|e| e.to_string()))
+            }) else {
+                continue;
+            };
+            if blob.starts_with(b"v11") {
+                keyring_rows += 1;
+            }
+        }
+        if keyring_rows > 0 {
+            return Err(Error::ProtectionUnavailable(format!(
+                "{app} protects its secrets with the keyring ({keyring_rows} v11 secrets in \
+                 {path}), but this store has only {origin}, which would write the secret \
+                 readable by anyone. Nothing was written. Give {app}'s keyring password \
+                 (--keyring-password-stdin) or use the gnome-libsecret password store",
+                app = self.app_name,
+                path = self.path.display(),
+                origin = self.keys.origin()
+            )));
+        }
+        Ok(())
+    }
+
     /// Encrypts `value` into a row value, and checks that it decodes and decrypts back to
     /// `value` with the app's keys.
     fn seal(&self, key: &SecretKey, value: &SecretValue) -> Result<String> {
@@ -634,6 +678,8 @@ impl Store for ElectronStore {
     /// Writes the row (TEXT) and its marker in one transaction. `Unavailable` when the app is
     /// running (unless forced), when the app's key is unknown, or when the database stays
     /// locked; `Invalid` when a user-given keyring password does not match the app's rows;
+    /// `ProtectionUnavailable` when the fixed `v10` key (password store basic) would write
+    /// into a database whose `v11` rows show that the app protects its secrets with the keyring;
     /// `Corrupt` when the target marker cannot be parsed (nothing is written then).
     fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
         self.limits.check_value(value)?;
@@ -649,6 +695,9 @@ impl Store for ElectronStore {
             .map_err(|e| self.sql("starting a write", e))?;
         if self.keys.confirm_before_write && !state.write_key_confirmed {
             self.confirm_write_key(&tx)?;
+        }
+        if self.keys.writes_with_fixed_key() && !state.write_key_confirmed {
+            self.refuse_downgrade(&tx)?;
         }
         let mut marker = self.read_marker(&tx)?;
         tx.prepare_cached("INSERT INTO ItemTable (key, value) VALUES (?1, ?2)")
