@@ -189,8 +189,10 @@ impl fmt::Debug for SafeStorageKeys {
 }
 
 impl SafeStorageKeys {
-    /// Linux without a keyring (`--password-store=basic`): reads `v10` (and `v11` written with
-    /// the empty password), writes `v10` with the `peanuts` key.
+    /// Linux without a keyring (`--password-store=basic`): reads `v10`, writes `v10` with the
+    /// `peanuts` key. Reads no `v11` blob, not even one written with the empty password: as in
+    /// Chromium, which has no `v11` key without a keyring and fails before its empty-password
+    /// retry (that retry follows a wrong key, never a missing one).
     pub fn linux_basic() -> Self {
         SafeStorageKeys {
             decrypt: oscrypt::Keys::linux(None),
@@ -353,6 +355,18 @@ mod tests {
             .resolve_with("Code", None, &Panics)
             .unwrap();
         assert_eq!(keys.write_prefix(), Some("v10"));
+    }
+
+    #[test]
+    fn basic_reads_no_v11_blob_not_even_an_empty_password_one() {
+        let keys = SafeStorageKeys::linux_basic();
+        let v10 = oscrypt::encrypt(&oscrypt::Key::linux_v10(), b"x").unwrap();
+        assert_eq!(keys.decrypt(&v10).unwrap().as_slice(), b"x");
+        let empty_pw = oscrypt::encrypt(&oscrypt::Key::linux_v11(b""), b"x").unwrap();
+        assert!(matches!(
+            keys.decrypt(&empty_pw),
+            Err(oscrypt::DecryptError::MissingKey { prefix: "v11" })
+        ));
     }
 
     #[test]
