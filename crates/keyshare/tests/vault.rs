@@ -852,6 +852,36 @@ fn os_keyring_protects_new_vaults_first() {
 }
 
 #[test]
+fn a_new_vault_without_a_keyring_prefers_the_passphrase_in_the_environment() {
+    // A variable of this test's own: tests run in parallel, and no other reads it.
+    const VAR: &str = "KEYSHARE_TEST_NEW_VAULT_PASSPHRASE";
+    std::env::set_var(VAR, "correct horse battery staple");
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let with_env = || {
+        let mut o = options(&path, "ns");
+        o.keys.passphrase_env = Some(VAR.to_owned());
+        o.keys.argon2 = FAST_ARGON2;
+        o
+    };
+    let store = VaultStore::open(with_env()).unwrap();
+    assert_eq!(store.protection(), Protection::Passphrase);
+    assert!(!key_file_path(&path).exists());
+    let notice = store
+        .notice()
+        .expect("a new passphrase vault from the environment");
+    assert!(notice.contains("passphrase"), "{notice}");
+    assert!(notice.contains(VAR), "{notice}");
+    assert!(!notice.contains("horse"), "{notice}");
+    store.set(&key("k"), &value(b"v")).unwrap();
+    drop(store);
+    let store = VaultStore::open(with_env()).unwrap();
+    assert_eq!(store.get(&key("k")).unwrap().unwrap(), value(b"v"));
+    assert_eq!(store.notice(), None);
+    std::env::remove_var(VAR);
+}
+
+#[test]
 fn unreachable_keyring_falls_back_to_a_key_file_and_says_so() {
     let dir = private_tempdir();
     let path = dir.path().join("vault.db");

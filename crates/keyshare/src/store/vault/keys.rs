@@ -201,7 +201,7 @@ pub type PassphrasePrompt =
     Arc<dyn Fn(&PassphraseRequest<'_>) -> Result<Option<SecretValue>> + Send + Sync>;
 
 /// The KEK providers a vault may use, in the order a new vault tries them: the OS keyring,
-/// then a key file, then a passphrase.
+/// then a passphrase from the environment, then a key file, then a prompted passphrase.
 #[derive(Clone)]
 pub struct KeyProviders {
     /// The OS keyring, when there is one.
@@ -252,7 +252,7 @@ pub(crate) struct NewKek {
     /// Argon2 parameters and salt, for a passphrase vault.
     pub(crate) argon2: Option<(Argon2Params, [u8; 16])>,
     /// The one line the caller should show the user when the new vault is protected by a key
-    /// file.
+    /// file, or by a passphrase from the environment: which protection it got, and why.
     pub(crate) notice: Option<String>,
 }
 
@@ -306,7 +306,11 @@ impl KeyProviders {
             .map(|f| format!(" because the OS keyring was unavailable ({f})"))
             .unwrap_or_default();
 
-        if self.allow_key_file {
+        // A passphrase in the environment is the user asking for passphrase protection,
+        // which a key file (protected only by its permissions) would silently weaken; the
+        // prompt is asked only where it was before, when key files are disabled.
+        let env_passphrase = self.passphrase_from_env()?;
+        if self.allow_key_file && env_passphrase.is_none() {
             let path = key_file_path(vault);
             let (kek, created) = ensure_key_file(&path)?;
             // The process whose vault file wins the creation race shows this, whichever
@@ -331,7 +335,21 @@ impl KeyProviders {
             });
         }
 
-        let Some(passphrase) = self.passphrase(vault, true)? else {
+        // The user typed a prompted passphrase twice and knows; one from the environment
+        // decided the protection without asking, so the notice says so.
+        let notice = env_passphrase.as_ref().map(|_| {
+            format!(
+                "keyshare: created vault {} protected by the passphrase in {}{why}; it cannot \
+                 be opened without that passphrase",
+                vault.display(),
+                self.passphrase_env.as_deref().unwrap_or(PASSPHRASE_ENV)
+            )
+        });
+        let passphrase = match env_passphrase {
+            Some(p) => Some(p),
+            None => self.passphrase(vault, true)?,
+        };
+        let Some(passphrase) = passphrase else {
             return Err(Error::ProtectionUnavailable(format!(
                 "no key provider can protect the new vault {}{why}: key files are disabled \
                  and no passphrase was given. Set {} or run keyshare in a terminal.",
@@ -351,7 +369,7 @@ impl KeyProviders {
             kek,
             protection: Protection::Passphrase,
             argon2: Some((params, salt)),
-            notice: None,
+            notice,
         })
     }
 
@@ -455,19 +473,28 @@ impl KeyProviders {
         }
     }
 
+    /// The passphrase in [`KeyProviders::passphrase_env`], when that variable is set.
+    fn passphrase_from_env(&self) -> Result<Option<SecretValue>> {
+        let Some(var) = &self.passphrase_env else {
+            return Ok(None);
+        };
+        let Some(value) = std::env::var_os(var) else {
+            return Ok(None);
+        };
+        use std::os::unix::ffi::OsStringExt;
+        let value = SecretValue::new(value.into_vec());
+        if value.is_empty() {
+            return Err(Error::invalid(
+                "passphrase",
+                format!("{var} is set but empty; unset it or give a passphrase"),
+            ));
+        }
+        Ok(Some(value))
+    }
+
     fn passphrase(&self, vault: &Path, creating: bool) -> Result<Option<SecretValue>> {
-        if let Some(var) = &self.passphrase_env {
-            if let Some(value) = std::env::var_os(var) {
-                use std::os::unix::ffi::OsStringExt;
-                let value = SecretValue::new(value.into_vec());
-                if value.is_empty() {
-                    return Err(Error::invalid(
-                        "passphrase",
-                        format!("{var} is set but empty; unset it or give a passphrase"),
-                    ));
-                }
-                return Ok(Some(value));
-            }
+        if let Some(value) = self.passphrase_from_env()? {
+            return Ok(Some(value));
         }
         let Some(prompt) = &self.passphrase_prompt else {
             return Ok(None);

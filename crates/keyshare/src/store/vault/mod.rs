@@ -665,7 +665,8 @@ impl VaultStore {
     }
 
     /// One line to show the user, when opening created something they should know about (a
-    /// key file that protects the vault only by its permissions). A library does not print:
+    /// key file that protects the vault only by its permissions, or a vault protected by the
+    /// passphrase in the environment). A library does not print:
     /// the caller shows it, on stderr.
     pub fn notice(&self) -> Option<&str> {
         self.vault.notice.as_deref()
