@@ -60,7 +60,7 @@ fn values_round_trip_exactly_and_empty_is_not_missing() {
     std::fs::write(&file, &bin).unwrap();
     env.ok(&["set", "bin", "--from-file", file.to_str().unwrap()], b"");
     assert_eq!(env.ok(&["get", "bin"], b"").stdout, bin);
-    env.ok(&["set", "empty"], b"");
+    env.ok(&["set", "--allow-empty", "empty"], b"");
     let empty = env.ok(&["get", "empty"], b"");
     assert!(empty.stdout.is_empty());
     assert_eq!(env.code(&["get", "missing"]), 1);
