@@ -10,7 +10,9 @@
 //!
 //! Shutdown: stop accepting and reading, let the requests already read finish and their
 //! replies reach the socket, then return. A `set` is answered only after the store returned, so
-//! every acknowledged write is as durable as the store makes it.
+//! every acknowledged write is as durable as the store makes it. A client that does not read
+//! its replies cannot hold shutdown up: after [`ServerOptions::shutdown_grace`] the replies
+//! still waiting for it are dropped (the requests themselves still finish).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -59,6 +61,10 @@ pub struct ServerOptions {
     /// Stop on its own after this long without any connection (an autostarted broker does,
     /// so that it does not outlive its users indefinitely); `None` serves until told to stop.
     pub idle_exit: Option<Duration>,
+    /// How long shutdown waits for clients to read the replies to requests they already sent;
+    /// after it, undelivered replies are dropped so a client that never reads cannot keep the
+    /// broker running. The requests themselves are still finished, however long they take.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerOptions {
@@ -70,6 +76,7 @@ impl Default for ServerOptions {
             handshake_timeout: Duration::from_secs(10),
             repair_interval: Duration::from_secs(30),
             idle_exit: None,
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -143,6 +150,9 @@ struct Shared {
     connections: watch::Sender<u64>,
     /// [`ServerOptions::max_in_flight`].
     in_flight: Arc<Semaphore>,
+    /// Set once the shutdown grace period is over: every connection's writer then stops,
+    /// dropping the replies its client did not read.
+    abandon: watch::Sender<bool>,
 }
 
 /// A request's places: one among its connection's requests in progress, one among all.
@@ -167,6 +177,7 @@ pub async fn run(
         options: state.options,
         uid: rustix::process::geteuid().as_raw(),
         connections: watch::Sender::new(0),
+        abandon: watch::Sender::new(false),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -192,11 +203,30 @@ pub async fn run(
     // Stop accepting first, so no client connects to a server that will not answer.
     drop(listener);
     let _ = stop_tx.send(true);
-    while let Some(joined) = tasks.join_next().await {
-        if let Err(err) = joined {
-            if err.is_panic() {
-                tracing::error!("a connection task panicked");
+    let grace = tokio::time::sleep(shared.options.shutdown_grace);
+    tokio::pin!(grace);
+    let mut abandoned = false;
+    loop {
+        let joined = tokio::select! {
+            joined = tasks.join_next() => joined,
+            () = &mut grace, if !abandoned => {
+                // Dropping these replies loses nothing acknowledged: a reply is produced only
+                // after its request finished (a write is durable before it is answered), and a
+                // client that did not get the reply treats the request as not answered. The
+                // requests still in the store are still awaited below.
+                tracing::warn!(
+                    "clients did not read their replies within {:?} of shutdown; dropping them",
+                    shared.options.shutdown_grace
+                );
+                abandoned = true;
+                shared.abandon.send_replace(true);
+                continue;
             }
+        };
+        match joined {
+            None => break,
+            Some(Err(err)) if err.is_panic() => tracing::error!("a connection task panicked"),
+            Some(_) => {}
         }
     }
     tracing::info!("broker stopped");
@@ -353,7 +383,7 @@ async fn serve_connection(shared: &Arc<Shared>, stream: UnixStream, stop: watch:
     };
     let (read_half, write_half) = stream.into_split();
     let (out_tx, out_rx) = mpsc::channel::<Outgoing>(64);
-    let writer = tokio::spawn(write_loop(write_half, out_rx));
+    let writer = tokio::spawn(write_loop(write_half, out_rx, shared.abandon.subscribe()));
 
     if cred.uid() != shared.uid {
         tracing::warn!(
@@ -387,8 +417,27 @@ async fn serve_connection(shared: &Arc<Shared>, stream: UnixStream, stop: watch:
     let _ = writer.await;
 }
 
-/// Writes queued frames, batching whatever is queued into one flush.
-async fn write_loop(write_half: OwnedWriteHalf, mut out: mpsc::Receiver<Outgoing>) {
+/// Writes queued frames, batching whatever is queued into one flush, until the channel closes
+/// or the shutdown grace period is over (`abandon`). Returning drops the channel's receiver, so
+/// the tasks still waiting to queue a reply are released too.
+async fn write_loop(
+    write_half: OwnedWriteHalf,
+    out: mpsc::Receiver<Outgoing>,
+    mut abandon: watch::Receiver<bool>,
+) {
+    let abandoned = async {
+        if abandon.wait_for(|a| *a).await.is_err() {
+            // The server is gone without abandoning; nothing else will.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = write_frames(write_half, out) => {}
+        () = abandoned => {}
+    }
+}
+
+async fn write_frames(write_half: OwnedWriteHalf, mut out: mpsc::Receiver<Outgoing>) {
     let mut writer = BufWriter::with_capacity(16 * 1024, write_half);
     while let Some(frame) = out.recv().await {
         if writer.write_all(&frame).await.is_err() {
@@ -477,14 +526,17 @@ impl Connection {
             };
             // Wait for a slot before reading on: a client that pipelines without bound is
             // slowed down instead of growing the broker's memory.
-            let permit = Arc::clone(&self.in_flight_limit)
-                .acquire_owned()
-                .await
-                .expect("never closed");
-            let everyone = Arc::clone(&self.shared.in_flight)
-                .acquire_owned()
-                .await
-                .expect("never closed");
+            // Either wait ends at shutdown: the request is not started, and not answered.
+            let mut stop = self.stop.clone();
+            let permits = async {
+                let own = Arc::clone(&self.in_flight_limit).acquire_owned().await;
+                let everyone = Arc::clone(&self.shared.in_flight).acquire_owned().await;
+                (own.expect("never closed"), everyone.expect("never closed"))
+            };
+            let (permit, everyone) = tokio::select! {
+                permits = permits => permits,
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            };
             self.dispatch(&grant, frame, (permit, everyone)).await;
         }
     }

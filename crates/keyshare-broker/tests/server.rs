@@ -980,3 +980,83 @@ fn requests_in_progress_are_bounded_across_connections() {
         assert_eq!(reader.join().unwrap().unwrap(), None);
     }
 }
+
+/// A broker on a store whose reads always go through the blocking pool (so every get is a task
+/// of its own, as with the vault), counting the reads that reached the store, with a 64 KiB
+/// value under `big`: a few replies fill a socket nobody reads.
+fn broker_counting_gets(
+    options: ServerOptions,
+) -> (TestBroker, Arc<std::sync::atomic::AtomicUsize>) {
+    let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&gets);
+    let storage = SecretStorage::builder(Arc::new(HookStore::new(move |call| {
+        if matches!(call, Call::Get(_)) {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    })))
+    .build();
+    storage.ready().unwrap();
+    storage
+        .set(&k("big"), &SecretValue::from_slice(&[0x5a; 64 * 1024]))
+        .unwrap();
+    let broker = TestBroker::start(storage, AccessPolicy::default(), options);
+    (broker, gets)
+}
+
+/// A client that says hello, pipelines `requests` gets of `big` and never reads a reply.
+fn stalled_client(broker: &TestBroker, requests: u64) -> Raw {
+    let mut raw = Raw::connect(broker);
+    assert!(matches!(
+        raw.hello(protocol::PROTOCOL_VERSION),
+        ServerFrame::Reply { .. }
+    ));
+    let gets: Vec<String> = (1..=requests)
+        .map(|id| format!(r#"{{"id":{id},"op":"get","key":"big"}}"#))
+        .collect();
+    let bodies: Vec<&[u8]> = gets.iter().map(|g| g.as_bytes()).collect();
+    raw.0.write_all(&frames(&bodies)).unwrap();
+    raw
+}
+
+/// Waits until the count stops growing (for half a second) at `at_least` or more.
+fn wait_until_settled(count: &std::sync::atomic::AtomicUsize, at_least: usize) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut last = (count.load(SeqCst), std::time::Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = count.load(SeqCst);
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        } else if now >= at_least && last.1.elapsed() > Duration::from_millis(500) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store saw {now} reads, expected at least {at_least}"
+        );
+    }
+}
+
+#[test]
+fn shutdown_does_not_wait_forever_for_a_client_that_does_not_read() {
+    let mut options = ServerOptions::default();
+    options.shutdown_grace = Duration::from_secs(1);
+    let (mut broker, gets) = broker_counting_gets(options);
+    let stalled = stalled_client(&broker, 200);
+    // More reads than the connection may have in progress, and then no more: the replies fill
+    // the socket, the reply queue and every request slot of the connection.
+    wait_until_settled(&gets, 70);
+    broker.signal_stop();
+    let started = std::time::Instant::now();
+    let joined = std::thread::spawn(move || broker.join());
+    while !joined.is_finished() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the broker did not stop within 10 s (grace period 1 s) while a client did not read"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    joined.join().unwrap().unwrap();
+    drop(stalled);
+}
