@@ -46,10 +46,12 @@ pub const SERVER_NAME: &str = "keyshare-broker";
 pub struct ServerOptions {
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
-    /// Requests of one connection in progress at once; further requests wait unread, which
-    /// pushes back on a client that pipelines without bound.
+    /// Requests of one connection in progress at once, counting those whose reply waits for
+    /// the client to read it; further requests wait unread, which pushes back on a client that
+    /// pipelines without bound (or stops reading) without taking places from other clients.
     pub max_in_flight_per_connection: usize,
-    /// Requests in progress across all connections. Keep it below the runtime's limit of
+    /// Requests running across all connections (a request whose reply is ready no longer
+    /// counts, so clients that do not read cannot use these up). Keep it below the runtime's limit of
     /// blocking threads (tokio's default is 512): a request waiting for its key's turn holds a
     /// blocking thread, and the request whose turn it is must always find one, or all of them
     /// wait forever.
@@ -155,8 +157,22 @@ struct Shared {
     abandon: watch::Sender<bool>,
 }
 
-/// A request's places: one among its connection's requests in progress, one among all.
-type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+/// A request's places: one among its connection's requests in progress, held until its reply
+/// is queued, and one among all connections' requests, held only while it runs. So a client
+/// that does not read its replies uses up its own connection's places, never everyone's.
+struct Permits {
+    own: OwnedSemaphorePermit,
+    everyone: OwnedSemaphorePermit,
+}
+
+impl Permits {
+    /// The request has run and its reply is ready: gives back the place among all requests
+    /// before the reply waits for the client to read.
+    fn ran(self) -> OwnedSemaphorePermit {
+        drop(self.everyone);
+        self.own
+    }
+}
 
 /// Serves connections from `listener` until `shutdown` completes, then drains and returns.
 ///
@@ -533,11 +549,12 @@ impl Connection {
                 let everyone = Arc::clone(&self.shared.in_flight).acquire_owned().await;
                 (own.expect("never closed"), everyone.expect("never closed"))
             };
-            let (permit, everyone) = tokio::select! {
+            let (own, everyone) = tokio::select! {
                 permits = permits => permits,
                 _ = stop.wait_for(|stopped| *stopped) => return,
             };
-            self.dispatch(&grant, frame, (permit, everyone)).await;
+            self.dispatch(&grant, frame, Permits { own, everyone })
+                .await;
         }
     }
 
@@ -713,6 +730,7 @@ impl Connection {
         match frame.request {
             Request::Get { key: WireKey(key) } => {
                 if !grant.allows(&key) {
+                    let _own = permit.ran();
                     return send_error(&out, Some(id), denied(&key)).await;
                 }
                 let op = storage.get(&key);
@@ -737,6 +755,7 @@ impl Connection {
                 value: WireValue(value),
             } => {
                 if !grant.allows(&key) {
+                    let _own = permit.ran();
                     return send_error(&out, Some(id), denied(&key)).await;
                 }
                 let op = storage.set(&key, &value);
@@ -757,6 +776,7 @@ impl Connection {
             }
             Request::Delete { key: WireKey(key) } => {
                 if !grant.allows(&key) {
+                    let _own = permit.ran();
                     return send_error(&out, Some(id), denied(&key)).await;
                 }
                 let op = storage.delete(&key);
@@ -794,20 +814,23 @@ impl Connection {
                             error: RemoteError::from_store_error(&err),
                         },
                     };
+                    let own = permit.ran();
                     send(&out, &frame).await;
-                    drop(permit);
+                    drop(own);
                 });
             }
             Request::Subscribe { keys } => {
                 let only: Option<Vec<SecretKey>> =
                     keys.map(|keys| keys.into_iter().map(|WireKey(k)| k).collect());
                 if let Some(key) = only.iter().flatten().find(|k| !grant.allows(k)) {
+                    let _own = permit.ran();
                     return send_error(&out, Some(id), denied(key)).await;
                 }
                 // Subscribe before reading the sequence number: an event in between is then
                 // both counted and delivered (and skipped as already covered), never lost.
                 let mut events = storage.subscribe();
                 let last_seq = storage.to_blocking().status().last_event_seq;
+                let own = permit.ran();
                 send(
                     &out,
                     &ServerFrame::Reply {
@@ -816,7 +839,7 @@ impl Connection {
                     },
                 )
                 .await;
-                drop(permit);
+                drop(own);
                 if let Some(old) = self.subscription.take() {
                     old.abort();
                 }
@@ -857,6 +880,7 @@ impl Connection {
             }
             Request::Status => {
                 let status = self.shared.status(&self.shared.storage);
+                let own = permit.ran();
                 send(
                     &out,
                     &ServerFrame::Reply {
@@ -865,16 +889,17 @@ impl Connection {
                     },
                 )
                 .await;
-                drop(permit);
+                drop(own);
             }
             Request::Hello { .. } => {
+                let own = permit.ran();
                 send_error(
                     &out,
                     Some(id),
                     RemoteError::new(ErrorCode::Protocol, "hello was already done"),
                 )
                 .await;
-                drop(permit);
+                drop(own);
             }
         }
     }
@@ -892,15 +917,17 @@ impl Connection {
         // polls it again with its own waker before waiting.
         let first = reply.as_mut().poll(&mut Context::from_waker(Waker::noop()));
         if let Poll::Ready(frame) = first {
+            let own = permit.ran();
             send(&self.out, &frame).await;
-            drop(permit);
+            drop(own);
             return;
         }
         let out = self.out.clone();
         self.in_flight.spawn(async move {
             let frame = reply.await;
+            let own = permit.ran();
             send(&out, &frame).await;
-            drop(permit);
+            drop(own);
         });
     }
 

@@ -981,16 +981,15 @@ fn requests_in_progress_are_bounded_across_connections() {
     }
 }
 
-/// A broker on a store whose reads always go through the blocking pool (so every get is a task
-/// of its own, as with the vault), counting the reads that reached the store, with a 64 KiB
-/// value under `big`: a few replies fill a socket nobody reads.
-fn broker_counting_gets(
+/// A broker counting the reads (gets and keys) that reached its store, with large replies, so
+/// that a few fill a socket nobody reads: a 64 KiB value under `big`, and 600 keys of 100 bytes.
+fn broker_counting_reads(
     options: ServerOptions,
 ) -> (TestBroker, Arc<std::sync::atomic::AtomicUsize>) {
-    let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = Arc::clone(&gets);
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&reads);
     let storage = SecretStorage::builder(Arc::new(HookStore::new(move |call| {
-        if matches!(call, Call::Get(_)) {
+        if matches!(call, Call::Get(_) | Call::Keys) {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     })))
@@ -999,19 +998,25 @@ fn broker_counting_gets(
     storage
         .set(&k("big"), &SecretValue::from_slice(&[0x5a; 64 * 1024]))
         .unwrap();
+    for i in 0..600 {
+        storage
+            .set(&k(&format!("padding.{i:04}.{}", "x".repeat(87))), &v("x"))
+            .unwrap();
+    }
     let broker = TestBroker::start(storage, AccessPolicy::default(), options);
-    (broker, gets)
+    (broker, reads)
 }
 
-/// A client that says hello, pipelines `requests` gets of `big` and never reads a reply.
-fn stalled_client(broker: &TestBroker, requests: u64) -> Raw {
+/// A client that says hello, pipelines `requests` requests `op` (the JSON after the id) and
+/// never reads a reply.
+fn stalled_client(broker: &TestBroker, op: &str, requests: u64) -> Raw {
     let mut raw = Raw::connect(broker);
     assert!(matches!(
         raw.hello(protocol::PROTOCOL_VERSION),
         ServerFrame::Reply { .. }
     ));
     let gets: Vec<String> = (1..=requests)
-        .map(|id| format!(r#"{{"id":{id},"op":"get","key":"big"}}"#))
+        .map(|id| format!(r#"{{"id":{id},{op}}}"#))
         .collect();
     let bodies: Vec<&[u8]> = gets.iter().map(|g| g.as_bytes()).collect();
     raw.0.write_all(&frames(&bodies)).unwrap();
@@ -1042,8 +1047,8 @@ fn wait_until_settled(count: &std::sync::atomic::AtomicUsize, at_least: usize) {
 fn shutdown_does_not_wait_forever_for_a_client_that_does_not_read() {
     let mut options = ServerOptions::default();
     options.shutdown_grace = Duration::from_secs(1);
-    let (mut broker, gets) = broker_counting_gets(options);
-    let stalled = stalled_client(&broker, 200);
+    let (mut broker, gets) = broker_counting_reads(options);
+    let stalled = stalled_client(&broker, r#""op":"get","key":"big""#, 200);
     // More reads than the connection may have in progress, and then no more: the replies fill
     // the socket, the reply queue and every request slot of the connection.
     wait_until_settled(&gets, 70);
@@ -1058,5 +1063,53 @@ fn shutdown_does_not_wait_forever_for_a_client_that_does_not_read() {
         std::thread::sleep(Duration::from_millis(20));
     }
     joined.join().unwrap().unwrap();
+    drop(stalled);
+}
+#[test]
+fn clients_that_do_not_read_cannot_starve_the_others() {
+    // More stalled connections than the global bound has room for at the per-connection bound.
+    let options = ServerOptions::default();
+    let stalled_connections = options.max_in_flight / options.max_in_flight_per_connection + 1;
+    let (broker, reads) = broker_counting_reads(options.clone());
+    // `keys` always runs in a task of its own (a get from memory may be answered inline, by
+    // the connection's reader, which then holds one request's places only).
+    let stalled: Vec<Raw> = (0..stalled_connections)
+        .map(|_| stalled_client(&broker, r#""op":"keys""#, 200))
+        .collect();
+    wait_until_settled(
+        &reads,
+        (stalled_connections - 1) * options.max_in_flight_per_connection,
+    );
+    let mut fresh = Raw::connect(&broker);
+    fresh
+        .0
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(matches!(
+        fresh.hello(protocol::PROTOCOL_VERSION),
+        ServerFrame::Reply { .. }
+    ));
+    fresh.send_body(br#"{"id":1,"op":"status"}"#);
+    assert!(
+        matches!(
+            fresh.read(),
+            Some(ServerFrame::Reply {
+                id: 1,
+                reply: Reply::Status(_)
+            })
+        ),
+        "status was not answered while other clients did not read"
+    );
+    fresh.send_body(br#"{"id":2,"op":"get","key":"other"}"#);
+    assert!(
+        matches!(
+            fresh.read(),
+            Some(ServerFrame::Reply {
+                id: 2,
+                reply: Reply::Get { value: None }
+            })
+        ),
+        "get was not answered while other clients did not read"
+    );
     drop(stalled);
 }
