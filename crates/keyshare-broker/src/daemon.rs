@@ -185,13 +185,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Takes the instance lock and binds the socket, or takes the socket systemd passed.
+    /// Takes the instance lock and binds the socket, or takes the socket systemd passed, and
+    /// raises this process's soft limit of open files to its hard limit ([`raise_fd_limit`]).
     ///
     /// Call it before starting threads: socket activation reads and clears `LISTEN_PID` and
     /// `LISTEN_FDS`. Errors: another broker for this flavour is running
     /// ([`Error::Unavailable`] naming the socket), or the directory, lock or socket cannot be
     /// set up ([`Error::Io`], [`Error::Invalid`]).
     pub fn prepare(paths: &BrokerPaths) -> Result<Daemon> {
+        raise_fd_limit();
         paths.ensure_dir()?;
         let activated = listenfd::ListenFd::from_env()
             .take_unix_listener(0)
@@ -264,6 +266,42 @@ impl Daemon {
             }
         }
         result
+    }
+}
+
+/// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard limit, returning the
+/// limit in effect. Why: each connection takes a descriptor, the server serves up to 4096
+/// (`ServerOptions::max_connections`), and desktop sessions often start processes with a soft
+/// limit of 1024; past it `accept` fails until clients leave. Raising the soft limit up to the
+/// hard one needs no privilege; if it fails anyway the broker serves with the lower limit.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    // No hard limit (macOS reports "infinity") is not a value the soft limit may take there.
+    let (Some(current), Some(maximum)) = (limit.current, limit.maximum) else {
+        return limit.current;
+    };
+    if current >= maximum {
+        return Some(current);
+    }
+    let raised = rustix::process::Rlimit {
+        current: Some(maximum),
+        maximum: Some(maximum),
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => {
+            tracing::debug!(from = current, to = maximum, "raised the open-file limit");
+            Some(maximum)
+        }
+        Err(err) => {
+            tracing::warn!(
+                error = %err,
+                soft = current,
+                hard = maximum,
+                "could not raise the open-file limit; fewer connections can be served at once"
+            );
+            Some(current)
+        }
     }
 }
 
@@ -441,6 +479,29 @@ mod tests {
         assert_eq!(p.socket, Path::new("/run/user/1000/keyshare/stable.sock"));
         assert_eq!(p.dir, Path::new("/run/user/1000/keyshare"));
         assert_ne!(p.instance_lock, p.startup_lock);
+    }
+
+    #[test]
+    fn prepare_raises_the_open_file_limit_to_the_hard_limit() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let hard = getrlimit(Resource::Nofile).maximum;
+        let Some(hard) = hard.filter(|&hard| hard > 512) else {
+            return; // nothing to raise to here
+        };
+        // As a desktop session starts processes (the soft limit is often 1024 there). Other
+        // tests of this binary run meanwhile; 512 descriptors are plenty for them.
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(512),
+                maximum: Some(hard),
+            },
+        )
+        .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = BrokerPaths::under(tmp.path(), &flavour());
+        let _daemon = Daemon::prepare(&paths).unwrap();
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(hard));
     }
 
     #[test]

@@ -177,7 +177,8 @@ impl Permits {
 /// Serves connections from `listener` until `shutdown` completes, then drains and returns.
 ///
 /// Errors: only a listener that keeps failing ends the server early
-/// ([`keyshare::Error::Io`]); everything that goes wrong with one connection is logged and
+/// ([`keyshare::Error::Io`]); running out of file descriptors or memory is not such a failure
+/// and is retried for as long as it lasts; everything that goes wrong with one connection is logged and
 /// ends that connection.
 pub async fn run(
     listener: UnixListener,
@@ -256,7 +257,7 @@ async fn accept_loop(
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
 ) -> keyshare::Result<()> {
-    let mut backoff = Duration::from_millis(10);
+    let mut backoff = AcceptBackoff::default();
     loop {
         let permit = Arc::clone(limit)
             .acquire_owned()
@@ -266,20 +267,16 @@ async fn accept_loop(
         while tasks.try_join_next().is_some() {}
         let stream = match listener.accept().await {
             Ok((stream, _)) => {
-                backoff = Duration::from_millis(10);
+                backoff.succeeded();
                 stream
             }
-            Err(err) => {
-                // Out of file descriptors and the like: wait and retry rather than spin or
-                // give up while clients are connected; give up only if it persists.
-                tracing::warn!(error = %err, "accept failed");
-                if backoff > Duration::from_secs(60) {
-                    return Err(keyshare::Error::io("accepting a broker connection", err));
+            Err(err) => match backoff.failed(&err) {
+                Some(delay) => {
+                    tokio::time::sleep(delay).await;
+                    continue;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-                continue;
-            }
+                None => return Err(keyshare::Error::io("accepting a broker connection", err)),
+            },
         };
         let shared = Arc::clone(shared);
         let stop = stop.clone();
@@ -289,6 +286,76 @@ async fn accept_loop(
             shared.connections.send_modify(|n| *n -= 1);
             drop(permit);
         });
+    }
+}
+
+/// How the accept loop waits after `accept` failed: doubling delays up to
+/// [`AcceptBackoff::MAX_DELAY`], so it neither spins nor sleeps long once accepting works again.
+///
+/// Running out of file descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) passes when
+/// connections close, so it is retried for as long as it lasts: ending the broker then would
+/// drop every connected client too. Any other failure that persists for
+/// [`AcceptBackoff::GIVE_UP_AFTER`] of retries means the listener is broken, and ends the server.
+#[derive(Debug)]
+struct AcceptBackoff {
+    delay: Duration,
+    /// Failures since the last accepted connection.
+    failures: u64,
+    /// Time waited since the last accepted connection after failures other than exhaustion.
+    waited_on_other: Duration,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        AcceptBackoff {
+            delay: Self::FIRST_DELAY,
+            failures: 0,
+            waited_on_other: Duration::ZERO,
+        }
+    }
+}
+
+impl AcceptBackoff {
+    const FIRST_DELAY: Duration = Duration::from_millis(10);
+    const MAX_DELAY: Duration = Duration::from_secs(1);
+    const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+    /// A failure streak is logged at warn on its first failure and then every this many, not
+    /// at every retry (up to one a second for as long as the descriptors run short).
+    const WARN_EVERY: u64 = 60;
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "accepting connections again");
+        }
+        *self = AcceptBackoff::default();
+    }
+
+    /// How long to wait before accepting again after `err`, or `None` to give up.
+    fn failed(&mut self, err: &std::io::Error) -> Option<Duration> {
+        use rustix::io::Errno;
+        let exhausted = err
+            .raw_os_error()
+            .map(Errno::from_raw_os_error)
+            .is_some_and(|e| {
+                [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&e)
+            });
+        self.failures += 1;
+        if self.failures % Self::WARN_EVERY == 1 {
+            tracing::warn!(
+                error = %err,
+                failures = self.failures,
+                "could not accept a connection; retrying"
+            );
+        }
+        if !exhausted {
+            if self.waited_on_other >= Self::GIVE_UP_AFTER {
+                return None;
+            }
+            self.waited_on_other += self.delay;
+        }
+        let delay = self.delay;
+        self.delay = (self.delay * 2).min(Self::MAX_DELAY);
+        Some(delay)
     }
 }
 
@@ -960,5 +1027,51 @@ impl Shared {
             legacy_store: status.legacy.map(|l| l.to_string()),
             pending_repairs: status.pending_repairs.len() as u64,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os_error(errno: rustix::io::Errno) -> std::io::Error {
+        std::io::Error::from_raw_os_error(errno.raw_os_error())
+    }
+
+    #[test]
+    fn running_out_of_descriptors_or_memory_never_ends_the_accept_loop() {
+        use rustix::io::Errno;
+        for errno in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM] {
+            let mut backoff = AcceptBackoff::default();
+            let mut waited = Duration::ZERO;
+            // Far longer than any other failure is retried.
+            while waited < AcceptBackoff::GIVE_UP_AFTER * 10 {
+                let delay = backoff
+                    .failed(&os_error(errno))
+                    .unwrap_or_else(|| panic!("gave up on {errno:?} after {waited:?}"));
+                assert!(delay <= AcceptBackoff::MAX_DELAY, "{delay:?} for {errno:?}");
+                waited += delay;
+            }
+        }
+    }
+
+    #[test]
+    fn other_accept_failures_end_the_loop_once_they_persist() {
+        let mut backoff = AcceptBackoff::default();
+        let mut waited = Duration::ZERO;
+        while let Some(delay) = backoff.failed(&os_error(rustix::io::Errno::BADF)) {
+            waited += delay;
+            assert!(waited < AcceptBackoff::GIVE_UP_AFTER * 2, "never gave up");
+        }
+        assert!(
+            waited >= AcceptBackoff::GIVE_UP_AFTER,
+            "gave up after {waited:?}"
+        );
+        // An accepted connection starts the count again.
+        backoff.succeeded();
+        assert_eq!(
+            backoff.failed(&os_error(rustix::io::Errno::BADF)),
+            Some(AcceptBackoff::FIRST_DELAY)
+        );
     }
 }
