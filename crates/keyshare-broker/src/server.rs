@@ -34,7 +34,7 @@ use crate::connection::FrameReader;
 use crate::external::ExternalChanges;
 use crate::protocol::{
     decode, encode, BrokerStatus, ErrorCode, EventKind, FrameError, RemoteError, Reply, Request,
-    RequestFrame, ServerFrame, WireKey, WireValue, PROTOCOL_VERSION,
+    RequestFrame, ServerFrame, WireKey, WireValue, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 /// The server's name in `hello` replies.
@@ -540,13 +540,53 @@ async fn write_frames(write_half: OwnedWriteHalf, mut out: mpsc::Receiver<Outgoi
 }
 
 async fn send(out: &mpsc::Sender<Outgoing>, frame: &ServerFrame) {
-    match encode(frame) {
+    let encoded = encode(frame).or_else(|err| match unencodable(frame, &err) {
+        Some(instead) => encode(&instead),
+        None => Err(err),
+    });
+    match encoded {
         // A closed channel means the writer gave up on a dead socket; the reader notices too.
         Ok(bytes) => {
             let _ = out.send(bytes).await;
         }
-        Err(err) => tracing::error!(error = %err, "could not encode a reply"),
+        Err(err) => tracing::error!(error = %err, "could not encode a frame"),
     }
+}
+
+/// The error frame that answers `frame`'s request when `frame` itself cannot be encoded (a
+/// `keys` reply over the frame limit), so that every request is still answered exactly once:
+/// a client would otherwise wait for its reply until it timed out. `None` for a frame that
+/// answers no request.
+fn unencodable(frame: &ServerFrame, err: &FrameError) -> Option<ServerFrame> {
+    let id = match frame {
+        ServerFrame::Reply { id, .. } | ServerFrame::Error { id: Some(id), .. } => *id,
+        _ => return None,
+    };
+    let message = match err {
+        FrameError::TooLarge { len } => {
+            let hint = match frame {
+                ServerFrame::Reply {
+                    reply: Reply::Keys { .. },
+                    ..
+                } => {
+                    "; the store holds too many keys, or too long ones, to list in one reply: \
+                      use fewer or shorter keys"
+                }
+                _ => "",
+            };
+            format!(
+                "the reply would be {len} bytes, {} bytes over the frame limit of \
+                 {MAX_FRAME_LEN} bytes{hint}",
+                len.saturating_sub(MAX_FRAME_LEN)
+            )
+        }
+        other => format!("the reply could not be encoded: {other}"),
+    };
+    tracing::warn!(id, "{message}");
+    Some(ServerFrame::Error {
+        id: Some(id),
+        error: RemoteError::new(ErrorCode::Invalid, message),
+    })
 }
 
 async fn send_error(out: &mpsc::Sender<Outgoing>, id: Option<u64>, error: RemoteError) {

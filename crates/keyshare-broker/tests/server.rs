@@ -1113,3 +1113,39 @@ fn clients_that_do_not_read_cannot_starve_the_others() {
     );
     drop(stalled);
 }
+
+#[test]
+fn a_reply_over_the_frame_limit_is_answered_with_an_error() {
+    let broker = TestBroker::memory();
+    // 300 keys of 4000 bytes: their list is over the 1 MiB frame limit.
+    for i in 0..300 {
+        let key = format!("long.{i:03}.{}", "x".repeat(3990));
+        broker.storage.set(&k(&key), &v("x")).unwrap();
+    }
+    let mut raw = Raw::connect(&broker);
+    raw.0
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    assert!(matches!(
+        raw.hello(protocol::PROTOCOL_VERSION),
+        ServerFrame::Reply { .. }
+    ));
+    raw.send_body(br#"{"id":1,"op":"keys"}"#);
+    match raw.read() {
+        Some(ServerFrame::Error { id: Some(1), error }) => {
+            assert_eq!(error.code, ErrorCode::Invalid);
+            assert!(
+                error
+                    .message
+                    .contains("over the frame limit of 1048576 bytes")
+                    && error.message.contains("fewer or shorter keys"),
+                "{}",
+                error.message
+            );
+        }
+        other => panic!("expected an error answering keys, got {other:?}"),
+    }
+    // The connection still serves.
+    raw.send_body(br#"{"id":2,"op":"status"}"#);
+    assert!(matches!(raw.read(), Some(ServerFrame::Reply { id: 2, .. })));
+}
