@@ -3,10 +3,10 @@
 //! The CLI fills an [`AccessPolicy`] from `config.toml`:
 //!
 //! ```toml
-//! [broker.apps.code]
+//! [apps.code]
 //! executables = ["/usr/share/code/code"]
 //!
-//! [broker.apps.agents]
+//! [apps.agents]
 //! executables = ["/opt/agents/agents"]
 //! shared_keys = ["github.auth"]
 //! ```

@@ -827,7 +827,7 @@ impl Connection {
             RemoteError::new(
                 ErrorCode::Denied,
                 format!(
-                    "app {:?} may not use key {:?} (broker.apps.{}.shared_keys)",
+                    "app {:?} may not use key {:?} (see shared_keys under [apps.{}] in config.toml)",
                     grant.app().as_str(),
                     key.as_str(),
                     grant.app()

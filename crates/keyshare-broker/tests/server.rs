@@ -568,7 +568,8 @@ fn shared_keys_restrict_what_an_app_sees() {
     );
     let msg = denied(agents.get(&k("npm.token")));
     assert!(
-        msg.contains("\"agents\" may not use key \"npm.token\""),
+        msg.contains("\"agents\" may not use key \"npm.token\"")
+            && msg.contains("shared_keys under [apps.agents] in config.toml"),
         "{msg}"
     );
     denied(agents.set(&k("npm.token"), &v("x")));
