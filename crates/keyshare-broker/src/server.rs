@@ -647,6 +647,14 @@ impl Connection {
                 }
                 Incoming::Closed | Incoming::Stop => return,
             };
+            if let Request::Hello { .. } = frame.request {
+                // A protocol error closes the connection (docs/protocol.md), after the replies
+                // to the requests already started; the client is confused about its state.
+                let msg = "hello was already done on this connection; closing it";
+                let error = RemoteError::new(ErrorCode::Protocol, msg);
+                send_error(&self.out, Some(frame.id), error).await;
+                return;
+            }
             // Wait for a slot before reading on: a client that pipelines without bound is
             // slowed down instead of growing the broker's memory.
             // Either wait ends at shutdown: the request is not started, and not answered.
@@ -998,16 +1006,8 @@ impl Connection {
                 .await;
                 drop(own);
             }
-            Request::Hello { .. } => {
-                let own = permit.ran();
-                send_error(
-                    &out,
-                    Some(id),
-                    RemoteError::new(ErrorCode::Protocol, "hello was already done"),
-                )
-                .await;
-                drop(own);
-            }
+            // Answered by `serve`, which then closes the connection.
+            Request::Hello { .. } => {}
         }
     }
 

@@ -68,8 +68,12 @@ impl Raw {
 
     fn assert_closed(&mut self) {
         let mut rest = Vec::new();
-        let n = self.0.read_to_end(&mut rest).unwrap_or(0);
-        assert_eq!(n, 0, "expected the broker to close the connection");
+        // A read that times out is a connection left open, not a closed one.
+        match self.0.read_to_end(&mut rest) {
+            Ok(0) => {}
+            Ok(n) => panic!("expected the broker to close the connection, got {n} more bytes"),
+            Err(err) => panic!("expected the broker to close the connection: {err}"),
+        }
     }
 }
 
@@ -466,6 +470,15 @@ fn handshake_is_required_and_versioned() {
         }
         other => panic!("expected a hello reply, got {other:?}"),
     }
+    // A second hello is a protocol error, which closes the connection.
+    match raw.hello(1) {
+        ServerFrame::Error { id: Some(0), error } => {
+            assert_eq!(error.code, ErrorCode::Protocol);
+            assert!(error.message.contains("already done"), "{}", error.message);
+        }
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    raw.assert_closed();
 }
 
 #[test]
