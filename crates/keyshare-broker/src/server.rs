@@ -481,6 +481,14 @@ async fn serve_connection(shared: &Arc<Shared>, stream: UnixStream, stop: watch:
         );
         send_error(&out_tx, None, RemoteError::new(ErrorCode::Denied, message)).await;
     } else {
+        // Read now, not at hello: hello may come seconds later, by when the process that
+        // connected may have exec'd a pinned program and handed the socket to a child that
+        // speaks for it (found in review).
+        let peer_exe = if shared.policy.pins_executables() {
+            cred.pid().and_then(|pid| process_executable(pid).ok())
+        } else {
+            None
+        };
         let mut conn = Connection {
             shared: Arc::clone(shared),
             reader: FrameReader::new(read_half),
@@ -491,6 +499,7 @@ async fn serve_connection(shared: &Arc<Shared>, stream: UnixStream, stop: watch:
             )),
             subscription: None,
             peer_pid: cred.pid(),
+            peer_exe,
             stop,
         };
         conn.serve().await;
@@ -601,6 +610,9 @@ struct Connection {
     in_flight_limit: Arc<Semaphore>,
     subscription: Option<tokio::task::JoinHandle<()>>,
     peer_pid: Option<i32>,
+    /// The peer's executable when the connection was accepted (only when the policy pins
+    /// executables).
+    peer_exe: Option<PathBuf>,
     stop: watch::Receiver<bool>,
 }
 
@@ -779,11 +791,7 @@ impl Connection {
             send_error(&self.out, Some(id), refusal).await;
             return None;
         }
-        let exe: Option<PathBuf> = if self.shared.policy.pins_executables() {
-            self.peer_pid.and_then(|pid| process_executable(pid).ok())
-        } else {
-            None
-        };
+        let exe = self.peer_exe.clone();
         match self.shared.policy.admit(&app, exe.as_deref()) {
             Ok(grant) => {
                 let reply = Reply::Hello {

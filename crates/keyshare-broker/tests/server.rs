@@ -1163,3 +1163,55 @@ fn a_reply_over_the_frame_limit_is_answered_with_an_error() {
     raw.send_body(br#"{"id":2,"op":"status"}"#);
     assert!(matches!(raw.read(), Some(ServerFrame::Reply { id: 2, .. })));
 }
+
+/// A process that connects, forks, and `exec`s a pinned program while its child sends hello
+/// is judged by the program that connected. Found in review: the executable was read at
+/// hello, so the child was admitted as the pinned app.
+#[test]
+fn pinning_checks_the_program_that_connected_not_the_one_it_became() {
+    let sleep = std::fs::canonicalize("/usr/bin/sleep").unwrap();
+    let mut policy = AccessPolicy::default();
+    policy.apps.insert(
+        "code".into(),
+        AppRule {
+            executables: vec![sleep],
+            shared_keys: None,
+        },
+    );
+    let broker = TestBroker::start(
+        SecretStorage::builder(Arc::new(MemoryStore::new())).build(),
+        policy,
+        ServerOptions::default(),
+    );
+    let socket = broker.config("code").paths.socket.clone();
+    let script = r#"
+import json, os, socket, struct, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+time.sleep(0.3)
+if os.fork() != 0:
+    os.execv("/usr/bin/sleep", ["sleep", "3"])
+time.sleep(0.5)
+body = json.dumps({"id": 1, "op": "hello", "client": "t", "client_version": "0",
+                   "protocol": 1, "app": "code"}).encode()
+s.sendall(struct.pack(">I", len(body)) + body)
+n = struct.unpack(">I", s.recv(4))[0]
+data = b""
+while len(data) < n:
+    data += s.recv(n - len(data))
+print(json.loads(data)["type"])
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&socket)
+        .output()
+        .expect("python3 (scripts/test installs it)");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        answer.trim(),
+        "error",
+        "{answer} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
