@@ -43,6 +43,36 @@ fn wait_for_line(from: &mut impl BufRead, needle: &str) -> String {
     }
 }
 
+/// A foreground `keyshare serve`, once it says it serves (its stderr kept open while it runs).
+struct Serving {
+    child: std::process::Child,
+    _stderr: BufReader<std::process::ChildStderr>,
+}
+
+impl Serving {
+    fn start(mut cmd: Command) -> Self {
+        let mut child = cmd.arg("serve").stderr(Stdio::piped()).spawn().unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        wait_for_line(&mut stderr, "keyshare: serving flavour stable");
+        Serving {
+            child,
+            _stderr: stderr,
+        }
+    }
+
+    /// SIGTERM, and a clean exit.
+    fn stop(mut self) {
+        sigterm(self.child.id());
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+fn write_config(home: &Path, text: &str) {
+    let config = home.join("config/keyshare/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, text).unwrap();
+}
+
 fn sigterm(pid: u32) {
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid as i32).unwrap(),
@@ -257,18 +287,15 @@ fn an_autostarted_broker_keeps_no_inherited_descriptor() {
 #[test]
 fn a_broker_started_with_other_settings_refuses_instead_of_serving_another_store() {
     let home = tempfile::tempdir().unwrap();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_keyshare"))
+    let mut memory = Command::new(env!("CARGO_BIN_EXE_keyshare"));
+    memory
         .env_clear()
         .env("HOME", home.path())
         .env("XDG_CONFIG_HOME", home.path().join("config"))
         .env("XDG_DATA_HOME", home.path().join("data"))
         .env("XDG_RUNTIME_DIR", home.path().join("run"))
-        .args(["--store", "memory", "serve"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut serve_err = BufReader::new(serve.stderr.take().unwrap());
-    wait_for_line(&mut serve_err, "keyshare: serving flavour stable");
+        .args(["--store", "memory"]);
+    let serve = Serving::start(memory);
     for (args, stdin) in [(&["set", "k"][..], &b"v1"[..]), (&["get", "k"], b"")] {
         let out = run(home.path(), args, stdin);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -276,7 +303,7 @@ fn a_broker_started_with_other_settings_refuses_instead_of_serving_another_store
         assert!(
             stderr.contains(&format!(
                 "broker (pid {}) serves a store that keeps nothing",
-                serve.id()
+                serve.child.id()
             )),
             "{stderr}"
         );
@@ -287,34 +314,24 @@ fn a_broker_started_with_other_settings_refuses_instead_of_serving_another_store
         Some(1),
         "the set wrote nothing anywhere"
     );
-    sigterm(serve.id());
-    assert!(serve.wait().unwrap().success());
+    serve.stop();
 
     // A broker over a vault whose key is in a key file (no keyring here), then a config that
     // requires the OS keyring: refused with the protection exit code, as a direct open is.
-    let mut serve = keyshare(home.path())
-        .arg("serve")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut serve_err = BufReader::new(serve.stderr.take().unwrap());
-    wait_for_line(&mut serve_err, "keyshare: serving flavour stable");
+    let serve = Serving::start(keyshare(home.path()));
     let out = run(home.path(), &["set", "k"], b"v2");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let config = home.path().join("config/keyshare/config.toml");
-    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
-    std::fs::write(&config, "require_os_keyring = true\n").unwrap();
+    write_config(home.path(), "require_os_keyring = true\n");
     let out = run(home.path(), &["get", "k"], b"");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(6), "{stderr}");
     assert!(stderr.contains("require_os_keyring"), "{stderr}");
     assert!(out.stdout.is_empty());
-    sigterm(serve.id());
-    assert!(serve.wait().unwrap().success());
+    serve.stop();
 }
 
 /// `unlisted_apps = "refuse"` in config.toml: an app id that `[apps.*]` does not name is
@@ -323,20 +340,11 @@ fn a_broker_started_with_other_settings_refuses_instead_of_serving_another_store
 #[test]
 fn unlisted_apps_can_be_refused_from_the_config() {
     let home = tempfile::tempdir().unwrap();
-    let config = home.path().join("config/keyshare/config.toml");
-    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
-    std::fs::write(
-        &config,
+    write_config(
+        home.path(),
         "unlisted_apps = \"refuse\"\n[apps.code]\nshared_keys = [\"github.*\"]\n",
-    )
-    .unwrap();
-    let mut serve = keyshare(home.path())
-        .arg("serve")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut serve_err = BufReader::new(serve.stderr.take().unwrap());
-    wait_for_line(&mut serve_err, "keyshare: serving flavour stable");
+    );
+    let serve = Serving::start(keyshare(home.path()));
     let out = run(home.path(), &["--app", "code", "set", "github.auth"], b"t");
     assert!(
         out.status.success(),
@@ -355,6 +363,5 @@ fn unlisted_apps_can_be_refused_from_the_config() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.stdout.is_empty());
-    sigterm(serve.id());
-    assert!(serve.wait().unwrap().success());
+    serve.stop();
 }
