@@ -269,39 +269,31 @@ impl Daemon {
     }
 }
 
-/// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard limit, returning the
-/// limit in effect. Why: each connection takes a descriptor, the server serves up to 4096
+/// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard limit. Why: each connection takes a descriptor, the server serves up to 4096
 /// (`ServerOptions::max_connections`), and desktop sessions often start processes with a soft
 /// limit of 1024; past it `accept` fails until clients leave. Raising the soft limit up to the
 /// hard one needs no privilege; if it fails anyway the broker serves with the lower limit.
-pub fn raise_fd_limit() -> Option<u64> {
+fn raise_fd_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let limit = getrlimit(Resource::Nofile);
-    // No hard limit (macOS reports "infinity") is not a value the soft limit may take there.
     let (Some(current), Some(maximum)) = (limit.current, limit.maximum) else {
-        return limit.current;
+        return;
     };
     if current >= maximum {
-        return Some(current);
+        return;
     }
     let raised = rustix::process::Rlimit {
         current: Some(maximum),
         maximum: Some(maximum),
     };
     match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => {
-            tracing::debug!(from = current, to = maximum, "raised the open-file limit");
-            Some(maximum)
-        }
-        Err(err) => {
-            tracing::warn!(
-                error = %err,
-                soft = current,
-                hard = maximum,
-                "could not raise the open-file limit; fewer connections can be served at once"
-            );
-            Some(current)
-        }
+        Ok(()) => tracing::debug!(from = current, to = maximum, "raised the open-file limit"),
+        Err(err) => tracing::warn!(
+            error = %err,
+            soft = current,
+            hard = maximum,
+            "could not raise the open-file limit; fewer connections can be served at once"
+        ),
     }
 }
 

@@ -258,7 +258,7 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
         ),
         Some(AutoChoice::SecretService) => {
             let report = secret_service::probe(ctx.timeout);
-            let reachable = report.is_usable() || is_locked(&report);
+            let reachable = report.is_usable() || report.is_locked();
             let store = SecretServiceStore::open(service, ctx.timeout)
                 .and_then(|store| {
                     if reachable {
@@ -289,7 +289,7 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
         }
         None => {
             let report = secret_service::probe(ctx.timeout);
-            let choice = if report.is_usable() || is_locked(&report) {
+            let choice = if report.is_usable() || report.is_locked() {
                 AutoChoice::SecretService
             } else {
                 AutoChoice::Vault
@@ -327,16 +327,6 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
             }
         }
     }
-}
-
-fn is_locked(report: &secret_service::ProbeReport) -> bool {
-    matches!(
-        &report.outcome,
-        Err(keyshare::Error::Unavailable {
-            reason: UnavailableReason::Locked,
-            ..
-        })
-    )
 }
 
 /// The probe's error, rebuilt (errors are not `Clone`) with its kind.

@@ -42,6 +42,17 @@ impl Env {
         self.dir.path()
     }
 
+    /// keyshare's data directory for this flavour (its vault, the `auto` record).
+    fn flavour_dir(&self) -> std::path::PathBuf {
+        self.home().join("data/keyshare").join(&self.flavor)
+    }
+
+    fn write_config(&self, text: &str) {
+        let config = self.home().join("config/keyshare/config.toml");
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        std::fs::write(&config, text).unwrap();
+    }
+
     fn command(&self, with_bus: bool) -> Command {
         let mut cmd = Command::cargo_bin("keyshare").unwrap();
         cmd.env_clear()
@@ -171,11 +182,7 @@ fn auto_keeps_the_keyring_it_chose_and_is_unavailable_without_it() {
     }
     let env = Env::new();
     env.ok(&["--direct", "set", "github.auth"], b"t1");
-    let record = env
-        .home()
-        .join("data/keyshare")
-        .join(&env.flavor)
-        .join("auto-store");
+    let record = env.flavour_dir().join("auto-store");
     assert_eq!(
         std::fs::read_to_string(&record).unwrap(),
         "secret-service\n"
@@ -189,12 +196,7 @@ fn auto_keeps_the_keyring_it_chose_and_is_unavailable_without_it() {
         assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
         assert!(stderr.contains("auto-store"), "{stderr}");
     }
-    assert!(!env
-        .home()
-        .join("data/keyshare")
-        .join(&env.flavor)
-        .join("vault.db")
-        .exists());
+    assert!(!env.flavour_dir().join("vault.db").exists());
     assert_eq!(
         env.ok(&["--direct", "get", "github.auth"], b"").stdout,
         b"t1"
@@ -247,9 +249,7 @@ fn require_os_keyring_refuses_a_key_file() {
         return;
     }
     let env = Env::new();
-    let config = env.home().join("config/keyshare/config.toml");
-    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
-    std::fs::write(&config, "require_os_keyring = true\n").unwrap();
+    env.write_config("require_os_keyring = true\n");
     let out = env.run(false, &["--store", "vault", "set", "k"], b"v");
     assert_eq!(
         out.status.code(),
@@ -258,12 +258,7 @@ fn require_os_keyring_refuses_a_key_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("require_os_keyring"));
-    assert!(!env
-        .home()
-        .join("data/keyshare")
-        .join(&env.flavor)
-        .join("vault.db")
-        .exists());
+    assert!(!env.flavour_dir().join("vault.db").exists());
     env.ok(&["--store", "vault", "set", "k"], b"v");
 }
 
@@ -276,9 +271,7 @@ fn through_the_broker_an_apps_journal_is_keyed_to_the_store_the_broker_serves() 
         return;
     }
     let env = Env::new();
-    let config = env.home().join("config/keyshare/config.toml");
-    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
-    std::fs::write(&config, "[apps.code]\nlegacy = { kind = \"vault\" }\n").unwrap();
+    env.write_config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
     // Starts the broker (the command inherits the session bus, so auto picks the keyring).
     env.ok(&["--app", "code", "set", "github.auth"], b"v1");
     let lock = env.home().join(format!("run/keyshare/{}.lock", env.flavor));

@@ -773,6 +773,17 @@ impl ProbeReport {
     pub fn is_usable(&self) -> bool {
         self.outcome.is_ok()
     }
+
+    /// True when the Secret Service answered but its default collection is locked.
+    pub fn is_locked(&self) -> bool {
+        matches!(
+            &self.outcome,
+            Err(Error::Unavailable {
+                reason: UnavailableReason::Locked,
+                ..
+            })
+        )
+    }
 }
 
 impl fmt::Display for ProbeReport {
