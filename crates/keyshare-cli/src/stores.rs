@@ -124,6 +124,9 @@ impl KekStore for LazyKeyring {
     fn store(&self, vault: &VaultId, kek: &Kek) -> keyshare::Result<()> {
         self.connect()?.store(vault, kek)
     }
+    fn forget_uncreated(&self, vault: &VaultId) -> keyshare::Result<()> {
+        self.connect()?.forget_uncreated(vault)
+    }
     fn describe(&self) -> String {
         match self.connected.get() {
             Some(Ok(store)) => store.describe(),

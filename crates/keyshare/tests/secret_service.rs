@@ -652,6 +652,34 @@ fn vault_keys_live_in_gnome_keyring() {
         b"",
     );
     assert!(ok && out == b"short");
+
+    // The key of a vault that was never created is removed (a vault that lost a creation
+    // race); removing one that is not there is not an error.
+    let uncreated = key_file_vault_id(private_tempdir().path());
+    reopened
+        .store(&uncreated, &Kek::generate().unwrap())
+        .unwrap();
+    assert!(reopened.load(&uncreated).unwrap().is_some());
+    reopened.forget_uncreated(&uncreated).unwrap();
+    assert!(reopened.load(&uncreated).unwrap().is_none());
+    let (found, _) = secret_tool_on(
+        Some(&private.address),
+        &[
+            "lookup",
+            "xdg:schema",
+            VAULT_KEY_SCHEMA,
+            "vault",
+            &uncreated.to_hex(),
+        ],
+        b"",
+    );
+    assert!(!found);
+    reopened.forget_uncreated(&uncreated).unwrap();
+    // The vault that exists still opens.
+    assert_eq!(
+        reopened.load(&id).unwrap().unwrap().expose_secret(),
+        kek.expose_secret()
+    );
 }
 
 #[test]

@@ -149,8 +149,42 @@ impl KekStore for FakeKeyring {
         Ok(())
     }
 
+    fn forget_uncreated(&self, vault: &VaultId) -> keyshare::Result<()> {
+        self.check()?;
+        self.entries.lock().unwrap().remove(vault);
+        Ok(())
+    }
+
     fn describe(&self) -> String {
         "fake keyring".to_owned()
+    }
+}
+
+/// A keyring that, as it stores a new vault's key, lets another process win the race to
+/// create that vault: it creates the vault file itself (protected by a key file).
+#[derive(Debug)]
+struct RacedKeyring {
+    keyring: FakeKeyring,
+    vault: PathBuf,
+}
+
+impl KekStore for RacedKeyring {
+    fn load(&self, vault: &VaultId) -> keyshare::Result<Option<Kek>> {
+        self.keyring.load(vault)
+    }
+
+    fn store(&self, vault: &VaultId, kek: &Kek) -> keyshare::Result<()> {
+        self.keyring.store(vault, kek)?;
+        drop(open(&self.vault, "other"));
+        Ok(())
+    }
+
+    fn forget_uncreated(&self, vault: &VaultId) -> keyshare::Result<()> {
+        self.keyring.forget_uncreated(vault)
+    }
+
+    fn describe(&self) -> String {
+        "raced keyring".to_owned()
     }
 }
 
@@ -1120,4 +1154,35 @@ fn deleted_and_replaced_values_leave_no_sealed_bytes_in_the_files() {
         store.get(&key("other.3")).unwrap().unwrap().expose_secret(),
         b"kept"
     );
+}
+
+#[test]
+fn a_vault_key_stored_for_a_vault_another_process_created_first_is_removed() {
+    let dir = private_tempdir();
+    let path = dir.path().join("raced.db");
+    let keyring = Arc::new(RacedKeyring {
+        keyring: FakeKeyring::default(),
+        vault: path.clone(),
+    });
+    let mut o = options(&path, "ns");
+    o.keys.os_keyring = Some(keyring.clone());
+    // The winner's vault is opened (its key file), and the key our attempt stored for a vault
+    // id no file holds is gone from the keyring.
+    let vault = VaultStore::open(o).unwrap();
+    assert!(
+        matches!(vault.protection(), Protection::KeyFile { .. }),
+        "{}",
+        vault.protection()
+    );
+    vault.set(&key("k"), &value(b"v")).unwrap();
+    assert!(keyring.keyring.entries.lock().unwrap().is_empty());
+
+    // A vault this process did create keeps its key.
+    let keyring = Arc::new(FakeKeyring::default());
+    let mut o = options(&dir.path().join("ours.db"), "ns");
+    o.keys.os_keyring = Some(keyring.clone());
+    let vault = VaultStore::open(o).unwrap();
+    assert!(vault.protection().is_os_keyring());
+    let entries = keyring.entries.lock().unwrap();
+    assert_eq!(entries.keys().collect::<Vec<_>>(), [&vault.vault_id()]);
 }

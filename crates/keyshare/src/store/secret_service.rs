@@ -624,6 +624,33 @@ impl KekStore for SecretServiceKekStore {
         )
     }
 
+    fn forget_uncreated(&self, vault: &VaultId) -> Result<()> {
+        let id = vault.to_hex();
+        bounded(
+            self.timeout,
+            || format!("removing the key of vault {id}, which was never created"),
+            async {
+                let found = self
+                    .connection
+                    .service
+                    .search_items(Self::attributes(&id))
+                    .await
+                    .map_err(|e| self.connection.map(e, "searching for the vault key"))?;
+                if !found.locked.is_empty() {
+                    return Err(locked_error(&self.connection.bus));
+                }
+                for item in &found.unlocked {
+                    match item.delete().await {
+                        Ok(()) => {}
+                        Err(e) if is_unknown_object(&e) => {}
+                        Err(e) => return Err(self.connection.map(e, "removing the vault key")),
+                    }
+                }
+                Ok(())
+            },
+        )
+    }
+
     fn describe(&self) -> String {
         match self.connection.cache().as_ref() {
             Some(path) => format!(

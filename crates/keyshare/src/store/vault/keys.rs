@@ -72,6 +72,11 @@ pub trait KekStore: Send + Sync + fmt::Debug {
     fn load(&self, vault: &VaultId) -> Result<Option<Kek>>;
     /// Saves the KEK of a new `vault`.
     fn store(&self, vault: &VaultId, kek: &Kek) -> Result<()>;
+    /// Removes the KEK [`KekStore::store`] saved for a vault that was then never created (its
+    /// file lost a creation race, or could not be written), so that no keyring entry outlives
+    /// it. Only called with the id of such a vault: ids are random, so no vault file holds it.
+    /// `Ok` also when there was nothing to remove.
+    fn forget_uncreated(&self, vault: &VaultId) -> Result<()>;
     /// Names the keyring for humans, e.g. "Secret Service (collection \"login\")".
     fn describe(&self) -> String;
 }

@@ -8,6 +8,9 @@
 //! - The DEK is stored wrapped by a key-encryption key from a [`KeyProviders`] chain: the OS
 //!   keyring ([`KekStore`]), a key file beside the vault, or a passphrase through Argon2id. The
 //!   provider is recorded in the vault; [`VaultStore::protection`] always says which.
+//! - Creation is atomic (a complete file is hard-linked into place): of processes creating
+//!   one vault at once, one wins and the others open its file; a loser removes the keyring
+//!   entry it had stored for its own vault id, so none is left behind.
 //! - Durability: WAL, `synchronous=FULL`, a busy timeout, and every write one `BEGIN IMMEDIATE`
 //!   transaction, so an acknowledged `set` survives `kill -9` and several processes can share
 //!   a vault.
@@ -58,7 +61,7 @@ use crate::error::{Error, Result, UnavailableReason};
 use crate::model::{Flavour, Limits, SecretKey, SecretValue};
 use crate::store::{Store, StoreInfo, DEFAULT_TIMEOUT};
 use crypto::{unwrap_dek, wrap_dek, AssociatedData, Dek, Sealed, UnwrapError};
-use keys::ProviderKind;
+use keys::{NewKek, ProviderKind};
 use schema::Meta;
 
 /// The file name of a flavour's shared vault.
@@ -486,18 +489,57 @@ impl VaultStore {
     fn create(options: &VaultOptions) -> Result<Option<Created>> {
         let path = &options.path;
         let vault_id = VaultId::generate()?;
+        let dek = Dek::generate()?;
         let new_kek = options
             .keys
             .for_new_vault(path, &vault_id, options.require_os_keyring)?;
-        let dek = Dek::generate()?;
+        let created = Self::create_with(options, vault_id, &new_kek, &dek);
+        if new_kek.kind == ProviderKind::OsKeyring {
+            // The keyring now holds a key for `vault_id`. If no vault file with that id came
+            // to exist, nothing will ever read it: remove it rather than leave an orphan in
+            // the user's keyring. After an error the file may still be ours (the error can
+            // come after it was linked into place), so only a missing file proves it is not.
+            let uncreated = match &created {
+                Ok(created) => !created,
+                Err(_) => !path.exists(),
+            };
+            if let (true, Some(keyring)) = (uncreated, &options.keys.os_keyring) {
+                if let Err(e) = keyring.forget_uncreated(&vault_id) {
+                    tracing::warn!(
+                        vault = %path.display(),
+                        "could not remove the key {} stored for vault id {vault_id}, which \
+                         was never created (another process created the vault first, or it \
+                         could not be written): {e}",
+                        keyring.describe()
+                    );
+                }
+            }
+        }
+        Ok(created?.then(|| Created {
+            dek,
+            vault_id,
+            protection: new_kek.protection,
+            notice: new_kek.notice,
+        }))
+    }
+
+    /// Writes the new vault file for [`VaultStore::create`]; `Ok(false)` when another process
+    /// created it first.
+    fn create_with(
+        options: &VaultOptions,
+        vault_id: VaultId,
+        new_kek: &NewKek,
+        dek: &Dek,
+    ) -> Result<bool> {
+        let path = &options.path;
         let meta = Meta {
             schema_version: schema::SCHEMA_VERSION,
             vault_id,
             provider: new_kek.kind,
-            wrapped_dek: wrap_dek(&new_kek.kek, &dek, vault_id.as_bytes(), new_kek.kind.name())?,
+            wrapped_dek: wrap_dek(&new_kek.kek, dek, vault_id.as_bytes(), new_kek.kind.name())?,
             argon2: new_kek.argon2,
         };
-        let created = files::create_private_file_atomically(path, |_, temp| {
+        files::create_private_file_atomically(path, |_, temp| {
             let map = |e| sql_error(temp, options.busy_timeout, "creating the vault", e);
             let conn = Connection::open_with_flags(
                 temp,
@@ -518,13 +560,7 @@ impl VaultStore {
                 ));
             }
             conn.close().map_err(|(_, e)| map(e))
-        })?;
-        Ok(created.then_some(Created {
-            dek,
-            vault_id,
-            protection: new_kek.protection,
-            notice: new_kek.notice,
-        }))
+        })
     }
 
     fn open_existing(options: &VaultOptions, created: Option<Created>) -> Result<VaultStore> {
