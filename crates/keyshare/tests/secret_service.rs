@@ -538,6 +538,17 @@ fn a_hung_service_times_out() {
     );
     let took = started.elapsed();
     assert!(took >= timeout && took < bound, "get took {took:?}");
+    // A write that timed out is not said to have changed nothing: its call was sent.
+    assert_unavailable(
+        store.set(&key("k"), &value(b"v2")),
+        UnavailableReason::TimedOut,
+        &["writing key \"k\"", "may still take effect"],
+    );
+    assert_unavailable(
+        store.delete(&key("k")),
+        UnavailableReason::TimedOut,
+        &["deleting key \"k\"", "may still take effect"],
+    );
     let started = Instant::now();
     assert_unavailable(
         SecretServiceStore::open_on(private.bus(), "dev.keyshare.hung", timeout),
@@ -549,7 +560,11 @@ fn a_hung_service_times_out() {
 
     drop(resume);
     // Once the service answers again, the same store (connection and session) works again.
-    assert_eq!(store.get(&key("k")).unwrap().unwrap().expose_secret(), b"v");
+    store.set(&key("k"), &value(b"v3")).unwrap();
+    assert_eq!(
+        store.get(&key("k")).unwrap().unwrap().expose_secret(),
+        b"v3"
+    );
 }
 
 /// A temporary directory the vault accepts (0700).

@@ -478,8 +478,15 @@ impl Store for SecretServiceStore {
     /// Errors: `TooLarge` over the limits; `Unavailable` as for `get`.
     fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
         self.limits.check_value(value)?;
+        // A call that timed out was still sent: the service may carry it out when it answers
+        // again (after a prompt, say), so the error must not claim that nothing was written.
         self.run(
-            || format!("writing key {:?}", key.as_str()),
+            || {
+                format!(
+                    "writing key {:?} (the write may still take effect when the service answers)",
+                    key.as_str()
+                )
+            },
             self.set_async(key, value),
         )
     }
@@ -488,7 +495,12 @@ impl Store for SecretServiceStore {
     /// locked nothing is deleted.
     fn delete(&self, key: &SecretKey) -> Result<bool> {
         self.run(
-            || format!("deleting key {:?}", key.as_str()),
+            || {
+                format!(
+                    "deleting key {:?} (the delete may still take effect when the service answers)",
+                    key.as_str()
+                )
+            },
             self.delete_async(key),
         )
     }
