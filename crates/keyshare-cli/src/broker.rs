@@ -12,7 +12,9 @@ use keyshare_broker::access::{AccessPolicy, AppRule, KeyPattern};
 use keyshare_broker::client::Autostart;
 use keyshare_broker::daemon::BrokerPaths;
 use keyshare_broker::protocol::BrokerStatus;
-use keyshare_broker::{BlockingBrokerClient, ClientConfig, ClientError, OneShotClient};
+use keyshare_broker::{
+    BlockingBrokerClient, ClientConfig, ClientError, OneShotClient, TransportError,
+};
 
 use crate::config::{Config, StoreChoice};
 use crate::stores::{Context, SharedChoice};
@@ -91,15 +93,11 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
         // cannot know), at the price of waiting for hello before the first request.
         match client.hello() {
             Ok(info) => identity = info.store.or(identity),
-            Err(ClientError::Transport(err)) => {
-                tracing::warn!(error = %err, "no broker: opening the shared store directly");
-                return Ok(None);
-            }
+            Err(err @ ClientError::Transport(_)) => return Ok(no_broker(&err)),
             Err(err) => return Err(err.into_store_error(client.store_name()).into()),
         }
     } else if let Err(err) = client.connect() {
-        tracing::warn!(error = %err, "no broker: opening the shared store directly");
-        return Ok(None);
+        return Ok(no_broker(&err));
     }
     if let Some(notice) = client.take_autostart_output() {
         // What the broker said while starting (e.g. that it created a key file) is for the
@@ -113,6 +111,17 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
         // The broker checked it at hello, when this command requires it.
         os_keyring: None,
     }))
+}
+
+/// No broker answered (or none could be started): the command opens the store itself.
+fn no_broker(err: &ClientError) -> Option<SharedChoice> {
+    if let ClientError::Transport(TransportError::StartupLockHeld { .. }) = err {
+        // The user waited for seconds: say why, and who holds things up.
+        eprintln!("keyshare: warning: {err}; opening the shared store directly");
+    } else {
+        tracing::warn!(error = %err, "no broker: opening the shared store directly");
+    }
+    None
 }
 
 /// The broker's access policy from `[apps.<id>]` in `config.toml`.

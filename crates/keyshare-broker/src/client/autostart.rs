@@ -4,8 +4,13 @@
 //! at once, one starts the broker and the others wait for it), checks again, then runs
 //! `<program> serve --flavor <F> --autostarted` in its own process group (a Ctrl-C in the
 //! terminal does not reach it) and waits for the ready line the broker writes to its stdout
-//! once its socket is bound. No polling, no sleeps: the pipe says when it is ready, or its
-//! end (with the broker's stderr) says why it is not.
+//! once its socket is bound. No polling, no sleeps for the broker: the pipe says when it is
+//! ready, or its end (with the broker's stderr) says why it is not.
+//!
+//! The startup lock is waited for in bounded time: a client that hangs while holding it (stopped
+//! in a debugger, stuck on a full disk) must not hang every other client of the flavour with
+//! it. `flock` has no timeout, so the wait polls a non-blocking attempt; the client that holds
+//! the lock records its pid in the file, so that an error can name it.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
@@ -13,12 +18,12 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keyshare::Flavour;
 
 use crate::client::TransportError;
-use crate::daemon::{BrokerPaths, FileLock, READY_LINE};
+use crate::daemon::{lock_holder_pid, BrokerPaths, FileLock, READY_LINE};
 
 /// How to start the broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +74,7 @@ impl Autostart {
     pub(crate) fn start_blocking(&self, paths: &BrokerPaths) -> Result<String, TransportError> {
         let fail = |what: String| TransportError::Autostart(what);
         paths.ensure_dir().map_err(|e| fail(e.to_string()))?;
-        let _startup = FileLock::acquire(&paths.startup_lock).map_err(|e| fail(e.to_string()))?;
+        let _startup = self.take_startup_lock(paths)?;
         // Another client may have started it while we waited for the lock.
         if std::os::unix::net::UnixStream::connect(&paths.socket).is_ok() {
             return Ok(String::new());
@@ -162,4 +167,57 @@ impl Autostart {
             }
         }
     }
+
+    /// Takes the startup lock, waiting for another client's start to finish, but not forever.
+    ///
+    /// The holder waits up to its ready timeout for its broker and then gives up and releases
+    /// the lock; a lock held half as long again (the time to spawn and reap a broker included)
+    /// belongs to a client that hangs. This client's own ready timeout stands for the
+    /// holder's: clients of one flavour are normally the same program.
+    fn take_startup_lock(&self, paths: &BrokerPaths) -> Result<FileLock, TransportError> {
+        let path = &paths.startup_lock;
+        let patience = self.ready_timeout + self.ready_timeout / 2;
+        let started = Instant::now();
+        // Starts short (a start takes tens of milliseconds) and stays short enough that a
+        // waiting client sees the broker soon after it is ready.
+        let mut pause = Duration::from_millis(2);
+        let lock = loop {
+            match FileLock::try_acquire(path) {
+                Ok(Some(lock)) => break lock,
+                Ok(None) => {}
+                Err(err) => return Err(TransportError::Autostart(err.to_string())),
+            }
+            let waited = started.elapsed();
+            if waited >= patience {
+                return Err(TransportError::StartupLockHeld {
+                    lock: path.clone(),
+                    holder: lock_holder_pid(path).filter(|&pid| process_exists(pid)),
+                    waited,
+                });
+            }
+            std::thread::sleep(pause.min(patience - waited));
+            pause = (pause * 2).min(Duration::from_millis(20));
+        };
+        // For the message above, in a client that waits for this one. Best effort: the lock is
+        // the flock, not this content.
+        if let Err(err) = std::fs::write(path, format!("{}\n", std::process::id())) {
+            tracing::debug!(lock = %path.display(), error = %err, "could not record this pid in the startup lock");
+        }
+        Ok(lock)
+    }
+}
+
+/// Whether a process with this pid exists (a pid recorded in a lock file may be stale: the
+/// process that wrote it released the lock and exited since).
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    rustix::process::Pid::from_raw(pid).is_some_and(|pid| {
+        // EPERM: it exists, as another user's process.
+        matches!(
+            rustix::process::test_kill_process(pid),
+            Ok(()) | Err(rustix::io::Errno::PERM)
+        )
+    })
 }

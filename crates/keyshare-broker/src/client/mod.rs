@@ -67,6 +67,23 @@ pub enum TransportError {
     /// Starting the broker failed.
     #[error("could not start the broker: {0}")]
     Autostart(String),
+    /// Another process has held the startup lock for longer than starting a broker takes (it
+    /// hangs, or is stopped), so this client gave up waiting to start one.
+    #[error(
+        "gave up after {waited:.1?} waiting for {lock}: another process{holder} holds it while \
+         it starts the broker, longer than a start takes; end that process if it is stuck, or \
+         use --direct",
+        lock = lock.display(),
+        holder = holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    StartupLockHeld {
+        /// The startup lock file.
+        lock: PathBuf,
+        /// The pid the holder recorded in it, when that process still exists.
+        holder: Option<u32>,
+        /// How long this client waited.
+        waited: Duration,
+    },
     /// The connection closed before the reply arrived.
     #[error("the connection to the broker closed before it answered")]
     Closed,
@@ -101,7 +118,9 @@ impl ClientError {
             ClientError::Remote(remote) => remote.into_store_error(store),
             ClientError::Transport(transport) => {
                 let reason = match &transport {
-                    TransportError::TimedOut(_) => UnavailableReason::TimedOut,
+                    TransportError::TimedOut(_) | TransportError::StartupLockHeld { .. } => {
+                        UnavailableReason::TimedOut
+                    }
                     TransportError::NotRunning { .. }
                     | TransportError::Connect { .. }
                     | TransportError::Autostart(_)
