@@ -6,13 +6,17 @@ mod common;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use keyshare::{Error, SecretKey, Store, UnavailableReason};
+use keyshare::{Error, SecretKey, SecretValue, Store, UnavailableReason};
 use keyshare_broker::client::Autostart;
 use keyshare_broker::daemon::{BrokerPaths, FileLock};
 use keyshare_broker::{BlockingBrokerClient, ClientConfig, OneShotClient};
 
 fn k(s: &str) -> SecretKey {
     SecretKey::new(s).unwrap()
+}
+
+fn v(s: &str) -> SecretValue {
+    SecretValue::from_slice(s.as_bytes())
 }
 
 fn config(paths: &BrokerPaths) -> ClientConfig {
@@ -105,4 +109,361 @@ fn autostart_gives_up_on_a_startup_lock_that_another_process_keeps() {
         err.contains(&format!("holder: {}", std::process::id())),
         "{err}"
     );
+}
+
+/// What a broker does with the first connection it accepts, before it drops it.
+#[derive(Clone, Copy, Debug)]
+enum First {
+    /// Drops it unread: what a broker's exit does to a connection still in its listener's
+    /// backlog (the client sees a reset).
+    CloseUnread,
+    /// Reads what arrived, then closes it without a word (the client sees the end of the
+    /// stream before any reply).
+    ReadAndClose,
+    /// Reads one frame (hello), then closes it.
+    ReadOneFrameAndClose,
+    /// Answers hello, reads the next frame, then closes it without answering that.
+    AnswerHelloThenClose,
+}
+
+/// What the first connection sent: its frames, and whether more bytes were waiting behind
+/// the frames read.
+#[derive(Debug)]
+struct FirstSeen {
+    frames: Vec<serde_json::Value>,
+    more_waiting: bool,
+}
+
+/// A socket whose first connection is handled as `first` says and dropped, like a broker that
+/// exits (idle) just as a client connects; every later connection is served by a real broker
+/// over `storage`, on the same listener.
+struct FlakyBroker {
+    storage: keyshare::SecretStorage,
+    first_seen: mpsc::Receiver<FirstSeen>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn read_frame(conn: &mut std::os::unix::net::UnixStream) -> serde_json::Value {
+    use std::io::Read;
+    let mut header = [0u8; 4];
+    conn.read_exact(&mut header).unwrap();
+    let mut body = vec![0; u32::from_be_bytes(header) as usize];
+    conn.read_exact(&mut body).unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn bytes_waiting(conn: &std::os::unix::net::UnixStream) -> bool {
+    use rustix::net::{recv, RecvFlags};
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(conn, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT),
+        Ok((_, n)) if n > 0
+    )
+}
+
+impl FlakyBroker {
+    fn start(paths: &BrokerPaths, first: First) -> FlakyBroker {
+        use keyshare_broker::protocol::{encode, Reply, ServerFrame, PROTOCOL_VERSION};
+        use std::io::{Read, Write};
+        paths.ensure_dir().unwrap();
+        let storage =
+            keyshare::SecretStorage::builder(std::sync::Arc::new(keyshare::MemoryStore::new()))
+                .build();
+        let listener = std::os::unix::net::UnixListener::bind(&paths.socket).unwrap();
+        let (seen_tx, first_seen) = mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let state = keyshare_broker::BrokerState::new(storage.clone());
+        let thread = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut frames = Vec::new();
+            match first {
+                First::CloseUnread => {}
+                First::ReadAndClose => {
+                    let mut buf = vec![0; 64 * 1024];
+                    let n = conn.read(&mut buf).unwrap();
+                    let mut rest = &buf[..n];
+                    while rest.len() >= 4 {
+                        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+                        frames.push(serde_json::from_slice(&rest[4..4 + len]).unwrap());
+                        rest = &rest[4 + len..];
+                    }
+                }
+                First::ReadOneFrameAndClose => frames.push(read_frame(&mut conn)),
+                First::AnswerHelloThenClose => {
+                    frames.push(read_frame(&mut conn));
+                    let hello = ServerFrame::Reply {
+                        id: 0,
+                        reply: Reply::Hello {
+                            server: "flaky".into(),
+                            server_version: "0".into(),
+                            protocol: PROTOCOL_VERSION,
+                            store: None,
+                        },
+                    };
+                    conn.write_all(&encode(&hello).unwrap()).unwrap();
+                    frames.push(read_frame(&mut conn));
+                }
+            }
+            let more_waiting = bytes_waiting(&conn);
+            drop(conn);
+            seen_tx
+                .send(FirstSeen {
+                    frames,
+                    more_waiting,
+                })
+                .unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime
+                .block_on(async move {
+                    let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+                    keyshare_broker::run(
+                        listener,
+                        async {
+                            let _ = stopped.await;
+                        },
+                        state,
+                    )
+                    .await
+                })
+                .unwrap();
+        });
+        FlakyBroker {
+            storage,
+            first_seen,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn first_seen(&self) -> FirstSeen {
+        self.first_seen
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the first connection was handled")
+    }
+}
+
+impl Drop for FlakyBroker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            if !std::thread::panicking() {
+                thread.join().unwrap();
+            }
+        }
+    }
+}
+
+fn ops(seen: &FirstSeen) -> Vec<&str> {
+    seen.frames
+        .iter()
+        .map(|f| f["op"].as_str().unwrap())
+        .collect()
+}
+
+/// A read whose connection ends before hello is answered is asked again on a new connection:
+/// the broker was going away (or never took the connection), and a read is safe to repeat.
+#[test]
+fn a_one_shot_read_is_asked_again_when_the_broker_closes_before_hello() {
+    for first in [First::CloseUnread, First::ReadAndClose] {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = common::socket_of(dir.path());
+        let broker = FlakyBroker::start(&paths, first);
+        broker.storage.set(&k("k"), &v("token")).unwrap();
+        let client = OneShotClient::new(config(&paths));
+        let got = client.get(&k("k"));
+        assert_eq!(
+            got.unwrap_or_else(|e| panic!("{first:?}: {e}"))
+                .unwrap()
+                .expose_secret(),
+            b"token",
+            "{first:?}"
+        );
+        let seen = broker.first_seen();
+        if let First::ReadAndClose = first {
+            // The read rode with hello, as it always does.
+            assert_eq!(ops(&seen), ["hello", "get"]);
+        }
+    }
+}
+
+/// A write on a new connection waits for hello's answer before it is sent, so that when the
+/// connection ends before that answer the write certainly was not made, and is sent (once)
+/// on a new connection.
+#[test]
+fn a_one_shot_write_is_sent_after_hello_and_once_when_the_broker_closes_before_hello() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = common::socket_of(dir.path());
+    let broker = FlakyBroker::start(&paths, First::ReadOneFrameAndClose);
+    let client = OneShotClient::new(config(&paths));
+    client.set(&k("k"), &v("token")).unwrap();
+    let seen = broker.first_seen();
+    assert_eq!(ops(&seen), ["hello"]);
+    assert!(!seen.more_waiting, "the set was sent before hello's answer");
+    assert_eq!(
+        broker
+            .storage
+            .get(&k("k"))
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        b"token"
+    );
+
+    let broker = {
+        drop(broker);
+        let _ = std::fs::remove_file(&paths.socket);
+        FlakyBroker::start(&paths, First::ReadOneFrameAndClose)
+    };
+    broker.storage.set(&k("k"), &v("token")).unwrap();
+    let client = OneShotClient::new(config(&paths));
+    assert!(client.delete(&k("k")).unwrap(), "deleted");
+    assert!(!broker.first_seen().more_waiting);
+    assert_eq!(broker.storage.get(&k("k")).unwrap(), None);
+}
+
+/// A write whose connection ends after hello's answer may have been made: it is reported as
+/// failed and never sent again (another app may have written or deleted the key since, and a
+/// replay would undo that).
+#[test]
+fn a_write_whose_connection_ends_after_hello_is_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = common::socket_of(dir.path());
+    let broker = FlakyBroker::start(&paths, First::AnswerHelloThenClose);
+    let err = OneShotClient::new(config(&paths))
+        .set(&k("k"), &v("secret-value"))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                reason: UnavailableReason::NotRunning,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains("secret-value"), "{err}");
+    assert_eq!(ops(&broker.first_seen()), ["hello", "set"]);
+    assert_eq!(broker.storage.get(&k("k")).unwrap(), None);
+    drop(broker);
+
+    let _ = std::fs::remove_file(&paths.socket);
+    let broker = FlakyBroker::start(&paths, First::AnswerHelloThenClose);
+    broker.storage.set(&k("k"), &v("kept")).unwrap();
+    let client = BlockingBrokerClient::new(config(&paths)).unwrap();
+    client.delete(&k("k")).unwrap_err();
+    assert_eq!(ops(&broker.first_seen()), ["hello", "delete"]);
+    assert_eq!(
+        broker
+            .storage
+            .get(&k("k"))
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        b"kept"
+    );
+}
+
+/// The async client says hello before any request, so a connection that ends before hello's
+/// answer carried nothing else: it connects again, whatever the request.
+#[test]
+fn the_async_client_connects_again_when_the_broker_closes_before_hello() {
+    for first in [First::CloseUnread, First::ReadOneFrameAndClose] {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = common::socket_of(dir.path());
+        let broker = FlakyBroker::start(&paths, first);
+        let client = BlockingBrokerClient::new(config(&paths)).unwrap();
+        client
+            .set(&k("k"), &v("token"))
+            .unwrap_or_else(|e| panic!("{first:?}: {e}"));
+        assert_eq!(
+            broker
+                .storage
+                .get(&k("k"))
+                .unwrap()
+                .unwrap()
+                .expose_secret(),
+            b"token"
+        );
+    }
+}
+
+const CHILD_DIR: &str = "KEYSHARE_TEST_CLIENT_BROKER_DIR";
+
+/// Run by the tests here as the autostarted broker: what `keyshare serve --autostarted` does,
+/// over a memory store, until SIGTERM.
+#[test]
+#[ignore = "helper: runs as a child process of another test"]
+fn autostarted_broker_child() {
+    let dir = std::env::var_os(CHILD_DIR).expect("run by a test of this file");
+    let paths = common::socket_of(std::path::Path::new(&dir));
+    let daemon = keyshare_broker::daemon::Daemon::prepare(&paths).unwrap();
+    keyshare_broker::daemon::notify_ready_on_stdout().unwrap();
+    let storage =
+        keyshare::SecretStorage::builder(std::sync::Arc::new(keyshare::MemoryStore::new())).build();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async {
+            // Inside the runtime: the signal handlers register with it.
+            let stop = keyshare_broker::daemon::shutdown_signal().unwrap();
+            daemon
+                .serve(keyshare_broker::BrokerState::new(storage), stop)
+                .await
+        })
+        .unwrap();
+}
+
+fn autostart_child(dir: &std::path::Path) -> Autostart {
+    let child = common::child_test("autostarted_broker_child");
+    Autostart {
+        program: child.get_program().into(),
+        args: child.get_args().map(Into::into).collect(),
+        env: vec![(CHILD_DIR.into(), dir.into())],
+        ready_timeout: Duration::from_secs(30),
+    }
+}
+
+/// Stops the broker that holds the instance lock, and waits until it is gone.
+fn stop_broker(paths: &BrokerPaths) {
+    let pid = keyshare_broker::daemon::lock_holder_pid(&paths.instance_lock).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    drop(FileLock::acquire(&paths.instance_lock).unwrap());
+}
+
+/// A broker exiting (idle) closes its listener first and releases its instance lock only when
+/// its process ends. A client that meets that moment waits for it to go before it starts the
+/// next one, which would otherwise find the lock taken and fail ("another broker already
+/// serves"), and the client with it.
+#[test]
+fn autostart_waits_for_a_broker_on_its_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = common::socket_of(dir.path());
+    paths.ensure_dir().unwrap();
+    // The exiting broker: no socket any more, the instance lock still held.
+    let exiting = FileLock::try_acquire(&paths.instance_lock)
+        .unwrap()
+        .unwrap();
+    let gone = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(exiting);
+    });
+    let client = OneShotClient::new(config(&paths).autostart(Some(autostart_child(dir.path()))));
+    let got = within(Duration::from_secs(30), move || client.get(&k("k")));
+    gone.join().unwrap();
+    assert_eq!(got.unwrap(), None);
+    stop_broker(&paths);
 }

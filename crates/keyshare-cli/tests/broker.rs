@@ -365,3 +365,51 @@ fn unlisted_apps_can_be_refused_from_the_config() {
     assert!(out.stdout.is_empty());
     serve.stop();
 }
+
+/// An autostarted broker exits after ten idle minutes. A command that connects just as it
+/// exits (its connection still in the listener's backlog, or accepted and dropped) sees the
+/// connection end before hello's answer: it connects again, starting a broker, instead of
+/// failing. Here a stand-in takes the first connection and drops it, with its listener.
+#[test]
+fn a_command_that_meets_an_exiting_broker_starts_another() {
+    use std::os::unix::fs::DirBuilderExt;
+    let home = tempfile::tempdir().unwrap();
+    let socket = home.path().join("run/keyshare/stable.sock");
+    let lock = home.path().join("run/keyshare/stable.lock");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(socket.parent().unwrap())
+        .unwrap();
+    for (args, stdin) in [
+        (&["set", "github.auth"][..], &b"gho_3"[..]),
+        (&["get", "github.auth"], b""),
+    ] {
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let exiting = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            drop(listener);
+            drop(conn);
+        });
+        let out = run(home.path(), args, stdin);
+        exiting.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if args[0] == "get" {
+            assert_eq!(out.stdout, b"gho_3");
+        }
+        // The broker the command started serves on; stop it, and wait for its socket to go.
+        sigterm(broker_pid(&lock));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the broker did not stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}

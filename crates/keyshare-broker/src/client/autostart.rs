@@ -79,6 +79,9 @@ impl Autostart {
         if std::os::unix::net::UnixStream::connect(&paths.socket).is_ok() {
             return Ok(String::new());
         }
+        if self.wait_for_exiting_broker(paths) == Exiting::Answered {
+            return Ok(String::new());
+        }
         tracing::info!(program = %self.program.display(), "starting the broker");
         let mut child = Command::new(&self.program)
             .args(&self.args)
@@ -168,6 +171,38 @@ impl Autostart {
         }
     }
 
+    /// Waits until no broker holds the instance lock (or one answers), for as long as a start
+    /// may take.
+    ///
+    /// Why: a broker that exits (idle, or told to) closes its listener first and releases the
+    /// instance lock only when its process ends, a few milliseconds later; a client that
+    /// connected in between finds no broker, and the broker it would start at once would find
+    /// the lock taken and fail. Probing takes the lock for an instant: a `keyshare serve`
+    /// started by hand in that instant is refused as a second broker, and can be started again.
+    fn wait_for_exiting_broker(&self, paths: &BrokerPaths) -> Exiting {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match FileLock::try_acquire(&paths.instance_lock) {
+                // Released at once, for the broker about to start.
+                Ok(Some(_free)) => return Exiting::Gone,
+                Ok(None) => {}
+                // The broker about to start reports it better.
+                Err(_) => return Exiting::Gone,
+            }
+            // The holder was starting, not exiting (it binds right after taking the lock).
+            if std::os::unix::net::UnixStream::connect(&paths.socket).is_ok() {
+                return Exiting::Answered;
+            }
+            if started.elapsed() >= self.ready_timeout {
+                // Start one anyway: its error says which lock is held, and by whom.
+                return Exiting::Gone;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
     /// Takes the startup lock, waiting for another client's start to finish, but not forever.
     ///
     /// The holder waits up to its ready timeout for its broker and then gives up and releases
@@ -205,6 +240,15 @@ impl Autostart {
         }
         Ok(lock)
     }
+}
+
+/// What [`Autostart::wait_for_exiting_broker`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Exiting {
+    /// No broker holds the instance lock now (or it could not be told): start one.
+    Gone,
+    /// A broker answers on the socket: nothing to start.
+    Answered,
 }
 
 /// Whether a process with this pid exists (a pid recorded in a lock file may be stale: the

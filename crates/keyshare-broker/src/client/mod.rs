@@ -3,9 +3,10 @@
 //! Requests are pipelined: each gets an id, goes to a writer task, and its reply is routed back
 //! by id by a reader task, so concurrent callers never wait for each other's round trips. The
 //! connection is made on first use (starting the broker if it is not running and autostart is
-//! on) and remade after the broker went away; a request in flight when the connection broke
+//! on) and remade after the broker went away, or at once when it closed before answering hello
+//! (nothing but hello was sent on it then); a request in flight when the connection broke
 //! fails with [`TransportError::Closed`] and may or may not have taken effect, as the
-//! [`keyshare::Store`] contract allows.
+//! [`keyshare::Store`] contract allows: it is never sent again.
 //!
 //! [`BlockingBrokerClient`] is the same client behind the blocking [`keyshare::Store`] trait.
 //! [`OneShotClient`] is a plain blocking client without a runtime, for a process that makes a
@@ -309,11 +310,11 @@ impl Connection {
             write_half
                 .write_all(&hello)
                 .await
-                .map_err(|e| TransportError::Frame(e.into()))?;
+                .map_err(|e| ended_or(TransportError::Frame(e.into())))?;
             let body = reader
                 .read_frame()
                 .await
-                .map_err(TransportError::from)?
+                .map_err(|e| ended_or(e.into()))?
                 .ok_or(TransportError::Closed)?;
             read_hello(decode::<ServerFrame>(body).map_err(TransportError::from)?)
         };
@@ -393,6 +394,27 @@ impl Connection {
     }
 }
 
+/// [`TransportError::Closed`] when `err` says that the broker closed the connection or was
+/// gone (a reset, a broken pipe, the end of the stream in a frame), else `err` as it is.
+fn ended_or(err: TransportError) -> TransportError {
+    use std::io::ErrorKind;
+    match &err {
+        TransportError::Frame(FrameError::Io(io))
+            if matches!(
+                io.kind(),
+                ErrorKind::BrokenPipe
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::UnexpectedEof
+            ) =>
+        {
+            TransportError::Closed
+        }
+        TransportError::Frame(FrameError::Truncated { .. }) => TransportError::Closed,
+        _ => err,
+    }
+}
+
 /// Keeps what a broker this client started printed before it was ready, for the caller.
 fn keep_autostart_output(slot: &Mutex<Option<String>>, output: String) {
     if !output.is_empty() {
@@ -453,6 +475,18 @@ macro_rules! expect_reply {
     };
 }
 use expect_reply;
+
+/// Whether carrying out `request` twice has the effect of carrying it out once, so that it
+/// may be sent again when it is not known whether the broker got it. Writes may not: another
+/// app may have written or deleted the key in between, and the repeat would undo that (a
+/// signed-out token brought back). A subscription is not repeated either: its events go to the
+/// connection it was made on.
+fn is_idempotent(request: &Request) -> bool {
+    match request {
+        Request::Hello { .. } | Request::Get { .. } | Request::Keys | Request::Status => true,
+        Request::Set { .. } | Request::Delete { .. } | Request::Subscribe { .. } => false,
+    }
+}
 
 fn is_absent(err: &std::io::Error) -> bool {
     matches!(
@@ -675,7 +709,19 @@ impl BrokerClient {
         if let Some(conn) = lock(&self.current).as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(conn));
         }
-        let conn = Arc::new(Connection::open(&self.config, &self.autostart_output).await?);
+        let opened = match Connection::open(&self.config, &self.autostart_output).await {
+            // Hello goes first and alone, so nothing else was sent: it is as if no broker had
+            // answered (most likely an idle broker exited as this client connected). Once more,
+            // starting a broker if configured to.
+            Err(ClientError::Transport(TransportError::Closed)) => {
+                tracing::debug!(
+                    "the broker closed the connection before answering hello; connecting again"
+                );
+                Connection::open(&self.config, &self.autostart_output).await
+            }
+            opened => opened,
+        };
+        let conn = Arc::new(opened?);
         *lock(&self.current) = Some(Arc::clone(&conn));
         Ok(conn)
     }

@@ -6,6 +6,15 @@
 //! runtime to build and tear down (its epoll instance, wake-up descriptors and first
 //! allocations), and no round trip of its own for hello: hello goes out in the same write as
 //! the first request, and the broker's two replies come back together.
+//!
+//! Except for a write (`set`, `delete`): on a new connection it waits for hello's answer. A
+//! connection that ends before that answer most likely met a broker on its way out (an idle
+//! broker exits as a client connects; the connection was still in its listener's backlog), so
+//! the call is made once more on a new connection, starting a broker if configured to. That
+//! is safe only for a request the broker cannot have carried out: a read, or a write that was
+//! never sent. A write sent on a connection that ended before its reply may have been made,
+//! and is reported as failed: made again, it could undo what another app wrote or deleted
+//! since.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -17,8 +26,8 @@ use zeroize::Zeroizing;
 use keyshare::{Result, SecretKey, SecretValue, Store, StoreInfo};
 
 use crate::client::{
-    expect_reply, hello_request, is_absent, keep_autostart_output, lock, read_hello, ClientConfig,
-    ClientError, ServerInfo, TransportError,
+    expect_reply, hello_request, is_absent, is_idempotent, keep_autostart_output, lock, read_hello,
+    ClientConfig, ClientError, ServerInfo, TransportError,
 };
 use crate::protocol::{
     decode, encode, frame_len, BrokerStatus, Reply, Request, RequestFrame, ServerFrame, WireKey,
@@ -101,13 +110,9 @@ impl OneShotClient {
     /// caller can tell "no broker" from "the broker refused".
     pub fn hello(&self) -> std::result::Result<ServerInfo, ClientError> {
         let mut guard = lock(&self.conn);
-        let deadline = Instant::now() + self.config.timeout;
-        let conn = self.connected(&mut guard)?;
-        let result = conn.greet(&self.config, deadline);
-        if result.is_err() {
-            *guard = None;
-        }
-        result
+        self.on_connection(&mut guard, |conn, deadline| {
+            conn.greet(&self.config, deadline)
+        })
     }
 
     /// The broker's state.
@@ -162,15 +167,53 @@ impl OneShotClient {
         accept: impl FnOnce(Reply) -> std::result::Result<T, ClientError>,
     ) -> Result<T> {
         let mut guard = lock(&self.conn);
-        let deadline = Instant::now() + self.config.timeout;
+        let write = !is_idempotent(&request);
         let result = self
-            .connected(&mut guard)
-            .and_then(|conn| conn.exchange(&self.config, request, deadline))
+            .on_connection(&mut guard, |conn, deadline| {
+                if write && conn.info.is_none() {
+                    // Not behind hello: if the connection ends before hello's answer, the
+                    // write was never sent and can be sent on a new connection.
+                    conn.greet(&self.config, deadline)?;
+                }
+                conn.exchange(&self.config, request.clone(), deadline)
+            })
             .and_then(accept);
         if result.is_err() {
             *guard = None;
         }
         result.map_err(|e| e.into_store_error(&self.store_name))
+    }
+
+    /// Runs `exchange` over the connection (made first if needed, starting the broker if
+    /// configured to), and once more over a new connection when the first ended before the
+    /// broker answered hello: no broker took it, so it is as if none had answered. The
+    /// callers make sure that such an exchange sent nothing it would be wrong to send twice.
+    /// A failure drops the connection.
+    fn on_connection<T>(
+        &self,
+        guard: &mut Option<Conn>,
+        mut exchange: impl FnMut(&mut Conn, Instant) -> std::result::Result<T, ClientError>,
+    ) -> std::result::Result<T, ClientError> {
+        let mut again = true;
+        loop {
+            let conn = self.connected(guard)?;
+            // From now: the wait for a broker being started has a bound of its own.
+            let deadline = Instant::now() + self.config.timeout;
+            let result = exchange(conn, deadline);
+            let unanswered = conn.info.is_none();
+            if result.is_err() {
+                *guard = None;
+            }
+            match result {
+                Err(ClientError::Transport(TransportError::Closed)) if unanswered && again => {
+                    tracing::debug!(
+                        "the broker closed the connection before answering hello; connecting again"
+                    );
+                    again = false;
+                }
+                result => return result,
+            }
+        }
     }
 }
 
