@@ -433,7 +433,23 @@ pub const READY_LINE: &str = "keyshare-broker ready";
 /// stdout, then points stdout and stderr at `/dev/null`, so the client can stop reading and
 /// the broker never writes into a closed pipe. Call it after [`Daemon::prepare`] (the socket
 /// accepts connections from then on; they wait in the backlog until `serve` runs).
+///
+/// A broker that has a log file should use [`notify_ready_on_stdout_then_log_to`]: after
+/// this, whatever it writes to stderr (its log, a panic's message) is lost.
 pub fn notify_ready_on_stdout() -> Result<()> {
+    notify_ready(None)
+}
+
+/// [`notify_ready_on_stdout`], pointing stderr at `log` instead of `/dev/null`: from then on,
+/// what the broker writes to stderr (its log lines, a panic's message) goes there.
+///
+/// Until the ready line, stderr stays the client's pipe: what the broker says while it starts
+/// (a notice, or why it could not start) is for the user whose command started it.
+pub fn notify_ready_on_stdout_then_log_to(log: &File) -> Result<()> {
+    notify_ready(Some(log))
+}
+
+fn notify_ready(log: Option<&File>) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{READY_LINE}")
         .and_then(|()| stdout.flush())
@@ -443,7 +459,8 @@ pub fn notify_ready_on_stdout() -> Result<()> {
         .open("/dev/null")
         .map_err(|e| Error::io("opening /dev/null", e))?;
     rustix::stdio::dup2_stdout(&null).map_err(|e| Error::io("redirecting stdout", e.into()))?;
-    rustix::stdio::dup2_stderr(&null).map_err(|e| Error::io("redirecting stderr", e.into()))?;
+    rustix::stdio::dup2_stderr(log.unwrap_or(&null))
+        .map_err(|e| Error::io("redirecting stderr", e.into()))?;
     Ok(())
 }
 

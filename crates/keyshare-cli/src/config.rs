@@ -106,6 +106,9 @@ pub struct Dirs {
     pub data_home: PathBuf,
     #[allow(dead_code)] // read by the vault and broker wiring, landing next
     pub runtime_dir: Option<PathBuf>,
+    /// `$XDG_STATE_HOME` (default `~/.local/state`): logs. `None` without it and without
+    /// `HOME`; only the broker's log needs it, so no command fails for it.
+    pub state_home: Option<PathBuf>,
 }
 
 fn absolute_env(name: &str) -> Option<PathBuf> {
@@ -134,6 +137,8 @@ impl Dirs {
             config_home,
             data_home,
             runtime_dir: absolute_env("XDG_RUNTIME_DIR"),
+            state_home: absolute_env("XDG_STATE_HOME")
+                .or_else(|| absolute_env("HOME").map(|home| home.join(".local/state"))),
         })
     }
 
@@ -154,6 +159,17 @@ impl Dirs {
     /// Which store `auto` chose on the flavour's first use (see `stores::open_direct_shared`).
     pub fn auto_choice_path(&self, flavour: &Flavour) -> PathBuf {
         self.flavour_data_dir(flavour).join("auto-store")
+    }
+
+    /// Where a broker started by a client (`serve --autostarted`) logs:
+    /// `$XDG_STATE_HOME/keyshare/<flavour>/broker.log`.
+    pub fn broker_log_path(&self, flavour: &Flavour) -> Option<PathBuf> {
+        let dir = self
+            .state_home
+            .as_ref()?
+            .join("keyshare")
+            .join(flavour.name());
+        Some(dir.join("broker.log"))
     }
 
     /// An app's private vault: its legacy store and its repair journal.

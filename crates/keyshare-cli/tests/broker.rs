@@ -413,3 +413,91 @@ fn a_command_that_meets_an_exiting_broker_starts_another() {
         }
     }
 }
+
+/// A broker started by a command has no terminal: it logs to
+/// `$XDG_STATE_HOME/keyshare/<flavour>/broker.log` (here under `~/.local/state`), in a 0700
+/// directory and a 0600 file, and `doctor` names that file. Its refusals used to go to
+/// /dev/null with everything else it logged once it was ready.
+#[test]
+fn an_autostarted_broker_logs_to_a_private_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    write_config(
+        home.path(),
+        "unlisted_apps = \"refuse\"\n[apps.code]\nshared_keys = [\"github.*\"]\n",
+    );
+    // The first command starts the broker.
+    let out = run(
+        home.path(),
+        &["--app", "code", "set", "github.auth"],
+        b"gho_logged_4",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Denied by the broker: a key `code` may not use, and an app id the config does not name.
+    let out = run(
+        home.path(),
+        &["--app", "code", "set", "api.token"],
+        b"tok_logged_5",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        home.path(),
+        &["--app", "intruder", "get", "github.auth"],
+        b"",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+
+    let dir = home.path().join(".local/state/keyshare/stable");
+    let log = dir.join("broker.log");
+    let doctor = run(home.path(), &["--app", "code", "--json", "doctor"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    assert_eq!(report["broker"]["running"], true, "{report}");
+    assert_eq!(
+        report["broker"]["log"],
+        log.display().to_string(),
+        "{report}"
+    );
+    let human = run(home.path(), &["--app", "code", "doctor"], b"");
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains(&log.display().to_string()),
+        "{}",
+        String::from_utf8_lossy(&human.stdout)
+    );
+
+    let broker = broker_pid(&home.path().join("run/keyshare/stable.lock"));
+    sigterm(broker);
+    // The broker logs its way out: once that line is there, everything before it is too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("broker stopped") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "log so far: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(text.contains("refused a client"), "{text}");
+    assert!(text.contains("intruder"), "{text}");
+    assert!(text.contains("SIGTERM: shutting down"), "{text}");
+    for value in ["gho_logged_4", "tok_logged_5"] {
+        assert!(!text.contains(value), "a value in the log: {text}");
+    }
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&log), 0o600);
+}

@@ -132,8 +132,8 @@ impl Autostart {
                 std::thread::spawn(move || {
                     let _ = child.wait();
                 });
-                // The broker points its stderr at /dev/null right after the ready line, so
-                // the reader reaches the end at once.
+                // The broker points its stderr at its log file (or /dev/null) right after
+                // the ready line, so the reader reaches the end at once.
                 Ok(stderr_reader.join().unwrap_or_default())
             }
             Ok(false) | Err(mpsc::RecvTimeoutError::Disconnected) => {

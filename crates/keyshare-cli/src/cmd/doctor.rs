@@ -12,11 +12,20 @@ use crate::stores::{self, Context};
 pub fn run(ctx: &Context, config_path: &Path) -> anyhow::Result<()> {
     let mut problems: Vec<String> = Vec::new();
     let data_dir = ctx.dirs.flavour_data_dir(&ctx.flavour);
+    let broker_log = ctx.dirs.broker_log_path(&ctx.flavour);
     for path in [
-        data_dir.clone(),
-        ctx.dirs.shared_vault_path(&ctx.flavour),
-        ctx.dirs.app_vault_path(&ctx.flavour, &ctx.app),
-    ] {
+        Some(data_dir.clone()),
+        Some(ctx.dirs.shared_vault_path(&ctx.flavour)),
+        Some(ctx.dirs.app_vault_path(&ctx.flavour, &ctx.app)),
+        // It names apps and keys (never values).
+        broker_log
+            .as_ref()
+            .and_then(|log| log.parent().map(Into::into)),
+        broker_log.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    {
         if let Ok(meta) = std::fs::metadata(&path) {
             let mode = meta.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
@@ -97,6 +106,21 @@ pub fn run(ctx: &Context, config_path: &Path) -> anyhow::Result<()> {
 /// commands go through the broker when one runs, so the user needs to know whether one does and
 /// what it serves.
 fn broker_report(ctx: &Context, problems: &mut Vec<String>) -> Value {
+    let mut report = broker_state(ctx, problems);
+    if let Some(report) = report.as_object_mut() {
+        // Where a broker started by a command logs (one started by hand logs to its stderr,
+        // one started by systemd to the journal): the place to look when a broker refused
+        // something or failed.
+        let log = ctx.dirs.broker_log_path(&ctx.flavour);
+        report.insert(
+            "log".to_owned(),
+            json!(log.map(|log| log.display().to_string())),
+        );
+    }
+    report
+}
+
+fn broker_state(ctx: &Context, problems: &mut Vec<String>) -> Value {
     match broker::probe(ctx) {
         Ok(broker::Probe::NoRuntimeDir) => json!({
             "running": false,
@@ -191,6 +215,9 @@ fn print_human(report: &Value) {
         );
     } else if !broker.is_null() {
         println!("broker:        not running ({})", s(&broker["note"]));
+    }
+    if let Some(log) = broker["log"].as_str() {
+        println!("  log:         {log} (of a broker started by a command)");
     }
     crate::openbao::print_human(&report["openbao"]);
     if let Some(pending) = report["pending_repairs"].as_array() {

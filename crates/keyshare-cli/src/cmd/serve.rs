@@ -1,7 +1,11 @@
 //! `keyshare serve`: the broker for one flavour, in the foreground, until SIGTERM or SIGINT.
 
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use keyshare::SecretStorage;
 use keyshare_broker::daemon::{self, Daemon};
 use keyshare_broker::{BrokerState, ServerOptions};
@@ -13,10 +17,15 @@ use crate::stores::{self, Context};
 /// How long an autostarted broker stays without any client before it exits.
 const AUTOSTARTED_IDLE_EXIT: Duration = Duration::from_secs(600);
 
+/// An autostarted broker's log larger than this when the broker starts is moved to
+/// `broker.log.1` (replacing the one before) and a new one begun, so that the two hold the
+/// last few brokers' lines and never fill the disk over months of starts.
+const LOG_ROTATE_AT: u64 = 1024 * 1024;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Started by a client: say "ready" on stdout once listening, then detach from stdio, and
-    /// exit after 10 idle minutes.
+    /// Started by a client: say "ready" on stdout once listening, then log to
+    /// $XDG_STATE_HOME/keyshare/<flavour>/broker.log, and exit after 10 idle minutes.
     #[arg(long, hide = true)]
     pub autostarted: bool,
 }
@@ -43,7 +52,31 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     let mut options = ServerOptions::default();
     if args.autostarted {
         options.idle_exit = Some(AUTOSTARTED_IDLE_EXIT);
-        daemon::notify_ready_on_stdout()?;
+        // Opened while this process holds the flavour's instance lock, so that no other
+        // broker rotates or writes the file meanwhile.
+        match open_log(ctx.dirs.broker_log_path(&ctx.flavour)) {
+            Ok(log) => {
+                daemon::notify_ready_on_stdout_then_log_to(&log.file)?;
+                if let Some(mode) = log.tightened_from {
+                    tracing::warn!(log = %log.path.display(), mode = format!("{mode:03o}"), "the log was readable by others; now 0600");
+                }
+            }
+            Err(err) => {
+                // Still on the client's pipe: the user whose command started this broker sees
+                // it. Not a reason to refuse to serve: the commands would all go direct.
+                eprintln!(
+                    "keyshare: warning: the broker cannot keep a log, so it logs nothing: {err:#}"
+                );
+                daemon::notify_ready_on_stdout()?;
+            }
+        }
+        tracing::info!(
+            pid = std::process::id(),
+            flavour = ctx.flavour.name(),
+            store = %shared.store.info(),
+            socket = %paths.socket.display(),
+            "started by a client; serving"
+        );
     } else {
         eprintln!(
             "keyshare: serving flavour {} ({}) on {}",
@@ -63,6 +96,73 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     }
     runtime.block_on(daemon::serve_on_worker(daemon, state))?;
     Ok(())
+}
+
+/// An autostarted broker's log file, open for appending.
+struct Log {
+    file: File,
+    path: PathBuf,
+    /// The mode it had when it was found readable or writable by others (and made 0600).
+    tightened_from: Option<u32>,
+}
+
+/// Opens the log at `path` for appending, after moving a large one to `<path>.1`.
+///
+/// The log names apps, keys and the broker's problems (never a value): it is kept as private as
+/// the data. The directory is 0700 (created so, or refused if others may enter it) and the file
+/// is created with mode 0600 at once, never looser for a moment (`create_private_file`); one
+/// loosened by hand is tightened. A symlink in its place is refused rather than followed.
+fn open_log(path: Option<PathBuf>) -> anyhow::Result<Log> {
+    let path =
+        path.context("there is no place for it: set XDG_STATE_HOME (or HOME, for ~/.local/state)")?;
+    let rotated = {
+        let mut name = path.clone().into_os_string();
+        name.push(".1");
+        PathBuf::from(name)
+    };
+    match std::fs::symlink_metadata(&path) {
+        // Opening a FIFO would block the broker before it is ready; a symlink could point
+        // anywhere.
+        Ok(meta) if !meta.is_file() => {
+            anyhow::bail!("{} is not a regular file; remove it", path.display())
+        }
+        Ok(meta) if meta.len() > LOG_ROTATE_AT => {
+            std::fs::rename(&path, &rotated)
+                .with_context(|| format!("moving {} to {}", path.display(), rotated.display()))?;
+        }
+        _ => {}
+    }
+    keyshare::store::vault::create_private_file(&path, b"")
+        .with_context(|| format!("creating {}", path.display()))?;
+    let file = OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("inspecting {}", path.display()))?;
+    let uid = rustix::process::geteuid().as_raw();
+    anyhow::ensure!(meta.is_file(), "{} is not a regular file", path.display());
+    anyhow::ensure!(
+        meta.uid() == uid,
+        "{} belongs to uid {}, not to you (uid {uid}); remove it",
+        path.display(),
+        meta.uid()
+    );
+    let mode = meta.mode() & 0o777;
+    let tightened_from = if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 600 {}", path.display()))?;
+        Some(mode)
+    } else {
+        None
+    };
+    Ok(Log {
+        file,
+        path,
+        tightened_from,
+    })
 }
 
 /// Closes every descriptor above standard error that this process inherited.
@@ -89,3 +189,62 @@ fn close_inherited_descriptors() {
 /// Elsewhere (unverified platforms) inherited descriptors stay open.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn close_inherited_descriptors() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_large_log_is_moved_aside_when_the_broker_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/keyshare/stable/broker.log");
+        let rotated = path.with_file_name("broker.log.1");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+
+        // First start: directory and file created private.
+        let mut log = open_log(Some(path.clone())).unwrap();
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        log.file.write_all(b"first\n").unwrap();
+        // Small: appended to.
+        let mut log = open_log(Some(path.clone())).unwrap();
+        log.file.write_all(b"second\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"first\nsecond\n");
+        assert!(!rotated.exists());
+
+        // Over the limit: moved aside, replacing the older one, and a new one begun.
+        std::fs::write(&rotated, b"older").unwrap();
+        log.file
+            .write_all(&vec![b'x'; LOG_ROTATE_AT as usize])
+            .unwrap();
+        let mut log = open_log(Some(path.clone())).unwrap();
+        log.file.write_all(b"third\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"third\n");
+        assert!(std::fs::read(&rotated)
+            .unwrap()
+            .starts_with(b"first\nsecond\nxxx"));
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&rotated), 0o600);
+    }
+
+    #[test]
+    fn a_log_loosened_by_hand_is_tightened_and_a_symlink_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.log");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let log = open_log(Some(path.clone())).unwrap();
+        assert_eq!(log.tightened_from, Some(0o644));
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &path).unwrap();
+        assert!(open_log(Some(path.clone())).is_err());
+        assert!(!dir.path().join("elsewhere").exists());
+
+        let err = open_log(None).err().unwrap();
+        assert!(err.to_string().contains("XDG_STATE_HOME"), "{err}");
+    }
+}
