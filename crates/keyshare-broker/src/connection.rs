@@ -7,8 +7,9 @@ use crate::protocol::{frame_len, FrameError, HEADER_LEN};
 
 /// Reads length-prefixed frames from `inner`, keeping partial frames between reads.
 ///
-/// The buffer may hold secret values, so it is zeroized on drop; it grows only as far as the
-/// frame being read needs (the header is checked before the body is buffered).
+/// The buffer may hold secret values, so it is zeroized on drop. It grows with the bytes that
+/// actually arrived (at most twice them), up to what the frame being read needs: the header is
+/// checked before the body is buffered, and what it claims is not allocated ahead.
 #[derive(Debug)]
 pub struct FrameReader<R> {
     inner: R,
@@ -55,15 +56,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 Some(h) => HEADER_LEN + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize,
                 None => HEADER_LEN,
             };
-            if self.buf.len() < wanted {
-                // Grow to exactly what this frame needs: `frame_len` has capped `wanted`. The
-                // old buffer is zeroized when the new one replaces it.
-                let mut bigger = Zeroizing::new(vec![
-                    0;
-                    wanted.max(self.buf.len() * 2).min(
-                        HEADER_LEN + crate::protocol::MAX_FRAME_LEN,
-                    )
-                ]);
+            if self.filled == self.buf.len() {
+                // Full, and the frame is not complete (so `wanted > filled`). Grow to twice what
+                // arrived, never straight to the length the header claims: a header alone must
+                // not make the broker hold the memory it announces, or a client could claim
+                // 1 MiB on each of many connections and send nothing more. Doubling keeps the
+                // copying linear in the frame's size. `frame_len` has capped `wanted`; the old
+                // buffer is zeroized when the new one replaces it.
+                let grown = (self.filled * 2).max(INITIAL_CAPACITY).min(wanted);
+                let mut bigger = Zeroizing::new(vec![0; grown]);
                 bigger[..self.filled].copy_from_slice(&self.buf[..self.filled]);
                 self.buf = bigger;
             }
@@ -137,6 +138,51 @@ mod tests {
             assert_eq!(got[2], big);
             assert_eq!(got[3], b"[1]");
         }
+    }
+
+    /// Polls `read_frame` until it waits for more bytes (everything written so far is read by
+    /// then: the stream below is in memory); `None` if it returned instead.
+    fn read_what_arrived<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Option<()> {
+        use std::future::Future;
+        let mut read = std::pin::pin!(reader.read_frame());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        read.as_mut().poll(&mut cx).is_pending().then_some(())
+    }
+
+    /// A header alone must not make the reader hold what it claims: a client could otherwise
+    /// claim 1 MiB on each of many connections and send nothing more (found in review).
+    #[tokio::test]
+    async fn the_buffer_grows_with_the_bytes_that_arrived_not_with_the_claimed_length() {
+        use tokio::io::AsyncWriteExt;
+        let claimed = crate::protocol::MAX_FRAME_LEN;
+        let (mut tx, rx) = tokio::io::duplex(2 * claimed);
+        let mut reader = FrameReader::new(rx);
+        tx.write_all(&(claimed as u32).to_be_bytes()).await.unwrap();
+        tx.write_all(b"{\"id\"").await.unwrap();
+        assert!(read_what_arrived(&mut reader).is_some());
+        assert!(
+            reader.buf.len() <= INITIAL_CAPACITY,
+            "{} bytes buffered for a header and 5 bytes",
+            reader.buf.len()
+        );
+
+        // As the body arrives, the buffer stays within twice what arrived.
+        let body: Vec<u8> = (0..claimed).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut sent = HEADER_LEN + 5;
+        for piece in [&body[5..100_000], &body[100_000..300_000]] {
+            tx.write_all(piece).await.unwrap();
+            sent += piece.len();
+            assert!(read_what_arrived(&mut reader).is_some());
+            assert!(
+                reader.buf.len() <= 2 * sent,
+                "{} bytes buffered for {sent} received",
+                reader.buf.len()
+            );
+        }
+        tx.write_all(&body[300_000..]).await.unwrap();
+        let frame = reader.read_frame().await.unwrap().unwrap();
+        assert_eq!(&frame[..5], b"{\"id\"");
+        assert_eq!(&frame[5..], &body[5..]);
     }
 
     #[tokio::test]
