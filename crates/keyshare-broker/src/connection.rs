@@ -1,6 +1,9 @@
 //! Reading frames from a byte stream, shared by the server and the client.
 
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use crate::protocol::{frame_len, FrameError, HEADER_LEN};
@@ -19,6 +22,10 @@ pub struct FrameReader<R> {
     /// Bytes at the start of `buf` belonging to the frame returned last, dropped on the next
     /// call.
     consumed: usize,
+    /// [`FrameReader::with_frame_timeout`].
+    frame_timeout: Option<Duration>,
+    /// When the frame being read must be complete, once the clock runs for it.
+    deadline: Option<Instant>,
 }
 
 const INITIAL_CAPACITY: usize = 8 * 1024;
@@ -31,7 +38,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: Zeroizing::new(vec![0; INITIAL_CAPACITY]),
             filled: 0,
             consumed: 0,
+            frame_timeout: None,
+            deadline: None,
         }
+    }
+
+    /// Gives every frame `limit` to arrive in full once it has started: past it, `read_frame`
+    /// fails with [`FrameError::Stalled`]. A peer stalled inside a frame otherwise holds its
+    /// buffer (and whatever the caller keeps for it) forever. Silence between frames is not
+    /// timed.
+    pub fn with_frame_timeout(mut self, limit: Duration) -> Self {
+        self.frame_timeout = Some(limit);
+        self
     }
 
     /// The next frame's body; `Ok(None)` at a clean end of stream (between frames).
@@ -46,6 +64,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         loop {
             if let Some(total) = frame_len(&self.buf[..self.filled])? {
                 self.consumed = total;
+                self.deadline = None;
                 return Ok(Some(&self.buf[HEADER_LEN..total]));
             }
             let wanted = match self
@@ -68,7 +87,30 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 bigger[..self.filled].copy_from_slice(&self.buf[..self.filled]);
                 self.buf = bigger;
             }
-            let n = self.inner.read(&mut self.buf[self.filled..]).await?;
+            // The clock starts when a call first waits for the rest of a started frame, not
+            // when its first bytes arrived: time the caller spends between frames (waiting for
+            // room for more requests, say) is not the peer's. It then keeps running across
+            // cancelled calls and bytes that trickle in: a frame has `limit` in all.
+            let deadline = match self.frame_timeout {
+                Some(limit) if self.filled > 0 => {
+                    Some(*self.deadline.get_or_insert_with(|| Instant::now() + limit))
+                }
+                _ => None,
+            };
+            let read = self.inner.read(&mut self.buf[self.filled..]);
+            let n = match deadline {
+                None => read.await?,
+                Some(deadline) => match tokio::time::timeout_at(deadline, read).await {
+                    Ok(read) => read?,
+                    Err(_) => {
+                        return Err(FrameError::Stalled {
+                            limit: self.frame_timeout.unwrap_or_default(),
+                            expected: wanted,
+                            got: self.filled,
+                        })
+                    }
+                },
+            };
             if n == 0 {
                 if self.filled == 0 {
                     return Ok(None);
@@ -183,6 +225,35 @@ mod tests {
         let frame = reader.read_frame().await.unwrap().unwrap();
         assert_eq!(&frame[..5], b"{\"id\"");
         assert_eq!(&frame[5..], &body[5..]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_started_frame_must_arrive_within_the_timeout_and_silence_is_not_timed() {
+        use tokio::io::AsyncWriteExt;
+        let limit = Duration::from_secs(30);
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(rx).with_frame_timeout(limit);
+        // Silent far longer than the limit, between frames: nothing happens.
+        let silent = tokio::time::timeout(limit * 100, reader.read_frame()).await;
+        assert!(silent.is_err(), "silence ended the read: {silent:?}");
+        tx.write_all(&frame(b"{}")).await.unwrap();
+        assert_eq!(reader.read_frame().await.unwrap().unwrap(), b"{}");
+        // A frame of 1,000 bytes that starts, then trickles in, is cut off `limit` after it
+        // started, however often the caller gave up and called again.
+        tx.write_all(&[0, 0, 3, 232, b'{']).await.unwrap();
+        let started = Instant::now();
+        let err = loop {
+            tx.write_all(b" ").await.unwrap();
+            match tokio::time::timeout(limit / 10, reader.read_frame()).await {
+                Err(_) => continue,
+                Ok(result) => break result.unwrap_err(),
+            }
+        };
+        assert!(
+            matches!(err, FrameError::Stalled { expected: 1004, .. }),
+            "{err}"
+        );
+        assert_eq!(started.elapsed(), limit);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 //! value in its `Debug` output.
 
 use std::fmt;
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -42,6 +43,18 @@ pub enum FrameError {
     #[error("connection closed in the middle of a frame ({got} of {expected} bytes)")]
     Truncated {
         /// Bytes announced (header included).
+        expected: usize,
+        /// Bytes received.
+        got: usize,
+    },
+    /// A frame started and did not arrive in full within the reader's time limit.
+    #[error(
+        "frame not complete within {limit:?} of its start ({got} of {expected} bytes arrived)"
+    )]
+    Stalled {
+        /// The time limit.
+        limit: Duration,
+        /// Bytes announced (header included; 4 when the header itself is incomplete).
         expected: usize,
         /// Bytes received.
         got: usize,

@@ -6,7 +6,8 @@
 //! and each takes its key's turn in the storage *as it is read*, so requests on one key run in
 //! the order they arrived (across all connections: the storage orders them), while requests
 //! on different keys run in parallel and may be answered out of order. A malformed frame ends
-//! that connection only.
+//! that connection only, and so does a frame left unfinished for
+//! [`ServerOptions::frame_timeout`]; silence between frames is never timed.
 //!
 //! Shutdown: stop accepting and reading, let the requests already read finish and their
 //! replies reach the socket, then return. A `set` is answered only after the store returned, so
@@ -58,6 +59,10 @@ pub struct ServerOptions {
     pub max_in_flight: usize,
     /// How long a new connection may take to say hello.
     pub handshake_timeout: Duration,
+    /// How long a frame may take to arrive in full once its first byte has. A client stalled
+    /// inside a frame holds a buffer and a connection, so its connection is closed then (and
+    /// logged). Silence between frames is never timed: subscribers wait for hours.
+    pub frame_timeout: Duration,
     /// How often pending repairs of the shared store are retried.
     pub repair_interval: Duration,
     /// Stop on its own after this long without any connection (an autostarted broker does,
@@ -76,6 +81,7 @@ impl Default for ServerOptions {
             max_in_flight_per_connection: 64,
             max_in_flight: 256,
             handshake_timeout: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(30),
             repair_interval: Duration::from_secs(30),
             idle_exit: None,
             shutdown_grace: Duration::from_secs(5),
@@ -491,7 +497,7 @@ async fn serve_connection(shared: &Arc<Shared>, stream: UnixStream, stop: watch:
         };
         let mut conn = Connection {
             shared: Arc::clone(shared),
-            reader: FrameReader::new(read_half),
+            reader: FrameReader::new(read_half).with_frame_timeout(shared.options.frame_timeout),
             out: out_tx.clone(),
             in_flight: JoinSet::new(),
             in_flight_limit: Arc::new(Semaphore::new(
@@ -821,6 +827,8 @@ impl Connection {
             FrameError::Io(_) | FrameError::Truncated { .. } => {
                 tracing::debug!(error = %err, "connection ended mid-frame");
             }
+            // Including a frame left unfinished (`Stalled`): its error names lengths and the
+            // time limit, never the bytes that did arrive.
             _ => {
                 tracing::warn!(error = %err, pid = ?self.peer_pid, "protocol violation; closing the connection");
                 send_error(

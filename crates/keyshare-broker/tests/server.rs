@@ -348,6 +348,68 @@ fn oversized_truncated_and_garbage_frames_close_only_that_connection() {
     assert_eq!(good.status().unwrap().connections, 1);
 }
 
+/// A client that stops in the middle of a frame would hold its buffer and a connection slot
+/// forever: once a frame's first byte arrived, the rest must follow within `frame_timeout`, or
+/// the connection is closed. Between frames a connection may stay silent for as long as it
+/// likes (a subscriber waits for hours).
+#[test]
+fn a_frame_left_unfinished_closes_the_connection_but_silence_between_frames_does_not() {
+    let mut options = ServerOptions::default();
+    options.frame_timeout = Duration::from_millis(300);
+    let broker = TestBroker::start(
+        SecretStorage::builder(Arc::new(MemoryStore::new())).build(),
+        AccessPolicy::default(),
+        options,
+    );
+    let good = broker.client("code");
+    good.set(&k("k"), &v("value")).unwrap();
+
+    let mut raw = Raw::connect(&broker);
+    assert!(matches!(raw.hello(1), ServerFrame::Reply { .. }));
+    // Silent for several timeouts between frames: still served.
+    std::thread::sleep(Duration::from_millis(1000));
+    raw.send_body(br#"{"id":1,"op":"get","key":"k"}"#);
+    assert!(matches!(
+        raw.read(),
+        Some(ServerFrame::Reply {
+            id: 1,
+            reply: Reply::Get { value: Some(_) }
+        })
+    ));
+
+    // A header and part of the body, then nothing.
+    let started = std::time::Instant::now();
+    raw.0.write_all(&[0, 0, 0, 100]).unwrap();
+    raw.0.write_all(br#"{"id":2,"op":"get","key":"#).unwrap();
+    let msg = protocol_error(raw.read());
+    assert!(msg.contains("not complete within"), "{msg}");
+    raw.assert_closed();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        started.elapsed()
+    );
+
+    // The time counts from the frame's first byte, not from the last one: a frame that
+    // trickles in a byte at a time, never quite stalling, is closed too.
+    let mut raw = Raw::connect(&broker);
+    assert!(matches!(raw.hello(1), ServerFrame::Reply { .. }));
+    let started = std::time::Instant::now();
+    raw.0.write_all(&[0, 0, 0, 100]).unwrap();
+    while raw.0.write_all(b" ").is_ok() && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let msg = protocol_error(raw.read());
+    assert!(msg.contains("not complete within"), "{msg}");
+    raw.assert_closed();
+
+    // Nobody else noticed.
+    assert_eq!(
+        good.get(&k("k")).unwrap().unwrap().expose_secret(),
+        b"value"
+    );
+}
+
 /// Frames for `bodies`, back to back, to be sent in one write.
 fn frames(bodies: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();
