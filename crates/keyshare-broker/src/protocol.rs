@@ -127,6 +127,55 @@ fn describe_json_error(err: &serde_json::Error) -> String {
     }
 }
 
+/// What a broker reads of a connection's first frame before the rest: whether it is a hello,
+/// and which protocol version it speaks. Only `id`, `op` and `protocol` must have their usual
+/// shape, so that a hello of another version is answered with a clear `version_mismatch`
+/// whatever its other fields became in that version (`docs/protocol.md`, "Versioning").
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HelloVersion {
+    /// The request's id.
+    pub id: u64,
+    /// The protocol version the client speaks (wider than [`PROTOCOL_VERSION`]'s type: a later
+    /// version may not fit it, and must still be reported as what it is).
+    pub protocol: u64,
+    /// The client's name, for logs, when it is a string.
+    pub client: Option<String>,
+    /// The client's version, for logs, when it is a string.
+    pub client_version: Option<String>,
+}
+
+/// Reads a hello's id and protocol version (and the client's name and version, for logs),
+/// ignoring the rest of the frame. `None` when `body` is not a JSON object with `"op":"hello"`,
+/// a numeric `id` and a numeric `protocol`: decode the whole frame then to learn what it is.
+pub fn hello_version(body: &[u8]) -> Option<HelloVersion> {
+    #[derive(Deserialize)]
+    struct Probe {
+        id: u64,
+        op: String,
+        protocol: u64,
+        #[serde(default, deserialize_with = "text_or_none")]
+        client: Option<String>,
+        #[serde(default, deserialize_with = "text_or_none")]
+        client_version: Option<String>,
+    }
+    let probe: Probe = serde_json::from_slice(body).ok()?;
+    (probe.op == "hello").then_some(HelloVersion {
+        id: probe.id,
+        protocol: probe.protocol,
+        client: probe.client,
+        client_version: probe.client_version,
+    })
+}
+
+/// A string field of a later version's hello, which may have become something else.
+fn text_or_none<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::String(text) => Some(text),
+        _ => None,
+    })
+}
+
 /// A secret value on the wire: standard base64 text. Its `Debug` is redacted like
 /// [`SecretValue`]'s.
 #[derive(Clone, PartialEq, Eq)]
@@ -676,6 +725,43 @@ mod tests {
                 request: Request::Subscribe { keys: None }
             }
         );
+    }
+
+    /// The part of a hello every version keeps (`docs/protocol.md`, "Versioning"): a broker
+    /// reads it first, so a later version may reshape the rest of hello.
+    #[test]
+    fn hello_version_vectors() {
+        let hello = |id, protocol, client: Option<&str>, client_version: Option<&str>| {
+            Some(HelloVersion {
+                id,
+                protocol,
+                client: client.map(str::to_owned),
+                client_version: client_version.map(str::to_owned),
+            })
+        };
+        let cases: &[(&str, Option<HelloVersion>)] = &[
+            (
+                r#"{"id":1,"op":"hello","client":"keyshare-cli","client_version":"0.1.0","protocol":1,"app":"code"}"#,
+                hello(1, 1, Some("keyshare-cli"), Some("0.1.0")),
+            ),
+            (
+                r#"{"id":7,"op":"hello","protocol":2}"#,
+                hello(7, 2, None, None),
+            ),
+            (
+                r#"{"id":0,"op":"hello","protocol":4294967296,"client":{"name":"x"},"client_version":2,"apps":["code"]}"#,
+                hello(0, 4_294_967_296, None, None),
+            ),
+            // Not a hello, or not one whose version can be read: decoded in full instead.
+            (r#"{"id":1,"op":"get","key":"k","protocol":2}"#, None),
+            (r#"{"op":"hello","protocol":2}"#, None),
+            (r#"{"id":1,"op":"hello"}"#, None),
+            (r#"{"id":1,"op":"hello","protocol":"2"}"#, None),
+            ("not json", None),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(&hello_version(body.as_bytes()), expected, "{body}");
+        }
     }
 
     #[test]

@@ -34,8 +34,9 @@ use crate::access::{process_executable, AccessPolicy, Grant};
 use crate::connection::FrameReader;
 use crate::external::ExternalChanges;
 use crate::protocol::{
-    decode, encode, BrokerStatus, ErrorCode, EventKind, FrameError, RemoteError, Reply, Request,
-    RequestFrame, ServerFrame, WireKey, WireValue, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    decode, encode, hello_version, BrokerStatus, ErrorCode, EventKind, FrameError, HelloVersion,
+    RemoteError, Reply, Request, RequestFrame, ServerFrame, WireKey, WireValue, MAX_FRAME_LEN,
+    PROTOCOL_VERSION,
 };
 
 /// The server's name in `hello` replies.
@@ -623,14 +624,39 @@ struct Connection {
 }
 
 /// What the reader loop saw.
-enum Incoming {
-    Frame(Result<RequestFrame, FrameError>),
+enum Incoming<T> {
+    /// A frame as the caller's decoder made it, or why none could be read.
+    Frame(Result<T, FrameError>),
     Closed,
     Stop,
 }
 
+/// A connection's first frame.
+enum Opening {
+    /// A hello of another protocol version, whose other fields were not decoded: they may
+    /// have another shape in that version.
+    OtherVersion(HelloVersion),
+    Request(RequestFrame),
+}
+
+/// Decodes a connection's first frame: a hello's version before the rest of it, so that a
+/// client of another version hears that, rather than that its hello is malformed.
+fn decode_opening(body: &[u8]) -> Result<Opening, FrameError> {
+    match hello_version(body) {
+        Some(hello) if hello.protocol != u64::from(PROTOCOL_VERSION) => {
+            Ok(Opening::OtherVersion(hello))
+        }
+        _ => decode(body).map(Opening::Request),
+    }
+}
+
 impl Connection {
-    async fn next(&mut self) -> Incoming {
+    /// The next frame, decoded with `decode` (which runs while the frame is still in the
+    /// reader's buffer).
+    async fn next<T>(
+        &mut self,
+        decode: impl FnOnce(&[u8]) -> Result<T, FrameError>,
+    ) -> Incoming<T> {
         if *self.stop.borrow() {
             return Incoming::Stop;
         }
@@ -642,7 +668,7 @@ impl Connection {
                 Some(_) = self.in_flight.join_next(), if !self.in_flight.is_empty() => continue,
                 frame = self.reader.read_frame() => {
                     return match frame {
-                        Ok(Some(body)) => Incoming::Frame(decode::<RequestFrame>(body)),
+                        Ok(Some(body)) => Incoming::Frame(decode(body)),
                         Ok(None) => Incoming::Closed,
                         Err(err) => Incoming::Frame(Err(err)),
                     };
@@ -657,7 +683,7 @@ impl Connection {
         };
         tracing::debug!(app = %grant.app(), pid = ?self.peer_pid, "client connected");
         loop {
-            let frame = match self.next().await {
+            let frame = match self.next(|body| decode::<RequestFrame>(body)).await {
                 Incoming::Frame(Ok(frame)) => frame,
                 Incoming::Frame(Err(err)) => {
                     self.protocol_violation(err).await;
@@ -727,7 +753,7 @@ impl Connection {
 
     async fn handshake(&mut self) -> Option<Grant> {
         let timeout = self.shared.options.handshake_timeout;
-        let incoming = match tokio::time::timeout(timeout, self.next()).await {
+        let incoming = match tokio::time::timeout(timeout, self.next(decode_opening)).await {
             Ok(incoming) => incoming,
             Err(_) => {
                 let msg = format!("no hello within {} s", timeout.as_secs());
@@ -736,7 +762,11 @@ impl Connection {
             }
         };
         let frame = match incoming {
-            Incoming::Frame(Ok(frame)) => frame,
+            Incoming::Frame(Ok(Opening::Request(frame))) => frame,
+            Incoming::Frame(Ok(Opening::OtherVersion(hello))) => {
+                self.version_mismatch(hello).await;
+                return None;
+            }
             Incoming::Frame(Err(err)) => {
                 self.protocol_violation(err).await;
                 return None;
@@ -766,18 +796,15 @@ impl Connection {
             return None;
         };
         if protocol != PROTOCOL_VERSION {
-            tracing::warn!(%client, %client_version, protocol, "protocol version mismatch");
-            let msg = format!(
-                "protocol version mismatch: {client} {client_version} speaks version {protocol}, \
-                 this broker ({SERVER_NAME} {}) speaks version {PROTOCOL_VERSION}; \
-                 upgrade the older of the two",
-                env!("CARGO_PKG_VERSION")
-            );
-            let error = RemoteError {
-                protocol: Some(PROTOCOL_VERSION),
-                ..RemoteError::new(ErrorCode::VersionMismatch, msg)
+            // `decode_opening` answers these before decoding the rest; this keeps the check
+            // where the version is used, whatever the two decoders make of odd input.
+            let hello = HelloVersion {
+                id,
+                protocol: protocol.into(),
+                client: Some(client),
+                client_version: Some(client_version),
             };
-            send_error(&self.out, Some(id), error).await;
+            self.version_mismatch(hello).await;
             return None;
         }
         let app = match AppId::new(app) {
@@ -820,6 +847,38 @@ impl Connection {
                 None
             }
         }
+    }
+
+    /// Answers a hello of another protocol version; the connection is closed after it.
+    async fn version_mismatch(&mut self, hello: HelloVersion) {
+        let HelloVersion {
+            id,
+            protocol,
+            client,
+            client_version,
+            ..
+        } = hello;
+        tracing::warn!(
+            ?client,
+            ?client_version,
+            protocol,
+            "protocol version mismatch"
+        );
+        let who = match (client, client_version) {
+            (Some(client), Some(version)) => format!("{client} {version}"),
+            (Some(client), None) => client,
+            (None, _) => "the client".to_owned(),
+        };
+        let msg = format!(
+            "protocol version mismatch: {who} speaks version {protocol}, this broker \
+             ({SERVER_NAME} {}) speaks version {PROTOCOL_VERSION}; upgrade the older of the two",
+            env!("CARGO_PKG_VERSION")
+        );
+        let error = RemoteError {
+            protocol: Some(PROTOCOL_VERSION),
+            ..RemoteError::new(ErrorCode::VersionMismatch, msg)
+        };
+        send_error(&self.out, Some(id), error).await;
     }
 
     async fn protocol_violation(&mut self, err: FrameError) {

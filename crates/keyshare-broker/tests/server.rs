@@ -543,6 +543,37 @@ fn handshake_is_required_and_versioned() {
     raw.assert_closed();
 }
 
+/// A later protocol version may change hello's other fields; its client must still hear that
+/// the versions differ, not that its hello is malformed (docs/protocol.md, "Versioning").
+#[test]
+fn a_hello_of_another_version_gets_a_version_mismatch_whatever_its_shape() {
+    let broker = TestBroker::memory();
+    for hello in [
+        // `client` became an object, `app` a list of ids.
+        &br#"{"id":0,"op":"hello","protocol":2,"client":{"name":"raw","version":"2"},"apps":["code"]}"#[..],
+        // Nothing but what every version keeps.
+        br#"{"id":0,"op":"hello","protocol":3}"#,
+    ] {
+        let mut raw = Raw::connect(&broker);
+        raw.send_body(hello);
+        match raw.read() {
+            Some(ServerFrame::Error { id: Some(0), error }) => {
+                assert_eq!(error.code, ErrorCode::VersionMismatch, "{}", error.message);
+                assert_eq!(error.protocol, Some(protocol::PROTOCOL_VERSION));
+                assert!(error.message.contains("speaks version"), "{}", error.message);
+            }
+            other => panic!("expected a version mismatch, got {other:?}"),
+        }
+        raw.assert_closed();
+    }
+    // This version's hello with a missing field is still malformed.
+    let mut raw = Raw::connect(&broker);
+    raw.send_body(br#"{"id":0,"op":"hello","protocol":1,"client":"raw"}"#);
+    let msg = protocol_error(raw.read());
+    assert!(msg.contains("missing field"), "{msg}");
+    raw.assert_closed();
+}
+
 #[test]
 fn hello_names_the_served_store_when_the_broker_was_told() {
     let storage = SecretStorage::builder(Arc::new(MemoryStore::new())).build();

@@ -4,7 +4,8 @@
 #![no_main]
 
 use keyshare_broker::protocol::{
-    decode, encode, frame_len, RequestFrame, ServerFrame, HEADER_LEN, MAX_FRAME_LEN,
+    decode, encode, frame_len, hello_version, RequestFrame, ServerFrame, HEADER_LEN,
+    MAX_FRAME_LEN,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -15,6 +16,8 @@ fuzz_target!(|data: &[u8]| {
             Ok(Some(total)) => {
                 assert!(total >= HEADER_LEN && total <= HEADER_LEN + MAX_FRAME_LEN);
                 let body = &rest[HEADER_LEN..total];
+                // What the broker reads of a connection's first frame before the rest.
+                let _ = hello_version(body);
                 if let Ok(request) = decode::<RequestFrame>(body) {
                     let again = encode(&request).expect("a decoded request encodes");
                     let back: RequestFrame = decode(&again[HEADER_LEN..]).expect("round trip");
