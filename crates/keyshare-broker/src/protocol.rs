@@ -238,20 +238,36 @@ impl<'de> Deserialize<'de> for WireKey {
 /// A request from client to broker, with the id the reply will carry. Ids are chosen by the
 /// client; the broker answers every request exactly once, possibly out of order (requests on
 /// different keys run in parallel), so a client may pipeline.
+pub type RequestFrame = RequestFrameOf<WireKey>;
+
+/// A request frame as the broker decodes it: keys still as the client sent them, checked
+/// afterwards ([`UncheckedRequestFrame::check_keys`]) so that a bad key fails its request,
+/// not the whole connection.
+pub type UncheckedRequestFrame = RequestFrameOf<String>;
+
+/// A request and its id, with keys of type `K`: [`RequestFrame`] or [`UncheckedRequestFrame`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestFrame {
+pub struct RequestFrameOf<K> {
     /// The client's request id.
     pub id: u64,
     /// The operation.
     #[serde(flatten)]
-    pub request: Request,
+    pub request: RequestOf<K>,
 }
 
-/// The operations.
+/// The operations, with checked keys.
+pub type Request = RequestOf<WireKey>;
+
+/// The operations, with keys of type `K` (see [`RequestFrameOf`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+// The explicit bound: serde would otherwise ask `K: Default` for subscribe's defaulted `keys`.
+#[serde(
+    tag = "op",
+    rename_all = "snake_case",
+    bound(deserialize = "K: Deserialize<'de>")
+)]
 #[non_exhaustive]
-pub enum Request {
+pub enum RequestOf<K> {
     /// Must be the first request on a connection.
     Hello {
         /// The client program's name, for logs.
@@ -277,20 +293,20 @@ pub enum Request {
     /// Reads a value; the reply's `value` is `null` when there is none.
     Get {
         /// The key.
-        key: WireKey,
+        key: K,
     },
     /// Writes a value. The reply comes once the store has acknowledged it (durably, for a
     /// durable store).
     Set {
         /// The key.
-        key: WireKey,
+        key: K,
         /// The value.
         value: WireValue,
     },
     /// Deletes a value; the reply says whether there was one.
     Delete {
         /// The key.
-        key: WireKey,
+        key: K,
     },
     /// Lists the keys this app may see.
     Keys,
@@ -298,25 +314,100 @@ pub enum Request {
     Subscribe {
         /// Only these keys; `null` or absent for every key this app may see.
         #[serde(default)]
-        keys: Option<Vec<WireKey>>,
+        keys: Option<Vec<K>>,
     },
     /// Reports the broker's state.
     Status,
 }
 
-impl Request {
+impl<K> RequestOf<K> {
     /// The operation's name, for logs and errors.
     pub fn op(&self) -> &'static str {
         match self {
-            Request::Hello { .. } => "hello",
-            Request::Get { .. } => "get",
-            Request::Set { .. } => "set",
-            Request::Delete { .. } => "delete",
-            Request::Keys => "keys",
-            Request::Subscribe { .. } => "subscribe",
-            Request::Status => "status",
+            RequestOf::Hello { .. } => "hello",
+            RequestOf::Get { .. } => "get",
+            RequestOf::Set { .. } => "set",
+            RequestOf::Delete { .. } => "delete",
+            RequestOf::Keys => "keys",
+            RequestOf::Subscribe { .. } => "subscribe",
+            RequestOf::Status => "status",
         }
     }
+}
+
+impl UncheckedRequestFrame {
+    /// Checks every key with [`SecretKey::new`]. A key that fails is its request's fault, not
+    /// the connection's: the broker answers that request with `invalid` and reads on.
+    pub fn check_keys(self) -> Result<RequestFrame, InvalidKey> {
+        let id = self.id;
+        let op = self.request.op();
+        let check = |index: Option<usize>, key: String| {
+            SecretKey::new(key)
+                .map(WireKey)
+                .map_err(|error| InvalidKey {
+                    id,
+                    op,
+                    index,
+                    error,
+                })
+        };
+        let request = match self.request {
+            RequestOf::Hello {
+                client,
+                client_version,
+                protocol,
+                app,
+                expect_store,
+                require_os_keyring,
+            } => RequestOf::Hello {
+                client,
+                client_version,
+                protocol,
+                app,
+                expect_store,
+                require_os_keyring,
+            },
+            RequestOf::Get { key } => RequestOf::Get {
+                key: check(None, key)?,
+            },
+            RequestOf::Set { key, value } => RequestOf::Set {
+                key: check(None, key)?,
+                value,
+            },
+            RequestOf::Delete { key } => RequestOf::Delete {
+                key: check(None, key)?,
+            },
+            RequestOf::Keys => RequestOf::Keys,
+            RequestOf::Subscribe { keys } => RequestOf::Subscribe {
+                keys: keys
+                    .map(|keys| {
+                        (0..)
+                            .zip(keys)
+                            .map(|(index, key)| check(Some(index), key))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .transpose()?,
+            },
+            RequestOf::Status => RequestOf::Status,
+        };
+        Ok(RequestFrame { id, request })
+    }
+}
+
+/// A request whose key is not a valid [`SecretKey`] (empty, too long, with a NUL). Names what
+/// is wrong with the key, never the key itself: a confused client may have sent a value there.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {}{error}", index.map(|i| format!("keys[{i}]: ")).unwrap_or_default())]
+#[non_exhaustive]
+pub struct InvalidKey {
+    /// The request's id.
+    pub id: u64,
+    /// The request's operation.
+    pub op: &'static str,
+    /// Which of `subscribe`'s keys, counted from 0; `None` for an operation's one `key`.
+    pub index: Option<usize>,
+    /// Why the key was refused ([`keyshare::Error::Invalid`]; it never holds the key).
+    pub error: Error,
 }
 
 /// A frame from broker to client.
@@ -977,6 +1068,58 @@ mod tests {
         assert!(err.to_string().contains("`key`"), "{err}");
         let err = decode::<RequestFrame>(br#"{"id":1,"op":"launch"}"#).unwrap_err();
         assert!(err.to_string().contains("launch"), "{err}");
+    }
+
+    /// The broker decodes keys unchecked and checks them after, so a bad key fails only its
+    /// request; the error names what is wrong, never the key (it may be a misplaced value).
+    #[test]
+    fn bad_keys_are_found_after_decoding_and_never_repeated() {
+        let long = format!(
+            r#"{{"id":2,"op":"delete","key":"{}"}}"#,
+            "hunter2".repeat(600)
+        );
+        let cases: &[(&str, u64, &str)] = &[
+            (
+                r#"{"id":1,"op":"get","key":""}"#,
+                1,
+                "get: invalid key: a key cannot be empty",
+            ),
+            (
+                &long,
+                2,
+                "delete: invalid key: a key is at most 4096 bytes, this one is 4200 bytes",
+            ),
+            (
+                r#"{"id":3,"op":"set","key":"hunter2\u0000","value":"dG9rZW4="}"#,
+                3,
+                "set: invalid key: a key cannot contain a NUL character",
+            ),
+            (
+                r#"{"id":4,"op":"subscribe","keys":["ok","hunter2\u0000"]}"#,
+                4,
+                "subscribe: keys[1]: invalid key: a key cannot contain a NUL character",
+            ),
+        ];
+        for (body, id, message) in cases {
+            // A client's decoder still refuses them outright.
+            assert!(decode::<RequestFrame>(body.as_bytes()).is_err(), "{body}");
+            let unchecked: UncheckedRequestFrame = decode(body.as_bytes()).unwrap();
+            let invalid = unchecked.check_keys().unwrap_err();
+            assert_eq!(invalid.id, *id);
+            assert_eq!(invalid.to_string(), *message);
+            assert!(!format!("{invalid:?}").contains("hunter2"), "{invalid:?}");
+        }
+        // Good keys come through unchanged, and so does everything else.
+        for json in [
+            r#"{"id":6,"op":"subscribe","keys":["github.auth"]}"#,
+            r#"{"id":6,"op":"subscribe"}"#,
+            r#"{"id":2,"op":"set","key":"github.auth","value":"dG9rZW4="}"#,
+            r#"{"id":1,"op":"hello","client":"c","client_version":"1","protocol":1,"app":"code"}"#,
+        ] {
+            let unchecked: UncheckedRequestFrame = decode(json.as_bytes()).unwrap();
+            let checked = unchecked.check_keys().unwrap();
+            assert_eq!(checked, decode::<RequestFrame>(json.as_bytes()).unwrap());
+        }
     }
 
     #[test]

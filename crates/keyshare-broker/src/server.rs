@@ -35,8 +35,8 @@ use crate::connection::FrameReader;
 use crate::external::ExternalChanges;
 use crate::protocol::{
     decode, encode, hello_version, BrokerStatus, ErrorCode, EventKind, FrameError, HelloVersion,
-    RemoteError, Reply, Request, RequestFrame, ServerFrame, WireKey, WireValue, MAX_FRAME_LEN,
-    PROTOCOL_VERSION,
+    RemoteError, Reply, Request, RequestFrame, RequestOf, ServerFrame, UncheckedRequestFrame,
+    WireKey, WireValue, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 /// The server's name in `hello` replies.
@@ -636,7 +636,8 @@ enum Opening {
     /// A hello of another protocol version, whose other fields were not decoded: they may
     /// have another shape in that version.
     OtherVersion(HelloVersion),
-    Request(RequestFrame),
+    /// Keys unchecked: a first request that is not hello is refused whatever its key.
+    Request(UncheckedRequestFrame),
 }
 
 /// Decodes a connection's first frame: a hello's version before the rest of it, so that a
@@ -683,7 +684,10 @@ impl Connection {
         };
         tracing::debug!(app = %grant.app(), pid = ?self.peer_pid, "client connected");
         loop {
-            let frame = match self.next(|body| decode::<RequestFrame>(body)).await {
+            let frame = match self
+                .next(|body| decode::<UncheckedRequestFrame>(body))
+                .await
+            {
                 Incoming::Frame(Ok(frame)) => frame,
                 Incoming::Frame(Err(err)) => {
                     self.protocol_violation(err).await;
@@ -691,7 +695,7 @@ impl Connection {
                 }
                 Incoming::Closed | Incoming::Stop => return,
             };
-            if let Request::Hello { .. } = frame.request {
+            if let RequestOf::Hello { .. } = frame.request {
                 // A protocol error closes the connection (docs/protocol.md), after the replies
                 // to the requests already started; the client is confused about its state.
                 let msg = "hello was already done on this connection; closing it";
@@ -699,6 +703,16 @@ impl Connection {
                 send_error(&self.out, Some(frame.id), error).await;
                 return;
             }
+            // A frame that decoded has an id to answer, so a bad key fails only its request.
+            let frame = match frame.check_keys() {
+                Ok(frame) => frame,
+                Err(invalid) => {
+                    tracing::debug!(id = invalid.id, error = %invalid, "refused a request's key");
+                    let error = RemoteError::new(ErrorCode::Invalid, invalid.to_string());
+                    send_error(&self.out, Some(invalid.id), error).await;
+                    continue;
+                }
+            };
             // Wait for a slot before reading on: a client that pipelines without bound is
             // slowed down instead of growing the broker's memory.
             // Either wait ends at shutdown: the request is not started, and not answered.
@@ -774,7 +788,7 @@ impl Connection {
             Incoming::Closed | Incoming::Stop => return None,
         };
         let id = frame.id;
-        let Request::Hello {
+        let RequestOf::Hello {
             client,
             client_version,
             protocol,

@@ -410,6 +410,62 @@ fn a_frame_left_unfinished_closes_the_connection_but_silence_between_frames_does
     );
 }
 
+/// A key the broker cannot accept (empty, too long, with a NUL) is its request's fault, not the
+/// connection's: that request is answered `invalid`, naming what is wrong without repeating
+/// the key (a confused client may have put a value there), and the connection serves on. A
+/// frame that is not a request at all (no id, not JSON) still closes it.
+#[test]
+fn an_invalid_key_fails_its_request_and_the_connection_serves_on() {
+    let broker = TestBroker::memory();
+    broker.client("code").set(&k("k"), &v("value")).unwrap();
+    let mut raw = Raw::connect(&broker);
+    assert!(matches!(raw.hello(1), ServerFrame::Reply { .. }));
+    let long = "hunter2".repeat(1000);
+    let bad = [
+        (
+            r#"{"id":1,"op":"get","key":"hunter2\u0000"}"#.to_owned(),
+            "NUL",
+        ),
+        (
+            format!(r#"{{"id":2,"op":"set","key":"{long}","value":"dG9rZW4="}}"#),
+            "at most 4096 bytes",
+        ),
+        (r#"{"id":3,"op":"delete","key":""}"#.to_owned(), "empty"),
+        (
+            r#"{"id":4,"op":"subscribe","keys":["k","hunter2\u0000"]}"#.to_owned(),
+            "keys[1]",
+        ),
+    ];
+    for (id, (body, why)) in (1..).zip(&bad) {
+        raw.send_body(body.as_bytes());
+        match raw.read() {
+            Some(ServerFrame::Error {
+                id: Some(answered),
+                error,
+            }) => {
+                assert_eq!(answered, id);
+                assert_eq!(error.code, ErrorCode::Invalid, "{}", error.message);
+                assert!(error.message.contains(why), "{}", error.message);
+                assert!(!error.message.contains("hunter2"), "{}", error.message);
+            }
+            other => panic!("expected an invalid error for request {id}, got {other:?}"),
+        }
+    }
+    raw.send_body(br#"{"id":5,"op":"get","key":"k"}"#);
+    match raw.read() {
+        Some(ServerFrame::Reply {
+            id: 5,
+            reply: Reply::Get { value: Some(value) },
+        }) => assert_eq!(value.0.expose_secret(), b"value"),
+        other => panic!("expected the get reply, got {other:?}"),
+    }
+    // Without an id there is no request to answer: the connection closes.
+    raw.send_body(br#"{"op":"get","key":""}"#);
+    let msg = protocol_error(raw.read());
+    assert!(msg.starts_with("malformed frame"), "{msg}");
+    raw.assert_closed();
+}
+
 /// Frames for `bodies`, back to back, to be sent in one write.
 fn frames(bodies: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();

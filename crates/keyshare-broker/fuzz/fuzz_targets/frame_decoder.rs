@@ -4,8 +4,8 @@
 #![no_main]
 
 use keyshare_broker::protocol::{
-    decode, encode, frame_len, hello_version, RequestFrame, ServerFrame, HEADER_LEN,
-    MAX_FRAME_LEN,
+    decode, encode, frame_len, hello_version, RequestFrame, ServerFrame, UncheckedRequestFrame,
+    HEADER_LEN, MAX_FRAME_LEN,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -18,7 +18,14 @@ fuzz_target!(|data: &[u8]| {
                 let body = &rest[HEADER_LEN..total];
                 // What the broker reads of a connection's first frame before the rest.
                 let _ = hello_version(body);
-                if let Ok(request) = decode::<RequestFrame>(body) {
+                // The broker decodes keys unchecked, then checks them: that must accept
+                // exactly what a strict decode accepts, as the same request.
+                let strict = decode::<RequestFrame>(body).ok();
+                let checked = decode::<UncheckedRequestFrame>(body)
+                    .ok()
+                    .and_then(|unchecked| unchecked.check_keys().ok());
+                assert_eq!(checked, strict);
+                if let Some(request) = strict {
                     let again = encode(&request).expect("a decoded request encodes");
                     let back: RequestFrame = decode(&again[HEADER_LEN..]).expect("round trip");
                     assert_eq!(back, request);
