@@ -238,6 +238,20 @@ impl Daemon {
     /// it) and releases the lock. A broker whose socket file was removed or replaced (the
     /// runtime directory cleaned at logout, say) can no longer be reached, so it stops too.
     pub async fn serve(self, state: BrokerState, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.serve_until(state, shutdown, std::future::pending())
+            .await
+    }
+
+    /// [`Daemon::serve`], where `stop_now` ends the graceful shutdown that `shutdown` started
+    /// without waiting for it to finish (see [`shutdown_signals`]): requests in progress and
+    /// replies not yet read are dropped with their connections. The socket file is still
+    /// removed.
+    pub async fn serve_until(
+        self,
+        state: BrokerState,
+        shutdown: impl Future<Output = ()>,
+        stop_now: impl Future<Output = ()>,
+    ) -> Result<()> {
         self.listener
             .set_nonblocking(true)
             .map_err(|e| Error::io("making the broker socket non-blocking", e))?;
@@ -255,7 +269,16 @@ impl Daemon {
                 () = socket_gone => {}
             }
         };
-        let result = run(listener, stop, state).await;
+        let result = tokio::select! {
+            result = run(listener, stop, state) => result,
+            // Dropping `run` drops every connection with whatever it was doing. That loses
+            // nothing acknowledged: a reply is made only after its request finished, so every
+            // write a client was told about is already as durable as the store makes it (the
+            // vault: committed). A request cut short was never answered, and its client sees
+            // the connection close. Store calls already running on the blocking pool still
+            // finish, when the runtime shuts down.
+            () = stop_now => Ok(()),
+        };
         if let Origin::Bound(path, id) = &self.origin {
             // Still holding the instance lock; and a socket file that is not ours any more
             // (replaced by hand) is left alone.
@@ -372,19 +395,59 @@ fn remove_stale_socket(socket: &Path, _held: &FileLock) -> Result<()> {
         .map_err(|e| Error::io(format!("removing stale socket {}", socket.display()), e))
 }
 
+/// SIGTERM and SIGINT, from the moment this is called.
+#[derive(Debug)]
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())
+                .map_err(|e| Error::io("installing the SIGTERM handler", e))?,
+            int: signal(SignalKind::interrupt())
+                .map_err(|e| Error::io("installing the SIGINT handler", e))?,
+        })
+    }
+
+    /// The next one's name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
 /// Completes on the first SIGTERM or SIGINT. Must be called inside a tokio runtime.
 pub fn shutdown_signal() -> Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| Error::io("installing the SIGINT handler", e))?;
+    let mut signals = StopSignals::listen()?;
     Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
+        let name = signals.next().await;
+        tracing::info!("{name}: shutting down");
     })
+}
+
+/// The two stops `keyshare serve` answers, for [`Daemon::serve_until`]: the first SIGTERM or
+/// SIGINT asks for a graceful shutdown, which may wait [`ServerOptions::shutdown_grace`] for
+/// clients to read their replies; a second one, during it, for an immediate stop (a user who
+/// presses Ctrl-C twice wants the broker gone now). Must be called inside a tokio runtime.
+///
+/// [`ServerOptions::shutdown_grace`]: crate::server::ServerOptions::shutdown_grace
+pub fn shutdown_signals() -> Result<(impl Future<Output = ()>, impl Future<Output = ()>)> {
+    let first = shutdown_signal()?;
+    // Listening from now on, so that the first signal is counted here too, however late this
+    // future is first polled.
+    let mut signals = StopSignals::listen()?;
+    let second = async move {
+        signals.next().await;
+        let name = signals.next().await;
+        tracing::warn!("{name} again: stopping now, without waiting for the shutdown to finish");
+    };
+    Ok((first, second))
 }
 
 /// The most runtime threads [`runtime`] starts.
@@ -408,7 +471,8 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| Error::io("starting the broker's runtime", e))
 }
 
-/// Serves until SIGTERM or SIGINT, from a task of the current runtime: `block_on` this (on
+/// Serves until SIGTERM or SIGINT (a second one stops it without waiting for the graceful
+/// shutdown: [`shutdown_signals`]), from a task of the current runtime: `block_on` this (on
 /// [`runtime`]) rather than `daemon.serve(..)` itself.
 ///
 /// Why: `block_on` runs its future on the calling thread, which is not one of the runtime's
@@ -417,8 +481,8 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 /// 0.08-0.2 ms of its 1.4 ms (crates/keyshare-cli/benches/broker_get.rs). Spawned, the loop
 /// runs on a worker and a new connection's task starts on that same worker.
 pub async fn serve_on_worker(daemon: Daemon, state: BrokerState) -> Result<()> {
-    let signal = shutdown_signal()?;
-    match tokio::spawn(daemon.serve(state, signal)).await {
+    let (stop, stop_now) = shutdown_signals()?;
+    match tokio::spawn(daemon.serve_until(state, stop, stop_now)).await {
         Ok(served) => served,
         Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
         Err(err) => Err(Error::io("serving", std::io::Error::other(err.to_string()))),

@@ -46,7 +46,7 @@ fn wait_for_line(from: &mut impl BufRead, needle: &str) -> String {
 /// A foreground `keyshare serve`, once it says it serves (its stderr kept open while it runs).
 struct Serving {
     child: std::process::Child,
-    _stderr: BufReader<std::process::ChildStderr>,
+    stderr: BufReader<std::process::ChildStderr>,
 }
 
 impl Serving {
@@ -54,10 +54,12 @@ impl Serving {
         let mut child = cmd.arg("serve").stderr(Stdio::piped()).spawn().unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         wait_for_line(&mut stderr, "keyshare: serving flavour stable");
-        Serving {
-            child,
-            _stderr: stderr,
-        }
+        Serving { child, stderr }
+    }
+
+    /// Reads the broker's log until a line contains `needle`.
+    fn wait_for_log(&mut self, needle: &str) -> String {
+        wait_for_line(&mut self.stderr, needle)
     }
 
     /// SIGTERM, and a clean exit.
@@ -500,4 +502,71 @@ fn an_autostarted_broker_logs_to_a_private_file() {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&log), 0o600);
+}
+
+/// Ctrl-C twice: the first signal stops the broker gracefully, which waits up to 5 s for
+/// clients to read the replies to what they asked; a second signal must stop it at once.
+#[test]
+fn a_second_signal_stops_the_broker_at_once() {
+    let home = tempfile::tempdir().unwrap();
+    let mut serve = Serving::start(keyshare(home.path()));
+    let set = run(home.path(), &["set", "big"], &[b'x'; 200 * 1024]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+
+    // A client that asks for the big value a hundred times and reads none of the replies.
+    let socket = home.path().join("run/keyshare/stable.sock");
+    let mut client = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let mut requests = Vec::new();
+    let hello =
+        br#"{"id":0,"op":"hello","client":"t","client_version":"0","protocol":1,"app":"code"}"#;
+    for body in std::iter::once(hello.to_vec())
+        .chain((1..=100).map(|id| format!(r#"{{"id":{id},"op":"get","key":"big"}}"#).into_bytes()))
+    {
+        requests.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        requests.extend_from_slice(&body);
+    }
+    client.write_all(&requests).unwrap();
+    // Until the broker can write no more: the bytes waiting for the client stop growing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut waiting = (0, std::time::Instant::now());
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let now = rustix::io::ioctl_fionread(&client).unwrap();
+        if now != waiting.0 {
+            waiting = (now, std::time::Instant::now());
+        } else if now > 0 && waiting.1.elapsed() > std::time::Duration::from_millis(300) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker never filled the socket"
+        );
+    }
+
+    let started = std::time::Instant::now();
+    sigterm(serve.child.id());
+    serve.wait_for_log("SIGTERM: shutting down");
+    sigterm(serve.child.id());
+    let status = loop {
+        if let Some(status) = serve.child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = serve.child.kill();
+            panic!("the broker did not stop within 20 s of two SIGTERMs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "stopped {took:?} after the first SIGTERM: the second did not cut the 5 s grace short"
+    );
+    assert!(status.success(), "{status}");
+    assert!(!socket.exists(), "the socket is removed at exit");
+    drop(client);
 }
