@@ -920,7 +920,12 @@ impl Connection {
         let id = frame.id;
         let storage = &self.shared.storage;
         let out = self.out.clone();
+        let peer_pid = self.peer_pid;
         let denied = |key: &SecretKey| {
+            // Logged as a refusal is: a user asking why an app cannot see a key finds it in the
+            // broker's log. Key names are not secret (they are in config.toml); values never
+            // reach this point.
+            tracing::warn!(app = %grant.app(), pid = ?peer_pid, key = %key.as_str(), "denied a request for a key the app may not use");
             RemoteError::new(
                 ErrorCode::Denied,
                 format!(

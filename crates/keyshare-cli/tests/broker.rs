@@ -495,6 +495,11 @@ fn an_autostarted_broker_logs_to_a_private_file() {
     };
     assert!(text.contains("refused a client"), "{text}");
     assert!(text.contains("intruder"), "{text}");
+    assert!(
+        text.contains("denied a request for a key the app may not use")
+            && text.contains("api.token"),
+        "{text}"
+    );
     assert!(text.contains("SIGTERM: shutting down"), "{text}");
     for value in ["gho_logged_4", "tok_logged_5"] {
         assert!(!text.contains(value), "a value in the log: {text}");
