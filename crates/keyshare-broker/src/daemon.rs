@@ -528,6 +528,12 @@ fn notify_ready(log: Option<&File>) -> Result<()> {
     Ok(())
 }
 
+/// Points this process's stderr (where its log goes) at `log` from now on: a broker whose log
+/// was moved aside while it runs continues in a new file.
+pub fn log_to(log: &File) -> Result<()> {
+    rustix::stdio::dup2_stderr(log).map_err(|e| Error::io("redirecting stderr", e.into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

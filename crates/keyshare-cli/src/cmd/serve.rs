@@ -17,10 +17,15 @@ use crate::stores::{self, Context};
 /// How long an autostarted broker stays without any client before it exits.
 const AUTOSTARTED_IDLE_EXIT: Duration = Duration::from_secs(600);
 
-/// An autostarted broker's log larger than this when the broker starts is moved to
-/// `broker.log.1` (replacing the one before) and a new one begun, so that the two hold the
-/// last few brokers' lines and never fill the disk over months of starts.
+/// An autostarted broker's log larger than this when the broker starts, or found so while it
+/// runs, is moved to `broker.log.1` (replacing the one before) and a new one begun, so that the
+/// two hold the last lines and never fill the disk, over months of starts or a broker that
+/// never goes idle while a client keeps it busy with refused requests.
 const LOG_ROTATE_AT: u64 = 1024 * 1024;
+
+/// How often a running autostarted broker looks at its log's size: between two looks it can
+/// outgrow the limit by what it logs in that time (a line per refused request, at most).
+const LOG_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -54,12 +59,13 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         options.idle_exit = Some(AUTOSTARTED_IDLE_EXIT);
         // Opened while this process holds the flavour's instance lock, so that no other
         // broker rotates or writes the file meanwhile.
-        match open_log(ctx.dirs.broker_log_path(&ctx.flavour)) {
+        match open_log(ctx.dirs.broker_log_path(&ctx.flavour), LOG_ROTATE_AT) {
             Ok(log) => {
                 daemon::notify_ready_on_stdout_then_log_to(&log.file)?;
                 if let Some(mode) = log.tightened_from {
                     tracing::warn!(log = %log.path.display(), mode = format!("{mode:03o}"), "the log was readable by others; now 0600");
                 }
+                keep_log_bounded(log.path);
             }
             Err(err) => {
                 // Still on the client's pipe: the user whose command started this broker sees
@@ -112,7 +118,7 @@ struct Log {
 /// the data. The directory is 0700 (created so, or refused if others may enter it) and the file
 /// is created with mode 0600 at once, never looser for a moment (`create_private_file`); one
 /// loosened by hand is tightened. A symlink in its place is refused rather than followed.
-fn open_log(path: Option<PathBuf>) -> anyhow::Result<Log> {
+fn open_log(path: Option<PathBuf>, limit: u64) -> anyhow::Result<Log> {
     let path =
         path.context("there is no place for it: set XDG_STATE_HOME (or HOME, for ~/.local/state)")?;
     let rotated = {
@@ -126,7 +132,7 @@ fn open_log(path: Option<PathBuf>) -> anyhow::Result<Log> {
         Ok(meta) if !meta.is_file() => {
             anyhow::bail!("{} is not a regular file; remove it", path.display())
         }
-        Ok(meta) if meta.len() > LOG_ROTATE_AT => {
+        Ok(meta) if meta.len() > limit => {
             std::fs::rename(&path, &rotated)
                 .with_context(|| format!("moving {} to {}", path.display(), rotated.display()))?;
         }
@@ -163,6 +169,42 @@ fn open_log(path: Option<PathBuf>) -> anyhow::Result<Log> {
         path,
         tightened_from,
     })
+}
+
+/// Watches the log of a running broker from a thread of its own: moves it aside once it is
+/// over [`LOG_ROTATE_AT`], and begins a new one if it was removed (a user cleaning up), then
+/// logs there. Ends with the process.
+fn keep_log_bounded(path: PathBuf) {
+    let watch = move || loop {
+        std::thread::sleep(LOG_CHECK_EVERY);
+        match renewed_log(&path, LOG_ROTATE_AT) {
+            Ok(None) => {}
+            Ok(Some(log)) => match daemon::log_to(&log.file) {
+                Ok(()) => tracing::info!(log = %path.display(), "began a new log"),
+                Err(err) => tracing::warn!(error = %err, "could not move the log to a new file"),
+            },
+            // Tried again at the next look; one line per look at the most.
+            Err(err) => tracing::warn!(error = format!("{err:#}"), "could not begin a new log"),
+        }
+    };
+    if let Err(err) = std::thread::Builder::new()
+        .name("keyshare-log".into())
+        .spawn(watch)
+    {
+        tracing::warn!(error = %err, "no thread to keep the log's size bounded");
+    }
+}
+
+/// A new log at `path` when the one there is over `limit` (moved aside first) or gone; `None`
+/// while it is fine.
+fn renewed_log(path: &std::path::Path, limit: u64) -> anyhow::Result<Option<Log>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.len() <= limit => Ok(None),
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(err).with_context(|| format!("inspecting {}", path.display()))
+        }
+        _ => open_log(Some(path.to_owned()), limit).map(Some),
+    }
 }
 
 /// Closes every descriptor above standard error that this process inherited.
@@ -203,12 +245,12 @@ mod tests {
         let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
 
         // First start: directory and file created private.
-        let mut log = open_log(Some(path.clone())).unwrap();
+        let mut log = open_log(Some(path.clone()), LOG_ROTATE_AT).unwrap();
         assert_eq!(mode(path.parent().unwrap()), 0o700);
         assert_eq!(mode(&path), 0o600);
         log.file.write_all(b"first\n").unwrap();
         // Small: appended to.
-        let mut log = open_log(Some(path.clone())).unwrap();
+        let mut log = open_log(Some(path.clone()), LOG_ROTATE_AT).unwrap();
         log.file.write_all(b"second\n").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"first\nsecond\n");
         assert!(!rotated.exists());
@@ -218,7 +260,7 @@ mod tests {
         log.file
             .write_all(&vec![b'x'; LOG_ROTATE_AT as usize])
             .unwrap();
-        let mut log = open_log(Some(path.clone())).unwrap();
+        let mut log = open_log(Some(path.clone()), LOG_ROTATE_AT).unwrap();
         log.file.write_all(b"third\n").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"third\n");
         assert!(std::fs::read(&rotated)
@@ -235,16 +277,39 @@ mod tests {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::write(&path, b"").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let log = open_log(Some(path.clone())).unwrap();
+        let log = open_log(Some(path.clone()), LOG_ROTATE_AT).unwrap();
         assert_eq!(log.tightened_from, Some(0o644));
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
 
         std::fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), &path).unwrap();
-        assert!(open_log(Some(path.clone())).is_err());
+        assert!(open_log(Some(path.clone()), LOG_ROTATE_AT).is_err());
         assert!(!dir.path().join("elsewhere").exists());
 
-        let err = open_log(None).err().unwrap();
+        let err = open_log(None, LOG_ROTATE_AT).err().unwrap();
         assert!(err.to_string().contains("XDG_STATE_HOME"), "{err}");
+    }
+
+    #[test]
+    fn a_running_brokers_log_is_renewed_when_too_large_or_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/keyshare/stable/broker.log");
+        let rotated = path.with_file_name("broker.log.1");
+        let mut log = open_log(Some(path.clone()), 100).unwrap();
+        log.file.write_all(&[b'a'; 100]).unwrap();
+        // At the limit: left as it is.
+        assert!(renewed_log(&path, 100).unwrap().is_none());
+        log.file.write_all(b"b").unwrap();
+        // Over it: moved aside and a new, private one begun.
+        let mut new = renewed_log(&path, 100).unwrap().expect("renewed");
+        new.file.write_all(b"after\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"after\n");
+        assert_eq!(std::fs::read(&rotated).unwrap().len(), 101);
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        // Removed by hand: begun again.
+        std::fs::remove_file(&path).unwrap();
+        assert!(renewed_log(&path, 100).unwrap().is_some());
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+        assert_eq!(std::fs::read(&rotated).unwrap().len(), 101);
     }
 }
