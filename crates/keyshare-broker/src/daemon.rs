@@ -438,16 +438,30 @@ pub fn shutdown_signal() -> Result<impl Future<Output = ()>> {
 ///
 /// [`ServerOptions::shutdown_grace`]: crate::server::ServerOptions::shutdown_grace
 pub fn shutdown_signals() -> Result<(impl Future<Output = ()>, impl Future<Output = ()>)> {
-    let first = shutdown_signal()?;
-    // Listening from now on, so that the first signal is counted here too, however late this
-    // future is first polled.
+    // One listener counts both, in a task of its own. Two listeners, one per stop, were
+    // wrong: a listener counts signals only when polled, and signals that arrive between two
+    // polls count as one, so the second stop's listener (polled only once the first stop
+    // began) could take two signals for one and never stop.
     let mut signals = StopSignals::listen()?;
-    let second = async move {
-        signals.next().await;
+    let (first_tx, first) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let name = signals.next().await;
+        tracing::info!("{name}: shutting down");
+        let _ = first_tx.send(());
         let name = signals.next().await;
         tracing::warn!("{name} again: stopping now, without waiting for the shutdown to finish");
-    };
-    Ok((first, second))
+        let _ = second_tx.send(());
+    });
+    // A sender dropped without sending (the runtime is going away) is a stop too.
+    Ok((
+        async move {
+            let _ = first.await;
+        },
+        async move {
+            let _ = second.await;
+        },
+    ))
 }
 
 /// The most runtime threads [`runtime`] starts.

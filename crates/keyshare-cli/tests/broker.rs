@@ -575,3 +575,84 @@ fn a_second_signal_stops_the_broker_at_once() {
     assert!(!socket.exists(), "the socket is removed at exit");
     drop(client);
 }
+
+#[test]
+fn a_second_signal_does_not_wait_for_a_store_call_still_running() {
+    let home = tempfile::tempdir().unwrap();
+    let mut serve = Serving::start(keyshare(home.path()));
+    let set = run(home.path(), &["set", "k"], b"v");
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    // Another process holds the vault's write lock, so a delete waits in SQLite for its busy
+    // timeout (the store timeout, 5 s).
+    let vault = home.path().join("data/keyshare/stable/vault.db");
+    let mut locker = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
+             c.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\ntime.sleep(60)",
+        ])
+        .arg(&vault)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(locker.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    // The delete is sent with hello; once hello is answered, the broker has read the delete
+    // too (one write, read in order) and started it.
+    let socket = home.path().join("run/keyshare/stable.sock");
+    let mut client = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let mut requests = Vec::new();
+    for body in [
+        &br#"{"id":0,"op":"hello","client":"t","client_version":"0","protocol":1,"app":"code"}"#[..],
+        br#"{"id":1,"op":"delete","key":"k"}"#,
+    ] {
+        requests.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        requests.extend_from_slice(body);
+    }
+    client.write_all(&requests).unwrap();
+    let mut header = [0u8; 4];
+    client.read_exact(&mut header).unwrap();
+    let mut hello = vec![0; u32::from_be_bytes(header) as usize];
+    client.read_exact(&mut hello).unwrap();
+    assert!(
+        String::from_utf8_lossy(&hello).contains(r#""id":0"#),
+        "{}",
+        String::from_utf8_lossy(&hello)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+
+    let started = std::time::Instant::now();
+    sigterm(serve.child.id());
+    serve.wait_for_log("SIGTERM: shutting down");
+    sigterm(serve.child.id());
+    let status = loop {
+        if let Some(status) = serve.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the broker did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let took = started.elapsed();
+    let _ = locker.kill();
+    let _ = locker.wait();
+    drop(client);
+    let mut log = String::new();
+    serve.stderr.read_to_string(&mut log).unwrap();
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "stopped {took:?} after the first SIGTERM: it waited for the delete's busy timeout; log: {log}"
+    );
+    assert!(status.success(), "{status}");
+}

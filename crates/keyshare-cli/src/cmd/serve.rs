@@ -100,9 +100,19 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     if let Some(external) = external {
         state = state.with_external_changes(external);
     }
-    runtime.block_on(daemon::serve_on_worker(daemon, state))?;
+    let served = runtime.block_on(daemon::serve_on_worker(daemon, state));
+    // Store calls still running on the blocking pool now answer nobody: every acknowledged
+    // write was durable before its reply existed, and the server has stopped waiting for the
+    // rest (its grace period ended, or a second signal cut it short). Dropping the runtime
+    // would wait for them, for as long as a hung store's timeout; a moment is enough for
+    // those about to finish.
+    runtime.shutdown_timeout(STRAGGLERS_GRACE);
+    served?;
     Ok(())
 }
+
+/// How long a stopping broker waits for store calls that outlived the server.
+const STRAGGLERS_GRACE: Duration = Duration::from_millis(500);
 
 /// An autostarted broker's log file, open for appending.
 struct Log {
