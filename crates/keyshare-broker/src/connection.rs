@@ -12,7 +12,8 @@ use crate::protocol::{frame_len, FrameError, HEADER_LEN};
 ///
 /// The buffer may hold secret values, so it is zeroized on drop. It grows with the bytes that
 /// actually arrived (at most twice them), up to what the frame being read needs: the header is
-/// checked before the body is buffered, and what it claims is not allocated ahead.
+/// checked before the body is buffered, and what it claims is not allocated ahead. After a
+/// large frame it goes back to its usual size (8 KiB).
 #[derive(Debug)]
 pub struct FrameReader<R> {
     inner: R,
@@ -60,6 +61,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.buf.copy_within(self.consumed..self.filled, 0);
             self.filled -= self.consumed;
             self.consumed = 0;
+            if self.buf.len() > INITIAL_CAPACITY && self.filled <= INITIAL_CAPACITY {
+                // Back to the usual size once a large frame is gone: a connection that once
+                // sent a big `set` (up to 1 MiB) would otherwise hold that much for as long
+                // as it stays open, which for an app's connection is days. The big buffer
+                // is zeroized as it is dropped.
+                let mut smaller = Zeroizing::new(vec![0; INITIAL_CAPACITY]);
+                smaller[..self.filled].copy_from_slice(&self.buf[..self.filled]);
+                self.buf = smaller;
+            }
         }
         loop {
             if let Some(total) = frame_len(&self.buf[..self.filled])? {
@@ -225,6 +235,11 @@ mod tests {
         let frame = reader.read_frame().await.unwrap().unwrap();
         assert_eq!(&frame[..5], b"{\"id\"");
         assert_eq!(&frame[5..], &body[5..]);
+
+        // Once that frame is gone, the buffer is back to its usual size for the next one.
+        tx.write_all(&[0, 0, 0, 2, b'{', b'}']).await.unwrap();
+        assert_eq!(reader.read_frame().await.unwrap().unwrap(), b"{}");
+        assert_eq!(reader.buf.len(), INITIAL_CAPACITY);
     }
 
     #[tokio::test(start_paused = true)]
