@@ -28,6 +28,17 @@ fn run(home: &Path, args: &[&str], stdin: &[u8]) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+/// Runs it and asserts success, showing stderr otherwise.
+fn run_ok(home: &Path, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let out = run(home, args, stdin);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Reads `from` until a line contains `needle`; returns that line.
 fn wait_for_line(from: &mut impl BufRead, needle: &str) -> String {
     let mut line = String::new();
@@ -115,15 +126,10 @@ fn serve_watch_and_commands_through_the_broker() {
     wait_for_line(&mut watch_err, "watching github.auth");
     let mut watch_out = BufReader::new(watch.stdout.take().unwrap());
 
-    let set = run(
+    run_ok(
         home.path(),
         &["--app", "code", "set", "github.auth"],
         b"gho_1",
-    );
-    assert!(
-        set.status.success(),
-        "{}",
-        String::from_utf8_lossy(&set.stderr)
     );
     let event = wait_for_line(&mut watch_out, "github.auth");
     let event: serde_json::Value = serde_json::from_str(&event).unwrap();
@@ -218,15 +224,10 @@ fn broker_pid(lock: &Path) -> u32 {
 #[test]
 fn without_a_broker_and_without_autostart_commands_go_direct() {
     let home = tempfile::tempdir().unwrap();
-    let set = run(
+    run_ok(
         home.path(),
         &["--no-autostart", "set", "github.auth"],
         b"gho_2",
-    );
-    assert!(
-        set.status.success(),
-        "{}",
-        String::from_utf8_lossy(&set.stderr)
     );
     assert!(!home.path().join("run/keyshare/stable.sock").exists());
     let got = run(home.path(), &["--no-autostart", "get", "github.auth"], b"");
@@ -321,12 +322,7 @@ fn a_broker_started_with_other_settings_refuses_instead_of_serving_another_store
     // A broker over a vault whose key is in a key file (no keyring here), then a config that
     // requires the OS keyring: refused with the protection exit code, as a direct open is.
     let serve = Serving::start(keyshare(home.path()));
-    let out = run(home.path(), &["set", "k"], b"v2");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(home.path(), &["set", "k"], b"v2");
     write_config(home.path(), "require_os_keyring = true\n");
     let out = run(home.path(), &["get", "k"], b"");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -347,12 +343,7 @@ fn unlisted_apps_can_be_refused_from_the_config() {
         "unlisted_apps = \"refuse\"\n[apps.code]\nshared_keys = [\"github.*\"]\n",
     );
     let serve = Serving::start(keyshare(home.path()));
-    let out = run(home.path(), &["--app", "code", "set", "github.auth"], b"t");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(home.path(), &["--app", "code", "set", "github.auth"], b"t");
     let out = run(
         home.path(),
         &["--app", "anything", "get", "github.auth"],
@@ -429,15 +420,10 @@ fn an_autostarted_broker_logs_to_a_private_file() {
         "unlisted_apps = \"refuse\"\n[apps.code]\nshared_keys = [\"github.*\"]\n",
     );
     // The first command starts the broker.
-    let out = run(
+    run_ok(
         home.path(),
         &["--app", "code", "set", "github.auth"],
         b"gho_logged_4",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     // Denied by the broker: a key `code` may not use, and an app id the config does not name.
     let out = run(
@@ -515,12 +501,7 @@ fn an_autostarted_broker_logs_to_a_private_file() {
 fn a_second_signal_stops_the_broker_at_once() {
     let home = tempfile::tempdir().unwrap();
     let mut serve = Serving::start(keyshare(home.path()));
-    let set = run(home.path(), &["set", "big"], &[b'x'; 200 * 1024]);
-    assert!(
-        set.status.success(),
-        "{}",
-        String::from_utf8_lossy(&set.stderr)
-    );
+    run_ok(home.path(), &["set", "big"], &[b'x'; 200 * 1024]);
 
     // A client that asks for the big value a hundred times and reads none of the replies.
     let socket = home.path().join("run/keyshare/stable.sock");
@@ -580,12 +561,7 @@ fn a_second_signal_stops_the_broker_at_once() {
 fn a_second_signal_does_not_wait_for_a_store_call_still_running() {
     let home = tempfile::tempdir().unwrap();
     let mut serve = Serving::start(keyshare(home.path()));
-    let set = run(home.path(), &["set", "k"], b"v");
-    assert!(
-        set.status.success(),
-        "{}",
-        String::from_utf8_lossy(&set.stderr)
-    );
+    run_ok(home.path(), &["set", "k"], b"v");
     // Another process holds the vault's write lock, so a delete waits in SQLite for its busy
     // timeout (the store timeout, 5 s).
     let vault = home.path().join("data/keyshare/stable/vault.db");
