@@ -47,8 +47,13 @@ pub fn client(ctx: &Context) -> anyhow::Result<BlockingBrokerClient> {
     Ok(BlockingBrokerClient::new(client_config(ctx)?)?)
 }
 
+/// Whether a command may start the broker (`--no-autostart` and `autostart = false` say not).
+fn autostart_on(ctx: &Context) -> bool {
+    !ctx.routing.no_autostart && ctx.config.autostart != Some(false)
+}
+
 fn client_config(ctx: &Context) -> anyhow::Result<ClientConfig> {
-    let autostart = !ctx.routing.no_autostart && ctx.config.autostart != Some(false);
+    let autostart = autostart_on(ctx);
     let mut config = ClientConfig::with_paths(paths(ctx)?, ctx.app.clone())
         .client("keyshare", env!("CARGO_PKG_VERSION"))
         .timeout(ctx.timeout)
@@ -82,15 +87,18 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
     // this app is its answer to hello, which comes with the first reply.
     let client = OneShotClient::new(client_config(ctx)?);
     let mut identity = crate::stores::shared_placeholder_identity(ctx);
-    if ctx
+    let keeps_journal = ctx
         .config
         .app(&ctx.app)
         .and_then(|a| a.legacy.as_ref())
-        .is_some()
-    {
-        // This app keeps a repair journal about the shared store, keyed by that store's
-        // identity: ask the broker which store it serves (with `store = "auto"` this process
-        // cannot know), at the price of waiting for hello before the first request.
+        .is_some();
+    // Waiting for hello's answer before the first request costs a round trip, and is needed
+    // when this app keeps a repair journal about the shared store, keyed by that store's
+    // identity: the broker says which store it serves (with `store = "auto"` this process
+    // cannot know). And without autostart: a broker that is exiting accepts the connection
+    // and closes it unanswered; with autostart the client starts another, without it this
+    // command must see "no broker" now, while it can still open the store itself.
+    if keeps_journal || !autostart_on(ctx) {
         match client.hello() {
             Ok(info) => identity = info.store.or(identity),
             Err(err @ ClientError::Transport(_)) => return Ok(no_broker(&err)),

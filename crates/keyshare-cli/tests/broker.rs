@@ -407,6 +407,45 @@ fn a_command_that_meets_an_exiting_broker_starts_another() {
     }
 }
 
+/// Without autostart, a command that meets a broker in the middle of exiting (it accepts the
+/// connection and closes it unanswered) opens the store itself, as when no broker runs at all.
+/// It used to fail with "not running" (exit 3), the broker having been chosen at connect.
+#[test]
+fn without_autostart_a_command_that_meets_an_exiting_broker_goes_direct() {
+    use std::os::unix::fs::DirBuilderExt;
+    let home = tempfile::tempdir().unwrap();
+    let socket = home.path().join("run/keyshare/stable.sock");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(socket.parent().unwrap())
+        .unwrap();
+    for (args, stdin) in [
+        (&["--no-autostart", "set", "github.auth"][..], &b"gho_6"[..]),
+        (&["--no-autostart", "get", "github.auth"], b""),
+    ] {
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let exiting = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            drop(listener);
+            drop(conn);
+        });
+        let out = run(home.path(), args, stdin);
+        exiting.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if args[1] == "get" {
+            assert_eq!(out.stdout, b"gho_6");
+        }
+        // No broker was started: the exiting one left its socket file, nothing listens on it.
+        assert!(std::os::unix::net::UnixStream::connect(&socket).is_err());
+        std::fs::remove_file(&socket).unwrap();
+    }
+}
+
 /// A broker started by a command has no terminal: it logs to
 /// `$XDG_STATE_HOME/keyshare/<flavour>/broker.log` (here under `~/.local/state`), in a 0700
 /// directory and a 0600 file, and `doctor` names that file. Its refusals used to go to
