@@ -23,6 +23,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use keyshare::{Error, Flavour, Result};
 
@@ -117,6 +118,10 @@ impl BrokerPaths {
     }
 }
 
+/// How long a starting broker waits out clients probing its instance lock (each holds it for
+/// a system call's time, every few milliseconds at most) before calling itself a second one.
+const PROBE_PATIENCE: Duration = Duration::from_millis(200);
+
 /// An exclusive `flock` on a file, released when dropped (or when the process dies, which is
 /// what makes a stale lock impossible).
 #[derive(Debug)]
@@ -147,6 +152,38 @@ impl FileLock {
             })),
             Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
             Err(e) => Err(Error::io(format!("locking {}", path.display()), e.into())),
+        }
+    }
+
+    /// Whether a process holds the lock exclusively now (a broker, for the instance lock),
+    /// found without taking it: a shared lock, released at once. Probes never exclude each
+    /// other, and [`FileLock::try_acquire_past_probes`] tells them from a broker.
+    pub fn is_held(path: &Path) -> Result<bool> {
+        let file = Self::open(path)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
+            Ok(()) => Ok(false),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(true),
+            Err(e) => Err(Error::io(
+                format!("probing lock {}", path.display()),
+                e.into(),
+            )),
+        }
+    }
+
+    /// Takes the lock without waiting for an exclusive holder, but past probes
+    /// ([`FileLock::is_held`]) that hold it shared for an instant: `Ok(None)` only when
+    /// another process holds it exclusively, or probes kept it for all of `patience`.
+    pub fn try_acquire_past_probes(path: &Path, patience: Duration) -> Result<Option<FileLock>> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Some(lock) = Self::try_acquire(path)? {
+                return Ok(Some(lock));
+            }
+            // A shared lock is refused only while someone holds it exclusively.
+            if Self::is_held(path)? || std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -198,17 +235,20 @@ impl Daemon {
         let activated = listenfd::ListenFd::from_env()
             .take_unix_listener(0)
             .map_err(|e| Error::io("taking the socket passed by systemd (LISTEN_FDS)", e))?;
-        let lock = FileLock::try_acquire(&paths.instance_lock)?.ok_or_else(|| {
-            Error::unavailable(
-                "broker",
-                keyshare::UnavailableReason::Backend,
-                format!(
-                    "another broker already serves {} (it holds {})",
-                    paths.socket.display(),
-                    paths.instance_lock.display()
-                ),
-            )
-        })?;
+        // Clients waiting for an exiting broker probe the lock (shared, for an instant): a
+        // broker starting then is not a second broker.
+        let lock = FileLock::try_acquire_past_probes(&paths.instance_lock, PROBE_PATIENCE)?
+            .ok_or_else(|| {
+                Error::unavailable(
+                    "broker",
+                    keyshare::UnavailableReason::Backend,
+                    format!(
+                        "another broker already serves {} (it holds {})",
+                        paths.socket.display(),
+                        paths.instance_lock.display()
+                    ),
+                )
+            })?;
         write_pid(&lock);
         if let Some(listener) = activated {
             tracing::info!("using the socket passed by systemd");
@@ -681,6 +721,36 @@ mod tests {
         }
         let paths = BrokerPaths::from_runtime_dir(Some("/run/user/7".into()), &flavour()).unwrap();
         assert_eq!(paths.socket, Path::new("/run/user/7/keyshare/stable.sock"));
+    }
+
+    /// A client probing the instance lock (waiting for an exiting broker) holds it shared for
+    /// an instant; a broker starting in that instant used to be refused as a second broker.
+    #[test]
+    fn a_broker_starts_past_a_probe_of_its_lock_but_not_past_another_broker() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = BrokerPaths::under(tmp.path(), &flavour());
+        paths.ensure_dir().unwrap();
+        let probe = FileLock::open(&paths.instance_lock).unwrap();
+        rustix::fs::flock(&probe, rustix::fs::FlockOperation::LockShared).unwrap();
+        assert!(!FileLock::is_held(&paths.instance_lock).unwrap());
+        let releases = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            drop(probe);
+        });
+        let first = Daemon::prepare(&paths).unwrap();
+        releases.join().unwrap();
+        assert!(FileLock::is_held(&paths.instance_lock).unwrap());
+        // A real broker is told apart at once, not after the patience for probes.
+        let started = std::time::Instant::now();
+        let err = Daemon::prepare(&paths).unwrap_err();
+        assert!(err.to_string().contains("another broker"), "{err}");
+        assert!(
+            started.elapsed() < PROBE_PATIENCE,
+            "{:?}",
+            started.elapsed()
+        );
+        drop(first);
+        assert!(!FileLock::is_held(&paths.instance_lock).unwrap());
     }
 
     #[test]

@@ -177,16 +177,15 @@ impl Autostart {
     /// Why: a broker that exits (idle, or told to) closes its listener first and releases the
     /// instance lock only when its process ends, a few milliseconds later; a client that
     /// connected in between finds no broker, and the broker it would start at once would find
-    /// the lock taken and fail. Probing takes the lock for an instant: a `keyshare serve`
-    /// started by hand in that instant is refused as a second broker, and can be started again.
+    /// the lock taken and fail. Probing holds the lock shared for an instant, which a starting
+    /// broker waits out ([`FileLock::try_acquire_past_probes`]).
     fn wait_for_exiting_broker(&self, paths: &BrokerPaths) -> Exiting {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
-            match FileLock::try_acquire(&paths.instance_lock) {
-                // Released at once, for the broker about to start.
-                Ok(Some(_free)) => return Exiting::Gone,
-                Ok(None) => {}
+            match FileLock::is_held(&paths.instance_lock) {
+                Ok(false) => return Exiting::Gone,
+                Ok(true) => {}
                 // The broker about to start reports it better.
                 Err(_) => return Exiting::Gone,
             }
