@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use keyshare::store::electron::{
@@ -39,6 +40,75 @@ fn sample_copy() -> (tempfile::TempDir, PathBuf) {
     let db = state_db_path(&dir.path().join("Code"));
     std::fs::create_dir_all(db.parent().unwrap()).unwrap();
     std::fs::copy(SAMPLE, &db).unwrap();
+    (dir, db)
+}
+
+/// A keyring password as the user typed it: to be checked before the first write.
+fn typed(password: &[u8]) -> SafeStorageKeys {
+    SafeStorageKeys::linux_keyring(password, "the typed password".to_owned(), true)
+}
+
+/// A Secret Service stand-in for the app's item, counting how often it is asked.
+struct FakeKeyring {
+    item: std::result::Result<Option<&'static [u8]>, ()>,
+    asked: Arc<AtomicUsize>,
+}
+
+impl FakeKeyring {
+    fn holding(secret: &'static [u8]) -> Self {
+        FakeKeyring {
+            item: Ok(Some(secret)),
+            asked: Arc::default(),
+        }
+    }
+
+    fn without_item() -> Self {
+        FakeKeyring {
+            item: Ok(None),
+            asked: Arc::default(),
+        }
+    }
+
+    fn unreachable() -> Self {
+        FakeKeyring {
+            item: Err(()),
+            asked: Arc::default(),
+        }
+    }
+}
+
+impl KeyringLookup for FakeKeyring {
+    fn keyring_secret(&self, app_name: &str) -> keyshare::Result<Option<Zeroizing<Vec<u8>>>> {
+        assert_eq!(app_name, "Code");
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        match self.item {
+            Ok(item) => Ok(item.map(|s| Zeroizing::new(s.to_vec()))),
+            Err(()) => Err(Error::unavailable(
+                "secret service",
+                UnavailableReason::NotRunning,
+                "no session bus (test)",
+            )),
+        }
+    }
+}
+
+/// For stores that must not ask the Secret Service at all.
+struct NeverAsked;
+
+impl KeyringLookup for NeverAsked {
+    fn keyring_secret(&self, _: &str) -> keyshare::Result<Option<Zeroizing<Vec<u8>>>> {
+        panic!("the Secret Service was asked")
+    }
+}
+
+/// The sample without its `v11` row: nothing left in it can confirm or contradict a keyring
+/// password (the other row is `v10`).
+fn sample_without_v11_rows() -> (tempfile::TempDir, PathBuf) {
+    let (dir, db) = sample_copy();
+    exec(
+        &db,
+        &format!("DELETE FROM ItemTable WHERE key = 'secret://{GITHUB}'"),
+    );
     (dir, db)
 }
 
@@ -398,8 +468,11 @@ fn a_mistyped_keyring_password_never_writes() {
     let (_dir, db) = sample_copy();
     let before = raw_rows(&db);
     let wrong = SafeStorageKeys::linux_keyring(b"AAAAAAAAAAAAAAAAAAAAAA==", "typed".into(), true);
+    // The rows decide: the Secret Service is not asked, and an opt-in does not override them.
     let store = ElectronStore::builder(&db, wrong)
         .backup(false)
+        .keyring_lookup(NeverAsked)
+        .write_unverified_password(true)
         .open()
         .unwrap();
     let err = store.set(&key("new"), &value("v")).unwrap_err();
@@ -419,9 +492,145 @@ fn a_mistyped_keyring_password_never_writes() {
     // The right one writes.
     let store = ElectronStore::builder(&db, keyring_keys())
         .backup(false)
+        .keyring_lookup(NeverAsked)
         .open()
         .unwrap();
     store.set(&key("new"), &value("v")).unwrap();
+}
+
+#[test]
+fn a_typed_password_no_row_can_check_is_checked_against_the_apps_keyring_item() {
+    let (_dir, db) = sample_without_v11_rows();
+    let before = raw_rows(&db);
+    let keyring = FakeKeyring::holding(KEYRING_PASSWORD);
+    let asked = keyring.asked.clone();
+    let store = ElectronStore::builder(&db, typed(b"AAAAAAAAAAAAAAAAAAAAAA=="))
+        .keyring_lookup(keyring)
+        .open()
+        .unwrap();
+    // Reads never need the check.
+    assert_eq!(
+        store.get(&key(API_TOKEN)).unwrap().unwrap().expose_secret(),
+        b"hello"
+    );
+    assert_eq!(asked.load(Ordering::Relaxed), 0, "a read asked the keyring");
+    // Over an existing value too: a wrong password would have replaced it with garbage.
+    for k in ["new", API_TOKEN] {
+        let err = store.set(&key(k), &value("v")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Invalid {
+                    what: "keyring password",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let shown = err.to_string();
+        assert!(
+            shown.contains("not the secret of the Secret Service item application=\"Code\""),
+            "{shown}"
+        );
+        assert!(shown.contains("Nothing was written"), "{shown}");
+        assert!(shown.contains("write_unverified_password"), "{shown}");
+        assert!(
+            !shown.contains("AAAA"),
+            "the password is in the error: {shown}"
+        );
+    }
+    assert!(
+        backups_of(&db).is_empty(),
+        "a refused password left a backup behind"
+    );
+    drop(store);
+    assert_eq!(raw_rows(&db), before);
+
+    // The item's own secret writes, and the Secret Service is asked once per store.
+    let keyring = FakeKeyring::holding(KEYRING_PASSWORD);
+    let asked = keyring.asked.clone();
+    let store = ElectronStore::builder(&db, typed(KEYRING_PASSWORD))
+        .keyring_lookup(keyring)
+        .open()
+        .unwrap();
+    store.set(&key("new"), &value("v1")).unwrap();
+    store.set(&key("other"), &value("v2")).unwrap();
+    assert_eq!(asked.load(Ordering::Relaxed), 1);
+    let blob = oscrypt::decode_buffer_json(&raw_rows(&db)["secret://new"].1).unwrap();
+    assert_eq!(
+        oscrypt::decrypt(&oscrypt::Keys::linux(Some(KEYRING_PASSWORD)), &blob)
+            .unwrap()
+            .as_slice(),
+        b"v1"
+    );
+}
+
+#[test]
+fn a_typed_password_nothing_can_check_is_refused_unless_the_caller_opts_in() {
+    for (keyring, expected) in [
+        (
+            FakeKeyring::without_item(),
+            "the Secret Service has no item application=\"Code\"",
+        ),
+        (FakeKeyring::unreachable(), "no session bus (test)"),
+    ] {
+        // A new database as well as one with v10 rows only: neither can tell.
+        let dir = tempfile::tempdir().unwrap();
+        let new_db = state_db_path(&dir.path().join("new"));
+        let (_sample, sample_db) = sample_without_v11_rows();
+        let asked = keyring.asked.clone();
+        let keyring = Arc::new(keyring);
+        struct Shared(Arc<FakeKeyring>);
+        impl KeyringLookup for Shared {
+            fn keyring_secret(&self, app: &str) -> keyshare::Result<Option<Zeroizing<Vec<u8>>>> {
+                self.0.keyring_secret(app)
+            }
+        }
+        for (db, create) in [(&new_db, true), (&sample_db, false)] {
+            let store = ElectronStore::builder(db, typed(KEYRING_PASSWORD))
+                .create(create)
+                .keyring_lookup(Shared(keyring.clone()))
+                .open()
+                .unwrap();
+            let before = raw_rows(db);
+            let err = store.set(&key("new"), &value("v")).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::Invalid {
+                        what: "keyring password",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            let shown = err.to_string();
+            assert!(shown.contains("can confirm it"), "{shown}");
+            assert!(shown.contains(expected), "{shown}");
+            assert!(shown.contains("Nothing was written"), "{shown}");
+            assert!(
+                shown.contains("ElectronStoreBuilder::write_unverified_password"),
+                "{shown}"
+            );
+            drop(store);
+            assert_eq!(raw_rows(db), before, "{}", db.display());
+        }
+        assert_eq!(asked.load(Ordering::Relaxed), 2);
+
+        // Opting in writes, without asking the Secret Service.
+        for db in [&new_db, &sample_db] {
+            let store = ElectronStore::builder(db, typed(KEYRING_PASSWORD))
+                .keyring_lookup(NeverAsked)
+                .write_unverified_password(true)
+                .open()
+                .unwrap();
+            store.set(&key("new"), &value("v")).unwrap();
+            assert_eq!(
+                store.get(&key("new")).unwrap().unwrap().expose_secret(),
+                b"v"
+            );
+        }
+    }
 }
 
 #[test]
@@ -521,6 +730,7 @@ fn opening_checks_the_file() {
     let created = dir.path().join("new/User/globalStorage/state.vscdb");
     let store = ElectronStore::builder(&created, keyring_keys())
         .create(true)
+        .write_unverified_password(true)
         .open()
         .unwrap();
     store.set(&key("k"), &value("v")).unwrap();
@@ -764,6 +974,7 @@ mod conformance_v11 {
             Arc::new(
                 ElectronStore::builder(db, keyring_keys())
                     .create(true)
+                    .keyring_lookup(FakeKeyring::holding(KEYRING_PASSWORD))
                     .open()
                     .unwrap(),
             )

@@ -106,7 +106,9 @@ fn python_decrypts_what_keyshare_writes_v11() {
     }
     let dir = tempfile::tempdir().unwrap();
     let db = state_db_path(dir.path());
-    let keys = SafeStorageKeys::linux_keyring(KEYRING_PASSWORD, "test".to_owned(), true);
+    // As read from the app's Secret Service item (a new database has no row to check a typed
+    // password against).
+    let keys = SafeStorageKeys::linux_keyring(KEYRING_PASSWORD, "test".to_owned(), false);
     let expected = write_sample(&db, keys);
     assert_eq!(decode(&db, KEYRING_PASSWORD).unwrap(), expected);
     // The decoder is not a rubber stamp: with another password the padding check fails.

@@ -196,3 +196,77 @@ fn without_an_item_v11_is_read_with_the_empty_key_and_nothing_is_written() {
         "{err}"
     );
 }
+
+/// The sample without its `v11` row: no row left to confirm or contradict a typed password.
+fn sample_without_v11_rows() -> (tempfile::TempDir, PathBuf) {
+    let (dir, user_data) = sample_user_data_dir();
+    rusqlite::Connection::open(state_db_path(&user_data))
+        .unwrap()
+        .execute(
+            "DELETE FROM ItemTable WHERE key = ?1",
+            [format!("secret://{GITHUB}")],
+        )
+        .unwrap();
+    (dir, user_data)
+}
+
+fn typed(password: &str) -> KeySource {
+    KeySource::KeyringPassword(zeroize::Zeroizing::new(password.as_bytes().to_vec()))
+}
+
+#[test]
+fn a_typed_password_no_row_can_check_is_checked_against_the_apps_item() {
+    if !service_available() {
+        return;
+    }
+    let app = unique_app();
+    let _cleanup = Items(app.clone());
+    let (_dir, user_data) = sample_without_v11_rows();
+    let db = state_db_path(&user_data);
+    let before = std::fs::read(&db).unwrap();
+    let new = SecretKey::new("new").unwrap();
+
+    // No item yet: nothing can check the password.
+    let store = ElectronStore::for_app(&app, Some(&user_data), &typed(KEYRING_PASSWORD))
+        .unwrap()
+        .open()
+        .unwrap();
+    let err = store.set(&new, &SecretValue::from_slice(b"v")).unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.contains("has no item application="), "{shown}");
+    assert!(shown.contains("write_unverified_password"), "{shown}");
+    drop(store);
+
+    store_item(
+        &format!("{app} Safe Storage"),
+        &[
+            ("application", &app),
+            ("xdg:schema", "chrome_libsecret_os_crypt_password_v2"),
+        ],
+        KEYRING_PASSWORD,
+    );
+    let store = ElectronStore::for_app(&app, Some(&user_data), &typed("AAAAAAAAAAAAAAAAAAAAAA=="))
+        .unwrap()
+        .open()
+        .unwrap();
+    let err = store.set(&new, &SecretValue::from_slice(b"v")).unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.contains("not the secret of the Secret Service item application="),
+        "{shown}"
+    );
+    assert!(shown.contains("Nothing was written"), "{shown}");
+    drop(store);
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "a refused write changed the database"
+    );
+
+    let store = ElectronStore::for_app(&app, Some(&user_data), &typed(KEYRING_PASSWORD))
+        .unwrap()
+        .open()
+        .unwrap();
+    store.set(&new, &SecretValue::from_slice(b"v")).unwrap();
+    assert_eq!(store.get(&new).unwrap().unwrap().expose_secret(), b"v");
+}

@@ -744,8 +744,6 @@ impl crate::store::electron::KeyringLookup for SafeStorageLookup {
 /// The store's advice ("use the vault") does not help someone reading an Electron app's key:
 /// what helps is giving the key another way.
 fn safe_storage_advice(error: Error) -> Error {
-    const INSTEAD: &str = "or give the app's keyring password instead (keyshare: \
-                           --keyring-password-stdin)";
     match error {
         Error::Unavailable {
             store,
@@ -757,8 +755,7 @@ fn safe_storage_advice(error: Error) -> Error {
             detail: detail
                 .replace(", or use the vault: --store vault", "")
                 .replace("; or use the vault: --store vault", "")
-                + "; "
-                + INSTEAD,
+                + crate::store::electron::TYPE_THE_PASSWORD_INSTEAD,
         },
         other => other,
     }

@@ -25,7 +25,9 @@ pub enum KeySource {
     /// Electron versions).
     GnomeLibsecret,
     /// Linux: the keyring secret, supplied by the caller (the CLI's `--keyring-password-stdin`,
-    /// or a test). Used as text, exactly as stored in the keyring.
+    /// or a test). Used as text, exactly as stored in the keyring. Reads use it as given; a
+    /// store writes with it only once it is shown to be the app's key (see
+    /// [`super::ElectronStoreBuilder::write_unverified_password`]).
     KeyringPassword(Zeroizing<Vec<u8>>),
     /// macOS: the keychain item `<App> Safe Storage` (account `<App> Key`, else `<App>`).
     MacosKeychain,
@@ -44,6 +46,10 @@ impl fmt::Debug for KeySource {
         })
     }
 }
+
+/// The advice the Secret Service lookup adds to its errors, at their end.
+pub(crate) const TYPE_THE_PASSWORD_INSTEAD: &str =
+    "; or give the app's keyring password instead (keyshare: --keyring-password-stdin)";
 
 /// Finds the keyring secret Chromium stored for an app in the Secret Service.
 ///
@@ -127,7 +133,7 @@ impl KeySource {
 }
 
 /// The default Secret Service lookup (Linux), or "not available here" elsewhere.
-struct DefaultKeyringLookup;
+pub(super) struct DefaultKeyringLookup;
 
 impl KeyringLookup for DefaultKeyringLookup {
     fn keyring_secret(&self, app_name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
@@ -173,9 +179,9 @@ pub struct SafeStorageKeys {
     pub(super) no_write_reason: Option<String>,
     /// Where the key came from, in words, for messages (never the key).
     pub(super) origin: String,
-    /// Whether the write key came from the user and must be confirmed against the rows the app
-    /// wrote before anything is written with it (a mistyped keyring password would otherwise
-    /// produce blobs the app deletes).
+    /// Whether the write key came from the user and must be confirmed before anything is
+    /// written with it, by the rows the app wrote or else by the app's Secret Service item (a
+    /// mistyped keyring password would otherwise produce blobs the app deletes).
     pub(super) confirm_before_write: bool,
 }
 
@@ -206,7 +212,8 @@ impl SafeStorageKeys {
     /// Linux with the keyring secret known: reads `v10` and `v11`, writes `v11`.
     ///
     /// `origin` says where the secret came from, for messages. With `confirm_before_write`, the
-    /// first write checks the key against the `v11` rows already in the database.
+    /// first write checks the key against the `v11` rows already in the database or, when none
+    /// can tell, against the app's Secret Service item (see [`super::ElectronStoreBuilder`]).
     pub fn linux_keyring(secret: &[u8], origin: String, confirm_before_write: bool) -> Self {
         SafeStorageKeys {
             decrypt: oscrypt::Keys::linux(Some(secret)),
@@ -277,6 +284,20 @@ impl SafeStorageKeys {
     /// Decrypts a blob by the platform's rules.
     pub fn decrypt(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, oscrypt::DecryptError> {
         oscrypt::decrypt(&self.decrypt, blob)
+    }
+
+    /// Whether the write key is the one derived from `keyring_secret` (the secret of the app's
+    /// Secret Service item). Compares derived keys in constant time, so the typed password
+    /// itself need not be kept.
+    pub(super) fn writes_with_keyring_secret(&self, keyring_secret: &[u8]) -> bool {
+        use subtle::ConstantTimeEq as _;
+        let Some(write) = self.write.as_ref() else {
+            return false;
+        };
+        let item_key = oscrypt::Key::linux_v11(keyring_secret);
+        write.platform() == item_key.platform()
+            && write.prefix() == item_key.prefix()
+            && bool::from(write.expose_secret().ct_eq(item_key.expose_secret()))
     }
 
     /// Whether an existing blob speaks for (`Some(true)`) or against (`Some(false)`) the write
@@ -375,6 +396,20 @@ mod tests {
         let keys = source.resolve_with("Code", None, &NoKeyringLookup).unwrap();
         let shown = format!("{source:?} {keys:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn the_write_key_is_matched_against_the_items_secret() {
+        let typed = SafeStorageKeys::linux_keyring(b"right", String::new(), true);
+        assert!(typed.writes_with_keyring_secret(b"right"));
+        assert!(!typed.writes_with_keyring_secret(b"wrong"));
+        assert!(!typed.writes_with_keyring_secret(b""));
+        // Keys that write no v11 blob are never the item's.
+        assert!(!SafeStorageKeys::linux_basic().writes_with_keyring_secret(b"peanuts"));
+        assert!(
+            !SafeStorageKeys::macos(b"right", String::new()).writes_with_keyring_secret(b"right")
+        );
+        assert!(!SafeStorageKeys::linux_keyring_missing("Code").writes_with_keyring_secret(b""));
     }
 
     #[test]

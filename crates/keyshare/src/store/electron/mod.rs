@@ -14,7 +14,9 @@
 //!   and the reason) and never deleted or rewritten by a read, and it does not stop `keys()`;
 //! - a write happens only when the new blob decrypts back to the value with the app's keys,
 //!   and (for a keyring password typed by the user) only once that password has been checked
-//!   against the rows the app wrote: VS Code deletes any secret it cannot decrypt;
+//!   against the rows the app wrote or, when none can tell, against the app's Secret Service
+//!   item: VS Code deletes any secret it cannot decrypt. A password nothing can check is
+//!   refused unless the caller opts in ([`ElectronStoreBuilder::write_unverified_password`]);
 //! - a write is refused while the app runs (it caches the table and would overwrite the
 //!   change), unless forced; reads are always allowed;
 //! - the database is copied to `state.vscdb.keyshare-backup-<time>` (mode 0600) before the
@@ -41,7 +43,7 @@ mod running;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -50,6 +52,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 pub use crate::store::secret_service::SafeStorageLookup;
 pub use backup::utc_stamp;
 pub use import::{import_legacy, ImportOutcome, ImportProgress, ImportReport};
+pub(crate) use keys::TYPE_THE_PASSWORD_INSTEAD;
 pub use keys::{KeySource, KeyringLookup, SafeStorageKeys};
 pub use marker::{MarkerError, TargetMarker, TARGET_MARKER_ROW};
 pub use oscrypt::{ExtensionSecretKey, SECRET_ROW_PREFIX};
@@ -83,6 +86,8 @@ pub struct ElectronStore {
     /// `None` when the database is not inside a user-data directory we know.
     running_check: Option<RunningCheck>,
     keys: SafeStorageKeys,
+    keyring: KeyringCheck,
+    write_unverified_password: bool,
     force: bool,
     backup: bool,
     read_only: bool,
@@ -96,8 +101,32 @@ struct State {
     first_write: Option<Option<PathBuf>>,
     /// Set after the first write commits: the write key (a typed keyring password, or the
     /// fixed `v10` key against a database of `v11` rows) has then been checked against the
-    /// app's rows.
+    /// app's rows (or, for a typed password no row can check, its Secret Service item).
     write_key_confirmed: bool,
+    /// Set once the app's Secret Service item was found to hold the typed keyring password, so
+    /// that the Secret Service is asked once per instance, not before every write.
+    keyring_vouched: bool,
+}
+
+/// Where a typed keyring password is checked when no row can tell; a newtype for `Debug`.
+#[derive(Clone)]
+struct KeyringCheck(Arc<dyn KeyringLookup + Send + Sync>);
+
+impl fmt::Debug for KeyringCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyringCheck")
+    }
+}
+
+/// What the app's rows say about the write key (see `SafeStorageKeys::vouches_for_write_key`).
+enum RowVerdict {
+    /// At least one row opens with it.
+    Confirmed,
+    /// This many rows that only the real key opens, and none opens with it.
+    Contradicted(usize),
+    /// No row can tell: none has the write key's version tag, or the empty-password key opens
+    /// them too.
+    Silent,
 }
 
 impl fmt::Debug for ElectronStore {
@@ -106,6 +135,7 @@ impl fmt::Debug for ElectronStore {
             .field("path", &self.path)
             .field("app_name", &self.app_name)
             .field("keys", &self.keys)
+            .field("write_unverified_password", &self.write_unverified_password)
             .field("force", &self.force)
             .field("read_only", &self.read_only)
             .finish_non_exhaustive()
@@ -117,6 +147,8 @@ impl fmt::Debug for ElectronStore {
 pub struct ElectronStoreBuilder {
     path: PathBuf,
     keys: SafeStorageKeys,
+    keyring: KeyringCheck,
+    write_unverified_password: bool,
     app_name: String,
     user_data_dir: Option<PathBuf>,
     force: bool,
@@ -146,6 +178,26 @@ impl ElectronStoreBuilder {
     /// what was written.
     pub fn force(mut self, force: bool) -> Self {
         self.force = force;
+        self
+    }
+
+    /// Where a keyring password typed by the user ([`KeySource::KeyringPassword`]) is checked
+    /// when no row of the database can confirm or contradict it: the app's Secret Service item
+    /// (default: the session's Secret Service, asked only then, at the first write, never for
+    /// a read).
+    pub fn keyring_lookup(mut self, lookup: impl KeyringLookup + Send + Sync + 'static) -> Self {
+        self.keyring = KeyringCheck(Arc::new(lookup));
+        self
+    }
+
+    /// Writes with a typed keyring password that no row of the database can confirm or
+    /// contradict without asking the Secret Service (default: no, the app's Secret Service item
+    /// must hold it). For a database of the app under another keyring (a profile copied from
+    /// another machine), whose password the caller answers for: with a wrong one, every secret
+    /// written is one the app cannot read, and deletes. Rows that contradict the password
+    /// refuse it even so.
+    pub fn write_unverified_password(mut self, write_unverified_password: bool) -> Self {
+        self.write_unverified_password = write_unverified_password;
         self
     }
 
@@ -231,6 +283,8 @@ impl ElectronStoreBuilder {
                 .map(|dir| RunningCheck::new(&self.app_name, dir, is_default_dir)),
             app_name: self.app_name,
             keys: self.keys,
+            keyring: self.keyring,
+            write_unverified_password: self.write_unverified_password,
             force: self.force,
             backup: self.backup,
             read_only: self.read_only,
@@ -240,6 +294,7 @@ impl ElectronStoreBuilder {
                 // A database created just now holds nothing to back up.
                 first_write: if exists { None } else { Some(None) },
                 write_key_confirmed: false,
+                keyring_vouched: false,
             }),
         })
     }
@@ -279,6 +334,8 @@ impl ElectronStore {
         ElectronStoreBuilder {
             path: state_db.into(),
             keys,
+            keyring: KeyringCheck(Arc::new(keys::DefaultKeyringLookup)),
+            write_unverified_password: false,
             app_name: "Code".to_owned(),
             user_data_dir: None,
             force: false,
@@ -508,9 +565,43 @@ impl ElectronStore {
         Ok(())
     }
 
-    /// Checks a user-given keyring password against the rows the app wrote with it: refuses
-    /// when rows that only the real key opens exist and none opens with this one.
-    fn confirm_write_key(&self, conn: &Connection) -> Result<()> {
+    /// Checks a user-given keyring password before the first write, outside any transaction:
+    /// against the rows the app wrote with it, else against the app's Secret Service item.
+    fn check_typed_password(&self, state: &mut State) -> Result<()> {
+        match self.row_verdict(&state.conn)? {
+            RowVerdict::Confirmed => Ok(()),
+            RowVerdict::Contradicted(rows) => Err(self.contradicted_by_rows(rows)),
+            RowVerdict::Silent if self.write_unverified_password || state.keyring_vouched => Ok(()),
+            RowVerdict::Silent => {
+                self.check_against_keyring()?;
+                state.keyring_vouched = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// The same check inside the write transaction, where the rows cannot change any more; the
+    /// Secret Service's answer (`keyring_vouched`) was got before it.
+    fn confirm_write_key(&self, conn: &Connection, keyring_vouched: bool) -> Result<()> {
+        match self.row_verdict(conn)? {
+            RowVerdict::Confirmed => Ok(()),
+            RowVerdict::Contradicted(rows) => Err(self.contradicted_by_rows(rows)),
+            RowVerdict::Silent if self.write_unverified_password || keyring_vouched => Ok(()),
+            // Only when the rows that confirmed it a moment ago are gone.
+            RowVerdict::Silent => Err(Error::invalid(
+                "keyring password",
+                format!(
+                    "the secrets that confirmed it were removed from {path} just now (is {app}                      running?). Nothing was written; retry",
+                    path = self.path.display(),
+                    app = self.app_name
+                ),
+            )),
+        }
+    }
+
+    /// What the rows say about the write key; undecodable rows say nothing (they are reported
+    /// on read).
+    fn row_verdict(&self, conn: &Connection) -> Result<RowVerdict> {
         let mut stmt = conn
             .prepare_cached(SECRET_ROWS)
             .map_err(|e| self.sql("checking the keyring password", e))?;
@@ -534,19 +625,82 @@ impl ElectronStore {
                 None => {}
             }
         }
-        if contradicted > 0 && confirmed == 0 {
-            return Err(Error::invalid(
-                "keyring password",
+        Ok(if confirmed > 0 {
+            RowVerdict::Confirmed
+        } else if contradicted > 0 {
+            RowVerdict::Contradicted(contradicted)
+        } else {
+            RowVerdict::Silent
+        })
+    }
+
+    fn contradicted_by_rows(&self, rows: usize) -> Error {
+        Error::invalid(
+            "keyring password",
+            format!(
+                "it decrypts none of the {rows} {prefix} secrets {app} wrote, so it is not \
+                 {app}'s key; writing with it would leave secrets {app} cannot read (and \
+                 deletes). Nothing was written",
+                prefix = self.keys.write_prefix().unwrap_or("v11"),
+                app = self.app_name
+            ),
+        )
+    }
+
+    /// Checks the typed password against the secret of the app's Secret Service item, the key
+    /// the app encrypts with on this keyring. A password nothing can check is refused: a
+    /// mistyped one would write secrets the app deletes, and overwrite the values they replace.
+    fn check_against_keyring(&self) -> Result<()> {
+        const OPT_IN: &str = "ElectronStoreBuilder::write_unverified_password";
+        let app = &self.app_name;
+        let path = self.path.display();
+        let unconfirmed = format!(
+            "no {prefix} secret in {path} can confirm it",
+            prefix = self.keys.write_prefix().unwrap_or("v11")
+        );
+        let (why, what_to_do) = match self.keyring.0.keyring_secret(app) {
+            Ok(Some(secret)) if self.keys.writes_with_keyring_secret(&secret) => return Ok(()),
+            Ok(Some(_)) => (
                 format!(
-                    "it decrypts none of the {contradicted} {prefix} secrets {app} wrote, so it \
-                     is not {app}'s key; writing with it would leave secrets {app} cannot read \
-                     (and deletes). Nothing was written",
-                    prefix = self.keys.write_prefix().unwrap_or("v11"),
-                    app = self.app_name
+                    "{unconfirmed}, and it is not the secret of the Secret Service item \
+                     application={app:?}, the key {app} encrypts with on this keyring"
                 ),
-            ));
-        }
-        Ok(())
+                format!(
+                    "Give that item's secret, or let keyshare read it (password store \
+                     gnome-libsecret); only if {path} belongs to {app} under another keyring (a \
+                     copied profile), write anyway with {OPT_IN}"
+                ),
+            ),
+            Ok(None) => (
+                format!(
+                    "{unconfirmed}, and the Secret Service has no item application={app:?} to \
+                     check it against ({app} makes up a new key when it next starts)"
+                ),
+                format!(
+                    "Start {app} once so that it creates its item, then give that item's \
+                     secret; only if {path} belongs to {app} under another keyring (a copied \
+                     profile), write anyway with {OPT_IN}"
+                ),
+            ),
+            Err(e) => (
+                format!(
+                    "{unconfirmed}, and it could not be checked against the Secret Service item \
+                     application={app:?}: {}",
+                    without_password_advice(&e)
+                ),
+                format!(
+                    "Make the Secret Service reachable (and unlocked) and retry, or, if you are \
+                     sure of the password, write anyway with {OPT_IN}"
+                ),
+            ),
+        };
+        Err(Error::invalid(
+            "keyring password",
+            format!(
+                "{why}; writing with a wrong one would leave secrets {app} cannot read (and \
+                 deletes). Nothing was written. {what_to_do}"
+            ),
+        ))
     }
 
     /// Refuses a write with the fixed `v10` key when the app keeps `v11` rows: those were
@@ -677,7 +831,9 @@ impl Store for ElectronStore {
 
     /// Writes the row (TEXT) and its marker in one transaction. `Unavailable` when the app is
     /// running (unless forced), when the app's key is unknown, or when the database stays
-    /// locked; `Invalid` when a user-given keyring password does not match the app's rows;
+    /// locked; `Invalid` when a user-given keyring password does not match the app's rows or,
+    /// without rows that can tell, its Secret Service item, or cannot be checked at all (unless
+    /// [`ElectronStoreBuilder::write_unverified_password`]);
     /// `ProtectionUnavailable` when the fixed `v10` key (password store basic) would write
     /// into a database whose `v11` rows show that the app protects its secrets with the keyring;
     /// `Corrupt` when the target marker cannot be parsed (nothing is written then).
@@ -688,13 +844,18 @@ impl Store for ElectronStore {
         let row_value = self.seal(key, value)?;
         let mut guard = self.lock();
         let state = &mut *guard;
+        if self.keys.confirm_before_write && !state.write_key_confirmed {
+            // Before the backup and outside the write transaction: the Secret Service may take
+            // seconds to answer, and the app's database must not stay locked meanwhile.
+            self.check_typed_password(state)?;
+        }
         self.before_first_write(state)?;
         let tx = state
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.sql("starting a write", e))?;
         if self.keys.confirm_before_write && !state.write_key_confirmed {
-            self.confirm_write_key(&tx)?;
+            self.confirm_write_key(&tx, state.keyring_vouched)?;
         }
         if self.keys.writes_with_fixed_key() && !state.write_key_confirmed {
             self.refuse_downgrade(&tx)?;
@@ -770,6 +931,15 @@ impl Store for ElectronStore {
             }
         }
         Ok(keys)
+    }
+}
+
+/// A Secret Service error without the lookup's advice to type the password: the user did.
+fn without_password_advice(error: &Error) -> String {
+    let shown = error.to_string();
+    match shown.strip_suffix(TYPE_THE_PASSWORD_INSTEAD) {
+        Some(stripped) => stripped.to_owned(),
+        None => shown,
     }
 }
 
@@ -868,5 +1038,21 @@ mod tests {
         assert!(err.to_string().contains("does not decrypt back"), "{err}");
         assert_eq!(store.get(&key).unwrap(), None, "the row was written");
         assert!(store.keys().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failed_password_check_does_not_advise_typing_the_password() {
+        let lookup_error = Error::unavailable(
+            "secret service",
+            UnavailableReason::Locked,
+            format!("the default collection is locked{TYPE_THE_PASSWORD_INSTEAD}"),
+        );
+        let shown = without_password_advice(&lookup_error);
+        assert!(
+            shown.ends_with("the default collection is locked"),
+            "{shown}"
+        );
+        let other = Error::invalid("x", "y");
+        assert_eq!(without_password_advice(&other), other.to_string());
     }
 }
