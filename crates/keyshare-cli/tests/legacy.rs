@@ -286,6 +286,12 @@ fn a_basic_legacy_store_never_writes_where_the_app_uses_the_keyring() {
         stderr.contains("protects its secrets with the keyring"),
         "{stderr}"
     );
+    // Advice a command can follow (the config's password store), not a flag no write takes.
+    assert!(
+        stderr.contains("Use the gnome-libsecret password store"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--keyring-password-stdin"), "{stderr}");
     let rows = rusqlite::Connection::open(env.state_db())
         .unwrap()
         .query_row(

@@ -734,8 +734,8 @@ impl ElectronStore {
             return Err(Error::ProtectionUnavailable(format!(
                 "{app} protects its secrets with the keyring ({keyring_rows} v11 secrets in \
                  {path}), but this store has only {origin}, which would write the secret \
-                 readable by anyone. Nothing was written. Give {app}'s keyring password \
-                 (--keyring-password-stdin) or use the gnome-libsecret password store",
+                 readable by anyone. Nothing was written. Use the gnome-libsecret password store, \
+                 which reads {app}'s keyring password from the Secret Service",
                 app = self.app_name,
                 path = self.path.display(),
                 origin = self.keys.origin()
