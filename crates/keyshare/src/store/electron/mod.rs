@@ -591,7 +591,8 @@ impl ElectronStore {
             RowVerdict::Silent => Err(Error::invalid(
                 "keyring password",
                 format!(
-                    "the secrets that confirmed it were removed from {path} just now (is {app}                      running?). Nothing was written; retry",
+                    "the secrets that confirmed it were removed from {path} just now (is {app} \
+                     running?). Nothing was written; retry",
                     path = self.path.display(),
                     app = self.app_name
                 ),
