@@ -441,6 +441,39 @@ fn set_many_is_all_or_nothing() {
     assert_eq!(store.keys().unwrap().len(), 2);
 }
 
+/// Sets offered late to `set_many_joining` are committed with its own, all or nothing: the
+/// vault takes them just before its commit (the broker's queue of sets relies on it to share a
+/// flush among the clients whose sets arrived while it was being prepared).
+#[test]
+fn late_sets_join_the_commit_all_or_nothing() {
+    let dir = private_tempdir();
+    let mut o = options(&dir.path().join("v.db"), "ns");
+    o.limits.max_value_len = 8;
+    let store = VaultStore::open(o).unwrap();
+    let mut offers = vec![vec![(key("b"), value(b"2"))], vec![(key("c"), value(b"3"))]].into_iter();
+    let mut calls = 0;
+    store
+        .set_many_joining(&[(key("a"), value(b"1"))], &mut || {
+            calls += 1;
+            offers.next().unwrap_or_default()
+        })
+        .unwrap();
+    assert_eq!(calls, 3, "the vault asks until nothing more is offered");
+    for (k, v) in [("a", b"1"), ("b", b"2"), ("c", b"3")] {
+        assert_eq!(store.get(&key(k)).unwrap(), Some(value(v)), "{k}");
+    }
+    // A late value that cannot be written fails the commit: nothing of it is written.
+    let mut offers = vec![vec![(key("d"), value(b"123456789"))]].into_iter();
+    let err = store
+        .set_many_joining(&[(key("a"), value(b"new"))], &mut || {
+            offers.next().unwrap_or_default()
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    assert_eq!(store.get(&key("a")).unwrap(), Some(value(b"1")));
+    assert_eq!(store.get(&key("d")).unwrap(), None);
+}
+
 #[test]
 fn debug_output_shows_no_key_material() {
     let dir = private_tempdir();

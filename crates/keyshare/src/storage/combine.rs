@@ -46,6 +46,10 @@ struct State {
 /// nearly busy (the broker under a steady stream of sets) would start one per round.
 pub(crate) const DRAINER_IDLE: Duration = Duration::from_secs(10);
 
+/// The most sets one round writes, those that join it late included: a store's transaction
+/// stays bounded when writers keep arriving faster than rounds commit.
+pub(crate) const MAX_ROUND: usize = 512;
+
 /// The queue of sets waiting for the drainer.
 #[derive(Default)]
 pub(crate) struct SetQueue {
@@ -98,6 +102,14 @@ impl SetQueue {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Up to `limit` of the sets queued now, in call order, without waiting: the ones that
+    /// join a round while it is being written (see [`Store::set_many_joining`]).
+    pub(crate) fn take_now(&self, limit: usize) -> Vec<PendingSet> {
+        let mut state = self.lock();
+        let n = state.queue.len().min(limit);
+        state.queue.drain(..n).collect()
     }
 
     /// The storage is being dropped: a parked drainer ends now instead of after its idle time.

@@ -684,33 +684,41 @@ impl Inner {
         while let Some(round) = sets.take(combine::DRAINER_IDLE) {
             // Every queued set's caller holds the storage until it is answered.
             let Some(inner) = inner.upgrade() else { return };
-            inner.commit_round(round);
+            inner.commit_round(round, &sets);
         }
     }
 
-    fn commit_round(&self, round: Vec<combine::PendingSet>) {
+    /// Writes `round` with one `set_many_joining`: sets queued while the store prepares its
+    /// commit join it (the store calls back just before committing), so they share this flush
+    /// instead of waiting for the next. Measured on the broker bench (d), 8 clients.
+    fn commit_round(&self, mut round: Vec<combine::PendingSet>, sets: &combine::SetQueue) {
         for set in &round {
             // Served when queued: returns at once.
             set.ticket.wait();
         }
-        let results: Vec<Result<()>> = if round.len() == 1 {
-            vec![self.shared.set(&round[0].key, &round[0].value)]
-        } else {
-            let entries: Vec<(SecretKey, SecretValue)> = round
-                .iter()
+        let entries = |sets: &[combine::PendingSet]| -> Vec<(SecretKey, SecretValue)> {
+            sets.iter()
                 .map(|set| (set.key.clone(), set.value.clone()))
-                .collect();
-            match self.shared.set_many(&entries) {
-                Ok(()) => round.iter().map(|_| Ok(())).collect(),
-                // All or nothing failed (or failed after taking effect): one by one, so that
-                // each caller gets its own answer. Writing a value twice is harmless.
-                Err(err) => {
-                    tracing::debug!(error = %err, "a combined write failed; writing one by one");
-                    round
-                        .iter()
-                        .map(|set| self.shared.set(&set.key, &set.value))
-                        .collect()
-                }
+                .collect()
+        };
+        let mut joined = Vec::new();
+        let written = self.shared.set_many_joining(&entries(&round), &mut || {
+            let late = sets.take_now(combine::MAX_ROUND.saturating_sub(round.len() + joined.len()));
+            let late_entries = entries(&late);
+            joined.extend(late);
+            late_entries
+        });
+        round.extend(joined);
+        let results: Vec<Result<()>> = match written {
+            Ok(()) => round.iter().map(|_| Ok(())).collect(),
+            // All or nothing failed (or failed after taking effect): one by one, so that each
+            // caller gets its own answer. Writing a value twice is harmless.
+            Err(err) => {
+                tracing::debug!(error = %err, "a combined write failed; writing one by one");
+                round
+                    .iter()
+                    .map(|set| self.shared.set(&set.key, &set.value))
+                    .collect()
             }
         };
         for (set, result) in round.into_iter().zip(results) {
@@ -1212,10 +1220,24 @@ mod tests {
         rounds: Mutex<Vec<Vec<String>>>,
         fail_set_many: bool,
         fail_key: Option<&'static str>,
+        /// `set_many_joining` takes the late sets `more` offers (the vault's way); else it is
+        /// the default, `set_many`.
+        joins_late: bool,
+        /// How many calls have reached the gate.
+        entered: Mutex<usize>,
+        entered_changed: std::sync::Condvar,
     }
 
     impl GatedStore {
+        fn wait_for_entered(&self, calls: usize) {
+            let mut entered = self.entered.lock().unwrap();
+            while *entered < calls {
+                entered = self.entered_changed.wait(entered).unwrap();
+            }
+        }
         fn wait_for_gate(&self) {
+            *self.entered.lock().unwrap() += 1;
+            self.entered_changed.notify_all();
             let mut open = self.open.lock().unwrap();
             while !*open {
                 open = self.opened.wait(open).unwrap();
@@ -1253,6 +1275,27 @@ mod tests {
             }
             self.rounds.lock().unwrap().push(keys);
             self.inner.set_many(entries)
+        }
+        fn set_many_joining(
+            &self,
+            entries: &[(SecretKey, SecretValue)],
+            more: &mut dyn FnMut() -> Vec<(SecretKey, SecretValue)>,
+        ) -> Result<()> {
+            if !self.joins_late {
+                return self.set_many(entries);
+            }
+            self.wait_for_gate();
+            let mut all = entries.to_vec();
+            loop {
+                let late = more();
+                if late.is_empty() {
+                    break;
+                }
+                all.extend(late);
+            }
+            let keys = all.iter().map(|(k, _)| k.as_str().to_owned()).collect();
+            self.rounds.lock().unwrap().push(keys);
+            self.inner.set_many(&all)
         }
         fn delete(&self, key: &SecretKey) -> Result<bool> {
             self.inner.delete(key)
@@ -1293,7 +1336,8 @@ mod tests {
         let store = Arc::new({
             let threads = Arc::clone(&threads);
             crate::testing::HookStore::new(move |call| {
-                if let crate::testing::Call::Set(_) = call {
+                // A round of one is a `set_many` of one.
+                if let crate::testing::Call::Set(_) | crate::testing::Call::SetMany(_) = call {
                     threads.lock().unwrap().push(std::thread::current().id());
                 }
             })
@@ -1348,6 +1392,47 @@ mod tests {
         // behind it is the next.
         assert!(rounds.len() <= 2, "{} rounds", rounds.len());
         assert_eq!(rounds.iter().map(Vec::len).sum::<usize>(), 64);
+    }
+
+    /// Sets queued while a round is being written join it, when the store lets them (the
+    /// vault calls back just before its commit): they share that flush instead of waiting for
+    /// the next one. Up to `MAX_ROUND` sets in all; the rest make the next round.
+    #[test]
+    fn sets_queued_while_a_round_is_written_join_it_up_to_the_round_limit() {
+        let store = Arc::new(GatedStore {
+            joins_late: true,
+            ..GatedStore::default()
+        });
+        let storage = ready(SecretStorage::builder(store.clone()).build());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let late = combine::MAX_ROUND + 88;
+        let names: Vec<String> = (0..=late).map(|i| format!("k{i}")).collect();
+        rt.block_on(async {
+            let mut futures: Vec<_> = names
+                .iter()
+                .map(|k| Box::pin(storage.set(&key(k), &value(k))))
+                .collect();
+            // The first set's round reaches the store, and waits there...
+            assert!(poll_once(futures[0].as_mut()).is_pending());
+            store.wait_for_entered(1);
+            // ...while the others are queued.
+            for future in &mut futures[1..] {
+                assert!(poll_once(future.as_mut()).is_pending());
+            }
+            store.open_gate();
+            for future in futures {
+                future.await.unwrap();
+            }
+        });
+        for k in &names {
+            assert_eq!(store.inner.get(&key(k)).unwrap(), Some(value(k)), "{k}");
+        }
+        let rounds = store.rounds.lock().unwrap();
+        let sizes: Vec<usize> = rounds.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [combine::MAX_ROUND, late + 1 - combine::MAX_ROUND]);
+        assert_eq!(rounds[0][..3], ["k0", "k1", "k2"], "call order");
     }
 
     #[test]

@@ -106,6 +106,22 @@ pub trait Store: Send + Sync + fmt::Debug {
             .try_for_each(|(key, value)| self.set(key, value))
     }
 
+    /// [`set_many`](Store::set_many) of `entries` that later writes may join: a store that
+    /// commits in one durable operation may call `more` just before it commits, and as long as
+    /// it returns entries, write those in the same operation (all or nothing). Each entry
+    /// passed in, or returned by `more`, is written when this returns `Ok`. A group commit
+    /// (`SecretStorage`'s queue of sets) then carries the writes that arrived while this one
+    /// was being prepared, instead of leaving them for the next flush. The default writes
+    /// `entries` with `set_many` and never calls `more`.
+    fn set_many_joining(
+        &self,
+        entries: &[(SecretKey, SecretValue)],
+        more: &mut dyn FnMut() -> Vec<(SecretKey, SecretValue)>,
+    ) -> Result<()> {
+        let _ = more;
+        self.set_many(entries)
+    }
+
     /// Whether every call returns promptly on the calling thread: no I/O, no other process,
     /// no sleep, and no lock that anyone holds across I/O. `SecretStorage`'s async face then
     /// runs the call inline on the runtime thread instead of hopping to tokio's blocking pool,
@@ -152,6 +168,13 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn set_many(&self, entries: &[(SecretKey, SecretValue)]) -> Result<()> {
         (**self).set_many(entries)
+    }
+    fn set_many_joining(
+        &self,
+        entries: &[(SecretKey, SecretValue)],
+        more: &mut dyn FnMut() -> Vec<(SecretKey, SecretValue)>,
+    ) -> Result<()> {
+        (**self).set_many_joining(entries, more)
     }
     fn is_nonblocking(&self) -> bool {
         (**self).is_nonblocking()

@@ -176,6 +176,53 @@ pub fn set_many(factory: Factory) {
     assert_eq!(sorted(s.keys().unwrap()), expected);
 }
 
+/// `set_many_joining` writes its entries and every entry `more` returned (a store may never
+/// call `more`; one that does stops calling once it returns nothing).
+pub fn set_many_joining(factory: Factory) {
+    let s = factory(&unique_namespace("set_many_joining"));
+    let mut offers = vec![
+        vec![(key("c"), value(b"3")), (key("d"), value(b"4"))],
+        vec![(key("e"), value(b""))],
+    ]
+    .into_iter();
+    let (mut joined, mut ended, mut calls_after_end) = (Vec::new(), false, 0);
+    s.set_many_joining(
+        &[(key("a"), value(b"1")), (key("b"), value(b"2"))],
+        &mut || {
+            calls_after_end += usize::from(ended);
+            let offer = offers.next().unwrap_or_default();
+            ended = offer.is_empty();
+            joined.extend(offer.iter().map(|(k, _)| k.as_str().to_owned()));
+            offer
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        calls_after_end, 0,
+        "`more` was called after it returned nothing"
+    );
+    for (k, v) in [
+        ("a", &b"1"[..]),
+        ("b", b"2"),
+        ("c", b"3"),
+        ("d", b"4"),
+        ("e", b""),
+    ] {
+        let got = s.get(&key(k)).unwrap();
+        if k < "c" || joined.iter().any(|j| j == k) {
+            assert_eq!(got.unwrap().expose_secret(), v, "{k}");
+        } else {
+            assert_eq!(got, None, "{k} was never offered, yet written");
+        }
+    }
+    let expected: BTreeSet<String> = ["a", "b"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(joined)
+        .collect();
+    assert_eq!(sorted(s.keys().unwrap()), expected);
+}
+
 /// Two namespaces never see each other's keys.
 pub fn namespaces_are_isolated(factory: Factory) {
     let a = factory(&unique_namespace("iso_a"));
@@ -237,7 +284,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@tests $factory;
             round_trip, missing_is_none, empty_value_is_a_value, overwrite, delete,
             keys_lists_exactly, binary_values, large_value, unusual_keys, set_many,
-            namespaces_are_isolated, reopen_sees_data, concurrent_writers);
+            set_many_joining, namespaces_are_isolated, reopen_sees_data, concurrent_writers);
     };
     (@tests $factory:expr; $($check:ident),*) => {
         $(

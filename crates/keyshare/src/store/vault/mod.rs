@@ -209,8 +209,39 @@ impl Vault {
             return result;
         }
         let batch = std::mem::take(&mut *self.lock_pending());
-        let results = self.commit_batch(&conn, &batch);
+        let results = self.commit_batch(&conn, &batch, None);
         drop(conn);
+        self.answer(doing, batch, results, answered)
+    }
+
+    /// [`Vault::write`] of a `SetMany` that later sets may join: `more` is called just before
+    /// the commit, and each op it returns is applied in the same transaction, until it returns
+    /// `None` (see [`Store::set_many_joining`]). This writer always leads its own commit, so
+    /// `more` is called by the thread that gave it; writes other threads queued meanwhile are
+    /// committed with it, as a leader's are.
+    fn write_joining(
+        &self,
+        doing: &'static str,
+        op: WriteOp,
+        more: &mut dyn FnMut() -> Result<Option<WriteOp>>,
+    ) -> Result<bool> {
+        let conn = self.conn();
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        let mut batch = std::mem::take(&mut *self.lock_pending());
+        batch.push((doing, op, answer));
+        let results = self.commit_batch(&conn, &batch, Some(more));
+        drop(conn);
+        self.answer(doing, batch, results, answered)
+    }
+
+    /// Sends each write of a committed batch its result, and returns this writer's own.
+    fn answer(
+        &self,
+        doing: &'static str,
+        batch: Vec<PendingWrite>,
+        results: Vec<Result<bool>>,
+        answered: std::sync::mpsc::Receiver<Result<bool>>,
+    ) -> Result<bool> {
         for ((_, _, answer), result) in batch.into_iter().zip(results) {
             // Only the waiting writer's receiver can be gone, if it panicked.
             let _ = answer.send(result);
@@ -264,17 +295,23 @@ impl Vault {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn commit_batch(&self, conn: &Connection, batch: &[PendingWrite]) -> Vec<Result<bool>> {
+    /// Applies `batch` in one transaction; with `more` (see [`Vault::write_joining`]), the ops
+    /// it returns too, just before the commit.
+    fn commit_batch(
+        &self,
+        conn: &Connection,
+        batch: &[PendingWrite],
+        more: Option<&mut dyn FnMut() -> Result<Option<WriteOp>>>,
+    ) -> Vec<Result<bool>> {
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
         // The transaction failed as a whole: every write of the batch gets the same error
         // (rebuilt per write, since errors are not `Clone`), keeping its kind.
-        let fail_all = |stage: &str, e: rusqlite::Error| -> Vec<Result<bool>> {
+        let fail_all = |first: Error| -> Vec<Result<bool>> {
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
             }
-            let first = self.sql_error(stage, e);
             let text = first.to_string();
             batch
                 .iter()
@@ -288,6 +325,11 @@ impl Vault {
                             key: key.clone(),
                             detail: text.clone(),
                         },
+                        // A value that joined late (`write_joining`) was over the limit.
+                        Error::TooLarge { limit, actual } => Error::TooLarge {
+                            limit: *limit,
+                            actual: *actual,
+                        },
                         _ => Error::io(text.clone(), std::io::Error::other("transaction failed")),
                     })
                 })
@@ -297,7 +339,7 @@ impl Vault {
             .prepare_cached("BEGIN IMMEDIATE")
             .and_then(|mut s| s.execute([]))
         {
-            return fail_all("starting a write", e);
+            return fail_all(self.sql_error("starting a write", e));
         }
         let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
         let results = if let [(doing, op, _)] = batch {
@@ -325,8 +367,23 @@ impl Vault {
             }
             results
         };
+        // Late writes join only a transaction whose own writes all succeeded: one that failed
+        // gives them nothing to join, and they keep their place for the next commit.
+        if let Some(more) = more.filter(|_| results.iter().all(Result::is_ok)) {
+            loop {
+                match more() {
+                    Ok(None) => break,
+                    Ok(Some(op)) => {
+                        if let Err(e) = op.apply(conn) {
+                            return fail_all(self.sql_error("writing values", e));
+                        }
+                    }
+                    Err(e) => return fail_all(e),
+                }
+            }
+        }
         if let Err(e) = run("COMMIT") {
-            return fail_all("committing", e);
+            return fail_all(self.sql_error("committing", e));
         }
         results
     }
@@ -712,6 +769,23 @@ impl VaultStore {
         AssociatedData::v1(&self.namespace, key.as_str())
     }
 
+    /// The values checked and sealed (before any transaction starts), as one write op, so one
+    /// savepoint: all rows or none.
+    fn set_many_op(&self, entries: &[(SecretKey, SecretValue)]) -> Result<WriteOp> {
+        let rows = entries
+            .iter()
+            .map(|(key, value)| {
+                self.vault.limits.check_value(value)?;
+                let sealed = Sealed::seal(&self.vault.dek, &self.aad(key), value)?;
+                Ok((key.as_str().as_bytes().to_vec(), sealed.as_bytes().to_vec()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(WriteOp::SetMany {
+            namespace: self.namespace.clone(),
+            rows,
+        })
+    }
+
     fn corrupt(&self, key: &SecretKey, detail: &str) -> Error {
         Error::Corrupt {
             store: self.vault.store_name(),
@@ -878,22 +952,27 @@ impl Store for VaultStore {
     /// One transaction for all the values: every one is written, or none. Limits are checked
     /// and values sealed before the transaction starts.
     fn set_many(&self, entries: &[(SecretKey, SecretValue)]) -> Result<()> {
-        let sealed = entries
-            .iter()
-            .map(|(key, value)| {
-                self.vault.limits.check_value(value)?;
-                Ok((key, Sealed::seal(&self.vault.dek, &self.aad(key), value)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // One write op, so one savepoint: all rows or none.
-        let op = WriteOp::SetMany {
-            namespace: self.namespace.clone(),
-            rows: sealed
-                .iter()
-                .map(|(key, sealed)| (key.as_str().as_bytes().to_vec(), sealed.as_bytes().to_vec()))
-                .collect(),
-        };
+        let op = self.set_many_op(entries)?;
         self.vault.write("writing values", op).map(drop)
+    }
+
+    /// One transaction for `entries` and whatever `more` returns just before it commits.
+    fn set_many_joining(
+        &self,
+        entries: &[(SecretKey, SecretValue)],
+        more: &mut dyn FnMut() -> Vec<(SecretKey, SecretValue)>,
+    ) -> Result<()> {
+        let op = self.set_many_op(entries)?;
+        let mut more_ops = || {
+            let entries = more();
+            if entries.is_empty() {
+                return Ok(None);
+            }
+            self.set_many_op(&entries).map(Some)
+        };
+        self.vault
+            .write_joining("writing values", op, &mut more_ops)
+            .map(drop)
     }
 
     fn delete(&self, key: &SecretKey) -> Result<bool> {
