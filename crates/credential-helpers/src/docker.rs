@@ -109,7 +109,9 @@ impl Credential {
     ///
     /// Errors ([`Error::Invalid`], never quoting the input): malformed JSON, a NUL byte, input
     /// over [`MAX_INPUT_LEN`], and, with docker's exact wording, an empty `ServerURL`
-    /// ([`MISSING_SERVER_URL`]) or `Username` ([`MISSING_USERNAME`]); a missing `Secret`.
+    /// ([`MISSING_SERVER_URL`]) or `Username` ([`MISSING_USERNAME`]); a missing `Secret`; a
+    /// `ServerURL` that [`parse_server_url`] would refuse (over several lines, or too long for
+    /// a key), since what is stored must be found and erased with it.
     pub fn parse_store(input: &[u8]) -> Result<Credential> {
         check_input(input)?;
         let mut wire: WireIn = serde_json::from_slice(input).map_err(|e| {
@@ -124,9 +126,7 @@ impl Credential {
         if trimmed.len() != wire.server_url.len() {
             wire.server_url = trimmed.to_owned();
         }
-        if wire.server_url.is_empty() {
-            return Err(invalid(MISSING_SERVER_URL));
-        }
+        check_server_url(&wire.server_url)?;
         if wire.username.is_empty() {
             return Err(invalid(MISSING_USERNAME));
         }
@@ -138,7 +138,6 @@ impl Credential {
             username: wire.username,
             secret: SecretValue::new(std::mem::take(&mut **secret).into_bytes()),
         };
-        key(&credential.server_url)?;
         Ok(credential)
     }
 
@@ -204,14 +203,21 @@ pub fn parse_server_url(input: &[u8]) -> Result<String> {
     let text =
         std::str::from_utf8(input).map_err(|_| invalid("the server URL is not valid UTF-8"))?;
     let url = text.trim();
+    check_server_url(url)?;
+    Ok(url.to_owned())
+}
+
+/// What `store`'s `ServerURL` and `get`'s and `erase`'s input must both be (already trimmed),
+/// so that every credential stored can be asked for and erased again: not empty
+/// ([`MISSING_SERVER_URL`]), one line, and a valid key once prefixed.
+fn check_server_url(url: &str) -> Result<()> {
     if url.is_empty() {
         return Err(invalid(MISSING_SERVER_URL));
     }
     if url.contains(['\n', '\r']) {
         return Err(invalid("the server URL spans several lines; send one URL"));
     }
-    key(url)?;
-    Ok(url.to_owned())
+    key(url).map(drop)
 }
 
 /// The key a docker credential for `server_url` is stored under.
@@ -315,6 +321,27 @@ mod tests {
             .unwrap()
             .keys()
             .any(|k| k.contains("reg.example")));
+    }
+
+    /// A store payload's ServerURL must be one that `get` and `erase` accept: one spanning
+    /// several lines was stored and listed, and could never be found or erased again (found by
+    /// the `docker_input` fuzz target).
+    #[test]
+    fn a_server_url_that_get_refuses_is_not_stored() {
+        for url in [r"reg\nexample", r"reg\r\nexample", r" reg\rexample "] {
+            let payload = format!(r#"{{"ServerURL":"{url}","Username":"u","Secret":"hunter2"}}"#);
+            let text = reason(Credential::parse_store(payload.as_bytes()).unwrap_err());
+            assert!(text.contains("several lines"), "{url}: {text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+        let long = format!(
+            r#"{{"ServerURL":"{}","Username":"u","Secret":"s"}}"#,
+            "r".repeat(keyshare::model::MAX_KEY_LEN)
+        );
+        assert!(
+            reason(Credential::parse_store(long.as_bytes()).unwrap_err())
+                .contains("cannot be stored")
+        );
     }
 
     #[test]
