@@ -6,12 +6,14 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// The row key of the target marker in `ItemTable`.
 pub const TARGET_MARKER_ROW: &str = "__$__targetStorageMarker";
 
-/// VS Code's `StorageTarget.MACHINE`, the target of every secret.
-const MACHINE: u64 = 1;
+/// VS Code's `StorageTarget.MACHINE`, the target of every secret, as the marker spells it (the
+/// only JSON spelling of the integer 1).
+const MACHINE: &str = "1";
 
 /// Why the marker row cannot be used. Messages give positions, never content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -33,10 +35,14 @@ pub enum MarkerError {
 /// The parsed target marker, in its original order, every entry kept verbatim.
 ///
 /// Entries other than the ones keyshare changes are written back exactly as they were read
-/// (same order, same JSON values), so VS Code's other bookkeeping is never disturbed.
+/// (same order, each value's JSON text unchanged), so VS Code's other bookkeeping is never
+/// disturbed. The text is kept rather than a parsed value: serde_json reads a number that is not
+/// a 64-bit integer as an f64, not always correctly rounded, and writing that f64 back changed
+/// the number (`100000000000000000000000000000000` became `1e+32`, and drifted on every write).
 #[derive(Clone, Default, PartialEq)]
 pub struct TargetMarker {
-    entries: Vec<(String, serde_json::Value)>,
+    /// Row key and the value's JSON text, verbatim.
+    entries: Vec<(String, String)>,
 }
 
 impl fmt::Debug for TargetMarker {
@@ -73,7 +79,7 @@ impl TargetMarker {
             // Serializing a string or an already-parsed value cannot fail.
             out.push_str(&serde_json::to_string(key).unwrap_or_default());
             out.push(':');
-            out.push_str(&serde_json::to_string(value).unwrap_or_default());
+            out.push_str(value);
         }
         out.push('}');
         out
@@ -82,28 +88,27 @@ impl TargetMarker {
     /// Whether `row_key`'s target is the machine (what VS Code's `keys()` lists for secrets).
     pub fn is_machine(&self, row_key: &str) -> bool {
         self.position(row_key)
-            .is_some_and(|i| self.entries[i].1.as_u64() == Some(MACHINE))
+            .is_some_and(|i| self.entries[i].1 == MACHINE)
     }
 
     /// The row keys whose target is the machine, in marker order.
     pub fn machine_keys(&self) -> impl Iterator<Item = &str> {
         self.entries
             .iter()
-            .filter(|(_, v)| v.as_u64() == Some(MACHINE))
+            .filter(|(_, v)| v == MACHINE)
             .map(|(k, _)| k.as_str())
     }
 
     /// Marks `row_key` as a machine key; returns whether the marker changed.
     pub fn set_machine(&mut self, row_key: &str) -> bool {
-        let machine = serde_json::Value::from(MACHINE);
         match self.position(row_key) {
-            Some(i) if self.entries[i].1 == machine => false,
+            Some(i) if self.entries[i].1 == MACHINE => false,
             Some(i) => {
-                self.entries[i].1 = machine;
+                self.entries[i].1 = MACHINE.to_owned();
                 true
             }
             None => {
-                self.entries.push((row_key.to_owned(), machine));
+                self.entries.push((row_key.to_owned(), MACHINE.to_owned()));
                 true
             }
         }
@@ -138,8 +143,9 @@ impl TargetMarker {
 
 const DUPLICATE: &str = "duplicate marker key";
 
-/// A JSON object read into a vector, so that order and duplicates are visible.
-struct OrderedObject(Vec<(String, serde_json::Value)>);
+/// A JSON object read into a vector, so that order and duplicates are visible; each value as
+/// its JSON text.
+struct OrderedObject(Vec<(String, String)>);
 
 impl<'de> Deserialize<'de> for OrderedObject {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -153,13 +159,13 @@ impl<'de> Deserialize<'de> for OrderedObject {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedObject, A::Error> {
-                let mut entries: Vec<(String, serde_json::Value)> = Vec::new();
+                let mut entries: Vec<(String, String)> = Vec::new();
                 let mut seen = std::collections::HashSet::new();
-                while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
+                while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
                     if !seen.insert(key.clone()) {
                         return Err(de::Error::custom(DUPLICATE));
                     }
-                    entries.push((key, value));
+                    entries.push((key, value.get().to_owned()));
                 }
                 Ok(OrderedObject(entries))
             }
@@ -225,7 +231,7 @@ mod tests {
         ) {
             let mut marker = TargetMarker::default();
             for (k, target) in &entries {
-                marker.entries.push((k.clone(), serde_json::Value::from(*target)));
+                marker.entries.push((k.clone(), target.to_string()));
             }
             let parsed = TargetMarker::parse(marker.to_json().as_bytes()).unwrap();
             proptest::prop_assert_eq!(&parsed, &marker);
@@ -248,9 +254,53 @@ mod tests {
         }
     }
 
+    /// Values keyshare does not change are written back as they were read, numbers included:
+    /// a number that is not a u64 was re-read as a (not always correctly rounded) f64 and
+    /// written back in that f64's shortest form, so it changed with every write (found by the
+    /// `electron_marker` fuzz target).
+    #[test]
+    fn other_values_are_written_back_verbatim() {
+        for value in [
+            "100000000000000000000000000000000",
+            // The fuzz target's minimised input: its f64 changed on every re-read.
+            "100000000500000000500",
+            "18446744073709551616",
+            "0.1",
+            "1.0",
+            "-0",
+            "1e400000",
+            "2.2250738585072011e-308",
+            "123456789012345678901234567890e-5",
+            "[1, 2.50, {\"a\" : -0.0}]",
+        ] {
+            let text = format!(r#"{{"secret://a":1,"other":{value},"secret://b":0}}"#);
+            let mut marker = TargetMarker::parse(text.as_bytes()).unwrap();
+            assert_eq!(marker.to_json(), text);
+            assert!(marker.set_machine("secret://b"));
+            assert!(marker.remove("secret://a"));
+            assert_eq!(
+                marker.to_json(),
+                format!(r#"{{"other":{value},"secret://b":1}}"#)
+            );
+            assert_eq!(TargetMarker::parse(marker.to_json().as_bytes()), Ok(marker));
+        }
+        // The whitespace around a value is not part of it.
+        let marker = TargetMarker::parse(b"{ \"secret://a\" : 1 ,\n\"n\":\t2 }").unwrap();
+        assert!(marker.is_machine("secret://a"));
+        assert_eq!(marker.to_json(), r#"{"secret://a":1,"n":2}"#);
+    }
+
     #[test]
     fn bad_markers_are_errors_without_content() {
-        for bad in [&b"[1,2]"[..], b"{\"secret://x\":1", b"", b"null", b"\xff"] {
+        for bad in [
+            &b"[1,2]"[..],
+            b"{\"secret://x\":1",
+            b"",
+            b"null",
+            b"\xff",
+            b"{\"secret://x\":\"\xff\"}",
+            b"{\"secret://x\":[1,}",
+        ] {
             let err = TargetMarker::parse(bad).unwrap_err();
             assert!(matches!(err, MarkerError::NotAnObject { .. }), "{err}");
             assert!(!err.to_string().contains("secret://x"));
