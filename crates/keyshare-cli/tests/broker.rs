@@ -2,7 +2,7 @@
 //! routed through the running broker, `--direct`, and a clean exit on SIGTERM.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 fn keyshare(home: &Path) -> Command {
@@ -359,38 +359,57 @@ fn unlisted_apps_can_be_refused_from_the_config() {
     serve.stop();
 }
 
+/// The socket of the stable flavour's broker under `home`, its directory made (0700), as a
+/// stand-in broker needs it.
+fn stable_socket(home: &Path) -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let socket = home.join("run/keyshare/stable.sock");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(socket.parent().unwrap())
+        .unwrap();
+    socket
+}
+
+/// Runs a command (which must succeed) against a stand-in for a broker that is exiting: it
+/// accepts the first connection and drops it, with its listener, without answering.
+fn run_ok_against_an_exiting_broker(
+    home: &Path,
+    socket: &Path,
+    args: &[&str],
+    stdin: &[u8],
+) -> std::process::Output {
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    let exiting = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        drop(listener);
+        drop(conn);
+    });
+    let out = run(home, args, stdin);
+    exiting.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// An autostarted broker exits after ten idle minutes. A command that connects just as it
 /// exits (its connection still in the listener's backlog, or accepted and dropped) sees the
 /// connection end before hello's answer: it connects again, starting a broker, instead of
 /// failing. Here a stand-in takes the first connection and drops it, with its listener.
 #[test]
 fn a_command_that_meets_an_exiting_broker_starts_another() {
-    use std::os::unix::fs::DirBuilderExt;
     let home = tempfile::tempdir().unwrap();
-    let socket = home.path().join("run/keyshare/stable.sock");
+    let socket = stable_socket(home.path());
     let lock = home.path().join("run/keyshare/stable.lock");
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(socket.parent().unwrap())
-        .unwrap();
     for (args, stdin) in [
         (&["set", "github.auth"][..], &b"gho_3"[..]),
         (&["get", "github.auth"], b""),
     ] {
-        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-        let exiting = std::thread::spawn(move || {
-            let (conn, _) = listener.accept().unwrap();
-            drop(listener);
-            drop(conn);
-        });
-        let out = run(home.path(), args, stdin);
-        exiting.join().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run_ok_against_an_exiting_broker(home.path(), &socket, args, stdin);
         if args[0] == "get" {
             assert_eq!(out.stdout, b"gho_3");
         }
@@ -412,31 +431,13 @@ fn a_command_that_meets_an_exiting_broker_starts_another() {
 /// It used to fail with "not running" (exit 3), the broker having been chosen at connect.
 #[test]
 fn without_autostart_a_command_that_meets_an_exiting_broker_goes_direct() {
-    use std::os::unix::fs::DirBuilderExt;
     let home = tempfile::tempdir().unwrap();
-    let socket = home.path().join("run/keyshare/stable.sock");
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(socket.parent().unwrap())
-        .unwrap();
+    let socket = stable_socket(home.path());
     for (args, stdin) in [
         (&["--no-autostart", "set", "github.auth"][..], &b"gho_6"[..]),
         (&["--no-autostart", "get", "github.auth"], b""),
     ] {
-        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-        let exiting = std::thread::spawn(move || {
-            let (conn, _) = listener.accept().unwrap();
-            drop(listener);
-            drop(conn);
-        });
-        let out = run(home.path(), args, stdin);
-        exiting.join().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run_ok_against_an_exiting_broker(home.path(), &socket, args, stdin);
         if args[1] == "get" {
             assert_eq!(out.stdout, b"gho_6");
         }

@@ -476,17 +476,7 @@ fn a_mistyped_keyring_password_never_writes() {
         .open()
         .unwrap();
     let err = store.set(&key("new"), &value("v")).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Invalid {
-                what: "keyring password",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(err.to_string().contains("Nothing was written"), "{err}");
+    assert_password_refused(&err, &[]);
     drop(store);
     assert_eq!(raw_rows(&db), before);
     // The right one writes.
@@ -517,23 +507,14 @@ fn a_typed_password_no_row_can_check_is_checked_against_the_apps_keyring_item() 
     // Over an existing value too: a wrong password would have replaced it with garbage.
     for k in ["new", API_TOKEN] {
         let err = store.set(&key(k), &value("v")).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Invalid {
-                    what: "keyring password",
-                    ..
-                }
-            ),
-            "{err:?}"
+        assert_password_refused(
+            &err,
+            &[
+                "not the secret of the Secret Service item application=\"Code\"",
+                "write_unverified_password",
+            ],
         );
         let shown = err.to_string();
-        assert!(
-            shown.contains("not the secret of the Secret Service item application=\"Code\""),
-            "{shown}"
-        );
-        assert!(shown.contains("Nothing was written"), "{shown}");
-        assert!(shown.contains("write_unverified_password"), "{shown}");
         assert!(
             !shown.contains("AAAA"),
             "the password is in the error: {shown}"
@@ -594,23 +575,13 @@ fn a_typed_password_nothing_can_check_is_refused_unless_the_caller_opts_in() {
                 .unwrap();
             let before = raw_rows(db);
             let err = store.set(&key("new"), &value("v")).unwrap_err();
-            assert!(
-                matches!(
-                    err,
-                    Error::Invalid {
-                        what: "keyring password",
-                        ..
-                    }
-                ),
-                "{err:?}"
-            );
-            let shown = err.to_string();
-            assert!(shown.contains("can confirm it"), "{shown}");
-            assert!(shown.contains(expected), "{shown}");
-            assert!(shown.contains("Nothing was written"), "{shown}");
-            assert!(
-                shown.contains("ElectronStoreBuilder::write_unverified_password"),
-                "{shown}"
+            assert_password_refused(
+                &err,
+                &[
+                    "can confirm it",
+                    expected,
+                    "ElectronStoreBuilder::write_unverified_password",
+                ],
             );
             drop(store);
             assert_eq!(raw_rows(db), before, "{}", db.display());
@@ -982,4 +953,23 @@ mod conformance_v11 {
     }
 
     keyshare::conformance_tests!(factory());
+}
+
+/// Asserts that `err` refuses a typed keyring password, says that nothing was written, and
+/// says each of `says`.
+fn assert_password_refused(err: &Error, says: &[&str]) {
+    assert!(
+        matches!(
+            err,
+            Error::Invalid {
+                what: "keyring password",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let shown = err.to_string();
+    for part in says.iter().chain(&["Nothing was written"]) {
+        assert!(shown.contains(part), "{part:?} missing from: {shown}");
+    }
 }
