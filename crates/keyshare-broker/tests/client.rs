@@ -163,6 +163,12 @@ fn bytes_waiting(conn: &std::os::unix::net::UnixStream) -> bool {
 }
 
 impl FlakyBroker {
+    /// The value the broker's storage holds for `key` (which must be there).
+    fn stored(&self, key: &str) -> Vec<u8> {
+        let value = self.storage.get(&k(key)).unwrap();
+        value.expect("no value stored").expose_secret().to_vec()
+    }
+
     fn start(paths: &BrokerPaths, first: First) -> FlakyBroker {
         use keyshare_broker::protocol::{encode, Reply, ServerFrame, PROTOCOL_VERSION};
         use std::io::{Read, Write};
@@ -309,15 +315,7 @@ fn a_one_shot_write_is_sent_after_hello_and_once_when_the_broker_closes_before_h
     let seen = broker.first_seen();
     assert_eq!(ops(&seen), ["hello"]);
     assert!(!seen.more_waiting, "the set was sent before hello's answer");
-    assert_eq!(
-        broker
-            .storage
-            .get(&k("k"))
-            .unwrap()
-            .unwrap()
-            .expose_secret(),
-        b"token"
-    );
+    assert_eq!(broker.stored("k"), b"token");
 
     let broker = {
         drop(broker);
@@ -363,15 +361,7 @@ fn a_write_whose_connection_ends_after_hello_is_not_sent_again() {
     let client = BlockingBrokerClient::new(config(&paths)).unwrap();
     client.delete(&k("k")).unwrap_err();
     assert_eq!(ops(&broker.first_seen()), ["hello", "delete"]);
-    assert_eq!(
-        broker
-            .storage
-            .get(&k("k"))
-            .unwrap()
-            .unwrap()
-            .expose_secret(),
-        b"kept"
-    );
+    assert_eq!(broker.stored("k"), b"kept");
 }
 
 /// The async client says hello before any request, so a connection that ends before hello's
@@ -386,15 +376,7 @@ fn the_async_client_connects_again_when_the_broker_closes_before_hello() {
         client
             .set(&k("k"), &v("token"))
             .unwrap_or_else(|e| panic!("{first:?}: {e}"));
-        assert_eq!(
-            broker
-                .storage
-                .get(&k("k"))
-                .unwrap()
-                .unwrap()
-                .expose_secret(),
-            b"token"
-        );
+        assert_eq!(broker.stored("k"), b"token");
     }
 }
 

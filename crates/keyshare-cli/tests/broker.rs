@@ -30,13 +30,29 @@ fn run(home: &Path, args: &[&str], stdin: &[u8]) -> std::process::Output {
 
 /// Runs it and asserts success, showing stderr otherwise.
 fn run_ok(home: &Path, args: &[&str], stdin: &[u8]) -> std::process::Output {
-    let out = run(home, args, stdin);
+    succeeded(args, run(home, args, stdin))
+}
+
+/// `out`, once it is shown that the command succeeded.
+fn succeeded(args: &[&str], out: std::process::Output) -> std::process::Output {
     assert!(
         out.status.success(),
         "{args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Runs a command that the broker must deny (exit 8), printing nothing on stdout.
+fn run_denied(home: &Path, args: &[&str], stdin: &[u8]) {
+    let out = run(home, args, stdin);
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "{args:?}");
 }
 
 /// Reads `from` until a line contains `needle`; returns that line.
@@ -344,18 +360,11 @@ fn unlisted_apps_can_be_refused_from_the_config() {
     );
     let serve = Serving::start(keyshare(home.path()));
     run_ok(home.path(), &["--app", "code", "set", "github.auth"], b"t");
-    let out = run(
+    run_denied(
         home.path(),
         &["--app", "anything", "get", "github.auth"],
         b"",
     );
-    assert_eq!(
-        out.status.code(),
-        Some(8),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.stdout.is_empty());
     serve.stop();
 }
 
@@ -388,12 +397,7 @@ fn run_ok_against_an_exiting_broker(
     });
     let out = run(home, args, stdin);
     exiting.join().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    succeeded(args, out)
 }
 
 /// An autostarted broker exits after ten idle minutes. A command that connects just as it
@@ -466,29 +470,16 @@ fn an_autostarted_broker_logs_to_a_private_file() {
         b"gho_logged_4",
     );
     // Denied by the broker: a key `code` may not use, and an app id the config does not name.
-    let out = run(
+    run_denied(
         home.path(),
         &["--app", "code", "set", "api.token"],
         b"tok_logged_5",
     );
-    assert_eq!(
-        out.status.code(),
-        Some(8),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = run(
+    run_denied(
         home.path(),
         &["--app", "intruder", "get", "github.auth"],
         b"",
     );
-    assert_eq!(
-        out.status.code(),
-        Some(8),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.stdout.is_empty());
 
     let dir = home.path().join(".local/state/keyshare/stable");
     let log = dir.join("broker.log");
