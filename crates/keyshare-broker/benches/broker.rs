@@ -6,7 +6,7 @@
 //!     concurrency (target: at least 50%);
 //! (d) durable sets from 8 concurrent clients through the broker over the vault vs the
 //!     single-writer rate of the vault (target: at least 3x, by group commit), and, for
-//!     context only, the same with 4 and 16 clients;
+//!     context only, the same with 4 and 16 clients, and against one client of the broker;
 //! (e) broker RSS idle (target < 10 MiB) and with 1,000 idle connections (target < 64 MiB);
 //! plus the latency of a change event between two clients (target < 50 ms).
 //! (c), `keyshare get` as a process vs `secret-tool lookup`, is in keyshare-cli's benches.
@@ -319,8 +319,10 @@ fn bench_durable_sets(dir: &Path) {
     let (paths,) = start_broker(broker_dir.path(), Arc::new(vault(dir)));
     let client_rt = runtime(2);
     // 4 and 16 clients are context for the target's 8: how the rate follows the number of
-    // writers shows whether it is bound by the flushes or by each writer's round trip.
-    let counts = [CONCURRENCY, CONCURRENCY / 2, CONCURRENCY * 2];
+    // writers shows whether it is bound by the flushes or by each writer's round trip. One
+    // client is context too: what group commit gains over the broker's own single writer, as
+    // against the target's baseline, which has no socket in its way.
+    let counts = [CONCURRENCY, CONCURRENCY / 2, CONCURRENCY * 2, 1];
     let clients: Vec<Arc<BrokerClient>> = client_rt.block_on(async {
         let mut clients = Vec::new();
         for _ in 0..CONCURRENCY * 2 {
@@ -334,7 +336,7 @@ fn bench_durable_sets(dir: &Path) {
     // single-writer sets/s), which one window each would turn into the ratio's noise.
     let window = Duration::from_secs(1);
     let mut single = 0;
-    let mut broker = [0; 3];
+    let mut broker = [0; 4];
     for _ in 0..4 {
         single += direct_sets(&direct, &value, window);
         for (sets, count) in broker.iter_mut().zip(counts) {
@@ -350,11 +352,14 @@ fn bench_durable_sets(dir: &Path) {
         rate(broker[0]) / single
     );
     println!(
-        "    (context) {} clients {:.1}x, {} clients {:.1}x",
+        "    (context) {} clients {:.1}x, {} clients {:.1}x; one client through the broker {:.0}/s, which {} clients make {:.1}x",
         counts[1],
         rate(broker[1]) / single,
         counts[2],
-        rate(broker[2]) / single
+        rate(broker[2]) / single,
+        rate(broker[3]),
+        CONCURRENCY,
+        rate(broker[0]) / rate(broker[3])
     );
 }
 
