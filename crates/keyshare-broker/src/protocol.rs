@@ -743,12 +743,12 @@ mod tests {
                         protocol: 1,
                         app: "code".into(),
                         expect_store: Some(
-                            "vault:/home/u/.local/share/keyshare/stable/vault.db".into(),
+                            "vault:/home/u/.local/share/keyshare/stable/vault.db#dev.keyshare.shared-secrets".into(),
                         ),
                         require_os_keyring: true,
                     },
                 },
-                r#"{"id":1,"op":"hello","client":"keyshare-cli","client_version":"0.1.0","protocol":1,"app":"code","expect_store":"vault:/home/u/.local/share/keyshare/stable/vault.db","require_os_keyring":true}"#,
+                r#"{"id":1,"op":"hello","client":"keyshare-cli","client_version":"0.1.0","protocol":1,"app":"code","expect_store":"vault:/home/u/.local/share/keyshare/stable/vault.db#dev.keyshare.shared-secrets","require_os_keyring":true}"#,
             ),
             (
                 RequestFrame {

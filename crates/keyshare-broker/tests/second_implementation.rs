@@ -277,7 +277,7 @@ fn pipelined_requests_are_each_answered_once() {
 
 #[test]
 fn hello_is_checked_as_documented() {
-    let store = "vault:/data/keyshare/stable/vault.db";
+    let store = "vault:/data/keyshare/stable/vault.db#dev.keyshare.shared-secrets";
     let storage = SecretStorage::builder(Arc::new(MemoryStore::new())).build();
     let state = BrokerState::new(storage.clone())
         .with_store_identity(Some(store.into()))

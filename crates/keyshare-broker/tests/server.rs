@@ -648,13 +648,14 @@ fn hello_names_the_served_store_when_the_broker_was_told() {
     let storage = SecretStorage::builder(Arc::new(MemoryStore::new())).build();
     let told = TestBroker::start_state(
         storage.clone(),
-        keyshare_broker::BrokerState::new(storage)
-            .with_store_identity(Some("vault:/data/keyshare/stable/vault.db".into())),
+        keyshare_broker::BrokerState::new(storage).with_store_identity(Some(
+            "vault:/data/keyshare/stable/vault.db#dev.keyshare.shared-secrets".into(),
+        )),
     );
     let info = OneShotClient::new(told.config("code")).hello().unwrap();
     assert_eq!(
         info.store.as_deref(),
-        Some("vault:/data/keyshare/stable/vault.db")
+        Some("vault:/data/keyshare/stable/vault.db#dev.keyshare.shared-secrets")
     );
     let untold = TestBroker::memory();
     assert_eq!(untold.client("code").server_info().unwrap().store, None);

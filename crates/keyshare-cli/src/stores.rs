@@ -44,10 +44,14 @@ pub struct SharedChoice {
     pub os_keyring: Option<bool>,
 }
 
+/// The file and the namespace in it: one vault file can hold several flavours' `service`
+/// namespaces, and a broker serving one of them must not be taken for another's (found by QA:
+/// with the path alone, a command configured for one namespace read and wrote the other's).
 fn vault_identity(ctx: &Context) -> Option<String> {
     Some(format!(
-        "vault:{}",
-        ctx.dirs.shared_vault_path(&ctx.flavour).display()
+        "vault:{}#{}",
+        ctx.dirs.shared_vault_path(&ctx.flavour).display(),
+        ctx.flavour.service()
     ))
 }
 

@@ -346,6 +346,28 @@ fn a_broker_started_with_other_settings_refuses_instead_of_serving_another_store
     assert!(stderr.contains("require_os_keyring"), "{stderr}");
     assert!(out.stdout.is_empty());
     serve.stop();
+
+    // A broker over the same vault file for another namespace (the flavour's `service`): a
+    // command for the default namespace is refused, in both directions, instead of reading or
+    // writing the other's secrets. Found by QA: the vault's identity named only its path.
+    let other = home.path().join("other-service.toml");
+    std::fs::write(&other, "[flavors.stable]\nservice = \"com.other.A\"\n").unwrap();
+    write_config(home.path(), "");
+    let other = other.to_str().unwrap();
+    let mut cmd = keyshare(home.path());
+    cmd.args(["--config", other]);
+    let serve = Serving::start(cmd);
+    run_ok(home.path(), &["--config", other, "set", "only-a"], b"A");
+    for (args, stdin) in [(&["get", "only-a"][..], &b""[..]), (&["set", "k"], b"v3")] {
+        let out = run(home.path(), args, stdin);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(7), "{args:?}: {stderr}");
+        assert!(stderr.contains("com.other.A"), "{stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    serve.stop();
+    let direct = run(home.path(), &["--direct", "get", "k"], b"");
+    assert_eq!(direct.stdout, b"v2", "the refused set changed nothing");
 }
 
 /// `unlisted_apps = "refuse"` in config.toml: an app id that `[apps.*]` does not name is
