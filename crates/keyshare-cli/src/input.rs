@@ -39,6 +39,11 @@ pub fn read_value(
     Ok(SecretValue::from(std::mem::take(&mut *buf)))
 }
 
+/// How much of an input over the limit is counted (not kept) so that the error can say its
+/// true size; past this, reading stops. Endless input (`--from-file /dev/zero`, `yes |`) must
+/// end in an error, not in a command that reads forever.
+const COUNTED_PAST_LIMIT: u64 = 64 * 1024 * 1024;
+
 fn read_limited(mut reader: impl Read, buf: &mut Vec<u8>, limits: &Limits) -> anyhow::Result<()> {
     let max = limits.max_value_len;
     (&mut reader)
@@ -46,9 +51,21 @@ fn read_limited(mut reader: impl Read, buf: &mut Vec<u8>, limits: &Limits) -> an
         .read_to_end(buf)
         .map_err(|e| Error::io("read", e))?;
     if buf.len() > max {
-        // The rest is counted, not kept, so that the error says the true size.
-        let rest =
-            std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| Error::io("read", e))?;
+        let rest = std::io::copy(
+            &mut (&mut reader).take(COUNTED_PAST_LIMIT),
+            &mut std::io::sink(),
+        )
+        .map_err(|e| Error::io("read", e))?;
+        if rest == COUNTED_PAST_LIMIT {
+            return Err(Error::invalid(
+                "value",
+                format!(
+                    "the input goes on past {} bytes, where reading stopped; the limit is {max} bytes",
+                    buf.len() as u64 + rest
+                ),
+            )
+            .into());
+        }
         return Err(Error::TooLarge {
             limit: max,
             actual: buf.len() + rest as usize,

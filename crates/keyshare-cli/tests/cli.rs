@@ -289,6 +289,53 @@ fn too_large_says_the_true_size() {
     );
 }
 
+/// Endless input ends in an error once far past the limit, instead of a command that reads
+/// forever (found by QA: `set --from-file /dev/zero` never ended).
+#[test]
+fn endless_input_is_refused_instead_of_read_forever() {
+    let env = home();
+    for (args, zero_stdin) in [
+        (&["set", "k", "--from-file", "/dev/zero"][..], false),
+        (&["set", "k"], true),
+    ] {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("keyshare"));
+        cmd.env_clear()
+            .env("HOME", env.path())
+            .env("XDG_CONFIG_HOME", env.path().join("config"))
+            .env("XDG_DATA_HOME", env.path().join("data"))
+            .env("XDG_RUNTIME_DIR", env.path().join("run"))
+            .args(["--store", "memory"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if zero_stdin {
+            cmd.stdin(std::fs::File::open("/dev/zero").unwrap());
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{args:?} still reads after 60 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(
+                "the input goes on past 67371009 bytes, where reading stopped; the limit is \
+                 262144 bytes"
+            ),
+            "{stderr}"
+        );
+    }
+}
+
 /// `KEYSHARE_NO_AUTOSTART` takes the usual ways of saying yes and no (it took only `true`
 /// and `false`, and `1` failed every command, the docker helper's included).
 #[test]
