@@ -197,8 +197,18 @@ impl Config {
             }
         };
         let config: Config = toml::from_str(&text).map_err(|err| {
+            // Where, by line and column, not by quoting the line: the message lands in logs.
+            let at = err
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!(" (line {line}, column {column})")
+                })
+                .unwrap_or_default();
             anyhow::Error::new(ConfigError(format!(
-                "config file {} is invalid: {}",
+                "config file {} is invalid{at}: {}",
                 path.display(),
                 err.message()
             )))
@@ -223,8 +233,15 @@ impl Config {
         for name in self.apps.keys() {
             AppId::new(name).with_context(|| format!("[apps.{name}]"))?;
         }
-        if self.timeout_ms == Some(0) {
-            bail!("timeout_ms must be at least 1");
+        if let Some(name) = &self.default_flavor {
+            self.flavour(name).context("default_flavor")?;
+        }
+        match self.timeout_ms {
+            Some(0) => bail!("timeout_ms must be at least 1"),
+            Some(ms) if ms > MAX_TIMEOUT_MS => {
+                bail!("timeout_ms is {ms}: at most {MAX_TIMEOUT_MS} (an hour) is taken")
+            }
+            _ => {}
         }
         if let Some(openbao) = &self.openbao {
             openbao.validate()?;
@@ -244,6 +261,11 @@ impl Config {
         self.apps.get(app.as_str())
     }
 }
+
+/// The longest `timeout_ms` taken. Stores hand it on to their clients (SQLite's busy timeout
+/// is an `int` of milliseconds), so an unbounded value could not be honoured, and it panicked
+/// (found by QA: 2^31 ms).
+const MAX_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 
 /// A config file problem (exit code 5).
 #[derive(Debug)]
@@ -304,6 +326,27 @@ mod tests {
             Some(Path::new("/u/Cursor"))
         );
         assert!(!electron.force);
+    }
+
+    /// Values the file's syntax takes but that cannot work are refused by `validate`, naming
+    /// the setting (found by QA: an invalid default flavour was a usage error naming no file,
+    /// and a timeout of 2^31 ms panicked).
+    #[test]
+    fn out_of_range_settings_are_refused_by_name() {
+        for (text, says) in [
+            ("default_flavor = \"Insiders!\"", "default_flavor"),
+            ("timeout_ms = 0", "timeout_ms must be at least 1"),
+            (
+                "timeout_ms = 2147483648",
+                "timeout_ms is 2147483648: at most 3600000",
+            ),
+        ] {
+            let config: Config = toml::from_str(text).unwrap();
+            let err = format!("{:#}", config.validate().unwrap_err());
+            assert!(err.contains(says), "{text}: {err}");
+        }
+        let edge: Config = toml::from_str("timeout_ms = 3600000").unwrap();
+        edge.validate().unwrap();
     }
 
     #[test]

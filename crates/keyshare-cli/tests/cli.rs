@@ -96,6 +96,10 @@ fn config_errors_are_exit_5() {
     snapshot!("config_unknown_field", env.failure(&["list"], b""));
     env.config("[flavors.\"bad name\"]\n");
     snapshot!("config_bad_flavor", env.failure(&["list"], b""));
+    env.config("default_flavor = \"Insiders!\"\n");
+    snapshot!("config_bad_default_flavor", env.failure(&["list"], b""));
+    env.config("timeout_ms = 2147483648\n");
+    snapshot!("config_timeout_too_long", env.failure(&["list"], b""));
     snapshot!(
         "config_explicit_missing",
         env.failure(&["--config", "/nonexistent/keyshare.toml", "list"], b"")
@@ -334,6 +338,45 @@ fn endless_input_is_refused_instead_of_read_forever() {
             "{stderr}"
         );
     }
+}
+
+/// An empty `KEYSHARE_NO_AUTOSTART` counts as unset (a broker is started), and a bad value is
+/// a usage error that names the variable (found by QA: both failed every command without
+/// naming it).
+#[test]
+fn no_autostart_from_the_environment_empty_is_unset_and_garbage_is_named() {
+    let env = home();
+    let out = env
+        .command(&["--store", "vault", "set", "k"])
+        .env("KEYSHARE_NO_AUTOSTART", "")
+        .write_stdin(b"v".to_vec())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lock = env.path().join("run/keyshare/stable.lock");
+    let pid = std::fs::read_to_string(&lock)
+        .ok()
+        .and_then(|pid| pid.trim().parse::<i32>().ok())
+        .expect("an empty value starts a broker, as an unset one does");
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::TERM,
+    );
+    let out = env
+        .command(&["--store", "memory", "list"])
+        .env("KEYSHARE_NO_AUTOSTART", "garbage")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("KEYSHARE_NO_AUTOSTART takes 1 or 0"),
+        "{stderr}"
+    );
 }
 
 /// `KEYSHARE_NO_AUTOSTART` takes the usual ways of saying yes and no (it took only `true`
