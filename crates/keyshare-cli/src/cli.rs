@@ -62,9 +62,25 @@ pub struct Globals {
         long,
         global = true,
         env = "KEYSHARE_NO_AUTOSTART",
-        value_parser = clap::builder::BoolishValueParser::new()
+        value_parser = no_autostart_switch
     )]
     pub no_autostart: bool,
+}
+
+/// `KEYSHARE_NO_AUTOSTART`'s value (and `--no-autostart`'s implied one): the usual ways of
+/// saying yes and no, and an empty value as unset, as a shell's `KEYSHARE_NO_AUTOSTART=` means
+/// (found by QA: it failed every command, the credential helpers' included). A bad value names
+/// the variable, which is where it almost always comes from.
+fn no_autostart_switch(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "" | "0" | "false" | "no" | "n" | "off" => Ok(false),
+        "1" | "true" | "yes" | "y" | "on" => Ok(true),
+        _ => Err(
+            "KEYSHARE_NO_AUTOSTART takes 1 or 0 (also true/false, yes/no, on/off; empty counts \
+             as unset)"
+                .to_owned(),
+        ),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,11 +9,15 @@ use crate::stores::{self, Context};
 pub fn run(ctx: &Context) -> anyhow::Result<()> {
     let opened = stores::open_with(ctx, stores::Migration::Explicit)?;
     if opened.legacy.is_none() {
-        return Err(crate::config::ConfigError(format!(
-            "app {} has no legacy store configured, so there is nothing to migrate; configure one \
-             under [apps.{}] in the config file",
-            ctx.app, ctx.app
-        ))
+        // A usage error, not a config one (exit 5 says the file is broken; there may be none).
+        return Err(keyshare::Error::invalid(
+            "command",
+            format!(
+                "app {} has no legacy store configured, so there is nothing to migrate; \
+                 configure one under [apps.{}] in the config file",
+                ctx.app, ctx.app
+            ),
+        )
         .into());
     }
     // A progress bar only for a person watching; scripts get the summary alone.
