@@ -340,6 +340,25 @@ fn endless_input_is_refused_instead_of_read_forever() {
     }
 }
 
+/// `list` prints a key holding a control character quoted and escaped: a newline must not
+/// make it look like two keys, nor an escape sequence reach the terminal; `--json` keeps every
+/// key exact (found by QA).
+#[test]
+fn list_escapes_keys_with_control_characters() {
+    let env = home();
+    for key in ["a\nb", "\u{1b}[31mred", "plain.key"] {
+        env.ok(&["--store", "vault", "--direct", "set", key], b"v");
+    }
+    let out = env.ok(&["--store", "vault", "--direct", "list"], b"");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "\"\\u{1b}[31mred\"\n\"a\\nb\"\nplain.key\n"
+    );
+    let out = env.ok(&["--store", "vault", "--direct", "--json", "list"], b"");
+    let keys: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(keys, ["\u{1b}[31mred", "a\nb", "plain.key"]);
+}
+
 /// An empty `KEYSHARE_NO_AUTOSTART` counts as unset (a broker is started), and a bad value is
 /// a usage error that names the variable (found by QA: both failed every command without
 /// naming it).

@@ -89,10 +89,10 @@ fn vscode(args: &VscodeArgs, ctx: &Context) -> anyhow::Result<()> {
         println!("{} -> {}", source.path().display(), target.store.info());
         println!("{report}");
         for (key, why) in &report.conflicts {
-            println!("kept: {key}: {why}");
+            println!("kept: {}: {why}", super::shown(key));
         }
         for (key, why) in &report.failed {
-            println!("failed: {key}: {why}");
+            println!("failed: {}: {why}", super::shown(key));
         }
     }
     if !report.is_success() {

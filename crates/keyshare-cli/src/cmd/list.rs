@@ -14,7 +14,8 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
         let names: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
         writeln!(out, "{}", serde_json::to_string(&names)?)
     } else {
-        keys.iter().try_for_each(|k| writeln!(out, "{k}"))
+        keys.iter()
+            .try_for_each(|k| writeln!(out, "{}", super::shown(k)))
     }
     .context("cannot write to standard output")
 }

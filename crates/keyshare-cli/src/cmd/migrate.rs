@@ -68,7 +68,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
             report.failed.len()
         );
         for (key, why) in &report.failed {
-            println!("failed: {key}: {why}");
+            println!("failed: {}: {why}", super::shown(key));
         }
     }
     if !report.complete {

@@ -17,6 +17,18 @@ pub mod watch;
 
 use keyshare::SecretKey;
 
+/// A key as text output shows it: as it is, or quoted and escaped when it holds a control
+/// character, so that a key with a newline does not print as two keys and one with an escape
+/// sequence cannot drive the terminal (found by QA). `--json` gives every key exactly.
+pub fn shown(key: &SecretKey) -> std::borrow::Cow<'_, str> {
+    let key = key.as_str();
+    if key.chars().any(char::is_control) {
+        format!("{key:?}").into()
+    } else {
+        key.into()
+    }
+}
+
 /// Validates a key given on the command line.
 pub fn parse_key(key: &str) -> anyhow::Result<SecretKey> {
     Ok(SecretKey::new(key)?)

@@ -17,7 +17,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
     } else {
         println!("repaired: {}", report.repaired);
         for (key, why) in &report.failed {
-            println!("still pending: {key}: {why}");
+            println!("still pending: {}: {why}", super::shown(key));
         }
     }
     if !report.failed.is_empty() {

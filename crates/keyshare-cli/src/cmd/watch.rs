@@ -78,7 +78,7 @@ fn print(
         })
         .to_string(),
         (Notification::Changed(e), false) => {
-            format!("{} {} {}", e.seq, kind(e.kind), e.key.as_str())
+            format!("{} {} {}", e.seq, kind(e.kind), super::shown(&e.key))
         }
         (Notification::Resync { missed }, true) => serde_json::json!({
             "resync": true,
