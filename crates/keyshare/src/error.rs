@@ -99,6 +99,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error with `note` added to its words, keeping its kind (and so the exit code or
+    /// wire code a caller derives from it): for what a layer above the store knows and the
+    /// store could not, such as that the shared half of a dual write had already succeeded.
+    pub(crate) fn noting(mut self, note: &str) -> Self {
+        match &mut self {
+            Error::Invalid { reason: text, .. }
+            | Error::Unavailable { detail: text, .. }
+            | Error::Corrupt { detail: text, .. }
+            | Error::Io { context: text, .. }
+            | Error::ProtectionUnavailable(text) => {
+                text.push_str(" (");
+                text.push_str(note);
+                text.push(')');
+            }
+            // The limit is the same for both halves: the shared one would have refused first.
+            Error::TooLarge { .. } => {}
+        }
+        self
+    }
+
     /// Shorthand for an [`Error::Invalid`].
     pub fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
         Error::Invalid {

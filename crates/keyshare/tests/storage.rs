@@ -499,3 +499,37 @@ async fn operations_on_one_key_run_in_call_order() {
         assert_eq!(got, v(&i.to_string()), "read #{i} saw another write");
     }
 }
+
+/// A legacy write that fails after the shared one took effect says so, keeping the legacy
+/// store's error kind: the legacy store's own words ("Nothing was written") are true of its own
+/// file only, and a user told nothing was written would not know the token is shared now
+/// (found by QA). A write whose shared half failed too gets no such words.
+#[test]
+fn a_legacy_failure_after_the_shared_write_says_the_shared_store_has_it() {
+    let shared = faulty();
+    let code = app(&shared);
+    code.legacy.arm_on(0, Fault::FailBefore, Calls::Writes);
+    let err = code.storage.set(&k("github.auth"), &v("t1")).unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("the value did reach the shared store, where the other apps read it"),
+        "{err}"
+    );
+    assert!(shared.inner().get(&k("github.auth")).unwrap().is_some());
+
+    code.legacy.arm_on(0, Fault::FailBefore, Calls::Writes);
+    let err = code.storage.delete(&k("github.auth")).unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("the secret was deleted from the shared store"),
+        "{err}"
+    );
+    assert!(shared.inner().get(&k("github.auth")).unwrap().is_none());
+
+    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
+    code.legacy.arm_on(0, Fault::FailBefore, Calls::Writes);
+    let err = code.storage.set(&k("other"), &v("t2")).unwrap_err();
+    assert!(!err.to_string().contains("shared store"), "{err}");
+}

@@ -829,7 +829,13 @@ impl Inner {
             return self.shared.set(key, value);
         };
         let shared_result = self.shared.set(key, value);
-        self.finish_write(key, shared_result.map(|_| ()), || legacy.set(key, value))
+        self.finish_write(
+            key,
+            shared_result.map(|_| ()),
+            || legacy.set(key, value),
+            "but the value did reach the shared store, where the other apps read it: only this \
+             app's own copy, in its legacy store, was not written",
+        )
     }
 
     fn do_delete(&self, key: &SecretKey) -> Result<bool> {
@@ -842,20 +848,30 @@ impl Inner {
         let shared_result = self.shared.delete(key);
         let shared_existed = *shared_result.as_ref().unwrap_or(&false);
         let mut legacy_existed = false;
-        self.finish_write(key, shared_result.map(|_| ()), || {
-            legacy_existed = legacy.delete(key)?;
-            Ok(())
-        })?;
+        self.finish_write(
+            key,
+            shared_result.map(|_| ()),
+            || {
+                legacy_existed = legacy.delete(key)?;
+                Ok(())
+            },
+            "but the secret was deleted from the shared store, so the other apps no longer see \
+             it: only this app's own copy, in its legacy store, was not deleted",
+        )?;
         Ok(shared_existed || legacy_existed)
     }
 
     /// The second half of a dual write, shared with `set` and `delete`: record a shared failure
     /// before touching the legacy store, write the legacy store, then clear what is resolved.
+    /// A legacy failure after the shared write took effect carries `took_effect`: the legacy
+    /// store's own words may say that nothing was written, true of its own file only (found by
+    /// QA: "Nothing was written" for a token every other app could already read).
     fn finish_write(
         &self,
         key: &SecretKey,
         shared_result: Result<()>,
         write_legacy: impl FnOnce() -> Result<()>,
+        took_effect: &str,
     ) -> Result<()> {
         let was_dirty = self.journal.is_dirty(key);
         let shared_ok = match shared_result {
@@ -876,7 +892,13 @@ impl Inner {
                 false
             }
         };
-        write_legacy()?;
+        write_legacy().map_err(|err| {
+            if shared_ok {
+                err.noting(took_effect)
+            } else {
+                err
+            }
+        })?;
         if shared_ok {
             if was_dirty {
                 if let Err(err) = self.journal.clear_dirty(key) {
