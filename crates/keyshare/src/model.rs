@@ -213,6 +213,18 @@ impl Flavour {
         let name = name.into();
         let service = service.into();
         check_identifier("flavour", &name, 64)?;
+        // Lowercase only: `STABLE` would otherwise be a flavour of its own, silently empty, next
+        // to `stable` (found by QA: `KEYSHARE_FLAVOR=STABLE`).
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(Error::invalid(
+                "flavour",
+                format!(
+                    "{name:?} has uppercase letters; flavour names are lowercase (did you mean \
+                     {:?}?)",
+                    name.to_ascii_lowercase()
+                ),
+            ));
+        }
         check_identifier("service name", &service, 255)?;
         Ok(Flavour { name, service })
     }
@@ -288,6 +300,16 @@ mod tests {
         // Multi-byte characters count in bytes, not characters.
         assert!(SecretKey::new("é".repeat(MAX_KEY_LEN / 2)).is_ok());
         assert!(SecretKey::new("é".repeat(MAX_KEY_LEN / 2 + 1)).is_err());
+    }
+
+    #[test]
+    fn flavour_names_are_lowercase() {
+        assert!(Flavour::with_default_service("insiders-2").is_ok());
+        let err = Flavour::with_default_service("STABLE").unwrap_err();
+        assert!(err.to_string().contains("did you mean \"stable\""), "{err}");
+        assert!(Flavour::new("Insiders", "com.Example.Shared").is_err());
+        // Service names keep their case: they name things other programs made.
+        assert!(Flavour::new("insiders", "com.Example.Shared").is_ok());
     }
 
     #[test]
