@@ -286,8 +286,9 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
             Ok(SharedChoice {
                 store: Arc::new(store.with_limits(ctx.limits)),
                 reason: format!(
-                    "auto: the Secret Service is {report} (chosen on this flavour's first use; \
-                     recorded in {})",
+                    "auto: the Secret Service {} (chosen on this flavour's first use; recorded \
+                     in {})",
+                    secret_service_state(&report),
                     record.display()
                 ),
                 identity: secret_service_identity(ctx),
@@ -306,7 +307,7 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
                     store: Arc::new(
                         SecretServiceStore::open(service, ctx.timeout)?.with_limits(ctx.limits),
                     ),
-                    reason: format!("auto: the Secret Service is {report}"),
+                    reason: format!("auto: the Secret Service {}", secret_service_state(&report)),
                     identity: secret_service_identity(ctx),
                     os_keyring: Some(true),
                 },
@@ -333,6 +334,16 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
                 }
             }
         }
+    }
+}
+
+/// How `auto` found the Secret Service it uses, after "the Secret Service ": "is usable: ..."
+/// or, locked, that it answers (the report of a locked one is an error message of its own).
+fn secret_service_state(report: &secret_service::ProbeReport) -> String {
+    if report.is_locked() {
+        "answers, but its keyring is locked now".to_owned()
+    } else {
+        format!("is {report}")
     }
 }
 
@@ -478,8 +489,21 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
     })
 }
 
-pub fn shared_placeholder_identity(ctx: &Context) -> Option<String> {
+/// The store `ctx.store` names, `auto` resolved to the one it chose on the flavour's first use
+/// (the vault before it chose: the Secret Service is chosen only when it answers). Names the
+/// shared store that could not be opened, and so the journal its repairs are kept in.
+fn attempted_store(ctx: &Context) -> StoreChoice {
     match ctx.store {
+        StoreChoice::Auto => match read_auto_choice(&ctx.dirs.auto_choice_path(&ctx.flavour)) {
+            Ok(Some(AutoChoice::SecretService)) => StoreChoice::SecretService,
+            _ => StoreChoice::Vault,
+        },
+        other => other,
+    }
+}
+
+pub fn shared_placeholder_identity(ctx: &Context) -> Option<String> {
+    match attempted_store(ctx) {
         StoreChoice::SecretService => secret_service_identity(ctx),
         StoreChoice::Memory => None,
         StoreChoice::Openbao => crate::openbao::identity(ctx),
@@ -488,8 +512,8 @@ pub fn shared_placeholder_identity(ctx: &Context) -> Option<String> {
 }
 
 /// What the shared store would have been, for `doctor`, when it could not be opened.
-fn shared_placeholder_info(ctx: &Context) -> StoreInfo {
-    match ctx.store {
+pub fn shared_placeholder_info(ctx: &Context) -> StoreInfo {
+    match attempted_store(ctx) {
         StoreChoice::Openbao => crate::openbao::placeholder_info(ctx),
         StoreChoice::SecretService => StoreInfo {
             kind: "secret-service",
