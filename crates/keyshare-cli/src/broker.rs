@@ -197,6 +197,13 @@ pub fn probe(ctx: &Context) -> anyhow::Result<Probe> {
     };
     match client.hello() {
         Ok(_) => {}
+        // Its message carries advice for a command with autostart off; `doctor` words its own.
+        Err(ClientError::Transport(TransportError::NotRunning { .. })) => {
+            return Ok(Probe::NotRunning {
+                socket,
+                why: "nothing listens on the socket".to_owned(),
+            })
+        }
         Err(ClientError::Transport(err)) => {
             return Ok(Probe::NotRunning {
                 socket,

@@ -83,7 +83,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::List => cmd::list::run(&ctx),
         Command::Migrate => cmd::migrate::run(&ctx),
         Command::Repair => cmd::repair::run(&ctx),
-        Command::Doctor => cmd::doctor::run(&ctx, &config_path),
+        Command::Doctor => cmd::doctor::run(&ctx, &config_path, cli.globals.direct),
         Command::OpenbaoLogin(Lazy(args)) => openbao::login(args, &ctx),
         Command::Legacy(LazySubcommands(command)) => cmd::legacy::run(command, &ctx),
         Command::Import(LazySubcommands(source)) => cmd::import::run(source, &ctx),

@@ -306,3 +306,220 @@ fn through_the_broker_an_apps_journal_is_keyed_to_the_store_the_broker_serves() 
         "{namespaces:?}"
     );
 }
+
+/// A Secret Service of this test's own (`scripts/secret-service MODE`), for states the shared
+/// test keyring must not be put in (locked, hung); stopped when dropped.
+struct PrivateKeyring {
+    dir: std::path::PathBuf,
+    bus: String,
+}
+
+impl PrivateKeyring {
+    fn start(mode: &str) -> PrivateKeyring {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        // Short: a unix socket path has to fit in about 100 bytes.
+        let dir = std::env::temp_dir().join(format!(
+            "ks-dr-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/secret-service");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(mode)
+            .arg(&dir)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap();
+        let mut private = PrivateKeyring {
+            dir,
+            bus: String::new(),
+        };
+        assert!(out.status.success(), "scripts/secret-service {mode} failed");
+        private.bus = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("export DBUS_SESSION_BUS_ADDRESS="))
+            .expect("the script prints the bus address")
+            .to_owned();
+        private
+    }
+
+    fn keyring_pid(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pids"))
+            .unwrap()
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("gnome-keyring-daemon "))
+            .expect("a keyring pid is recorded")
+            .to_owned()
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.keyring_pid();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+}
+
+impl Drop for PrivateKeyring {
+    fn drop(&mut self) {
+        let _ = self.signal_quietly("-CONT");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/secret-service");
+        let _ = std::process::Command::new("bash")
+            .arg(script)
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+impl PrivateKeyring {
+    fn signal_quietly(&self, sig: &str) -> std::io::Result<()> {
+        let pids = std::fs::read_to_string(self.dir.join("pids"))?;
+        if let Some(pid) = pids
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("gnome-keyring-daemon "))
+        {
+            std::process::Command::new("kill")
+                .args([sig, pid])
+                .status()?;
+        }
+        Ok(())
+    }
+}
+
+impl Env {
+    fn run_on(&self, bus: Option<&str>, args: &[&str], stdin: &[u8]) -> Output {
+        let mut cmd = self.command(false);
+        if let Some(bus) = bus {
+            cmd.env("DBUS_SESSION_BUS_ADDRESS", bus);
+        }
+        cmd.args(args).write_stdin(stdin.to_vec()).output().unwrap()
+    }
+
+    /// Stops the broker a command started for this flavour, if any.
+    fn stop_broker(&self) {
+        let lock = self
+            .home()
+            .join(format!("run/keyshare/{}.lock", self.flavor));
+        if let Some(pid) = std::fs::read_to_string(lock)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid).unwrap(),
+                rustix::process::Signal::TERM,
+            );
+        }
+    }
+}
+
+/// A locked keyring makes every command fail (exit 3); doctor used to say "no problems found"
+/// (exit 0), and garbled why `auto` chose it ("the Secret Service is secret service is
+/// unavailable (locked)").
+#[test]
+fn doctor_reports_a_locked_keyring() {
+    if !support::keyring_available() {
+        return;
+    }
+    let private = PrivateKeyring::start("start-locked");
+    let env = Env::new();
+    let bus = Some(private.bus.as_str());
+    let get = env.run_on(bus, &["--direct", "get", "x"], b"");
+    assert_eq!(get.status.code(), Some(3));
+
+    let out = env.run_on(bus, &["--json", "doctor"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(7), "{report}");
+    assert_eq!(report["shared"]["kind"], "secret-service", "{report}");
+    assert_eq!(report["shared"]["answers"], false, "{report}");
+    let because = report["shared"]["chosen_because"].as_str().unwrap();
+    assert!(!because.contains("is secret service is"), "{because}");
+    assert!(
+        because.starts_with("auto: the Secret Service answers, but its keyring is locked"),
+        "{because}"
+    );
+    let problems = report["problems"].to_string();
+    assert!(problems.contains("locked"), "{problems}");
+
+    let human = env.run_on(bus, &["doctor"], b"");
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert_eq!(human.status.code(), Some(7), "{text}");
+    assert!(!text.contains("no problems found"), "{text}");
+    assert!(text.contains("problem: the shared store (secret-service) does not answer"));
+}
+
+/// While the keyring hangs, writes through the broker are acknowledged by the app's legacy
+/// store and queued for repair in its journal, which is keyed to the Secret Service (the store
+/// the broker serves). doctor, opening the stores itself, could not open the Secret Service and
+/// labelled the shared store "vault" (auto's record says the Secret Service), read the
+/// vault's journal instead, and so printed `pending repairs: 0` and "no problems found".
+#[test]
+fn doctor_counts_the_repairs_queued_while_the_keyring_hangs() {
+    if !support::keyring_available() {
+        return;
+    }
+    let private = PrivateKeyring::start("start");
+    let env = Env::new();
+    env.write_config("timeout_ms = 1500\n[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    let bus = Some(private.bus.as_str());
+    // The legacy vault's key goes into a file (no bus yet), so that the hung keyring does not
+    // keep the legacy store from opening.
+    let seed = env.run_on(
+        None,
+        &["--app", "code", "--store", "memory", "set", "seed"],
+        b"v0",
+    );
+    assert!(
+        seed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seed.stderr)
+    );
+    for key in ["a", "b"] {
+        let out = env.run_on(bus, &["--app", "code", "set", key], b"x");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    struct Broker<'a>(&'a Env);
+    impl Drop for Broker<'_> {
+        fn drop(&mut self) {
+            self.0.stop_broker();
+        }
+    }
+    let _broker = Broker(&env);
+
+    private.signal("-STOP");
+    for key in ["a", "b"] {
+        let out = env.run_on(bus, &["--app", "code", "set", key], b"y");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = env.run_on(bus, &["--app", "code", "--json", "doctor"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(7), "{report}");
+    assert_eq!(report["shared"]["kind"], "secret-service", "{report}");
+    let mut pending: Vec<&str> = report["pending_repairs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{report}"))
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    pending.sort();
+    assert_eq!(pending, ["a", "b"], "{report}");
+    let problems = report["problems"].to_string();
+    assert!(problems.contains("does not answer"), "{problems}");
+    assert!(problems.contains("keyshare repair"), "{problems}");
+    private.signal("-CONT");
+}

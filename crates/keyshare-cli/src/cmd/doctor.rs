@@ -8,8 +8,13 @@ use crate::config::StoreChoice;
 use crate::stores::{self, Context};
 
 /// `keyshare doctor`: which stores this app and flavour use and why, how they are protected,
-/// where they live, what is wrong. Exits 0 when it found no problem.
-pub fn run(ctx: &Context, config_path: &Path) -> anyhow::Result<()> {
+/// where they live, what is wrong. Exits 0 only when it found no problem: a problem is anything
+/// that makes commands fail or leaves the app's data behind (a store that does not answer,
+/// pending repairs, an incomplete migration), and exits 7 otherwise.
+///
+/// `direct`: whether the user gave `--direct` (doctor itself always opens the stores in this
+/// process, to examine them the way this machine would).
+pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()> {
     let mut problems: Vec<String> = Vec::new();
     let data_dir = ctx.dirs.flavour_data_dir(&ctx.flavour);
     let broker_log = ctx.dirs.broker_log_path(&ctx.flavour);
@@ -38,6 +43,22 @@ pub fn run(ctx: &Context, config_path: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    // Before anything is opened: closing a descriptor of a file SQLite has open would drop the
+    // locks SQLite holds on it. Opening for appending writes nothing.
+    for vault in [
+        ctx.dirs.shared_vault_path(&ctx.flavour),
+        ctx.dirs.app_vault_path(&ctx.flavour, &ctx.app),
+    ] {
+        if !vault.is_file() {
+            continue;
+        }
+        if let Err(err) = std::fs::OpenOptions::new().append(true).open(&vault) {
+            problems.push(format!(
+                "{} cannot be written ({err}), so writes to it fail",
+                vault.display()
+            ));
+        }
+    }
 
     let mut report = json!({
         "flavor": { "name": ctx.flavour.name(), "service": ctx.flavour.service() },
@@ -51,7 +72,15 @@ pub fn run(ctx: &Context, config_path: &Path) -> anyhow::Result<()> {
     });
     match stores::open(ctx) {
         Ok(opened) => {
-            let storage_type = match opened.storage.ready() {
+            // Settles the storage and loads the app's repair journal (from the app's own
+            // vault, whatever state the shared store is in).
+            let ready = opened.storage.ready();
+            let storage_type = match &ready {
+                // The library's "persisted" means "in the shared store": the memory store
+                // keeps nothing past this process.
+                Ok(_) if ctx.store == StoreChoice::Memory && opened.legacy.is_none() => {
+                    Value::String("in-memory".to_owned())
+                }
                 Ok(t) => Value::String(t.to_string()),
                 Err(err) => {
                     problems.push(format!("storage not ready: {err}"));
@@ -60,32 +89,79 @@ pub fn run(ctx: &Context, config_path: &Path) -> anyhow::Result<()> {
             };
             let status = opened.storage.status();
             let shared = &status.shared;
+            // Opening a store connects at most; whether it answers is what commands meet (a
+            // locked keyring opens, then refuses every read).
+            let shared_answers = answers(&*opened.shared.store);
+            if let Err(err) = &shared_answers {
+                problems.push(format!(
+                    "the shared store ({}) does not answer: {err}",
+                    shared.kind
+                ));
+            }
             report["shared"] = json!({
                 "kind": shared.kind,
                 "location": shared.location,
                 "protection": shared.protection,
                 "chosen_because": opened.shared.reason,
+                "answers": shared_answers.is_ok(),
             });
-            report["legacy"] = match &status.legacy {
-                Some(l) => {
-                    json!({ "kind": l.kind, "location": l.location, "protection": l.protection })
+            report["legacy"] = match (&status.legacy, &opened.legacy) {
+                (Some(l), Some(store)) => {
+                    let legacy_answers = answers(&**store);
+                    if let Err(err) = &legacy_answers {
+                        problems.push(format!(
+                            "the legacy store ({}) does not answer: {err}",
+                            l.kind
+                        ));
+                    }
+                    json!({
+                        "kind": l.kind,
+                        "location": l.location,
+                        "protection": l.protection,
+                        "answers": legacy_answers.is_ok(),
+                    })
                 }
-                None => Value::Null,
+                _ => Value::Null,
             };
             report["storage_type"] = storage_type;
-            report["migration_done"] = json!(status.migration_done);
-            let pending: Vec<&str> = status.pending_repairs.iter().map(|k| k.as_str()).collect();
-            if !pending.is_empty() {
-                problems.push(format!(
-                    "{} key(s) wait for a repair of the shared store; run `keyshare repair`",
-                    pending.len()
-                ));
+            if ready.is_ok() {
+                report["migration_done"] = json!(status.migration_done);
+                if !status.migration_done {
+                    problems.push(
+                        "the migration of the legacy store into the shared store is incomplete; \
+                         run `keyshare migrate` (it says which keys fail and why)"
+                            .to_owned(),
+                    );
+                }
+                let pending: Vec<&str> =
+                    status.pending_repairs.iter().map(|k| k.as_str()).collect();
+                if !pending.is_empty() {
+                    problems.push(format!(
+                        "{} key(s) wait for a repair of the shared store; run `keyshare repair`",
+                        pending.len()
+                    ));
+                }
+                report["pending_repairs"] = json!(pending);
+            } else {
+                // The journal was not read: what memory holds says nothing.
+                report["migration_done"] = Value::Null;
+                report["pending_repairs"] = Value::Null;
             }
-            report["pending_repairs"] = json!(pending);
         }
-        Err(err) => problems.push(format!("cannot open the stores: {err:#}")),
+        Err(err) => {
+            problems.push(format!("cannot open the stores: {err:#}"));
+            let attempted = stores::shared_placeholder_info(ctx);
+            report["shared"] = json!({
+                "kind": attempted.kind,
+                "location": attempted.location,
+                "protection": Value::Null,
+                "chosen_because": Value::Null,
+                "answers": false,
+                "error": format!("{err:#}"),
+            });
+        }
     }
-    report["broker"] = broker_report(ctx, &mut problems);
+    report["broker"] = broker_report(ctx, direct, &mut problems);
     if ctx.store == StoreChoice::Openbao {
         report["openbao"] = crate::openbao::doctor_report(ctx, &mut problems);
     }
@@ -102,25 +178,82 @@ pub fn run(ctx: &Context, config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a store answers: it lists its keys (never a value), which is what a locked keyring,
+/// a hung service or an unreachable server refuses.
+fn answers(store: &dyn keyshare::Store) -> keyshare::Result<()> {
+    store.keys().map(drop)
+}
+
 /// The flavour's broker: doctor examines the store the way this process would open it, but
-/// commands go through the broker when one runs, so the user needs to know whether one does and
-/// what it serves.
-fn broker_report(ctx: &Context, problems: &mut Vec<String>) -> Value {
-    let mut report = broker_state(ctx, problems);
-    if let Some(report) = report.as_object_mut() {
-        // Where a broker started by a command logs (one started by hand logs to its stderr,
-        // one started by systemd to the journal): the place to look when a broker refused
-        // something or failed.
+/// commands go through the broker when one runs, so the user needs to know whether one does,
+/// what it serves, whether commands start one, and where it logs.
+fn broker_report(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Value {
+    let mut report = broker_state(ctx, direct, problems);
+    if let Some(object) = report.as_object_mut() {
+        // A broker started by a command logs to this file; one started by hand logs to its
+        // stderr, one started by systemd to the journal. Which one runs, its command line says.
         let log = ctx.dirs.broker_log_path(&ctx.flavour);
-        report.insert(
-            "log".to_owned(),
-            json!(log.map(|log| log.display().to_string())),
-        );
+        let started_by_command = object
+            .get("pid")
+            .and_then(Value::as_u64)
+            .and_then(started_by_a_command);
+        object.insert("started_by_command".to_owned(), json!(started_by_command));
+        let log = match started_by_command {
+            Some(false) => None,
+            _ => log.map(|log| log.display().to_string()),
+        };
+        object.insert("log".to_owned(), json!(log));
     }
     report
 }
 
-fn broker_state(ctx: &Context, problems: &mut Vec<String>) -> Value {
+/// Whether the broker with this pid was started by a command (`serve --autostarted`), from its
+/// command line; `None` where that cannot be read.
+fn started_by_a_command(pid: u64) -> Option<bool> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == b"--autostarted"),
+    )
+}
+
+/// What commands do about the broker, in words: whether they use one, and start one.
+fn routing_note(ctx: &Context, direct: bool) -> String {
+    if ctx.store == StoreChoice::Memory {
+        return "commands with the memory store never use a broker: each has a store of its own"
+            .to_owned();
+    }
+    let autostart_off = if ctx.routing.no_autostart {
+        Some("--no-autostart or KEYSHARE_NO_AUTOSTART")
+    } else if ctx.config.autostart == Some(false) {
+        Some("autostart = false in the config")
+    } else {
+        None
+    };
+    let commands = if direct {
+        "commands without --direct"
+    } else {
+        "commands"
+    };
+    let others = match autostart_off {
+        None => format!("{commands} start one when none runs (autostart is on)"),
+        Some(why) => format!(
+            "autostart is off ({why}): {commands} use a running broker and otherwise open the \
+             store themselves; `keyshare serve` starts one"
+        ),
+    };
+    if direct {
+        format!(
+            "--direct (given here) makes a command open the store itself, never using or \
+             starting a broker; {others}"
+        )
+    } else {
+        others
+    }
+}
+
+fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Value {
     match broker::probe(ctx) {
         Ok(broker::Probe::NoRuntimeDir) => json!({
             "running": false,
@@ -130,7 +263,7 @@ fn broker_state(ctx: &Context, problems: &mut Vec<String>) -> Value {
         Ok(broker::Probe::NotRunning { socket, why }) => json!({
             "running": false,
             "socket": socket.display().to_string(),
-            "note": format!("no broker answers ({why}); commands start one unless --no-autostart or autostart = false"),
+            "note": format!("{why}; {}", routing_note(ctx, direct)),
         }),
         Ok(broker::Probe::Running { socket, status }) => json!({
             "running": true,
@@ -141,6 +274,8 @@ fn broker_state(ctx: &Context, problems: &mut Vec<String>) -> Value {
             "shared_store": status.shared_store,
             "legacy_store": status.legacy_store,
             "pending_repairs": status.pending_repairs,
+            "note": (direct || ctx.store == StoreChoice::Memory)
+                .then(|| routing_note(ctx, direct)),
         }),
         Ok(broker::Probe::Refused { socket, why }) => {
             problems.push(format!(
@@ -177,14 +312,24 @@ fn print_human(report: &Value) {
             " (not present: defaults)"
         }
     );
-    if !report["shared"].is_null() {
+    let shared = &report["shared"];
+    if let Some(error) = shared["error"].as_str() {
+        println!(
+            "shared store:  {} at {} (cannot be opened: {error})",
+            s(&shared["kind"]),
+            s(&shared["location"])
+        );
+    } else if !shared.is_null() {
         println!(
             "shared store:  {} at {} ({})",
-            s(&report["shared"]["kind"]),
-            s(&report["shared"]["location"]),
-            s(&report["shared"]["chosen_because"])
+            s(&shared["kind"]),
+            s(&shared["location"]),
+            s(&shared["chosen_because"])
         );
-        println!("  protection:  {}", s(&report["shared"]["protection"]));
+        println!("  protection:  {}", s(&shared["protection"]));
+        if shared["answers"] == Value::Bool(false) {
+            println!("  answers:     no (see the problems below)");
+        }
     }
     if report["legacy"].is_null() {
         println!("legacy store:  none");
@@ -195,9 +340,14 @@ fn print_human(report: &Value) {
             s(&report["legacy"]["location"])
         );
         println!("  protection:  {}", s(&report["legacy"]["protection"]));
+        if report["legacy"]["answers"] == Value::Bool(false) {
+            println!("  answers:     no (see the problems below)");
+        }
     }
-    if !report["storage_type"].is_null() {
-        println!("storage type:  {}", s(&report["storage_type"]));
+    match report["storage_type"].as_str() {
+        None => {}
+        Some("in-memory") => println!("storage type:  in-memory (nothing outlives this process)"),
+        Some(t) => println!("storage type:  {t}"),
     }
     let broker = &report["broker"];
     if broker["running"] == Value::Bool(true) && broker["refused"].is_null() {
@@ -208,6 +358,9 @@ fn print_human(report: &Value) {
             s(&broker["socket"])
         );
         println!("  serves:      {}", s(&broker["shared_store"]));
+        if let Some(note) = broker["note"].as_str() {
+            println!("  note:        {note}");
+        }
     } else if broker["running"] == Value::Bool(true) {
         println!(
             "broker:        refuses this app ({})",
@@ -216,12 +369,34 @@ fn print_human(report: &Value) {
     } else if !broker.is_null() {
         println!("broker:        not running ({})", s(&broker["note"]));
     }
-    if let Some(log) = broker["log"].as_str() {
-        println!("  log:         {log} (of a broker started by a command)");
+    let running = broker["running"] == Value::Bool(true);
+    match (
+        broker["log"].as_str(),
+        broker["started_by_command"].as_bool(),
+    ) {
+        (Some(log), Some(true)) => println!("  log:         {log}"),
+        (None, Some(false)) => println!(
+            "  log:         its standard error (it was not started by a command; under systemd, \
+             the journal)"
+        ),
+        (Some(log), _) if running => println!(
+            "  log:         {log} if a command started it (one started by hand logs to its \
+             stderr, under systemd to the journal)"
+        ),
+        (Some(log), _) => println!("  log:         {log} (where a broker a command starts logs)"),
+        (None, _) => {}
     }
-    crate::openbao::print_human(&report["openbao"]);
-    if let Some(pending) = report["pending_repairs"].as_array() {
-        println!("pending repairs: {}", pending.len());
+    print_openbao(&report["openbao"]);
+    match report["pending_repairs"].as_array() {
+        Some(pending) => println!("pending repairs: {}", pending.len()),
+        // The journal could not be read (the problem says why).
+        None if report.get("pending_repairs").is_some() => {
+            println!("pending repairs: unknown (the repair journal could not be read)")
+        }
+        None => {}
+    }
+    if report["migration_done"] == Value::Bool(false) {
+        println!("migration:     incomplete");
     }
     if let Some(problems) = report["problems"].as_array() {
         for p in problems {
@@ -230,5 +405,21 @@ fn print_human(report: &Value) {
         if problems.is_empty() {
             println!("no problems found");
         }
+    }
+}
+
+/// The OpenBao section. A single node without HA has no leader: its `null` is shown as that,
+/// not as "null".
+fn print_openbao(report: &Value) {
+    if report.is_object() && report["leader"].is_null() {
+        let mut report = report.clone();
+        report["leader"] = json!(if report["ha_enabled"] == Value::Bool(true) {
+            "none (no node names one)"
+        } else {
+            "none (HA is not enabled)"
+        });
+        crate::openbao::print_human(&report);
+    } else {
+        crate::openbao::print_human(report);
     }
 }

@@ -1,0 +1,221 @@
+//! `keyshare doctor` over the vault and the memory store, in a throwaway home: it finds the
+//! problems that make commands fail (and exits 7), says "no problems found" only when there are
+//! none, and describes the store and the broker without contradicting itself.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Output, Stdio};
+
+use serde_json::Value;
+
+mod support;
+
+use support::Home;
+
+fn parse(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The memory store keeps nothing: doctor used to print `storage type: persisted` under
+/// `protection: none (lost when the process exits)`.
+#[test]
+fn the_memory_store_is_not_said_to_persist() {
+    let env = Home::new().with_store("memory");
+    let out = env.ok(&["--json", "doctor"], b"");
+    assert_eq!(parse(&out)["storage_type"], "in-memory", "{}", stdout(&out));
+    let human = env.ok(&["doctor"], b"");
+    assert!(!stdout(&human).contains("persisted"), "{}", stdout(&human));
+    snapshot!("doctor_memory_store", env.redact(&stdout(&human)));
+}
+
+/// The broker line used to say "autostart is off: run `keyshare serve`" and, in the same
+/// breath, "commands start one unless --no-autostart or autostart = false", whatever the
+/// setting; and it blamed autostart where `--direct` was the reason.
+#[test]
+fn the_broker_line_says_what_commands_do_about_the_broker() {
+    let env = Home::new().with_store("vault");
+    let note = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--json", "doctor"]);
+        let out = env.ok(&all, b"");
+        let report = parse(&out);
+        assert_eq!(report["broker"]["running"], false, "{report}");
+        report["broker"]["note"].as_str().unwrap().to_owned()
+    };
+
+    let on = note(&[]);
+    assert!(on.contains("autostart is on"), "{on}");
+    assert!(!on.contains("autostart is off"), "{on}");
+    assert!(!on.contains("--direct"), "{on}");
+
+    let direct = note(&["--direct"]);
+    assert!(direct.contains("--direct (given here)"), "{direct}");
+    assert!(!direct.contains("autostart is off"), "{direct}");
+
+    let flag = note(&["--no-autostart"]);
+    assert!(flag.contains("autostart is off (--no-autostart"), "{flag}");
+    assert!(!flag.contains("autostart is on"), "{flag}");
+
+    env.config("autostart = false\n");
+    let config = note(&[]);
+    assert!(
+        config.contains("autostart is off (autostart = false in the config)"),
+        "{config}"
+    );
+    assert!(!config.contains("autostart is on"), "{config}");
+}
+
+/// A legacy key that cannot be copied (its legacy entry is corrupt) leaves the migration
+/// incomplete: doctor used to say "no problems found" with `migration_done: false`.
+#[test]
+fn an_incomplete_migration_is_a_problem() {
+    let env = Home::new();
+    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    // Into the legacy vault only: with the memory store as the shared store, nothing reaches
+    // the vault's shared store or its journal.
+    for (key, value) in [("good", &b"fine"[..]), ("bad", b"will be damaged")] {
+        env.ok(&["--store", "memory", "--app", "code", "set", key], value);
+    }
+    let legacy = env.data_dir().join("stable/apps/code.db");
+    let conn = rusqlite::Connection::open(&legacy).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE secrets SET sealed = substr(sealed, 1, length(sealed) - 1) || x'00' \
+             WHERE namespace = 'legacy' AND key = CAST('bad' AS BLOB)",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+
+    let out = env.run(
+        &["--store", "vault", "--app", "code", "--json", "doctor"],
+        b"",
+    );
+    let report = parse(&out);
+    assert_eq!(out.status.code(), Some(7), "{report}");
+    assert_eq!(report["migration_done"], false, "{report}");
+    assert_eq!(report["shared"]["answers"], true, "{report}");
+    let problems = report["problems"].to_string();
+    assert!(problems.contains("migration"), "{problems}");
+    assert!(problems.contains("keyshare migrate"), "{problems}");
+    let human = env.run(&["--store", "vault", "--app", "code", "doctor"], b"");
+    assert!(
+        !stdout(&human).contains("no problems found"),
+        "{}",
+        stdout(&human)
+    );
+}
+
+/// An app with a legacy store keeps working when the shared store cannot be opened (here a
+/// file at the vault's path that is not a vault), but every other app fails: doctor used to
+/// report no problem, because the open "succeeded" with a stand-in for the shared store.
+#[test]
+fn a_shared_store_that_cannot_be_opened_is_a_problem_even_with_a_legacy_store() {
+    let env = Home::new().with_store("vault");
+    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    let dir = env.data_dir().join("stable");
+    std::fs::create_dir_all(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.data_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(dir.join("vault.db"), [0x5a_u8; 4096]).unwrap();
+    std::fs::set_permissions(dir.join("vault.db"), std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let out = env.run(&["--app", "code", "--json", "doctor"], b"");
+    let report = parse(&out);
+    assert_eq!(out.status.code(), Some(7), "{report}");
+    assert_eq!(report["shared"]["kind"], "vault", "{report}");
+    assert_eq!(report["shared"]["answers"], false, "{report}");
+    assert!(
+        report["problems"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("the shared store (vault) does not answer"),
+        "{report}"
+    );
+    // Without a legacy store the open fails outright: the store it tried is still named.
+    let out = env.run(&["--json", "doctor"], b"");
+    let report = parse(&out);
+    assert_eq!(out.status.code(), Some(7), "{report}");
+    assert_eq!(report["shared"]["kind"], "vault", "{report}");
+    assert!(report["shared"]["error"].is_string(), "{report}");
+}
+
+/// A vault that cannot be written fails every `set`; doctor says so. (Root may write a 0400
+/// file, so this cannot be shown as root.)
+#[test]
+fn a_vault_that_cannot_be_written_is_a_problem() {
+    if rustix::process::geteuid().is_root() {
+        eprintln!("skipped: root may write a read-only file");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let env = Home::new().with_store("vault");
+    env.ok(&["--direct", "set", "k"], b"v");
+    let vault = env.data_dir().join("stable/vault.db");
+    std::fs::set_permissions(&vault, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let out = env.run(&["--json", "doctor"], b"");
+    let report = parse(&out);
+    assert_eq!(out.status.code(), Some(7), "{report}");
+    assert!(
+        report["problems"].to_string().contains("cannot be written"),
+        "{report}"
+    );
+}
+
+/// A `keyshare serve` started by hand logs to its stderr: doctor used to name broker.log,
+/// which only a broker started by a command writes.
+#[test]
+fn a_broker_started_by_hand_is_not_said_to_log_to_a_file() {
+    let env = Home::new().with_store("vault");
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_keyshare"));
+    serve
+        .env_clear()
+        .env("HOME", env.path())
+        .env("XDG_CONFIG_HOME", env.path().join("config"))
+        .env("XDG_DATA_HOME", env.path().join("data"))
+        .env("XDG_RUNTIME_DIR", env.path().join("run"))
+        .args(["--store", "vault", "serve"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = serve.spawn().unwrap();
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(self.0 as i32).unwrap(),
+                rustix::process::Signal::TERM,
+            );
+        }
+    }
+    let stop = Stop(child.id());
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("keyshare: serving flavour stable") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "serve ended");
+    }
+
+    let out = env.ok(&["--json", "doctor"], b"");
+    let report = parse(&out);
+    assert_eq!(report["broker"]["running"], true, "{report}");
+    assert_eq!(report["broker"]["started_by_command"], false, "{report}");
+    assert!(report["broker"]["log"].is_null(), "{report}");
+    let human = stdout(&env.ok(&["doctor"], b""));
+    assert!(!human.contains("broker.log"), "{human}");
+    assert!(human.contains("log:         its standard error"), "{human}");
+
+    drop(stop);
+    assert!(child.wait().unwrap().success());
+}
