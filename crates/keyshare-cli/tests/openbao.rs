@@ -323,3 +323,24 @@ fn serve_announces_writes_made_without_the_broker() {
     assert_eq!(event["kind"], "delete");
     drop((watch, serve));
 }
+
+/// A single node without HA has no leader: doctor used to print `leader null`.
+#[test]
+fn doctor_says_what_no_leader_means() {
+    let Some(server) = server() else { return };
+    let env = Env::new(&server, &unique_prefix());
+    env.ok(&["openbao-login"], format!("{}\n", server.token).as_bytes());
+    let out = env.ok(&["doctor", "--json"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let human = env.ok(&["doctor"], b"");
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(!text.contains("leader null"), "{text}");
+    if report["openbao"]["leader"].is_null() {
+        let expected = if report["openbao"]["ha_enabled"] == true {
+            "leader none (no node names one)"
+        } else {
+            "leader none (HA is not enabled)"
+        };
+        assert!(text.contains(expected), "{text}");
+    }
+}
