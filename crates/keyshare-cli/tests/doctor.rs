@@ -219,3 +219,37 @@ fn a_broker_started_by_hand_is_not_said_to_log_to_a_file() {
     drop(stop);
     assert!(child.wait().unwrap().success());
 }
+
+/// A write the shared store did not take is acknowledged (the app's own store has it) and says
+/// on stderr that the other apps do not see it yet and how to repair it; doctor lists it (found
+/// by QA: the write said nothing).
+#[test]
+fn a_write_the_shared_store_did_not_take_says_so() {
+    let env = Home::new().with_store("vault");
+    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    let dir = env.data_dir().join("stable");
+    std::fs::create_dir_all(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.data_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(dir.join("vault.db"), [0x5a_u8; 4096]).unwrap();
+    std::fs::set_permissions(dir.join("vault.db"), std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let out = env.ok(&["--direct", "--app", "code", "set", "github.auth"], b"t1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the shared store did not take this change to github.auth")
+            && stderr.contains("`keyshare --app code repair`"),
+        "{stderr}"
+    );
+    let out = env.run(&["--app", "code", "--json", "doctor"], b"");
+    assert_eq!(parse(&out)["pending_repairs"][0], "github.auth");
+    // Once the shared store answers, the next write of the key goes through and says nothing
+    // (but the notice of the key file the new vault made).
+    std::fs::remove_file(dir.join("vault.db")).unwrap();
+    let out = env.ok(&["--direct", "--app", "code", "set", "github.auth"], b"t2");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("did not take"), "{stderr}");
+    let out = env.run(&["--app", "code", "--json", "doctor"], b"");
+    assert_eq!(parse(&out)["pending_repairs"], serde_json::json!([]));
+}

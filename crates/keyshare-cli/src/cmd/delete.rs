@@ -12,7 +12,9 @@ pub struct Args {
 pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     let key = parse_key(&args.key)?;
     let opened = stores::open(ctx)?;
-    if !opened.storage.delete(&key)? {
+    let deleted = opened.storage.delete(&key)?;
+    crate::cmd::say_if_queued(&opened.storage, &key, &ctx.app);
+    if !deleted {
         return Err(NotFound(format!(
             "no secret named {:?} in flavour {} (app {})",
             key.as_str(),

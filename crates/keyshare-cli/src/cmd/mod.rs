@@ -29,6 +29,21 @@ pub fn shown(key: &SecretKey) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// After an acknowledged write: when the shared store did not take it (the app's own store
+/// did, and a repair is queued), says so on stderr. The command succeeded, but the user should
+/// know that the other apps do not see the change yet (found by QA: it said nothing).
+pub fn say_if_queued(storage: &keyshare::SecretStorage, key: &SecretKey, app: &keyshare::AppId) {
+    if storage.status().pending_repairs.contains(key) {
+        eprintln!(
+            "keyshare: note: the shared store did not take this change to {}; app {app}'s own \
+             store has it, so this app sees it, but the other apps do not yet. It is queued: \
+             `keyshare --app {app} repair` (or the next write of the key) brings the shared store \
+             up to date",
+            shown(key)
+        );
+    }
+}
+
 /// Validates a key given on the command line.
 pub fn parse_key(key: &str) -> anyhow::Result<SecretKey> {
     Ok(SecretKey::new(key)?)
