@@ -14,7 +14,8 @@ use serde::Deserialize;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum StoreChoice {
-    /// The Secret Service when it is reachable and unlocked, else the vault.
+    /// The Secret Service when one runs (even locked), else the vault; decided on a flavour's
+    /// first use and kept.
     #[default]
     Auto,
     /// The OS keyring over D-Bus (gnome-keyring, KeePassXC, KWallet).

@@ -47,9 +47,10 @@ pub fn classify(err: &anyhow::Error) -> ExitCode {
                     what: "vault permissions",
                     ..
                 } => ExitCode::Protection,
-                // The file at the vault's path is not a vault: nothing the arguments can fix.
+                // The file at the vault's (or its key file's) path is not one: nothing the
+                // arguments can fix.
                 Error::Invalid {
-                    what: "vault" | "auto store record" | "broker store",
+                    what: "vault" | "key file" | "auto store record" | "broker store",
                     ..
                 } => ExitCode::Failure,
                 Error::Invalid { .. } | Error::TooLarge { .. } => ExitCode::Usage,

@@ -173,7 +173,7 @@ pub fn open_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
 }
 
 /// Picks the shared store itself: the explicit choice, or for `auto` the Secret Service when
-/// it is reachable and unlocked, else the vault.
+/// one runs (even locked), else the vault, as recorded at the flavour's first use.
 pub fn open_direct_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
     let service = ctx.flavour.service();
     match ctx.store {

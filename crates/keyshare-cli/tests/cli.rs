@@ -359,6 +359,26 @@ fn list_escapes_keys_with_control_characters() {
     assert_eq!(keys, ["\u{1b}[31mred", "a\nb", "plain.key"]);
 }
 
+/// A vault's key file that is not one (garbage written over it) is reported and left
+/// untouched, with the exit code of a file at the vault's path that is not a vault (7), not a
+/// usage error (it was 2; found by QA).
+#[test]
+fn a_key_file_that_is_not_one_is_exit_7_and_left_untouched() {
+    let env = home();
+    env.ok(&["--store", "vault", "--direct", "set", "k"], b"v");
+    let key_file = std::fs::read_dir(env.path().join("data/keyshare/stable"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|e| e == "key"))
+        .expect("a new vault with no keyring gets a key file");
+    std::fs::write(&key_file, "garbage\n").unwrap();
+    let out = env.run(&["--store", "vault", "--direct", "get", "k"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(stderr.contains("is not a keyshare key file"), "{stderr}");
+    assert_eq!(std::fs::read(&key_file).unwrap(), b"garbage\n");
+}
+
 /// An empty `KEYSHARE_NO_AUTOSTART` counts as unset (a broker is started), and a bad value is
 /// a usage error that names the variable (found by QA: both failed every command without
 /// naming it).
