@@ -83,10 +83,8 @@ pub struct AppConfig {
     pub legacy: Option<LegacyConfig>,
     /// Executables allowed to use this app id through the broker.
     #[serde(default)]
-    #[allow(dead_code)] // read by the vault and broker wiring, landing next
     pub executables: Vec<PathBuf>,
     /// Keys this app may use through the broker; absent means every key.
-    #[allow(dead_code)] // read by the vault and broker wiring, landing next
     pub shared_keys: Option<Vec<String>>,
 }
 
@@ -231,8 +229,21 @@ impl Config {
             };
             f.with_context(|| format!("[flavors.{name}]"))?;
         }
-        for name in self.apps.keys() {
+        for (name, app) in &self.apps {
             AppId::new(name).with_context(|| format!("[apps.{name}]"))?;
+            // Checked with the file, not only when a broker builds its policy: a command that
+            // never serves would otherwise take a rule that can never work (found by QA).
+            for pattern in app.shared_keys.iter().flatten() {
+                keyshare_broker::access::KeyPattern::new(pattern.clone())
+                    .with_context(|| format!("[apps.{name}] shared_keys"))?;
+            }
+            if let Some(path) = app.executables.iter().find(|p| !p.is_absolute()) {
+                bail!(
+                    "[apps.{name}] executables: {} is not an absolute path (the broker compares \
+                     it with the path of the program that connects)",
+                    path.display()
+                );
+            }
         }
         if let Some(name) = &self.default_flavor {
             self.flavour(name).context("default_flavor")?;
@@ -337,6 +348,14 @@ mod tests {
         for (text, says) in [
             ("default_flavor = \"Insiders!\"", "default_flavor"),
             ("timeout_ms = 0", "timeout_ms must be at least 1"),
+            (
+                "[apps.code]\nshared_keys = [\"\"]",
+                "[apps.code] shared_keys",
+            ),
+            (
+                "[apps.code]\nexecutables = [\"bin/code\"]",
+                "bin/code is not an absolute path",
+            ),
             (
                 "timeout_ms = 2147483648",
                 "timeout_ms is 2147483648: at most 3600000",
