@@ -31,6 +31,20 @@ impl std::fmt::Display for NotFound {
 
 impl std::error::Error for NotFound {}
 
+/// The context of every failed write to standard output.
+pub const WRITING_STDOUT: &str = "cannot write to standard output";
+
+/// Whether the command failed only because whoever read its output stopped reading
+/// (`keyshare get big | head -c 100`): not an error to report, as with any Unix filter (found
+/// by QA: it printed "Broken pipe"). A broken pipe anywhere else (the broker's socket) is one.
+pub fn reader_went_away(err: &anyhow::Error) -> bool {
+    err.to_string() == WRITING_STDOUT
+        && err
+            .root_cause()
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
 /// Picks the exit code for an error by the most specific cause in its chain.
 pub fn classify(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {

@@ -85,7 +85,7 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
             .into())
         }
     }
-    out.flush().context("cannot write to standard output")?;
+    out.flush().context(crate::exit::WRITING_STDOUT)?;
     Ok(())
 }
 

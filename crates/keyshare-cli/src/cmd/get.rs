@@ -36,11 +36,11 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
                 "value_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
             }),
         };
-        writeln!(out, "{doc}").context("cannot write to standard output")?;
+        writeln!(out, "{doc}").context(crate::exit::WRITING_STDOUT)?;
     } else {
         out.write_all(value.expose_secret())
-            .context("cannot write to standard output")?;
+            .context(crate::exit::WRITING_STDOUT)?;
     }
-    out.flush().context("cannot write to standard output")?;
+    out.flush().context(crate::exit::WRITING_STDOUT)?;
     Ok(())
 }

@@ -17,5 +17,5 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
         keys.iter()
             .try_for_each(|k| writeln!(out, "{}", super::shown(k)))
     }
-    .context("cannot write to standard output")
+    .context(crate::exit::WRITING_STDOUT)
 }

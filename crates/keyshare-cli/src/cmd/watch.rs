@@ -95,7 +95,7 @@ fn print(
     };
     writeln!(out, "{line}")
         .and_then(|()| out.flush())
-        .context("cannot write to standard output")
+        .context(crate::exit::WRITING_STDOUT)
 }
 
 fn kind(kind: ChangeKind) -> &'static str {
