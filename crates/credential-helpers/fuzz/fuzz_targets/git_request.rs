@@ -9,7 +9,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(request) = Request::parse(data) {
         let mut written = Vec::new();
         // Parsed values never hold a newline or NUL, so writing cannot fail.
-        request.write_to(&mut written).expect("a parsed request writes");
+        request
+            .write_to(&mut written)
+            .expect("a parsed request writes");
         if written.len() > keyshare_credential_helpers::git::MAX_INPUT_LEN {
             // Adding the final newline and blank line may push a maximal input over the limit.
             return;
