@@ -1,15 +1,40 @@
 //! The macOS and Windows key fetches: thin wrappers over the OS, compiled on their OS only.
 //! Parsing `Local State` is platform-independent and tested everywhere.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use base64::Engine as _;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
 /// What Chromium puts before the DPAPI blob in `os_crypt.encrypted_key`.
 const DPAPI_PREFIX: &[u8] = b"DPAPI";
+
+/// The parts of a JSON document keyshare reads: an object's members by name (the last of
+/// repeated names counts), and anything else skipped.
+///
+/// Not a `serde_json::Value`: with serde_json's `raw_value` feature, which the target marker
+/// enables for the whole build, a `Value` takes an object whose first key is serde_json's private
+/// raw-value token for the JSON text held in that key's string, so it refused some well-formed
+/// files and read others differently from any JSON reader.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Json<T> {
+    Object(HashMap<String, T>),
+    Other(IgnoredAny),
+}
+
+/// A member that is read only when it is a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Text {
+    Text(String),
+    Other(IgnoredAny),
+}
 
 /// The DPAPI-wrapped key from the text of `Local State`:
 /// `os_crypt.encrypted_key` = base64("DPAPI" || CryptProtectData(key)).
@@ -19,13 +44,19 @@ pub fn wrapped_key_from_local_state(local_state: &[u8]) -> Result<Vec<u8>> {
         key: None,
         detail: detail.to_owned(),
     };
-    let json: serde_json::Value =
+    let json: Json<Json<Text>> =
         serde_json::from_slice(local_state).map_err(|_| corrupt("not valid JSON"))?;
-    let encoded = json
-        .get("os_crypt")
-        .and_then(|o| o.get("encrypted_key"))
-        .and_then(|k| k.as_str())
-        .ok_or_else(|| corrupt("no os_crypt.encrypted_key string"))?;
+    let encoded = match json {
+        Json::Object(mut members) => match members.remove("os_crypt") {
+            Some(Json::Object(mut os_crypt)) => match os_crypt.remove("encrypted_key") {
+                Some(Text::Text(encoded)) => Some(encoded),
+                _ => None,
+            },
+            _ => None,
+        },
+        Json::Other(_) => None,
+    }
+    .ok_or_else(|| corrupt("no os_crypt.encrypted_key string"))?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .map_err(|_| corrupt("os_crypt.encrypted_key is not base64"))?;
@@ -214,6 +245,67 @@ mod tests {
             let err = wrapped_key_from_local_state(text.as_bytes()).unwrap_err();
             assert!(err.to_string().contains(expected), "{text}: {err}");
         }
+    }
+
+    /// Any well-formed JSON is read as a JSON reader reads it. A `serde_json::Value` is not:
+    /// with serde_json's `raw_value` feature (which the target marker enables for the whole
+    /// build), an object whose first key is serde_json's private raw-value token is taken for
+    /// the JSON text in its value. So a file with such a key anywhere was refused as "not valid
+    /// JSON", and one could hide an `encrypted_key` that Chromium does not see (found by the
+    /// `local_state` fuzz target).
+    #[test]
+    fn every_object_is_read_as_plain_json() {
+        const TOKEN: &str = "$serde_json::private::RawValue";
+        let encoded = base64::engine::general_purpose::STANDARD.encode(b"DPAPI\x01\x02");
+        let text = format!(
+            r#"{{"profile":{{"{TOKEN}":{{"name":"a"}}}},"os_crypt":{{"encrypted_key":"{encoded}"}}}}"#
+        );
+        assert_eq!(
+            wrapped_key_from_local_state(text.as_bytes()).unwrap(),
+            vec![1, 2]
+        );
+        let hidden =
+            format!(r#"{{"os_crypt":{{"{TOKEN}":"{{\"encrypted_key\":\"{encoded}\"}}"}}}}"#);
+        let err = wrapped_key_from_local_state(hidden.as_bytes()).unwrap_err();
+        assert!(
+            err.to_string().contains("no os_crypt.encrypted_key string"),
+            "{err}"
+        );
+        let top =
+            format!(r#"{{"{TOKEN}":"{{\"os_crypt\":{{\"encrypted_key\":\"{encoded}\"}}}}"}}"#);
+        let err = wrapped_key_from_local_state(top.as_bytes()).unwrap_err();
+        assert!(
+            err.to_string().contains("no os_crypt.encrypted_key string"),
+            "{err}"
+        );
+    }
+
+    /// What is not an object where one is expected, or not a string, is a missing key (as
+    /// before), and the last of repeated keys counts.
+    #[test]
+    fn shapes_and_repeated_keys() {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(b"DPAPI\x07");
+        for text in [
+            "[]".to_owned(),
+            "1".to_owned(),
+            "null".to_owned(),
+            r#"{"os_crypt":[]}"#.to_owned(),
+            r#"{"os_crypt":{"encrypted_key":7}}"#.to_owned(),
+            format!(r#"{{"os_crypt":{{"encrypted_key":"{encoded}"}},"os_crypt":{{}}}}"#),
+        ] {
+            let err = wrapped_key_from_local_state(text.as_bytes()).unwrap_err();
+            assert!(
+                err.to_string().contains("no os_crypt.encrypted_key string"),
+                "{text}: {err}"
+            );
+        }
+        let text = format!(
+            r#"{{"os_crypt":{{"encrypted_key":1,"encrypted_key":"{encoded}"}},"x":[{{"y":[]}}]}}"#
+        );
+        assert_eq!(
+            wrapped_key_from_local_state(text.as_bytes()).unwrap(),
+            vec![7]
+        );
     }
 
     #[cfg(not(windows))]
