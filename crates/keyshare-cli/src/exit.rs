@@ -34,9 +34,11 @@ impl std::error::Error for NotFound {}
 /// The context of every failed write to standard output.
 pub const WRITING_STDOUT: &str = "cannot write to standard output";
 
-/// Whether the command failed only because whoever read its output stopped reading
-/// (`keyshare get big | head -c 100`): not an error to report, as with any Unix filter (found
-/// by QA: it printed "Broken pipe"). A broken pipe anywhere else (the broker's socket) is one.
+/// Whether the command failed only because whoever read its output stopped reading. For
+/// `watch | head -1` that is how it ends, not an error (found by QA: it printed "Broken
+/// pipe" and exited 7). Other commands still report it (a value not delivered is a failure,
+/// `a_closed_standard_output_is_an_error_not_a_signal`), as they do a broken pipe anywhere
+/// else (the broker's socket).
 pub fn reader_went_away(err: &anyhow::Error) -> bool {
     err.to_string() == WRITING_STDOUT
         && err

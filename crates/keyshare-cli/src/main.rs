@@ -179,7 +179,10 @@ fn keyshare_main() -> i32 {
     no_core_dumps(matches!(cli.command, Command::Serve(_)));
     let code = match run(&cli) {
         Ok(()) => ExitCode::Ok,
-        Err(err) if exit::reader_went_away(&err) => ExitCode::Ok,
+        // `watch` runs until stopped, and in a pipeline its reader leaving is how it stops.
+        Err(err) if matches!(cli.command, Command::Watch(_)) && exit::reader_went_away(&err) => {
+            ExitCode::Ok
+        }
         Err(err) => {
             if let Command::DockerCredential(_) = cli.command {
                 cmd::docker_credential::report_on_stdout(&err);

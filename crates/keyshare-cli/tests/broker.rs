@@ -189,9 +189,21 @@ fn serve_watch_and_commands_through_the_broker() {
     let event = wait_for_line(&mut watch_out, "github.auth");
     assert!(event.contains("\"delete\""), "{event}");
 
+    // A reader that goes away ends watch quietly, with exit 0: `keyshare watch | head -1`
+    // (found by QA: it printed "Broken pipe" and exited 7).
+    drop(watch_out);
+    run_ok(
+        home.path(),
+        &["--app", "code", "set", "github.auth"],
+        b"gho_2",
+    );
+    let status = watch.wait().unwrap();
+    let mut rest = String::new();
+    watch_err.read_to_string(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest}");
+    assert!(status.success(), "{status:?}");
+
     // SIGTERM: exit 0, socket removed.
-    let _ = watch.kill();
-    let _ = watch.wait();
     sigterm(serve.id());
     assert!(serve.wait().unwrap().success());
     assert!(!socket.exists(), "the socket is removed at exit");

@@ -31,6 +31,8 @@ impl Env {
                 .unwrap()
                 .to_string_lossy()
                 .replace('.', "")
+                // Flavour names are lowercase.
+                .to_ascii_lowercase()
         );
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();

@@ -30,6 +30,8 @@ impl Env {
                 .unwrap()
                 .to_string_lossy()
                 .replace('.', "")
+                // Flavour names are lowercase.
+                .to_ascii_lowercase()
         );
         Env { dir, flavor }
     }
