@@ -416,28 +416,40 @@ fn stable_socket(home: &Path) -> PathBuf {
 }
 
 /// Runs a command (which must succeed) against a stand-in for a broker that is exiting: it
-/// accepts the first connection and drops it, with its listener, without answering.
+/// accepts the first connection and closes it, with its listener, without answering.
+///
+/// Closed with `shutdown`, not by dropping: a real broker's descriptors go with its process,
+/// but this stand-in's live in the test process, whose other tests start processes, and a child
+/// between fork and exec holds a copy of every descriptor. A listener that is only dropped
+/// would take the command's next connection (the one that should find no broker and start
+/// one) and reset it when that child execs: "closed before it answered" (once in CI; in 4 of
+/// 48 runs of this file on a busy machine). The copy held here until the command ends stands
+/// for such a child.
 fn run_ok_against_an_exiting_broker(
     home: &Path,
     socket: &Path,
     args: &[&str],
     stdin: &[u8],
 ) -> std::process::Output {
+    use rustix::net::{shutdown, Shutdown};
     let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    let as_a_child_between_fork_and_exec_holds_it = listener.try_clone().unwrap();
     let exiting = std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
-        drop(listener);
-        drop(conn);
+        // A listener shut down for reading refuses connections, whoever else holds it.
+        shutdown(&listener, Shutdown::Both).unwrap();
+        shutdown(&conn, Shutdown::Both).unwrap();
     });
     let out = run(home, args, stdin);
     exiting.join().unwrap();
+    drop(as_a_child_between_fork_and_exec_holds_it);
     succeeded(args, out)
 }
 
 /// An autostarted broker exits after ten idle minutes. A command that connects just as it
 /// exits (its connection still in the listener's backlog, or accepted and dropped) sees the
 /// connection end before hello's answer: it connects again, starting a broker, instead of
-/// failing. Here a stand-in takes the first connection and drops it, with its listener.
+/// failing. Here a stand-in takes the first connection and closes it, with its listener.
 #[test]
 fn a_command_that_meets_an_exiting_broker_starts_another() {
     let home = tempfile::tempdir().unwrap();
