@@ -7,6 +7,7 @@
 //! the socket, so the command goes direct (and says so in the log).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use keyshare_broker::access::{AccessPolicy, AppRule, KeyPattern};
 use keyshare_broker::client::Autostart;
@@ -52,11 +53,32 @@ fn autostart_on(ctx: &Context) -> bool {
     !ctx.routing.no_autostart && ctx.config.autostart != Some(false)
 }
 
+/// What a command allows the broker beyond its store's own time for a call: the broker's
+/// share of the work (the request's turn, the reply's way back).
+const BROKER_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long a command waits for the broker's reply to a request: as long as one call of the
+/// store the broker serves may legitimately take (OpenBao: its whole failover and backoff
+/// budget, more than `timeout_ms`), plus [`BROKER_MARGIN`]. Shorter, a command whose store
+/// call fails slowly (a server down, a connection refused after retries) would report a broker
+/// that did not answer, never the store's own error that the broker was about to send.
+///
+/// The store is the one this command means; with `auto` it is the vault or the Secret
+/// Service, whose calls `timeout_ms` bounds.
+fn reply_timeout(ctx: &Context) -> Duration {
+    let store_budget = match ctx.store {
+        StoreChoice::Openbao => crate::openbao::call_budget(ctx.timeout),
+        _ => ctx.timeout,
+    };
+    store_budget + BROKER_MARGIN
+}
+
 fn client_config(ctx: &Context) -> anyhow::Result<ClientConfig> {
     let autostart = autostart_on(ctx);
+    let reply_timeout = reply_timeout(ctx);
     let mut config = ClientConfig::with_paths(paths(ctx)?, ctx.app.clone())
         .client("keyshare", env!("CARGO_PKG_VERSION"))
-        .timeout(ctx.timeout)
+        .timeout(reply_timeout)
         // A broker started with other settings (another `--store`, another config) must not
         // silently serve this command: it refuses hello instead.
         .expect_store(crate::stores::expected_identity(ctx))
@@ -64,6 +86,10 @@ fn client_config(ctx: &Context) -> anyhow::Result<ClientConfig> {
     if autostart {
         let mut start = Autostart::keyshare_serve(&ctx.flavour);
         start.args.extend(ctx.routing.passthrough.iter().cloned());
+        // A starting broker may make a store call before it is ready (OpenBao: the listing
+        // that later polls compare with), which may take the store's whole budget when the
+        // server is down: the wait for it is never the shorter.
+        start.ready_timeout = start.ready_timeout.max(reply_timeout);
         config = config.autostart(Some(start));
     }
     Ok(config)

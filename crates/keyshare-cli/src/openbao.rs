@@ -119,12 +119,18 @@ impl OpenBaoSection {
             .with_namespace(&self.prefix)
             .with_namespace(service);
         config.ca_file = self.ca_file.clone();
-        // One store call may fail over and wait out a leader election: give it twice the
-        // configured store timeout.
-        config.timeout = timeout * 2;
+        config.timeout = call_budget(timeout);
         config.request_timeout = timeout;
         config
     }
+}
+
+/// The longest one call of the OpenBao store may take, every failover and backoff included,
+/// for the configured store timeout (`timeout_ms`, which bounds each HTTP exchange): twice it,
+/// so that a call can fail over and wait out a leader election. A command waiting for a broker
+/// that serves this store waits at least this long (`broker::reply_timeout`).
+pub fn call_budget(timeout: Duration) -> Duration {
+    timeout * 2
 }
 
 fn section(ctx: &Context) -> anyhow::Result<&OpenBaoSection> {

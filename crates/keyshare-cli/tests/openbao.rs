@@ -344,3 +344,65 @@ fn doctor_says_what_no_leader_means() {
         assert!(text.contains(expected), "{text}");
     }
 }
+
+/// A loopback address on which nothing listens: a port the system just handed out, closed
+/// again.
+fn dead_address(scheme: &str) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("{scheme}://127.0.0.1:{port}")
+}
+
+/// With the server down, a command going through the broker reports the store's own error
+/// (every address refused the connection), not a broker that "did not answer": it waits as
+/// long as the broker's OpenBao calls may take (twice `timeout_ms`, failovers and backoff
+/// included), not `timeout_ms` alone. QA #8: the command always said "the broker did not
+/// answer within 5s".
+#[test]
+fn through_the_broker_a_server_that_is_down_is_reported_as_such() {
+    let Some(server) = server() else { return };
+    let env = Env::new(&server, &unique_prefix());
+    env.ok(&["openbao-login"], format!("{}\n", server.token).as_bytes());
+    // The token is kept; the server moves to an address where nothing answers.
+    std::fs::write(
+        env.home().join("config/keyshare/config.toml"),
+        format!(
+            "store = \"openbao\"\ntimeout_ms = 1000\n[openbao]\naddresses = [\"{}\"]\nca_file = \"{}\"\n",
+            dead_address("https"),
+            server.ca
+        ),
+    )
+    .unwrap();
+    let run_dir = env.home().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    let out = Command::cargo_bin("keyshare")
+        .unwrap()
+        .env_clear()
+        .env("HOME", env.home())
+        .env("XDG_CONFIG_HOME", env.home().join("config"))
+        .env("XDG_DATA_HOME", env.home().join("data"))
+        .env("XDG_RUNTIME_DIR", &run_dir)
+        .args(["get", "github.auth"])
+        .output()
+        .unwrap();
+    // The command started a broker: stop it whatever the outcome.
+    if let Some(pid) = std::fs::read_to_string(run_dir.join("keyshare/stable.lock"))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<i32>().ok())
+    {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::TERM,
+        );
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(!stderr.contains("did not answer"), "{stderr}");
+    assert!(
+        stderr.contains("failed on every address") && stderr.contains("check that the server runs"),
+        "{stderr}"
+    );
+}
