@@ -434,3 +434,40 @@ fn legacy_error_messages() {
         )
     );
 }
+
+/// `import vscode` looks at the database before it asks the Secret Service (none here) for the
+/// app's key: a missing database says so (exit 7), as `legacy list` does, and a damaged one is
+/// corrupt (exit 4). QA #9: both reported the unreachable Secret Service (exit 3).
+#[test]
+fn import_vscode_reports_a_missing_or_corrupt_database_before_the_keyring() {
+    let env = home();
+    let dir = env.path().join("udd");
+    let import = ["--store", "memory", "import", "vscode", "--user-data-dir"];
+    let args = |dir: &std::path::Path| {
+        let mut args = import.map(str::to_owned).to_vec();
+        args.push(dir.to_str().unwrap().to_owned());
+        args
+    };
+    let run = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        env.run(&args, b"")
+    };
+
+    let out = run(&args(&dir));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(
+        stderr.contains("no such file (is the app name or user-data directory right?)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret service"), "{stderr}");
+
+    let db = dir.join("User/globalStorage/state.vscdb");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::write(&db, vec![0x5a_u8; 5000]).unwrap();
+    let out = run(&args(&dir));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("corrupt"), "{stderr}");
+    assert!(!stderr.contains("secret service"), "{stderr}");
+}

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use keyshare::store::electron::{import_legacy, state_db_path, ImportOutcome};
+use keyshare::store::electron::{import_legacy, state_db_path, ImportOutcome, SafeStorageKeys};
 use serde_json::json;
 
 use crate::cmd::legacy::{open_read_only, KeyArgs};
@@ -35,11 +35,14 @@ pub fn run(source: &Source, ctx: &Context) -> anyhow::Result<()> {
 
 fn vscode(args: &VscodeArgs, ctx: &Context) -> anyhow::Result<()> {
     let dir = args.key.user_data_dir()?;
-    let keys = args
-        .key
-        .key_source()?
-        .resolve(&args.key.app_name, Some(&dir))?;
-    let source = open_read_only(&state_db_path(&dir), keys, &args.key.app_name)?;
+    let db = state_db_path(&dir);
+    let key_source = args.key.key_source()?;
+    // The database first: a wrong app name or directory (no such file) or a damaged file
+    // (corrupt) is the problem to report, not the keyring the key would come from. Opened
+    // read-only with a key that needs nothing, only to look at it.
+    open_read_only(&db, SafeStorageKeys::linux_basic(), &args.key.app_name)?;
+    let keys = key_source.resolve(&args.key.app_name, Some(&dir))?;
+    let source = open_read_only(&db, keys, &args.key.app_name)?;
     let target = stores::open_shared(ctx)?;
 
     // A progress bar only for a person watching; scripts get the summary alone.
