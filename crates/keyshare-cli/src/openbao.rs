@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use keyshare::store::openbao::{NodeState, OpenBaoAuth, OpenBaoConfig, OpenBaoStore};
-use keyshare::{MemoryStore, SecretKey, SecretValue, Store, StoreInfo};
+use keyshare::{MemoryStore, SecretKey, SecretValue, Store, StoreInfo, UnavailableReason};
 use keyshare_broker::{ExternalChanges, OpenBaoChanges};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -156,7 +156,18 @@ fn open_store(ctx: &Context) -> anyhow::Result<OpenBaoStore> {
     let section = section(ctx)?;
     let config = section.library_config(ctx.flavour.service(), ctx.timeout);
     let creds = credentials(ctx, &credentials_path(ctx))?;
-    Ok(OpenBaoStore::new(config, creds)?)
+    Ok(OpenBaoStore::new(config, creds)?.with_credential_advice(login_advice(section)))
+}
+
+/// How a CLI user fixes a missing or refused token (or secret id): the command that stores
+/// one. The library's own advice names the credentials store's key, which this user never
+/// sees.
+fn login_advice(section: &OpenBaoSection) -> String {
+    let what = match section.auth {
+        AuthKind::Token => "a valid token",
+        AuthKind::Approle => "a valid secret id",
+    };
+    format!("run `keyshare openbao-login` with {what} on standard input to store it")
 }
 
 /// Stable name of the shared store for the journal: the server and the path, not the node.
@@ -242,6 +253,32 @@ pub fn login(args: &LoginArgs, ctx: &Context) -> anyhow::Result<()> {
     let trimmed = std::str::from_utf8(secret.expose_secret())
         .map(str::trim)
         .map_err(|_| keyshare::Error::invalid("credential", format!("the {what} must be text")))?;
+    // What was read is checked here, before anything is contacted: an empty read is a broken
+    // pipe or an unset variable far more often than a token (as for `set`, a usage error).
+    let source = match &args.from_file {
+        Some(path) => path.display().to_string(),
+        None => "standard input".to_owned(),
+    };
+    if trimmed.is_empty() {
+        return Err(keyshare::Error::invalid(
+            "credential",
+            format!(
+                "{source} was empty (or only white space), so no {what} was read; nothing was \
+                 checked or stored"
+            ),
+        )
+        .into());
+    }
+    if section.auth == AuthKind::Token && !trimmed.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(keyshare::Error::invalid(
+            "credential",
+            format!(
+                "what {source} holds is not a token (a token is printable ASCII without spaces); \
+                 nothing was checked or stored"
+            ),
+        )
+        .into());
+    }
     let secret = SecretValue::from_slice(trimmed.as_bytes());
     // Try it before keeping it: a typo should not replace a working token.
     let trial = Arc::new(MemoryStore::new());
@@ -249,11 +286,43 @@ pub fn login(args: &LoginArgs, ctx: &Context) -> anyhow::Result<()> {
     let store = OpenBaoStore::new(
         section.library_config(ctx.flavour.service(), ctx.timeout),
         trial,
-    )?;
-    let token = store
-        .probe()
-        .token
-        .context("the server did not accept it")?;
+    )?
+    .with_credential_advice(format!("check the {what} given (it was not stored)"));
+    let status = store.probe();
+    let token = match status.token {
+        Ok(token) => token,
+        Err(
+            err @ keyshare::Error::Unavailable {
+                reason: UnavailableReason::Denied,
+                ..
+            },
+        ) => {
+            return Err(anyhow::Error::new(err).context(format!(
+                "the server did not accept the {what}; nothing was stored"
+            )))
+        }
+        // Not an answer about the credential: say whether the server could be reached at all.
+        Err(err) => {
+            let unreachable: Vec<String> = status
+                .nodes
+                .iter()
+                .filter_map(|node| match &node.state {
+                    NodeState::Unreachable(why) => Some(format!("{}: {why}", node.address)),
+                    _ => None,
+                })
+                .collect();
+            let context = if unreachable.len() == status.nodes.len() {
+                format!(
+                    "the OpenBao server could not be reached ({}), so the {what} was not checked \
+                     and nothing was stored",
+                    unreachable.join("; ")
+                )
+            } else {
+                format!("the OpenBao server could not check the {what}; nothing was stored")
+            };
+            return Err(anyhow::Error::new(err).context(context));
+        }
+    };
     let creds = credentials(ctx, &credentials_path(ctx))?;
     creds.set(&section.credential_key(), &secret)?;
     let ttl = match token.ttl {

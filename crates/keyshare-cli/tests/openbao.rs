@@ -123,12 +123,14 @@ fn login_set_get_doctor_against_the_server() {
 
     // A wrong token is refused and does not replace the working one.
     let out = env.run(&["openbao-login"], b"not-a-token\n");
-    assert_eq!(
-        out.status.code(),
-        Some(8),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(
+        stderr.contains("the server did not accept the OpenBao token; nothing was stored"),
+        "{stderr}"
     );
+    // The trial store it was checked in is no credentials store the user knows of.
+    assert!(!stderr.contains("(memory)"), "{stderr}");
     let out = env.ok(&["get", "github.auth"], b"");
     assert_eq!(out.stdout, b"s3cret");
 
@@ -405,4 +407,109 @@ fn through_the_broker_a_server_that_is_down_is_reported_as_such() {
         stderr.contains("failed on every address") && stderr.contains("check that the server runs"),
         "{stderr}"
     );
+}
+
+/// `keyshare` in a home whose config points the OpenBao store at `address`, with a short
+/// `timeout_ms`, and no broker (no `XDG_RUNTIME_DIR`).
+fn env_at(address: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let config = dir.path().join("config/keyshare/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        format!("store = \"openbao\"\ntimeout_ms = 300\n[openbao]\naddresses = [\"{address}\"]\n"),
+    )
+    .unwrap();
+    dir
+}
+
+fn run_in(home: &Path, args: &[&str], stdin: &[u8]) -> (Option<i32>, String) {
+    let out = Command::cargo_bin("keyshare")
+        .unwrap()
+        .env_clear()
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .args(args)
+        .write_stdin(stdin.to_vec())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `openbao-login` says what went wrong in the user's terms (QA #10): an empty input is a
+/// usage error found before anything is contacted or stored (as for `set`); a server that
+/// cannot be reached is said to be unreachable, not to have refused the token; and a command
+/// that finds no token names the command that stores one. No server needed: nothing listens
+/// at the configured address.
+#[test]
+fn openbao_login_messages_say_what_happened_and_what_to_do() {
+    let home = env_at(&dead_address("http"));
+    let home = home.path();
+    let credentials = home.join("data/keyshare/credentials.db");
+
+    for input in [&b""[..], b"  \n"] {
+        let (code, stderr) = run_in(home, &["openbao-login"], input);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("standard input was empty"), "{stderr}");
+        assert!(!stderr.contains("did not accept"), "{stderr}");
+    }
+    assert!(
+        !credentials.exists(),
+        "nothing is stored for an empty input"
+    );
+
+    let (code, stderr) = run_in(home, &["openbao-login"], b"s.some-token\n");
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("the OpenBao server could not be reached"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("did not accept"), "{stderr}");
+    assert!(!credentials.exists(), "an unchecked token is not stored");
+
+    let (code, stderr) = run_in(home, &["get", "github.auth"], b"");
+    assert_eq!(code, Some(8), "{stderr}");
+    assert!(
+        stderr.contains("no OpenBao token is stored") && stderr.contains("keyshare openbao-login"),
+        "{stderr}"
+    );
+}
+
+/// A stored token the server refuses for the shared secrets (here: one whose policy does not
+/// cover them) is reported with the command that replaces it.
+#[test]
+fn a_refused_token_names_openbao_login_as_the_fix() {
+    let Some(server) = server() else { return };
+    let bin = std::env::var("KEYSHARE_TEST_OPENBAO_BIN")
+        .expect("scripts/openbao start dev prints KEYSHARE_TEST_OPENBAO_BIN");
+    // A token with only the default policy: it may look itself up (so login accepts it),
+    // not read the KV mount.
+    let minted = std::process::Command::new(bin)
+        .args([
+            "token",
+            "create",
+            "-policy=default",
+            "-ttl=10m",
+            "-field=token",
+        ])
+        .env("BAO_ADDR", &server.addr)
+        .env("BAO_CACERT", &server.ca)
+        .env("BAO_TOKEN", &server.token)
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{minted:?}");
+    let token = String::from_utf8(minted.stdout).unwrap();
+    let env = Env::new(&server, &unique_prefix());
+    env.ok(&["openbao-login"], token.as_bytes());
+
+    let out = env.run(&["get", "github.auth"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(stderr.contains("keyshare openbao-login"), "{stderr}");
+    assert!(!stderr.contains(token.trim()), "{stderr}");
 }

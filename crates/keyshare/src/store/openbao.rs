@@ -723,6 +723,9 @@ pub struct OpenBaoStore {
     write_locks: Vec<Mutex<()>>,
     /// The `X-Vault-Index` value sent with KV requests, once the cluster id is known.
     index_header: Mutex<Option<String>>,
+    /// What to tell the user to do about a missing, unusable or refused credential; `None`:
+    /// store one in the credentials store (see [`OpenBaoStore::with_credential_advice`]).
+    credential_advice: Option<String>,
 }
 
 impl fmt::Debug for OpenBaoStore {
@@ -818,6 +821,33 @@ impl OpenBaoStore {
             cas_conflicts: AtomicU64::new(0),
             write_locks: (0..WRITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             index_header: Mutex::new(None),
+            credential_advice: None,
+        })
+    }
+
+    /// Replaces the advice that ends the errors about the credential (none stored, one that is
+    /// not a usable token, one the server refuses): by default, to store a valid one under the
+    /// configured key in the credentials store. An application that stores it with a command
+    /// of its own names that command here.
+    pub fn with_credential_advice(mut self, advice: impl Into<String>) -> Self {
+        self.credential_advice = Some(advice.into());
+        self
+    }
+
+    /// [`OpenBaoStore::with_credential_advice`]'s advice, or `default`.
+    fn credential_advice_or(&self, default: impl FnOnce() -> String) -> String {
+        self.credential_advice.clone().unwrap_or_else(default)
+    }
+
+    /// [`token_text`], with this store's advice when the token is not usable.
+    fn usable_token<'t>(&self, token: &'t SecretValue) -> Result<&'t str> {
+        token_text(token).ok_or_else(|| {
+            let advice = self.credential_advice_or(|| "store the token text itself".to_owned());
+            Error::unavailable(
+                STORE_NAME,
+                UnavailableReason::Denied,
+                format!("the stored OpenBao token is empty or not printable ASCII; {advice}"),
+            )
         })
     }
 
@@ -1115,7 +1145,7 @@ impl OpenBaoStore {
                     None
                 };
                 let token_text = match &token {
-                    Some(t) => Some(token_text(t)?),
+                    Some(t) => Some(self.usable_token(t)?),
                     None => None,
                 };
                 match self.attempt(index, req, token_text, deadline) {
@@ -1253,16 +1283,23 @@ impl OpenBaoStore {
 
     fn denied(&self, req: &Request<'_>, reply: &Reply) -> Error {
         let how_to_fix = match &self.config.auth {
-            OpenBaoAuth::Token { token_key } => format!(
-                "store a valid token under {:?} in the credentials store ({})",
-                token_key.as_str(),
-                self.credentials.info().kind
-            ),
-            OpenBaoAuth::AppRole { secret_id_key, .. } => format!(
-                "check the role, or store a valid secret id under {:?} in the credentials store ({})",
-                secret_id_key.as_str(),
-                self.credentials.info().kind
-            ),
+            OpenBaoAuth::Token { token_key } => self.credential_advice_or(|| {
+                format!(
+                    "store a valid token under {:?} in the credentials store ({})",
+                    token_key.as_str(),
+                    self.credentials.info().kind
+                )
+            }),
+            OpenBaoAuth::AppRole { secret_id_key, .. } => {
+                let advice = self.credential_advice_or(|| {
+                    format!(
+                        "store a valid secret id under {:?} in the credentials store ({})",
+                        secret_id_key.as_str(),
+                        self.credentials.info().kind
+                    )
+                });
+                format!("check the role, or {advice}")
+            }
         };
         Error::unavailable(
             STORE_NAME,
@@ -1292,9 +1329,10 @@ impl OpenBaoStore {
                 STORE_NAME,
                 UnavailableReason::Denied,
                 format!(
-                    "no {what} is stored under {:?} in the credentials store ({}); store one there",
+                    "no {what} is stored under {:?} in the credentials store ({}); {}",
                     key.as_str(),
-                    self.credentials.info().kind
+                    self.credentials.info().kind,
+                    self.credential_advice_or(|| "store one there".to_owned())
                 ),
             )),
             Err(e) => Err(Error::unavailable(
@@ -1417,7 +1455,7 @@ impl OpenBaoStore {
     }
 
     fn renew(&self, token: &SecretValue, deadline: Instant) -> Result<Session> {
-        let text = token_text(token)?;
+        let text = self.usable_token(token)?;
         let req = Request {
             method: Method::Post,
             path: "auth/token/renew-self".to_owned(),
@@ -1760,18 +1798,12 @@ fn jitter() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-fn token_text(token: &SecretValue) -> Result<&str> {
+/// The token as text to send, if it is one: not empty, printable ASCII.
+fn token_text(token: &SecretValue) -> Option<&str> {
     std::str::from_utf8(token.expose_secret())
         .ok()
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| {
-            Error::unavailable(
-                STORE_NAME,
-                UnavailableReason::Denied,
-                "the stored OpenBao token is empty or not printable ASCII; store the token text itself",
-            )
-        })
 }
 
 fn classify_transport(e: &ureq::Error, timeout: Duration) -> (UnavailableReason, String) {
@@ -2282,6 +2314,40 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("openbao.token"), "{err}");
+        assert!(err.to_string().contains("store one there"), "{err}");
+    }
+
+    /// An application that stores the credential with a command of its own says so instead of
+    /// the library's advice; the key is still named.
+    #[test]
+    fn the_credential_advice_can_name_the_applications_command() {
+        let advice = "run `app login`";
+        let s = OpenBaoStore::new(config(), Arc::new(crate::MemoryStore::new()))
+            .unwrap()
+            .with_credential_advice(advice);
+        let err = s.get(&key("k")).unwrap_err().to_string();
+        assert!(
+            err.contains("openbao.token") && err.contains(advice),
+            "{err}"
+        );
+        assert!(!err.contains("store one there"), "{err}");
+
+        let creds = Arc::new(crate::MemoryStore::new());
+        creds
+            .set(
+                &key("openbao.token"),
+                &SecretValue::from_slice(b"two words"),
+            )
+            .unwrap();
+        let s = OpenBaoStore::new(config(), creds)
+            .unwrap()
+            .with_credential_advice(advice);
+        let err = s.get(&key("k")).unwrap_err().to_string();
+        assert!(
+            err.contains("not printable ASCII") && err.contains(advice),
+            "{err}"
+        );
+        assert!(!err.contains("two words"), "{err}");
     }
 
     #[test]
