@@ -207,16 +207,40 @@ impl FileLock {
 /// Where the listener came from, which decides who removes the socket file.
 #[derive(Debug)]
 enum Origin {
-    /// We bound it (this inode); we remove it at exit, if it is still ours.
-    Bound(PathBuf, (u64, u64)),
+    /// We bound it; we remove it when done, if it is still ours.
+    Bound(BoundSocket),
     /// systemd passed it (socket activation); systemd owns the file.
     Activated,
 }
 
+/// The socket file this process bound (this inode), removed when dropped if it is still the
+/// one bound (a file put in its place by hand is left alone). So a broker that stops for any
+/// reason, including one that fails to start after binding (its store could not be opened),
+/// leaves no socket behind for the next command to stumble on.
+#[derive(Debug)]
+struct BoundSocket {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        if file_id(&self.path).ok() == Some(self.id) {
+            if let Err(err) = fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %err, "could not remove the socket");
+            }
+        }
+    }
+}
+
 /// A broker ready to serve: the listener is bound (or inherited) and the instance lock held.
+/// Dropped without serving (a start that failed after [`Daemon::prepare`]), it removes the
+/// socket file it bound.
 #[derive(Debug)]
 pub struct Daemon {
     listener: StdUnixListener,
+    // Fields drop in this order: the socket file is removed while the instance lock is still
+    // held, so never after another broker has bound its own in its place.
     origin: Origin,
     _lock: FileLock,
 }
@@ -261,15 +285,19 @@ impl Daemon {
         remove_stale_socket(&paths.socket, &lock)?;
         let listener = StdUnixListener::bind(&paths.socket)
             .map_err(|e| Error::io(format!("binding {}", paths.socket.display()), e))?;
+        let id = file_id(&paths.socket)
+            .map_err(|e| Error::io(format!("inspecting {}", paths.socket.display()), e))?;
+        let socket = BoundSocket {
+            path: paths.socket.clone(),
+            id,
+        };
         // The directory is already 0700; 0600 on the socket keeps it private even if the
         // directory's mode is later loosened by hand.
         fs::set_permissions(&paths.socket, fs::Permissions::from_mode(0o600))
             .map_err(|e| Error::io(format!("chmod 0600 {}", paths.socket.display()), e))?;
-        let id = file_id(&paths.socket)
-            .map_err(|e| Error::io(format!("inspecting {}", paths.socket.display()), e))?;
         Ok(Daemon {
             listener,
-            origin: Origin::Bound(paths.socket.clone(), id),
+            origin: Origin::Bound(socket),
             _lock: lock,
         })
     }
@@ -299,7 +327,7 @@ impl Daemon {
             .map_err(|e| Error::io("registering the broker socket", e))?;
         let socket_gone = async {
             match &self.origin {
-                Origin::Bound(path, id) => socket_replaced(path, *id).await,
+                Origin::Bound(socket) => socket_replaced(&socket.path, socket.id).await,
                 Origin::Activated => std::future::pending().await,
             }
         };
@@ -319,15 +347,9 @@ impl Daemon {
             // finish, when the runtime shuts down.
             () = stop_now => Ok(()),
         };
-        if let Origin::Bound(path, id) = &self.origin {
-            // Still holding the instance lock; and a socket file that is not ours any more
-            // (replaced by hand) is left alone.
-            if file_id(path).ok() == Some(*id) {
-                if let Err(err) = fs::remove_file(path) {
-                    tracing::warn!(path = %path.display(), error = %err, "could not remove the socket");
-                }
-            }
-        }
+        // The socket file (if ours: see `BoundSocket`) goes while the instance lock is held.
+        drop(self.origin);
+        drop(self._lock);
         result
     }
 }
@@ -691,6 +713,22 @@ mod tests {
         assert!(FileLock::try_acquire(&paths.instance_lock)
             .unwrap()
             .is_some());
+    }
+
+    /// A broker that fails to start after binding (its store cannot be opened) drops its
+    /// daemon without serving: the socket must go with it (QA #12), but not a file put in its
+    /// place meanwhile.
+    #[test]
+    fn a_daemon_dropped_without_serving_removes_its_socket_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = BrokerPaths::under(tmp.path(), &flavour());
+        drop(Daemon::prepare(&paths).unwrap());
+        assert!(!paths.socket.exists());
+        let daemon = Daemon::prepare(&paths).unwrap();
+        fs::remove_file(&paths.socket).unwrap();
+        fs::write(&paths.socket, b"not ours").unwrap();
+        drop(daemon);
+        assert_eq!(fs::read(&paths.socket).unwrap(), b"not ours");
     }
 
     #[test]

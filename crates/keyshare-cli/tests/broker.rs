@@ -709,3 +709,30 @@ fn a_second_signal_does_not_wait_for_a_store_call_still_running() {
     );
     assert!(status.success(), "{status}");
 }
+
+/// A broker that cannot start after binding its socket (here: the vault it would serve is
+/// not a vault) removes the socket before it exits: the command reports the corrupt vault, and
+/// the next command finds no stale socket. QA #12.
+#[test]
+fn a_broker_that_fails_to_start_leaves_no_socket() {
+    let home = tempfile::tempdir().unwrap();
+    let vault = home.path().join("data/keyshare/stable/vault.db");
+    std::fs::create_dir_all(vault.parent().unwrap()).unwrap();
+    for dir in ["data", "data/keyshare", "data/keyshare/stable"] {
+        std::fs::set_permissions(
+            home.path().join(dir),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+    }
+    std::fs::write(&vault, [0x5a_u8; 100]).unwrap();
+    std::fs::set_permissions(&vault, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = run(home.path(), &["get", "a"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(stderr.contains("is not a keyshare vault"), "{stderr}");
+    assert!(
+        !home.path().join("run/keyshare/stable.sock").exists(),
+        "the broker that failed to start left its socket"
+    );
+}
