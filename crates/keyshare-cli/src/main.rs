@@ -94,7 +94,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(spec: &std::ffi::OsStr) {
+/// Logs on stderr as `spec` says; `held`: an autostarted broker's, held until its log file is
+/// open (`cmd::serve::early_log`).
+fn init_logging(spec: &std::ffi::OsStr, held: bool) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = match spec
@@ -111,8 +113,13 @@ fn init_logging(spec: &std::ffi::OsStr) {
             return;
         }
     };
+    let writer = if held {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(|| cmd::serve::early_log::Writer)
+    } else {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+    };
     let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(tracing_subscriber::fmt::layer().with_writer(writer))
         .with(filter)
         .try_init();
 }
@@ -171,9 +178,14 @@ fn keyshare_main() -> i32 {
     // refused connection, a failed repair) are only ever seen in its log, logs at `info`.
     // Logs never contain values: the library logs keys and error kinds only. (`Targets`, not
     // `EnvFilter`: the latter brings a regex engine into every run.)
+    // An autostarted broker's stderr is the starting command's until its log file is open:
+    // its log lines wait for that file.
+    let autostarted = matches!(&cli.command, Command::Serve(Lazy(args)) if args.autostarted);
     match std::env::var_os("KEYSHARE_LOG") {
-        Some(spec) => init_logging(&spec),
-        None if matches!(cli.command, Command::Serve(_)) => init_logging("info".as_ref()),
+        Some(spec) => init_logging(&spec, autostarted),
+        None if matches!(cli.command, Command::Serve(_)) => {
+            init_logging("info".as_ref(), autostarted)
+        }
         None => {}
     }
     no_core_dumps(matches!(cli.command, Command::Serve(_)));

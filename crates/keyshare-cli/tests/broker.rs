@@ -736,3 +736,39 @@ fn a_broker_that_fails_to_start_leaves_no_socket() {
         "the broker that failed to start left its socket"
     );
 }
+
+/// An autostarted broker's log lines go to its log file, never to the starting command's
+/// stderr, even those from before the file is open (here: that it removes the stale socket a
+/// killed broker left). README: "Commands log nothing without KEYSHARE_LOG". QA #12.
+#[test]
+fn an_autostarted_broker_logs_nothing_on_the_commands_stderr() {
+    let home = tempfile::tempdir().unwrap();
+    let socket = stable_socket(home.path());
+    // What a killed broker leaves: a socket file nobody listens on.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let out = run_ok(home.path(), &["set", "a"], b"v");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("INFO") && !stderr.contains("keyshare_broker"),
+        "a log line on the command's stderr: {stderr}"
+    );
+    let broker = broker_pid(&home.path().join("run/keyshare/stable.lock"));
+    sigterm(broker);
+    // The line is not lost: it is in the log, before the broker's own start line.
+    let log = home.path().join(".local/state/keyshare/stable/broker.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("broker stopped") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "log so far: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stale = text.find("removing a stale socket");
+    let started = text.find("started by a client");
+    assert!(
+        stale.is_some() && stale < started,
+        "the early line is missing or out of order: {text}"
+    );
+}

@@ -62,6 +62,7 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         match open_log(ctx.dirs.broker_log_path(&ctx.flavour), LOG_ROTATE_AT) {
             Ok(log) => {
                 daemon::notify_ready_on_stdout_then_log_to(&log.file)?;
+                early_log::release();
                 if let Some(mode) = log.tightened_from {
                     tracing::warn!(log = %log.path.display(), mode = format!("{mode:03o}"), "the log was readable by others; now 0600");
                 }
@@ -74,6 +75,7 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
                     "keyshare: warning: the broker cannot keep a log, so it logs nothing: {err:#}"
                 );
                 daemon::notify_ready_on_stdout()?;
+                early_log::release();
             }
         }
         tracing::info!(
@@ -109,6 +111,57 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     runtime.shutdown_timeout(STRAGGLERS_GRACE);
     served?;
     Ok(())
+}
+
+/// Where an autostarted broker's log lines go until its log file is open.
+///
+/// Until it says it is ready, the broker's stderr is the pipe of the command that started it,
+/// which shows what it reads there to its user as the broker's notices (a key file created,
+/// why it could not start). Log lines are not for that user (commands log nothing unless
+/// `KEYSHARE_LOG` asks): they are held here, in memory, and written to the log file once
+/// stderr points at it ([`release`]). A broker that fails before then exits with its error on
+/// the pipe, and its held lines are dropped.
+pub mod early_log {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    /// At most this much is held; lines past it are dropped (a start logs a few lines).
+    const LIMIT: usize = 64 * 1024;
+
+    /// The held lines; `None` once released.
+    static HELD: Mutex<Option<Vec<u8>>> = Mutex::new(Some(Vec::new()));
+
+    /// The log's writer (one per line, as `tracing_subscriber` makes them): holds the line
+    /// until [`release`], then writes to stderr.
+    pub struct Writer;
+
+    impl Write for Writer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+            match held.as_mut() {
+                Some(lines) => {
+                    if lines.len() + buf.len() <= LIMIT {
+                        lines.extend_from_slice(buf);
+                    }
+                    Ok(buf.len())
+                }
+                None => std::io::stderr().write(buf),
+            }
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            std::io::stderr().flush()
+        }
+    }
+
+    /// From now on log lines go to stderr (pointed at the log file, or /dev/null), the held
+    /// ones first.
+    pub fn release() {
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lines) = held.take() {
+            let _ = std::io::stderr().write_all(&lines);
+        }
+    }
 }
 
 /// How long a stopping broker waits for store calls that outlived the server.
