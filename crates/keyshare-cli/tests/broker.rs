@@ -312,29 +312,25 @@ fn an_autostarted_broker_keeps_no_inherited_descriptor() {
     assert!(ended.is_ok(), "the broker still holds the inherited pipe");
 }
 
-/// A broker started with other settings (another `--store`, a config without
+/// A broker started with other settings (another store, a config without
 /// `require_os_keyring`) refuses a command instead of serving it from a store it did not ask
-/// for. Found in review: the command wrote to a memory broker and exited 0.
+/// for. Found in review: the command wrote to a memory broker and exited 0 (`serve` now
+/// refuses the memory store; a broker over another vault stands in for it).
 #[test]
 fn a_broker_started_with_other_settings_refuses_instead_of_serving_another_store() {
     let home = tempfile::tempdir().unwrap();
-    let mut memory = Command::new(env!("CARGO_BIN_EXE_keyshare"));
-    memory
-        .env_clear()
-        .env("HOME", home.path())
-        .env("XDG_CONFIG_HOME", home.path().join("config"))
-        .env("XDG_DATA_HOME", home.path().join("data"))
-        .env("XDG_RUNTIME_DIR", home.path().join("run"))
-        .args(["--store", "memory"]);
-    let serve = Serving::start(memory);
+    let mut elsewhere = keyshare(home.path());
+    elsewhere.env("XDG_DATA_HOME", home.path().join("other-data"));
+    let serve = Serving::start(elsewhere);
     for (args, stdin) in [(&["set", "k"][..], &b"v1"[..]), (&["get", "k"], b"")] {
         let out = run(home.path(), args, stdin);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(7), "{args:?}: {stderr}");
         assert!(
             stderr.contains(&format!(
-                "broker (pid {}) serves a store that keeps nothing",
-                serve.child.id()
+                "broker (pid {}) serves vault:{}",
+                serve.child.id(),
+                home.path().join("other-data").display()
             )),
             "{stderr}"
         );
@@ -771,4 +767,66 @@ fn an_autostarted_broker_logs_nothing_on_the_commands_stderr() {
         stale.is_some() && stale < started,
         "the early line is missing or out of order: {text}"
     );
+}
+
+/// The memory store has no broker: `watch` with it (nothing could ever change) and `serve`
+/// with it (no command would use that broker: memory commands always open their own) are
+/// refused as usage errors, and so is `serve --direct`. QA #16: `watch` blocked forever and
+/// `serve` started a broker nobody used, or silently ignored --direct.
+#[test]
+fn the_memory_store_has_no_broker_and_serve_takes_no_direct() {
+    let home = tempfile::tempdir().unwrap();
+    let memory = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keyshare"))
+            .env_clear()
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .env("XDG_DATA_HOME", home.path().join("data"))
+            .env("XDG_RUNTIME_DIR", home.path().join("run"))
+            .args(["--store", "memory"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A watch that blocks would never end: give it a bound.
+        let pid = out.id();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(out.wait_with_output().unwrap());
+        });
+        match done_rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(out) => out,
+            Err(_) => {
+                sigterm(pid);
+                // And the broker it may have started.
+                if let Ok(pid) =
+                    std::fs::read_to_string(home.path().join("run/keyshare/stable.lock"))
+                {
+                    sigterm(pid.trim().parse().unwrap());
+                }
+                panic!("{args:?} with the memory store did not end");
+            }
+        }
+    };
+    for (args, says) in [
+        (&["watch"][..], "nothing to watch"),
+        (&["serve"], "does not serve the memory store"),
+    ] {
+        let out = memory(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert!(
+        !home.path().join("run/keyshare/stable.sock").exists(),
+        "no broker was started"
+    );
+
+    let out = run(home.path(), &["--direct", "serve"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("drop --direct"), "{stderr}");
+    assert!(!home.path().join("run/keyshare/stable.sock").exists());
 }

@@ -39,6 +39,7 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     if args.autostarted {
         close_inherited_descriptors();
     }
+    refuse_what_no_broker_serves(ctx)?;
     let paths = broker::paths(ctx)?;
     // Before any thread exists: socket activation reads and clears the environment.
     let daemon = Daemon::prepare(&paths)?;
@@ -162,6 +163,32 @@ pub mod early_log {
             let _ = std::io::stderr().write_all(&lines);
         }
     }
+}
+
+/// Settings a broker cannot serve, refused before anything is bound: the memory store, which
+/// commands always open themselves (`broker::route`), so a broker over it would serve no one
+/// and a `watch` on it would wait forever; and `--direct`, which asks to bypass the broker
+/// (`serve` is the broker, so it cannot mean anything here).
+fn refuse_what_no_broker_serves(ctx: &Context) -> anyhow::Result<()> {
+    if ctx.routing.direct {
+        return Err(keyshare::Error::invalid(
+            "arguments",
+            "`keyshare serve` is the broker; --direct is for commands that should bypass it: \
+             drop --direct",
+        )
+        .into());
+    }
+    if ctx.store == StoreChoice::Memory {
+        return Err(keyshare::Error::invalid(
+            "arguments",
+            "`keyshare serve` does not serve the memory store: a command with the memory store \
+             never goes through a broker (each keeps its secrets in its own process), so no one \
+             would use it; serve a persistent store (--store auto, vault, secret-service or \
+             openbao)",
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// How long a stopping broker waits for store calls that outlived the server.

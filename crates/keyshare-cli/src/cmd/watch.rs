@@ -8,6 +8,7 @@ use keyshare::{ChangeKind, Notification};
 
 use crate::broker;
 use crate::cmd::parse_key;
+use crate::config::StoreChoice;
 use crate::stores::Context;
 
 #[derive(Debug, clap::Args)]
@@ -21,6 +22,16 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         return Err(keyshare::Error::invalid(
             "arguments",
             "`keyshare watch` needs the broker (change events come from it); drop --direct",
+        )
+        .into());
+    }
+    if ctx.store == StoreChoice::Memory {
+        // No broker serves it (`keyshare serve` refuses it): a watch would wait forever.
+        return Err(keyshare::Error::invalid(
+            "arguments",
+            "`keyshare watch` has nothing to watch with the memory store: each command that \
+             uses it keeps its secrets in its own process, so no change is ever announced; watch \
+             a persistent store (not --store memory or store = \"memory\")",
         )
         .into());
     }
