@@ -96,6 +96,20 @@ impl Serving {
     }
 }
 
+/// The broker's log file, once the broker wrote its last line ("broker stopped"): everything
+/// before that line is there too. Up to 10 s.
+fn log_once_stopped(log: &Path) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("broker stopped") {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "log so far: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn write_config(home: &Path, text: &str) {
     let config = home.join("config/keyshare/config.toml");
     std::fs::create_dir_all(config.parent().unwrap()).unwrap();
@@ -543,15 +557,7 @@ fn an_autostarted_broker_logs_to_a_private_file() {
     let broker = broker_pid(&home.path().join("run/keyshare/stable.lock"));
     sigterm(broker);
     // The broker logs its way out: once that line is there, everything before it is too.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("broker stopped") {
-            break text;
-        }
-        assert!(std::time::Instant::now() < deadline, "log so far: {text}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let text = log_once_stopped(&log);
     assert!(text.contains("refused a client"), "{text}");
     assert!(text.contains("intruder"), "{text}");
     assert!(
@@ -752,15 +758,7 @@ fn an_autostarted_broker_logs_nothing_on_the_commands_stderr() {
     sigterm(broker);
     // The line is not lost: it is in the log, before the broker's own start line.
     let log = home.path().join(".local/state/keyshare/stable/broker.log");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("broker stopped") {
-            break text;
-        }
-        assert!(std::time::Instant::now() < deadline, "log so far: {text}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let text = log_once_stopped(&log);
     let stale = text.find("removing a stale socket");
     let started = text.find("started by a client");
     assert!(

@@ -21,6 +21,19 @@ fn parse(out: &Output) -> Value {
     })
 }
 
+/// Puts a file that is not a vault (private, as a vault's must be) at the flavour's shared
+/// vault path, so that the shared store cannot be opened; the flavour's data directory.
+fn break_the_shared_vault(env: &Home) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = env.data_dir().join("stable");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(env.data_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(dir.join("vault.db"), [0x5a_u8; 4096]).unwrap();
+    std::fs::set_permissions(dir.join("vault.db"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    dir
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -123,13 +136,7 @@ fn an_incomplete_migration_is_a_problem() {
 fn a_shared_store_that_cannot_be_opened_is_a_problem_even_with_a_legacy_store() {
     let env = Home::new().with_store("vault");
     env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
-    let dir = env.data_dir().join("stable");
-    std::fs::create_dir_all(&dir).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(env.data_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::fs::write(dir.join("vault.db"), [0x5a_u8; 4096]).unwrap();
-    std::fs::set_permissions(dir.join("vault.db"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    break_the_shared_vault(&env);
 
     let out = env.run(&["--app", "code", "--json", "doctor"], b"");
     let report = parse(&out);
@@ -227,13 +234,7 @@ fn a_broker_started_by_hand_is_not_said_to_log_to_a_file() {
 fn a_write_the_shared_store_did_not_take_says_so() {
     let env = Home::new().with_store("vault");
     env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
-    let dir = env.data_dir().join("stable");
-    std::fs::create_dir_all(&dir).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(env.data_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::fs::write(dir.join("vault.db"), [0x5a_u8; 4096]).unwrap();
-    std::fs::set_permissions(dir.join("vault.db"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let dir = break_the_shared_vault(&env);
 
     let out = env.ok(&["--direct", "--app", "code", "set", "github.auth"], b"t1");
     let stderr = String::from_utf8_lossy(&out.stderr);
