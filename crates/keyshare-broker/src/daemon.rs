@@ -263,11 +263,19 @@ impl Daemon {
         // broker starting then is not a second broker.
         let lock = FileLock::try_acquire_past_probes(&paths.instance_lock, PROBE_PATIENCE)?
             .ok_or_else(|| {
+                // The holder writes its pid into the lock file: name it, so that the user
+                // knows which process to stop (found by QA: the message named none).
+                let holder = std::fs::read_to_string(&paths.instance_lock)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<u32>().ok())
+                    .map(|pid| format!("pid {pid}, which holds"))
+                    .unwrap_or_else(|| "it holds".to_owned());
                 Error::unavailable(
                     "broker",
                     keyshare::UnavailableReason::Backend,
                     format!(
-                        "another broker already serves {} (it holds {})",
+                        "another broker already serves {} ({holder} {}); stop it with SIGTERM \
+                         first to start another",
                         paths.socket.display(),
                         paths.instance_lock.display()
                     ),

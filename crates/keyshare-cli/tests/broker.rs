@@ -140,10 +140,11 @@ fn serve_watch_and_commands_through_the_broker() {
     // A second broker for the same flavour is refused.
     let second = run(home.path(), &["serve"], b"");
     assert_eq!(second.status.code(), Some(3));
+    let refusal = String::from_utf8_lossy(&second.stderr);
     assert!(
-        String::from_utf8_lossy(&second.stderr).contains("another broker already serves"),
-        "{}",
-        String::from_utf8_lossy(&second.stderr)
+        refusal.contains("another broker already serves")
+            && refusal.contains(&format!("(pid {}, which holds", serve.id())),
+        "{refusal}"
     );
 
     let mut watch = keyshare(home.path())
