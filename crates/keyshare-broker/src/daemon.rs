@@ -55,16 +55,27 @@ impl BrokerPaths {
         runtime_dir: Option<std::ffi::OsString>,
         flavour: &Flavour,
     ) -> Result<Self> {
-        match runtime_dir {
-            Some(dir) if !dir.is_empty() => Ok(Self::under(Path::new(&dir), flavour)),
-            _ => Err(Error::unavailable(
-                "broker",
-                keyshare::UnavailableReason::NotRunning,
-                "XDG_RUNTIME_DIR is not set, so there is no private place for the broker's \
-                 socket; log in through a session manager (systemd-logind sets it) or set it to \
-                 a directory only you can access, or use --direct",
-            )),
-        }
+        let why = match runtime_dir {
+            Some(dir) if Path::new(&dir).is_absolute() => {
+                return Ok(Self::under(Path::new(&dir), flavour))
+            }
+            // The XDG spec says to ignore a relative one (the socket would land wherever the
+            // command happens to run), as the CLI's own directories do.
+            Some(dir) if !dir.is_empty() => format!(
+                "XDG_RUNTIME_DIR is {:?}, not an absolute path, so it is ignored",
+                Path::new(&dir)
+            ),
+            _ => "XDG_RUNTIME_DIR is not set".to_owned(),
+        };
+        Err(Error::unavailable(
+            "broker",
+            keyshare::UnavailableReason::NotRunning,
+            format!(
+                "{why}, so there is no private place for the broker's socket; log in through a \
+                 session manager (systemd-logind sets it) or set it to a directory only you can \
+                 access, or use --direct"
+            ),
+        ))
     }
 
     /// The paths under a given runtime directory (tests, or an explicit configuration).
@@ -765,6 +776,14 @@ mod tests {
             );
             assert!(err.is_unavailable());
         }
+        // A relative one would put the socket wherever the command runs: ignored, as the XDG
+        // spec says, and said so (found by QA: it was taken by `serve`).
+        let err = BrokerPaths::from_runtime_dir(Some("run/user/7".into()), &flavour()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("XDG_RUNTIME_DIR is \"run/user/7\", not an absolute path"),
+            "{err}"
+        );
         let paths = BrokerPaths::from_runtime_dir(Some("/run/user/7".into()), &flavour()).unwrap();
         assert_eq!(paths.socket, Path::new("/run/user/7/keyshare/stable.sock"));
     }
