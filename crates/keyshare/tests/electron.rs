@@ -680,6 +680,15 @@ fn opening_checks_the_file() {
     assert!(err.to_string().contains("no such file"), "{err}");
     assert!(!missing.exists(), "opening must not create");
 
+    // A directory where the database should be: said so, not SQLite's "disk I/O error".
+    for read_only in [true, false] {
+        let err = ElectronStore::builder(dir.path(), keyring_keys())
+            .read_only(read_only)
+            .open()
+            .unwrap_err();
+        assert!(err.to_string().contains("it is a directory"), "{err}");
+    }
+
     let not_sqlite = dir.path().join("garbage.vscdb");
     std::fs::write(
         &not_sqlite,

@@ -247,6 +247,16 @@ impl ElectronStoreBuilder {
                 ),
             ));
         }
+        if self.path.is_dir() {
+            // SQLite would answer "disk I/O error" (found by QA).
+            return Err(Error::io(
+                format!("opening {name}"),
+                std::io::Error::other(
+                    "it is a directory; give the state database file (.../User/globalStorage/\
+                     state.vscdb)",
+                ),
+            ));
+        }
         if !exists {
             create_private_file(&self.path)?;
         }
