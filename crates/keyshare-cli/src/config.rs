@@ -214,8 +214,9 @@ impl Config {
         })?;
         config.validate().map_err(|err| {
             anyhow::Error::new(ConfigError(format!(
-                "config file {} is invalid: {err:#}",
-                path.display()
+                "config file {} is invalid: {}",
+                path.display(),
+                crate::exit::one_line(&err)
             )))
         })?;
         Ok(config)

@@ -85,6 +85,24 @@ pub fn classify(err: &anyhow::Error) -> ExitCode {
     ExitCode::Failure
 }
 
+/// The error chain on one line, causes joined with ": ", without repeating a cause that the
+/// one before already contains (`{err:#}` repeats them: an I/O error's text came twice, found
+/// by QA in doctor's report).
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// Renders the error chain on one line per cause, without repeating a cause that the previous
 /// message already contains.
 pub fn render(err: &anyhow::Error) -> String {
@@ -103,4 +121,26 @@ pub fn render(err: &anyhow::Error) -> String {
         last = text;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An I/O error's text is in its context's message already: `{:#}` printed it twice (found
+    /// by QA in doctor's report of a missing OpenBao CA file).
+    #[test]
+    fn one_line_says_each_cause_once() {
+        let err = anyhow::Error::new(Error::io(
+            "reading the OpenBao CA file /x/ca.pem",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ))
+        .context("cannot open the stores");
+        let line = one_line(&err);
+        assert_eq!(line.matches("entity not found").count(), 1, "{line}");
+        assert!(
+            line.starts_with("cannot open the stores: reading the OpenBao CA file /x/ca.pem: "),
+            "{line}"
+        );
+    }
 }

@@ -356,7 +356,7 @@ pub fn doctor_report(ctx: &Context, problems: &mut Vec<String>) -> Value {
     let store = match open_store(ctx) {
         Ok(s) => s,
         Err(err) => {
-            problems.push(format!("OpenBao: {err:#}"));
+            problems.push(format!("OpenBao: {}", crate::exit::one_line(&err)));
             return Value::Null;
         }
     };

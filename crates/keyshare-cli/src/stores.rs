@@ -426,7 +426,8 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
         Err(err) if legacy_config.is_some() => {
             eprintln!(
                 "keyshare: warning: the shared store cannot be opened, so this app works from its \
-                 legacy store and queues repairs: {err:#}"
+                 legacy store and queues repairs: {}",
+                crate::exit::one_line(&err)
             );
             let reason = match err.downcast_ref::<keyshare::Error>() {
                 Some(keyshare::Error::Unavailable { reason, .. }) => *reason,
@@ -436,9 +437,9 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
                 store: Arc::new(UnreachableStore::new(
                     shared_placeholder_info(ctx),
                     reason,
-                    format!("{err:#}"),
+                    crate::exit::one_line(&err),
                 )),
-                reason: format!("could not be opened: {err:#}"),
+                reason: format!("could not be opened: {}", crate::exit::one_line(&err)),
                 identity: shared_placeholder_identity(ctx),
                 os_keyring: None,
             }

@@ -105,6 +105,6 @@ pub fn report_on_stdout(err: &anyhow::Error) {
                 _ => None,
             }
         })
-        .unwrap_or_else(|| format!("keyshare: {err:#}"));
+        .unwrap_or_else(|| format!("keyshare: {}", crate::exit::one_line(err)));
     let _ = writeln!(std::io::stdout(), "{line}");
 }

@@ -149,7 +149,10 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
             }
         }
         Err(err) => {
-            problems.push(format!("cannot open the stores: {err:#}"));
+            problems.push(format!(
+                "cannot open the stores: {}",
+                crate::exit::one_line(&err)
+            ));
             let attempted = stores::shared_placeholder_info(ctx);
             report["shared"] = json!({
                 "kind": attempted.kind,
@@ -157,7 +160,7 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
                 "protection": Value::Null,
                 "chosen_because": Value::Null,
                 "answers": false,
-                "error": format!("{err:#}"),
+                "error": crate::exit::one_line(&err),
             });
         }
     }
@@ -285,7 +288,10 @@ fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Valu
             json!({ "running": true, "socket": socket.display().to_string(), "refused": why })
         }
         Err(err) => {
-            problems.push(format!("cannot check for a broker: {err:#}"));
+            problems.push(format!(
+                "cannot check for a broker: {}",
+                crate::exit::one_line(&err)
+            ));
             Value::Null
         }
     }

@@ -73,7 +73,8 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
                 // Still on the client's pipe: the user whose command started this broker sees
                 // it. Not a reason to refuse to serve: the commands would all go direct.
                 eprintln!(
-                    "keyshare: warning: the broker cannot keep a log, so it logs nothing: {err:#}"
+                    "keyshare: warning: the broker cannot keep a log, so it logs nothing: {}",
+                    crate::exit::one_line(&err)
                 );
                 daemon::notify_ready_on_stdout()?;
                 early_log::release();
@@ -274,7 +275,10 @@ fn keep_log_bounded(path: PathBuf) {
                 Err(err) => tracing::warn!(error = %err, "could not move the log to a new file"),
             },
             // Tried again at the next look; one line per look at the most.
-            Err(err) => tracing::warn!(error = format!("{err:#}"), "could not begin a new log"),
+            Err(err) => tracing::warn!(
+                error = crate::exit::one_line(&err),
+                "could not begin a new log"
+            ),
         }
     };
     if let Err(err) = std::thread::Builder::new()
