@@ -754,11 +754,15 @@ impl Connection {
             }
         }
         if require_os_keyring && self.shared.os_keyring == Some(false) {
+            // The store is the one the client means (else the check above refused it), so
+            // neither another broker nor `--direct` would help: opened directly it is refused
+            // the same way (found by QA: the advice led to exit 6 again).
+            let serving = self.shared.store_identity.as_deref().unwrap_or("its store");
             let msg = format!(
                 "the client requires the OS keyring to protect its secrets (require_os_keyring), \
-                 and this flavour's broker (pid {pid}) serves a store it does not protect; stop \
-                 that broker (it was started with other settings) or open the store directly \
-                 (`--direct`)"
+                 and this flavour's broker (pid {pid}) serves {serving}, which the OS keyring \
+                 does not protect (a vault keeps the protection it was created with); turn \
+                 require_os_keyring off to use it"
             );
             return Some(RemoteError::new(ErrorCode::Protection, msg));
         }

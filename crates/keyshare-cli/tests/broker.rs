@@ -367,6 +367,8 @@ fn a_broker_started_with_other_settings_refuses_instead_of_serving_another_store
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(6), "{stderr}");
     assert!(stderr.contains("require_os_keyring"), "{stderr}");
+    // Opened directly, the same vault is refused the same way: the advice is not `--direct`.
+    assert!(!stderr.contains("--direct"), "{stderr}");
     assert!(out.stdout.is_empty());
     serve.stop();
 
