@@ -246,16 +246,33 @@ pub fn erase(storage: &SecretStorage, server_url: &str) -> Result<bool> {
     storage.delete(&key(server_url)?)
 }
 
-/// `list`: every stored server URL with its username.
+/// `list`: every stored server URL with its username. Unreadable entries are logged; see
+/// [`list_reporting`].
 pub fn list(storage: &SecretStorage) -> Result<BTreeMap<String, String>> {
+    list_reporting(storage, &mut |key, err| {
+        tracing::warn!(key = %key, error = %err, "skipped an unreadable docker credential");
+    })
+}
+
+/// [`list`], telling `unreadable` of each entry that cannot be read (left untouched) instead
+/// of failing the whole listing: one corrupt entry hid every other (found by QA).
+pub fn list_reporting(
+    storage: &SecretStorage,
+    unreadable: &mut dyn FnMut(&keyshare::SecretKey, &Error),
+) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for key in storage.keys()? {
         if !key.as_str().starts_with(KEY_PREFIX) {
             continue;
         }
         if let Some(value) = storage.get(&key)? {
-            let credential = Credential::decode(&key, &value)?;
-            out.insert(credential.server_url, credential.username);
+            match Credential::decode(&key, &value) {
+                Ok(credential) => {
+                    out.insert(credential.server_url, credential.username);
+                }
+                Err(err @ Error::Corrupt { .. }) => unreadable(&key, &err),
+                Err(err) => return Err(err),
+            }
         }
     }
     Ok(out)

@@ -571,9 +571,17 @@ pub fn store(storage: &SecretStorage, request: &Request, now: u64) -> Result<Sto
     Ok(StoreOutcome::Stored)
 }
 
+/// What to do with a stored credential that cannot be read (corrupt, or under the wrong key)
+/// when others can: told to the caller, which reports it; the entry is left untouched.
+pub type Unreadable<'a> = &'a mut dyn FnMut(&SecretKey, &Error);
+
 /// Every stored credential for the request's protocol, host and path (and username, when it
-/// has one), expired ones included, newest first.
-fn matching(storage: &SecretStorage, request: &Request) -> Result<Vec<(SecretKey, Credential)>> {
+/// has one), expired ones included, newest first; and the ones that could not be read.
+#[allow(clippy::type_complexity)]
+fn matching(
+    storage: &SecretStorage,
+    request: &Request,
+) -> Result<(Vec<(SecretKey, Credential)>, Vec<(SecretKey, Error)>)> {
     let target = request.target()?;
     let username = request.username.as_deref();
     let keys = match username {
@@ -585,32 +593,71 @@ fn matching(storage: &SecretStorage, request: &Request) -> Result<Vec<(SecretKey
             .collect(),
     };
     let mut found = Vec::new();
+    let mut unreadable = Vec::new();
     for key in keys {
         // Listed a moment ago but deleted since: simply not there.
         let Some(value) = storage.get(&key)? else {
             continue;
         };
-        let credential = Credential::decode(&key, &value)?;
+        let credential = match Credential::decode(&key, &value) {
+            Ok(credential) => credential,
+            Err(err @ Error::Corrupt { .. }) => {
+                unreadable.push((key, err));
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
         if !credential.matches(&target, username) {
-            return Err(Error::Corrupt {
-                store: STORE_NAME.to_owned(),
-                key: Some(key.as_str().to_owned()),
-                detail: "the credential stored under this key is for another URL or user"
-                    .to_owned(),
-            });
+            unreadable.push((
+                key.clone(),
+                Error::Corrupt {
+                    store: STORE_NAME.to_owned(),
+                    key: Some(key.as_str().to_owned()),
+                    detail: "the credential stored under this key is for another URL or user"
+                        .to_owned(),
+                },
+            ));
+            continue;
         }
         found.push((key, credential));
     }
     found.sort_by(|(ka, a), (kb, b)| b.stored_at.cmp(&a.stored_at).then_with(|| ka.cmp(kb)));
-    Ok(found)
+    Ok((found, unreadable))
 }
 
 /// `get`: the newest unexpired credential for the request, `None` when there is none.
+/// Unreadable entries are logged; see [`get_reporting`].
 pub fn get(storage: &SecretStorage, request: &Request, now: u64) -> Result<Option<Credential>> {
-    Ok(matching(storage, request)?
+    get_reporting(storage, request, now, &mut |key, err| {
+        tracing::warn!(key = %key, error = %err, "skipped an unreadable git credential");
+    })
+}
+
+/// [`get`], telling `unreadable` of each stored credential for the request that cannot be
+/// read, when another one answers: one corrupt entry must not hide a good credential for
+/// another user of the same host (found by QA). With nothing readable, the first unreadable
+/// entry is the error, as before.
+pub fn get_reporting(
+    storage: &SecretStorage,
+    request: &Request,
+    now: u64,
+    unreadable: Unreadable<'_>,
+) -> Result<Option<Credential>> {
+    let (found, bad) = matching(storage, request)?;
+    let answer = found
         .into_iter()
         .map(|(_, credential)| credential)
-        .find(|credential| !credential.is_expired(now)))
+        .find(|credential| !credential.is_expired(now));
+    if answer.is_none() {
+        if let Some((_, err)) = bad.into_iter().next() {
+            return Err(err);
+        }
+        return Ok(None);
+    }
+    for (key, err) in &bad {
+        unreadable(key, err);
+    }
+    Ok(answer)
 }
 
 /// `erase`: removes the matching credentials (every username when the request has none), but
@@ -619,7 +666,8 @@ pub fn get(storage: &SecretStorage, request: &Request, now: u64) -> Result<Optio
 /// Returns how many were removed.
 pub fn erase(storage: &SecretStorage, request: &Request) -> Result<usize> {
     let mut erased = 0;
-    for (key, credential) in matching(storage, request)? {
+    let (found, unreadable) = matching(storage, request)?;
+    for (key, credential) in found {
         if request
             .password
             .as_ref()
@@ -630,6 +678,10 @@ pub fn erase(storage: &SecretStorage, request: &Request) -> Result<usize> {
         if storage.delete(&key)? {
             erased += 1;
         }
+    }
+    // An entry that cannot be read may or may not be one to erase: left untouched, and said.
+    if let Some((_, err)) = unreadable.into_iter().next() {
+        return Err(err);
     }
     Ok(erased)
 }

@@ -226,3 +226,43 @@ fn docker_credential_bad_input() {
     );
     assert_eq!(env.state(), before, "a rejected request changed the store");
 }
+
+/// One corrupt entry no longer hides the good ones: docker `list` lists the others and git
+/// `get` for a host answers with another user's good credential, each warning on stderr about
+/// the entry it skipped, which is left untouched (found by QA: both failed with exit 4).
+#[test]
+fn a_corrupt_entry_does_not_hide_the_good_ones() {
+    let env = home();
+    env.ok(
+        &["docker-credential", "store"],
+        br#"{"ServerURL":"a.io","Username":"u","Secret":"tok3n"}"#,
+    );
+    env.ok(&["set", "docker:leak.io"], b"junk");
+    let out = env.ok(&["docker-credential", "list"], b"");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed, serde_json::json!({"a.io": "u"}));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("skipped \"docker:leak.io\", left untouched"),
+        "{stderr}"
+    );
+
+    env.ok(
+        &["git-credential", "store"],
+        b"protocol=https\nhost=h.io\nusername=v\npassword=good\n",
+    );
+    env.ok(&["set", "git:https://u@h.io"], b"junk");
+    let out = env.ok(&["git-credential", "get"], b"protocol=https\nhost=h.io\n");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.contains("username=v\n") && answer.contains("password=good\n"),
+        "{answer}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("skipped \"git:https://u@h.io\", left untouched"),
+        "{stderr}"
+    );
+    assert_eq!(env.ok(&["get", "git:https://u@h.io"], b"").stdout, b"junk");
+    assert_eq!(env.ok(&["get", "docker:leak.io"], b"").stdout, b"junk");
+}

@@ -73,7 +73,12 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
             }
         }
         "list" => {
-            let listed = docker::list(&stores::open(ctx)?.storage)?;
+            let listed = docker::list_reporting(&stores::open(ctx)?.storage, &mut |key, err| {
+                eprintln!(
+                    "keyshare: warning: skipped {:?}, left untouched: {err}",
+                    key.as_str()
+                );
+            })?;
             serde_json::to_writer(&mut out, &listed)?;
             writeln!(out)?;
         }

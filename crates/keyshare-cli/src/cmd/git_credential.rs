@@ -44,7 +44,13 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         "get" => {
             // Nothing found: no output and success, which tells git to ask the next helper or
             // the user.
-            if let Some(credential) = git::get(storage, &request, now())? {
+            let credential = git::get_reporting(storage, &request, now(), &mut |key, err| {
+                eprintln!(
+                    "keyshare: warning: skipped {:?}, left untouched: {err}",
+                    key.as_str()
+                );
+            })?;
+            if let Some(credential) = credential {
                 let mut out = std::io::stdout().lock();
                 credential
                     .write_answer(&mut out)
