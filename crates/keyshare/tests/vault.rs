@@ -116,6 +116,8 @@ fn side(path: &Path, suffix: &str) -> PathBuf {
 struct FakeKeyring {
     entries: Mutex<HashMap<VaultId, Kek>>,
     down: AtomicBool,
+    /// When down: it does not answer in time, instead of being locked.
+    hung: AtomicBool,
 }
 
 impl FakeKeyring {
@@ -127,6 +129,13 @@ impl FakeKeyring {
 
     fn check(&self) -> keyshare::Result<()> {
         if self.down.load(Ordering::SeqCst) {
+            if self.hung.load(Ordering::SeqCst) {
+                return Err(Error::unavailable(
+                    "fake keyring",
+                    UnavailableReason::TimedOut,
+                    "the fake keyring did not answer",
+                ));
+            }
             return Err(Error::unavailable(
                 "fake keyring",
                 UnavailableReason::Locked,
@@ -899,6 +908,21 @@ fn os_keyring_protects_new_vaults_first() {
         "{err:?}"
     );
     assert!(err.to_string().contains("Unlock"), "{err}");
+    // A keyring that does not answer is not told to unlock (found by QA).
+    keyring.hung.store(true, Ordering::SeqCst);
+    let err = VaultStore::open(with_keyring(keyring.clone(), false)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                reason: UnavailableReason::TimedOut,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains("Unlock"), "{err}");
+    assert!(err.to_string().contains("did not answer in time"), "{err}");
     // A keyring that lost the entry.
     let err = VaultStore::open(with_keyring(Arc::new(FakeKeyring::default()), false)).unwrap_err();
     assert!(err.to_string().contains("holds no key"), "{err}");

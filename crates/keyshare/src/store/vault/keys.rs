@@ -419,18 +419,34 @@ impl KeyProviders {
                             keyring.describe()
                         ),
                     )),
-                    Err(e) => Err(Error::unavailable(
-                        "vault",
-                        match &e {
+                    Err(e) => {
+                        let reason = match &e {
                             Error::Unavailable { reason, .. } => *reason,
                             _ => UnavailableReason::Backend,
-                        },
-                        format!(
-                            "{} is protected by the OS keyring, which could not give its key: \
-                             {e}. Unlock the keyring and try again.",
-                            vault.display()
-                        ),
-                    )),
+                        };
+                        // Advice for what happened: "unlock" helps a locked keyring only (found
+                        // by QA: a hung keyring was told to unlock).
+                        let advice = match reason {
+                            UnavailableReason::Locked => "Unlock the keyring and try again.",
+                            UnavailableReason::TimedOut => {
+                                "The keyring did not answer in time: check that it is not hung \
+                                 (restart it if so) and try again."
+                            }
+                            UnavailableReason::NotRunning => {
+                                "Start the keyring (log in to a desktop session) and try again."
+                            }
+                            _ => "Try again once the keyring works.",
+                        };
+                        Err(Error::unavailable(
+                            "vault",
+                            reason,
+                            format!(
+                                "{} is protected by the OS keyring, which could not give its key: \
+                                 {e}. {advice}",
+                                vault.display()
+                            ),
+                        ))
+                    }
                 }
             }
             ProviderKind::KeyFile => {
