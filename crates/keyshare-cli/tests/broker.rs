@@ -242,7 +242,7 @@ fn serve_watch_and_commands_through_the_broker() {
         .spawn()
         .unwrap();
     let mut watch_err = BufReader::new(watch.stderr.take().unwrap());
-    wait_for_line(&mut watch_err, "watching every key");
+    wait_for_line(&mut watch_err, "watching every key app keyshare may see");
     let mut watch_out = BufReader::new(watch.stdout.take().unwrap());
     let lock = home.path().join("run/keyshare/stable.lock");
     let first_broker = broker_pid(&lock);

@@ -54,7 +54,9 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
             eprintln!(
                 "keyshare: watching {} (Ctrl-C to stop)",
                 if args.keys.is_empty() {
-                    "every key".to_owned()
+                    // The broker's policy may narrow it (`shared_keys`; found by QA: "every
+                    // key" for an app that sees one).
+                    format!("every key app {} may see", ctx.app)
                 } else {
                     args.keys.join(", ")
                 }
