@@ -62,7 +62,7 @@ pub enum Error {
     },
 
     /// The store cannot answer now: locked, denied, timed out, not running.
-    #[error("{store} is unavailable ({reason}): {detail}")]
+    #[error("{}", unavailable_text(.store, *.reason, .detail))]
     Unavailable {
         /// Which store ("secret service", "vault", ...).
         store: String,
@@ -96,6 +96,15 @@ pub enum Error {
     /// The configuration demands a protection level that is not available here.
     #[error("{0}")]
     ProtectionUnavailable(String),
+}
+
+/// A refusal is worded as one, not as an outage ("is unavailable (access denied)" read like a
+/// store that was down; found by QA).
+fn unavailable_text(store: &str, reason: UnavailableReason, detail: &str) -> String {
+    match reason {
+        UnavailableReason::Denied => format!("{store} refused access: {detail}"),
+        _ => format!("{store} is unavailable ({reason}): {detail}"),
+    }
 }
 
 impl Error {
@@ -156,3 +165,26 @@ impl Error {
 
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_reads_as_one_and_an_outage_as_one() {
+        let denied = Error::unavailable(
+            "broker",
+            UnavailableReason::Denied,
+            "app \"agents\" may not use key \"x\"",
+        );
+        assert_eq!(
+            denied.to_string(),
+            "broker refused access: app \"agents\" may not use key \"x\""
+        );
+        let down = Error::unavailable("vault", UnavailableReason::TimedOut, "no answer");
+        assert_eq!(
+            down.to_string(),
+            "vault is unavailable (timed out): no answer"
+        );
+    }
+}
