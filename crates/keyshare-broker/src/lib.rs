@@ -54,4 +54,4 @@ pub use client::{
 };
 pub use external::{ChangeSource, ExternalChanges, OpenBaoChanges};
 pub use protocol::RemoteError;
-pub use server::{run, BrokerState, ServerOptions};
+pub use server::{run, BrokerState, PolicyHandle, ServerOptions};

@@ -9,6 +9,12 @@
 //! that connection only, and so does a frame left unfinished for
 //! [`ServerOptions::frame_timeout`]; silence between frames is never timed.
 //!
+//! The policy can be replaced while the server runs ([`PolicyHandle`]): every request read
+//! after that is decided by the new one, on connections already open too. A connection whose
+//! app the new policy no longer admits at all (now pinned to other executables, or unlisted
+//! and refused) is told why and closed, idle or not; one whose keys were narrowed stays open
+//! and is refused the keys it lost, in listings and change events too.
+//!
 //! Shutdown: stop accepting and reading, let the requests already read finish and their
 //! replies reach the socket, then return. A `set` is answered only after the store returned, so
 //! every acknowledged write is as durable as the store makes it. A client that does not read
@@ -16,7 +22,7 @@
 //! still waiting for it are dropped (the requests themselves still finish).
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -30,7 +36,7 @@ use zeroize::Zeroizing;
 
 use keyshare::{AppId, AsyncSecretStorage, ChangeKind, Notification, SecretKey, SecretStorage};
 
-use crate::access::{process_executable, AccessPolicy, Grant};
+use crate::access::{process_executable, AccessPolicy, Grant, Refusal};
 use crate::connection::FrameReader;
 use crate::external::ExternalChanges;
 use crate::protocol::{
@@ -90,12 +96,45 @@ impl Default for ServerOptions {
     }
 }
 
+/// The access policy a server decides by, replaceable while it runs: from
+/// [`BrokerState::policy_handle`]. Clones share the policy.
+#[derive(Clone, Debug)]
+pub struct PolicyHandle(Arc<watch::Sender<Arc<AccessPolicy>>>);
+
+impl PolicyHandle {
+    fn new(policy: AccessPolicy) -> Self {
+        PolicyHandle(Arc::new(watch::Sender::new(Arc::new(policy))))
+    }
+
+    /// Puts `policy` in force: every request the server reads from now on is decided by it,
+    /// on the connections already open too (see the [module docs](self)). Returns whether it
+    /// differs from the policy it replaced.
+    pub fn replace(&self, policy: AccessPolicy) -> bool {
+        self.0.send_if_modified(|current| {
+            if **current == policy {
+                return false;
+            }
+            *current = Arc::new(policy);
+            true
+        })
+    }
+
+    /// The policy in force.
+    pub fn current(&self) -> Arc<AccessPolicy> {
+        Arc::clone(&self.0.borrow())
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Arc<AccessPolicy>> {
+        self.0.subscribe()
+    }
+}
+
 /// What the server serves: the storage (shared store, and the broker's own legacy store if it
 /// has one), the access policy and the options.
 #[derive(Debug)]
 pub struct BrokerState {
     storage: SecretStorage,
-    policy: AccessPolicy,
+    policy: PolicyHandle,
     options: ServerOptions,
     external: Option<ExternalChanges>,
     store_identity: Option<String>,
@@ -107,7 +146,7 @@ impl BrokerState {
     pub fn new(storage: SecretStorage) -> Self {
         BrokerState {
             storage,
-            policy: AccessPolicy::default(),
+            policy: PolicyHandle::new(AccessPolicy::default()),
             options: ServerOptions::default(),
             external: None,
             store_identity: None,
@@ -136,9 +175,14 @@ impl BrokerState {
     }
 
     /// Sets the access policy.
-    pub fn with_policy(mut self, policy: AccessPolicy) -> Self {
-        self.policy = policy;
+    pub fn with_policy(self, policy: AccessPolicy) -> Self {
+        self.policy.replace(policy);
         self
+    }
+
+    /// A handle that replaces the access policy while the server runs.
+    pub fn policy_handle(&self) -> PolicyHandle {
+        self.policy.clone()
     }
 
     /// Sets the options.
@@ -150,7 +194,7 @@ impl BrokerState {
 
 struct Shared {
     storage: AsyncSecretStorage,
-    policy: AccessPolicy,
+    policy: PolicyHandle,
     store_identity: Option<String>,
     os_keyring: Option<bool>,
     options: ServerOptions,
@@ -490,12 +534,12 @@ async fn serve_connection(shared: &Arc<Shared>, stream: UnixStream, stop: watch:
     } else {
         // Read now, not at hello: hello may come seconds later, by when the process that
         // connected may have exec'd a pinned program and handed the socket to a child that
-        // speaks for it (found in review).
-        let peer_exe = if shared.policy.pins_executables() {
-            cred.pid().and_then(|pid| process_executable(pid).ok())
-        } else {
-            None
-        };
+        // speaks for it (found in review). Read whatever the policy pins now: a policy put in
+        // force later may pin this connection's app, and is checked against this.
+        let peer_exe = cred
+            .pid()
+            .and_then(|pid| process_executable(pid).ok())
+            .map(Arc::from);
         let mut conn = Connection {
             shared: Arc::clone(shared),
             reader: FrameReader::new(read_half).with_frame_timeout(shared.options.frame_timeout),
@@ -507,6 +551,7 @@ async fn serve_connection(shared: &Arc<Shared>, stream: UnixStream, stop: watch:
             subscription: None,
             peer_pid: cred.pid(),
             peer_exe,
+            admission: None,
             stop,
         };
         conn.serve().await;
@@ -617,10 +662,48 @@ struct Connection {
     in_flight_limit: Arc<Semaphore>,
     subscription: Option<tokio::task::JoinHandle<()>>,
     peer_pid: Option<i32>,
-    /// The peer's executable when the connection was accepted (only when the policy pins
-    /// executables).
-    peer_exe: Option<PathBuf>,
+    /// The peer's executable when the connection was accepted (`None` when it could not be
+    /// read, which fails any pin).
+    peer_exe: Option<Arc<Path>>,
+    /// Once hello passed: what re-decides the grant when the policy changes.
+    admission: Option<Admission>,
     stop: watch::Receiver<bool>,
+}
+
+/// Who a connection speaks for, and the policy in force, to decide its grant again whenever
+/// the policy is replaced. Cloned into the connection's subscription.
+#[derive(Clone)]
+struct Admission {
+    app: AppId,
+    peer_exe: Option<Arc<Path>>,
+    policy: watch::Receiver<Arc<AccessPolicy>>,
+}
+
+impl Admission {
+    /// The grant under the policy in force now.
+    fn decide(&mut self) -> Result<Grant, Refusal> {
+        let policy = Arc::clone(&self.policy.borrow_and_update());
+        policy.admit(&self.app, self.peer_exe.as_deref())
+    }
+
+    /// Brings `grant` up to date with the policy in force, if that was replaced since it was
+    /// decided; an error when the policy no longer admits the app at all.
+    fn refresh(&mut self, grant: &mut Grant) -> Result<(), Refusal> {
+        if self.policy.has_changed().unwrap_or(false) {
+            *grant = self.decide()?;
+        }
+        Ok(())
+    }
+
+    /// Completes when the policy is replaced (never once the server is gone).
+    async fn changed(admission: Option<&mut Admission>) {
+        let Some(admission) = admission else {
+            return std::future::pending().await;
+        };
+        if admission.policy.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// What the reader loop saw.
@@ -629,6 +712,8 @@ enum Incoming<T> {
     Frame(Result<T, FrameError>),
     Closed,
     Stop,
+    /// The access policy was replaced (only once hello passed).
+    PolicyChanged,
 }
 
 /// A connection's first frame.
@@ -665,6 +750,7 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = self.stop.changed() => return Incoming::Stop,
+                () = Admission::changed(self.admission.as_mut()) => return Incoming::PolicyChanged,
                 // Reap finished requests so the set stays small on a long-lived connection.
                 Some(_) = self.in_flight.join_next(), if !self.in_flight.is_empty() => continue,
                 frame = self.reader.read_frame() => {
@@ -679,7 +765,7 @@ impl Connection {
     }
 
     async fn serve(&mut self) {
-        let Some(grant) = self.handshake().await else {
+        let Some(mut grant) = self.handshake().await else {
             return;
         };
         tracing::debug!(app = %grant.app(), pid = ?self.peer_pid, "client connected");
@@ -693,8 +779,25 @@ impl Connection {
                     self.protocol_violation(err).await;
                     return;
                 }
+                Incoming::PolicyChanged => {
+                    let decided = self.admission.as_mut().map(Admission::decide);
+                    match decided {
+                        Some(Ok(now)) => grant = now,
+                        Some(Err(refusal)) => return self.no_longer_admitted(None, refusal).await,
+                        None => {}
+                    }
+                    continue;
+                }
                 Incoming::Closed | Incoming::Stop => return,
             };
+            // Decided by the policy in force now, should it have been replaced since the
+            // last request (a change seen by `next` was applied above; this one came with
+            // the frame).
+            if let Some(admission) = self.admission.as_mut() {
+                if let Err(refusal) = admission.refresh(&mut grant) {
+                    return self.no_longer_admitted(Some(frame.id), refusal).await;
+                }
+            }
             if let RequestOf::Hello { .. } = frame.request {
                 // A protocol error closes the connection (docs/protocol.md), after the replies
                 // to the requests already started; the client is confused about its state.
@@ -729,6 +832,14 @@ impl Connection {
             self.dispatch(&grant, frame, Permits { own, everyone })
                 .await;
         }
+    }
+
+    /// Closes a connection whose app the policy put in force since hello no longer admits,
+    /// telling the client why: as the answer to request `id`, or about the connection.
+    async fn no_longer_admitted(&mut self, id: Option<u64>, refusal: Refusal) {
+        tracing::warn!(pid = ?self.peer_pid, %refusal, "the access policy now refuses a connected client; closing its connection");
+        let message = format!("{refusal} (the access policy changed since this connection began)");
+        send_error(&self.out, id, RemoteError::new(ErrorCode::Denied, message)).await;
     }
 
     /// Why hello's expectations of the store are not met, if they are not: another store
@@ -789,7 +900,8 @@ impl Connection {
                 self.protocol_violation(err).await;
                 return None;
             }
-            Incoming::Closed | Incoming::Stop => return None,
+            // Not before hello: there is no admission to watch yet.
+            Incoming::Closed | Incoming::Stop | Incoming::PolicyChanged => return None,
         };
         let id = frame.id;
         let RequestOf::Hello {
@@ -842,9 +954,14 @@ impl Connection {
             send_error(&self.out, Some(id), refusal).await;
             return None;
         }
-        let exe = self.peer_exe.clone();
-        match self.shared.policy.admit(&app, exe.as_deref()) {
+        let mut admission = Admission {
+            app: app.clone(),
+            peer_exe: self.peer_exe.clone(),
+            policy: self.shared.policy.subscribe(),
+        };
+        match admission.decide() {
             Ok(grant) => {
+                self.admission = Some(admission);
                 let reply = Reply::Hello {
                     server: SERVER_NAME.to_owned(),
                     server_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -1056,7 +1173,8 @@ impl Connection {
                 if let Some(old) = self.subscription.take() {
                     old.abort();
                 }
-                let grant = grant.clone();
+                let mut grant = grant.clone();
+                let mut admission = self.admission.clone();
                 let mut stop = self.stop.clone();
                 self.subscription = Some(tokio::spawn(async move {
                     loop {
@@ -1068,6 +1186,13 @@ impl Connection {
                             None => return,
                             Some(Notification::Resync { missed }) => ServerFrame::Resync { missed },
                             Some(Notification::Changed(event)) => {
+                                // Filtered by the policy in force; one that no longer admits
+                                // the app closes the connection (`serve` sees it too).
+                                if let Some(admission) = admission.as_mut() {
+                                    if admission.refresh(&mut grant).is_err() {
+                                        return;
+                                    }
+                                }
                                 let wanted = event.seq > last_seq
                                     && grant.allows(&event.key)
                                     && only.as_ref().is_none_or(|o| o.contains(&event.key));

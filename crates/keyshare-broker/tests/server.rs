@@ -1381,3 +1381,133 @@ print(json.loads(data)["type"])
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A raw connection that said hello as `app`.
+fn raw_as(broker: &TestBroker, app: &str) -> Raw {
+    let mut raw = Raw::connect(broker);
+    raw.send_body(
+        format!(
+            r#"{{"id":0,"op":"hello","client":"raw","client_version":"1","protocol":1,"app":"{app}"}}"#
+        )
+        .as_bytes(),
+    );
+    assert!(
+        matches!(raw.read(), Some(ServerFrame::Reply { id: 0, .. })),
+        "hello as {app}"
+    );
+    raw
+}
+
+/// The answer to a `get` of `key` sent on `raw` as request `id`: the value, or the error code.
+fn raw_get(raw: &mut Raw, id: u64, key: &str) -> Result<Option<Vec<u8>>, ErrorCode> {
+    raw.send_body(format!(r#"{{"id":{id},"op":"get","key":"{key}"}}"#).as_bytes());
+    match raw.read() {
+        Some(ServerFrame::Reply {
+            id: got,
+            reply: Reply::Get { value },
+        }) if got == id => Ok(value.map(|v| v.0.expose_secret().to_vec())),
+        Some(ServerFrame::Error { id: got, error }) if got == Some(id) => Err(error.code),
+        other => panic!("expected the answer to get {id}, got {other:?}"),
+    }
+}
+
+/// A policy replaced while the broker runs decides every request read after that, on
+/// connections that were open before it: found by QA, a running broker kept the policy it
+/// started with until restarted, while its apps stayed connected.
+#[test]
+fn a_replaced_policy_decides_the_requests_of_open_connections() {
+    let storage = SecretStorage::builder(Arc::new(MemoryStore::new())).build();
+    let state = keyshare_broker::BrokerState::new(storage.clone());
+    let handle = state.policy_handle();
+    let broker = TestBroker::start_state(storage, state);
+    let code = broker.client("code");
+    code.set(&k("github.auth"), &v("gh")).unwrap();
+    code.set(&k("other.key"), &v("s1")).unwrap();
+
+    // Open before the change: a connection, a subscription, a client of the library.
+    let mut raw = raw_as(&broker, "agents");
+    assert_eq!(raw_get(&mut raw, 1, "other.key"), Ok(Some(b"s1".to_vec())));
+    let agents = broker.client("agents");
+    let mut events = agents.subscribe(None).unwrap();
+    assert_eq!(agents.keys().unwrap().len(), 2);
+
+    let mut narrowed = AccessPolicy::default();
+    narrowed.apps.insert(
+        "agents".into(),
+        AppRule {
+            executables: vec![],
+            shared_keys: Some(vec![KeyPattern::new("github.auth").unwrap()]),
+        },
+    );
+    assert!(handle.replace(narrowed.clone()), "a different policy");
+    assert!(!handle.replace(narrowed), "the same policy again");
+
+    // The same connection: refused the key it lost, still served the one it kept.
+    assert_eq!(raw_get(&mut raw, 2, "other.key"), Err(ErrorCode::Denied));
+    assert_eq!(
+        raw_get(&mut raw, 3, "github.auth"),
+        Ok(Some(b"gh".to_vec()))
+    );
+    denied(agents.get(&k("other.key")));
+    assert_eq!(agents.keys().unwrap(), vec![k("github.auth")]);
+    // Its subscription no longer hears of the key it lost.
+    code.set(&k("other.key"), &v("s2")).unwrap();
+    code.set(&k("github.auth"), &v("gh2")).unwrap();
+    match events.blocking_next() {
+        Some(Notification::Changed(e)) => assert_eq!(e.key, k("github.auth")),
+        other => panic!("expected the github.auth event, got {other:?}"),
+    }
+
+    // A policy that pins the app to another program: an open connection is told, even an
+    // idle one, and closed; a new one is refused at hello.
+    let mut pinned = AccessPolicy::default();
+    pinned.apps.insert(
+        "agents".into(),
+        AppRule {
+            executables: vec!["/usr/bin/true".into()],
+            shared_keys: None,
+        },
+    );
+    handle.replace(pinned);
+    match raw.read() {
+        Some(ServerFrame::Error { id: None, error }) => {
+            assert_eq!(error.code, ErrorCode::Denied);
+            assert!(
+                error.message.contains("pinned to other executables")
+                    && error.message.contains("access policy changed"),
+                "{}",
+                error.message
+            );
+        }
+        other => panic!("expected a denial about the connection, got {other:?}"),
+    }
+    raw.assert_closed();
+    let msg = denied(broker.client("agents").server_info());
+    assert!(msg.contains("pinned to other executables"), "{msg}");
+    // Other apps are served as before.
+    assert_eq!(
+        code.get(&k("other.key")).unwrap().unwrap().expose_secret(),
+        b"s2"
+    );
+}
+
+/// A connection accepted while nothing was pinned is judged by the program that connected
+/// when a pin appears later: its own app, pinned to this very program, is still admitted.
+#[test]
+fn a_pin_that_appears_later_is_checked_against_the_program_that_connected() {
+    let storage = SecretStorage::builder(Arc::new(MemoryStore::new())).build();
+    let state = keyshare_broker::BrokerState::new(storage.clone());
+    let handle = state.policy_handle();
+    let broker = TestBroker::start_state(storage, state);
+    let mut raw = raw_as(&broker, "code");
+    let mut pinned = AccessPolicy::default();
+    pinned.apps.insert(
+        "code".into(),
+        AppRule {
+            executables: vec![std::env::current_exe().unwrap()],
+            shared_keys: None,
+        },
+    );
+    handle.replace(pinned);
+    assert_eq!(raw_get(&mut raw, 1, "github.auth"), Ok(None));
+}
