@@ -831,3 +831,76 @@ fn the_memory_store_has_no_broker_and_serve_takes_no_direct() {
     assert!(stderr.contains("drop --direct"), "{stderr}");
     assert!(!home.path().join("run/keyshare/stable.sock").exists());
 }
+
+/// Runs `args` until it exits with `code`, for up to 10 s (a broker applies an edited
+/// config.toml within about 2 s).
+fn run_until_exit_code(home: &Path, args: &[&str], code: i32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = run(home, args, b"");
+        if out.status.code() == Some(code) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{args:?} still exits with {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A running broker follows edits of the access policy in config.toml, and keeps the policy
+/// in force when an edit leaves the file unusable. Found by QA: the broker decided by the
+/// policy it started with until it was restarted, and said nothing.
+#[test]
+fn a_running_broker_follows_edits_of_the_access_policy() {
+    let home = tempfile::tempdir().unwrap();
+    write_config(home.path(), "timeout_ms = 5000\n");
+    let mut serve = Serving::start(keyshare(home.path()));
+    run_ok(home.path(), &["--app", "code", "set", "other.key"], b"s1");
+    let get = ["--app", "agents", "get", "other.key"];
+    assert_eq!(run_ok(home.path(), &get, b"").stdout, b"s1");
+
+    write_config(
+        home.path(),
+        "timeout_ms = 5000\n[apps.agents]\nshared_keys = [\"github.auth\"]\n",
+    );
+    run_until_exit_code(home.path(), &get, 8);
+    serve.wait_for_log("access policy reloaded");
+    run_denied(home.path(), &get, b"");
+
+    // An edit the broker cannot use (a relative executable) changes nothing, and the log says
+    // what is wrong. Commands refuse that file too: this one reads another config, with the
+    // same store, so it asks the same broker.
+    write_config(
+        home.path(),
+        "[apps.agents]\nexecutables = [\"bin/agents\"]\n",
+    );
+    let warning = serve.wait_for_log("cannot be used");
+    assert!(
+        warning.contains("executables") && warning.contains("not an absolute path"),
+        "{warning}"
+    );
+    let other_config = home.path().join("other.toml");
+    std::fs::write(&other_config, "").unwrap();
+    let other_config = other_config.to_str().unwrap();
+    run_denied(
+        home.path(),
+        &[
+            "--config",
+            other_config,
+            "--app",
+            "agents",
+            "get",
+            "other.key",
+        ],
+        b"",
+    );
+
+    // A valid edit that loosens the policy applies too.
+    write_config(home.path(), "timeout_ms = 5000\n");
+    run_until_exit_code(home.path(), &get, 0);
+    serve.stop();
+}

@@ -1,17 +1,21 @@
 //! `keyshare serve`: the broker for one flavour, in the foreground, until SIGTERM or SIGINT.
+//!
+//! The access policy (`[apps.*]`'s `shared_keys` and `executables`, `unlisted_apps`) follows
+//! edits of `config.toml` while the broker runs ([`PolicyReload`]); everything else in the
+//! file (the store, its settings) is read once, at start.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use keyshare::SecretStorage;
 use keyshare_broker::daemon::{self, Daemon};
-use keyshare_broker::{BrokerState, ServerOptions};
+use keyshare_broker::{BrokerState, PolicyHandle, ServerOptions};
 
 use crate::broker;
-use crate::config::StoreChoice;
+use crate::config::{Config, StoreChoice};
 use crate::stores::{self, Context};
 
 /// How long an autostarted broker stays without any client before it exits.
@@ -27,6 +31,10 @@ const LOG_ROTATE_AT: u64 = 1024 * 1024;
 /// outgrow the limit by what it logs in that time (a line per refused request, at most).
 const LOG_CHECK_EVERY: Duration = Duration::from_secs(10);
 
+/// How often a running broker looks at its config file (one `stat`) for an edited access
+/// policy. An edit is applied once the file has rested for one look: 1 to 2 s after it.
+const CONFIG_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Started by a client: say "ready" on stdout once listening, then log to
@@ -35,7 +43,7 @@ pub struct Args {
     pub autostarted: bool,
 }
 
-pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
+pub fn run(args: &Args, ctx: &Context, config_path: &Path) -> anyhow::Result<()> {
     if args.autostarted {
         close_inherited_descriptors();
     }
@@ -43,6 +51,9 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     let paths = broker::paths(ctx)?;
     // Before any thread exists: socket activation reads and clears the environment.
     let daemon = Daemon::prepare(&paths)?;
+    // The file as it is now, before the policy is built from what `main` read of it: an edit
+    // between the two is then seen as a change, never missed.
+    let config_seen = look(config_path);
     let policy = broker::policy(&ctx.config)?;
     // OpenBao has no push notification for KV writes: the broker polls for other machines'.
     let (shared, external) = if ctx.store == StoreChoice::Openbao {
@@ -104,6 +115,7 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     if let Some(external) = external {
         state = state.with_external_changes(external);
     }
+    PolicyReload::new(config_path, config_seen, state.policy_handle()).spawn();
     let served = runtime.block_on(daemon::serve_on_worker(daemon, state));
     // Store calls still running on the blocking pool now answer nobody: every acknowledged
     // write was durable before its reply existed, and the server has stopped waiting for the
@@ -113,6 +125,123 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     runtime.shutdown_timeout(STRAGGLERS_GRACE);
     served?;
     Ok(())
+}
+
+/// One look at the config file: what identifies its version cheaply (a `stat`: an edit, a
+/// replacement or a removal changes it), `None` when there is no file, or why it could not be
+/// looked at.
+type Look = Result<Option<Stamp>, std::io::ErrorKind>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+fn look(path: &Path) -> Look {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(Some(Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        })),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err.kind()),
+    }
+}
+
+/// Applies edits of the access policy in `config.toml` to the running broker.
+///
+/// It looks at the file every [`CONFIG_CHECK_EVERY`]; once a changed file has stayed the same
+/// for one look (an editor or a script may still be writing it before), it reads it. A valid
+/// file's policy replaces the one in force, for every request the broker reads from then on.
+/// A file that cannot be used (invalid, unreadable, removed) changes nothing: the policy in
+/// force stays, and the log says what is wrong with the file, once per version of it; a
+/// half-written or removed file would otherwise loosen the policy, if only for a moment.
+/// Settings other than the policy (the store) are not applied: they need a restart, and a
+/// command that asks for another store is refused (`store_mismatch`) until then.
+#[derive(Debug)]
+struct PolicyReload {
+    path: PathBuf,
+    handle: PolicyHandle,
+    /// The version of the file in force (or found unusable).
+    applied: Look,
+    /// The version seen at the last look.
+    seen: Look,
+}
+
+impl PolicyReload {
+    fn new(path: &Path, seen: Look, handle: PolicyHandle) -> Self {
+        PolicyReload {
+            path: path.to_owned(),
+            handle,
+            applied: seen,
+            seen,
+        }
+    }
+
+    /// Looks at the file from a thread of its own for as long as the process runs.
+    fn spawn(mut self) {
+        let watch = move || loop {
+            std::thread::sleep(CONFIG_CHECK_EVERY);
+            self.check();
+        };
+        if let Err(err) = std::thread::Builder::new()
+            .name("keyshare-config".into())
+            .spawn(watch)
+        {
+            tracing::warn!(error = %err, "no thread to follow config.toml: edits of the access policy apply once the broker restarts");
+        }
+    }
+
+    /// One look: applies a changed file that rested since the last look.
+    fn check(&mut self) {
+        let now = look(&self.path);
+        let rested = now == self.seen;
+        self.seen = now;
+        if now == self.applied || !rested {
+            return;
+        }
+        let kept = "the broker keeps the access policy in force";
+        match now {
+            Err(kind) => {
+                self.applied = now;
+                let err = std::io::Error::from(kind);
+                tracing::warn!(config = %self.path.display(), error = %err, "cannot look at the config file; {kept}");
+            }
+            Ok(None) => {
+                self.applied = now;
+                tracing::warn!(config = %self.path.display(), "the config file is gone; {kept} (restart the broker to serve without one)");
+            }
+            Ok(Some(_)) => {
+                let loaded = Config::load(&self.path, true).and_then(|c| broker::policy(&c));
+                // Read while it changed again: judged at a later look, once it rests.
+                let after = look(&self.path);
+                if after != now {
+                    self.seen = after;
+                    return;
+                }
+                self.applied = now;
+                match loaded.map(|policy| self.handle.replace(policy)) {
+                    Ok(true) => {
+                        tracing::info!(config = %self.path.display(), "access policy reloaded");
+                    }
+                    Ok(false) => {
+                        tracing::debug!(config = %self.path.display(), "the config file changed; the access policy did not");
+                    }
+                    Err(err) => tracing::warn!(
+                        error = crate::exit::one_line(&err),
+                        "the config file changed and cannot be used; {kept}"
+                    ),
+                }
+            }
+        }
+    }
 }
 
 /// Where an autostarted broker's log lines go until its log file is open.
@@ -330,6 +459,63 @@ fn close_inherited_descriptors() {}
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// Two looks: the first sees the change, the second that it rested.
+    fn settle(reload: &mut PolicyReload) {
+        reload.check();
+        reload.check();
+    }
+
+    fn agents_keys(handle: &PolicyHandle) -> Option<usize> {
+        let policy = handle.current();
+        policy
+            .apps
+            .get("agents")
+            .and_then(|rule| rule.shared_keys.as_ref().map(Vec::len))
+    }
+
+    #[test]
+    fn an_edited_policy_is_applied_and_an_unusable_file_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let storage =
+            SecretStorage::builder(std::sync::Arc::new(keyshare::MemoryStore::new())).build();
+        let handle = BrokerState::new(storage).policy_handle();
+        // Started without a file.
+        let mut reload = PolicyReload::new(&path, look(&path), handle.clone());
+        settle(&mut reload);
+        assert_eq!(agents_keys(&handle), None);
+
+        // A new file: applied once it rested for one look, not at the look that found it.
+        std::fs::write(&path, "[apps.agents]\nshared_keys = [\"github.auth\"]\n").unwrap();
+        reload.check();
+        assert_eq!(agents_keys(&handle), None, "applied before it rested");
+        reload.check();
+        assert_eq!(agents_keys(&handle), Some(1));
+
+        // Unusable versions keep the policy in force: invalid TOML, an invalid pattern, a
+        // half-written file that is valid TOML but not a config, the file removed.
+        for text in [
+            "[apps.agents\n",
+            "[apps.agents]\nshared_keys = [\"a*b\"]\n",
+            "[apps.agents]\nshared_ke",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            settle(&mut reload);
+            assert_eq!(agents_keys(&handle), Some(1), "after {text:?}");
+        }
+        std::fs::remove_file(&path).unwrap();
+        settle(&mut reload);
+        assert_eq!(agents_keys(&handle), Some(1), "after removing the file");
+
+        // A valid edit applies, loosening included.
+        std::fs::write(&path, "[apps.agents]\nshared_keys = [\"a\", \"b\"]\n").unwrap();
+        settle(&mut reload);
+        assert_eq!(agents_keys(&handle), Some(2));
+        std::fs::write(&path, "# nothing\n").unwrap();
+        settle(&mut reload);
+        assert_eq!(agents_keys(&handle), None);
+    }
 
     #[test]
     fn a_large_log_is_moved_aside_when_the_broker_starts() {
