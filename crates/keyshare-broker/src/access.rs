@@ -176,9 +176,43 @@ impl AccessPolicy {
         })
     }
 
-    /// Whether any rule pins executables (the server reads the peer's executable only then).
+    /// Whether any rule pins executables.
     pub fn pins_executables(&self) -> bool {
         self.apps.values().any(|r| !r.executables.is_empty())
+    }
+
+    /// Names this policy in 16 hex digits: equal policies get equal names, in every version
+    /// that has this function, and different ones different names but by a 64-bit chance.
+    /// What `status` reports, so `doctor` can tell whether a running broker decides by the
+    /// policy that `config.toml` holds now. Not a secret, nor a check against tampering.
+    pub fn fingerprint(&self) -> String {
+        // FNV-1a over every part, each preceded by its length, so no two policies make one
+        // stream of bytes.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+                hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        feed(match self.unlisted_apps {
+            UnlistedApps::AllKeys => b"all_keys",
+            UnlistedApps::Refuse => b"refuse",
+        });
+        for (app, rule) in &self.apps {
+            feed(b"app");
+            feed(app.as_bytes());
+            for exe in &rule.executables {
+                feed(b"exe");
+                feed(std::os::unix::ffi::OsStrExt::as_bytes(exe.as_os_str()));
+            }
+            if let Some(patterns) = &rule.shared_keys {
+                feed(b"keys");
+                for pattern in patterns {
+                    feed(pattern.0.as_bytes());
+                }
+            }
+        }
+        format!("{hash:016x}")
     }
 }
 
@@ -248,6 +282,30 @@ mod tests {
             .unwrap();
         assert!(ok.allows(&key("npm.token")));
         assert!(policy.pins_executables());
+        assert_eq!(policy.fingerprint(), policy.clone().fingerprint());
+        assert_eq!(policy.fingerprint().len(), 16);
+        assert_ne!(policy.fingerprint(), AccessPolicy::default().fingerprint());
+        let mut other = policy.clone();
+        other.unlisted_apps = UnlistedApps::AllKeys;
+        assert_ne!(policy.fingerprint(), other.fingerprint());
+        // A pattern moved from one list into another is another policy.
+        let mut a = AccessPolicy::default();
+        a.apps.insert(
+            "x".into(),
+            AppRule {
+                executables: vec![],
+                shared_keys: Some(vec![KeyPattern::new("k").unwrap()]),
+            },
+        );
+        let mut b = AccessPolicy::default();
+        b.apps.insert(
+            "x".into(),
+            AppRule {
+                executables: vec!["k".into()],
+                shared_keys: Some(vec![]),
+            },
+        );
+        assert_ne!(a.fingerprint(), b.fingerprint());
         let err = serde_json::from_str::<AccessPolicy>(r#"{"apps":{"x":{"keys":[]}}}"#)
             .unwrap_err()
             .to_string();

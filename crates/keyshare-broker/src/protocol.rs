@@ -524,6 +524,11 @@ pub struct BrokerStatus {
     pub legacy_store: Option<String>,
     /// Keys whose shared copy waits for a repair.
     pub pending_repairs: u64,
+    /// The access policy in force, as [`AccessPolicy::fingerprint`](crate::access::AccessPolicy::fingerprint)
+    /// names it, so a client can tell whether the broker decides by the policy it expects;
+    /// absent from brokers that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// The kind of a remote failure.
@@ -990,6 +995,7 @@ mod tests {
                 shared_store: "memory".into(),
                 legacy_store: None,
                 pending_repairs: 0,
+                policy: Some("0123456789abcdef".into()),
             }),
         };
         let encoded = encode(&status).unwrap();

@@ -1289,6 +1289,7 @@ impl Shared {
             shared_store: status.shared.to_string(),
             legacy_store: status.legacy.map(|l| l.to_string()),
             pending_repairs: status.pending_repairs.len() as u64,
+            policy: Some(self.policy.current().fingerprint()),
         }
     }
 }

@@ -904,3 +904,44 @@ fn a_running_broker_follows_edits_of_the_access_policy() {
     run_until_exit_code(home.path(), &get, 0);
     serve.stop();
 }
+
+/// `doctor` says so when the running broker decides by another access policy than the
+/// config.toml it reads (here: a broker started with another `--config`). Found by QA: it
+/// said "no problems found" while the broker ignored the file's policy.
+#[test]
+fn doctor_tells_when_the_brokers_policy_is_not_the_configs() {
+    let home = tempfile::tempdir().unwrap();
+    let restricted = home.path().join("restricted.toml");
+    std::fs::write(
+        &restricted,
+        "[apps.agents]\nshared_keys = [\"github.auth\"]\n",
+    )
+    .unwrap();
+    let restricted = restricted.to_str().unwrap();
+    let mut cmd = keyshare(home.path());
+    cmd.args(["--config", restricted]);
+    let serve = Serving::start(cmd);
+    let policy_problems = |args: &[&str]| -> Vec<String> {
+        let out = run(home.path(), args, b"");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["broker"]["running"], true, "{report}");
+        report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_owned())
+            .filter(|p| p.contains("access policy"))
+            .collect()
+    };
+    let problems = policy_problems(&["--json", "doctor"]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains(&format!("kill {}", serve.child.id())),
+        "{problems:?}"
+    );
+    assert_eq!(
+        policy_problems(&["--config", restricted, "--json", "doctor"]),
+        Vec::<String>::new()
+    );
+    serve.stop();
+}

@@ -256,6 +256,26 @@ fn routing_note(ctx: &Context, direct: bool) -> String {
     }
 }
 
+/// A problem when the running broker says it decides by another access policy than the one
+/// config.toml holds now (a broker that does not say is taken at its word).
+fn policy_in_force(
+    ctx: &Context,
+    status: &keyshare_broker::protocol::BrokerStatus,
+    problems: &mut Vec<String>,
+) {
+    let (Some(in_force), Ok(configured)) = (&status.policy, broker::policy(&ctx.config)) else {
+        return;
+    };
+    if *in_force != configured.fingerprint() {
+        problems.push(format!(
+            "the broker (pid {}) decides by another access policy than config.toml's: it \
+             applies an edit within about 2 s, unless it was started with another --config; \
+             if this persists, restart it (kill {})",
+            status.pid, status.pid
+        ));
+    }
+}
+
 fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Value {
     match broker::probe(ctx) {
         Ok(broker::Probe::NoRuntimeDir) => json!({
@@ -268,7 +288,9 @@ fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Valu
             "socket": socket.display().to_string(),
             "note": format!("{why}; {}", routing_note(ctx, direct)),
         }),
-        Ok(broker::Probe::Running { socket, status }) => json!({
+        Ok(broker::Probe::Running { socket, status }) => {
+            policy_in_force(ctx, &status, problems);
+            json!({
             "running": true,
             "socket": socket.display().to_string(),
             "pid": status.pid,
@@ -279,7 +301,8 @@ fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Valu
             "pending_repairs": status.pending_repairs,
             "note": (direct || ctx.store == StoreChoice::Memory)
                 .then(|| routing_note(ctx, direct)),
-        }),
+            })
+        }
         Ok(broker::Probe::Refused { socket, why }) => {
             problems.push(format!(
                 "the broker at {} refused this app: {why}",
