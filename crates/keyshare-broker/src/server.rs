@@ -790,14 +790,6 @@ impl Connection {
                 }
                 Incoming::Closed | Incoming::Stop => return,
             };
-            // Decided by the policy in force now, should it have been replaced since the
-            // last request (a change seen by `next` was applied above; this one came with
-            // the frame).
-            if let Some(admission) = self.admission.as_mut() {
-                if let Err(refusal) = admission.refresh(&mut grant) {
-                    return self.no_longer_admitted(Some(frame.id), refusal).await;
-                }
-            }
             if let RequestOf::Hello { .. } = frame.request {
                 // A protocol error closes the connection (docs/protocol.md), after the replies
                 // to the requests already started; the client is confused about its state.
@@ -829,6 +821,14 @@ impl Connection {
                 permits = permits => permits,
                 _ = stop.wait_for(|stopped| *stopped) => return,
             };
+            // Decided by the policy in force now, should it have been replaced since the
+            // last request (a change seen by `next` was applied there; this one came while
+            // the frame was read, or while it waited for its places).
+            if let Some(admission) = self.admission.as_mut() {
+                if let Err(refusal) = admission.refresh(&mut grant) {
+                    return self.no_longer_admitted(Some(frame.id), refusal).await;
+                }
+            }
             self.dispatch(&grant, frame, Permits { own, everyone })
                 .await;
         }
