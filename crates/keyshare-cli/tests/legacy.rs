@@ -428,7 +428,9 @@ fn legacy_error_messages() {
                 "import",
                 "vscode",
                 "--user-data-dir",
-                env.user_data_dir().to_str().unwrap()
+                env.user_data_dir().to_str().unwrap(),
+                "--password-store",
+                "gnome-libsecret"
             ],
             b""
         )
@@ -470,4 +472,101 @@ fn import_vscode_reports_a_missing_or_corrupt_database_before_the_keyring() {
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("corrupt"), "{stderr}");
     assert!(!stderr.contains("secret service"), "{stderr}");
+}
+
+/// QA #3: with the default password store and no Secret Service, `import vscode` did not import
+/// anything (exit 3), though `legacy list` read the v10 rows. It now imports what reads, reports
+/// each v11 secret with what to do (exit 7), and exits 0 when every secret read; a dry run
+/// ends the same way.
+#[test]
+fn import_vscode_without_a_keyring_imports_v10_and_reports_v11_secrets() {
+    let env = home();
+    let dir = env.user_data_dir();
+    let dir = dir.to_str().unwrap();
+    for dry_run in [true, false] {
+        let mut args = vec![
+            "--store",
+            "memory",
+            "import",
+            "vscode",
+            "--user-data-dir",
+            dir,
+        ];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let out = env.run(&args, b"");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(7), "{stdout}{stderr}");
+        assert!(
+            stdout.contains(if dry_run { "1 to import" } else { "1 imported" }),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("note: cannot get Code's keyring secret"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("say so with --password-store basic"),
+            "{stdout}"
+        );
+        let failed = stdout
+            .lines()
+            .find(|l| l.starts_with("failed: "))
+            .unwrap_or_else(|| panic!("no failed line: {stdout}"));
+        assert!(
+            failed.contains("github.auth") && failed.contains("v11"),
+            "{failed}"
+        );
+        assert!(
+            failed.contains("Start or unlock the keyring")
+                && failed.ends_with("--keyring-password-stdin"),
+            "{failed}"
+        );
+        assert!(
+            stderr.contains("import incomplete: 1 secret(s) failed"),
+            "{stderr}"
+        );
+    }
+
+    // Without the v11 row every secret reads: exit 0.
+    rusqlite::Connection::open(env.state_db())
+        .unwrap()
+        .execute(
+            "DELETE FROM ItemTable WHERE key = ?1",
+            [format!("secret://{GITHUB}")],
+        )
+        .unwrap();
+    let args = [
+        "--store",
+        "memory",
+        "--json",
+        "import",
+        "vscode",
+        "--user-data-dir",
+        dir,
+    ];
+    for dry_run in [true, false] {
+        let mut args = args.to_vec();
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let report = env.ok_json(&args, b"");
+        assert_eq!(report["imported"].as_array().unwrap().len(), 1, "{report}");
+        assert!(report["failed"].as_array().unwrap().is_empty(), "{report}");
+        assert!(
+            report["notes"][0]
+                .as_str()
+                .unwrap()
+                .contains("--password-store basic"),
+            "{report}"
+        );
+    }
+    // Saying how the app keeps its key leaves nothing to note.
+    let mut basic = args.to_vec();
+    basic.extend(["--password-store", "basic"]);
+    let report = env.ok_json(&basic, b"");
+    assert_eq!(report["imported"].as_array().unwrap().len(), 1, "{report}");
+    assert!(report["notes"].as_array().unwrap().is_empty(), "{report}");
 }

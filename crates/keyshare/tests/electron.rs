@@ -194,6 +194,38 @@ fn without_the_keyring_only_the_v10_row_reads() {
     assert_eq!(store.keys().unwrap().len(), 2);
 }
 
+/// What `legacy list` and `import vscode` read with when the keyring cannot be asked (QA #3):
+/// the `v10` row, and for the `v11` row the caller's advice; never a write.
+#[test]
+fn with_the_keyring_unavailable_v10_reads_v11_says_what_to_do_and_nothing_writes() {
+    let (_dir, db) = sample_copy();
+    let before = raw_rows(&db);
+    let keys = SafeStorageKeys::linux_keyring_unavailable("Code", "Unlock the keyring (test).");
+    let store = ElectronStore::builder(&db, keys)
+        .force(true)
+        .open()
+        .unwrap();
+    assert_eq!(
+        store.get(&key(API_TOKEN)).unwrap().unwrap().expose_secret(),
+        b"hello"
+    );
+    let err = store.get(&key(GITHUB)).unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    let shown = err.to_string();
+    assert!(
+        shown.contains("v11 secret") && shown.ends_with("Unlock the keyring (test)."),
+        "{shown}"
+    );
+    // Not the advice for a store on password store basic.
+    assert!(!shown.contains("password store basic"), "{shown}");
+    assert!(!shown.contains("gnome-libsecret"), "{shown}");
+    // The app's key is unknown, so nothing is written, not even a v10 row.
+    let err = store.set(&key("new"), &value("v")).unwrap_err();
+    assert!(err.to_string().contains("could not be got"), "{err}");
+    drop(store);
+    assert_eq!(raw_rows(&db), before);
+}
+
 #[test]
 fn a_wrong_password_is_an_error_never_garbage_and_the_row_stays() {
     let (_dir, db) = sample_copy();

@@ -41,7 +41,9 @@ fn vscode(args: &VscodeArgs, ctx: &Context) -> anyhow::Result<()> {
     // (corrupt) is the problem to report, not the keyring the key would come from. Opened
     // read-only with a key that needs nothing, only to look at it.
     open_read_only(&db, SafeStorageKeys::linux_basic(), &args.key.app_name)?;
-    let keys = key_source.resolve(&args.key.app_name, Some(&dir))?;
+    // As `legacy list`: without the keyring, what reads is imported and each v11 secret fails
+    // with the reason (exit 7), instead of the whole import failing (QA #3).
+    let (keys, note) = args.key.resolve_keys(&key_source, Some(&dir))?;
     let source = open_read_only(&db, keys, &args.key.app_name)?;
     let target = stores::open_shared(ctx)?;
 
@@ -81,6 +83,7 @@ fn vscode(args: &VscodeArgs, ctx: &Context) -> anyhow::Result<()> {
             json!({
                 "dry_run": report.dry_run,
                 "source": source.path().display().to_string(),
+                "notes": note.iter().collect::<Vec<_>>(),
                 "target": target.store.info().to_string(),
                 "imported": keys(&report.imported),
                 "already_present": keys(&report.already_present),
@@ -90,6 +93,9 @@ fn vscode(args: &VscodeArgs, ctx: &Context) -> anyhow::Result<()> {
         );
     } else {
         println!("{} -> {}", source.path().display(), target.store.info());
+        if let Some(note) = &note {
+            println!("note: {note}");
+        }
         println!("{report}");
         for (key, why) in &report.conflicts {
             println!("kept: {}: {why}", super::shown(key));

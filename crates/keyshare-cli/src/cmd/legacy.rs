@@ -80,6 +80,51 @@ impl KeyArgs {
         })
     }
 
+    /// The app's keys, from the source the flags ask for (`source`, from
+    /// [`KeyArgs::key_source`]), and a note for the report when they are not all of them.
+    ///
+    /// Without flags saying how the app keeps its key, the default Linux source (the Secret
+    /// Service) may be unreachable or locked. Reading is still worth doing then (QA #3: `import`
+    /// failed outright where `legacy list` read every row): the fixed `v10` key reads what the
+    /// app wrote without a keyring, and each `v11` secret says why it cannot be read and what
+    /// to do. On macOS and Windows no secret reads without the OS key, so there is no such
+    /// fallback.
+    pub fn resolve_keys(
+        &self,
+        source: &KeySource,
+        dir: Option<&Path>,
+    ) -> anyhow::Result<(SafeStorageKeys, Option<String>)> {
+        let app = &self.app_name;
+        let explicit = self.keyring_password_stdin || self.password_store.is_some();
+        match source.resolve(app, dir) {
+            Ok(keys) => Ok((keys, None)),
+            Err(err)
+                if !explicit
+                    && err.is_unavailable()
+                    && matches!(source, KeySource::GnomeLibsecret) =>
+            {
+                let keys = SafeStorageKeys::linux_keyring_unavailable(
+                    app,
+                    "Start or unlock the keyring (the Secret Service) and re-run, or give the \
+                     keyring password with --keyring-password-stdin",
+                );
+                let note = format!(
+                    "cannot get {app}'s keyring secret ({err}); only v10 secrets can be \
+                     decrypted. If {app} runs with --password-store=basic (no keyring), say so \
+                     with --password-store basic"
+                );
+                Ok((keys, Some(note)))
+            }
+            Err(err) if err.is_unavailable() && matches!(source, KeySource::GnomeLibsecret) => {
+                Err(anyhow::Error::new(err).context(format!(
+                    "cannot get {app}'s keyring secret from the Secret Service (if {app} runs \
+                     with --password-store=basic, use --password-store basic)"
+                )))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// The user-data directory the flags and environment point at.
     pub fn user_data_dir(&self) -> anyhow::Result<PathBuf> {
         Ok(user_data_dir(
@@ -158,20 +203,9 @@ fn list(args: &ListArgs, ctx: &Context) -> anyhow::Result<()> {
         }
     };
     let source = args.key.key_source()?;
-    let explicit = args.key.keyring_password_stdin || args.key.password_store.is_some();
-    let mut notes = Vec::new();
-    let keys = match source.resolve(&args.key.app_name, dir.as_deref()) {
-        Ok(keys) => keys,
-        // Listing is still useful without the keyring: v10 rows decrypt, the rest say why not.
-        Err(err) if !explicit && err.is_unavailable() => {
-            notes.push(format!(
-                "cannot get {}'s key ({err}); only v10 secrets can be decrypted",
-                args.key.app_name
-            ));
-            SafeStorageKeys::linux_basic()
-        }
-        Err(err) => return Err(err.into()),
-    };
+    // Listing is still useful without the keyring: v10 rows decrypt, the rest say why not.
+    let (keys, note) = args.key.resolve_keys(&source, dir.as_deref())?;
+    let mut notes: Vec<String> = note.into_iter().collect();
     let store = open_read_only(&db, keys, &args.key.app_name)?;
     let listing = store.rows()?;
     if let Some(problem) = &listing.marker_problem {

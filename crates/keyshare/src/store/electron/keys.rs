@@ -183,6 +183,9 @@ pub struct SafeStorageKeys {
     /// written with it, by the rows the app wrote or else by the app's Secret Service item (a
     /// mistyped keyring password would otherwise produce blobs the app deletes).
     pub(super) confirm_before_write: bool,
+    /// What to do about a blob whose key is missing (a `v11` blob without the keyring secret),
+    /// for its error; `None` for the usual advice (use the keyring, or give its password).
+    pub(super) missing_key_advice: Option<String>,
 }
 
 impl fmt::Debug for SafeStorageKeys {
@@ -206,6 +209,7 @@ impl SafeStorageKeys {
             no_write_reason: None,
             origin: "the fixed Linux v10 key (password store basic)".to_owned(),
             confirm_before_write: false,
+            missing_key_advice: None,
         }
     }
 
@@ -221,6 +225,7 @@ impl SafeStorageKeys {
             no_write_reason: None,
             origin,
             confirm_before_write,
+            missing_key_advice: None,
         }
     }
 
@@ -240,6 +245,28 @@ impl SafeStorageKeys {
                 "the empty-password key (no Secret Service item application={app_name:?})"
             ),
             confirm_before_write: false,
+            missing_key_advice: None,
+        }
+    }
+
+    /// Linux when the app's keyring secret could not be got (the Secret Service is not running,
+    /// not reachable or locked): reads `v10` blobs, as [`SafeStorageKeys::linux_basic`] does,
+    /// and writes nothing, since the app may well protect its secrets with the keyring. For a
+    /// caller that reads what it can (listing, importing) instead of failing outright. `advice`
+    /// (what the caller's user can do to read the rest, in the caller's words) ends the error
+    /// of each `v11` blob.
+    pub fn linux_keyring_unavailable(app_name: &str, advice: impl Into<String>) -> Self {
+        SafeStorageKeys {
+            decrypt: oscrypt::Keys::linux(None),
+            write: None,
+            no_write_reason: Some(format!(
+                "{app_name}'s keyring secret could not be got, so {app_name}'s key is unknown"
+            )),
+            origin: format!(
+                "the fixed Linux v10 key only ({app_name}'s keyring secret could not be got)"
+            ),
+            confirm_before_write: false,
+            missing_key_advice: Some(advice.into()),
         }
     }
 
@@ -251,6 +278,7 @@ impl SafeStorageKeys {
             no_write_reason: None,
             origin,
             confirm_before_write: false,
+            missing_key_advice: None,
         }
     }
 
@@ -262,6 +290,7 @@ impl SafeStorageKeys {
             no_write_reason: None,
             origin,
             confirm_before_write: false,
+            missing_key_advice: None,
         }
     }
 
@@ -388,6 +417,22 @@ mod tests {
             keys.decrypt(&empty_pw),
             Err(oscrypt::DecryptError::MissingKey { prefix: "v11" })
         ));
+    }
+
+    #[test]
+    fn without_the_keyring_v10_reads_and_nothing_writes() {
+        let keys = SafeStorageKeys::linux_keyring_unavailable("Code", "unlock it");
+        let v10 = oscrypt::encrypt(&oscrypt::Key::linux_v10(), b"x").unwrap();
+        assert_eq!(keys.decrypt(&v10).unwrap().as_slice(), b"x");
+        let v11 = oscrypt::encrypt(&oscrypt::Key::linux_v11(b""), b"x").unwrap();
+        assert!(keys.decrypt(&v11).is_err());
+        assert_eq!(keys.write_prefix(), None);
+        assert!(!keys.writes_with_fixed_key());
+        assert!(
+            keys.origin().contains("could not be got"),
+            "{}",
+            keys.origin()
+        );
     }
 
     #[test]

@@ -476,10 +476,12 @@ impl ElectronStore {
                 UnavailableReason::NotRunning,
                 format!(
                     "key {key:?} is a {prefix} secret, which needs {app}'s keyring secret; this \
-                     store reads with {origin}. Use the gnome-libsecret password store or give \
-                     the keyring password",
+                     store reads with {origin}. {advice}",
                     app = self.app_name,
-                    origin = self.keys.origin()
+                    origin = self.keys.origin(),
+                    advice = self.keys.missing_key_advice.as_deref().unwrap_or(
+                        "Use the gnome-libsecret password store or give the keyring password"
+                    )
                 ),
             )),
             Err(e) => Err(self.corrupt(
