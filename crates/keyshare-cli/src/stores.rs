@@ -468,7 +468,7 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
             legacy = Some(store);
         }
         Some(LegacyConfig::Electron(electron)) => {
-            let store = electron.open()?;
+            let store = electron.open(ctx.app.as_str())?;
             // The journal cannot live in the state database (the app owns it): it lives in the
             // app's own vault, namespaced by the shared store as above.
             let journal: Arc<dyn Store> = match &shared.identity {

@@ -570,3 +570,72 @@ fn import_vscode_without_a_keyring_imports_v10_and_reports_v11_secrets() {
     assert_eq!(report["imported"].as_array().unwrap().len(), 1, "{report}");
     assert!(report["notes"].as_array().unwrap().is_empty(), "{report}");
 }
+
+/// QA #4: a refused write to an Electron legacy store while the app runs told the user to pass
+/// `--force`, which no command takes; the config's `force = true` is the way, and the message
+/// says so. The same for the keyring's advice: no command that writes takes
+/// `--keyring-password-stdin`, so a legacy store on the default password store without a
+/// Secret Service points at the config's `password_store = "basic"`.
+#[test]
+fn electron_legacy_store_errors_name_the_config_setting_not_flags() {
+    let env = home();
+    let dir = env.user_data_dir();
+    rusqlite::Connection::open(env.state_db())
+        .unwrap()
+        .execute(
+            "DELETE FROM ItemTable WHERE key = ?1",
+            [format!("secret://{GITHUB}")],
+        )
+        .unwrap();
+    let config = env.path().join("config/keyshare/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let write_config = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[apps.code]\nlegacy = {{ kind = \"electron\", app_name = \"Code\", \
+                 user_data_dir = {:?}{extra} }}\n",
+                dir.display().to_string()
+            ),
+        )
+        .unwrap()
+    };
+    let set = |key: &str| env.run(&["--app", "code", "--store", "vault", "set", key], b"tok");
+
+    let mut app = std::process::Command::new("/bin/sh")
+        .args(["-c", "read x"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::write(dir.join("code.lock"), app.id().to_string()).unwrap();
+    write_config(", password_store = \"basic\"");
+    let out = set("k1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("Code is running"), "{stderr}");
+    assert!(
+        stderr.contains("set force = true in the legacy setting of [apps.code] in the config file"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--force"), "{stderr}");
+    // What the message says works.
+    write_config(", password_store = \"basic\", force = true");
+    let out = set("k2");
+    assert!(out.status.success(), "{out:?}");
+    drop(app.stdin.take());
+    app.wait().unwrap();
+
+    // No Secret Service here, and the default password store needs it.
+    write_config("");
+    let out = set("k3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(!stderr.contains("--keyring-password-stdin"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "if Code runs with --password-store=basic (no keyring), set password_store = \"basic\" \
+             in the legacy setting of [apps.code] in the config file"
+        ),
+        "{stderr}"
+    );
+}

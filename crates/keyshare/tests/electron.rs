@@ -433,11 +433,25 @@ fn a_running_app_blocks_writes_unless_forced_and_never_reads() {
             "{err:?}"
         );
         let shown = err.to_string();
+        // The library's words hold for any caller: no flag (QA #4: it named a --force that no
+        // command takes).
         assert!(
-            shown.contains("Code is running") && shown.contains("--force"),
+            shown.contains("Code is running")
+                && shown.contains("open the store with force (ElectronStoreBuilder::force)"),
             "{shown}"
         );
+        assert!(!shown.contains("--"), "{shown}");
     }
+    // A caller says how its own user forces a write.
+    let told = ElectronStore::builder(&db, keyring_keys())
+        .how_to_force("set the test's force switch")
+        .open()
+        .unwrap();
+    let shown = told.set(&key("new"), &value("v")).unwrap_err().to_string();
+    assert!(
+        shown.contains("Quit Code and retry, or set the test's force switch to write anyway"),
+        "{shown}"
+    );
     assert_eq!(raw_rows(&db), before);
     assert!(
         backups_of(&db).is_empty(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use keyshare::store::electron::{
     state_db_path, user_data_dir, ElectronStore, KeySource, SafeStorageKeys, SecretRow,
+    TYPE_THE_PASSWORD_INSTEAD,
 };
 use keyshare::{Limits, SecretValue, Store};
 use serde_json::json;
@@ -151,15 +152,41 @@ pub struct ElectronConfig {
 }
 
 impl ElectronConfig {
-    /// Opens the store for dual writes and migration.
-    pub fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+    /// Opens the store of app `app` (its id in the config) for dual writes and migration.
+    ///
+    /// Its errors name this setting, not flags: no command that uses it takes
+    /// `--keyring-password-stdin` or forces a write (QA #4: the refusal while the app runs
+    /// named a `--force` that does not exist).
+    pub fn open(&self, app: &str) -> anyhow::Result<Arc<dyn Store>> {
         let source = match self.password_store {
             Some(PasswordStore::Basic) => KeySource::Basic,
             Some(PasswordStore::GnomeLibsecret) => KeySource::GnomeLibsecret,
             None => KeySource::platform_default(),
         };
-        let store = ElectronStore::for_app(&self.app_name, self.user_data_dir.as_deref(), &source)?
+        let setting = format!("the legacy setting of [apps.{app}] in the config file");
+        let store = ElectronStore::for_app(&self.app_name, self.user_data_dir.as_deref(), &source)
+            .map_err(|err| match err {
+                keyshare::Error::Unavailable {
+                    store,
+                    reason,
+                    detail,
+                } => keyshare::Error::Unavailable {
+                    store,
+                    reason,
+                    detail: match detail.strip_suffix(TYPE_THE_PASSWORD_INSTEAD) {
+                        Some(detail) if matches!(source, KeySource::GnomeLibsecret) => format!(
+                            "{detail}; or, if {name} runs with --password-store=basic (no \
+                             keyring), set password_store = \"basic\" in {setting}",
+                            name = self.app_name
+                        ),
+                        Some(detail) => detail.to_owned(),
+                        None => detail,
+                    },
+                },
+                other => other,
+            })?
             .force(self.force)
+            .how_to_force(format!("set force = true in {setting}"))
             .open()?;
         Ok(Arc::new(store))
     }

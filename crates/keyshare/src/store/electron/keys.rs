@@ -47,8 +47,10 @@ impl fmt::Debug for KeySource {
     }
 }
 
-/// The advice the Secret Service lookup adds to its errors, at their end.
-pub(crate) const TYPE_THE_PASSWORD_INSTEAD: &str =
+/// The advice the Secret Service lookup adds to its errors, at their end (it names the flag
+/// of `keyshare legacy list` and `keyshare import`). A caller with no way to type the password
+/// (a store opened from configuration) replaces it with advice that holds for its user.
+pub const TYPE_THE_PASSWORD_INSTEAD: &str =
     "; or give the app's keyring password instead (keyshare: --keyring-password-stdin)";
 
 /// Finds the keyring secret Chromium stored for an app in the Secret Service.

@@ -52,8 +52,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 pub use crate::store::secret_service::SafeStorageLookup;
 pub use backup::utc_stamp;
 pub use import::{import_legacy, ImportOutcome, ImportProgress, ImportReport};
-pub(crate) use keys::TYPE_THE_PASSWORD_INSTEAD;
-pub use keys::{KeySource, KeyringLookup, SafeStorageKeys};
+pub use keys::{KeySource, KeyringLookup, SafeStorageKeys, TYPE_THE_PASSWORD_INSTEAD};
 pub use marker::{MarkerError, TargetMarker, TARGET_MARKER_ROW};
 pub use oscrypt::{ExtensionSecretKey, SECRET_ROW_PREFIX};
 pub use paths::{
@@ -89,6 +88,7 @@ pub struct ElectronStore {
     keyring: KeyringCheck,
     write_unverified_password: bool,
     force: bool,
+    how_to_force: Option<String>,
     backup: bool,
     read_only: bool,
     limits: Limits,
@@ -152,6 +152,7 @@ pub struct ElectronStoreBuilder {
     app_name: String,
     user_data_dir: Option<PathBuf>,
     force: bool,
+    how_to_force: Option<String>,
     backup: bool,
     create: bool,
     read_only: bool,
@@ -178,6 +179,14 @@ impl ElectronStoreBuilder {
     /// what was written.
     pub fn force(mut self, force: bool) -> Self {
         self.force = force;
+        self
+    }
+
+    /// How the caller's user forces a write, in the caller's words, for the refusal while the
+    /// app runs (default: the builder's own [`ElectronStoreBuilder::force`]). A command-line
+    /// tool names its own setting here: the library cannot know it.
+    pub fn how_to_force(mut self, how: impl Into<String>) -> Self {
+        self.how_to_force = Some(how.into());
         self
     }
 
@@ -296,6 +305,7 @@ impl ElectronStoreBuilder {
             keyring: self.keyring,
             write_unverified_password: self.write_unverified_password,
             force: self.force,
+            how_to_force: self.how_to_force,
             backup: self.backup,
             read_only: self.read_only,
             limits: self.limits,
@@ -349,6 +359,7 @@ impl ElectronStore {
             app_name: "Code".to_owned(),
             user_data_dir: None,
             force: false,
+            how_to_force: None,
             backup: true,
             create: false,
             read_only: false,
@@ -550,10 +561,14 @@ impl ElectronStore {
                     UnavailableReason::InUse,
                     format!(
                         "{app} is running ({evidence}); it keeps its secrets in memory and would \
-                         overwrite what keyshare writes now. Quit {app} and retry, or force the \
-                         write (--force) to write anyway",
+                         overwrite what keyshare writes now. Quit {app} and retry, or {how} to \
+                         write anyway (then {app} may overwrite or lose what was written)",
                         app = self.app_name,
-                        evidence = running.evidence
+                        evidence = running.evidence,
+                        how = self
+                            .how_to_force
+                            .as_deref()
+                            .unwrap_or("open the store with force (ElectronStoreBuilder::force)")
                     ),
                 ));
             }
