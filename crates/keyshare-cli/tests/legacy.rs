@@ -639,3 +639,78 @@ fn electron_legacy_store_errors_name_the_config_setting_not_flags() {
         "{stderr}"
     );
 }
+
+/// QA #5: five `set`s left five full copies of the state database, and a token set and deleted
+/// stayed in them. Within the hour, the first backup stands for the rest; only the newest three
+/// are kept.
+#[test]
+fn writing_commands_do_not_pile_up_backups() {
+    let env = home();
+    let dir = env.user_data_dir();
+    rusqlite::Connection::open(env.state_db())
+        .unwrap()
+        .execute(
+            "DELETE FROM ItemTable WHERE key = ?1",
+            [format!("secret://{GITHUB}")],
+        )
+        .unwrap();
+    basic_legacy_config(&env, &dir);
+    let db = env.state_db();
+    let backups = || -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(db.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("state.vscdb.keyshare-backup-")
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let run = |args: &[&str], stdin: &[u8]| {
+        let mut all = vec!["--app", "code", "--store", "vault"];
+        all.extend(args);
+        let out = env.run(&all, stdin);
+        assert!(out.status.success(), "{out:?}");
+    };
+    for i in 1..=5 {
+        run(&["set", &format!("bk{i}")], format!("x{i}").as_bytes());
+    }
+    assert_eq!(backups().len(), 1, "{:?}", backups());
+    run(&["set", "tmp"], b"gone");
+    run(&["delete", "tmp"], b"");
+    let left = backups();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let rows: i64 = rusqlite::Connection::open(&left[0])
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM ItemTable WHERE key = 'secret://tmp'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0, "a deleted token is in a backup");
+
+    // Backups older than an hour: a new one is taken, and the oldest go.
+    let stamp = |hours: u64| {
+        keyshare::store::electron::utc_stamp(
+            std::time::SystemTime::now() - std::time::Duration::from_secs(hours * 3600),
+        )
+    };
+    std::fs::remove_file(&left[0]).unwrap();
+    let old: Vec<PathBuf> = (2..=5)
+        .rev()
+        .map(|hours| {
+            let old = db.with_file_name(format!("state.vscdb.keyshare-backup-{}", stamp(hours)));
+            std::fs::copy(&db, &old).unwrap();
+            old
+        })
+        .collect();
+    run(&["set", "bk6"], b"x6");
+    let left = backups();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert_eq!(left[..2], old[2..], "the newest old ones are kept");
+}

@@ -503,10 +503,76 @@ fn the_first_write_backs_the_database_up_once() {
     };
     assert_eq!(saved, original);
 
-    // A new instance backs up again before its own first write.
+    // A new instance within the hour: that backup stands for its own (QA #5: one per command).
     let again = ElectronStore::builder(&db, keyring_keys()).open().unwrap();
     again.set(&key("c"), &value("3")).unwrap();
-    assert_eq!(backups_of(&db).len(), 2);
+    assert_eq!(backups_of(&db), backups);
+    assert_eq!(again.backup_path().as_ref(), Some(&backups[0]));
+}
+
+/// QA #5: every writing command left another full copy, forever, holding deleted tokens. Now:
+/// a backup less than an hour old stands for a new one, and only the newest three are kept;
+/// nothing but keyshare's own backups of this database is deleted.
+#[test]
+fn backups_are_reused_within_the_hour_and_only_the_newest_three_kept() {
+    let (_dir, db) = sample_copy();
+    let dir = db.parent().unwrap();
+    let hours_ago = |h: u64| {
+        keyshare::store::electron::utc_stamp(
+            std::time::SystemTime::now() - std::time::Duration::from_secs(h * 3600),
+        )
+    };
+    let old: Vec<PathBuf> = (2..=6)
+        .rev()
+        .map(|h| {
+            let path = dir.join(format!("state.vscdb.keyshare-backup-{}", hours_ago(h)));
+            std::fs::copy(&db, &path).unwrap();
+            path
+        })
+        .collect();
+    let decoys = [
+        dir.join("state.vscdb.keyshare-backup-mine"),
+        dir.join(format!("state.vscdb.keyshare-backup-{}.bak", hours_ago(9))),
+        dir.join(format!("state.vscdb.bak-{}", hours_ago(9))),
+    ];
+    for decoy in &decoys {
+        std::fs::write(decoy, b"not keyshare's").unwrap();
+    }
+    let keyshares = || -> Vec<PathBuf> {
+        let mut found = backups_of(&db);
+        found.retain(|p| !decoys.contains(p));
+        found
+    };
+
+    let store = ElectronStore::builder(&db, keyring_keys()).open().unwrap();
+    store.set(&key("a"), &value("1")).unwrap();
+    let taken = store.backup_path().unwrap();
+    assert!(!old.contains(&taken));
+    let mut expected = vec![old[3].clone(), old[4].clone(), taken.clone()];
+    expected.sort();
+    assert_eq!(keyshares(), expected, "the three newest are kept");
+    for decoy in &decoys {
+        assert!(decoy.exists(), "{} was deleted", decoy.display());
+    }
+
+    // The QA's sequence: one command writes a token, the next deletes it. Neither takes a
+    // backup (the one above is recent), so no backup holds the token.
+    for write in [
+        |s: &ElectronStore| s.set(&key("tmp"), &value("gone")),
+        |s: &ElectronStore| s.delete(&key("tmp")).map(drop),
+    ] {
+        let store = ElectronStore::builder(&db, keyring_keys()).open().unwrap();
+        write(&store).unwrap();
+        assert_eq!(store.backup_path(), Some(taken.clone()));
+    }
+    assert_eq!(keyshares(), expected);
+    for backup in keyshares() {
+        assert!(
+            !raw_rows(&backup).contains_key("secret://tmp"),
+            "{}",
+            backup.display()
+        );
+    }
 }
 
 #[test]

@@ -19,8 +19,9 @@
 //!   refused unless the caller opts in ([`ElectronStoreBuilder::write_unverified_password`]);
 //! - a write is refused while the app runs (it caches the table and would overwrite the
 //!   change), unless forced; reads are always allowed;
-//! - the database is copied to `state.vscdb.keyshare-backup-<time>` (mode 0600) before the
-//!   first write of each store instance;
+//! - before the first write of each store instance, the database is copied to
+//!   `state.vscdb.keyshare-backup-<time>` (mode 0600), unless keyshare's newest copy is less
+//!   than an hour old; only the newest three copies are kept (see `backup.rs`);
 //! - each write is one `BEGIN IMMEDIATE` transaction (row and marker together).
 //!
 //! ```no_run
@@ -210,7 +211,11 @@ impl ElectronStoreBuilder {
         self
     }
 
-    /// Whether to back the database up before the first write (default: yes).
+    /// Whether to back the database up before the first write (default: yes). The backup is
+    /// `<db>.keyshare-backup-<UTC time>` (mode 0600) next to the database; when the newest such
+    /// backup is less than an hour old, it stands for a new one. Afterwards only the newest
+    /// three such backups are kept: older ones are deleted (they may hold secrets deleted
+    /// since), and no other file is.
     pub fn backup(mut self, backup: bool) -> Self {
         self.backup = backup;
         self
@@ -397,7 +402,8 @@ impl ElectronStore {
         &self.keys
     }
 
-    /// The backup taken before the first write, once there has been one.
+    /// The backup from before the first write, once there has been one: taken then, or a recent
+    /// one that stood for it (see [`ElectronStoreBuilder::backup`]).
     pub fn backup_path(&self) -> Option<PathBuf> {
         self.lock().first_write.clone().flatten()
     }
@@ -576,14 +582,23 @@ impl ElectronStore {
         Ok(())
     }
 
-    /// Backs the database up before the first write of this instance.
+    /// Before the first write of this instance: a backup of the database (taken now, or a
+    /// recent one reused) and old backups pruned, by the rule in `backup.rs`.
     fn before_first_write(&self, state: &mut State) -> Result<()> {
         if state.first_write.is_some() {
             return Ok(());
         }
         let backup = if self.backup {
-            let path = backup::backup_database(&state.conn, &self.path)?;
-            tracing::info!(backup = %path.display(), "backed up {}", self.path.display());
+            let (path, taken) = backup::backup_before_first_write(
+                &state.conn,
+                &self.path,
+                std::time::SystemTime::now(),
+            )?;
+            if taken {
+                tracing::info!(backup = %path.display(), "backed up {}", self.path.display());
+            } else {
+                tracing::info!(backup = %path.display(), "a recent backup of {} stands", self.path.display());
+            }
             Some(path)
         } else {
             None
