@@ -257,6 +257,18 @@ fn import_vscode_fails_with_the_reason_when_a_secret_does_not_decrypt() {
     );
 }
 
+/// Removes the sample database's one v11 row (github.auth): every row left reads with the fixed
+/// v10 key, and keyshare may write with it.
+fn remove_the_v11_row(env: &Home) {
+    rusqlite::Connection::open(env.state_db())
+        .unwrap()
+        .execute(
+            "DELETE FROM ItemTable WHERE key = ?1",
+            [format!("secret://{GITHUB}")],
+        )
+        .unwrap();
+}
+
 fn basic_legacy_config(env: &Home, dir: &std::path::Path) {
     let config = env.path().join("config/keyshare/config.toml");
     std::fs::create_dir_all(config.parent().unwrap()).unwrap();
@@ -309,13 +321,7 @@ fn an_electron_legacy_store_in_the_config_is_dual_written_and_migrated_from() {
     let dir = env.user_data_dir();
     // An app on password store basic has only v10 rows: the sample's v11 row (keyring-protected)
     // would make keyshare refuse to write with the fixed key.
-    rusqlite::Connection::open(env.state_db())
-        .unwrap()
-        .execute(
-            "DELETE FROM ItemTable WHERE key = ?1",
-            [r#"secret://{"extensionId":"vscode.github-authentication","key":"github.auth"}"#],
-        )
-        .unwrap();
+    remove_the_v11_row(&env);
     basic_legacy_config(&env, &dir);
     let out = env.run(
         &["--app", "code", "--store", "vault", "set", "new.key"],
@@ -531,13 +537,7 @@ fn import_vscode_without_a_keyring_imports_v10_and_reports_v11_secrets() {
     }
 
     // Without the v11 row every secret reads: exit 0.
-    rusqlite::Connection::open(env.state_db())
-        .unwrap()
-        .execute(
-            "DELETE FROM ItemTable WHERE key = ?1",
-            [format!("secret://{GITHUB}")],
-        )
-        .unwrap();
+    remove_the_v11_row(&env);
     let args = [
         "--store",
         "memory",
@@ -580,13 +580,7 @@ fn import_vscode_without_a_keyring_imports_v10_and_reports_v11_secrets() {
 fn electron_legacy_store_errors_name_the_config_setting_not_flags() {
     let env = home();
     let dir = env.user_data_dir();
-    rusqlite::Connection::open(env.state_db())
-        .unwrap()
-        .execute(
-            "DELETE FROM ItemTable WHERE key = ?1",
-            [format!("secret://{GITHUB}")],
-        )
-        .unwrap();
+    remove_the_v11_row(&env);
     let config = env.path().join("config/keyshare/config.toml");
     std::fs::create_dir_all(config.parent().unwrap()).unwrap();
     let write_config = |extra: &str| {
@@ -647,13 +641,7 @@ fn electron_legacy_store_errors_name_the_config_setting_not_flags() {
 fn writing_commands_do_not_pile_up_backups() {
     let env = home();
     let dir = env.user_data_dir();
-    rusqlite::Connection::open(env.state_db())
-        .unwrap()
-        .execute(
-            "DELETE FROM ItemTable WHERE key = ?1",
-            [format!("secret://{GITHUB}")],
-        )
-        .unwrap();
+    remove_the_v11_row(&env);
     basic_legacy_config(&env, &dir);
     let db = env.state_db();
     let backups = || -> Vec<PathBuf> {

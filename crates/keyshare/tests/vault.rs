@@ -911,16 +911,7 @@ fn os_keyring_protects_new_vaults_first() {
     // A keyring that does not answer is not told to unlock (found by QA).
     keyring.hung.store(true, Ordering::SeqCst);
     let err = VaultStore::open(with_keyring(keyring.clone(), false)).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Unavailable {
-                reason: UnavailableReason::TimedOut,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_timed_out(&err);
     assert!(!err.to_string().contains("Unlock"), "{err}");
     assert!(err.to_string().contains("did not answer in time"), "{err}");
     // A keyring that lost the entry.
