@@ -149,8 +149,12 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
 
 /// No broker answered (or none could be started): the command opens the store itself.
 fn no_broker(err: &ClientError) -> Option<SharedChoice> {
-    if let ClientError::Transport(TransportError::StartupLockHeld { .. }) = err {
-        // The user waited for seconds: say why, and who holds things up.
+    if let ClientError::Transport(
+        TransportError::StartupLockHeld { .. } | TransportError::TimedOut(_),
+    ) = err
+    {
+        // The user waited for seconds: say why (who holds things up; a broker that is stopped
+        // or hung, which went unsaid: found by QA).
         eprintln!("keyshare: warning: {err}; opening the shared store directly");
     } else {
         tracing::warn!(error = %err, "no broker: opening the shared store directly");

@@ -945,3 +945,28 @@ fn doctor_tells_when_the_brokers_policy_is_not_the_configs() {
     );
     serve.stop();
 }
+
+/// A broker that is stopped (or hung) holds a command up for its timeout, then the command opens
+/// the store itself, and says so on stderr: it said nothing unless KEYSHARE_LOG asked (found by
+/// QA).
+#[test]
+fn a_command_that_meets_a_hung_broker_says_why_it_waited() {
+    let home = tempfile::tempdir().unwrap();
+    let serve = Serving::start(keyshare(home.path()));
+    run_ok(home.path(), &["set", "k"], b"v");
+    let pid = rustix::process::Pid::from_raw(serve.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // Without autostart (as for an app with a repair journal), the command waits for the
+    // broker's hello before it chooses; with neither, its request times out (exit 3).
+    let out = run(home.path(), &["--no-autostart", "get", "k"], b"");
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.stdout, b"v");
+    assert!(
+        stderr.contains("the broker did not answer within")
+            && stderr.contains("opening the shared store directly"),
+        "{stderr}"
+    );
+    serve.stop();
+}
