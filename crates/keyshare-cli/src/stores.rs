@@ -418,12 +418,33 @@ pub fn open(ctx: &Context) -> anyhow::Result<Opened> {
     open_with(ctx, Migration::Lazy)
 }
 
+/// Whether a shared store that could not be opened is out of reach for now (the legacy store
+/// then carries the app, and repairs catch up), rather than refused on purpose: a broker
+/// serving another store, a protection this config requires and the store lacks, or a policy
+/// that denies this app are settings to fix. Working from the legacy store through those would
+/// queue repairs for a store the app did not ask for (found by QA: exit 0 and a warning).
+fn is_outage(err: &anyhow::Error) -> bool {
+    !matches!(
+        err.downcast_ref::<keyshare::Error>(),
+        Some(
+            keyshare::Error::Invalid {
+                what: "broker store",
+                ..
+            } | keyshare::Error::ProtectionUnavailable(_)
+                | keyshare::Error::Unavailable {
+                    reason: UnavailableReason::Denied,
+                    ..
+                }
+        )
+    )
+}
+
 /// [`open`], choosing how migration runs.
 pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> {
     let legacy_config = ctx.config.app(&ctx.app).and_then(|a| a.legacy.as_ref());
     let shared = match open_shared(ctx) {
         Ok(shared) => shared,
-        Err(err) if legacy_config.is_some() => {
+        Err(err) if legacy_config.is_some() && is_outage(&err) => {
             eprintln!(
                 "keyshare: warning: the shared store cannot be opened, so this app works from its \
                  legacy store and queues repairs: {}",

@@ -350,6 +350,15 @@ fn a_broker_started_with_other_settings_refuses_instead_of_serving_another_store
             "{stderr}"
         );
     }
+    // An app with a legacy store of its own is refused too, instead of working from that
+    // store as in an outage and queueing repairs for a store it did not ask for (found by QA:
+    // exit 0 and a warning). A mismatch is a setting to fix, not an outage to ride out.
+    write_config(home.path(), "[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    let out = run(home.path(), &["--app", "code", "set", "k"], b"v1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(!stderr.contains("works from its legacy store"), "{stderr}");
+    write_config(home.path(), "");
     let direct = run(home.path(), &["--direct", "get", "k"], b"");
     assert_eq!(
         direct.status.code(),
