@@ -89,6 +89,25 @@ impl Serving {
         wait_for_line(&mut self.stderr, needle)
     }
 
+    /// SIGTERM, once the broker says it is shutting down a second SIGTERM; its exit status and
+    /// how long after the first signal it came (it must come within 20 s).
+    fn stop_with_two_sigterms(&mut self) -> (std::process::ExitStatus, std::time::Duration) {
+        let started = std::time::Instant::now();
+        sigterm(self.child.id());
+        self.wait_for_log("SIGTERM: shutting down");
+        sigterm(self.child.id());
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = self.child.kill();
+                panic!("the broker did not stop within 20 s of two SIGTERMs");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// SIGTERM, and a clean exit.
     fn stop(mut self) {
         sigterm(self.child.id());
@@ -108,6 +127,16 @@ fn log_once_stopped(log: &Path) -> String {
         assert!(std::time::Instant::now() < deadline, "log so far: {text}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Protocol frames (a 4-byte big-endian length, then the body) of `bodies`, back to back.
+fn framed(bodies: impl IntoIterator<Item = Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for body in bodies {
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+    }
+    out
 }
 
 fn write_config(home: &Path, text: &str) {
@@ -597,15 +626,11 @@ fn a_second_signal_stops_the_broker_at_once() {
     // A client that asks for the big value a hundred times and reads none of the replies.
     let socket = home.path().join("run/keyshare/stable.sock");
     let mut client = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-    let mut requests = Vec::new();
     let hello =
         br#"{"id":0,"op":"hello","client":"t","client_version":"0","protocol":1,"app":"code"}"#;
-    for body in std::iter::once(hello.to_vec())
-        .chain((1..=100).map(|id| format!(r#"{{"id":{id},"op":"get","key":"big"}}"#).into_bytes()))
-    {
-        requests.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        requests.extend_from_slice(&body);
-    }
+    let requests = framed(std::iter::once(hello.to_vec()).chain(
+        (1..=100).map(|id| format!(r#"{{"id":{id},"op":"get","key":"big"}}"#).into_bytes()),
+    ));
     client.write_all(&requests).unwrap();
     // Until the broker can write no more: the bytes waiting for the client stop growing.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -624,21 +649,7 @@ fn a_second_signal_stops_the_broker_at_once() {
         );
     }
 
-    let started = std::time::Instant::now();
-    sigterm(serve.child.id());
-    serve.wait_for_log("SIGTERM: shutting down");
-    sigterm(serve.child.id());
-    let status = loop {
-        if let Some(status) = serve.child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > std::time::Duration::from_secs(20) {
-            let _ = serve.child.kill();
-            panic!("the broker did not stop within 20 s of two SIGTERMs");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    let took = started.elapsed();
+    let (status, took) = serve.stop_with_two_sigterms();
     assert!(
         took < std::time::Duration::from_millis(2500),
         "stopped {took:?} after the first SIGTERM: the second did not cut the 5 s grace short"
@@ -677,14 +688,11 @@ fn a_second_signal_does_not_wait_for_a_store_call_still_running() {
     // too (one write, read in order) and started it.
     let socket = home.path().join("run/keyshare/stable.sock");
     let mut client = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-    let mut requests = Vec::new();
-    for body in [
-        &br#"{"id":0,"op":"hello","client":"t","client_version":"0","protocol":1,"app":"code"}"#[..],
-        br#"{"id":1,"op":"delete","key":"k"}"#,
-    ] {
-        requests.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        requests.extend_from_slice(body);
-    }
+    let requests = framed([
+        br#"{"id":0,"op":"hello","client":"t","client_version":"0","protocol":1,"app":"code"}"#
+            .to_vec(),
+        br#"{"id":1,"op":"delete","key":"k"}"#.to_vec(),
+    ]);
     client.write_all(&requests).unwrap();
     let mut header = [0u8; 4];
     client.read_exact(&mut header).unwrap();
@@ -697,21 +705,7 @@ fn a_second_signal_does_not_wait_for_a_store_call_still_running() {
     );
     std::thread::sleep(std::time::Duration::from_millis(200));
 
-    let started = std::time::Instant::now();
-    sigterm(serve.child.id());
-    serve.wait_for_log("SIGTERM: shutting down");
-    sigterm(serve.child.id());
-    let status = loop {
-        if let Some(status) = serve.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
-            "the broker did not stop"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    let took = started.elapsed();
+    let (status, took) = serve.stop_with_two_sigterms();
     let _ = locker.kill();
     let _ = locker.wait();
     drop(client);
