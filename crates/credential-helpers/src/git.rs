@@ -213,6 +213,21 @@ impl Request {
         out.write_all(b"\n")
     }
 
+    /// True when the request carries a credential to store: a `username=` and a `password=`
+    /// line (either may be empty, as for a client certificate's passphrase).
+    ///
+    /// [`store`] stores nothing without them ([`StoreOutcome::Incomplete`]), and says nothing,
+    /// as git's own helpers do (git's credential-store and credential-cache exit 0, libsecret
+    /// exits 1 silently; git ignores a store's exit code but shows its stderr). git sends such
+    /// a store since 2.46: a credential of another `authtype` arrives as `credential=` alone,
+    /// which this helper does not keep, and an error would be shown on the user's terminal
+    /// after every fetch or push that used it. A caller that must open a store first can ask
+    /// this before opening it. A missing `protocol` or `host` stays an error when there is a
+    /// credential: git always sends both, so their absence means the caller is not git.
+    pub fn has_credential(&self) -> bool {
+        self.username.is_some() && self.password.is_some()
+    }
+
     /// The protocol, host and path this request is about, validated.
     fn target(&self) -> Result<Target<'_>> {
         let protocol = self
@@ -537,27 +552,33 @@ pub enum StoreOutcome {
     Stored,
     /// The password had already expired: nothing was stored or changed.
     Expired,
+    /// The request had no `username=` or no `password=` line: nothing was stored or changed.
+    Incomplete,
 }
 
 /// `store`: saves the credential git approved.
 ///
-/// Needs `protocol`, `host`, `username` and `password` ([`Error::Invalid`] otherwise; git
-/// always sends them). An already expired password is not stored ([`StoreOutcome::Expired`]).
+/// Without a `username` or a `password` nothing is stored, and that is no error
+/// ([`StoreOutcome::Incomplete`]; see [`Request::has_credential`] for why). With them, needs
+/// `protocol` and `host` ([`Error::Invalid`] otherwise; git always sends them). An already
+/// expired password is not stored ([`StoreOutcome::Expired`]).
 pub fn store(storage: &SecretStorage, request: &Request, now: u64) -> Result<StoreOutcome> {
+    let (Some(username), Some(password)) = (request.username.as_deref(), &request.password) else {
+        tracing::debug!(
+            has_username = request.username.is_some(),
+            has_password = request.password.is_some(),
+            "not storing a git credential without a username or a password, as git's own \
+             helpers do"
+        );
+        return Ok(StoreOutcome::Incomplete);
+    };
     let target = request.target()?;
-    let username = request.username.as_deref().ok_or_else(|| {
-        invalid("no username= line; git sends one with every credential to store")
-    })?;
-    let password = request
-        .password
-        .clone()
-        .ok_or_else(|| invalid("no password= line; there is nothing to store"))?;
     let credential = Credential {
         protocol: target.protocol.to_owned(),
         host: target.host.to_owned(),
         path: target.path.map(str::to_owned),
         username: username.to_owned(),
-        password,
+        password: password.clone(),
         password_expiry_utc: request.password_expiry_utc,
         oauth_refresh_token: request.oauth_refresh_token.clone(),
         stored_at: now,
@@ -1017,8 +1038,6 @@ mod tests {
         for (input, expected) in [
             ("host=h\nusername=u\npassword=p\n", "no protocol= line"),
             ("protocol=https\nusername=u\npassword=p\n", "no host= line"),
-            ("protocol=https\nhost=h\npassword=p\n", "no username= line"),
-            ("protocol=https\nhost=h\nusername=u\n", "no password= line"),
             (
                 "protocol=ht tps\nhost=h\nusername=u\npassword=p\n",
                 "the protocol may contain",
@@ -1037,6 +1056,35 @@ mod tests {
         // Left untouched.
         assert!(erase(&storage, &req("protocol=https\nhost=h\n")).is_err());
         assert!(storage.get(&key).unwrap().is_some());
+    }
+
+    /// git's own helpers ignore a store without a username or a password, silently, and git
+    /// sends one for a credential of another `authtype`; keyshare refused it with an error that
+    /// git showed on the user's terminal.
+    #[test]
+    fn a_store_without_username_or_password_is_ignored_as_git_s_helpers_do() {
+        let storage = storage();
+        for input in [
+            "protocol=https\nhost=h\npassword=p\n",
+            "protocol=https\nhost=h\nusername=u\n",
+            "protocol=https\nhost=h\nauthtype=Bearer\ncredential=tok3n\n",
+            // Nothing to store, so nothing to check either, as in git's credential-store.
+            "username=u\n",
+            "",
+        ] {
+            let request = req(input);
+            assert!(!request.has_credential(), "{input}");
+            assert_eq!(
+                store(&storage, &request, 1).unwrap(),
+                StoreOutcome::Incomplete,
+                "{input}"
+            );
+        }
+        assert!(storage.keys().unwrap().is_empty());
+        // Empty values are values: a certificate's passphrase comes with `username=`.
+        let request = req("protocol=https\nhost=h\nusername=\npassword=\n");
+        assert!(request.has_credential());
+        assert_eq!(store(&storage, &request, 1).unwrap(), StoreOutcome::Stored);
     }
 
     fn value() -> impl Strategy<Value = String> {

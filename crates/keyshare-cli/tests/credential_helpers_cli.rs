@@ -101,14 +101,6 @@ fn git_credential_bad_input() {
         env.failure_with_stdout(store, b"protocol=https\nusername=u\npassword=hunter2\n")
     );
     snapshot!(
-        "git_missing_username",
-        env.failure_with_stdout(store, b"protocol=https\nhost=h.example\npassword=hunter2\n")
-    );
-    snapshot!(
-        "git_missing_password",
-        env.failure_with_stdout(store, b"protocol=https\nhost=h.example\nusername=u\n")
-    );
-    snapshot!(
         "git_erase_oversized",
         env.failure_with_stdout(&["git-credential", "erase"], long.as_bytes())
     );
@@ -117,6 +109,45 @@ fn git_credential_bad_input() {
         env.failure_with_stdout(&["git-credential", "get"], b"protocol=https\n")
     );
     assert_eq!(env.state(), before, "a rejected request changed the store");
+}
+
+/// A `store` without a username or a password stores nothing and says nothing, with success,
+/// as git's own helpers do (git shows a helper's stderr; it used to show an error here). The
+/// store is not even opened: opening it may print (a new vault) or fail.
+#[test]
+fn git_credential_store_without_username_or_password_is_ignored_silently() {
+    let fresh = home();
+    let incomplete: [&[u8]; 3] = [
+        b"protocol=https\nhost=h.example\npassword=hunter2\n",
+        b"protocol=https\nhost=h.example\nusername=u\n",
+        b"capability[]=authtype\nprotocol=https\nhost=h.example\nauthtype=Bearer\n\
+          credential=tok3n\n",
+    ];
+    for input in incomplete {
+        let out = fresh.run(&["git-credential", "store"], input);
+        assert_eq!(
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            (Some(0), "".into(), "".into()),
+            "{}",
+            String::from_utf8_lossy(input)
+        );
+    }
+    assert!(
+        !fresh.data_dir().exists(),
+        "the store was opened (a vault created) for nothing to store"
+    );
+
+    let env = home();
+    env.ok(&["git-credential", "store"], GIT_OK);
+    let before = env.state();
+    for input in incomplete {
+        env.ok(&["git-credential", "store"], input);
+    }
+    assert_eq!(env.state(), before);
 }
 
 #[test]

@@ -166,6 +166,27 @@ fn fill_approve_reject_round_trip() {
         .success());
 }
 
+/// Since git 2.46, `git credential approve` of a credential of another `authtype`
+/// (`credential=`, no username or password) runs every helper's `store` with neither: git's own
+/// helpers ignore it silently, and keyshare printed an error, which git passed on to the user.
+#[test]
+fn approving_a_credential_without_username_or_password_says_nothing() {
+    if !tools_available() {
+        return;
+    }
+    let env = Env::new();
+    let out = ok(env.git_stdin(
+        &["credential", "approve"],
+        "capability[]=authtype\nprotocol=https\nhost=git.example.com\nauthtype=Bearer\n\
+         credential=tok3n\n",
+    ));
+    assert_eq!(
+        (text(&out.stdout), text(&out.stderr)),
+        (String::new(), String::new())
+    );
+    assert!(env.keys().is_empty());
+}
+
 #[test]
 fn expiry_and_use_http_path() {
     if !tools_available() {

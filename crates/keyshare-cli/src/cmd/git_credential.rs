@@ -38,6 +38,12 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     }
     // Read and check the whole request before opening any store: bad input changes nothing.
     let request = Request::parse(std::io::stdin().lock())?;
+    if args.operation == "store" && !request.has_credential() {
+        // Ignored without a word, as git's own helpers do (see `Request::has_credential`), and
+        // before opening the store, whose opening may itself print (a vault it created) or fail.
+        tracing::debug!("git store without a username or a password: nothing to store");
+        return Ok(());
+    }
     let opened = stores::open(ctx)?;
     let storage = &opened.storage;
     match args.operation.as_str() {
@@ -57,14 +63,15 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
                     .context("cannot write the credential to standard output")?;
             }
         }
-        "store" => {
-            if git::store(storage, &request, now())? == StoreOutcome::Expired {
+        "store" => match git::store(storage, &request, now())? {
+            StoreOutcome::Expired => {
                 let _ = writeln!(
                     std::io::stderr(),
                     "keyshare: not storing an already expired credential"
                 );
             }
-        }
+            StoreOutcome::Stored | StoreOutcome::Incomplete => {}
+        },
         _ => {
             git::erase(storage, &request)?;
         }
