@@ -1,5 +1,6 @@
 //! The docker-credential-helpers protocol, as the docker CLI speaks it: the verb is the only
-//! argument; `store` reads `{"ServerURL","Username","Secret"}` on stdin; `get` and `erase` read
+//! argument; `store` reads `{"ServerURL","Username","Secret"}` on stdin (field names in any
+//! case, as docker's Go decoder reads them); `get` and `erase` read
 //! a server URL; `get` answers with the same JSON; `list` answers with a JSON map from server
 //! URL to username. Errors are one line on stdout and a non-zero exit; the docker CLI matches
 //! three of those lines exactly ([`NOT_FOUND`], [`MISSING_SERVER_URL`], [`MISSING_USERNAME`]).
@@ -70,14 +71,114 @@ struct Wire<'a> {
     secret: &'a str,
 }
 
-#[derive(Deserialize)]
+/// A field of the JSON document, as docker names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    ServerUrl,
+    Username,
+    Secret,
+}
+
+impl Field {
+    const ALL: [Field; 3] = [Field::ServerUrl, Field::Username, Field::Secret];
+
+    fn name(self) -> &'static str {
+        match self {
+            Field::ServerUrl => "ServerURL",
+            Field::Username => "Username",
+            Field::Secret => "Secret",
+        }
+    }
+
+    /// The field a JSON key names, matched as Go's encoding/json matches it (docker and the
+    /// reference helpers decode with it, and other clients imitate what it accepts): without
+    /// regard to case, under Unicode's simple case folding, where the only characters other
+    /// than ASCII letters that fold to ASCII letters are U+017F (long s, as `s`) and U+212A
+    /// (Kelvin sign, as `k`).
+    fn from_key(key: &str) -> Option<Field> {
+        fn fold(c: char) -> char {
+            match c {
+                '\u{17F}' => 's',
+                '\u{212A}' => 'k',
+                c => c.to_ascii_lowercase(),
+            }
+        }
+        Field::ALL
+            .into_iter()
+            .find(|field| key.chars().map(fold).eq(field.name().chars().map(fold)))
+    }
+}
+
+/// The JSON document as read: `store`'s payload, or a stored value.
+#[derive(Default)]
 struct WireIn {
-    #[serde(rename = "ServerURL", default)]
     server_url: String,
-    #[serde(rename = "Username", default)]
     username: String,
-    #[serde(rename = "Secret")]
     secret: Option<Zeroizing<String>>,
+    /// A field the document names twice (in any case), with the first two keys naming it.
+    /// Go's decoder keeps the last one; which one the writer meant is anyone's guess, so the
+    /// document is refused. Kept here rather than failed in the deserializer because a serde
+    /// error can only be reported by its category: its message may quote the secret.
+    duplicate: Option<(Field, String, String)>,
+}
+
+impl WireIn {
+    fn duplicate_error(&self) -> Option<String> {
+        self.duplicate.as_ref().map(|(field, first, second)| {
+            // Both keys fold to the field's name, so quoting them shows nothing of the values.
+            format!(
+                "the field {:?} is given twice (as {first:?} and {second:?}); field names are \
+                 matched without regard to case, so give it once",
+                field.name()
+            )
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for WireIn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = WireIn;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<WireIn, A::Error> {
+                let mut wire = WireIn::default();
+                let mut seen: [Option<String>; Field::ALL.len()] = Default::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    let Some(field) = Field::from_key(&key) else {
+                        // Unknown fields are ignored, as Go's decoder does (docker may add some).
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    };
+                    let first = &mut seen[field as usize];
+                    if let Some(first) = first {
+                        if wire.duplicate.is_none() {
+                            wire.duplicate = Some((field, first.clone(), key));
+                        }
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    }
+                    match field {
+                        Field::ServerUrl => wire.server_url = map.next_value()?,
+                        Field::Username => wire.username = map.next_value()?,
+                        Field::Secret => wire.secret = map.next_value()?,
+                    }
+                    *first = Some(key);
+                }
+                Ok(wire)
+            }
+        }
+
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 fn check_input(input: &[u8]) -> Result<()> {
@@ -105,10 +206,12 @@ fn json_error(e: &serde_json::Error) -> String {
 }
 
 impl Credential {
-    /// Parses `store`'s input. Unknown fields are ignored (docker may add some).
+    /// Parses `store`'s input. Field names are matched without regard to case, as docker's Go
+    /// decoder matches them; unknown fields are ignored (docker may add some).
     ///
     /// Errors ([`Error::Invalid`], never quoting the input): malformed JSON, a NUL byte, input
-    /// over [`MAX_INPUT_LEN`], and, with docker's exact wording, an empty `ServerURL`
+    /// over [`MAX_INPUT_LEN`], a field given twice (`Secret` and `secret`, say), and, with
+    /// docker's exact wording, an empty `ServerURL`
     /// ([`MISSING_SERVER_URL`]) or `Username` ([`MISSING_USERNAME`]); a missing `Secret`; a
     /// `ServerURL` that [`parse_server_url`] would refuse (over several lines, or too long for
     /// a key), since what is stored must be found and erased with it.
@@ -120,6 +223,9 @@ impl Credential {
                 json_error(&e)
             ))
         })?;
+        if let Some(reason) = wire.duplicate_error() {
+            return Err(invalid(format!("the store payload is ambiguous: {reason}")));
+        }
         // Trimmed as `get` and `erase` trim theirs: kept as given, "reg.example " would be
         // listed but never found or erased.
         let trimmed = wire.server_url.trim();
@@ -179,6 +285,9 @@ impl Credential {
                 json_error(&e)
             ))
         })?;
+        if let Some(reason) = wire.duplicate_error() {
+            return Err(corrupt(reason));
+        }
         let Some(secret) = wire.secret.as_mut() else {
             return Err(corrupt("the stored credential has no Secret".to_owned()));
         };
@@ -396,11 +505,122 @@ mod tests {
         assert!(reason(parse_server_url(b"a\nb").unwrap_err()).contains("several lines"));
     }
 
+    /// docker's Go decoder matches field names without regard to case, and clients that
+    /// imitate it send `serverurl` or `SERVERURL`; keyshare matched them exactly and refused
+    /// such a payload as having no server URL.
+    #[test]
+    fn field_names_are_matched_without_regard_to_case_as_go_does() {
+        let expected = Credential {
+            server_url: "r.example".to_owned(),
+            username: "u".to_owned(),
+            secret: SecretValue::from_slice(b"s"),
+        };
+        for payload in [
+            &br#"{"serverurl":"r.example","username":"u","secret":"s"}"#[..],
+            br#"{"SERVERURL":"r.example","USERNAME":"u","SECRET":"s"}"#,
+            br#"{"serverUrl":"r.example","userName":"u","sEcReT":"s"}"#,
+            // Go folds U+017F (long s) to 's', as Unicode's simple case folding does.
+            "{\"ServerURL\":\"r.example\",\"Username\":\"u\",\"\u{17F}ecret\":\"s\"}".as_bytes(),
+            // Escaped keys are compared once unescaped.
+            br#"{"Server\u0055RL":"r.example","Username":"u","Secret":"s"}"#,
+        ] {
+            assert_eq!(
+                Credential::parse_store(payload).unwrap(),
+                expected,
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        // Not a case variant: an unknown field, ignored.
+        assert_eq!(
+            reason(
+                Credential::parse_store(
+                    br#"{"Server_URL":"r.example","Username":"u","Secret":"s"}"#
+                )
+                .unwrap_err()
+            ),
+            MISSING_SERVER_URL
+        );
+    }
+
+    #[test]
+    fn a_field_given_twice_in_any_case_is_refused_without_the_secret() {
+        for (payload, first, second) in [
+            (
+                &br#"{"ServerURL":"r","Username":"u","Secret":"hunter2","secret":"hunter3"}"#[..],
+                "Secret",
+                "secret",
+            ),
+            (
+                br#"{"Secret":"hunter2","ServerURL":"r","Username":"u","Secret":"hunter3"}"#,
+                "Secret",
+                "Secret",
+            ),
+            (
+                br#"{"username":"u","ServerURL":"r","Secret":"hunter2","USERNAME":"v"}"#,
+                "username",
+                "USERNAME",
+            ),
+        ] {
+            let text = reason(Credential::parse_store(payload).unwrap_err());
+            assert!(
+                text.starts_with("the store payload is ambiguous: the field")
+                    && text.contains(&format!("(as {first:?} and {second:?})")),
+                "{text}"
+            );
+            assert!(!text.contains("hunter"), "{text}");
+        }
+        // A stored value with a field twice is corrupt, and left alone.
+        let storage = SecretStorage::builder(Arc::new(MemoryStore::new())).build();
+        let key = key("r").unwrap();
+        storage
+            .set(
+                &key,
+                &SecretValue::from_slice(
+                    br#"{"ServerURL":"r","Username":"u","Secret":"hunter2","SECRET":"x"}"#,
+                ),
+            )
+            .unwrap();
+        let err = get(&storage, "r").unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { detail, .. } if detail.contains("given twice")),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(storage.get(&key).unwrap().is_some());
+    }
+
     proptest! {
         #[test]
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = Credential::parse_store(&bytes);
             let _ = parse_server_url(&bytes);
+        }
+
+        #[test]
+        fn any_casing_of_the_field_names_parses_the_same(
+            upper in prop::collection::vec(any::<bool>(), "ServerURLUsernameSecret".len()),
+            order in Just([0usize, 1, 2]).prop_shuffle(),
+        ) {
+            let mut flips = upper.into_iter();
+            let entries = [("ServerURL", "r.example"), ("Username", "u"), ("Secret", "s")]
+                .map(|(name, value)| {
+                    let name: String = name
+                        .chars()
+                        .zip(&mut flips)
+                        .map(|(c, up)| if up { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() })
+                        .collect();
+                    format!("{name:?}:{value:?}")
+                });
+            let payload = format!(
+                "{{{},{},{}}}",
+                entries[order[0]], entries[order[1]], entries[order[2]]
+            );
+            let credential = Credential::parse_store(payload.as_bytes()).unwrap();
+            prop_assert_eq!(
+                (credential.server_url.as_str(), credential.username.as_str(), credential.secret.expose_secret()),
+                ("r.example", "u", &b"s"[..])
+            );
         }
 
         #[test]

@@ -217,6 +217,13 @@ fn docker_credential_bad_input() {
         )
     );
     snapshot!(
+        "docker_duplicate_field",
+        env.failure_with_stdout(
+            &docker("store"),
+            br#"{"ServerURL":"r.example","Username":"u","Secret":"hunter2","secret":"tok3n"}"#
+        )
+    );
+    snapshot!(
         "docker_nul_byte",
         env.failure_with_stdout(
             &docker("store"),

@@ -165,6 +165,23 @@ fn store_get_list_erase_as_docker_does() {
     assert_eq!(text(&listed.stdout), format!("{{\"{hub}\":\"alice\"}}\n"));
 }
 
+/// docker decodes a store payload with Go's encoding/json, which matches field names without
+/// regard to case, and clients that imitate it send them in other cases; keyshare refused
+/// those as having no server URL.
+#[test]
+fn store_field_names_in_any_case_as_go_reads_them() {
+    let env = Env::new();
+    ok(env.helper(
+        "store",
+        b"{\"serverurl\":\"r.example\",\"USERNAME\":\"u\",\"secret\":\"tok\"}\n",
+    ));
+    let got = ok(env.helper("get", b"r.example"));
+    assert_eq!(
+        text(&got.stdout),
+        "{\"ServerURL\":\"r.example\",\"Username\":\"u\",\"Secret\":\"tok\"}\n"
+    );
+}
+
 #[test]
 fn docker_s_canonical_error_lines() {
     let env = Env::new();
