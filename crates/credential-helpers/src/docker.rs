@@ -350,7 +350,8 @@ pub fn get(storage: &SecretStorage, server_url: &str) -> Result<Option<Credentia
         .transpose()
 }
 
-/// `erase`: removes the credential for `server_url`; `false` when there was none.
+/// `erase`: removes the credential for `server_url`; `false` when there was none (which the
+/// helper answers with success, as docker's helpers for Linux do).
 pub fn erase(storage: &SecretStorage, server_url: &str) -> Result<bool> {
     storage.delete(&key(server_url)?)
 }

@@ -68,9 +68,12 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         }
         "erase" => {
             let url = docker::parse_server_url(&read_stdin()?)?;
-            if !docker::erase(&stores::open(ctx)?.storage, &url)? {
-                return Err(not_found());
-            }
+            // Nothing stored for that URL is success, as with the reference helpers on Linux
+            // (secretservice, pass): docker's `logout` removes its own entry for the registry
+            // from config.json only after the helper's erase succeeds, and tries several
+            // spellings of the address, so a not-found error left a login that could never be
+            // logged out of (found in review).
+            docker::erase(&stores::open(ctx)?.storage, &url)?;
         }
         "list" => {
             let listed = docker::list_reporting(&stores::open(ctx)?.storage, &mut |key, err| {
