@@ -533,3 +533,100 @@ fn a_legacy_failure_after_the_shared_write_says_the_shared_store_has_it() {
     let err = code.storage.set(&k("other"), &v("t2")).unwrap_err();
     assert!(!err.to_string().contains("shared store"), "{err}");
 }
+
+// Found by QA (stop 15): while this app's write waited for its repair, another app signed out
+// (deleted the key), and the repair put this app's token back. The shared store records when
+// each key changed, so the repair now sees that the other app's delete came later, keeps it,
+// and brings this app's own copy in line.
+#[test]
+fn another_apps_later_delete_or_set_stands_over_a_repair() {
+    let shared = faulty();
+    let code = app(&shared);
+    let agents = app(&shared);
+    let mut events = code.storage.subscribe();
+    for key in ["signed.out", "replaced"] {
+        shared.arm_on(0, Fault::FailBefore, Calls::Writes);
+        code.storage.set(&k(key), &v("code's token")).unwrap();
+    }
+    assert_eq!(code.storage.status().pending_repairs.len(), 2);
+    agents.storage.delete(&k("signed.out")).unwrap();
+    agents
+        .storage
+        .set(&k("replaced"), &v("agents' token"))
+        .unwrap();
+    // Until the repair, code reads its own write (documented); then never again.
+    assert_eq!(
+        read(&code.storage, "signed.out").as_deref(),
+        Some("code's token")
+    );
+
+    let report = code.storage.repair().unwrap();
+    assert_eq!(report.repaired, 0);
+    let mut superseded = report.superseded.clone();
+    superseded.sort();
+    assert_eq!(superseded, vec![k("replaced"), k("signed.out")]);
+    assert!(code.storage.status().pending_repairs.is_empty());
+    for storage in [&code.storage, &agents.storage] {
+        assert_eq!(read(storage, "signed.out"), None);
+        assert_eq!(read(storage, "replaced").as_deref(), Some("agents' token"));
+    }
+    // This app's own copy followed, so nothing of it comes back through a fallback either.
+    assert_eq!(code.legacy.get(&k("signed.out")).unwrap(), None);
+    assert_eq!(
+        code.legacy
+            .get(&k("replaced"))
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        b"agents' token"
+    );
+    // What code reads changed, so its subscribers hear of it.
+    let kinds: Vec<_> = std::iter::from_fn(|| events.try_recv())
+        .filter_map(|n| match n {
+            Notification::Changed(e) if e.key == k("signed.out") => Some(e.kind),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds.last(), Some(&ChangeKind::Delete), "{kinds:?}");
+}
+
+// The case a fix by "what the shared store held when this app last looked" got wrong (the
+// model test found it): another app's change made BEFORE this app's failed write is older, so
+// this app's acknowledged write wins the repair, a delete included.
+#[test]
+fn another_apps_earlier_change_does_not_undo_this_apps_failed_write() {
+    let shared = faulty();
+    let code = app(&shared);
+    let agents = app(&shared);
+    code.storage.set(&k("k"), &v("code 1")).unwrap();
+    agents.storage.set(&k("k"), &v("agents")).unwrap();
+    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
+    code.storage.delete(&k("k")).unwrap();
+    let report = code.storage.repair().unwrap();
+    assert_eq!((report.repaired, report.superseded.len()), (1, 0));
+    assert_eq!(read(&agents.storage, "k"), None);
+    assert_eq!(read(&code.storage, "k"), None);
+}
+
+// A secret an app kept from before sharing (never migrated) does not come back after another
+// app deleted the key from the shared store: that delete is later than the old copy.
+#[test]
+fn a_copy_from_before_sharing_does_not_undo_another_apps_delete() {
+    let shared = faulty();
+    let legacy = faulty();
+    legacy.set(&k("github.auth"), &v("old token")).unwrap();
+    legacy.set(&k("other"), &v("kept")).unwrap();
+    let agents = app(&shared);
+    agents.storage.delete(&k("github.auth")).unwrap();
+    let code = SecretStorage::builder(shared.clone())
+        .legacy(legacy.clone())
+        .journal(Arc::new(MemoryStore::new()))
+        .build();
+    assert_eq!(read(&code, "github.auth"), None);
+    assert_eq!(read(&code, "other").as_deref(), Some("kept"));
+    let migration = code.migrate(|_| {}).unwrap();
+    assert!(migration.complete);
+    assert_eq!(read(&agents.storage, "github.auth"), None);
+    assert_eq!(read(&agents.storage, "other").as_deref(), Some("kept"));
+    assert!(!code.keys().unwrap().contains(&k("github.auth")));
+}

@@ -678,17 +678,70 @@ fn a_newer_schema_is_refused_and_left_untouched() {
     open(&path, "ns").set(&key("k"), &value(b"v")).unwrap();
     raw(&path)
         .execute(
-            "UPDATE meta SET value = 2 WHERE name = 'schema_version'",
+            "UPDATE meta SET value = 99 WHERE name = 'schema_version'",
             [],
         )
         .unwrap();
     let before = snapshot(dir.path());
     let err = VaultStore::open(options(&path, "ns")).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("schema version 2"), "{text}");
+    assert!(text.contains("schema version 99"), "{text}");
     assert!(text.contains("newer"), "{text}");
     assert!(text.contains("Upgrade keyshare"), "{text}");
     assert_eq!(snapshot(dir.path()), before);
+}
+
+// A vault from before change times were recorded (schema 1) is upgraded when opened: its
+// values stay readable, a value of unknown age loses to a repair (this app's copy wins, as it
+// did before), and from then on sets and deletes are timed, deletes of absent keys included.
+#[test]
+fn a_schema_1_vault_is_upgraded_and_its_untimed_values_lose_to_a_repair() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    open(&path, "ns").set(&key("old"), &value(b"v1")).unwrap();
+    // Back to schema 1 as an earlier keyshare wrote it.
+    raw(&path)
+        .execute_batch(
+            "DROP TABLE deleted;
+             ALTER TABLE secrets DROP COLUMN changed_at;
+             UPDATE meta SET value = 1 WHERE name = 'schema_version';",
+        )
+        .unwrap();
+    let vault = open(&path, "ns");
+    let version: i64 = raw(&path)
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(
+        vault.get(&key("old")).unwrap().unwrap().expose_secret(),
+        b"v1"
+    );
+    assert!(vault
+        .write_unless_changed_after(&key("old"), Some(&value(b"repair")), UNIX_EPOCH)
+        .unwrap());
+    assert_eq!(
+        vault.get(&key("old")).unwrap().unwrap().expose_secret(),
+        b"repair"
+    );
+    // Now timed: a delete (of a key that never had a value, too) stands over an older repair.
+    let before = SystemTime::now();
+    vault.delete(&key("old")).unwrap();
+    vault.delete(&key("never")).unwrap();
+    for k in ["old", "never"] {
+        assert!(!vault
+            .write_unless_changed_after(&key(k), Some(&value(b"stale")), before)
+            .unwrap());
+        assert_eq!(vault.get(&key(k)).unwrap(), None);
+    }
+    // Another namespace of the same file keeps its own times.
+    assert!(open(&path, "other")
+        .write_unless_changed_after(&key("old"), Some(&value(b"x")), before)
+        .unwrap());
 }
 
 // ---------------------------------------------------------------------------------------------

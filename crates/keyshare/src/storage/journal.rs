@@ -3,20 +3,27 @@
 //!
 //! Three facts, each persisted in a small `Store` of the app's own (never in the shared store,
 //! which other apps write):
-//! - `dirty(k)`: the shared copy of `k` may be stale; the legacy copy is authoritative until a
+//! - `dirty(k, t)`: the shared copy of `k` may be stale; the legacy copy is authoritative until a
 //!   repair copies it over. Written BEFORE a write that failed on the shared store is
-//!   acknowledged, so an acknowledged value can never be shadowed by an older shared one.
+//!   acknowledged, so an acknowledged value can never be shadowed by an older shared one. `t`
+//!   is when that write failed: a change another app made to the shared copy after `t` is
+//!   later than this app's write, and the repair keeps it (entries written before `t` was
+//!   recorded have none: this app's copy wins their repair, as it always did).
 //! - `migrated(k)`: `k` has reached the shared store, so from now on "not in the shared store"
 //!   means "deleted" (possibly by another app) and the legacy copy must not resurrect it.
 //! - `migration done`: every legacy key present at migration time is `migrated`; after this no
 //!   legacy fallback happens for keys that are not dirty.
 //!
 //! Entries are named by a hash of the key, so that a 4096-byte key still fits in a key; the
-//! entry's value holds the key itself, so the journal can be listed. The in-memory copy is
+//! entry's value holds the key itself, so the journal can be listed. A `dirty` entry's value
+//! is a NUL byte, `t` as 8 big-endian bytes of nanoseconds since the Unix epoch, then the key
+//! (a key cannot hold a NUL, so a value without the leading NUL is an entry from before `t`
+//! was recorded: the key alone). The in-memory copy is
 //! loaded once and written through; only this process writes its journal.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -30,7 +37,9 @@ const MIGRATION_DONE: &str = "migration-done";
 
 #[derive(Debug, Default, Clone)]
 pub(crate) struct JournalState {
-    pub(crate) dirty: HashSet<SecretKey>,
+    /// Each dirty key, with when this app's write of it failed on the shared store (`None`
+    /// for an entry from before that was recorded).
+    pub(crate) dirty: HashMap<SecretKey, Option<SystemTime>>,
     pub(crate) migrated: HashSet<SecretKey>,
     pub(crate) migration_done: bool,
 }
@@ -73,23 +82,33 @@ impl Journal {
                 state.migration_done = true;
                 continue;
             }
-            let set = if name_str.starts_with(DIRTY) {
-                &mut state.dirty
-            } else if name_str.starts_with(MIGRATED) {
-                &mut state.migrated
-            } else {
+            let dirty = name_str.starts_with(DIRTY);
+            if !dirty && !name_str.starts_with(MIGRATED) {
                 continue;
-            };
+            }
             // Vanished between the listing and the read: nothing to remember.
             let Some(value) = self.store.get(&name)? else {
                 continue;
             };
-            let key = SecretKey::from_bytes(value.expose_secret()).map_err(|_| Error::Corrupt {
+            let corrupt = || Error::Corrupt {
                 store: "repair journal".to_owned(),
                 key: Some(name_str.to_owned()),
                 detail: "the entry does not hold a valid key name".to_owned(),
-            })?;
-            set.insert(key);
+            };
+            let (failed_at, key) = match value.expose_secret() {
+                [0, rest @ ..] if dirty => {
+                    let (nanos, key) = rest.split_first_chunk::<8>().ok_or_else(corrupt)?;
+                    let at = Duration::from_nanos(u64::from_be_bytes(*nanos));
+                    (Some(SystemTime::UNIX_EPOCH + at), key)
+                }
+                key => (None, key),
+            };
+            let key = SecretKey::from_bytes(key).map_err(|_| corrupt())?;
+            if dirty {
+                state.dirty.insert(key, failed_at);
+            } else {
+                state.migrated.insert(key);
+            }
         }
         *self.write() = state;
         Ok(())
@@ -97,11 +116,17 @@ impl Journal {
 
     pub(crate) fn is_dirty(&self, key: &SecretKey) -> bool {
         let state = self.read();
-        !state.dirty.is_empty() && state.dirty.contains(key)
+        !state.dirty.is_empty() && state.dirty.contains_key(key)
+    }
+
+    /// When this app's write of a dirty `key` failed on the shared store, if it is dirty and
+    /// that was recorded.
+    pub(crate) fn dirty_since(&self, key: &SecretKey) -> Option<SystemTime> {
+        self.read().dirty.get(key).copied().flatten()
     }
 
     pub(crate) fn dirty_keys(&self) -> Vec<SecretKey> {
-        self.read().dirty.iter().cloned().collect()
+        self.read().dirty.keys().cloned().collect()
     }
 
     pub(crate) fn migration_done(&self) -> bool {
@@ -133,9 +158,20 @@ impl Journal {
     /// Always writes, even when the in-memory copy already says dirty: a clear that failed
     /// after taking effect leaves memory saying "dirty" while the journal on disk does not, and
     /// trusting memory here would let a restart serve the stale shared copy.
-    pub(crate) fn mark_dirty(&self, key: &SecretKey) -> Result<()> {
-        self.record(&entry_name(DIRTY, key), key)?;
-        self.write().dirty.insert(key.clone());
+    ///
+    /// `failed_at` is when the shared store failed the write; a later failed write of the
+    /// same key records its own, later time.
+    pub(crate) fn mark_dirty(&self, key: &SecretKey, failed_at: SystemTime) -> Result<()> {
+        let nanos = failed_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let mut entry = Vec::with_capacity(9 + key.as_str().len());
+        entry.push(0);
+        entry.extend_from_slice(&nanos.to_be_bytes());
+        entry.extend_from_slice(key.as_str().as_bytes());
+        self.store
+            .set(&entry_name(DIRTY, key), &SecretValue::new(entry))?;
+        self.write().dirty.insert(key.clone(), Some(failed_at));
         Ok(())
     }
 

@@ -24,6 +24,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::model::{Limits, SecretKey, SecretValue};
@@ -143,6 +144,10 @@ pub struct MigrationReport {
 pub struct RepairReport {
     /// Keys whose shared copy was brought up to date.
     pub repaired: usize,
+    /// Keys another app changed in the shared store after this app's write failed: that
+    /// change is the later one and stands, and this app's own copy now follows it (no longer
+    /// pending either).
+    pub superseded: Vec<SecretKey>,
     /// Keys that still wait, with reasons.
     pub failed: Vec<(SecretKey, String)>,
 }
@@ -342,6 +347,25 @@ impl SecretStorage {
         self.inner.run_delete(ticket, key)
     }
 
+    /// Another app's repair, in its turn with this storage's own operations on the key: sets
+    /// `value` (`None`: deletes) unless the key changed after `after`, as
+    /// [`Store::write_unless_changed_after`] says (the broker runs these for its clients).
+    /// `Ok(false)`: the later change stands and nothing was written.
+    pub fn write_unless_changed_after(
+        &self,
+        key: &SecretKey,
+        value: Option<&SecretValue>,
+        after: SystemTime,
+    ) -> Result<bool> {
+        let ticket = self.inner.queues.enqueue(key);
+        self.inner.run_write_unless(ticket, key, value, after)
+    }
+
+    /// Whether the shared store records change times (see [`Store::keeps_change_times`]).
+    pub fn keeps_change_times(&self) -> bool {
+        self.inner.shared.keeps_change_times()
+    }
+
     /// Lists keys: the union of the stores, minus what the rules above hide.
     pub fn keys(&self) -> Result<Vec<SecretKey>> {
         self.inner.ensure_ready()?;
@@ -512,6 +536,26 @@ impl AsyncSecretStorage {
             }
             blocking(move || inner.run_delete(ticket, &key)).await
         }
+    }
+
+    /// See [`SecretStorage::write_unless_changed_after`].
+    pub fn write_unless_changed_after(
+        &self,
+        key: &SecretKey,
+        value: Option<SecretValue>,
+        after: SystemTime,
+    ) -> impl std::future::Future<Output = Result<bool>> + Send + 'static {
+        let ticket = self.inner.queues.enqueue(key);
+        let inner = Arc::clone(&self.inner);
+        let key = key.clone();
+        async move {
+            blocking(move || inner.run_write_unless(ticket, &key, value.as_ref(), after)).await
+        }
+    }
+
+    /// See [`SecretStorage::keeps_change_times`].
+    pub fn keeps_change_times(&self) -> bool {
+        self.inner.shared.keeps_change_times()
     }
 
     /// See [`SecretStorage::keys`].
@@ -748,6 +792,62 @@ impl Inner {
         result
     }
 
+    fn run_write_unless(
+        &self,
+        ticket: Ticket,
+        key: &SecretKey,
+        value: Option<&SecretValue>,
+        after: SystemTime,
+    ) -> Result<bool> {
+        if let Some(value) = value {
+            self.limits.check_value(value)?;
+        }
+        self.ensure_ready()?;
+        ticket.wait();
+        let written = self.do_write_unless(key, value, after);
+        // As for a set or delete, an error does not say that nothing happened.
+        if !matches!(written, Ok(false)) {
+            let kind = match value {
+                Some(_) => ChangeKind::Set,
+                None => ChangeKind::Delete,
+            };
+            self.events.emit(key, kind);
+        }
+        written
+    }
+
+    fn do_write_unless(
+        &self,
+        key: &SecretKey,
+        value: Option<&SecretValue>,
+        after: SystemTime,
+    ) -> Result<bool> {
+        if self.in_memory() {
+            return self.memory.write_unless_changed_after(key, value, after);
+        }
+        let Some(legacy) = &self.legacy else {
+            return self.shared.write_unless_changed_after(key, value, after);
+        };
+        // With a legacy store of its own (not the broker's case), this storage's copy follows
+        // a write that took effect, as in a dual write; a shared failure fails it whole (the
+        // app that asked keeps its own repair pending).
+        let shared_result = self.shared.write_unless_changed_after(key, value, after);
+        if !matches!(shared_result, Ok(true)) {
+            return shared_result;
+        }
+        self.finish_write(
+            key,
+            Ok(()),
+            || match value {
+                Some(value) => legacy.set(key, value),
+                None => legacy.delete(key).map(drop),
+            },
+            "but the shared store took the write, so the other apps see it: only this app's own \
+             copy, in its legacy store, was not written",
+        )?;
+        Ok(true)
+    }
+
     fn run_delete(&self, ticket: Ticket, key: &SecretKey) -> Result<bool> {
         self.ensure_ready()?;
         ticket.wait();
@@ -775,15 +875,17 @@ impl Inner {
         match self.shared.get(key) {
             Ok(Some(value)) => Ok(Some(value)),
             Ok(None) if self.journal.fallback_allowed(key) => {
-                let found = legacy.get(key)?;
-                if let Some(value) = &found {
-                    self.counters
-                        .legacy_fallback_reads
-                        .fetch_add(1, Ordering::Relaxed);
-                    // Migrate this one key now; if that fails the next pass retries it.
-                    self.copy_to_shared(key, value);
+                let Some(value) = legacy.get(key)? else {
+                    return Ok(None);
+                };
+                // Migrate this one key now; if that fails the next pass retries it.
+                if !self.copy_to_shared(key, &value) {
+                    return Ok(None);
                 }
-                Ok(found)
+                self.counters
+                    .legacy_fallback_reads
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(Some(value))
             }
             Ok(None) => Ok(None),
             // Once a key is in the shared store, the shared copy is the truth: another app may
@@ -808,17 +910,27 @@ impl Inner {
         }
     }
 
-    fn copy_to_shared(&self, key: &SecretKey, value: &SecretValue) {
-        match self.shared.set(key, value) {
-            Ok(()) => {
-                if let Err(err) = self.journal.mark_migrated(key) {
-                    tracing::warn!(error = %err, key = %key, "could not record a migrated key");
-                }
-            }
+    /// Copies a legacy secret the shared store does not have; `false` when the shared store
+    /// records a change of the key (it is absent, so another app deleted it: that delete is
+    /// later than any copy this app kept from before sharing, and stands).
+    fn copy_to_shared(&self, key: &SecretKey, value: &SecretValue) -> bool {
+        let copied = match self
+            .shared
+            .write_unless_changed_after(key, Some(value), UNIX_EPOCH)
+        {
+            Ok(copied) => copied,
             Err(err) => {
                 tracing::warn!(error = %err, key = %key, "could not copy a legacy secret to the shared store");
+                return true;
             }
+        };
+        if !copied {
+            tracing::info!(key = %key, "another app deleted this key from the shared store; this app's copy from before sharing stays unused");
         }
+        if let Err(err) = self.journal.mark_migrated(key) {
+            tracing::warn!(error = %err, key = %key, "could not record a migrated key");
+        }
+        copied
     }
 
     fn do_set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
@@ -885,10 +997,12 @@ impl Inner {
                 // shared copy, so failing to write it fails the operation (nothing has changed
                 // in the legacy store yet). Written even if the key looks dirty already: see
                 // `Journal::mark_dirty`.
-                self.journal.mark_dirty(key).map_err(|journal_err| {
-                    tracing::error!(error = %journal_err, "could not record a pending repair");
-                    err
-                })?;
+                self.journal
+                    .mark_dirty(key, SystemTime::now())
+                    .map_err(|journal_err| {
+                        tracing::error!(error = %journal_err, "could not record a pending repair");
+                        err
+                    })?;
                 false
             }
         };
@@ -934,24 +1048,64 @@ impl Inner {
         Ok(keys.into_iter().collect())
     }
 
-    /// Brings the shared copy of one dirty key up to date from the legacy store.
-    fn repair_key(&self, key: &SecretKey) -> Result<()> {
+    /// Brings the shared copy of one dirty key up to date from the legacy store, unless another
+    /// app changed it there after this app's write failed: then that change is the later one,
+    /// and this app's copy follows it instead. `Ok(true)` when the shared copy was written,
+    /// `Ok(false)` when it stood.
+    ///
+    /// Why the time of the failure, not what the shared store held when this app last looked:
+    /// a change another app made before the failed write looks the same from here as one made
+    /// after it, and only the second may win (the model test found a version that let the
+    /// first undo this app's own acknowledged delete).
+    fn repair_key(&self, key: &SecretKey) -> Result<bool> {
         let Some(legacy) = &self.legacy else {
-            return Ok(());
+            return Ok(true);
         };
         if !self.journal.is_dirty(key) {
-            return Ok(());
+            return Ok(true);
         }
-        match legacy.get(key)? {
-            Some(value) => self.shared.set(key, &value)?,
-            None => {
-                self.shared.delete(key)?;
+        let ours = legacy.get(key)?;
+        let written = match self.journal.dirty_since(key) {
+            Some(failed_at) => {
+                self.shared
+                    .write_unless_changed_after(key, ours.as_ref(), failed_at)?
             }
+            // Recorded before failure times were: this app's copy wins, as it did then.
+            None => {
+                match &ours {
+                    Some(value) => self.shared.set(key, value)?,
+                    None => {
+                        self.shared.delete(key)?;
+                    }
+                }
+                true
+            }
+        };
+        if !written {
+            // The legacy copy is what this app reads while the key is dirty, so it follows the
+            // shared one before the mark goes; a failure leaves the key dirty, and the next
+            // repair finds the later change again.
+            let kind = match self.shared.get(key)? {
+                Some(theirs) => {
+                    legacy.set(key, &theirs)?;
+                    ChangeKind::Set
+                }
+                None => {
+                    legacy.delete(key)?;
+                    ChangeKind::Delete
+                }
+            };
+            tracing::info!(key = %key, "another app changed this key after this app's write failed; its later change stands");
+            self.journal.clear_dirty(key)?;
+            let _ = self.journal.mark_migrated(key);
+            // What this app reads for the key changed.
+            self.events.emit(key, kind);
+            return Ok(false);
         }
         self.journal.clear_dirty(key)?;
         let _ = self.journal.mark_migrated(key);
         self.counters.repairs_done.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(true)
     }
 
     fn repair_pending(&self) -> RepairReport {
@@ -963,7 +1117,8 @@ impl Inner {
             let ticket = self.queues.enqueue(&key);
             ticket.wait();
             match self.repair_key(&key) {
-                Ok(()) => report.repaired += 1,
+                Ok(true) => report.repaired += 1,
+                Ok(false) => report.superseded.push(key),
                 Err(err) => {
                     self.counters
                         .repair_failures
@@ -1041,7 +1196,9 @@ impl Inner {
     fn migrate_key(&self, legacy: &dyn Store, key: &SecretKey) -> MigrationOutcome {
         if self.journal.is_dirty(key) {
             return match self.repair_key(key) {
-                Ok(()) => MigrationOutcome::Copied,
+                Ok(true) => MigrationOutcome::Copied,
+                // Another app's later change stands: nothing of this app's was copied.
+                Ok(false) => MigrationOutcome::AlreadyPresent,
                 Err(err) => MigrationOutcome::Failed(reason(&err)),
             };
         }
@@ -1057,9 +1214,16 @@ impl Inner {
             }
             match legacy.get(key)? {
                 Some(value) => {
-                    self.shared.set(key, &value)?;
+                    // Not over a delete of another app's (see `copy_to_shared`).
+                    let copied =
+                        self.shared
+                            .write_unless_changed_after(key, Some(&value), UNIX_EPOCH)?;
                     self.journal.mark_migrated(key)?;
-                    Ok(MigrationOutcome::Copied)
+                    Ok(if copied {
+                        MigrationOutcome::Copied
+                    } else {
+                        MigrationOutcome::AlreadyPresent
+                    })
                 }
                 // Deleted since the listing: nothing left to migrate.
                 None => Ok(MigrationOutcome::AlreadyPresent),

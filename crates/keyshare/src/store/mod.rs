@@ -36,7 +36,7 @@ pub use vault::VaultStore;
 pub use wincred::CredentialManagerStore;
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::error::Result;
 use crate::model::{SecretKey, SecretValue};
@@ -148,6 +148,38 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn try_get_now(&self, key: &SecretKey) -> Option<Result<Option<SecretValue>>> {
         self.is_nonblocking().then(|| self.get(key))
     }
+
+    /// A repair's write (see `SecretStorage::repair`): writes `value` (`None`: deletes the key)
+    /// unless the key changed in this store after `after` (a set or a delete, by anyone), in
+    /// one step. `Ok(true)` when it wrote, `Ok(false)` when the store's later change stands.
+    ///
+    /// Why: an app whose write the shared store failed repairs it later, and another app may
+    /// have written or deleted the key in between; only the time of that change tells whose
+    /// came last. The default, for a store that keeps no change times, always writes (this
+    /// app's copy wins); a store that keeps them says so in
+    /// [`keeps_change_times`](Store::keeps_change_times).
+    fn write_unless_changed_after(
+        &self,
+        key: &SecretKey,
+        value: Option<&SecretValue>,
+        after: SystemTime,
+    ) -> Result<bool> {
+        let _ = after;
+        match value {
+            Some(value) => self.set(key, value)?,
+            None => {
+                self.delete(key)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether [`write_unless_changed_after`](Store::write_unless_changed_after) can tell a
+    /// later change (the store records when each key was last set or deleted). A broker
+    /// client asks the broker, connecting if it has not yet.
+    fn keeps_change_times(&self) -> bool {
+        false
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -181,5 +213,16 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn try_get_now(&self, key: &SecretKey) -> Option<Result<Option<SecretValue>>> {
         (**self).try_get_now(key)
+    }
+    fn write_unless_changed_after(
+        &self,
+        key: &SecretKey,
+        value: Option<&SecretValue>,
+        after: SystemTime,
+    ) -> Result<bool> {
+        (**self).write_unless_changed_after(key, value, after)
+    }
+    fn keeps_change_times(&self) -> bool {
+        (**self).keeps_change_times()
     }
 }

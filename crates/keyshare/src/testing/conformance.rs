@@ -276,6 +276,56 @@ pub fn concurrent_writers(factory: Factory) {
     }
 }
 
+/// A repair's conditional write: in a store that keeps change times, a set or delete made
+/// after the write's time stands (a delete of a key that had no value included), and a write
+/// from after every change goes through; in a store that does not, every one goes through.
+pub fn write_unless_changed_after(factory: Factory) {
+    let s = factory(&unique_namespace("write_unless_changed_after"));
+    let (changed, signed_out, fresh) = (key("github.auth"), key("signed.out"), key("fresh"));
+    let before = std::time::SystemTime::now();
+    s.set(&changed, &value(b"theirs")).unwrap();
+    assert!(!s.delete(&signed_out).unwrap());
+    let mine = value(b"mine");
+    let wrote = s
+        .write_unless_changed_after(&changed, Some(&mine), before)
+        .unwrap();
+    let wrote_deleted = s
+        .write_unless_changed_after(&signed_out, Some(&mine), before)
+        .unwrap();
+    let read = |k: &SecretKey| s.get(k).unwrap().map(|v| v.expose_secret().to_vec());
+    if s.keeps_change_times() {
+        assert!(!wrote, "a set after the repair's time must stand");
+        assert_eq!(read(&changed).as_deref(), Some(&b"theirs"[..]));
+        assert!(
+            !wrote_deleted,
+            "a delete after the repair's time must stand"
+        );
+        assert_eq!(read(&signed_out), None);
+    } else {
+        assert!(
+            wrote && wrote_deleted,
+            "a store without change times always writes"
+        );
+        assert_eq!(read(&changed).as_deref(), Some(&b"mine"[..]));
+        assert_eq!(read(&signed_out).as_deref(), Some(&b"mine"[..]));
+    }
+    // From after every change: a set, then a delete, both written.
+    let after = std::time::SystemTime::now();
+    assert!(s
+        .write_unless_changed_after(&changed, Some(&value(b"later")), after)
+        .unwrap());
+    assert_eq!(read(&changed).as_deref(), Some(&b"later"[..]));
+    assert!(s
+        .write_unless_changed_after(&changed, None, std::time::SystemTime::now())
+        .unwrap());
+    assert_eq!(read(&changed), None);
+    // A key this store never saw: written, whatever the time.
+    assert!(s
+        .write_unless_changed_after(&fresh, Some(&mine), std::time::UNIX_EPOCH)
+        .unwrap());
+    assert_eq!(read(&fresh).as_deref(), Some(&b"mine"[..]));
+}
+
 /// Expands to one `#[test]` per conformance check, each calling `$factory`
 /// (an expression of type `Fn(&str) -> Arc<dyn Store>`).
 #[macro_export]
@@ -284,7 +334,8 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@tests $factory;
             round_trip, missing_is_none, empty_value_is_a_value, overwrite, delete,
             keys_lists_exactly, binary_values, large_value, unusual_keys, set_many,
-            set_many_joining, namespaces_are_isolated, reopen_sees_data, concurrent_writers);
+            set_many_joining, namespaces_are_isolated, reopen_sees_data, concurrent_writers,
+            write_unless_changed_after);
     };
     (@tests $factory:expr; $($check:ident),*) => {
         $(

@@ -211,6 +211,21 @@ impl<S: Store> Store for FaultStore<S> {
         self.call(CallKind::Read, |s| s.keys())
     }
 
+    fn write_unless_changed_after(
+        &self,
+        key: &SecretKey,
+        value: Option<&SecretValue>,
+        after: std::time::SystemTime,
+    ) -> Result<bool> {
+        self.call(CallKind::Write, |s| {
+            s.write_unless_changed_after(key, value, after)
+        })
+    }
+
+    fn keeps_change_times(&self) -> bool {
+        self.inner.keeps_change_times()
+    }
+
     /// Never, whatever it wraps: an armed `Stall` sleeps for the timeout.
     fn is_nonblocking(&self) -> bool {
         false

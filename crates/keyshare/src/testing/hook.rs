@@ -79,6 +79,21 @@ impl Store for HookStore {
         (self.hook)(Call::Keys);
         self.inner.keys()
     }
+    fn write_unless_changed_after(
+        &self,
+        key: &SecretKey,
+        value: Option<&SecretValue>,
+        after: std::time::SystemTime,
+    ) -> Result<bool> {
+        match value {
+            Some(_) => (self.hook)(Call::Set(key)),
+            None => (self.hook)(Call::Delete(key)),
+        }
+        self.inner.write_unless_changed_after(key, value, after)
+    }
+    fn keeps_change_times(&self) -> bool {
+        self.inner.keeps_change_times()
+    }
 }
 
 #[cfg(test)]

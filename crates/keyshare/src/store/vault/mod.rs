@@ -46,7 +46,7 @@ mod schema;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -411,38 +411,100 @@ enum WriteOp {
         namespace: String,
         rows: Vec<(Vec<u8>, Vec<u8>)>,
     },
+    /// A repair's write: the set (`sealed`) or delete (`None`) happens only if the key did not
+    /// change after `after` (nanoseconds since the Unix epoch); whether it happened.
+    Repair {
+        namespace: String,
+        key: Vec<u8>,
+        sealed: Option<Vec<u8>>,
+        after: i64,
+    },
+}
+
+const UPSERT: &str = "INSERT INTO secrets (namespace, key, sealed, changed_at) \
+                      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (namespace, key) \
+                      DO UPDATE SET sealed = excluded.sealed, changed_at = excluded.changed_at";
+
+/// Nanoseconds since the Unix epoch, as the vault records change times (saturating: a clock
+/// set before 1970 reads as 0, one past 2262 as the largest time).
+fn epoch_nanos(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 impl WriteOp {
-    /// Applies the change; whether a row changed.
+    /// Applies the change; whether a row changed (for a repair: whether it wrote).
     fn apply(&self, conn: &Connection) -> rusqlite::Result<bool> {
+        let now = epoch_nanos(SystemTime::now());
         match self {
             WriteOp::Set {
                 namespace,
                 key,
                 sealed,
             } => conn
-                .prepare_cached(
-                    "INSERT INTO secrets (namespace, key, sealed) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (namespace, key) DO UPDATE SET sealed = excluded.sealed",
-                )?
-                .execute((namespace, key, sealed))
+                .prepare_cached(UPSERT)?
+                .execute((namespace, key, sealed, now))
                 .map(|n| n > 0),
-            WriteOp::Delete { namespace, key } => conn
-                .prepare_cached("DELETE FROM secrets WHERE namespace = ?1 AND key = ?2")?
-                .execute((namespace, key))
-                .map(|n| n > 0),
+            WriteOp::Delete { namespace, key } => delete_row(conn, namespace, key, now),
             WriteOp::SetMany { namespace, rows } => {
-                let mut stmt = conn.prepare_cached(
-                    "INSERT INTO secrets (namespace, key, sealed) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (namespace, key) DO UPDATE SET sealed = excluded.sealed",
-                )?;
+                let mut stmt = conn.prepare_cached(UPSERT)?;
                 for (key, sealed) in rows {
-                    stmt.execute((namespace, key, sealed))?;
+                    stmt.execute((namespace, key, sealed, now))?;
                 }
                 Ok(!rows.is_empty())
             }
+            WriteOp::Repair {
+                namespace,
+                key,
+                sealed,
+                after,
+            } => {
+                if last_change(conn, namespace, key)?.is_some_and(|changed| changed > *after) {
+                    return Ok(false);
+                }
+                match sealed {
+                    Some(sealed) => {
+                        conn.prepare_cached(UPSERT)?
+                            .execute((namespace, key, sealed, now))?;
+                    }
+                    None => {
+                        delete_row(conn, namespace, key, now)?;
+                    }
+                }
+                Ok(true)
+            }
         }
+    }
+}
+
+/// Deletes a key's row and records when (even when it had none: a delete is a change, which
+/// a later repair of another app's earlier write must not undo); whether there was a row.
+fn delete_row(conn: &Connection, namespace: &str, key: &[u8], now: i64) -> rusqlite::Result<bool> {
+    let deleted = conn
+        .prepare_cached("DELETE FROM secrets WHERE namespace = ?1 AND key = ?2")?
+        .execute((namespace, key))?;
+    conn.prepare_cached(
+        "INSERT INTO deleted (namespace, key, deleted_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (namespace, key) DO UPDATE SET deleted_at = excluded.deleted_at",
+    )?
+    .execute((namespace, key, now))?;
+    Ok(deleted > 0)
+}
+
+/// When a key last changed: its value's `changed_at` if it has one (`None` for a row written
+/// before change times were recorded), else its last delete's time, else `None` (never
+/// changed, as far as the vault knows).
+fn last_change(conn: &Connection, namespace: &str, key: &[u8]) -> rusqlite::Result<Option<i64>> {
+    let row: Option<Option<i64>> = conn
+        .prepare_cached("SELECT changed_at FROM secrets WHERE namespace = ?1 AND key = ?2")?
+        .query_row((namespace, key), |row| row.get(0))
+        .optional()?;
+    match row {
+        Some(changed_at) => Ok(changed_at),
+        None => conn
+            .prepare_cached("SELECT deleted_at FROM deleted WHERE namespace = ?1 AND key = ?2")?
+            .query_row((namespace, key), |row| row.get(0))
+            .optional(),
     }
 }
 
@@ -985,6 +1047,42 @@ impl Store for VaultStore {
             self.vault.empty_wal();
         }
         Ok(deleted)
+    }
+
+    /// One transaction: the check of the key's last change and the write.
+    fn write_unless_changed_after(
+        &self,
+        key: &SecretKey,
+        value: Option<&SecretValue>,
+        after: SystemTime,
+    ) -> Result<bool> {
+        let sealed = match value {
+            Some(value) => {
+                self.vault.limits.check_value(value)?;
+                Some(
+                    Sealed::seal(&self.vault.dek, &self.aad(key), value)?
+                        .as_bytes()
+                        .to_vec(),
+                )
+            }
+            None => None,
+        };
+        let deleting = sealed.is_none();
+        let op = WriteOp::Repair {
+            namespace: self.namespace.clone(),
+            key: key.as_str().as_bytes().to_vec(),
+            sealed,
+            after: epoch_nanos(after),
+        };
+        let written = self.vault.write("repairing a value", op)?;
+        if written && deleting {
+            self.vault.empty_wal();
+        }
+        Ok(written)
+    }
+
+    fn keeps_change_times(&self) -> bool {
+        true
     }
 
     /// Rows whose key is not a valid [`SecretKey`] are skipped with a warning.

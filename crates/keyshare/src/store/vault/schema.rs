@@ -13,7 +13,7 @@ use super::keys::{Argon2Params, ProviderKind, VaultId};
 use crate::error::{Error, Result};
 
 /// The newest schema this build reads and writes.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// SQLite's `application_id` header field for keyshare vaults: ASCII "KSHV". Lets the header
 /// check tell a vault from any other SQLite database without running a query.
@@ -31,19 +31,36 @@ pub(crate) struct Migration {
 
 /// Every step from an empty file to [`SCHEMA_VERSION`], in order. Steps are never edited once
 /// released; a change is a new step.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    to: 1,
-    sql: "CREATE TABLE meta (
-              name  TEXT PRIMARY KEY NOT NULL,
-              value ANY NOT NULL
-          ) WITHOUT ROWID;
-          CREATE TABLE secrets (
-              namespace TEXT NOT NULL,
-              key       BLOB NOT NULL,
-              sealed    BLOB NOT NULL,
-              PRIMARY KEY (namespace, key)
-          );",
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        to: 1,
+        sql: "CREATE TABLE meta (
+                  name  TEXT PRIMARY KEY NOT NULL,
+                  value ANY NOT NULL
+              ) WITHOUT ROWID;
+              CREATE TABLE secrets (
+                  namespace TEXT NOT NULL,
+                  key       BLOB NOT NULL,
+                  sealed    BLOB NOT NULL,
+                  PRIMARY KEY (namespace, key)
+              );",
+    },
+    // When each key last changed, so that a repair can tell whether another app's change came
+    // after the write it repairs: `changed_at` for a value's last set (NULL for rows written
+    // before version 2: unknown), and a row in `deleted` for a key's last delete. Both in
+    // nanoseconds since the Unix epoch. A key with a value changed last at its `changed_at`
+    // (a delete after it would have removed the row); a key without one, at its `deleted_at`.
+    Migration {
+        to: 2,
+        sql: "ALTER TABLE secrets ADD COLUMN changed_at INTEGER;
+              CREATE TABLE deleted (
+                  namespace  TEXT NOT NULL,
+                  key        BLOB NOT NULL,
+                  deleted_at INTEGER NOT NULL,
+                  PRIMARY KEY (namespace, key)
+              ) WITHOUT ROWID;",
+    },
+];
 
 fn not_a_vault(path: &Path, why: &str) -> Error {
     Error::invalid(
@@ -333,38 +350,38 @@ mod tests {
     #[test]
     fn upgrades_go_forward_once_and_atomically() {
         let (_dir, path, conn) = new_vault();
-        let next = [
-            MIGRATIONS[0],
-            Migration {
-                to: 2,
-                sql: "ALTER TABLE secrets ADD COLUMN written_at INTEGER",
-            },
-        ];
-        assert_eq!(upgrade(&conn, &path, &next, map).unwrap(), 2);
-        assert_eq!(version(&conn), 2);
+        let (next_version, too_new) = (SCHEMA_VERSION + 1, SCHEMA_VERSION + 2);
+        let mut next = MIGRATIONS.to_vec();
+        next.push(Migration {
+            to: next_version,
+            sql: "ALTER TABLE secrets ADD COLUMN written_at INTEGER",
+        });
+        assert_eq!(upgrade(&conn, &path, &next, map).unwrap(), next_version);
+        assert_eq!(version(&conn), next_version);
         conn.execute_batch("SELECT written_at FROM secrets")
             .unwrap();
         // Applying again is a no-op (the ALTER would fail if it ran twice).
-        assert_eq!(upgrade(&conn, &path, &next, map).unwrap(), 2);
+        assert_eq!(upgrade(&conn, &path, &next, map).unwrap(), next_version);
 
         // A failing step leaves the schema and version as they were.
-        let broken = [
-            next[0],
-            next[1],
-            Migration {
-                to: 3,
-                sql: "CREATE TABLE extra (x); THIS IS NOT SQL",
-            },
-        ];
+        let mut broken = next.clone();
+        broken.push(Migration {
+            to: too_new,
+            sql: "CREATE TABLE extra (x); THIS IS NOT SQL",
+        });
         assert!(upgrade(&conn, &path, &broken, map).is_err());
-        assert_eq!(version(&conn), 2);
+        assert_eq!(version(&conn), next_version);
         assert!(conn.execute_batch("SELECT * FROM extra").is_err());
 
         // This build's steps stop at SCHEMA_VERSION: the vault is now too new for them.
         let err = upgrade(&conn, &path, MIGRATIONS, map).unwrap_err();
         assert!(err.to_string().contains("newer"), "{err}");
         let err = read_meta(&conn, &path, map).unwrap_err();
-        assert!(err.to_string().contains("schema version 2"), "{err}");
-        assert_eq!(version(&conn), 2);
+        assert!(
+            err.to_string()
+                .contains(&format!("schema version {next_version}")),
+            "{err}"
+        );
+        assert_eq!(version(&conn), next_version);
     }
 }
