@@ -302,11 +302,18 @@ pub enum RequestOf<K> {
         key: K,
         /// The value.
         value: WireValue,
+        /// A repair's condition: write only if the key did not change after this time
+        /// (nanoseconds since the Unix epoch); the reply's `written` says whether it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unless_changed_after: Option<u64>,
     },
     /// Deletes a value; the reply says whether there was one.
     Delete {
         /// The key.
         key: K,
+        /// As for `set`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unless_changed_after: Option<u64>,
     },
     /// Lists the keys this app may see.
     Keys,
@@ -370,12 +377,21 @@ impl UncheckedRequestFrame {
             RequestOf::Get { key } => RequestOf::Get {
                 key: check(None, key)?,
             },
-            RequestOf::Set { key, value } => RequestOf::Set {
+            RequestOf::Set {
+                key,
+                value,
+                unless_changed_after,
+            } => RequestOf::Set {
                 key: check(None, key)?,
                 value,
+                unless_changed_after,
             },
-            RequestOf::Delete { key } => RequestOf::Delete {
+            RequestOf::Delete {
+                key,
+                unless_changed_after,
+            } => RequestOf::Delete {
                 key: check(None, key)?,
+                unless_changed_after,
             },
             RequestOf::Keys => RequestOf::Keys,
             RequestOf::Subscribe { keys } => RequestOf::Subscribe {
@@ -479,6 +495,10 @@ pub enum Reply {
         /// the broker and without it. Absent when the broker was not told.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         store: Option<String>,
+        /// Whether the store records when each key last changed, so that a conditional `set`
+        /// or `delete` (`unless_changed_after`) can refuse; absent means no.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keeps_change_times: bool,
     },
     /// Answer to `get`: `null` when the key has no value.
     Get {
@@ -486,11 +506,19 @@ pub enum Reply {
         value: Option<WireValue>,
     },
     /// Answer to `set`.
-    Set {},
+    Set {
+        /// For a conditional set: whether it wrote (`false`: the key changed later). Absent
+        /// for an unconditional one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        written: Option<bool>,
+    },
     /// Answer to `delete`.
     Delete {
-        /// Whether a value was deleted.
+        /// Whether a value was deleted (for a conditional delete: whether it deleted).
         deleted: bool,
+        /// As for `set`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        written: Option<bool>,
     },
     /// Answer to `keys`.
     Keys {
@@ -761,9 +789,21 @@ mod tests {
                     request: Request::Set {
                         key: key("github.auth"),
                         value: WireValue(SecretValue::from_slice(b"token")),
+                        unless_changed_after: None,
                     },
                 },
                 r#"{"id":2,"op":"set","key":"github.auth","value":"dG9rZW4="}"#,
+            ),
+            (
+                RequestFrame {
+                    id: 7,
+                    request: Request::Set {
+                        key: key("github.auth"),
+                        value: WireValue(SecretValue::from_slice(b"token")),
+                        unless_changed_after: Some(1_795_000_000_123_456_789),
+                    },
+                },
+                r#"{"id":7,"op":"set","key":"github.auth","value":"dG9rZW4=","unless_changed_after":1795000000123456789}"#,
             ),
             (
                 RequestFrame {
@@ -779,9 +819,20 @@ mod tests {
                     id: 4,
                     request: Request::Delete {
                         key: key("github.auth"),
+                        unless_changed_after: None,
                     },
                 },
                 r#"{"id":4,"op":"delete","key":"github.auth"}"#,
+            ),
+            (
+                RequestFrame {
+                    id: 8,
+                    request: Request::Delete {
+                        key: key("github.auth"),
+                        unless_changed_after: Some(1_795_000_000_123_456_789),
+                    },
+                },
+                r#"{"id":8,"op":"delete","key":"github.auth","unless_changed_after":1795000000123456789}"#,
             ),
             (
                 RequestFrame {
@@ -885,6 +936,7 @@ mod tests {
                         server_version: "0.1.0".into(),
                         protocol: 1,
                         store: None,
+                        keeps_change_times: false,
                     },
                 },
                 r#"{"type":"reply","id":1,"op":"hello","server":"keyshare-broker","server_version":"0.1.0","protocol":1}"#,
@@ -897,9 +949,23 @@ mod tests {
                         server_version: "0.1.0".into(),
                         protocol: 1,
                         store: Some("secret-service:dev.keyshare.shared-secrets".into()),
+                        keeps_change_times: false,
                     },
                 },
                 r#"{"type":"reply","id":1,"op":"hello","server":"keyshare-broker","server_version":"0.1.0","protocol":1,"store":"secret-service:dev.keyshare.shared-secrets"}"#,
+            ),
+            (
+                ServerFrame::Reply {
+                    id: 1,
+                    reply: Reply::Hello {
+                        server: "keyshare-broker".into(),
+                        server_version: "0.1.0".into(),
+                        protocol: 1,
+                        store: Some("vault:/v.db#s".into()),
+                        keeps_change_times: true,
+                    },
+                },
+                r#"{"type":"reply","id":1,"op":"hello","server":"keyshare-broker","server_version":"0.1.0","protocol":1,"store":"vault:/v.db#s","keeps_change_times":true}"#,
             ),
             (
                 ServerFrame::Reply {
@@ -920,14 +986,36 @@ mod tests {
             (
                 ServerFrame::Reply {
                     id: 2,
-                    reply: Reply::Set {},
+                    reply: Reply::Set { written: None },
                 },
                 r#"{"type":"reply","id":2,"op":"set"}"#,
             ),
             (
                 ServerFrame::Reply {
+                    id: 7,
+                    reply: Reply::Set {
+                        written: Some(false),
+                    },
+                },
+                r#"{"type":"reply","id":7,"op":"set","written":false}"#,
+            ),
+            (
+                ServerFrame::Reply {
+                    id: 8,
+                    reply: Reply::Delete {
+                        deleted: true,
+                        written: Some(true),
+                    },
+                },
+                r#"{"type":"reply","id":8,"op":"delete","deleted":true,"written":true}"#,
+            ),
+            (
+                ServerFrame::Reply {
                     id: 4,
-                    reply: Reply::Delete { deleted: true },
+                    reply: Reply::Delete {
+                        deleted: true,
+                        written: None,
+                    },
                 },
                 r#"{"type":"reply","id":4,"op":"delete","deleted":true}"#,
             ),
@@ -1042,6 +1130,8 @@ mod tests {
             request: Request::Set {
                 key,
                 value: WireValue(value),
+                // A repair's condition, at its longest.
+                unless_changed_after: Some(u64::MAX),
             },
         })
         .unwrap();
@@ -1135,6 +1225,7 @@ mod tests {
             request: Request::Set {
                 key: key("k"),
                 value: WireValue(SecretValue::from_slice(b"hunter2")),
+                unless_changed_after: None,
             },
         };
         let shown = format!("{frame:?}");

@@ -25,7 +25,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -34,7 +34,9 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use zeroize::Zeroizing;
 
-use keyshare::{AppId, AsyncSecretStorage, ChangeKind, Notification, SecretKey, SecretStorage};
+use keyshare::{
+    AppId, AsyncSecretStorage, ChangeKind, Notification, SecretKey, SecretStorage, SecretValue,
+};
 
 use crate::access::{process_executable, AccessPolicy, Grant, Refusal};
 use crate::connection::FrameReader;
@@ -967,6 +969,7 @@ impl Connection {
                     server_version: env!("CARGO_PKG_VERSION").to_owned(),
                     protocol: PROTOCOL_VERSION,
                     store: self.shared.store_identity.clone(),
+                    keeps_change_times: self.shared.storage.keeps_change_times(),
                 };
                 send(&self.out, &ServerFrame::Reply { id, reply }).await;
                 Some(grant)
@@ -1083,10 +1086,14 @@ impl Connection {
             Request::Set {
                 key: WireKey(key),
                 value: WireValue(value),
+                unless_changed_after,
             } => {
                 if !grant.allows(&key) {
                     let _own = permit.ran();
                     return send_error(&out, Some(id), denied(&key)).await;
+                }
+                if let Some(after) = unless_changed_after {
+                    return self.conditional(id, key, Some(value), after, permit).await;
                 }
                 let op = storage.set(&key, &value);
                 drop(value);
@@ -1095,7 +1102,7 @@ impl Connection {
                         match op.await {
                             Ok(()) => ServerFrame::Reply {
                                 id,
-                                reply: Reply::Set {},
+                                reply: Reply::Set { written: None },
                             },
                             Err(err) => error_frame(id, "set", &key, &err),
                         }
@@ -1104,10 +1111,16 @@ impl Connection {
                 )
                 .await;
             }
-            Request::Delete { key: WireKey(key) } => {
+            Request::Delete {
+                key: WireKey(key),
+                unless_changed_after,
+            } => {
                 if !grant.allows(&key) {
                     let _own = permit.ran();
                     return send_error(&out, Some(id), denied(&key)).await;
+                }
+                if let Some(after) = unless_changed_after {
+                    return self.conditional(id, key, None, after, permit).await;
                 }
                 let op = storage.delete(&key);
                 self.answer(
@@ -1115,7 +1128,10 @@ impl Connection {
                         match op.await {
                             Ok(deleted) => ServerFrame::Reply {
                                 id,
-                                reply: Reply::Delete { deleted },
+                                reply: Reply::Delete {
+                                    deleted,
+                                    written: None,
+                                },
                             },
                             Err(err) => error_frame(id, "delete", &key, &err),
                         }
@@ -1232,6 +1248,48 @@ impl Connection {
             // Answered by `serve`, which then closes the connection.
             Request::Hello { .. } => {}
         }
+    }
+
+    /// A conditional `set` (`value`) or `delete` (`None`): another app's repair, written unless
+    /// the key changed after `after` (nanoseconds since the Unix epoch).
+    async fn conditional(
+        &mut self,
+        id: u64,
+        key: SecretKey,
+        value: Option<SecretValue>,
+        after: u64,
+        permit: Permits,
+    ) {
+        let setting = value.is_some();
+        let after = SystemTime::UNIX_EPOCH + Duration::from_nanos(after);
+        let op = self
+            .shared
+            .storage
+            .write_unless_changed_after(&key, value, after);
+        self.answer(
+            async move {
+                match (op.await, setting) {
+                    (Ok(written), true) => ServerFrame::Reply {
+                        id,
+                        reply: Reply::Set {
+                            written: Some(written),
+                        },
+                    },
+                    (Ok(written), false) => ServerFrame::Reply {
+                        id,
+                        reply: Reply::Delete {
+                            deleted: written,
+                            written: Some(written),
+                        },
+                    },
+                    (Err(err), setting) => {
+                        error_frame(id, if setting { "set" } else { "delete" }, &key, &err)
+                    }
+                }
+            },
+            permit,
+        )
+        .await;
     }
 
     /// Sends the reply that `reply` makes, from this task if it is ready on its first poll (a

@@ -207,6 +207,7 @@ impl FlakyBroker {
                             server_version: "0".into(),
                             protocol: PROTOCOL_VERSION,
                             store: None,
+                            keeps_change_times: false,
                         },
                     };
                     conn.write_all(&encode(&hello).unwrap()).unwrap();

@@ -182,6 +182,7 @@ fn a_one_shot_client_sends_hello_with_its_first_request_and_reconnects_after_a_f
             server_version: "0".into(),
             protocol: protocol::PROTOCOL_VERSION,
             store: None,
+            keeps_change_times: false,
         },
     };
     let got = ServerFrame::Reply {

@@ -123,4 +123,19 @@ impl Store for BlockingBrokerClient {
     fn keys(&self) -> Result<Vec<SecretKey>> {
         self.block_on(self.client.keys())
     }
+
+    fn write_unless_changed_after(
+        &self,
+        key: &SecretKey,
+        value: Option<&SecretValue>,
+        after: std::time::SystemTime,
+    ) -> Result<bool> {
+        self.block_on(self.client.write_unless_changed_after(key, value, after))
+    }
+
+    /// Asks the broker (its hello reply says), connecting if needed; `false` when it cannot
+    /// be reached.
+    fn keeps_change_times(&self) -> bool {
+        self.server_info().is_ok_and(|info| info.keeps_change_times)
+    }
 }

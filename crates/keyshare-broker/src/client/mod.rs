@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -240,6 +240,9 @@ pub struct ServerInfo {
     /// The shared store the broker serves, named as a direct open would name it (`None` when
     /// the broker does not say).
     pub store: Option<String>,
+    /// Whether the broker's store records change times, so that a conditional write
+    /// ([`BrokerClient::write_unless_changed_after`]) can refuse.
+    pub keeps_change_times: bool,
 }
 
 type ReplySender = oneshot::Sender<Result<Reply, ClientError>>;
@@ -448,12 +451,14 @@ fn read_hello(frame: ServerFrame) -> Result<ServerInfo, ClientError> {
                     server_version,
                     protocol,
                     store,
+                    keeps_change_times,
                 },
         } if protocol == PROTOCOL_VERSION => Ok(ServerInfo {
             server,
             server_version,
             protocol,
             store,
+            keeps_change_times,
         }),
         ServerFrame::Error { error, .. } => Err(ClientError::Remote(error)),
         other => Err(TransportError::Unexpected(format!(
@@ -461,6 +466,35 @@ fn read_hello(frame: ServerFrame) -> Result<ServerInfo, ClientError> {
             describe(&other)
         ))
         .into()),
+    }
+}
+
+/// The `set` (`value`) or `delete` of a repair, written unless the key changed after `after`.
+fn conditional_write(key: &SecretKey, value: Option<&SecretValue>, after: SystemTime) -> Request {
+    let after = after
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let key = WireKey(key.clone());
+    match value {
+        Some(value) => Request::Set {
+            key,
+            value: WireValue(value.clone()),
+            unless_changed_after: Some(after),
+        },
+        None => Request::Delete {
+            key,
+            unless_changed_after: Some(after),
+        },
+    }
+}
+
+/// Whether a [`conditional_write`] wrote. A broker that does not know the condition writes and
+/// says nothing of it: that counts as written, which it was.
+fn written(reply: Reply, setting: bool) -> Result<bool, ClientError> {
+    match reply {
+        Reply::Set { written } if setting => Ok(written.unwrap_or(true)),
+        Reply::Delete { written, .. } if !setting => Ok(written.unwrap_or(true)),
+        other => Err(unexpected(if setting { "Set" } else { "Delete" }, &other)),
     }
 }
 
@@ -758,9 +792,10 @@ impl BrokerClient {
             .call(Request::Set {
                 key: WireKey(key.clone()),
                 value: WireValue(value.clone()),
+                unless_changed_after: None,
             })
             .await?;
-        expect_reply!(reply, Set {} => ())
+        expect_reply!(reply, Set { .. } => ())
     }
 
     /// Deletes a value; whether there was one.
@@ -768,9 +803,24 @@ impl BrokerClient {
         let reply = self
             .call(Request::Delete {
                 key: WireKey(key.clone()),
+                unless_changed_after: None,
             })
             .await?;
-        expect_reply!(reply, Delete { deleted } => deleted)
+        expect_reply!(reply, Delete { deleted, .. } => deleted)
+    }
+
+    /// A repair's write: sets `value` (`None`: deletes) unless the key changed in the broker's
+    /// store after `after` (see [`Store::write_unless_changed_after`]); whether it wrote. A
+    /// broker that does not know the condition writes, and says nothing of it: that counts as
+    /// written, which it was.
+    pub async fn write_unless_changed_after(
+        &self,
+        key: &SecretKey,
+        value: Option<&SecretValue>,
+        after: SystemTime,
+    ) -> Result<bool, ClientError> {
+        let reply = self.call(conditional_write(key, value, after)).await?;
+        written(reply, value.is_some())
     }
 
     /// Lists the keys this app may see.

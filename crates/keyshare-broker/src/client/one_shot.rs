@@ -26,8 +26,9 @@ use zeroize::Zeroizing;
 use keyshare::{Result, SecretKey, SecretValue, Store, StoreInfo};
 
 use crate::client::{
-    expect_reply, hello_request, is_absent, is_idempotent, keep_autostart_output, lock, read_hello,
-    ClientConfig, ClientError, ServerInfo, TransportError,
+    conditional_write, expect_reply, hello_request, is_absent, is_idempotent,
+    keep_autostart_output, lock, read_hello, written, ClientConfig, ClientError, ServerInfo,
+    TransportError,
 };
 use crate::protocol::{
     decode, encode, frame_len, BrokerStatus, Reply, Request, RequestFrame, ServerFrame, WireKey,
@@ -387,18 +388,36 @@ impl Store for OneShotClient {
         let request = Request::Set {
             key: WireKey(key.clone()),
             value: WireValue(value.clone()),
+            unless_changed_after: None,
         };
-        self.call(request, |reply| expect_reply!(reply, Set {} => ()))
+        self.call(request, |reply| expect_reply!(reply, Set { .. } => ()))
     }
 
     fn delete(&self, key: &SecretKey) -> Result<bool> {
         let request = Request::Delete {
             key: WireKey(key.clone()),
+            unless_changed_after: None,
         };
         self.call(
             request,
-            |reply| expect_reply!(reply, Delete { deleted } => deleted),
+            |reply| expect_reply!(reply, Delete { deleted, .. } => deleted),
         )
+    }
+
+    fn write_unless_changed_after(
+        &self,
+        key: &SecretKey,
+        value: Option<&SecretValue>,
+        after: std::time::SystemTime,
+    ) -> Result<bool> {
+        let request = conditional_write(key, value, after);
+        self.call(request, |reply| written(reply, value.is_some()))
+    }
+
+    /// Asks the broker (its hello reply says), connecting if needed; `false` when it cannot
+    /// be reached.
+    fn keeps_change_times(&self) -> bool {
+        self.hello().is_ok_and(|info| info.keeps_change_times)
     }
 
     fn keys(&self) -> Result<Vec<SecretKey>> {

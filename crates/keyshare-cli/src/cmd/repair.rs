@@ -10,12 +10,22 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
             .iter()
             .map(|(k, why)| serde_json::json!({ "key": k.as_str(), "reason": why }))
             .collect();
+        let superseded: Vec<_> = report.superseded.iter().map(|k| k.as_str()).collect();
         println!(
             "{}",
-            serde_json::json!({ "repaired": report.repaired, "failed": failed })
+            serde_json::json!({
+                "repaired": report.repaired,
+                "superseded": superseded,
+                "failed": failed,
+            })
         );
     } else {
         println!("repaired: {}", report.repaired);
+        // Not an error: another app's change came after this app's failed write, so it is the
+        // latest, and this app now reads it too.
+        for key in &report.superseded {
+            println!("kept another app's later change: {}", super::shown(key));
+        }
         for (key, why) in &report.failed {
             println!("still pending: {}: {why}", super::shown(key));
         }
