@@ -254,3 +254,36 @@ fn a_write_the_shared_store_did_not_take_says_so() {
     let out = env.run(&["--app", "code", "--json", "doctor"], b"");
     assert_eq!(parse(&out)["pending_repairs"], serde_json::json!([]));
 }
+
+// The QA scenario of stop 15, end to end: code's write is kept for repair while the shared
+// store cannot be opened; once it can, agents signs in and out (sets, then deletes the key);
+// code's repair then
+// keeps that later delete instead of bringing the token back, and says so.
+#[test]
+fn a_repair_keeps_another_apps_later_sign_out() {
+    let env = Home::new().with_store("vault");
+    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    let dir = break_the_shared_vault(&env);
+    env.ok(&["--direct", "--app", "code", "set", "github.auth"], b"t1");
+    std::fs::remove_file(dir.join("vault.db")).unwrap();
+    env.ok(
+        &["--direct", "--app", "agents", "set", "github.auth"],
+        b"a1",
+    );
+    env.ok(
+        &["--direct", "--app", "agents", "delete", "github.auth"],
+        b"",
+    );
+
+    let out = env.ok(&["--direct", "--app", "code", "repair"], b"");
+    assert_eq!(
+        stdout(&out),
+        "repaired: 0\nkept another app's later change: github.auth\n"
+    );
+    for app in ["code", "agents"] {
+        let out = env.run(&["--direct", "--app", app, "get", "github.auth"], b"");
+        assert_eq!(out.status.code(), Some(1), "{app}: {out:?}");
+    }
+    let out = env.run(&["--app", "code", "--json", "doctor"], b"");
+    assert_eq!(parse(&out)["pending_repairs"], serde_json::json!([]));
+}
