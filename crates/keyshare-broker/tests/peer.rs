@@ -98,3 +98,102 @@ fn another_uid_is_refused() {
     // The broker's own user is still served.
     keyshare::Store::keys(&broker.client("code")).unwrap();
 }
+
+const LISTEN_ENV: &str = "KEYSHARE_PEER_LISTEN";
+
+/// Another user's stand-in for a broker: listens at the socket path it is given, answers
+/// nothing, and prints how many bytes each of two connections sent before closing.
+#[test]
+#[ignore = "helper: run as another user by `a_socket_another_user_serves_gets_nothing`"]
+fn foreign_listener_child() {
+    let socket = std::path::PathBuf::from(std::env::var_os(LISTEN_ENV).expect("run by the test"));
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+    println!("\nLISTENING");
+    for _ in 0..2 {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = conn.read_to_end(&mut got);
+        println!("GOT {}", got.len());
+    }
+}
+
+// Found by QA: the clients sent hello, the app id and the value to whatever socket was at the
+// path, so another user able to write where XDG_RUNTIME_DIR points (a shared /tmp) received
+// secrets and could answer reads. Both clients now refuse a socket another user serves before
+// writing anything.
+#[test]
+fn a_socket_another_user_serves_gets_nothing() {
+    use std::io::BufRead;
+    if !rustix::process::geteuid().is_root() {
+        common::skip_unless_ci("root (to serve a socket as another user with setpriv)");
+        return;
+    }
+    // A directory everyone may write, as a shared /tmp is.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let paths = common::socket_of(shared.path());
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = bin_dir.path().join("foreign-listener");
+    std::fs::copy(std::env::current_exe().unwrap(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+        ])
+        .arg(&bin)
+        .args([
+            "foreign_listener_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(LISTEN_ENV, &paths.socket)
+        .current_dir(bin_dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux) runs");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.unwrap() == "LISTENING"));
+
+    let config = keyshare_broker::ClientConfig::with_paths(
+        paths.clone(),
+        keyshare::AppId::new("code").unwrap(),
+    );
+    let token = keyshare::SecretValue::from_slice(b"my-github-token");
+    let key = keyshare::SecretKey::new("github.auth").unwrap();
+    let one_shot = keyshare_broker::OneShotClient::new(config.clone());
+    let err = keyshare::Store::set(&one_shot, &key, &token).unwrap_err();
+    let blocking = keyshare_broker::BlockingBrokerClient::new(config).unwrap();
+    let err2 = keyshare::Store::set(&blocking, &key, &token).unwrap_err();
+    for err in [err, err2] {
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("another user (uid {NOBODY}) serves it"))
+                && text.contains("nothing was sent"),
+            "{text}"
+        );
+        assert!(
+            matches!(
+                err,
+                keyshare::Error::Unavailable {
+                    reason: keyshare::UnavailableReason::Denied,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+    let got: Vec<String> = lines
+        .map(|l| l.unwrap())
+        .filter(|l| l.starts_with("GOT"))
+        .collect();
+    assert_eq!(got, ["GOT 0", "GOT 0"], "the other user received bytes");
+    assert!(child.wait().unwrap().success());
+}

@@ -127,10 +127,18 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
     if keeps_journal || !autostart_on(ctx) {
         match client.hello() {
             Ok(info) => identity = info.store.or(identity),
+            Err(err) if is_foreign(&err) => {
+                return Err(err.into_store_error(client.store_name()).into())
+            }
             Err(err @ ClientError::Transport(_)) => return Ok(no_broker(&err)),
             Err(err) => return Err(err.into_store_error(client.store_name()).into()),
         }
     } else if let Err(err) = client.connect() {
+        // Another user's socket at the path is an attack or a misconfiguration, never "no
+        // broker": opening the store directly would hide it from the user.
+        if is_foreign(&err) {
+            return Err(err.into_store_error(client.store_name()).into());
+        }
         return Ok(no_broker(&err));
     }
     if let Some(notice) = client.take_autostart_output() {
@@ -145,6 +153,13 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
         // The broker checked it at hello, when this command requires it.
         os_keyring: None,
     }))
+}
+
+fn is_foreign(err: &ClientError) -> bool {
+    matches!(
+        err,
+        ClientError::Transport(TransportError::ForeignBroker { .. })
+    )
 }
 
 /// No broker answered (or none could be started): the command opens the store itself.
@@ -227,6 +242,7 @@ pub fn probe(ctx: &Context) -> anyhow::Result<Probe> {
     };
     match client.hello() {
         Ok(_) => {}
+        Err(err) if is_foreign(&err) => return Ok(refused(socket, err)),
         // Its message carries advice for a command with autostart off; `doctor` words its own.
         Err(ClientError::Transport(TransportError::NotRunning { .. })) => {
             return Ok(Probe::NotRunning {

@@ -973,3 +973,81 @@ fn a_command_that_meets_a_hung_broker_says_why_it_waited() {
     );
     serve.stop();
 }
+
+// Found by QA: with XDG_RUNTIME_DIR in a directory others can write (a shared /tmp), another
+// user's socket at the broker's path got the app id and the value of a `set`, and answered
+// `get` with a value of its choosing. A command now refuses such a socket (exit 8, saying why)
+// before writing anything, and does not quietly open the store itself instead; `doctor`
+// reports it as a problem.
+#[test]
+fn a_broker_socket_another_user_serves_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true, but not root (needed to serve a socket as another user)");
+        }
+        eprintln!("\n!!!!!!!! SKIPPED: needs root to serve a socket as another user\n");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    // The other user reaches the runtime directory, as everyone reaches /tmp.
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run_dir = home.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = run_dir.join("keyshare").join("stable.sock");
+    let listener = "import os, socket, sys\n\
+        path = sys.argv[1]\n\
+        os.makedirs(os.path.dirname(path), exist_ok=True)\n\
+        s = socket.socket(socket.AF_UNIX); s.bind(path); s.listen(8); os.chmod(path, 0o777)\n\
+        print('LISTENING', flush=True)\n\
+        for _ in range(3):\n\
+        \x20   c, _ = s.accept(); c.settimeout(10); n = 0\n\
+        \x20   while True:\n\
+        \x20       b = c.recv(65536)\n\
+        \x20       if not b: break\n\
+        \x20       n += len(b)\n\
+        \x20   print('GOT', n, flush=True)\n";
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            listener,
+        ])
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("setpriv and /usr/bin/python3 run");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "LISTENING");
+
+    for (args, stdin) in [
+        (&["set", "github.auth"][..], &b"my-github-token"[..]),
+        (&["get", "github.auth"][..], &b""[..]),
+    ] {
+        let out = run(home.path(), args, stdin);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(8), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("another user (uid 65534) serves it")
+                && stderr.contains("nothing was sent"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    // No vault was made in the broker's stead.
+    assert!(!home.path().join("data/keyshare/stable/vault.db").exists());
+    let out = run(home.path(), &["doctor"], b"");
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("another user (uid 65534)"),
+        "{out:?}"
+    );
+    // Nothing reached the other user.
+    let got: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert_eq!(got, ["GOT 0", "GOT 0", "GOT 0"]);
+    assert!(child.wait().unwrap().success());
+}

@@ -85,6 +85,22 @@ pub enum TransportError {
         /// How long this client waited.
         waited: Duration,
     },
+    /// The socket is served by another user's process: nothing was sent on it.
+    #[error(
+        "refused the broker socket {socket}: another user (uid {uid}) serves it, not you (uid \
+         {me}), so nothing was sent to it. Whoever can create files where XDG_RUNTIME_DIR \
+         points can put a socket there: set XDG_RUNTIME_DIR to a directory of your own \
+         (normally /run/user/{me}), or use --direct",
+        socket = socket.display()
+    )]
+    ForeignBroker {
+        /// The socket path.
+        socket: PathBuf,
+        /// The user serving it.
+        uid: u32,
+        /// This process's user.
+        me: u32,
+    },
     /// The connection closed before the reply arrived.
     #[error("the connection to the broker closed before it answered")]
     Closed,
@@ -126,6 +142,7 @@ impl ClientError {
                     | TransportError::Connect { .. }
                     | TransportError::Autostart(_)
                     | TransportError::Closed => UnavailableReason::NotRunning,
+                    TransportError::ForeignBroker { .. } => UnavailableReason::Denied,
                     _ => UnavailableReason::Backend,
                 };
                 keyshare::Error::unavailable(store, reason, transport.to_string())
@@ -220,6 +237,24 @@ impl ClientConfig {
         }
     }
 
+    /// Refuses a connected socket that another user's process serves, before anything (hello,
+    /// the app id, a value) is written to it. The broker checks its clients the same way; this
+    /// is the other direction: a socket someone else put at the path (an `XDG_RUNTIME_DIR`
+    /// others can write, such as `/tmp`) would otherwise receive this user's secrets, and
+    /// could answer reads with values of its choosing (found by QA).
+    pub(crate) fn check_peer(&self, stream: impl std::os::fd::AsFd) -> Result<(), TransportError> {
+        let me = rustix::process::geteuid().as_raw();
+        let uid = peer_uid(stream, &self.paths.socket).map_err(|e| self.connect_failed(e))?;
+        if uid != me {
+            return Err(TransportError::ForeignBroker {
+                socket: self.paths.socket.clone(),
+                uid,
+                me,
+            });
+        }
+        Ok(())
+    }
+
     /// Sets the client name and version declared in hello.
     pub fn client(mut self, name: impl Into<String>, version: impl Into<String>) -> Self {
         self.client_name = name.into();
@@ -306,6 +341,7 @@ impl Connection {
             },
             Err(source) => return Err(config.connect_failed(source).into()),
         };
+        config.check_peer(&stream)?;
         let (read_half, mut write_half) = stream.into_split();
         let mut reader = FrameReader::new(read_half);
         let hello = encode(&hello_request(config)).map_err(TransportError::from)?;
@@ -395,6 +431,22 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// The user of the process serving a connected Unix socket, as the kernel recorded it when the
+/// listener was made.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn peer_uid(stream: impl std::os::fd::AsFd, _socket: &std::path::Path) -> std::io::Result<u32> {
+    Ok(rustix::net::sockopt::socket_peercred(stream)?.uid.as_raw())
+}
+
+/// Without `SO_PEERCRED`: the owner of the socket file, which its creator owns. Weaker (the
+/// file could be replaced between the connect and this look, where others can write the
+/// directory), and unverified here (Linux only).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn peer_uid(_stream: impl std::os::fd::AsFd, socket: &std::path::Path) -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::symlink_metadata(socket)?.uid())
 }
 
 /// [`TransportError::Closed`] when `err` says that the broker closed the connection or was

@@ -139,6 +139,7 @@ impl OneShotClient {
             },
             Err(source) => return Err(config.connect_failed(source).into()),
         };
+        config.check_peer(&stream)?;
         Ok(Conn {
             stream,
             buf: Zeroizing::new(vec![0; 1024]),
