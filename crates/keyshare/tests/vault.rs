@@ -691,6 +691,68 @@ fn a_newer_schema_is_refused_and_left_untouched() {
     assert_eq!(snapshot(dir.path()), before);
 }
 
+/// A vault whose WAL still holds `n` committed sets, as after a crash (the store is leaked, so
+/// nothing checkpoints or empties the log), and the WAL's bytes.
+fn vault_with_unsaved_wal(path: &Path, n: usize) -> Vec<u8> {
+    let vault = open(path, "ns");
+    for i in 0..n {
+        vault
+            .set(&key(&format!("k{i}")), &value(format!("v{i}").as_bytes()))
+            .unwrap();
+    }
+    std::mem::forget(vault);
+    fs::read(path.with_extension("db-wal")).unwrap()
+}
+
+fn flip_a_byte_of_frame(path: &Path, wal: &mut [u8], frame: usize) {
+    let page_size = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as usize;
+    wal[32 + frame * (24 + page_size) + 24 + 100] ^= 0xaa;
+    fs::write(path.with_extension("db-wal"), wal).unwrap();
+}
+
+// Found by QA: a flipped byte in a committed WAL frame made SQLite drop that transaction and
+// every later one as a torn write ("not found" for acknowledged secrets), then empty the WAL.
+// Committed frames after a damaged one prove it was not torn: the vault is refused as corrupt
+// and both files are left as they were.
+#[test]
+fn a_damaged_wal_frame_before_committed_ones_is_reported_not_dropped() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let mut wal = vault_with_unsaved_wal(&path, 5);
+    let page_size = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as usize;
+    let frames = (wal.len() - 32) / (24 + page_size);
+    assert!(frames >= 5, "{frames} frames");
+    flip_a_byte_of_frame(&path, &mut wal, frames - 3);
+    let before = snapshot(dir.path());
+    let err = VaultStore::open(options(&path, "ns")).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("vault.db-wal")
+            && text.contains("damaged frame")
+            && text.contains("left untouched"),
+        "{text}"
+    );
+    assert_eq!(snapshot(dir.path()), before);
+}
+
+// The tail of a log a crash tore is what SQLite expects: the vault opens with what committed
+// before it.
+#[test]
+fn a_damaged_last_wal_frame_is_taken_for_a_torn_write() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let mut wal = vault_with_unsaved_wal(&path, 3);
+    let page_size = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as usize;
+    let frames = (wal.len() - 32) / (24 + page_size);
+    flip_a_byte_of_frame(&path, &mut wal, frames - 1);
+    let vault = open(&path, "ns");
+    assert_eq!(
+        vault.get(&key("k0")).unwrap().unwrap().expose_secret(),
+        b"v0"
+    );
+}
+
 // A vault from before change times were recorded (schema 1) is upgraded when opened: its
 // values stay readable, a value of unknown age loses to a repair (this app's copy wins, as it
 // did before), and from then on sets and deletes are timed, deletes of absent keys included.

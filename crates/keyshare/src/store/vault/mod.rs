@@ -42,6 +42,7 @@ mod crypto;
 mod files;
 mod keys;
 mod schema;
+mod wal;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -695,6 +696,7 @@ impl VaultStore {
             files::check_private_file(&side_file(path, suffix))?;
         }
         let is_wal = schema::check_header(path)?;
+        wal::check(path, &side_file(path, "-wal"))?;
 
         let map = |doing: &'static str| move |e| sql_error(path, options.busy_timeout, doing, e);
         // No CREATE flag: if the file vanished since the checks, fail instead of making one.
