@@ -5,14 +5,16 @@
 //! the transactions up to the first frame whose checksum fails and ignores the rest, since that
 //! is what a write torn by a crash looks like. A frame damaged later (a flipped bit on disk)
 //! looks the same, so acknowledged secrets vanished ("not found"), and the next checkpoint
-//! emptied the WAL that held them (found by QA). A torn write can only be the tail: frames
-//! written after it were never synced, and SQLite syncs a transaction's frames before it
-//! acknowledges it. So when frames after a damaged one still verify, chained from the damaged
-//! frame's own recorded checksum, and include a commit, something damaged a committed
-//! transaction, and the vault is refused as corrupt with its files left untouched.
+//! emptied the WAL that held them (found by QA). A torn write can only be in the last
+//! transaction: SQLite syncs a transaction's frames before it acknowledges it and before the
+//! next one is written. So when frames after a damaged one still verify, chained from the
+//! damaged frame's own recorded checksum, and commit a *later* transaction, the damaged one had
+//! been synced: something damaged a committed transaction, and the vault is refused as corrupt
+//! with its files left untouched.
 //!
-//! Not caught: damage to the last frame of the last transaction, which nothing after it can
-//! vouch for; SQLite drops that transaction as a torn write.
+//! Not caught: damage in the last transaction, which nothing after it can vouch for (a power
+//! loss may persist its frames in any order, so even its own intact commit frame proves
+//! nothing); SQLite drops that transaction as a torn write.
 //!
 //! The format (sqlite.org/fileformat2.html, "WAL File Format"): a 32-byte header (magic, whose
 //! low bit gives the checksum's byte order, format version, page size, checkpoint sequence,
@@ -30,7 +32,8 @@ const FRAME_HEADER_LEN: usize = 24;
 const MAGIC_LITTLE: u32 = 0x377f_0682;
 const MAGIC_BIG: u32 = 0x377f_0683;
 
-/// How a damaged WAL looks: the first damaged frame, and how many commits follow it intact.
+/// How a damaged WAL looks: the first damaged frame, and how many later transactions follow
+/// its own intact.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Damage {
     pub(crate) frame: usize,
@@ -119,8 +122,10 @@ pub(crate) fn find_damage(wal: &[u8]) -> Option<Damage> {
             continue;
         }
         // Damaged, or the torn tail of a crash. Frames after it that verify from its recorded
-        // checksum were written after it by SQLite; a commit among them was acknowledged.
+        // checksum were written after it by SQLite; the first commit among them (or the frame
+        // itself) ends its transaction, and a commit after that proves it had been synced.
         let mut running = stored(frame);
+        let mut own_commit_seen = word(frame, 4) != 0;
         let mut commits_after = 0;
         for later in &frames[n + 1..] {
             let sum = frame_sum(running, later);
@@ -129,7 +134,10 @@ pub(crate) fn find_damage(wal: &[u8]) -> Option<Damage> {
             }
             running = sum;
             if word(later, 4) != 0 {
-                commits_after += 1;
+                if own_commit_seen {
+                    commits_after += 1;
+                }
+                own_commit_seen = true;
             }
         }
         return (commits_after > 0).then_some(Damage {
@@ -156,4 +164,88 @@ fn checksum(big_endian: bool, running: (u32, u32), data: &[u8]) -> (u32, u32) {
         s1 = s1.wrapping_add(read(&pair[4..])).wrapping_add(s0);
     }
     (s0, s1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A WAL header (big-endian checksums) for `page_size`, with a valid checksum.
+    fn header(page_size: u32) -> Vec<u8> {
+        let mut h = Vec::new();
+        for word in [MAGIC_BIG, 3_007_000, page_size, 0, 7, 9] {
+            h.extend_from_slice(&word.to_be_bytes());
+        }
+        let (s0, s1) = checksum(true, (0, 0), &h);
+        h.extend_from_slice(&s0.to_be_bytes());
+        h.extend_from_slice(&s1.to_be_bytes());
+        h
+    }
+
+    /// Appends a frame for `page`, a commit when `commit`, chained from `running`.
+    fn frame(wal: &mut Vec<u8>, running: &mut (u32, u32), page: &[u8], commit: bool) {
+        let mut f = Vec::new();
+        f.extend_from_slice(&1u32.to_be_bytes());
+        f.extend_from_slice(&u32::from(commit).to_be_bytes());
+        f.extend_from_slice(&wal[16..24].to_vec());
+        let sum = checksum(true, checksum(true, *running, &f[..8]), page);
+        *running = sum;
+        f.extend_from_slice(&sum.0.to_be_bytes());
+        f.extend_from_slice(&sum.1.to_be_bytes());
+        f.extend_from_slice(page);
+        wal.extend_from_slice(&f);
+    }
+
+    fn wal_of(commits: &[bool]) -> Vec<u8> {
+        let mut wal = header(512);
+        let mut running = checksum(true, (0, 0), &wal[..24]);
+        for (n, commit) in commits.iter().enumerate() {
+            frame(&mut wal, &mut running, &[n as u8; 512], *commit);
+        }
+        wal
+    }
+
+    #[test]
+    fn damage_is_reported_only_before_a_later_commit() {
+        // Three transactions: frames 0-1, 2, 3-4.
+        let clean = wal_of(&[false, true, true, false, true]);
+        assert_eq!(find_damage(&clean), None);
+        let page = |n: usize| 32 + n * (24 + 512) + 24;
+        for (damaged, later) in [(0, 2), (1, 2), (2, 1)] {
+            let mut wal = clean.clone();
+            wal[page(damaged) + 5] ^= 1;
+            assert_eq!(
+                find_damage(&wal),
+                Some(Damage {
+                    frame: damaged,
+                    commits_after: later
+                }),
+                "frame {damaged}"
+            );
+        }
+        // The last transaction's frames, its commit intact or not: a torn write for all anyone
+        // can tell.
+        for damaged in [3, 4] {
+            let mut wal = clean.clone();
+            wal[page(damaged) + 5] ^= 1;
+            assert_eq!(find_damage(&wal), None, "frame {damaged}");
+        }
+        // Frames of an earlier log generation (other salts) end the log.
+        let mut old = clean;
+        old[32 + 3 * (24 + 512) + 8] ^= 1;
+        assert_eq!(find_damage(&old), None);
+    }
+
+    proptest! {
+        // Whatever the file holds, the check answers without panicking.
+        #[test]
+        fn any_bytes_are_answered(mut bytes in proptest::collection::vec(any::<u8>(), 0..3000),
+                                  valid_header in any::<bool>()) {
+            if valid_header && bytes.len() >= 32 {
+                bytes[..32].copy_from_slice(&header(512));
+            }
+            let _ = find_damage(&bytes);
+        }
+    }
 }
