@@ -188,7 +188,7 @@ mod tests {
         let mut f = Vec::new();
         f.extend_from_slice(&1u32.to_be_bytes());
         f.extend_from_slice(&u32::from(commit).to_be_bytes());
-        f.extend_from_slice(&wal[16..24].to_vec());
+        f.extend_from_slice(&wal[16..24]);
         let sum = checksum(true, checksum(true, *running, &f[..8]), page);
         *running = sum;
         f.extend_from_slice(&sum.0.to_be_bytes());
