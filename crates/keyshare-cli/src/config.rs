@@ -183,14 +183,21 @@ impl Config {
     /// Loads `path`; a missing file at the default location means defaults, a missing file
     /// that was named explicitly is an error.
     pub fn load(path: &Path, explicit: bool) -> anyhow::Result<Self> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match read_regular_file(path) {
             Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            Err(ReadError::Io(err)) if err.kind() == std::io::ErrorKind::NotFound && !explicit => {
                 return Ok(Config::default())
             }
-            Err(err) => {
+            Err(ReadError::Io(err)) => {
                 return Err(anyhow::Error::new(ConfigError(format!(
                     "cannot read config file {}: {err}",
+                    path.display()
+                ))))
+            }
+            Err(ReadError::NotRegular(kind)) => {
+                return Err(anyhow::Error::new(ConfigError(format!(
+                    "config file {} is {kind}, not a regular file; keyshare reads its settings \
+                     only from a regular file: replace it with one",
                     path.display()
                 ))))
             }
@@ -272,6 +279,62 @@ impl Config {
 
     pub fn app(&self, app: &AppId) -> Option<&AppConfig> {
         self.apps.get(app.as_str())
+    }
+}
+
+/// Why [`read_regular_file`] read nothing.
+enum ReadError {
+    Io(std::io::Error),
+    /// What the path is instead ("a FIFO", "a directory", ...).
+    NotRegular(&'static str),
+}
+
+/// The text of the regular file at `path` (a symlink to one included).
+///
+/// Opened without blocking, then checked on the open descriptor: opening a FIFO waits for a
+/// writer, forever if none comes (found by QA: every command hung, and a running broker's
+/// policy reload stopped for good). `O_NONBLOCK` changes nothing for reading a regular file,
+/// and checking the descriptor, not the path, leaves no gap for a swap between check and read.
+fn read_regular_file(path: &Path) -> Result<String, ReadError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(err) => {
+            // A socket cannot be opened at all (ENXIO, "no such device or address"): say
+            // what is there rather than that.
+            return Err(match std::fs::metadata(path) {
+                Ok(meta) if !meta.is_file() => ReadError::NotRegular(file_kind(&meta)),
+                _ => ReadError::Io(err),
+            });
+        }
+    };
+    let meta = file.metadata().map_err(ReadError::Io)?;
+    if !meta.is_file() {
+        return Err(ReadError::NotRegular(file_kind(&meta)));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(ReadError::Io)?;
+    Ok(text)
+}
+
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "something else"
     }
 }
 

@@ -106,6 +106,38 @@ fn config_errors_are_exit_5() {
     );
 }
 
+/// A config.toml that is a FIFO is refused at once, naming the file (found by QA: opening it
+/// waited for a writer, so every command hung); so is a directory.
+#[test]
+fn a_config_that_is_not_a_regular_file_is_exit_5() {
+    let env = home();
+    let path = env.config("");
+    std::fs::remove_file(&path).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let out = env
+        .command(&["--store", "memory", "get", "a"])
+        .timeout(std::time::Duration::from_secs(10))
+        .output()
+        .unwrap();
+    let stderr = env.redact(&String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty(), "{:?}", out.stdout);
+    snapshot!(
+        "config_fifo",
+        format!("exit {}\n{stderr}", out.status.code().unwrap_or(-1))
+    );
+
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    snapshot!(
+        "config_directory",
+        env.failure(&["--store", "memory", "get", "a"], b"")
+    );
+}
+
 #[test]
 fn migrate_without_a_legacy_store() {
     let env = home();

@@ -160,9 +160,10 @@ fn look(path: &Path) -> Look {
 /// It looks at the file every [`CONFIG_CHECK_EVERY`]; once a changed file has stayed the same
 /// for one look (an editor or a script may still be writing it before), it reads it. A valid
 /// file's policy replaces the one in force, for every request the broker reads from then on.
-/// A file that cannot be used (invalid, unreadable, removed) changes nothing: the policy in
-/// force stays, and the log says what is wrong with the file, once per version of it; a
-/// half-written or removed file would otherwise loosen the policy, if only for a moment.
+/// A file that cannot be used (invalid, unreadable, removed, not a regular file) changes
+/// nothing: the policy in force stays, and the log says what is wrong with the file, once per
+/// version of it; a half-written or removed file would otherwise loosen the policy, if only for
+/// a moment. A FIFO in its place is not waited on (`Config::load` never blocks in `open`).
 /// Settings other than the policy (the store) are not applied: they need a restart, and a
 /// command that asks for another store is refused (`store_mismatch`) until then.
 #[derive(Debug)]
@@ -515,6 +516,49 @@ mod tests {
         std::fs::write(&path, "# nothing\n").unwrap();
         settle(&mut reload);
         assert_eq!(agents_keys(&handle), None);
+    }
+
+    /// Two looks from another thread, which must be done within 10 s: a look that blocks
+    /// fails the test instead of hanging it.
+    fn settle_within_bounds(mut reload: PolicyReload) -> PolicyReload {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            settle(&mut reload);
+            let _ = done_tx.send(reload);
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the policy reload blocked")
+    }
+
+    /// A config.toml replaced by a FIFO keeps the policy in force, and reloads go on once a
+    /// regular file is back (found by QA: the reload thread blocked in `open` for good, so
+    /// later edits were ignored until a restart, and nothing was logged).
+    #[test]
+    fn a_config_that_becomes_a_fifo_blocks_no_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let storage =
+            SecretStorage::builder(std::sync::Arc::new(keyshare::MemoryStore::new())).build();
+        let handle = BrokerState::new(storage).policy_handle();
+        std::fs::write(&path, "[apps.agents]\nshared_keys = [\"github.auth\"]\n").unwrap();
+        let reload = PolicyReload::new(&path, Ok(None), handle.clone());
+        let reload = settle_within_bounds(reload);
+        assert_eq!(agents_keys(&handle), Some(1));
+
+        std::fs::remove_file(&path).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let reload = settle_within_bounds(reload);
+        assert_eq!(agents_keys(&handle), Some(1), "the policy in force is kept");
+
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "[apps.agents]\nshared_keys = [\"a\", \"b\"]\n").unwrap();
+        settle_within_bounds(reload);
+        assert_eq!(agents_keys(&handle), Some(2), "reloads go on");
     }
 
     #[test]
