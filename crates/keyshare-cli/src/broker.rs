@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use keyshare_broker::access::{AccessPolicy, AppRule, KeyPattern};
 use keyshare_broker::client::Autostart;
-use keyshare_broker::daemon::BrokerPaths;
+use keyshare_broker::daemon::{lock_holder_pid, BrokerPaths, FileLock};
 use keyshare_broker::protocol::BrokerStatus;
 use keyshare_broker::{
     BlockingBrokerClient, ClientConfig, ClientError, OneShotClient, TransportError,
@@ -227,6 +227,14 @@ pub enum Probe {
         socket: std::path::PathBuf,
         why: String,
     },
+    /// Something accepts connections on the socket but does not answer in time: a broker that
+    /// is stopped (SIGSTOP, a debugger) or hung. `pid`: the broker holding the instance lock,
+    /// when one does.
+    NotAnswering {
+        socket: std::path::PathBuf,
+        pid: Option<u32>,
+        why: String,
+    },
 }
 
 pub fn probe(ctx: &Context) -> anyhow::Result<Probe> {
@@ -235,14 +243,29 @@ pub fn probe(ctx: &Context) -> anyhow::Result<Probe> {
     }
     let config = client_config(ctx)?.autostart(None);
     let socket = config.paths.socket.clone();
+    let instance_lock = config.paths.instance_lock.clone();
     let client = OneShotClient::new(config);
     let refused = |socket, err: ClientError| Probe::Refused {
         socket,
         why: err.to_string(),
     };
+    // Connected, then silence: commands meet the same and fail (exit 3), so this is not "not
+    // running" (found by QA: a stopped broker was, and doctor found no problem). The lock
+    // says whether a broker runs, and which.
+    let not_answering = |socket, why: String| Probe::NotAnswering {
+        socket,
+        pid: FileLock::is_held(&instance_lock)
+            .unwrap_or(false)
+            .then(|| lock_holder_pid(&instance_lock))
+            .flatten(),
+        why,
+    };
     match client.hello() {
         Ok(_) => {}
         Err(err) if is_foreign(&err) => return Ok(refused(socket, err)),
+        Err(ClientError::Transport(err @ TransportError::TimedOut(_))) => {
+            return Ok(not_answering(socket, err.to_string()))
+        }
         // Its message carries advice for a command with autostart off; `doctor` words its own.
         Err(ClientError::Transport(TransportError::NotRunning { .. })) => {
             return Ok(Probe::NotRunning {
@@ -263,6 +286,12 @@ pub fn probe(ctx: &Context) -> anyhow::Result<Probe> {
             socket,
             status: Box::new(status),
         },
+        Err(
+            err @ keyshare::Error::Unavailable {
+                reason: keyshare::UnavailableReason::TimedOut,
+                ..
+            },
+        ) => not_answering(socket, err.to_string()),
         Err(err) => Probe::Refused {
             socket,
             why: err.to_string(),

@@ -1050,4 +1050,43 @@ fn a_broker_socket_another_user_serves_is_refused() {
     let got: Vec<String> = lines.map(|l| l.unwrap()).collect();
     assert_eq!(got, ["GOT 0", "GOT 0", "GOT 0"]);
     assert!(child.wait().unwrap().success());
+/// A stopped (or hung) broker is a problem for doctor, named with its pid: doctor called it
+/// "not running" and found no problem (exit 0) while every command that used it failed with
+/// exit 3 (found by QA).
+#[test]
+fn doctor_reports_a_broker_that_runs_but_does_not_answer() {
+    let home = tempfile::tempdir().unwrap();
+    write_config(home.path(), "timeout_ms = 1000\n");
+    let serve = Serving::start(keyshare(home.path()));
+    // Once it has answered, it handles SIGTERM (it says it serves a moment before that).
+    run_ok(home.path(), &["list"], b"");
+    let broker = serve.child.id();
+    let pid = rustix::process::Pid::from_raw(broker as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let json = run(home.path(), &["--json", "doctor"], b"");
+    let human = run(home.path(), &["doctor"], b"");
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    serve.stop();
+
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json.status.code(), Some(7), "{report}");
+    assert_eq!(report["broker"]["running"], true, "{report}");
+    assert_eq!(report["broker"]["answering"], false, "{report}");
+    assert_eq!(report["broker"]["pid"], broker, "{report}");
+    let problems = report["problems"].to_string();
+    assert!(
+        problems.contains(&format!(
+            "the broker (pid {broker}) runs but does not answer"
+        )) && problems.contains(&format!("kill -CONT {broker}")),
+        "{problems}"
+    );
+    let human_out = String::from_utf8_lossy(&human.stdout);
+    assert_eq!(human.status.code(), Some(7), "{human_out}");
+    assert!(
+        human_out.contains(&format!(
+            "broker:        running (pid {broker}) but not answering"
+        )),
+        "{human_out}"
+    );
+    assert!(!human_out.contains("no problems found"), "{human_out}");
 }

@@ -292,6 +292,7 @@ fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Valu
             policy_in_force(ctx, &status, problems);
             json!({
             "running": true,
+            "answering": true,
             "socket": socket.display().to_string(),
             "pid": status.pid,
             "version": status.server_version,
@@ -308,7 +309,36 @@ fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Valu
                 "the broker at {} refused this app: {why}",
                 socket.display()
             ));
-            json!({ "running": true, "socket": socket.display().to_string(), "refused": why })
+            json!({
+                "running": true,
+                "answering": true,
+                "socket": socket.display().to_string(),
+                "refused": why,
+            })
+        }
+        Ok(broker::Probe::NotAnswering { socket, pid, why }) => {
+            problems.push(match pid {
+                Some(pid) => format!(
+                    "the broker (pid {pid}) runs but does not answer on {} ({why}), so commands \
+                     that use it fail (exit 3): if it was stopped (Ctrl-Z, a debugger), resume \
+                     it with `kill -CONT {pid}`; otherwise end it with `kill {pid}` (a command \
+                     then starts another)",
+                    socket.display()
+                ),
+                None => format!(
+                    "something accepts connections on {} but does not answer ({why}), and no \
+                     broker holds the instance lock, so commands that use the socket fail \
+                     (exit 3): a socket unit whose broker does not start? (`systemctl --user \
+                     status`)",
+                    socket.display()
+                ),
+            });
+            json!({
+                "running": pid.is_some(),
+                "answering": false,
+                "socket": socket.display().to_string(),
+                "pid": pid,
+            })
         }
         Err(err) => {
             problems.push(format!(
@@ -379,7 +409,19 @@ fn print_human(report: &Value) {
         Some(t) => println!("storage type:  {t}"),
     }
     let broker = &report["broker"];
-    if broker["running"] == Value::Bool(true) && broker["refused"].is_null() {
+    if broker["answering"] == Value::Bool(false) {
+        match broker["pid"].as_u64() {
+            Some(pid) => println!(
+                "broker:        running (pid {pid}) but not answering on {} (see the problems \
+                 below)",
+                s(&broker["socket"])
+            ),
+            None => println!(
+                "broker:        not answering on {} (see the problems below)",
+                s(&broker["socket"])
+            ),
+        }
+    } else if broker["running"] == Value::Bool(true) && broker["refused"].is_null() {
         println!(
             "broker:        running (pid {}, {} connection(s)) on {}",
             s(&broker["pid"]),
