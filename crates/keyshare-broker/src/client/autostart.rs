@@ -91,13 +91,7 @@ impl Autostart {
             .stderr(Stdio::piped())
             .process_group(0)
             .spawn()
-            .map_err(|e| {
-                fail(format!(
-                    "cannot run {}: {e} (set the broker program in config.toml, or use \
-                     --no-autostart / --direct)",
-                    self.program.display()
-                ))
-            })?;
+            .map_err(|e| fail(self.cannot_run(&e)))?;
         let stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -169,6 +163,24 @@ impl Autostart {
                 )))
             }
         }
+    }
+
+    /// Why the program could not be run, and what works instead. No setting names the program
+    /// (it is this executable, or `keyshare` from `PATH`: [`Autostart::keyshare_serve`]), so
+    /// the advice is to make it runnable, or to do without an autostarted broker (found by QA:
+    /// it advised a config.toml setting that does not exist).
+    fn cannot_run(&self, err: &std::io::Error) -> String {
+        let program = self.program.display();
+        let fix = if self.program.components().count() == 1 {
+            format!("it is looked up on PATH: put a {program} that you can run there")
+        } else {
+            format!("make {program} a program that you can run")
+        };
+        format!(
+            "cannot run {program}: {err} ({fix}; or start the broker yourself with `keyshare \
+             serve`, or do without it: --no-autostart, KEYSHARE_NO_AUTOSTART=1 or autostart = \
+             false in config.toml, or --direct)"
+        )
     }
 
     /// Waits until no broker holds the instance lock (or one answers), for as long as a start
@@ -263,4 +275,52 @@ fn process_exists(pid: u32) -> bool {
             Ok(()) | Err(rustix::io::Errno::PERM)
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A program that cannot be run is reported with advice that works: the error used to
+    /// suggest setting the broker program in config.toml, which has no such setting.
+    #[test]
+    fn a_program_that_cannot_be_run_is_reported_with_what_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = BrokerPaths::under(
+            dir.path(),
+            &Flavour::with_default_service("stable").unwrap(),
+        );
+        let not_executable = dir.path().join("bin/keyshare");
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        std::fs::write(&not_executable, "").unwrap();
+        for (program, says) in [
+            (
+                not_executable.clone(),
+                format!(
+                    "make {} a program that you can run",
+                    not_executable.display()
+                ),
+            ),
+            (
+                PathBuf::from("keyshare-test-no-such-program"),
+                "it is looked up on PATH: put a keyshare-test-no-such-program that you can run \
+                 there"
+                    .to_owned(),
+            ),
+        ] {
+            let autostart = Autostart {
+                program,
+                args: Vec::new(),
+                env: Vec::new(),
+                ready_timeout: Duration::from_secs(10),
+            };
+            let err = autostart.start_blocking(&paths).unwrap_err().to_string();
+            assert!(err.contains("cannot run") && err.contains(&says), "{err}");
+            assert!(
+                err.contains("`keyshare serve`") && err.contains("--no-autostart"),
+                "{err}"
+            );
+            assert!(!err.contains("broker program"), "{err}");
+        }
+    }
 }
