@@ -120,7 +120,11 @@ fn an_incomplete_migration_is_a_problem() {
     assert_eq!(report["shared"]["answers"], true, "{report}");
     let problems = report["problems"].to_string();
     assert!(problems.contains("migration"), "{problems}");
-    assert!(problems.contains("keyshare migrate"), "{problems}");
+    // The app's own command: a bare `keyshare migrate` is the default app's.
+    assert!(
+        problems.contains("`keyshare --app code migrate`"),
+        "{problems}"
+    );
     let human = env.run(&["--store", "vault", "--app", "code", "doctor"], b"");
     assert!(
         !stdout(&human).contains("no problems found"),
@@ -244,7 +248,15 @@ fn a_write_the_shared_store_did_not_take_says_so() {
         "{stderr}"
     );
     let out = env.run(&["--app", "code", "--json", "doctor"], b"");
-    assert_eq!(parse(&out)["pending_repairs"][0], "github.auth");
+    let report = parse(&out);
+    assert_eq!(report["pending_repairs"][0], "github.auth");
+    // Doctor's advice names the app, as the note does: `keyshare repair` repairs the default
+    // app, which has nothing pending (found by QA).
+    let problems = report["problems"].to_string();
+    assert!(
+        problems.contains("run `keyshare --app code repair`"),
+        "{problems}"
+    );
     // Once the shared store answers, the next write of the key goes through and says nothing
     // (but the notice of the key file the new vault made).
     std::fs::remove_file(dir.join("vault.db")).unwrap();

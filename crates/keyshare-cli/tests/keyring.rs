@@ -522,6 +522,9 @@ fn doctor_counts_the_repairs_queued_while_the_keyring_hangs() {
     assert_eq!(pending, ["a", "b"], "{report}");
     let problems = report["problems"].to_string();
     assert!(problems.contains("does not answer"), "{problems}");
-    assert!(problems.contains("keyshare repair"), "{problems}");
+    assert!(
+        problems.contains("`keyshare --app code repair`"),
+        "{problems}"
+    );
     private.signal("-CONT");
 }
