@@ -421,6 +421,10 @@ mod tests {
                 "bin/code is not an absolute path",
             ),
             (
+                "[openbao]\naddresses = [\"https://bao.example:8200\"]\nca_file = \"ca.pem\"",
+                "[openbao] ca_file: ca.pem is not an absolute path",
+            ),
+            (
                 "timeout_ms = 2147483648",
                 "timeout_ms is 2147483648: at most 3600000",
             ),

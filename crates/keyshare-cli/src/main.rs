@@ -60,7 +60,9 @@ fn context(cli: &Cli) -> anyhow::Result<(Context, PathBuf)> {
 fn routing(cli: &Cli) -> broker::Routing {
     let mut passthrough = Vec::new();
     if let Some(config) = &cli.globals.config {
-        passthrough.extend(["--config".into(), config.clone().into_os_string()]);
+        // An autostarted broker runs in `/`: a relative path must mean what it means here.
+        let config = std::path::absolute(config).unwrap_or_else(|_| config.clone());
+        passthrough.extend(["--config".into(), config.into_os_string()]);
     }
     if let Some(store) = cli.globals.store {
         passthrough.extend(["--store".into(), store.name().into()]);

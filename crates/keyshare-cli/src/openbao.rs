@@ -91,6 +91,15 @@ impl OpenBaoSection {
         if self.watch_interval_ms == 0 {
             bail!("[openbao] watch_interval_ms: must be at least 1 (milliseconds between polls)");
         }
+        // The broker reads it too, and runs in `/`, not where the command that started it
+        // ran: a relative path would name another file there.
+        if let Some(ca_file) = self.ca_file.as_ref().filter(|p| !p.is_absolute()) {
+            bail!(
+                "[openbao] ca_file: {} is not an absolute path (the broker, which reads it too, \
+                 does not run in this directory)",
+                ca_file.display()
+            );
+        }
         // The library's own checks (address form, mount, prefix), with a throwaway store.
         let mut config = self.library_config("validation", Duration::from_secs(1));
         config.ca_file = None;

@@ -1090,3 +1090,45 @@ fn doctor_reports_a_broker_that_runs_but_does_not_answer() {
     );
     assert!(!human_out.contains("no problems found"), "{human_out}");
 }
+
+/// An autostarted broker runs in `/`, not in the directory of the command that started it,
+/// which it would keep busy for as long as it runs (found by QA: a USB stick that could not be
+/// unmounted). A relative `--config` still means the file the command meant.
+#[test]
+fn an_autostarted_broker_keeps_no_directory_busy() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("run")).unwrap();
+    std::fs::set_permissions(
+        home.path().join("run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let workdir = home.path().join("stick");
+    std::fs::create_dir(&workdir).unwrap();
+    std::fs::write(workdir.join("keyshare.toml"), "timeout_ms = 4000\n").unwrap();
+    let out = keyshare(home.path())
+        .current_dir(&workdir)
+        .args(["--config", "keyshare.toml", "get", "absent.key"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "not found, after starting the broker: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let broker = broker_pid(&home.path().join("run/keyshare/stable.lock"));
+    let cwd = std::fs::read_link(format!("/proc/{broker}/cwd"));
+    let cmdline = std::fs::read(format!("/proc/{broker}/cmdline")).unwrap_or_default();
+    sigterm(broker);
+    assert_eq!(cwd.unwrap(), Path::new("/"));
+    let config = workdir.join("keyshare.toml");
+    assert!(
+        cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == config.as_os_str().as_encoded_bytes()),
+        "{:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+}

@@ -3,9 +3,10 @@
 //! A client that finds no broker takes the startup lock (so that of several clients starting
 //! at once, one starts the broker and the others wait for it), checks again, then runs
 //! `<program> serve --flavor <F> --autostarted` in its own process group (a Ctrl-C in the
-//! terminal does not reach it) and waits for the ready line the broker writes to its stdout
-//! once its socket is bound. No polling, no sleeps for the broker: the pipe says when it is
-//! ready, or its end (with the broker's stderr) says why it is not.
+//! terminal does not reach it), in `/` (it keeps no directory of the client's busy), and waits
+//! for the ready line the broker writes to its stdout once its socket is bound. No polling, no
+//! sleeps for the broker: the pipe says when it is ready, or its end (with the broker's
+//! stderr) says why it is not.
 //!
 //! The startup lock is waited for in bounded time: a client that hangs while holding it (stopped
 //! in a debugger, stuck on a full disk) must not hang every other client of the flavour with
@@ -30,7 +31,7 @@ use crate::daemon::{lock_holder_pid, BrokerPaths, FileLock, READY_LINE};
 pub struct Autostart {
     /// The program to run.
     pub program: PathBuf,
-    /// Its arguments.
+    /// Its arguments. The broker runs in `/`: a relative path among them is taken from there.
     pub args: Vec<OsString>,
     /// Extra environment variables for the broker.
     pub env: Vec<(OsString, OsString)>,
@@ -83,8 +84,18 @@ impl Autostart {
             return Ok(String::new());
         }
         tracing::info!(program = %self.program.display(), "starting the broker");
-        let mut child = Command::new(&self.program)
+        // A relative path names a program from this process's directory, not the broker's.
+        let program = if self.program.components().count() > 1 && self.program.is_relative() {
+            std::path::absolute(&self.program).unwrap_or_else(|_| self.program.clone())
+        } else {
+            self.program.clone()
+        };
+        let mut child = Command::new(program)
             .args(&self.args)
+            // The broker outlives the command that starts it, by ten idle minutes or more: in
+            // the command's directory it would keep that directory busy (a USB stick that
+            // cannot be unmounted, found by QA). It opens no relative path.
+            .current_dir("/")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
