@@ -278,6 +278,90 @@ fn creates_private_directory_and_files() {
     );
 }
 
+/// Sets a file's (or a symlink's own) modification time `ago` in the past.
+fn age(path: &Path, ago: &str) {
+    let touched = std::process::Command::new("touch")
+        .args(["-h", "-d", ago])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+}
+
+/// A creation killed with kill -9 leaves its temporary files beside the vault (the key file's
+/// holding the raw key): the next open removes those that are old enough, and nothing else
+/// (found by QA: no later run removed them).
+#[test]
+fn an_open_removes_what_a_killed_creation_left() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let tag = "0123456789abcdef";
+    let leftovers = [
+        format!(".vault.key.{tag}.tmp"),
+        format!(".vault.db.{tag}.tmp"),
+        format!(".vault.db.{tag}.tmp-journal"),
+        ".vault.db.fedcba9876543210.tmp-wal".to_owned(),
+    ];
+    // Not ours, or not old enough: kept.
+    let kept = [
+        // Too recent: a creator may still be writing it.
+        ".vault.key.fedcba9876543210.tmp".to_owned(),
+        // Not a name keyshare makes.
+        format!(".vault.key.{tag}.tmp-journal"),
+        ".vault.db.0123456789abcde.tmp".to_owned(),
+        ".vault.db.0123456789ABCDEF.tmp".to_owned(),
+        format!(".vault.db.{tag}.tmp.bak"),
+        format!(".other.db.{tag}.tmp"),
+        format!("vault.db.{tag}.tmp"),
+    ];
+    let plant = || {
+        for name in leftovers.iter().chain(&kept) {
+            fs::write(dir.path().join(name), b"leftover").unwrap();
+            fs::set_permissions(dir.path().join(name), fs::Permissions::from_mode(0o600)).unwrap();
+            age(&dir.path().join(name), "2 hours ago");
+        }
+        age(&dir.path().join(&kept[0]), "10 seconds ago");
+    };
+    // Not a regular file, however old: kept.
+    let symlink = dir.path().join(".vault.db.1111111111111111.tmp");
+    std::os::unix::fs::symlink(dir.path().join("elsewhere"), &symlink).unwrap();
+    age(&symlink, "2 hours ago");
+    let subdir = dir.path().join(".vault.db.2222222222222222.tmp");
+    fs::create_dir(&subdir).unwrap();
+    age(&subdir, "2 hours ago");
+
+    let names = || -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains(".tmp"))
+            .collect();
+        names.sort();
+        names
+    };
+    let mut expected: Vec<String> = kept
+        .iter()
+        .cloned()
+        .chain([
+            ".vault.db.1111111111111111.tmp".to_owned(),
+            ".vault.db.2222222222222222.tmp".to_owned(),
+        ])
+        .collect();
+    expected.sort();
+
+    // Before the vault exists (the creation was killed before it linked the vault into place).
+    plant();
+    open(&path, "ns").set(&key("k"), &value(b"v")).unwrap();
+    assert_eq!(names(), expected);
+    // And beside a vault that exists.
+    plant();
+    assert_eq!(
+        open(&path, "ns").get(&key("k")).unwrap().unwrap(),
+        value(b"v")
+    );
+    assert_eq!(names(), expected);
+}
+
 #[test]
 fn refuses_a_vault_others_can_read_and_says_how_to_fix_it() {
     let dir = private_tempdir();

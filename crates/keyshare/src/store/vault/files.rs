@@ -107,20 +107,106 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// A path beside `path` that no other process will pick: `.NAME.RANDOM.tmp`.
-fn temp_beside(path: &Path) -> Result<PathBuf> {
-    let mut tag = [0u8; 8];
-    random_bytes(&mut tag)?;
+/// The random tag in a temporary file's name: this many bytes, as lowercase hex.
+const TEMP_TAG_LEN: usize = 8;
+
+/// What a temporary file's name beside `path` starts with: `.NAME.`.
+fn temp_prefix(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Ok(parent_dir(path).join(format!(".{name}.{}.tmp", hex::encode(tag))))
+    format!(".{name}.")
+}
+
+/// A path beside `path` that no other process will pick: `.NAME.RANDOM.tmp`.
+fn temp_beside(path: &Path) -> Result<PathBuf> {
+    let mut tag = [0u8; TEMP_TAG_LEN];
+    random_bytes(&mut tag)?;
+    Ok(parent_dir(path).join(format!("{}{}.tmp", temp_prefix(path), hex::encode(tag))))
+}
+
+/// The side files SQLite may make beside a database (and so beside a vault's temporary file).
+pub(crate) const SQLITE_SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// How old a leftover temporary file must be before an open removes it. A creator links its
+/// temporary file into place moments after it made it, and removes it right after: one that
+/// has not changed for this long belongs to a process that died first (kill -9, a crash, a
+/// power cut), not to one still writing it.
+pub(crate) const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `name` is what [`create_private_file_atomically`] names its temporary file beside
+/// `path` (`.NAME.<16 hex digits>.tmp`), or one of `side_files` of it. Nothing else matches:
+/// no other file of the user's is ever taken for one.
+fn is_temp_of(name: &std::ffi::OsStr, path: &Path, side_files: &[&str]) -> bool {
+    let Some(rest) = name
+        .to_str()
+        .and_then(|name| name.strip_prefix(temp_prefix(path).as_str()))
+    else {
+        return false;
+    };
+    let tag_len = 2 * TEMP_TAG_LEN;
+    let tagged = rest.len() > tag_len
+        && rest.as_bytes()[..tag_len]
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    match rest.get(tag_len..).and_then(|r| r.strip_prefix(".tmp")) {
+        Some(side) if tagged => side.is_empty() || side_files.contains(&side),
+        _ => false,
+    }
+}
+
+/// Removes what [`create_private_file_atomically`] left beside each `(path, side files)` when
+/// its process died before it could clean up: a vault's key file's leftover holds a complete
+/// raw key, and nothing else would ever remove it. Only names it makes, only regular files of
+/// this user's (a symlink is not followed), and only those older than [`LEFTOVER_AGE`], so
+/// that a creator still at work keeps its file. Best effort: what cannot be removed stays, and
+/// the next open tries again. Returns what was removed.
+pub(crate) fn remove_leftover_temps(dir: &Path, targets: &[(&Path, &[&str])]) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let uid = rustix::process::geteuid().as_raw();
+    let now = std::time::SystemTime::now();
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !targets
+            .iter()
+            .any(|(path, side_files)| is_temp_of(&name, path, side_files))
+        {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        // An mtime in the future is not old.
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|modified| now.duration_since(modified).ok())
+            .is_some_and(|age| age >= LEFTOVER_AGE);
+        if !meta.file_type().is_file() || meta.uid() != uid || !old {
+            continue;
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "removed a temporary file left by an interrupted creation of a vault or key file");
+                removed.push(path);
+            }
+            Err(e) => {
+                tracing::debug!(file = %path.display(), error = %e, "could not remove a temporary file left by an interrupted creation");
+            }
+        }
+    }
+    removed
 }
 
 /// Removes a temporary file of our own and the SQLite side files it may have.
 fn remove_temp(temp: &Path) {
-    for suffix in ["", "-wal", "-shm", "-journal"] {
+    for suffix in std::iter::once("").chain(SQLITE_SIDE_FILES) {
         let mut name = temp.as_os_str().to_owned();
         name.push(suffix);
         // Best effort: the file is ours and may already be gone.
@@ -193,6 +279,38 @@ mod tests {
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn only_the_names_of_our_temporary_files_are_taken_for_them() {
+        let vault = Path::new("/d/vault.db");
+        let sqlite = &SQLITE_SIDE_FILES[..];
+        for (name, sides, expected) in [
+            (".vault.db.0123456789abcdef.tmp", sqlite, true),
+            (".vault.db.0123456789abcdef.tmp-journal", sqlite, true),
+            (".vault.db.0123456789abcdef.tmp-wal", sqlite, true),
+            (".vault.db.0123456789abcdef.tmp-shm", sqlite, true),
+            (".vault.db.0123456789abcdef.tmp-journal", &[][..], false),
+            (".vault.db.0123456789abcdef.tmpx", sqlite, false),
+            (".vault.db.0123456789abcde.tmp", sqlite, false),
+            (".vault.db.0123456789abcdef0.tmp", sqlite, false),
+            (".vault.db.0123456789ABCDEF.tmp", sqlite, false),
+            (".vault.db.0123456789abcdeg.tmp", sqlite, false),
+            (".vault.db.é123456789abcdef.tmp", sqlite, false),
+            ("vault.db.0123456789abcdef.tmp", sqlite, false),
+            (".vault.dbx.0123456789abcdef.tmp", sqlite, false),
+            (".vault.db.tmp", sqlite, false),
+            ("vault.db", sqlite, false),
+        ] {
+            assert_eq!(
+                is_temp_of(std::ffi::OsStr::new(name), vault, sides),
+                expected,
+                "{name}"
+            );
+        }
+        // The names `temp_beside` makes are matched.
+        let temp = temp_beside(vault).unwrap();
+        assert!(is_temp_of(temp.file_name().unwrap(), vault, &[]));
     }
 
     #[test]

@@ -685,7 +685,17 @@ impl VaultStore {
 
     fn open_existing(options: &VaultOptions, created: Option<Created>) -> Result<VaultStore> {
         let path = &options.path;
-        files::check_private_dir(files::parent_dir(path))?;
+        let dir = files::parent_dir(path);
+        files::check_private_dir(dir)?;
+        // A creation killed before it cleaned up (kill -9 of a CLI in the middle of it) left
+        // its temporary files here: the key file's holds the raw key. Found by QA.
+        files::remove_leftover_temps(
+            dir,
+            &[
+                (path, &files::SQLITE_SIDE_FILES),
+                (&key_file_path(path), &[]),
+            ],
+        );
         if files::check_private_file(path)?.is_none() {
             return Err(Error::io(
                 format!("opening vault {}", path.display()),
