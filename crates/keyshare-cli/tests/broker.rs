@@ -1050,6 +1050,8 @@ fn a_broker_socket_another_user_serves_is_refused() {
     let got: Vec<String> = lines.map(|l| l.unwrap()).collect();
     assert_eq!(got, ["GOT 0", "GOT 0", "GOT 0"]);
     assert!(child.wait().unwrap().success());
+}
+
 /// A stopped (or hung) broker is a problem for doctor, named with its pid: doctor called it
 /// "not running" and found no problem (exit 0) while every command that used it failed with
 /// exit 3 (found by QA).
