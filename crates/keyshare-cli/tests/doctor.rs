@@ -131,6 +131,11 @@ fn an_incomplete_migration_is_a_problem() {
         "{}",
         stdout(&human)
     );
+    // And migrate's own failure names the app's command too.
+    let out = env.run(&["--store", "vault", "--app", "code", "migrate"], b"");
+    assert_eq!(out.status.code(), Some(7));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`keyshare --app code migrate`"), "{stderr}");
 }
 
 /// An app with a legacy store keeps working when the shared store cannot be opened (here a
@@ -256,6 +261,14 @@ fn a_write_the_shared_store_did_not_take_says_so() {
     assert!(
         problems.contains("run `keyshare --app code repair`"),
         "{problems}"
+    );
+    // So does a repair that cannot reach the shared store, about running it again.
+    let out = env.run(&["--direct", "--app", "code", "repair"], b"");
+    assert_eq!(out.status.code(), Some(7));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("run `keyshare --app code repair` again"),
+        "{stderr}"
     );
     // Once the shared store answers, the next write of the key goes through and says nothing
     // (but the notice of the key file the new vault made).

@@ -72,9 +72,11 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
         }
     }
     if !report.complete {
+        // Named with the app: a bare `keyshare migrate` acts on the default app.
         anyhow::bail!(
-            "migration incomplete: {} key(s) failed and will be retried by the next `keyshare migrate`",
-            report.failed.len()
+            "migration incomplete: {} key(s) failed and will be retried by the next `keyshare --app {} migrate`",
+            report.failed.len(),
+            ctx.app
         );
     }
     Ok(())

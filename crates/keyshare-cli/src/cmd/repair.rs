@@ -31,9 +31,11 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
         }
     }
     if !report.failed.is_empty() {
+        // Named with the app: a bare `keyshare repair` acts on the default app.
         anyhow::bail!(
-            "{} repair(s) still pending; run `keyshare repair` again once the shared store is reachable",
-            report.failed.len()
+            "{} repair(s) still pending; run `keyshare --app {} repair` again once the shared store is reachable",
+            report.failed.len(),
+            ctx.app
         );
     }
     Ok(())
