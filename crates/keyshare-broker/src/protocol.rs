@@ -85,7 +85,17 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
 
 /// Encodes a message as one frame (header and body) in a buffer that is zeroized on drop.
 pub fn encode<T: Serialize>(message: &T) -> Result<Zeroizing<Vec<u8>>, FrameError> {
-    let mut buf = Zeroizing::new(Vec::with_capacity(128));
+    encode_with_capacity(message, 128)
+}
+
+/// [`encode`] into a buffer with room for `capacity` bytes (header included) from the start.
+/// A frame that fits is never moved while it grows: each move would leave a copy of its bytes
+/// behind, not zeroized, and the last doubling can leave up to half the buffer unused.
+pub fn encode_with_capacity<T: Serialize>(
+    message: &T,
+    capacity: usize,
+) -> Result<Zeroizing<Vec<u8>>, FrameError> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(capacity.min(HEADER_LEN + MAX_FRAME_LEN)));
     buf.extend_from_slice(&[0; HEADER_LEN]);
     serde_json::to_writer(&mut *buf, message)
         .map_err(|e| FrameError::Malformed(format!("cannot encode: {e}")))?;

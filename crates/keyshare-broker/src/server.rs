@@ -9,6 +9,13 @@
 //! that connection only, and so does a frame left unfinished for
 //! [`ServerOptions::frame_timeout`]; silence between frames is never timed.
 //!
+//! What a client that does not read its replies costs is bounded: its connection stops reading
+//! requests once it has [`ServerOptions::max_in_flight_per_connection`] requests in progress or
+//! holds [`ServerOptions::max_reply_bytes_per_connection`] in `get` and `keys` replies (the
+//! ones that carry stored data), and such replies across all connections hold at most
+//! [`ServerOptions::max_reply_bytes`] beyond one per connection, so that those clients never
+//! stop the others' requests.
+//!
 //! The policy can be replaced while the server runs ([`PolicyHandle`]): every request read
 //! after that is decided by the new one, on connections already open too. A connection whose
 //! app the new policy no longer admits at all (now pinned to other executables, or unlisted
@@ -42,9 +49,9 @@ use crate::access::{process_executable, AccessPolicy, Grant, Refusal};
 use crate::connection::FrameReader;
 use crate::external::ExternalChanges;
 use crate::protocol::{
-    decode, encode, hello_version, BrokerStatus, ErrorCode, EventKind, FrameError, HelloVersion,
-    RemoteError, Reply, Request, RequestFrame, RequestOf, ServerFrame, UncheckedRequestFrame,
-    WireKey, WireValue, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    decode, encode, encode_with_capacity, hello_version, BrokerStatus, ErrorCode, EventKind,
+    FrameError, HelloVersion, RemoteError, Reply, Request, RequestFrame, RequestOf, ServerFrame,
+    UncheckedRequestFrame, WireKey, WireValue, HEADER_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 /// The server's name in `hello` replies.
@@ -66,6 +73,18 @@ pub struct ServerOptions {
     /// blocking thread, and the request whose turn it is must always find one, or all of them
     /// wait forever.
     pub max_in_flight: usize,
+    /// Bytes of `get` and `keys` replies (the replies that carry stored data, up to the frame
+    /// limit each) one connection may hold at once: from when such a request starts until its
+    /// reply is written to the socket, it holds the largest reply's worth, and from when the
+    /// reply is encoded, its size. Once they are used up, that connection's further requests
+    /// wait unread, so a client that does not read its replies slows only itself. At least
+    /// one largest reply (1 MiB and its header); a smaller value counts as that.
+    pub max_reply_bytes_per_connection: usize,
+    /// Bytes of `get` and `keys` replies all connections together may hold, beyond the one
+    /// largest reply each connection may always hold: those, taken from nowhere else, keep
+    /// connections whose clients do not read from stopping everyone else's reads. So the
+    /// broker holds at most this plus 1 MiB per open connection of such replies.
+    pub max_reply_bytes: usize,
     /// How long a new connection may take to say hello.
     pub handshake_timeout: Duration,
     /// How long a frame may take to arrive in full once its first byte has. A client stalled
@@ -89,6 +108,8 @@ impl Default for ServerOptions {
             max_connections: 4096,
             max_in_flight_per_connection: 64,
             max_in_flight: 256,
+            max_reply_bytes_per_connection: 4 * 1024 * 1024,
+            max_reply_bytes: 64 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(30),
             repair_interval: Duration::from_secs(30),
@@ -205,6 +226,8 @@ struct Shared {
     connections: watch::Sender<u64>,
     /// [`ServerOptions::max_in_flight`].
     in_flight: Arc<Semaphore>,
+    /// [`ServerOptions::max_reply_bytes`].
+    reply_bytes: Arc<Semaphore>,
     /// Set once the shutdown grace period is over: every connection's writer then stops,
     /// dropping the replies its client did not read.
     abandon: watch::Sender<bool>,
@@ -216,14 +239,105 @@ struct Shared {
 struct Permits {
     own: OwnedSemaphorePermit,
     everyone: OwnedSemaphorePermit,
+    /// For a request whose reply may be large (`get`, `keys`): its bytes, held until the reply
+    /// is written to the socket.
+    reply: Option<ReplyBytes>,
 }
 
 impl Permits {
     /// The request has run and its reply is ready: gives back the place among all requests
     /// before the reply waits for the client to read.
-    fn ran(self) -> OwnedSemaphorePermit {
+    fn ran(self) -> Ran {
         drop(self.everyone);
-        self.own
+        Ran {
+            own: self.own,
+            reply: self.reply,
+        }
+    }
+}
+
+/// A request that has run, with what it still holds until its answer is queued.
+struct Ran {
+    own: OwnedSemaphorePermit,
+    reply: Option<ReplyBytes>,
+}
+
+impl Ran {
+    /// Queues `frame` as the request's answer, then gives back its place among its connection's
+    /// requests (the reply's bytes go with the frame, until it is written).
+    async fn answer(self, out: &mpsc::Sender<Outgoing>, frame: ServerFrame) {
+        queue(out, frame, self.reply).await;
+        drop(self.own);
+    }
+}
+
+/// The most bytes one reply takes: a larger one is not sent (see [`unencodable`]).
+const LARGEST_REPLY: usize = HEADER_LEN + MAX_FRAME_LEN;
+
+/// Where a connection's bytes for `get` and `keys` replies come from (see
+/// [`ServerOptions::max_reply_bytes`]).
+struct ReplyBudget {
+    /// [`ServerOptions::max_reply_bytes_per_connection`].
+    own: Arc<Semaphore>,
+    /// The one largest reply this connection may always hold, whatever the other connections
+    /// hold of `everyone`.
+    floor: Arc<Semaphore>,
+    /// [`ServerOptions::max_reply_bytes`], shared by all connections.
+    everyone: Arc<Semaphore>,
+}
+
+impl ReplyBudget {
+    fn new(options: &ServerOptions, everyone: &Arc<Semaphore>) -> Self {
+        let own = options
+            .max_reply_bytes_per_connection
+            .clamp(LARGEST_REPLY, Semaphore::MAX_PERMITS);
+        ReplyBudget {
+            own: Arc::new(Semaphore::new(own)),
+            floor: Arc::new(Semaphore::new(LARGEST_REPLY)),
+            everyone: Arc::clone(everyone),
+        }
+    }
+
+    /// Bytes for the largest reply, taken before its request runs: the size of a stored value
+    /// is known only once it is read, and a request that waits here has read nothing yet, so
+    /// requests waiting for bytes hold none. Waits while this connection's budget is used up
+    /// (its client is not reading) and while both its floor and everyone's budget are.
+    async fn reserve(&self) -> ReplyBytes {
+        let largest = LARGEST_REPLY as u32;
+        let own = Arc::clone(&self.own).acquire_many_owned(largest).await;
+        // The floor when it is free, as it is for a client that reads its replies; this
+        // leaves everyone's budget, which all connections contend for, untouched.
+        let pool = match Arc::clone(&self.floor).try_acquire_many_owned(largest) {
+            Ok(floor) => Ok(floor),
+            Err(_) => tokio::select! {
+                biased;
+                floor = Arc::clone(&self.floor).acquire_many_owned(largest) => floor,
+                shared = Arc::clone(&self.everyone).acquire_many_owned(largest) => shared,
+            },
+        };
+        ReplyBytes {
+            own: own.expect("never closed"),
+            pool: pool.expect("never closed"),
+        }
+    }
+}
+
+/// Bytes reserved for one reply, from the connection's budget and from its floor or everyone's
+/// budget: the largest reply's until the reply is encoded, then its buffer's.
+struct ReplyBytes {
+    own: OwnedSemaphorePermit,
+    pool: OwnedSemaphorePermit,
+}
+
+impl ReplyBytes {
+    /// Gives back what the encoded reply, `bytes` long, does not need.
+    fn shrink_to(&mut self, bytes: usize) {
+        for permit in [&mut self.own, &mut self.pool] {
+            let excess = permit.num_permits().saturating_sub(bytes);
+            if excess > 0 {
+                drop(permit.split(excess));
+            }
+        }
     }
 }
 
@@ -244,6 +358,9 @@ pub async fn run(
         store_identity: state.store_identity,
         os_keyring: state.os_keyring,
         in_flight: Arc::new(Semaphore::new(state.options.max_in_flight.max(1))),
+        reply_bytes: Arc::new(Semaphore::new(
+            state.options.max_reply_bytes.min(Semaphore::MAX_PERMITS),
+        )),
         options: state.options,
         uid: rustix::process::geteuid().as_raw(),
         connections: watch::Sender::new(0),
@@ -505,7 +622,21 @@ async fn external_changes_loop(
     }
 }
 
-type Outgoing = Zeroizing<Vec<u8>>;
+/// A frame on its way to the socket, with the bytes reserved for it if it answers a `get` or
+/// `keys`: given back once it is written, or dropped.
+struct Outgoing {
+    bytes: Zeroizing<Vec<u8>>,
+    _reserved: Option<ReplyBytes>,
+}
+
+impl Outgoing {
+    fn unreserved(bytes: Zeroizing<Vec<u8>>) -> Self {
+        Outgoing {
+            bytes,
+            _reserved: None,
+        }
+    }
+}
 
 /// One connection: refuse strangers, handshake, then serve requests until the client leaves,
 /// breaks the protocol, or the server stops.
@@ -543,6 +674,7 @@ async fn serve_connection(shared: &Arc<Shared>, stream: UnixStream, stop: watch:
             .and_then(|pid| process_executable(pid).ok())
             .map(Arc::from);
         let mut conn = Connection {
+            replies: ReplyBudget::new(&shared.options, &shared.reply_bytes),
             shared: Arc::clone(shared),
             reader: FrameReader::new(read_half).with_frame_timeout(shared.options.frame_timeout),
             out: out_tx.clone(),
@@ -586,12 +718,12 @@ async fn write_loop(
 async fn write_frames(write_half: OwnedWriteHalf, mut out: mpsc::Receiver<Outgoing>) {
     let mut writer = BufWriter::with_capacity(16 * 1024, write_half);
     while let Some(frame) = out.recv().await {
-        if writer.write_all(&frame).await.is_err() {
+        if writer.write_all(&frame.bytes).await.is_err() {
             return;
         }
         drop(frame);
         while let Ok(frame) = out.try_recv() {
-            if writer.write_all(&frame).await.is_err() {
+            if writer.write_all(&frame.bytes).await.is_err() {
                 return;
             }
         }
@@ -603,16 +735,76 @@ async fn write_frames(write_half: OwnedWriteHalf, mut out: mpsc::Receiver<Outgoi
 }
 
 async fn send(out: &mpsc::Sender<Outgoing>, frame: &ServerFrame) {
-    let encoded = encode(frame).or_else(|err| match unencodable(frame, &err) {
-        Some(instead) => encode(&instead),
-        None => Err(err),
-    });
-    match encoded {
+    if let Some(bytes) = encode_answer(frame) {
         // A closed channel means the writer gave up on a dead socket; the reader notices too.
-        Ok(bytes) => {
-            let _ = out.send(bytes).await;
+        let _ = out.send(Outgoing::unreserved(bytes)).await;
+    }
+}
+
+/// [`send`] for a request's answer, with the bytes reserved for it, if any: the frame (and
+/// the value in it) is dropped once encoded, and the reservation shrunk to the encoded
+/// frame's buffer, before waiting for room in the queue.
+async fn queue(out: &mpsc::Sender<Outgoing>, frame: ServerFrame, reserved: Option<ReplyBytes>) {
+    let Some(bytes) = encode_answer(&frame) else {
+        return;
+    };
+    drop(frame);
+    let reserved = reserved.map(|mut reserved| {
+        reserved.shrink_to(bytes.capacity());
+        reserved
+    });
+    let _ = out
+        .send(Outgoing {
+            bytes,
+            _reserved: reserved,
+        })
+        .await;
+}
+
+/// `frame` encoded, or the error that answers its request instead when it cannot be, in a
+/// buffer no larger than [`LARGEST_REPLY`] (what was reserved for it).
+fn encode_answer(frame: &ServerFrame) -> Option<Zeroizing<Vec<u8>>> {
+    let encoded =
+        encode_with_capacity(frame, capacity_hint(frame)).or_else(|err| {
+            match unencodable(frame, &err) {
+                Some(instead) => encode(&instead),
+                None => Err(err),
+            }
+        });
+    match encoded {
+        Ok(bytes) if bytes.capacity() > LARGEST_REPLY => {
+            // Grown by doubling past the limit (a `keys` reply just under it): moved into a
+            // buffer of its size, the old one zeroized as it is dropped.
+            let mut fitted = Zeroizing::new(Vec::with_capacity(bytes.len()));
+            fitted.extend_from_slice(&bytes);
+            Some(fitted)
         }
-        Err(err) => tracing::error!(error = %err, "could not encode a frame"),
+        Ok(bytes) => Some(bytes),
+        Err(err) => {
+            tracing::error!(error = %err, "could not encode a frame");
+            None
+        }
+    }
+}
+
+/// The size of `frame` encoded, exactly or nearly for the large ones (a `get` reply's, from
+/// its value's length), so that it is encoded without moving.
+fn capacity_hint(frame: &ServerFrame) -> usize {
+    // The frame around the data: `{"type":"reply","id":<20 digits>,"op":"get","value":""}`.
+    const AROUND: usize = HEADER_LEN + 96;
+    match frame {
+        ServerFrame::Reply {
+            reply: Reply::Get {
+                value: Some(WireValue(value)),
+            },
+            ..
+        } => AROUND + value.len().div_ceil(3) * 4,
+        // Quotes and a comma around each key; keys that JSON escapes need more.
+        ServerFrame::Reply {
+            reply: Reply::Keys { keys },
+            ..
+        } => AROUND + keys.iter().map(|k| k.0.as_str().len() + 3).sum::<usize>(),
+        _ => 128,
     }
 }
 
@@ -658,6 +850,7 @@ async fn send_error(out: &mpsc::Sender<Outgoing>, id: Option<u64>, error: Remote
 
 struct Connection {
     shared: Arc<Shared>,
+    replies: ReplyBudget,
     reader: FrameReader<OwnedReadHalf>,
     out: mpsc::Sender<Outgoing>,
     in_flight: JoinSet<()>,
@@ -811,15 +1004,26 @@ impl Connection {
                 }
             };
             // Wait for a slot before reading on: a client that pipelines without bound is
-            // slowed down instead of growing the broker's memory.
-            // Either wait ends at shutdown: the request is not started, and not answered.
+            // slowed down instead of growing the broker's memory. A reply that may be large
+            // needs its bytes too, before its request takes a place among everyone's, so a
+            // connection waiting for bytes (its client does not read) holds none of those.
+            // Any wait ends at shutdown: the request is not started, and not answered.
             let mut stop = self.stop.clone();
+            let large_reply = matches!(frame.request, Request::Get { .. } | Request::Keys);
             let permits = async {
                 let own = Arc::clone(&self.in_flight_limit).acquire_owned().await;
+                let reply = match large_reply {
+                    true => Some(self.replies.reserve().await),
+                    false => None,
+                };
                 let everyone = Arc::clone(&self.shared.in_flight).acquire_owned().await;
-                (own.expect("never closed"), everyone.expect("never closed"))
+                Permits {
+                    own: own.expect("never closed"),
+                    everyone: everyone.expect("never closed"),
+                    reply,
+                }
             };
-            let (own, everyone) = tokio::select! {
+            let permits = tokio::select! {
                 permits = permits => permits,
                 _ = stop.wait_for(|stopped| *stopped) => return,
             };
@@ -831,8 +1035,7 @@ impl Connection {
                     return self.no_longer_admitted(Some(frame.id), refusal).await;
                 }
             }
-            self.dispatch(&grant, frame, Permits { own, everyone })
-                .await;
+            self.dispatch(&grant, frame, permits).await;
         }
     }
 
@@ -1063,8 +1266,11 @@ impl Connection {
         match frame.request {
             Request::Get { key: WireKey(key) } => {
                 if !grant.allows(&key) {
-                    let _own = permit.ran();
-                    return send_error(&out, Some(id), denied(&key)).await;
+                    let error = ServerFrame::Error {
+                        id: Some(id),
+                        error: denied(&key),
+                    };
+                    return permit.ran().answer(&out, error).await;
                 }
                 let op = storage.get(&key);
                 self.answer(
@@ -1089,8 +1295,11 @@ impl Connection {
                 unless_changed_after,
             } => {
                 if !grant.allows(&key) {
-                    let _own = permit.ran();
-                    return send_error(&out, Some(id), denied(&key)).await;
+                    let error = ServerFrame::Error {
+                        id: Some(id),
+                        error: denied(&key),
+                    };
+                    return permit.ran().answer(&out, error).await;
                 }
                 if let Some(after) = unless_changed_after {
                     return self.conditional(id, key, Some(value), after, permit).await;
@@ -1116,8 +1325,11 @@ impl Connection {
                 unless_changed_after,
             } => {
                 if !grant.allows(&key) {
-                    let _own = permit.ran();
-                    return send_error(&out, Some(id), denied(&key)).await;
+                    let error = ServerFrame::Error {
+                        id: Some(id),
+                        error: denied(&key),
+                    };
+                    return permit.ran().answer(&out, error).await;
                 }
                 if let Some(after) = unless_changed_after {
                     return self.conditional(id, key, None, after, permit).await;
@@ -1160,32 +1372,28 @@ impl Connection {
                             error: RemoteError::from_store_error(&err),
                         },
                     };
-                    let own = permit.ran();
-                    send(&out, &frame).await;
-                    drop(own);
+                    permit.ran().answer(&out, frame).await;
                 });
             }
             Request::Subscribe { keys } => {
                 let only: Option<Vec<SecretKey>> =
                     keys.map(|keys| keys.into_iter().map(|WireKey(k)| k).collect());
                 if let Some(key) = only.iter().flatten().find(|k| !grant.allows(k)) {
-                    let _own = permit.ran();
-                    return send_error(&out, Some(id), denied(key)).await;
+                    let error = ServerFrame::Error {
+                        id: Some(id),
+                        error: denied(key),
+                    };
+                    return permit.ran().answer(&out, error).await;
                 }
                 // Subscribe before reading the sequence number: an event in between is then
                 // both counted and delivered (and skipped as already covered), never lost.
                 let mut events = storage.subscribe();
                 let last_seq = storage.to_blocking().status().last_event_seq;
-                let own = permit.ran();
-                send(
-                    &out,
-                    &ServerFrame::Reply {
-                        id,
-                        reply: Reply::Subscribe { last_seq },
-                    },
-                )
-                .await;
-                drop(own);
+                let reply = ServerFrame::Reply {
+                    id,
+                    reply: Reply::Subscribe { last_seq },
+                };
+                permit.ran().answer(&out, reply).await;
                 if let Some(old) = self.subscription.take() {
                     old.abort();
                 }
@@ -1226,24 +1434,18 @@ impl Connection {
                             }
                         };
                         let Ok(bytes) = encode(&frame) else { continue };
-                        if out.send(bytes).await.is_err() {
+                        if out.send(Outgoing::unreserved(bytes)).await.is_err() {
                             return;
                         }
                     }
                 }));
             }
             Request::Status => {
-                let status = self.shared.status(&self.shared.storage);
-                let own = permit.ran();
-                send(
-                    &out,
-                    &ServerFrame::Reply {
-                        id,
-                        reply: Reply::Status(status),
-                    },
-                )
-                .await;
-                drop(own);
+                let status = ServerFrame::Reply {
+                    id,
+                    reply: Reply::Status(self.shared.status(&self.shared.storage)),
+                };
+                permit.ran().answer(&out, status).await;
             }
             // Answered by `serve`, which then closes the connection.
             Request::Hello { .. } => {}
@@ -1305,17 +1507,12 @@ impl Connection {
         // polls it again with its own waker before waiting.
         let first = reply.as_mut().poll(&mut Context::from_waker(Waker::noop()));
         if let Poll::Ready(frame) = first {
-            let own = permit.ran();
-            send(&self.out, &frame).await;
-            drop(own);
-            return;
+            return permit.ran().answer(&self.out, frame).await;
         }
         let out = self.out.clone();
         self.in_flight.spawn(async move {
             let frame = reply.await;
-            let own = permit.ran();
-            send(&out, &frame).await;
-            drop(own);
+            permit.ran().answer(&out, frame).await;
         });
     }
 

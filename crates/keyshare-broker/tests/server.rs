@@ -1225,14 +1225,15 @@ fn wait_until_settled(count: &std::sync::atomic::AtomicUsize, at_least: usize) {
 fn shutdown_does_not_wait_forever_for_a_client_that_does_not_read() {
     let mut options = ServerOptions::default();
     options.shutdown_grace = Duration::from_secs(1);
-    let in_progress = options.max_in_flight_per_connection;
+    // Half the replies the connection may hold (each encodes the 64 KiB value in 88 KiB).
+    let half_held = options.max_reply_bytes_per_connection / 2 / (88 * 1024);
     let (mut broker, gets) = broker_counting_reads(options);
     let stalled = stalled_client(&broker, r#""op":"get","key":"big""#, 200);
-    // More reads than the connection may have in progress, and then no more: the replies fill
-    // the socket, the reply queue and every request slot of the connection. How many replies
-    // the socket takes depends on the kernel's buffer sizes (it settles at 68-70 here), so
-    // the bound is only "more than the slots".
-    wait_until_settled(&gets, in_progress + 1);
+    // More reads than the socket takes, and then no more: the replies fill the socket and the
+    // bytes the connection may hold in replies. How many replies the socket takes depends on
+    // the kernel's buffer sizes (it settles at 38 here), so the bound is only "more than half
+    // of what the connection may hold".
+    wait_until_settled(&gets, half_held);
     broker.signal_stop();
     let started = std::time::Instant::now();
     let joined = std::thread::spawn(move || broker.join());
@@ -1511,4 +1512,177 @@ fn a_pin_that_appears_later_is_checked_against_the_program_that_connected() {
     );
     handle.replace(pinned);
     assert_eq!(raw_get(&mut raw, 1, "github.auth"), Ok(None));
+}
+
+const REPLY_MEMORY_VALUE_LEN: usize = keyshare::model::DEFAULT_MAX_VALUE_LEN;
+
+/// Run by `replies_nobody_reads_hold_bounded_memory_and_others_are_still_served` as the broker
+/// process whose memory it measures: default options, a memory store holding the largest
+/// value under `big`. Names its socket on stdout, then serves until its stdin closes.
+#[test]
+#[ignore = "helper: runs as a child process of another test"]
+fn reply_memory_broker_child() {
+    let storage = SecretStorage::builder(Arc::new(MemoryStore::new())).build();
+    storage
+        .set(
+            &k("big"),
+            &SecretValue::new(vec![0x5a; REPLY_MEMORY_VALUE_LEN]),
+        )
+        .unwrap();
+    let broker = TestBroker::start(storage, AccessPolicy::default(), ServerOptions::default());
+    // On a line of its own: the harness has begun one ("test ... ").
+    println!("\nsocket: {}", broker.paths.socket.display());
+    std::io::stdout().flush().unwrap();
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+}
+
+/// A field of `/proc/<pid>/status` in bytes (`VmRSS`, or `VmHWM`: the most it ever was).
+fn memory_of(pid: u32, field: &str) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    kib * 1024
+}
+
+/// Found by QA: clients that pipelined `get`s of a 256 KiB value and read nothing made the
+/// broker hold every reply it could produce (64 in its queue and 64 waiting to be queued, per
+/// connection): 100 of them took it from 9 MB to 1.4 GB. The bytes of such replies are now
+/// bounded per connection and across connections, and a connection whose client reads is
+/// answered all the while, `get`s of large values included.
+#[test]
+fn replies_nobody_reads_hold_bounded_memory_and_others_are_still_served() {
+    const STALLED: usize = 32;
+    const GETS: u64 = 200;
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Child(
+        common::child_test("reply_memory_broker_child")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
+    // After the test harness's own lines.
+    let socket = std::io::BufRead::lines(std::io::BufReader::new(child.0.stdout.take().unwrap()))
+        .find_map(|line| Some(line.ok()?.strip_prefix("socket: ")?.to_owned()))
+        .expect("the child broker names its socket");
+    let connect = || {
+        let s = UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut raw = Raw(s);
+        assert!(matches!(
+            raw.hello(protocol::PROTOCOL_VERSION),
+            ServerFrame::Reply { .. }
+        ));
+        raw
+    };
+    let before = memory_of(pid, "VmRSS");
+
+    let options = ServerOptions::default();
+    // What the replies may hold (with one largest reply, 1 MiB, per connection outside the
+    // shared budget; the fresh connection below is one more), and room for the rest of what
+    // serving takes (buffers, tasks, the allocator's own keeping).
+    let bound =
+        before + options.max_reply_bytes + (STALLED + 1) * (MAX_FRAME_LEN + 4) + 32 * 1024 * 1024;
+    // Without the bound, one connection's replies alone take some 45 MB: more than the
+    // shared budget is used up by the time half of them wait.
+    assert!(
+        STALLED * options.max_reply_bytes_per_connection > options.max_reply_bytes,
+        "the test must use up the shared budget"
+    );
+    let requests: Vec<String> = (1..=GETS)
+        .map(|id| format!(r#"{{"id":{id},"op":"get","key":"big"}}"#))
+        .collect();
+    let bodies: Vec<&[u8]> = requests.iter().map(|r| r.as_bytes()).collect();
+    let pipelined = frames(&bodies);
+    let mut stalled: Vec<Raw> = (0..STALLED)
+        .map(|_| {
+            let mut raw = connect();
+            raw.0.write_all(&pipelined).unwrap();
+            raw
+        })
+        .collect();
+
+    // Until the broker's memory stops growing (for a second), failing as soon as it passes
+    // the bound: without one it would go on to take a gigabyte and more.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = (memory_of(pid, "VmRSS"), std::time::Instant::now());
+    while last.1.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(20));
+        let peak = memory_of(pid, "VmHWM");
+        assert!(
+            peak <= bound,
+            "the broker took {} MiB while clients did not read their replies (bound {} MiB, {} \
+             MiB before)",
+            peak >> 20,
+            bound >> 20,
+            before >> 20
+        );
+        let now = memory_of(pid, "VmRSS");
+        if now.abs_diff(last.0) > 1024 * 1024 {
+            last = (now, std::time::Instant::now());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the memory never settled"
+        );
+    }
+
+    // Another connection is served meanwhile, its own large values included.
+    let mut fresh = connect();
+    for id in 1..=3 {
+        fresh.send_body(format!(r#"{{"id":{id},"op":"get","key":"big"}}"#).as_bytes());
+        match fresh.read() {
+            Some(ServerFrame::Reply {
+                id: got,
+                reply: Reply::Get { value: Some(value) },
+            }) if got == id => {
+                assert_eq!(value.0.len(), REPLY_MEMORY_VALUE_LEN);
+            }
+            other => panic!("get {id} on a fresh connection: {other:?}"),
+        }
+    }
+    fresh.send_body(br#"{"id":4,"op":"status"}"#);
+    assert!(matches!(
+        fresh.read(),
+        Some(ServerFrame::Reply { id: 4, .. })
+    ));
+
+    // A client that starts reading gets every answer.
+    let mut answered: Vec<u64> = (0..GETS)
+        .map(|_| match stalled[0].read() {
+            Some(ServerFrame::Reply {
+                id,
+                reply: Reply::Get { value: Some(_) },
+            }) => id,
+            other => panic!("expected a get's answer, got {other:?}"),
+        })
+        .collect();
+    answered.sort_unstable();
+    assert_eq!(answered, (1..=GETS).collect::<Vec<_>>());
+
+    let peak = memory_of(pid, "VmHWM");
+    eprintln!(
+        "broker memory: {} MiB before, {} MiB at most (bound {} MiB)",
+        before >> 20,
+        peak >> 20,
+        bound >> 20
+    );
+    assert!(
+        peak <= bound,
+        "{} MiB, bound {} MiB",
+        peak >> 20,
+        bound >> 20
+    );
+    drop(stalled);
+    drop(child.0.stdin.take());
 }
