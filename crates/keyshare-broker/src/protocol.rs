@@ -596,6 +596,10 @@ pub enum ErrorCode {
     /// Hello required a protection (`require_os_keyring`) the broker's store does not have.
     /// The broker closes the connection.
     Protection,
+    /// The store failed with an I/O error of its own (disk full, read-only file system): not
+    /// an outage that passes by itself, so not `unavailable`. Brokers before this code sent
+    /// `unavailable` (`backend`) instead, which is also what older clients make of it.
+    Io,
     /// A code this build does not know (sent by a newer broker).
     #[serde(other)]
     Unknown,
@@ -613,6 +617,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::VersionMismatch => "version_mismatch",
             ErrorCode::StoreMismatch => "store_mismatch",
             ErrorCode::Protection => "protection",
+            ErrorCode::Io => "io",
             ErrorCode::Unknown => "unknown",
         })
     }
@@ -675,8 +680,12 @@ impl RemoteError {
                 key: key.clone(),
                 ..RemoteError::new(ErrorCode::Corrupt, err.to_string())
             },
-            // I/O failures and missing protection are the store's trouble, not the client's:
-            // the client may retry later.
+            // Kept apart from an outage, so that a client fails as an open of the store in its
+            // own process would (found by QA: a full disk was exit 3, "unavailable, try
+            // again", through the broker and exit 7 directly).
+            Error::Io { .. } => RemoteError::new(ErrorCode::Io, err.to_string()),
+            // Missing protection is the store's trouble, not the client's: the client may
+            // retry later.
             _ => RemoteError {
                 reason: Some(reason_name(UnavailableReason::Backend).to_owned()),
                 ..RemoteError::new(ErrorCode::Unavailable, err.to_string())
@@ -704,6 +713,8 @@ impl RemoteError {
             ErrorCode::Denied => Error::unavailable(store, UnavailableReason::Denied, self.message),
             ErrorCode::StoreMismatch => Error::invalid("broker store", self.message),
             ErrorCode::Protection => Error::ProtectionUnavailable(self.message),
+            // The OS error itself stayed in the broker; its words are in the message.
+            ErrorCode::Io => Error::io(store, std::io::Error::other(self.message)),
             ErrorCode::Unavailable => {
                 let reason = self
                     .reason
@@ -1077,6 +1088,16 @@ mod tests {
                 },
                 r#"{"type":"error","id":null,"code":"version_mismatch","message":"client speaks 2","protocol":1}"#,
             ),
+            (
+                ServerFrame::Error {
+                    id: Some(9),
+                    error: RemoteError::new(
+                        ErrorCode::Io,
+                        "vault /v.db: committing: database or disk is full",
+                    ),
+                },
+                r#"{"type":"error","id":9,"code":"io","message":"vault /v.db: committing: database or disk is full"}"#,
+            ),
         ];
         for (frame, json) in cases {
             let encoded = encode(&frame).unwrap();
@@ -1264,6 +1285,10 @@ mod tests {
                 key: Some("k".into()),
                 detail: "bad tag".into(),
             },
+            Error::io(
+                "vault /v.db: committing",
+                std::io::Error::other("database or disk is full"),
+            ),
         ];
         for err in cases {
             let remote = RemoteError::from_store_error(&err);

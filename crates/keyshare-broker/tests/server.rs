@@ -1686,3 +1686,96 @@ fn replies_nobody_reads_hold_bounded_memory_and_others_are_still_served() {
     drop(stalled);
     drop(child.0.stdin.take());
 }
+
+/// A store whose disk is full: reads answer, writes fail as the vault's commit then does.
+#[derive(Debug, Default)]
+struct FullDisk(MemoryStore);
+
+impl FullDisk {
+    const CONTEXT: &str = "vault /data/keyshare/stable/vault.db: committing";
+
+    fn full() -> Error {
+        Error::io(
+            Self::CONTEXT,
+            std::io::Error::other("database or disk is full"),
+        )
+    }
+}
+
+impl Store for FullDisk {
+    fn info(&self) -> keyshare::StoreInfo {
+        self.0.info()
+    }
+
+    fn get(&self, key: &SecretKey) -> keyshare::Result<Option<SecretValue>> {
+        self.0.get(key)
+    }
+
+    fn set(&self, _: &SecretKey, _: &SecretValue) -> keyshare::Result<()> {
+        Err(Self::full())
+    }
+
+    fn delete(&self, _: &SecretKey) -> keyshare::Result<bool> {
+        Err(Self::full())
+    }
+
+    fn keys(&self) -> keyshare::Result<Vec<SecretKey>> {
+        self.0.keys()
+    }
+}
+
+/// Found by QA: a store's I/O failure (a full disk, a read-only file system) was `unavailable`
+/// through the broker (exit 3, "try again") and an I/O error when the store was opened directly
+/// (exit 7). It has a code of its own on the wire, and the clients make of it the error a
+/// direct open gives.
+#[test]
+fn an_io_failure_of_the_store_is_the_same_error_through_the_broker_as_directly() {
+    let storage = SecretStorage::builder(Arc::new(FullDisk::default())).build();
+    storage.ready().unwrap();
+    let direct = storage.set(&k("github.auth"), &v("token")).unwrap_err();
+    assert!(matches!(direct, Error::Io { .. }), "{direct:?}");
+    let broker = TestBroker::start(storage, AccessPolicy::default(), ServerOptions::default());
+
+    let mut raw = Raw::connect(&broker);
+    assert!(matches!(
+        raw.hello(protocol::PROTOCOL_VERSION),
+        ServerFrame::Reply { .. }
+    ));
+    raw.send_body(br#"{"id":1,"op":"delete","key":"github.auth"}"#);
+    match raw.read() {
+        Some(ServerFrame::Error { id: Some(1), error }) => {
+            assert_eq!(error.code, ErrorCode::Io, "{error:?}");
+            assert_eq!(error.reason, None);
+            assert_eq!(
+                error.message,
+                format!("{}: database or disk is full", FullDisk::CONTEXT)
+            );
+        }
+        other => panic!("expected an io error, got {other:?}"),
+    }
+
+    let async_based = broker.client("code");
+    let one_shot = OneShotClient::new(broker.config("code"));
+    let results = [
+        async_based.set(&k("github.auth"), &v("token")).map(drop),
+        async_based.delete(&k("github.auth")).map(drop),
+        one_shot.set(&k("github.auth"), &v("token")).map(drop),
+        one_shot.delete(&k("github.auth")).map(drop),
+    ];
+    for result in results {
+        match result.unwrap_err() {
+            err @ Error::Io { .. } => {
+                let text = err.to_string();
+                assert!(
+                    text.starts_with("broker at ")
+                        && text.ends_with(&direct.to_string())
+                        && text.contains(FullDisk::CONTEXT),
+                    "{text}"
+                );
+            }
+            other => panic!("expected an I/O error as directly ({direct}), got {other:?}"),
+        }
+    }
+    // Reads still work.
+    assert_eq!(one_shot.get(&k("github.auth")).unwrap(), None);
+}
