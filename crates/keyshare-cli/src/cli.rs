@@ -96,7 +96,7 @@ pub enum Command {
     /// Copy the app's legacy secrets into the shared store now.
     Migrate,
     /// Retry pending repairs of the shared store now.
-    Repair,
+    Repair(Lazy<cmd::repair::Args>),
     /// Show which stores are in use, how they are protected, and any problem.
     Doctor,
     /// Check an OpenBao token (or AppRole secret id) read from standard input, and keep it in

@@ -84,7 +84,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Delete(Lazy(args)) => cmd::delete::run(args, &ctx),
         Command::List => cmd::list::run(&ctx),
         Command::Migrate => cmd::migrate::run(&ctx),
-        Command::Repair => cmd::repair::run(&ctx),
+        Command::Repair(Lazy(args)) => cmd::repair::run(args, &ctx),
         Command::Doctor => cmd::doctor::run(&ctx, &config_path, cli.globals.direct),
         Command::OpenbaoLogin(Lazy(args)) => openbao::login(args, &ctx),
         Command::Legacy(LazySubcommands(command)) => cmd::legacy::run(command, &ctx),

@@ -61,6 +61,8 @@ pub struct Opened {
     pub storage: SecretStorage,
     pub shared: SharedChoice,
     pub legacy: Option<Arc<dyn Store>>,
+    /// The app's repair journal, when it has a legacy store.
+    pub journal: Option<Arc<dyn Store>>,
 }
 
 /// Asks for a vault passphrase on the terminal (twice when creating); `None` without one.
@@ -471,6 +473,7 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
         .limits(ctx.limits)
         .lazy_migration(migration == Migration::Lazy);
     let mut legacy = None;
+    let mut journal_store = None;
     match legacy_config {
         None => {}
         Some(LegacyConfig::Vault) => {
@@ -485,8 +488,9 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
                 None => Arc::new(MemoryStore::new()),
             };
             let store: Arc<dyn Store> = Arc::new(store);
-            builder = builder.legacy(store.clone()).journal(journal);
+            builder = builder.legacy(store.clone()).journal(journal.clone());
             legacy = Some(store);
+            journal_store = Some(journal);
         }
         Some(LegacyConfig::Electron(electron)) => {
             let store = electron.open(ctx.app.as_str())?;
@@ -500,14 +504,16 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
                 )?),
                 None => Arc::new(MemoryStore::new()),
             };
-            builder = builder.legacy(store.clone()).journal(journal);
+            builder = builder.legacy(store.clone()).journal(journal.clone());
             legacy = Some(store);
+            journal_store = Some(journal);
         }
     }
     Ok(Opened {
         storage: builder.build(),
         shared,
         legacy,
+        journal: journal_store,
     })
 }
 

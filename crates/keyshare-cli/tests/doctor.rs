@@ -312,3 +312,53 @@ fn a_repair_keeps_another_apps_later_sign_out() {
     let out = env.run(&["--app", "code", "--json", "doctor"], b"");
     assert_eq!(parse(&out)["pending_repairs"], serde_json::json!([]));
 }
+
+// Found by QA: one unreadable entry of an app's repair journal stopped every command of the app
+// (exit 4) with the vault's words only, "the entry was left untouched", and no way on. The
+// error now says it is the repair journal and names the way out, which removes exactly the
+// unreadable entries (the pending repair one held is lost, as the flag's help says).
+#[test]
+fn an_unreadable_repair_journal_entry_can_be_forgotten() {
+    let env = Home::new().with_store("vault");
+    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    env.ok(&["--direct", "--app", "code", "set", "a"], b"x");
+    let dir = env.data_dir().join("stable");
+    std::fs::rename(dir.join("vault.db"), dir.join("vault.db.kept")).unwrap();
+    break_the_shared_vault(&env);
+    env.ok(&["--direct", "--app", "code", "set", "a"], b"y");
+    std::fs::rename(dir.join("vault.db.kept"), dir.join("vault.db")).unwrap();
+    let conn = rusqlite::Connection::open(dir.join("apps/code.db")).unwrap();
+    let damaged = conn
+        .execute(
+            "UPDATE secrets SET sealed = x'00' WHERE CAST(key AS TEXT) LIKE 'dirty:%'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(damaged, 1);
+    drop(conn);
+
+    let out = env.run(&["--direct", "--app", "code", "get", "a"], b"");
+    assert_eq!(out.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("repair journal") && stderr.contains("`repair --forget-unreadable`"),
+        "{stderr}"
+    );
+    let out = env.ok(
+        &["--direct", "--app", "code", "repair", "--forget-unreadable"],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("removed the unreadable repair journal entry dirty:"),
+        "{stderr}"
+    );
+    // The shared copy is what the app reads again; the lost repair's value is not.
+    let out = env.ok(&["--direct", "--app", "code", "get", "a"], b"");
+    assert_eq!(out.stdout, b"x");
+    let out = env.ok(
+        &["--direct", "--app", "code", "repair", "--forget-unreadable"],
+        b"",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing removed"));
+}

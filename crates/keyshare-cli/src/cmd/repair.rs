@@ -1,8 +1,20 @@
 use crate::stores::{self, Context};
 
 /// `keyshare repair`: retries pending repairs of the shared store now.
-pub fn run(ctx: &Context) -> anyhow::Result<()> {
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// First remove entries of the app's repair journal that cannot be read (a damaged
+    /// journal otherwise stops every command of the app). A pending repair such an entry held
+    /// is lost; the app's own copy of the key stays in its store.
+    #[arg(long)]
+    pub forget_unreadable: bool,
+}
+
+pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     let opened = stores::open(ctx)?;
+    if args.forget_unreadable {
+        forget_unreadable(&opened)?;
+    }
     let report = opened.storage.repair()?;
     if ctx.json {
         let failed: Vec<_> = report
@@ -37,6 +49,33 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
             report.failed.len(),
             ctx.app
         );
+    }
+    Ok(())
+}
+
+/// Removes the journal entries that cannot be read, saying which (names only: they are hashes
+/// of keys, never values). Only a corrupt entry goes: any other failure stops the command.
+fn forget_unreadable(opened: &stores::Opened) -> anyhow::Result<()> {
+    let Some(journal) = &opened.journal else {
+        anyhow::bail!("this app has no repair journal (it has no legacy store)");
+    };
+    let mut forgotten = 0;
+    for name in journal.keys()? {
+        match journal.get(&name) {
+            Err(keyshare::Error::Corrupt { .. }) => {
+                journal.delete(&name)?;
+                eprintln!(
+                    "keyshare: removed the unreadable repair journal entry {}",
+                    super::shown(&name)
+                );
+                forgotten += 1;
+            }
+            Err(err) => return Err(err.into()),
+            Ok(_) => {}
+        }
+    }
+    if forgotten == 0 {
+        eprintln!("keyshare: every repair journal entry reads fine; nothing removed");
     }
     Ok(())
 }
