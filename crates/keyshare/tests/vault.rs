@@ -788,9 +788,10 @@ fn vault_with_unsaved_wal(path: &Path, n: usize) -> Vec<u8> {
     fs::read(path.with_extension("db-wal")).unwrap()
 }
 
-fn flip_a_byte_of_frame(path: &Path, wal: &mut [u8], frame: usize) {
+/// Flips a byte of a WAL frame at `offset` (its 24-byte header, then its page).
+fn flip_a_byte_of_frame(path: &Path, wal: &mut [u8], frame: usize, offset: usize) {
     let page_size = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as usize;
-    wal[32 + frame * (24 + page_size) + 24 + 100] ^= 0xaa;
+    wal[32 + frame * (24 + page_size) + offset] ^= 0xaa;
     fs::write(path.with_extension("db-wal"), wal).unwrap();
 }
 
@@ -806,18 +807,23 @@ fn a_damaged_wal_frame_before_committed_ones_is_reported_not_dropped() {
     let page_size = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as usize;
     let frames = (wal.len() - 32) / (24 + page_size);
     assert!(frames >= 5, "{frames} frames");
-    flip_a_byte_of_frame(&path, &mut wal, frames - 3);
-    let before = snapshot(dir.path());
-    let err = VaultStore::open(options(&path, "ns")).unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
-    let text = err.to_string();
-    assert!(
-        text.contains("vault.db-wal")
-            && text.contains("damaged frame")
-            && text.contains("left untouched"),
-        "{text}"
-    );
-    assert_eq!(snapshot(dir.path()), before);
+    let original = wal.clone();
+    // In its page, in its checksum field (found by QA: missed at first), in its salts.
+    for offset in [24 + 100, 17, 9] {
+        let mut wal = original.clone();
+        flip_a_byte_of_frame(&path, &mut wal, frames - 3, offset);
+        let before = snapshot(dir.path());
+        let err = VaultStore::open(options(&path, "ns")).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{offset}: {err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("vault.db-wal")
+                && text.contains("damaged frame")
+                && text.contains("left untouched"),
+            "{text}"
+        );
+        assert_eq!(snapshot(dir.path()), before);
+    }
 }
 
 // The tail of a log a crash tore is what SQLite expects: the vault opens with what committed
@@ -829,7 +835,7 @@ fn a_damaged_last_wal_frame_is_taken_for_a_torn_write() {
     let mut wal = vault_with_unsaved_wal(&path, 3);
     let page_size = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as usize;
     let frames = (wal.len() - 32) / (24 + page_size);
-    flip_a_byte_of_frame(&path, &mut wal, frames - 1);
+    flip_a_byte_of_frame(&path, &mut wal, frames - 1, 24 + 100);
     let vault = open(&path, "ns");
     assert_eq!(
         vault.get(&key("k0")).unwrap().unwrap().expose_secret(),

@@ -32,11 +32,11 @@ const FRAME_HEADER_LEN: usize = 24;
 const MAGIC_LITTLE: u32 = 0x377f_0682;
 const MAGIC_BIG: u32 = 0x377f_0683;
 
-/// How a damaged WAL looks: the first damaged frame, and how many later transactions follow
-/// its own intact.
+/// How a damaged WAL looks: the first damaged frame (`None`: the log's header), and how many
+/// later transactions follow its own intact.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Damage {
-    pub(crate) frame: usize,
+    pub(crate) frame: Option<usize>,
     pub(crate) commits_after: usize,
 }
 
@@ -65,12 +65,15 @@ pub(crate) fn check(db: &Path, wal: &Path) -> Result<()> {
         store: format!("vault {}", db.display()),
         key: None,
         detail: format!(
-            "its write-ahead log {} has a damaged frame (number {}) followed by {} committed \
-             transaction(s), which SQLite would silently drop; both files were left \
-             untouched. Copy them somewhere safe; moving the -wal file aside opens the vault \
-             without those transactions",
+            "its write-ahead log {} has a damaged {} followed by {} committed transaction(s), \
+             which SQLite would silently drop; both files were left untouched. Copy them \
+             somewhere safe; moving the -wal file aside opens the vault without those \
+             transactions",
             wal.display(),
-            damage.frame + 1,
+            match damage.frame {
+                Some(n) => format!("frame (number {})", n + 1),
+                None => "header".to_owned(),
+            },
             damage.commits_after
         ),
     })
@@ -99,51 +102,73 @@ pub(crate) fn find_damage(wal: &[u8]) -> Option<Damage> {
         return None;
     }
     let salts = &header[16..24];
-    let header_sum = checksum(big_endian, (0, 0), &header[..24]);
-    if header_sum != (word(header, 24), word(header, 28)) {
-        return None;
-    }
-    let frame_len = FRAME_HEADER_LEN + page_size;
     let frames: Vec<&[u8]> = wal[HEADER_LEN..]
-        .chunks_exact(frame_len)
-        // Frames of an earlier generation of the log (other salts) are not part of it.
-        .take_while(|frame| &frame[8..16] == salts)
+        .chunks_exact(FRAME_HEADER_LEN + page_size)
         .collect();
     let stored = |frame: &[u8]| (word(frame, 16), word(frame, 20));
+    let is_commit = |frame: &[u8]| word(frame, 4) != 0;
     let frame_sum = |running, frame: &[u8]| {
         let running = checksum(big_endian, running, &frame[..8]);
         checksum(big_endian, running, &frame[FRAME_HEADER_LEN..])
     };
-    let mut running = header_sum;
-    for (n, frame) in frames.iter().enumerate() {
-        let sum = frame_sum(running, frame);
-        if sum == stored(frame) {
-            running = sum;
-            continue;
-        }
-        // Damaged, or the torn tail of a crash. Frames after it that verify from its recorded
-        // checksum were written after it by SQLite; the first commit among them (or the frame
-        // itself) ends its transaction, and a commit after that proves it had been synced.
-        let mut running = stored(frame);
-        let mut own_commit_seen = word(frame, 4) != 0;
-        let mut commits_after = 0;
-        for later in &frames[n + 1..] {
-            let sum = frame_sum(running, later);
-            if sum != stored(later) {
+    // Commits of transactions after the one the log's end falls in: frames of this log (its
+    // salts; an earlier generation's have others) from `from` on that verify chained from
+    // `seed`. The first commit closes that transaction (`closed`: the end was its commit);
+    // each one after it proves the transaction had been synced.
+    let later_commits = |from: usize, seed, mut closed: bool| {
+        let mut running = seed;
+        let mut commits = 0;
+        for frame in &frames[from..] {
+            let sum = frame_sum(running, frame);
+            if &frame[8..16] != salts || sum != stored(frame) {
                 break;
             }
             running = sum;
-            if word(later, 4) != 0 {
-                if own_commit_seen {
-                    commits_after += 1;
+            if is_commit(frame) {
+                if closed {
+                    commits += 1;
                 }
-                own_commit_seen = true;
+                closed = true;
             }
         }
-        return (commits_after > 0).then_some(Damage {
-            frame: n,
+        commits
+    };
+    let found = |frame, commits_after: usize| {
+        (commits_after > 0).then_some(Damage {
+            frame,
             commits_after,
-        });
+        })
+    };
+    let header_sum = checksum(big_endian, (0, 0), &header[..24]);
+    let recorded = (word(header, 24), word(header, 28));
+    if header_sum != recorded {
+        // SQLite ignores the whole log. The header is written with the first transaction after
+        // the log restarts, so only a second one proves it was synced. Either checksum may be
+        // the true one: the damage may be in the header's fields or in its checksum.
+        let commits = [recorded, header_sum]
+            .into_iter()
+            .map(|seed| later_commits(0, seed, false))
+            .max()
+            .unwrap_or(0);
+        return found(None, commits);
+    }
+    let mut running = header_sum;
+    for (n, frame) in frames.iter().enumerate() {
+        let sum = frame_sum(running, frame);
+        if &frame[8..16] == salts && sum == stored(frame) {
+            running = sum;
+            continue;
+        }
+        // Where SQLite takes the log to end: a frame torn by a crash, one of an earlier
+        // generation, or a damaged one (its data, its checksum field or its salts). Later
+        // frames may verify chained from its recorded checksum (its data was damaged) or from
+        // the one its bytes give (its checksum field was).
+        let commits = [stored(frame), sum]
+            .into_iter()
+            .map(|seed| later_commits(n + 1, seed, is_commit(frame)))
+            .max()
+            .unwrap_or(0);
+        return found(Some(n), commits);
     }
     None
 }
@@ -218,11 +243,29 @@ mod tests {
             assert_eq!(
                 find_damage(&wal),
                 Some(Damage {
-                    frame: damaged,
+                    frame: Some(damaged),
                     commits_after: later
                 }),
                 "frame {damaged}"
             );
+        }
+        // Found by QA: damage to a frame's checksum field or its salts, and to the log's
+        // header, dropped the later transactions too.
+        let header = |n: usize| 32 + n * (24 + 512);
+        for (at, frame, later) in [
+            (header(0) + 17, Some(0), 2),
+            (header(1) + 9, Some(1), 2),
+            (header(2) + 20, Some(2), 1),
+            (27, None, 2),
+            (17, None, 0),
+        ] {
+            let mut wal = clean.clone();
+            wal[at] ^= 1;
+            let expected = (later > 0).then_some(Damage {
+                frame,
+                commits_after: later,
+            });
+            assert_eq!(find_damage(&wal), expected, "byte {at}");
         }
         // The last transaction's frames, its commit intact or not: a torn write for all anyone
         // can tell.
