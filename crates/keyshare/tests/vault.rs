@@ -803,7 +803,7 @@ fn flip_a_byte_of_frame(path: &Path, wal: &mut [u8], frame: usize, offset: usize
 fn a_damaged_wal_frame_before_committed_ones_is_reported_not_dropped() {
     let dir = private_tempdir();
     let path = dir.path().join("vault.db");
-    let mut wal = vault_with_unsaved_wal(&path, 5);
+    let wal = vault_with_unsaved_wal(&path, 5);
     let page_size = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as usize;
     let frames = (wal.len() - 32) / (24 + page_size);
     assert!(frames >= 5, "{frames} frames");
