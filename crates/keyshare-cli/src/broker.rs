@@ -227,6 +227,11 @@ pub enum Probe {
         socket: std::path::PathBuf,
         why: String,
     },
+    /// Another user's process serves the socket: this side refused it, sending nothing.
+    Foreign {
+        socket: std::path::PathBuf,
+        why: String,
+    },
     /// Something accepts connections on the socket but does not answer in time: a broker that
     /// is stopped (SIGSTOP, a debugger) or hung. `pid`: the broker holding the instance lock,
     /// when one does.
@@ -262,7 +267,12 @@ pub fn probe(ctx: &Context) -> anyhow::Result<Probe> {
     };
     match client.hello() {
         Ok(_) => {}
-        Err(err) if is_foreign(&err) => return Ok(refused(socket, err)),
+        Err(err) if is_foreign(&err) => {
+            return Ok(Probe::Foreign {
+                socket,
+                why: err.to_string(),
+            })
+        }
         Err(ClientError::Transport(err @ TransportError::TimedOut(_))) => {
             return Ok(not_answering(socket, err.to_string()))
         }

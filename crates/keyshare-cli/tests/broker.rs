@@ -976,7 +976,8 @@ fn a_command_that_meets_a_hung_broker_says_why_it_waited() {
 
 // Found by QA: with XDG_RUNTIME_DIR in a directory others can write (a shared /tmp), another
 // user's socket at the broker's path got the app id and the value of a `set`, and answered
-// `get` with a value of its choosing. A command now refuses such a socket (exit 8, saying why)
+// `get` with a value of its choosing. A command now refuses such a socket (exit 6, as for other
+// unsafe files, saying why)
 // before writing anything, and does not quietly open the store itself instead; `doctor`
 // reports it as a problem.
 #[test]
@@ -1030,7 +1031,8 @@ fn a_broker_socket_another_user_serves_is_refused() {
     ] {
         let out = run(home.path(), args, stdin);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(8), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(6), "{args:?}: {stderr}");
+        assert!(!stderr.contains("refused access"), "{stderr}");
         assert!(
             stderr.contains("another user (uid 65534) serves it")
                 && stderr.contains("nothing was sent"),
@@ -1042,10 +1044,13 @@ fn a_broker_socket_another_user_serves_is_refused() {
     assert!(!home.path().join("data/keyshare/stable/vault.db").exists());
     let out = run(home.path(), &["doctor"], b"");
     assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("another user (uid 65534)"),
-        "{out:?}"
+        shown.contains("another user's socket, refused")
+            && shown.contains("another user (uid 65534)"),
+        "{shown}"
     );
+    assert!(!shown.contains("refuses this app"), "{shown}");
     // Nothing reached the other user.
     let got: Vec<String> = lines.map(|l| l.unwrap()).collect();
     assert_eq!(got, ["GOT 0", "GOT 0", "GOT 0"]);

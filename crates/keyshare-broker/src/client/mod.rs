@@ -133,6 +133,12 @@ impl ClientError {
     pub fn into_store_error(self, store: &str) -> keyshare::Error {
         match self {
             ClientError::Remote(remote) => remote.into_store_error(store),
+            // Not a refusal by the broker, nor an outage: this side refused an unsafe socket,
+            // as it refuses a vault file others can read (found by QA: "broker ... refused
+            // access" had the direction backwards).
+            ClientError::Transport(transport @ TransportError::ForeignBroker { .. }) => {
+                keyshare::Error::ProtectionUnavailable(transport.to_string())
+            }
             ClientError::Transport(transport) => {
                 let reason = match &transport {
                     TransportError::TimedOut(_) | TransportError::StartupLockHeld { .. } => {
@@ -142,7 +148,6 @@ impl ClientError {
                     | TransportError::Connect { .. }
                     | TransportError::Autostart(_)
                     | TransportError::Closed => UnavailableReason::NotRunning,
-                    TransportError::ForeignBroker { .. } => UnavailableReason::Denied,
                     _ => UnavailableReason::Backend,
                 };
                 keyshare::Error::unavailable(store, reason, transport.to_string())

@@ -308,6 +308,15 @@ fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Valu
                 .then(|| routing_note(ctx, direct)),
             })
         }
+        Ok(broker::Probe::Foreign { socket, why }) => {
+            problems.push(why.clone());
+            json!({
+                "running": false,
+                "foreign": true,
+                "socket": socket.display().to_string(),
+                "refused": why,
+            })
+        }
         Ok(broker::Probe::Refused { socket, why }) => {
             problems.push(format!(
                 "the broker at {} refused this app: {why}",
@@ -436,6 +445,11 @@ fn print_human(report: &Value) {
         if let Some(note) = broker["note"].as_str() {
             println!("  note:        {note}");
         }
+    } else if broker["foreign"] == Value::Bool(true) {
+        println!(
+            "broker:        another user's socket, refused ({})",
+            s(&broker["refused"])
+        );
     } else if broker["running"] == Value::Bool(true) {
         println!(
             "broker:        refuses this app ({})",
