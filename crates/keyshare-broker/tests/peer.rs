@@ -136,6 +136,10 @@ fn a_socket_another_user_serves_gets_nothing() {
     let shared = tempfile::tempdir().unwrap();
     std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let paths = common::socket_of(shared.path());
+    // The broker directory is this user's (another user's is refused before connecting), but
+    // others may create files in it.
+    std::fs::create_dir(&paths.dir).unwrap();
+    std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let bin_dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = bin_dir.path().join("foreign-listener");

@@ -158,7 +158,9 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
 fn is_foreign(err: &ClientError) -> bool {
     matches!(
         err,
-        ClientError::Transport(TransportError::ForeignBroker { .. })
+        ClientError::Transport(
+            TransportError::ForeignBroker { .. } | TransportError::ForeignDirectory { .. }
+        )
     )
 }
 

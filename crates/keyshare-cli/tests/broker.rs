@@ -996,7 +996,12 @@ fn a_broker_socket_another_user_serves_is_refused() {
     let run_dir = home.path().join("run");
     std::fs::create_dir(&run_dir).unwrap();
     std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let socket = run_dir.join("keyshare").join("stable.sock");
+    // The broker directory is this user's (one owned by another user is refused before any
+    // connection: the next test), but others may create files in it.
+    let broker_dir = run_dir.join("keyshare");
+    std::fs::create_dir(&broker_dir).unwrap();
+    std::fs::set_permissions(&broker_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = broker_dir.join("stable.sock");
     let listener = "import os, socket, sys\n\
         path = sys.argv[1]\n\
         os.makedirs(os.path.dirname(path), exist_ok=True)\n\
@@ -1046,8 +1051,7 @@ fn a_broker_socket_another_user_serves_is_refused() {
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
-        shown.contains("another user's socket, refused")
-            && shown.contains("another user (uid 65534)"),
+        shown.contains("refused, another user's") && shown.contains("another user (uid 65534)"),
         "{shown}"
     );
     assert!(!shown.contains("refuses this app"), "{shown}");
@@ -1137,5 +1141,59 @@ fn an_autostarted_broker_keeps_no_directory_busy() {
             .any(|arg| arg == config.as_os_str().as_encoded_bytes()),
         "{:?}",
         String::from_utf8_lossy(&cmdline)
+    );
+}
+
+// Found by QA: with the broker directory owned by another user and nothing listening, commands
+// opened the store themselves without a word (the broker they tried to start refused the
+// directory, said only in the debug log), and doctor found no problem. The directory is now
+// refused before anything connects or starts.
+#[test]
+fn a_broker_directory_another_user_owns_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true, but not root (needed to make a directory as another user)");
+        }
+        eprintln!("\n!!!!!!!! SKIPPED: needs root to make a directory as another user\n");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run_dir = home.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let made = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "mkdir",
+            "-m",
+            "0777",
+        ])
+        .arg(run_dir.join("keyshare"))
+        .status()
+        .expect("setpriv runs");
+    assert!(made.success());
+
+    let out = run(home.path(), &["set", "github.auth"], b"my-github-token");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains("refused the broker directory") && stderr.contains("uid 65534"),
+        "{stderr}"
+    );
+    // Neither a broker nor a vault in its stead.
+    assert!(!home.path().join("data/keyshare/stable/vault.db").exists());
+    assert!(std::fs::read_dir(run_dir.join("keyshare"))
+        .unwrap()
+        .next()
+        .is_none());
+    let out = run(home.path(), &["doctor"], b"");
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("refused the broker directory"),
+        "{out:?}"
     );
 }

@@ -101,6 +101,23 @@ pub enum TransportError {
         /// This process's user.
         me: u32,
     },
+    /// The broker's directory belongs to another user, who could put a socket in it: nothing
+    /// was connected to or started.
+    #[error(
+        "refused the broker directory {dir}: another user (uid {uid}) owns it, not you (uid \
+         {me}), and could serve a socket in it, so nothing was sent and no broker started. \
+         Whoever can create files where XDG_RUNTIME_DIR points can do this: set \
+         XDG_RUNTIME_DIR to a directory of your own (normally /run/user/{me}), or use --direct",
+        dir = dir.display()
+    )]
+    ForeignDirectory {
+        /// The broker directory.
+        dir: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// This process's user.
+        me: u32,
+    },
     /// The connection closed before the reply arrived.
     #[error("the connection to the broker closed before it answered")]
     Closed,
@@ -136,9 +153,10 @@ impl ClientError {
             // Not a refusal by the broker, nor an outage: this side refused an unsafe socket,
             // as it refuses a vault file others can read (found by QA: "broker ... refused
             // access" had the direction backwards).
-            ClientError::Transport(transport @ TransportError::ForeignBroker { .. }) => {
-                keyshare::Error::ProtectionUnavailable(transport.to_string())
-            }
+            ClientError::Transport(
+                transport @ (TransportError::ForeignBroker { .. }
+                | TransportError::ForeignDirectory { .. }),
+            ) => keyshare::Error::ProtectionUnavailable(transport.to_string()),
             ClientError::Transport(transport) => {
                 let reason = match &transport {
                     TransportError::TimedOut(_) | TransportError::StartupLockHeld { .. } => {
@@ -247,6 +265,24 @@ impl ClientConfig {
     /// is the other direction: a socket someone else put at the path (an `XDG_RUNTIME_DIR`
     /// others can write, such as `/tmp`) would otherwise receive this user's secrets, and
     /// could answer reads with values of its choosing (found by QA).
+    /// Refuses a broker directory another user owns before connecting or starting a broker:
+    /// with no broker listening, a command would otherwise open the store itself without a
+    /// word (the broker refuses the directory), and whoever owns it can put a socket there
+    /// (found by QA).
+    pub(crate) fn check_dir(&self) -> Result<(), TransportError> {
+        use std::os::unix::fs::MetadataExt;
+        let me = rustix::process::geteuid().as_raw();
+        match std::fs::symlink_metadata(&self.paths.dir) {
+            Ok(meta) if meta.uid() != me => Err(TransportError::ForeignDirectory {
+                dir: self.paths.dir.clone(),
+                uid: meta.uid(),
+                me,
+            }),
+            // Ours, or none yet (a broker makes it, 0700), or unreadable (connecting says why).
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn check_peer(&self, stream: impl std::os::fd::AsFd) -> Result<(), TransportError> {
         let me = rustix::process::geteuid().as_raw();
         let uid = peer_uid(stream, &self.paths.socket).map_err(|e| self.connect_failed(e))?;
@@ -333,6 +369,7 @@ impl Connection {
         config: &ClientConfig,
         autostart_output: &Mutex<Option<String>>,
     ) -> Result<Connection, ClientError> {
+        config.check_dir()?;
         let stream = match UnixStream::connect(&config.paths.socket).await {
             Ok(stream) => stream,
             Err(err) if is_absent(&err) => match &config.autostart {

@@ -126,6 +126,7 @@ impl OneShotClient {
 
     fn open(&self) -> std::result::Result<Conn, ClientError> {
         let config = &self.config;
+        config.check_dir()?;
         let stream = match UnixStream::connect(&config.paths.socket) {
             Ok(stream) => stream,
             Err(err) if is_absent(&err) => match &config.autostart {

@@ -447,7 +447,7 @@ fn print_human(report: &Value) {
         }
     } else if broker["foreign"] == Value::Bool(true) {
         println!(
-            "broker:        another user's socket, refused ({})",
+            "broker:        refused, another user's ({})",
             s(&broker["refused"])
         );
     } else if broker["running"] == Value::Bool(true) {
