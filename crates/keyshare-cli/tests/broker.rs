@@ -974,21 +974,17 @@ fn a_command_that_meets_a_hung_broker_says_why_it_waited() {
     serve.stop();
 }
 
-// Found by QA: with XDG_RUNTIME_DIR in a directory others can write (a shared /tmp), another
-// user's socket at the broker's path got the app id and the value of a `set`, and answered
-// `get` with a value of its choosing. A command now refuses such a socket (exit 6, as for other
-// unsafe files, saying why)
-// before writing anything, and does not quietly open the store itself instead; `doctor`
-// reports it as a problem.
-#[test]
-fn a_broker_socket_another_user_serves_is_refused() {
+/// A home whose runtime directory (`run`, returned with it) everyone may write, as a shared
+/// /tmp is, for acting as another user there; `None` (after a loud skip, or a panic under CI)
+/// when this process is not root and cannot become another user to `what`.
+fn home_with_a_shared_runtime_dir(what: &str) -> Option<(tempfile::TempDir, PathBuf)> {
     use std::os::unix::fs::PermissionsExt;
     if !rustix::process::geteuid().is_root() {
         if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true, but not root (needed to serve a socket as another user)");
+            panic!("CI=true, but not root (needed to {what} as another user)");
         }
-        eprintln!("\n!!!!!!!! SKIPPED: needs root to serve a socket as another user\n");
-        return;
+        eprintln!("\n!!!!!!!! SKIPPED: needs root to {what} as another user\n");
+        return None;
     }
     let home = tempfile::tempdir().unwrap();
     // The other user reaches the runtime directory, as everyone reaches /tmp.
@@ -996,6 +992,20 @@ fn a_broker_socket_another_user_serves_is_refused() {
     let run_dir = home.path().join("run");
     std::fs::create_dir(&run_dir).unwrap();
     std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    Some((home, run_dir))
+}
+
+// Found by QA: with XDG_RUNTIME_DIR in a directory others can write (a shared /tmp), another
+// user's socket at the broker's path got the app id and the value of a `set`, and answered
+// `get` with a value of its choosing. A command now refuses such a socket (exit 6, as for other
+// unsafe files, saying why) before writing anything, and does not quietly open the store itself
+// instead; `doctor` reports it as a problem.
+#[test]
+fn a_broker_socket_another_user_serves_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some((home, run_dir)) = home_with_a_shared_runtime_dir("serve a socket") else {
+        return;
+    };
     // The broker directory is this user's (one owned by another user is refused before any
     // connection: the next test), but others may create files in it.
     let broker_dir = run_dir.join("keyshare");
@@ -1150,19 +1160,9 @@ fn an_autostarted_broker_keeps_no_directory_busy() {
 // refused before anything connects or starts.
 #[test]
 fn a_broker_directory_another_user_owns_is_refused() {
-    use std::os::unix::fs::PermissionsExt;
-    if !rustix::process::geteuid().is_root() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true, but not root (needed to make a directory as another user)");
-        }
-        eprintln!("\n!!!!!!!! SKIPPED: needs root to make a directory as another user\n");
+    let Some((home, run_dir)) = home_with_a_shared_runtime_dir("make a directory") else {
         return;
-    }
-    let home = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let run_dir = home.path().join("run");
-    std::fs::create_dir(&run_dir).unwrap();
-    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    };
     let made = Command::new("setpriv")
         .args([
             "--reuid=65534",
