@@ -306,12 +306,9 @@ fn without_a_broker_and_without_autostart_commands_go_direct() {
     assert_eq!(got.stdout, b"gho_2");
 }
 
-/// An autostarted broker outlives the command that started it. Whatever descriptors that
-/// command inherited without close-on-exec (an app's pipes, leaked by careless code) must not
-/// stay open in the broker for its lifetime: whoever waits for such a pipe's end would wait
-/// ten idle minutes.
-#[test]
-fn an_autostarted_broker_keeps_no_inherited_descriptor() {
+/// A home whose runtime directory (`run`) exists already, private as a login's is, so that an
+/// autostarted broker's socket goes there.
+fn home_with_a_private_runtime_dir() -> tempfile::TempDir {
     let home = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(home.path().join("run")).unwrap();
     std::fs::set_permissions(
@@ -319,6 +316,16 @@ fn an_autostarted_broker_keeps_no_inherited_descriptor() {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .unwrap();
+    home
+}
+
+/// An autostarted broker outlives the command that started it. Whatever descriptors that
+/// command inherited without close-on-exec (an app's pipes, leaked by careless code) must not
+/// stay open in the broker for its lifetime: whoever waits for such a pipe's end would wait
+/// ten idle minutes.
+#[test]
+fn an_autostarted_broker_keeps_no_inherited_descriptor() {
+    let home = home_with_a_private_runtime_dir();
     // The shell leaks its stdout (our pipe) to `keyshare` as descriptor 9, without
     // close-on-exec, and `keyshare get` starts the broker.
     let mut shell = Command::new("sh")
@@ -1117,13 +1124,7 @@ fn doctor_reports_a_broker_that_runs_but_does_not_answer() {
 /// unmounted). A relative `--config` still means the file the command meant.
 #[test]
 fn an_autostarted_broker_keeps_no_directory_busy() {
-    let home = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(home.path().join("run")).unwrap();
-    std::fs::set_permissions(
-        home.path().join("run"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
+    let home = home_with_a_private_runtime_dir();
     let workdir = home.path().join("stick");
     std::fs::create_dir(&workdir).unwrap();
     std::fs::write(workdir.join("keyshare.toml"), "timeout_ms = 4000\n").unwrap();
