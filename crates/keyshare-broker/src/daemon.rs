@@ -285,8 +285,8 @@ impl Daemon {
                     "broker",
                     keyshare::UnavailableReason::Backend,
                     format!(
-                        "another broker already serves {} ({holder} {}); stop it with SIGTERM \
-                         first to start another",
+                        "another broker already serves {} ({holder} {}); stop it first to start \
+                         another (`keyshare stop`, with this flavour's --flavor, or SIGTERM)",
                         paths.socket.display(),
                         paths.instance_lock.display()
                     ),

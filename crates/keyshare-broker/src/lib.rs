@@ -8,6 +8,7 @@
 //!   across all clients.
 //! - [`daemon`]: socket path, private directory, one instance per flavour, systemd socket
 //!   activation, readiness, signals: what `keyshare serve` calls.
+//! - [`stop`]: stopping a running broker from another process (`keyshare stop`).
 //! - [`external`]: polling for changes other machines made to the shared store (OpenBao), so
 //!   subscribers hear of them too.
 //! - [`client`]: the async client (pipelined over one connection, autostarting the broker) and
@@ -48,6 +49,7 @@ pub mod daemon;
 pub mod external;
 pub mod protocol;
 pub mod server;
+pub mod stop;
 
 pub use client::{
     BlockingBrokerClient, BrokerClient, ClientConfig, ClientError, OneShotClient, TransportError,

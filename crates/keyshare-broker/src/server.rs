@@ -1067,7 +1067,8 @@ impl Connection {
                 };
                 let msg = format!(
                     "this flavour's broker (pid {pid}) serves {serving}, not {expected} as the \
-                     client asked; stop that broker (it was started with other settings) or open \
+                     client asked; stop that broker (`keyshare stop`; it was started with other \
+                     settings) or open \
                      the store directly (`--direct`)"
                 );
                 return Some(RemoteError::new(ErrorCode::StoreMismatch, msg));

@@ -92,11 +92,15 @@ fn a_socket_activated_broker_serves() {
         "an activated broker still holds the instance lock"
     );
     drop(client);
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(activator.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
+    // Stopped as `keyshare stop` does (SIGTERM), which tells that the socket stays.
+    let stopped = keyshare_broker::stop::stop(&paths, std::time::Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        stopped,
+        keyshare_broker::stop::Stopped::Stopped {
+            pid: activator.id(),
+            socket_remains: true
+        }
+    );
     assert!(activator.wait().unwrap().success());
     assert!(
         paths.socket.exists(),

@@ -110,6 +110,8 @@ pub enum Command {
     Import(LazySubcommands<cmd::import::Source>),
     /// Run the flavour's broker in the foreground (until SIGTERM or SIGINT).
     Serve(Lazy<cmd::serve::Args>),
+    /// Stop the flavour's running broker (SIGTERM) and wait until it has exited.
+    Stop(Lazy<cmd::stop::Args>),
     /// Print change events as they happen (never values).
     Watch(Lazy<cmd::watch::Args>),
     /// git's credential helper: `git config --global credential.helper '!keyshare git-credential'`.

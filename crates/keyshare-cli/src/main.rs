@@ -90,6 +90,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Legacy(LazySubcommands(command)) => cmd::legacy::run(command, &ctx),
         Command::Import(LazySubcommands(source)) => cmd::import::run(source, &ctx),
         Command::Serve(Lazy(args)) => cmd::serve::run(args, &ctx, &config_path),
+        Command::Stop(Lazy(args)) => cmd::stop::run(args, &ctx),
         Command::Watch(Lazy(args)) => cmd::watch::run(args, &ctx),
         Command::GitCredential(Lazy(args)) => cmd::git_credential::run(args, &ctx),
         Command::DockerCredential(Lazy(args)) => cmd::docker_credential::run(args, &ctx),

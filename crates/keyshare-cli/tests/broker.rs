@@ -624,14 +624,12 @@ fn an_autostarted_broker_logs_to_a_private_file() {
 
 /// Ctrl-C twice: the first signal stops the broker gracefully, which waits up to 5 s for
 /// clients to read the replies to what they asked; a second signal must stop it at once.
-#[test]
-fn a_second_signal_stops_the_broker_at_once() {
-    let home = tempfile::tempdir().unwrap();
-    let mut serve = Serving::start(keyshare(home.path()));
-    run_ok(home.path(), &["set", "big"], &[b'x'; 200 * 1024]);
-
-    // A client that asks for the big value a hundred times and reads none of the replies.
-    let socket = home.path().join("run/keyshare/stable.sock");
+/// A client of the broker serving `home` that asks for a 200 KiB value a hundred times and
+/// reads none of the replies, returned once the broker can write no more to it: a broker
+/// shutting down then waits its grace period (5 s) for this client to read.
+fn a_client_that_reads_no_replies(home: &Path) -> std::os::unix::net::UnixStream {
+    run_ok(home, &["set", "big"], &[b'x'; 200 * 1024]);
+    let socket = home.join("run/keyshare/stable.sock");
     let mut client = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     let hello =
         br#"{"id":0,"op":"hello","client":"t","client_version":"0","protocol":1,"app":"code"}"#;
@@ -648,13 +646,21 @@ fn a_second_signal_stops_the_broker_at_once() {
         if now != waiting.0 {
             waiting = (now, std::time::Instant::now());
         } else if now > 0 && waiting.1.elapsed() > std::time::Duration::from_millis(300) {
-            break;
+            return client;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "the broker never filled the socket"
         );
     }
+}
+
+#[test]
+fn a_second_signal_stops_the_broker_at_once() {
+    let home = tempfile::tempdir().unwrap();
+    let mut serve = Serving::start(keyshare(home.path()));
+    let socket = home.path().join("run/keyshare/stable.sock");
+    let client = a_client_that_reads_no_replies(home.path());
 
     let (status, took) = serve.stop_with_two_sigterms();
     assert!(
@@ -946,7 +952,8 @@ fn doctor_tells_when_the_brokers_policy_is_not_the_configs() {
     let problems = policy_problems(&["--json", "doctor"]);
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
-        problems[0].contains(&format!("kill {}", serve.child.id())),
+        problems[0].contains(&format!("the broker (pid {})", serve.child.id()))
+            && problems[0].contains("restart it (`keyshare --flavor stable stop`"),
         "{problems:?}"
     );
     assert_eq!(
@@ -1105,7 +1112,8 @@ fn doctor_reports_a_broker_that_runs_but_does_not_answer() {
     assert!(
         problems.contains(&format!(
             "the broker (pid {broker}) runs but does not answer"
-        )) && problems.contains(&format!("kill -CONT {broker}")),
+        )) && problems.contains(&format!("kill -CONT {broker}"))
+            && problems.contains("keyshare --flavor stable stop"),
         "{problems}"
     );
     let human_out = String::from_utf8_lossy(&human.stdout);
@@ -1197,4 +1205,119 @@ fn a_broker_directory_another_user_owns_is_refused() {
         String::from_utf8_lossy(&out.stdout).contains("refused the broker directory"),
         "{out:?}"
     );
+    // Nor is whatever runs there signalled.
+    let out = run(home.path(), &["stop"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains("refused to stop a broker") && stderr.contains("uid 65534"),
+        "{stderr}"
+    );
+}
+
+/// Whether process `pid` has exited (gone, or a zombie nobody reaped yet).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// Whether a process holds the lock file `lock` (exclusively, as a broker holds its own).
+fn lock_held(lock: &Path) -> bool {
+    let file = std::fs::File::open(lock).unwrap();
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared).is_err()
+}
+
+/// `keyshare stop` ends the flavour's broker as SIGTERM does (socket removed, lock released,
+/// acknowledged writes kept) and waits until it has exited; a broker stopped with SIGSTOP is
+/// ended too; with none running it says so, creating nothing.
+#[test]
+fn stop_ends_the_running_broker_and_says_when_none_runs() {
+    let home = home_with_a_private_runtime_dir();
+    let dir = home.path().join("run/keyshare");
+    let (socket, lock) = (dir.join("stable.sock"), dir.join("stable.lock"));
+    let out = run_ok(home.path(), &["stop"], b"");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "no stable broker is running\n"
+    );
+    assert!(!dir.exists(), "stop made the broker directory");
+
+    run_ok(home.path(), &["set", "k"], b"v1");
+    let first = broker_pid(&lock);
+    let out = run_ok(home.path(), &["stop"], b"");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("stopped the stable broker (pid {first})\n")
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(exited(first), "stop returned before the broker exited");
+    assert!(!socket.exists(), "the broker's socket stays");
+    assert!(!lock_held(&lock));
+
+    // The write it acknowledged is kept; this get starts another broker.
+    assert_eq!(run_ok(home.path(), &["get", "k"], b"").stdout, b"v1");
+    let second = broker_pid(&lock);
+    assert_ne!(first, second);
+    let pid = rustix::process::Pid::from_raw(second as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let out = run_ok(home.path(), &["--json", "stop"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["stopped"], true, "{report}");
+    assert_eq!(report["pid"], second, "{report}");
+    assert_eq!(report["socket_remains"], false, "{report}");
+    assert!(exited(second));
+
+    let out = run_ok(home.path(), &["--json", "stop"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["stopped"], false, "{report}");
+    assert_eq!(report["pid"], serde_json::Value::Null, "{report}");
+}
+
+/// A broker that does not exit within `stop`'s timeout (it waits for a client to read its
+/// replies) is reported with exit 3 and its pid, and left running; `stop` again ends it at
+/// once, as a second SIGTERM does.
+#[test]
+fn stop_reports_a_broker_that_does_not_exit_in_time_and_a_second_stop_ends_it() {
+    let home = tempfile::tempdir().unwrap();
+    let mut serve = Serving::start(keyshare(home.path()));
+    let client = a_client_that_reads_no_replies(home.path());
+    let broker = serve.child.id();
+
+    let out = run(home.path(), &["stop", "--timeout", "1"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the broker (pid {broker}) was sent SIGTERM but has not exited"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        serve.child.try_wait().unwrap().is_none(),
+        "it was left running"
+    );
+    serve.wait_for_log("SIGTERM: shutting down");
+
+    let started = std::time::Instant::now();
+    let out = run_ok(home.path(), &["stop"], b"");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("stopped the stable broker (pid {broker})\n")
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(2500),
+        "took {:?}: the second stop waited for the grace period",
+        started.elapsed()
+    );
+    assert!(serve.child.wait().unwrap().success());
+    drop(client);
 }

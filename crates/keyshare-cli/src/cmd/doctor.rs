@@ -274,10 +274,16 @@ fn policy_in_force(
         problems.push(format!(
             "the broker (pid {}) decides by another access policy than config.toml's: it \
              applies an edit within about 2 s, unless it was started with another --config; \
-             if this persists, restart it (kill {})",
-            status.pid, status.pid
+             if this persists, restart it (`{}`; the next command starts another)",
+            status.pid,
+            stop_command(ctx)
         ));
     }
+}
+
+/// The command that stops this flavour's broker.
+fn stop_command(ctx: &Context) -> String {
+    format!("keyshare --flavor {} stop", ctx.flavour.name())
 }
 
 fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Value {
@@ -334,9 +340,10 @@ fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Valu
                 Some(pid) => format!(
                     "the broker (pid {pid}) runs but does not answer on {} ({why}), so commands \
                      that use it fail (exit 3): if it was stopped (Ctrl-Z, a debugger), resume \
-                     it with `kill -CONT {pid}`; otherwise end it with `kill {pid}` (a command \
+                     it with `kill -CONT {pid}`; otherwise end it with `{}` (a command \
                      then starts another)",
-                    socket.display()
+                    socket.display(),
+                    stop_command(ctx)
                 ),
                 None => format!(
                     "something accepts connections on {} but does not answer ({why}), and no \

@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod repair;
 pub mod serve;
 pub mod set;
+pub mod stop;
 pub mod watch;
 
 use keyshare::SecretKey;

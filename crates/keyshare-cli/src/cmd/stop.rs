@@ -1,0 +1,63 @@
+//! `keyshare stop`: stops the flavour's running broker (SIGTERM, as systemd or `kill` would),
+//! and waits until it has exited: after an upgrade, to run one started with other settings,
+//! or to take the store's privilege away.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use keyshare_broker::stop::Stopped;
+use serde_json::json;
+
+use crate::broker;
+use crate::stores::Context;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How long to wait for the broker to exit, in seconds (it finishes the requests it is
+    /// running first).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub timeout: u64,
+}
+
+pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
+    let paths = broker::paths(ctx)?;
+    let flavour = ctx.flavour.name();
+    let outcome = keyshare_broker::stop::stop(&paths, Duration::from_secs(args.timeout))?;
+    let (pid, socket_remains) = match outcome {
+        Stopped::NotRunning { socket_remains } => (None, socket_remains),
+        Stopped::Stopped {
+            pid,
+            socket_remains,
+        } => (Some(pid), socket_remains),
+        other => unreachable!("a new outcome of stopping: {other:?}"),
+    };
+    let mut out = std::io::stdout().lock();
+    if ctx.json {
+        let report = json!({
+            "flavor": flavour,
+            "stopped": pid.is_some(),
+            "pid": pid,
+            "socket": paths.socket.display().to_string(),
+            "socket_remains": socket_remains,
+        });
+        return writeln!(out, "{report}").context(crate::exit::WRITING_STDOUT);
+    }
+    match pid {
+        Some(pid) => writeln!(out, "stopped the {flavour} broker (pid {pid})"),
+        None => writeln!(out, "no {flavour} broker is running"),
+    }
+    .context(crate::exit::WRITING_STDOUT)?;
+    if socket_remains {
+        // A broker removes the socket it bound when it stops; one systemd passed it stays,
+        // and systemd starts a broker again at the next connection.
+        eprintln!(
+            "keyshare: note: the socket {} remains: a systemd socket unit's, which starts a \
+             broker at the next connection (`systemctl --user stop keyshare@{flavour}.socket` \
+             stops that too), or one left by a broker that was killed (the next broker removes \
+             it)",
+            paths.socket.display()
+        );
+    }
+    Ok(())
+}
