@@ -173,6 +173,16 @@ fn no_broker(err: &ClientError) -> Option<SharedChoice> {
         // The user waited for seconds: say why (who holds things up; a broker that is stopped
         // or hung, which went unsaid: found by QA).
         eprintln!("keyshare: warning: {err}; opening the shared store directly");
+    } else if let ClientError::Transport(TransportError::Autostart(why)) = err {
+        // Every command would go on without a broker, without the access policy it enforces
+        // and without announcing changes to watchers, until the cause is fixed: the user must
+        // hear of it (found by QA: a file in the socket's place went unsaid, and `doctor`
+        // found no problem).
+        eprintln!(
+            "keyshare: warning: could not start the broker ({}); opening the shared store \
+             directly, without it, until that is fixed (`keyshare doctor` checks)",
+            why.trim_end()
+        );
     } else {
         tracing::warn!(error = %err, "no broker: opening the shared store directly");
     }

@@ -1321,3 +1321,46 @@ fn stop_reports_a_broker_that_does_not_exit_in_time_and_a_second_stop_ends_it() 
     assert!(serve.child.wait().unwrap().success());
     drop(client);
 }
+
+/// A file in the socket's place keeps any broker from starting (a broker removes only a
+/// socket): commands still work, opening the store themselves, but say so and why, and
+/// `doctor` reports it. Found by QA: both went unsaid, so the access policy the broker enforces
+/// was silently not applied.
+#[test]
+fn a_file_in_the_sockets_place_is_reported_by_commands_and_doctor() {
+    let home = home_with_a_private_runtime_dir();
+    let dir = home.path().join("run/keyshare");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    for (what, make) in [
+        (
+            "a regular file",
+            (|p: &Path| std::fs::write(p, "junk")) as fn(&Path) -> std::io::Result<()>,
+        ),
+        ("a directory", |p: &Path| std::fs::create_dir(p)),
+    ] {
+        let socket = dir.join("stable.sock");
+        make(&socket).unwrap();
+        let out = run_ok(home.path(), &["set", "k"], b"v");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("could not start the broker")
+                && stderr.contains("is not a socket")
+                && stderr.contains("opening the shared store directly"),
+            "{what}: {stderr}"
+        );
+        let out = run(home.path(), &["doctor"], b"");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(7), "{what}: {stdout}");
+        assert!(
+            stdout.contains(&format!("{} is {what}, not a socket", socket.display())),
+            "{stdout}"
+        );
+        assert_eq!(run_ok(home.path(), &["get", "k"], b"").stdout, b"v");
+        if socket.is_dir() {
+            std::fs::remove_dir(&socket).unwrap();
+        } else {
+            std::fs::remove_file(&socket).unwrap();
+        }
+    }
+}

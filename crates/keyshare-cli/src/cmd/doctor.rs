@@ -281,6 +281,24 @@ fn policy_in_force(
     }
 }
 
+/// What is at the broker's socket path when it is something else than a socket (a broker
+/// refuses to start then: found by QA, with `doctor` finding no problem).
+fn not_a_socket(socket: &std::path::Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::symlink_metadata(socket).ok()?.file_type();
+    Some(if kind.is_socket() {
+        return None;
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
+    })
+}
+
 /// The command that stops this flavour's broker.
 fn stop_command(ctx: &Context) -> String {
     format!("keyshare --flavor {} stop", ctx.flavour.name())
@@ -293,11 +311,21 @@ fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Valu
             "socket": Value::Null,
             "note": "XDG_RUNTIME_DIR is not set: commands open the stores directly",
         }),
-        Ok(broker::Probe::NotRunning { socket, why }) => json!({
-            "running": false,
-            "socket": socket.display().to_string(),
-            "note": format!("{why}; {}", routing_note(ctx, direct)),
-        }),
+        Ok(broker::Probe::NotRunning { socket, why }) => {
+            if let Some(what) = not_a_socket(&socket) {
+                problems.push(format!(
+                    "{} is {what}, not a socket, so no broker can start there (it leaves what \
+                     it did not make alone) and commands open the store themselves: remove it \
+                     by hand",
+                    socket.display()
+                ));
+            }
+            json!({
+                "running": false,
+                "socket": socket.display().to_string(),
+                "note": format!("{why}; {}", routing_note(ctx, direct)),
+            })
+        }
         Ok(broker::Probe::Running { socket, status }) => {
             policy_in_force(ctx, &status, problems);
             json!({
