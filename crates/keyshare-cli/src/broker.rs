@@ -49,7 +49,7 @@ pub fn client(ctx: &Context) -> anyhow::Result<BlockingBrokerClient> {
 }
 
 /// Whether a command may start the broker (`--no-autostart` and `autostart = false` say not).
-fn autostart_on(ctx: &Context) -> bool {
+pub fn autostart_on(ctx: &Context) -> bool {
     !ctx.routing.no_autostart && ctx.config.autostart != Some(false)
 }
 

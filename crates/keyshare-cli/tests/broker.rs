@@ -293,6 +293,21 @@ fn broker_pid(lock: &Path) -> u32 {
         .unwrap()
 }
 
+/// With no broker and autostart off, `watch` (which needs a broker) says to start one, not to
+/// use `--direct`, which it refuses (found by QA).
+#[test]
+fn without_a_broker_and_without_autostart_watch_says_to_start_one() {
+    let home = tempfile::tempdir().unwrap();
+    let out = run(home.path(), &["--no-autostart", "watch"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("`keyshare watch` needs one") && stderr.contains("keyshare serve"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--direct"), "{stderr}");
+}
+
 #[test]
 fn without_a_broker_and_without_autostart_commands_go_direct() {
     let home = tempfile::tempdir().unwrap();
@@ -969,6 +984,7 @@ fn doctor_tells_when_the_brokers_policy_is_not_the_configs() {
 #[test]
 fn a_command_that_meets_a_hung_broker_says_why_it_waited() {
     let home = tempfile::tempdir().unwrap();
+    write_config(home.path(), "timeout_ms = 1000\n");
     let serve = Serving::start(keyshare(home.path()));
     run_ok(home.path(), &["set", "k"], b"v");
     let pid = rustix::process::Pid::from_raw(serve.child.id() as i32).unwrap();
@@ -976,6 +992,7 @@ fn a_command_that_meets_a_hung_broker_says_why_it_waited() {
     // Without autostart (as for an app with a repair journal), the command waits for the
     // broker's hello before it chooses; with neither, its request times out (exit 3).
     let out = run(home.path(), &["--no-autostart", "get", "k"], b"");
+    let timed_out = run(home.path(), &["get", "k"], b"");
     rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -983,6 +1000,13 @@ fn a_command_that_meets_a_hung_broker_says_why_it_waited() {
     assert!(
         stderr.contains("the broker did not answer within")
             && stderr.contains("opening the shared store directly"),
+        "{stderr}"
+    );
+    // The failure names the way out (found by QA: only `doctor` did).
+    let stderr = String::from_utf8_lossy(&timed_out.stderr);
+    assert_eq!(timed_out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("it may be stopped or hung") && stderr.contains("`keyshare stop` ends it"),
         "{stderr}"
     );
     serve.stop();

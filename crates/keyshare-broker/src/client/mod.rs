@@ -122,7 +122,10 @@ pub enum TransportError {
     #[error("the connection to the broker closed before it answered")]
     Closed,
     /// No reply within the client's timeout.
-    #[error("the broker did not answer within {0:?}")]
+    #[error(
+        "the broker did not answer within {0:?}: it may be stopped or hung (`keyshare doctor` \
+         names it; `keyshare stop` ends it)"
+    )]
     TimedOut(Duration),
     /// A frame could not be read, written or decoded.
     #[error(transparent)]

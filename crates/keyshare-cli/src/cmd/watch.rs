@@ -49,7 +49,9 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut first = true;
     loop {
-        let mut events = client.subscribe(keys.clone())?;
+        let mut events = client
+            .subscribe(keys.clone())
+            .map_err(|err| no_broker_to_watch(ctx, err))?;
         if first {
             eprintln!(
                 "keyshare: watching {} (Ctrl-C to stop)",
@@ -74,6 +76,27 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         while let Some(notification) = events.blocking_next() {
             print(&mut out, ctx.json, &notification, false)?;
         }
+    }
+}
+
+/// The client's advice when no broker runs and autostart is off includes `--direct`, which
+/// `watch` refuses (found by QA): say what works for it.
+fn no_broker_to_watch(ctx: &Context, err: keyshare::Error) -> keyshare::Error {
+    match err {
+        keyshare::Error::Unavailable {
+            reason: keyshare::UnavailableReason::NotRunning,
+            ..
+        } if !broker::autostart_on(ctx) => keyshare::Error::unavailable(
+            "broker",
+            keyshare::UnavailableReason::NotRunning,
+            format!(
+                "no {} broker is running, and autostart is off (--no-autostart, \
+                 KEYSHARE_NO_AUTOSTART or autostart = false): `keyshare watch` needs one, as \
+                 change events come from it; start it with `keyshare serve`",
+                ctx.flavour.name()
+            ),
+        ),
+        err => err,
     }
 }
 
