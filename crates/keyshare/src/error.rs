@@ -108,6 +108,24 @@ fn unavailable_text(store: &str, reason: UnavailableReason, detail: &str) -> Str
 }
 
 impl Error {
+    /// Whether this is a refusal: the store will not do this as asked, now or later (an
+    /// invalid request, a value over its limit, access denied by the OS, a keychain prompt or
+    /// the broker's policy, a protection it cannot give), as against an outage, which may pass.
+    /// [`crate::SecretStorage`] fails a write the shared store refuses instead of acknowledging
+    /// it from the app's own copy and queueing a repair that could never succeed.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::Invalid { .. }
+                | Error::TooLarge { .. }
+                | Error::ProtectionUnavailable(_)
+                | Error::Unavailable {
+                    reason: UnavailableReason::Denied,
+                    ..
+                }
+        )
+    }
+
     /// The same error with `note` added to its words, keeping its kind (and so the exit code or
     /// wire code a caller derives from it): for what a layer above the store knows and the
     /// store could not, such as that the shared half of a dual write had already succeeded.

@@ -425,6 +425,85 @@ fn too_large_names_the_limit_and_writes_nothing() {
     assert_eq!(shared.calls(), 0);
 }
 
+/// A shared store that refuses keys under "denied." as a broker's access policy does, and
+/// values over 8 bytes as a store with a smaller limit than the storage's does; everything else
+/// goes to a memory store.
+#[derive(Debug, Default)]
+struct Refusing(MemoryStore);
+
+impl Refusing {
+    fn check(key: &SecretKey) -> Result<()> {
+        if key.as_str().starts_with("denied.") {
+            return Err(Error::unavailable(
+                "refusing",
+                keyshare::UnavailableReason::Denied,
+                "not for this app",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Store for Refusing {
+    fn info(&self) -> StoreInfo {
+        StoreInfo {
+            kind: "refusing",
+            location: "test".into(),
+            protection: "none".into(),
+        }
+    }
+    fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
+        Refusing::check(key)?;
+        self.0.get(key)
+    }
+    fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
+        Refusing::check(key)?;
+        if value.len() > 8 {
+            return Err(Error::TooLarge {
+                limit: 8,
+                actual: value.len(),
+            });
+        }
+        self.0.set(key, value)
+    }
+    fn delete(&self, key: &SecretKey) -> Result<bool> {
+        Refusing::check(key)?;
+        self.0.delete(key)
+    }
+    fn keys(&self) -> Result<Vec<SecretKey>> {
+        self.0.keys()
+    }
+}
+
+/// A write the shared store refuses (denied by policy, over its limit) fails: it is not
+/// acknowledged from the app's own copy with a repair queued that would be refused forever,
+/// while this app alone read the value (found in an API review), and it is not announced.
+#[test]
+fn a_write_the_shared_store_refuses_fails_and_is_neither_kept_nor_queued() {
+    let legacy = Arc::new(MemoryStore::new());
+    let storage = SecretStorage::builder(Arc::new(Refusing::default()))
+        .legacy(legacy.clone())
+        .journal(Arc::new(MemoryStore::new()))
+        .build();
+    let mut sub = storage.subscribe();
+    for (key, value) in [("denied.token", "t"), ("big", "more than eight")] {
+        let err = storage.set(&k(key), &v(value)).unwrap_err();
+        assert!(err.is_refusal(), "{key}: {err}");
+        assert_eq!(legacy.get(&k(key)).unwrap(), None, "{key}: kept");
+        assert!(storage.status().pending_repairs.is_empty(), "{key}: queued");
+    }
+    let err = storage.get(&k("denied.token")).unwrap_err();
+    assert!(err.is_refusal(), "read from the app's own copy: {err}");
+    // A refused delete leaves the app's own copy too.
+    legacy.set(&k("denied.old"), &v("x")).unwrap();
+    assert!(storage.delete(&k("denied.old")).unwrap_err().is_refusal());
+    assert!(legacy.get(&k("denied.old")).unwrap().is_some());
+    assert!(sub.try_recv().is_none(), "a refused write was announced");
+    // A write the store takes is announced (the contrast).
+    storage.set(&k("ok"), &v("1")).unwrap();
+    assert!(matches!(sub.try_recv(), Some(Notification::Changed(_))));
+}
+
 /// A store whose `get` of "A" blocks until a `set` of "B" has happened.
 #[derive(Debug, Default)]
 struct Rendezvous {

@@ -766,7 +766,7 @@ impl Inner {
             }
         };
         for (set, result) in round.into_iter().zip(results) {
-            self.events.emit(&set.key, ChangeKind::Set);
+            self.emit_unless_refused(&set.key, ChangeKind::Set, &result);
             drop(set.ticket);
             // A caller that stopped waiting still had its value written, as with any set.
             let _ = set.reply.send(result);
@@ -775,6 +775,15 @@ impl Inner {
 
     fn in_memory(&self) -> bool {
         self.in_memory.load(Ordering::Acquire)
+    }
+
+    /// Announces a write that may have changed the key: any but one a store refused, which
+    /// changed nothing. (Another failure may or may not have taken effect: subscribers read
+    /// again, which is harmless.)
+    fn emit_unless_refused<T>(&self, key: &SecretKey, kind: ChangeKind, result: &Result<T>) {
+        if !matches!(result, Err(err) if err.is_refusal()) {
+            self.events.emit(key, kind);
+        }
     }
 
     fn run_get(&self, ticket: Ticket, key: &SecretKey) -> Result<Option<SecretValue>> {
@@ -788,7 +797,7 @@ impl Inner {
         self.ensure_ready()?;
         ticket.wait();
         let result = self.do_set(key, value);
-        self.events.emit(key, ChangeKind::Set);
+        self.emit_unless_refused(key, ChangeKind::Set, &result);
         result
     }
 
@@ -852,7 +861,7 @@ impl Inner {
         self.ensure_ready()?;
         ticket.wait();
         let result = self.do_delete(key);
-        self.events.emit(key, ChangeKind::Delete);
+        self.emit_unless_refused(key, ChangeKind::Delete, &result);
         result
     }
 
@@ -988,6 +997,11 @@ impl Inner {
         let was_dirty = self.journal.is_dirty(key);
         let shared_ok = match shared_result {
             Ok(()) => true,
+            // A refusal is no outage: a repair would be refused the same way, forever, while
+            // this app read its own copy of a write no other app ever sees (found in an API
+            // review: a key the broker's policy denies this app was acknowledged, and served
+            // from the legacy copy). The write fails, nothing is written or queued.
+            Err(err) if err.is_refusal() => return Err(err),
             Err(err) => {
                 self.counters
                     .shared_write_failures

@@ -78,7 +78,13 @@ impl fmt::Display for StoreInfo {
 ///   denied, not running, or no answer within the store's timeout: no call may hang);
 ///   [`crate::Error::Corrupt`] when stored data cannot be decoded (and it is left untouched);
 ///   [`crate::Error::TooLarge`] when the value exceeds what this store can hold;
-///   [`crate::Error::Io`] for local I/O failures.
+///   [`crate::Error::Io`] for local I/O failures; [`crate::Error::Invalid`] and
+///   [`crate::Error::ProtectionUnavailable`] for requests a store will not carry out as asked
+///   (a broker's store that is not the one asked for, a protection it cannot give). A store
+///   that refuses (see [`crate::Error::is_refusal`]: `Denied`, `Invalid`, `TooLarge`,
+///   `ProtectionUnavailable`) must not have taken the write; [`crate::SecretStorage`] then fails
+///   the write, where after other errors it acknowledges it from the app's own copy and repairs
+///   the shared one later.
 /// - An error does not say whether the operation took effect: callers must allow both.
 pub trait Store: Send + Sync + fmt::Debug {
     /// Describes the store.
