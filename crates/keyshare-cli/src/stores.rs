@@ -63,6 +63,26 @@ pub struct Opened {
     pub legacy: Option<Arc<dyn Store>>,
     /// The app's repair journal, when it has a legacy store.
     pub journal: Option<Arc<dyn Store>>,
+    /// The app it is.
+    pub app: keyshare::AppId,
+}
+
+impl Drop for Opened {
+    /// Whatever command ran, a write of the user's that gave way to another app's later change
+    /// (its repair, carried out by this command's lazy migration or a write of the key) is
+    /// said once: found by QA, the value was gone and no command said why. `keyshare repair`
+    /// lists them itself and leaves none here.
+    fn drop(&mut self) {
+        for key in self.storage.take_superseded() {
+            eprintln!(
+                "keyshare: note: kept another app's later change to {}: this app's write of it, \
+                 which had not reached the shared store, was older, so app {}'s own copy now \
+                 follows the other app's",
+                crate::cmd::shown(&key),
+                self.app
+            );
+        }
+    }
 }
 
 /// Asks for a vault passphrase on the terminal (twice when creating); `None` without one.
@@ -407,7 +427,8 @@ fn secret_service_identity(ctx: &Context) -> Option<String> {
 pub enum Migration {
     /// The first operation runs a pass (the normal case).
     Lazy,
-    /// The caller runs the pass itself and wants its report.
+    /// No pass runs on the first operation: the caller runs one itself and wants its report
+    /// (`migrate`), or only reports what is left to do (`doctor`).
     Explicit,
 }
 
@@ -514,6 +535,7 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
         shared,
         legacy,
         journal: journal_store,
+        app: ctx.app.clone(),
     })
 }
 

@@ -313,6 +313,58 @@ fn a_repair_keeps_another_apps_later_sign_out() {
     assert_eq!(parse(&out)["pending_repairs"], serde_json::json!([]));
 }
 
+/// Found by QA: a write that gave way to another app's later sign-out, repaired by the next
+/// command's lazy migration, vanished without a word (`repair` then said "repaired: 0"); and
+/// `doctor` ran that migration itself, copying legacy secrets into the shared store. Now the
+/// command that carries the repair out says so, and `doctor` only reports.
+#[test]
+fn a_write_that_gave_way_is_said_by_the_command_that_repairs_it_and_doctor_changes_nothing() {
+    let env = Home::new();
+    env.config("store = \"vault\"\n[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    // A secret in code's own store from before sharing (the memory store keeps no shared copy).
+    env.ok(
+        &["--store", "memory", "--app", "code", "set", "old"],
+        b"from before",
+    );
+    let dir = break_the_shared_vault(&env);
+    env.ok(&["--direct", "--app", "code", "set", "github.auth"], b"t1");
+    std::fs::remove_file(dir.join("vault.db")).unwrap();
+    env.ok(
+        &["--direct", "--app", "agents", "set", "github.auth"],
+        b"a1",
+    );
+    env.ok(
+        &["--direct", "--app", "agents", "delete", "github.auth"],
+        b"",
+    );
+
+    let out = env.run(&["--direct", "--app", "code", "--json", "doctor"], b"");
+    let report = parse(&out);
+    assert_eq!(
+        report["pending_repairs"],
+        serde_json::json!(["github.auth"])
+    );
+    assert_eq!(report["migration_done"], false, "{report}");
+    let listed = env.ok(&["--direct", "list"], b"");
+    assert_eq!(stdout(&listed), "", "doctor copied the legacy secret");
+
+    // Any command of code's runs the migration pass, which repairs github.auth on the way
+    // (a key's own command waits for its turn instead: the pass skips it).
+    let out = env.ok(&["--direct", "--app", "code", "get", "old"], b"");
+    assert_eq!(stdout(&out), "from before");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("kept another app's later change to github.auth"),
+        "{stderr}"
+    );
+    let out = env.run(&["--direct", "--app", "code", "get", "github.auth"], b"");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = env.ok(&["--direct", "--app", "code", "repair"], b"");
+    assert_eq!(stdout(&out), "repaired: 0\n");
+    assert!(out.stderr.is_empty(), "said twice: {out:?}");
+    assert_eq!(stdout(&env.ok(&["--direct", "list"], b"")), "old\n");
+}
+
 // Found by QA: one unreadable entry of an app's repair journal stopped every command of the app
 // (exit 4) with the vault's words only, "the entry was left untouched", and no way on. The
 // error now says it is the repair journal and names the way out, which removes exactly the

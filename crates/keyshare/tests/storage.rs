@@ -672,6 +672,49 @@ fn another_apps_later_delete_or_set_stands_over_a_repair() {
 // The case a fix by "what the shared store held when this app last looked" got wrong (the
 // model test found it): another app's change made BEFORE this app's failed write is older, so
 // this app's acknowledged write wins the repair, a delete included.
+/// A repair that gives way to another app's later change is reported whatever carried it out:
+/// here the next storage's lazy migration (a command's first operation), after which
+/// `repair()` has nothing left to do but must still say which write gave way (found by QA:
+/// `keyshare repair` said "repaired: 0" and the user's write was gone without a word).
+#[test]
+fn a_repair_the_lazy_migration_carries_out_is_still_reported_as_superseded() {
+    let shared = faulty();
+    let legacy = faulty();
+    let journal = Arc::new(MemoryStore::new());
+    let open = || {
+        SecretStorage::builder(shared.clone())
+            .legacy(legacy.clone())
+            .journal(journal.clone())
+            .build()
+    };
+    // A legacy key the first storage cannot migrate (the shared store is down then), so the
+    // next storage's first operation runs a migration pass.
+    legacy.set(&k("old"), &v("from before sharing")).unwrap();
+    shared.set_down(true);
+    let code = open();
+    code.set(&k("github.auth"), &v("code's token")).unwrap();
+    shared.set_down(false);
+    assert_eq!(code.status().pending_repairs, vec![k("github.auth")]);
+    assert!(!code.status().migration_done);
+    drop(code);
+    // Another app signs out later.
+    app(&shared).storage.delete(&k("github.auth")).unwrap();
+
+    let code = open();
+    assert_eq!(read(&code, "old").as_deref(), Some("from before sharing"));
+    assert!(
+        code.status().pending_repairs.is_empty(),
+        "the pass repaired it"
+    );
+    assert_eq!(code.status().superseded, vec![k("github.auth")]);
+    let report = code.repair().unwrap();
+    assert_eq!(report.superseded, vec![k("github.auth")]);
+    assert_eq!(report.repaired, 0);
+    // Said once.
+    assert!(code.take_superseded().is_empty());
+    assert_eq!(read(&code, "github.auth"), None);
+}
+
 #[test]
 fn another_apps_earlier_change_does_not_undo_this_apps_failed_write() {
     let shared = faulty();

@@ -70,7 +70,10 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
         "data_dir": data_dir.display().to_string(),
         "store_setting": ctx.store.name(),
     });
-    match stores::open(ctx) {
+    // Without the lazy migration pass the first operation would run: doctor reports an
+    // incomplete migration and pending repairs, it does not carry them out (found by QA: it
+    // copied legacy secrets into the shared store, and hid what it repaired).
+    match stores::open_with(ctx, stores::Migration::Explicit) {
         Ok(opened) => {
             // Settles the storage and loads the app's repair journal (from the app's own
             // vault, whatever state the shared store is in).

@@ -23,7 +23,7 @@ pub use events::{ChangeEvent, ChangeKind, Notification, Subscription};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
@@ -94,6 +94,9 @@ pub struct StorageStatus {
     pub stats: StorageStats,
     /// The sequence number of the latest change event.
     pub last_event_seq: u64,
+    /// Keys superseded by another app's later change and not yet reported: see
+    /// [`SecretStorage::take_superseded`].
+    pub superseded: Vec<SecretKey>,
 }
 
 /// Migration progress, reported once per key.
@@ -247,6 +250,7 @@ impl SecretStorageBuilder {
                 events: events::EventHub::new(self.event_capacity),
                 limits: self.limits,
                 counters: Counters::default(),
+                superseded: Mutex::default(),
                 lazy_migration: self.lazy_migration,
                 nonblocking,
                 sets: Arc::default(),
@@ -287,6 +291,11 @@ struct Inner {
     events: events::EventHub,
     limits: Limits,
     counters: Counters,
+    /// Keys whose pending write another app's later change superseded, not yet reported by
+    /// [`SecretStorage::repair`] or taken with [`SecretStorage::take_superseded`]: a repair
+    /// that a migration pass or a write carried out is reported too (found by QA: the lazy
+    /// migration of the next command did it, and `keyshare repair` then said nothing).
+    superseded: Mutex<Vec<SecretKey>>,
     lazy_migration: bool,
     /// Every store (shared, legacy, journal) says its calls never block: see
     /// [`Store::is_nonblocking`].
@@ -418,7 +427,17 @@ impl SecretStorage {
                 legacy_fallback_reads: c.legacy_fallback_reads.load(Ordering::Relaxed),
             },
             last_event_seq: self.inner.events.last_seq(),
+            superseded: self.inner.superseded().clone(),
         }
+    }
+
+    /// The keys whose pending write another app's later change superseded (see
+    /// [`RepairReport::superseded`]) since this storage was built or last asked, by this call
+    /// or by [`SecretStorage::repair`], which reports them too: whatever carried the repair out
+    /// (a repair pass, a migration pass, the first operation's lazy one, a write of the key),
+    /// an app learns of each such key once, and can tell its user that their write gave way.
+    pub fn take_superseded(&self) -> Vec<SecretKey> {
+        std::mem::take(&mut *self.inner.superseded())
     }
 }
 
@@ -1112,6 +1131,11 @@ impl Inner {
             tracing::info!(key = %key, "another app changed this key after this app's write failed; its later change stands");
             self.journal.clear_dirty(key)?;
             let _ = self.journal.mark_migrated(key);
+            let mut superseded = self.superseded();
+            if !superseded.contains(key) {
+                superseded.push(key.clone());
+            }
+            drop(superseded);
             // What this app reads for the key changed.
             self.events.emit(key, kind);
             return Ok(false);
@@ -1132,7 +1156,8 @@ impl Inner {
             ticket.wait();
             match self.repair_key(&key) {
                 Ok(true) => report.repaired += 1,
-                Ok(false) => report.superseded.push(key),
+                // Reported below, with those a migration pass or a write superseded.
+                Ok(false) => {}
                 Err(err) => {
                     self.counters
                         .repair_failures
@@ -1146,7 +1171,13 @@ impl Inner {
                 tracing::warn!(error = %err, "migration pass failed");
             }
         }
+        report.superseded = std::mem::take(&mut *self.superseded());
         report
+    }
+
+    fn superseded(&self) -> MutexGuard<'_, Vec<SecretKey>> {
+        // Pushes and takes: a panic cannot leave the list torn.
+        self.superseded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// One migration pass. `lazy` passes skip keys that are busy (their own operations
