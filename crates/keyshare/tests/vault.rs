@@ -1224,6 +1224,12 @@ fn a_held_write_lock_is_unavailable_after_the_busy_timeout() {
     let err = store.set(&key("k"), &value(b"new")).unwrap_err();
     assert_timed_out(&err);
     assert!(err.to_string().contains("busy timeout"), "{err}");
+    // Said once (found by QA: "vault is unavailable (timed out): vault is unavailable ...").
+    assert_eq!(
+        err.to_string().matches("is unavailable").count(),
+        1,
+        "{err}"
+    );
     // Readers are not blocked by a writer in WAL mode.
     assert_eq!(store.get(&key("k")).unwrap().unwrap(), value(b"old"));
     other.execute_batch("COMMIT").unwrap();

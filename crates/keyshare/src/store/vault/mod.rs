@@ -317,14 +317,18 @@ impl Vault {
             batch
                 .iter()
                 .map(|_| {
+                    // Each part as it was, not the whole text as the detail: that said "vault is
+                    // unavailable (timed out): " twice (found by QA).
                     Err(match &first {
-                        Error::Unavailable { reason, .. } => {
-                            Error::unavailable("vault", *reason, text.clone())
-                        }
-                        Error::Corrupt { key, .. } => Error::Corrupt {
-                            store: self.store_name(),
+                        Error::Unavailable {
+                            store,
+                            reason,
+                            detail,
+                        } => Error::unavailable(store.clone(), *reason, detail.clone()),
+                        Error::Corrupt { store, key, detail } => Error::Corrupt {
+                            store: store.clone(),
                             key: key.clone(),
-                            detail: text.clone(),
+                            detail: detail.clone(),
                         },
                         // A value that joined late (`write_joining`) was over the limit.
                         Error::TooLarge { limit, actual } => Error::TooLarge {
