@@ -45,7 +45,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use secret_service::{Collection, EncryptionType, Item, SecretService};
+use secret_service::{Collection, EncryptionType, Item, SearchItemsResult, SecretService};
 use zbus::zvariant::OwnedObjectPath;
 
 use zeroize::Zeroizing;
@@ -120,7 +120,14 @@ pub struct SecretServiceStore {
     timeout: Duration,
     limits: Limits,
     connection: Arc<Connection>,
+    /// Run with the object paths each search of this store found, before it uses them.
+    #[cfg(feature = "testing")]
+    after_search: Option<AfterSearch>,
 }
+
+/// See [`SecretServiceStore::after_search`].
+#[cfg(feature = "testing")]
+type AfterSearch = Arc<dyn Fn(&[String]) + Send + Sync>;
 
 /// One D-Bus connection with its open session, shared by the stores made from one another.
 struct Connection {
@@ -232,6 +239,8 @@ impl SecretServiceStore {
             timeout,
             limits: Limits::default(),
             connection: Arc::new(connection),
+            #[cfg(feature = "testing")]
+            after_search: None,
         })
     }
 
@@ -244,7 +253,18 @@ impl SecretServiceStore {
             timeout: self.timeout,
             limits: self.limits,
             connection: self.connection.clone(),
+            #[cfg(feature = "testing")]
+            after_search: None,
         })
+    }
+
+    /// Runs `hook` right after each search this store makes (for `get`, `set`, `delete` and
+    /// `keys`), with the object paths the search found, before the store reads or deletes them:
+    /// lets a test act as another client that changes the items in between.
+    #[cfg(feature = "testing")]
+    pub fn after_search(mut self, hook: impl Fn(&[String]) + Send + Sync + 'static) -> Self {
+        self.after_search = Some(Arc::new(hook));
+        self
     }
 
     /// Replaces the value size limits (default: [`Limits::default`]).
@@ -298,6 +318,28 @@ impl SecretServiceStore {
         self.connection.map(error, doing)
     }
 
+    /// The items matching `attributes`, in any collection.
+    async fn search(
+        &self,
+        attributes: HashMap<&str, &str>,
+        doing: &str,
+    ) -> Result<SearchItemsResult<Item<'_>>> {
+        let found = self
+            .connection
+            .service
+            .search_items(attributes)
+            .await
+            .map_err(|e| self.map(e, doing))?;
+        #[cfg(feature = "testing")]
+        if let Some(hook) = &self.after_search {
+            let paths: Vec<String> = (found.unlocked.iter().chain(&found.locked))
+                .map(|item| item.item_path.as_str().to_owned())
+                .collect();
+            hook(&paths);
+        }
+        Ok(found)
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, Option<OwnedObjectPath>> {
         self.connection.cache()
     }
@@ -307,12 +349,7 @@ impl SecretServiceStore {
     }
 
     async fn get_once(&self, key: &SecretKey) -> Result<Read> {
-        let found = self
-            .connection
-            .service
-            .search_items(self.attributes(key))
-            .await
-            .map_err(|e| self.map(e, "searching"))?;
+        let found = self.search(self.attributes(key), "searching").await?;
         if let Some(item) = newest(found.unlocked).await {
             return match item.get_secret().await {
                 Ok(secret) => Ok(Read::Found(SecretValue::new(secret))),
@@ -349,11 +386,8 @@ impl SecretServiceStore {
         // tool (without `xdg:schema`, say) or in another collection would shadow ours on the
         // next read: the key must have one value, so remove the others.
         let found = self
-            .connection
-            .service
-            .search_items(self.attributes(key))
-            .await
-            .map_err(|e| self.map(e, "searching for older copies"))?;
+            .search(self.attributes(key), "searching for older copies")
+            .await?;
         for other in found
             .unlocked
             .iter()
@@ -369,12 +403,7 @@ impl SecretServiceStore {
     }
 
     async fn delete_async(&self, key: &SecretKey) -> Result<bool> {
-        let found = self
-            .connection
-            .service
-            .search_items(self.attributes(key))
-            .await
-            .map_err(|e| self.map(e, "searching"))?;
+        let found = self.search(self.attributes(key), "searching").await?;
         if !found.locked.is_empty() {
             // Some copy cannot be deleted: report that before deleting any.
             return Err(locked_error(&self.connection.bus));
@@ -399,11 +428,11 @@ impl SecretServiceStore {
         // Listing must not miss keys hidden in a locked collection.
         self.unlocked_default_collection().await?;
         let found = self
-            .connection
-            .service
-            .search_items(HashMap::from([(ATTR_SERVICE, self.namespace.as_str())]))
-            .await
-            .map_err(|e| self.map(e, "searching"))?;
+            .search(
+                HashMap::from([(ATTR_SERVICE, self.namespace.as_str())]),
+                "searching",
+            )
+            .await?;
         if !found.locked.is_empty() {
             return Err(locked_error(&self.connection.bus));
         }
