@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -713,4 +713,161 @@ fn vault_keys_in_a_locked_keyring_are_unavailable_not_missing() {
         UnavailableReason::Locked,
         &says,
     );
+}
+
+// --- Other clients deleting items between keyshare's search and its use of what it found (found
+// by QA: concurrent set/delete/get on one key from several processes failed with "Object does
+// not exist at path"). The store's `after_search` hook plays the other client at exactly that
+// moment, through D-Bus calls of its own (dbus-send, secret-tool) as any other program would.
+
+/// A hook that runs `act` with the paths the store's first search found, and nothing after.
+fn on_first_search(
+    act: impl Fn(&[String]) + Send + Sync + 'static,
+) -> impl Fn(&[String]) + Send + Sync + 'static {
+    let done = AtomicBool::new(false);
+    move |paths: &[String]| {
+        if !done.swap(true, Ordering::SeqCst) {
+            act(paths)
+        }
+    }
+}
+
+/// Deletes the items at `paths` from another D-Bus connection (dbus-send).
+fn delete_items(paths: &[String]) {
+    assert!(!paths.is_empty(), "the search found nothing to delete");
+    for path in paths {
+        let status = Command::new("dbus-send")
+            .args([
+                "--session",
+                "--print-reply",
+                "--dest=org.freedesktop.secrets",
+                path,
+                "org.freedesktop.Secret.Item.Delete",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run dbus-send");
+        assert!(status.success(), "dbus-send could not delete {path}");
+    }
+}
+
+#[test]
+fn get_answers_not_found_when_another_client_deletes_the_item_it_found() {
+    if !session_service() || !keyring_programs() {
+        return;
+    }
+    let ns = unique_namespace("vanish-get");
+    open(&ns).set(&key("k"), &value(b"v")).unwrap();
+    let store = open(&ns).after_search(on_first_search(delete_items));
+    assert_eq!(store.get(&key("k")).unwrap(), None);
+}
+
+#[test]
+fn get_reads_the_item_that_replaced_the_one_it_found() {
+    if !session_service() || !keyring_programs() {
+        return;
+    }
+    let ns = unique_namespace("vanish-replaced");
+    open(&ns).set(&key("k"), &value(b"old")).unwrap();
+    let hook_ns = ns.clone();
+    let store = open(&ns).after_search(on_first_search(move |paths| {
+        delete_items(paths);
+        let (ok, _) = secret_tool(
+            &["store", "--label=x", "service", &hook_ns, "account", "k"],
+            b"new",
+        );
+        assert!(ok, "secret-tool store failed");
+    }));
+    let read = store
+        .get(&key("k"))
+        .unwrap()
+        .expect("the new item is found");
+    assert_eq!(read.expose_secret(), b"new");
+}
+
+#[test]
+fn delete_succeeds_when_another_client_deleted_the_item_first() {
+    if !session_service() || !keyring_programs() {
+        return;
+    }
+    let ns = unique_namespace("vanish-delete");
+    open(&ns).set(&key("k"), &value(b"v")).unwrap();
+    let store = open(&ns).after_search(on_first_search(delete_items));
+    // Nothing was left for this call to remove: answered as for an absent key.
+    assert!(!store.delete(&key("k")).unwrap());
+    assert_eq!(open(&ns).get(&key("k")).unwrap(), None);
+
+    // Two copies (stored by other tools), one deleted by the other client meanwhile: this call
+    // removed the other, and says so.
+    for copy in ["1", "2"] {
+        let (ok, _) = secret_tool(
+            &[
+                "store",
+                "--label=x",
+                "service",
+                &ns,
+                "account",
+                "two",
+                "copy",
+                copy,
+            ],
+            b"w",
+        );
+        assert!(ok, "secret-tool store failed");
+    }
+    let store = open(&ns).after_search(on_first_search(|paths| {
+        assert_eq!(paths.len(), 2, "{paths:?}");
+        delete_items(&paths[..1]);
+    }));
+    assert!(store.delete(&key("two")).unwrap());
+    assert_eq!(open(&ns).get(&key("two")).unwrap(), None);
+}
+
+#[test]
+fn set_goes_on_when_an_older_copy_is_already_gone() {
+    if !session_service() || !keyring_programs() {
+        return;
+    }
+    let ns = unique_namespace("vanish-set");
+    // A copy stored by another tool (no xdg:schema): `set` deletes it after writing its own.
+    let (ok, _) = secret_tool(
+        &["store", "--label=x", "service", &ns, "account", "k"],
+        b"theirs",
+    );
+    assert!(ok, "secret-tool store failed");
+    let theirs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = theirs.clone();
+    let finder = open(&ns).after_search(move |paths| *record.lock().unwrap() = paths.to_vec());
+    assert!(finder.get(&key("k")).unwrap().is_some());
+    let theirs = theirs.lock().unwrap().clone();
+    assert_eq!(theirs.len(), 1, "{theirs:?}");
+
+    // The other client deletes that copy after `set` found it, before `set` deletes it.
+    let store = open(&ns).after_search(on_first_search(move |paths| {
+        assert!(paths.contains(&theirs[0]), "{paths:?} {theirs:?}");
+        delete_items(&theirs);
+    }));
+    store.set(&key("k"), &value(b"ours")).unwrap();
+    let read = open(&ns)
+        .get(&key("k"))
+        .unwrap()
+        .expect("the key has a value");
+    assert_eq!(read.expose_secret(), b"ours");
+}
+
+#[test]
+fn keys_skip_an_item_another_client_deleted() {
+    if !session_service() || !keyring_programs() {
+        return;
+    }
+    let ns = unique_namespace("vanish-keys");
+    open(&ns).set(&key("a"), &value(b"v")).unwrap();
+    open(&ns).set(&key("b"), &value(b"v")).unwrap();
+    let hook_ns = ns.clone();
+    let store = open(&ns).after_search(on_first_search(move |paths| {
+        assert_eq!(paths.len(), 2, "{paths:?}");
+        let (ok, _) = secret_tool(&["clear", "service", &hook_ns, "account", "a"], b"");
+        assert!(ok, "secret-tool clear failed");
+    }));
+    assert_eq!(store.keys().unwrap(), vec![key("b")]);
 }

@@ -35,6 +35,10 @@
 //!   [`UnavailableReason::TimedOut`] (whatever it started may still complete).
 //! - A locked collection is reported as [`UnavailableReason::Locked`] at once: the store never
 //!   asks for an unlock prompt, because there may be nobody to answer it.
+//! - Other clients may delete an item between the search that found it and the call that reads
+//!   or deletes it. Such an item counts as gone (a read searches again, a bounded number of
+//!   times; a delete or the removal of an older copy has nothing left to do), never as an
+//!   error (`Existence`, below, says which D-Bus errors mean that).
 //! - The calls run on the calling thread with a small executor of their own (zbus runs its I/O
 //!   on a thread of its own); no tokio runtime is involved, so the store may be called from any
 //!   thread, including tokio's blocking pool.
@@ -182,11 +186,47 @@ impl Connection {
     }
 
     fn map(&self, error: secret_service::Error, doing: &str) -> Error {
-        if is_unknown_object(&error) {
+        if existence(&error) != Existence::Other {
             // The collection we cached may be gone (deleted, or the daemon restarted).
             *self.cache() = None;
         }
         map_error(error, &self.bus, doing)
+    }
+
+    /// `result`, of a call on the item at `path` that a search for `attributes` found:
+    /// `Ok(None)` when the call failed because the item no longer exists (another client deleted
+    /// it since), the error (as [`Connection::map`] makes it) when it failed otherwise.
+    async fn unless_vanished<T>(
+        &self,
+        result: std::result::Result<T, secret_service::Error>,
+        path: &OwnedObjectPath,
+        attributes: HashMap<&str, &str>,
+        doing: &str,
+    ) -> Result<Option<T>> {
+        let error = match result {
+            Ok(value) => return Ok(Some(value)),
+            Err(error) => error,
+        };
+        let gone = match existence(&error) {
+            Existence::Gone => true,
+            Existence::Other => false,
+            Existence::MaybeGone => {
+                let found =
+                    self.service.search_items(attributes).await.map_err(|e| {
+                        self.map(e, "searching again for an item that did not answer")
+                    })?;
+                !found
+                    .unlocked
+                    .iter()
+                    .chain(&found.locked)
+                    .any(|item| item.item_path == *path)
+            }
+        };
+        if gone {
+            tracing::debug!(item = %path.as_str(), "{doing}: the item was deleted meanwhile");
+            return Ok(None);
+        }
+        Err(self.map(error, doing))
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Option<OwnedObjectPath>> {
@@ -351,11 +391,22 @@ impl SecretServiceStore {
     async fn get_once(&self, key: &SecretKey) -> Result<Read> {
         let found = self.search(self.attributes(key), "searching").await?;
         if let Some(item) = newest(found.unlocked).await {
-            return match item.get_secret().await {
-                Ok(secret) => Ok(Read::Found(SecretValue::new(secret))),
-                Err(e) if is_unknown_object(&e) => Ok(Read::Vanished),
-                Err(e) => Err(self.map(e, "reading the secret")),
-            };
+            let secret = item.get_secret().await;
+            return Ok(
+                match self
+                    .connection
+                    .unless_vanished(
+                        secret,
+                        &item.item_path,
+                        self.attributes(key),
+                        "reading the secret",
+                    )
+                    .await?
+                {
+                    Some(secret) => Read::Found(SecretValue::new(secret)),
+                    None => Read::Vanished,
+                },
+            );
         }
         if !found.locked.is_empty() {
             return Err(locked_error(&self.connection.bus));
@@ -393,11 +444,16 @@ impl SecretServiceStore {
             .iter()
             .filter(|item| item.item_path != created.item_path)
         {
-            match other.delete().await {
-                Ok(()) => {}
-                Err(e) if is_unknown_object(&e) => {}
-                Err(e) => return Err(self.map(e, "deleting an older copy")),
-            }
+            // Already deleted by someone else: gone either way.
+            let deleted = other.delete().await;
+            self.connection
+                .unless_vanished(
+                    deleted,
+                    &other.item_path,
+                    self.attributes(key),
+                    "deleting an older copy",
+                )
+                .await?;
         }
         Ok(())
     }
@@ -414,11 +470,15 @@ impl SecretServiceStore {
         }
         let mut deleted = false;
         for item in &found.unlocked {
-            match item.delete().await {
-                Ok(()) => deleted = true,
-                // Deleted meanwhile by someone else: gone either way.
-                Err(e) if is_unknown_object(&e) => {}
-                Err(e) => return Err(self.map(e, "deleting")),
+            // Deleted meanwhile by someone else: gone either way, but not by this call.
+            let result = item.delete().await;
+            if self
+                .connection
+                .unless_vanished(result, &item.item_path, self.attributes(key), "deleting")
+                .await?
+                .is_some()
+            {
+                deleted = true;
             }
         }
         Ok(deleted)
@@ -439,10 +499,18 @@ impl SecretServiceStore {
         let mut keys = BTreeSet::new();
         let all = join_all(found.unlocked.iter().map(|item| item.get_attributes())).await;
         for (item, attributes) in found.unlocked.iter().zip(all) {
-            let attributes = match attributes {
-                Ok(attributes) => attributes,
-                Err(e) if is_unknown_object(&e) => continue,
-                Err(e) => return Err(self.map(e, "reading item attributes")),
+            // Deleted meanwhile by someone else: not a key any more.
+            let Some(attributes) = self
+                .connection
+                .unless_vanished(
+                    attributes,
+                    &item.item_path,
+                    HashMap::from([(ATTR_SERVICE, self.namespace.as_str())]),
+                    "reading item attributes",
+                )
+                .await?
+            else {
+                continue;
             };
             match attributes.get(ATTR_ACCOUNT).map(SecretKey::new) {
                 Some(Ok(key)) => {
@@ -484,7 +552,7 @@ impl Store for SecretServiceStore {
     /// `NotRunning`, `TimedOut`, `Backend`).
     fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
         self.run(|| format!("reading key {:?}", key.as_str()), async {
-            for _ in 0..3 {
+            for _ in 0..READ_ATTEMPTS {
                 match self.get_once(key).await? {
                     Read::Found(value) => return Ok(Some(value)),
                     Read::Missing => return Ok(None),
@@ -493,14 +561,15 @@ impl Store for SecretServiceStore {
                     Read::Vanished => continue,
                 }
             }
-            Err(Error::unavailable(
-                STORE,
-                UnavailableReason::Backend,
-                format!(
-                    "reading key {:?}: its item kept disappearing while being read",
-                    key.as_str()
-                ),
-            ))
+            // Each search found an item that another client deleted before it could be read:
+            // deletes of this key keep taking effect while this call runs, and a read that
+            // overlaps a delete may answer as after it. (Vault keys and safeStorage secrets,
+            // which nothing deletes in normal use, say instead that they kept disappearing.)
+            tracing::debug!(
+                key = key.as_str(),
+                "the key's item was deleted each time it was found; answering not found"
+            );
+            Ok(None)
         })
     }
 
@@ -595,25 +664,38 @@ impl SecretServiceKekStore {
     }
 
     async fn read(&self, id: &str) -> Result<Option<Kek>> {
-        let Some(item) = self.find(id).await? else {
-            return Ok(None);
-        };
-        let secret = Zeroizing::new(
-            item.get_secret()
-                .await
-                .map_err(|e| self.connection.map(e, "reading the vault key"))?,
-        );
-        Kek::from_slice(&secret)
-            .map(Some)
-            .map_err(|_| Error::Corrupt {
-                store: STORE.to_owned(),
-                key: None,
-                detail: format!(
-                    "the Secret Service item holding the key of vault {id} has {} bytes, not {}",
-                    secret.len(),
-                    Kek::LEN
-                ),
-            })
+        for _ in 0..READ_ATTEMPTS {
+            let Some(item) = self.find(id).await? else {
+                return Ok(None);
+            };
+            let secret = item.get_secret().await.map(Zeroizing::new);
+            // Deleted between the search and the read: search again, to see what replaced it.
+            if let Some(secret) = self
+                .connection
+                .unless_vanished(
+                    secret,
+                    &item.item_path,
+                    Self::attributes(id),
+                    "reading the vault key",
+                )
+                .await?
+            {
+                return Self::kek(id, &secret).map(Some);
+            }
+        }
+        Err(kept_disappearing(&format!("the key of vault {id}")))
+    }
+
+    fn kek(id: &str, secret: &[u8]) -> Result<Kek> {
+        Kek::from_slice(secret).map_err(|_| Error::Corrupt {
+            store: STORE.to_owned(),
+            key: None,
+            detail: format!(
+                "the Secret Service item holding the key of vault {id} has {} bytes, not {}",
+                secret.len(),
+                Kek::LEN
+            ),
+        })
     }
 }
 
@@ -681,11 +763,15 @@ impl KekStore for SecretServiceKekStore {
                     return Err(locked_error(&self.connection.bus));
                 }
                 for item in &found.unlocked {
-                    match item.delete().await {
-                        Ok(()) => {}
-                        Err(e) if is_unknown_object(&e) => {}
-                        Err(e) => return Err(self.connection.map(e, "removing the vault key")),
-                    }
+                    let deleted = item.delete().await;
+                    self.connection
+                        .unless_vanished(
+                            deleted,
+                            &item.item_path,
+                            Self::attributes(&id),
+                            "removing the vault key",
+                        )
+                        .await?;
                 }
                 Ok(())
             },
@@ -736,6 +822,20 @@ impl SafeStorageLookup {
     }
 
     async fn read(&self, app_name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        for _ in 0..READ_ATTEMPTS {
+            match self.read_once(app_name).await? {
+                Read::Found(secret) => return Ok(Some(secret)),
+                Read::Missing => return Ok(None),
+                // Deleted between the search and the read: search again.
+                Read::Vanished => continue,
+            }
+        }
+        Err(kept_disappearing(&format!(
+            "the safeStorage secret of {app_name}"
+        )))
+    }
+
+    async fn read_once(&self, app_name: &str) -> Result<Read<Zeroizing<Vec<u8>>>> {
         let found = self
             .connection
             .service
@@ -748,13 +848,24 @@ impl SafeStorageLookup {
             }
             // "No item" only counts when the collection could have shown one.
             self.connection.unlocked_default_collection().await?;
-            return Ok(None);
+            return Ok(Read::Missing);
         };
-        let secret = item
-            .get_secret()
-            .await
-            .map_err(|e| self.connection.map(e, "reading the safeStorage secret"))?;
-        Ok(Some(Zeroizing::new(secret)))
+        let secret = item.get_secret().await.map(Zeroizing::new);
+        Ok(
+            match self
+                .connection
+                .unless_vanished(
+                    secret,
+                    &item.item_path,
+                    HashMap::from([(ATTR_APPLICATION, app_name)]),
+                    "reading the safeStorage secret",
+                )
+                .await?
+            {
+                Some(secret) => Read::Found(secret),
+                None => Read::Vanished,
+            },
+        )
     }
 }
 
@@ -812,11 +923,27 @@ async fn chromium_preferred<'a>(items: Vec<Item<'a>>, app_name: &str) -> Option<
     newest(pick.into_iter().map(|(item, _)| item).collect()).await
 }
 
-/// One attempt at reading a key.
-enum Read {
-    Found(SecretValue),
+/// One attempt at reading a key (or another secret).
+enum Read<T = SecretValue> {
+    Found(T),
     Missing,
+    /// The item the search found was deleted before its secret could be read.
     Vanished,
+}
+
+/// How many times a read searches again when the item it found was deleted (by another client)
+/// before its secret could be read.
+const READ_ATTEMPTS: usize = 5;
+
+fn kept_disappearing(what: &str) -> Error {
+    Error::unavailable(
+        STORE,
+        UnavailableReason::Backend,
+        format!(
+            "reading {what}: another client deleted its item each of the {READ_ATTEMPTS} times \
+             it was found; try again"
+        ),
+    )
 }
 
 /// What [`probe`] found.
@@ -1034,14 +1161,34 @@ fn dbus_error(error: &secret_service::Error) -> Option<(String, String)> {
     }
 }
 
-fn is_unknown_object(error: &secret_service::Error) -> bool {
-    matches!(
-        dbus_error(error).as_ref().map(|(name, _)| name.as_str()),
+/// What a failed call on an object (an item, a collection) says about whether that object still
+/// exists. Another client (a keyshare process, `secret-tool`, an editor) may delete an item
+/// between the search that found it and the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Existence {
+    /// No object has the path: `org.freedesktop.DBus.Error.UnknownObject` (what services built
+    /// on zbus or Qt answer: oo7-daemon, KWallet, KeePassXC) or the specification's
+    /// `org.freedesktop.Secret.Error.NoSuchObject`.
+    Gone,
+    /// `org.freedesktop.DBus.Error.UnknownMethod`: what gnome-keyring (GDBus) answers for an
+    /// item deleted meanwhile, for every call on it ("Object does not exist at path …", or
+    /// while it is being removed "No such interface … on object at path …"; the message is in
+    /// the daemon's language). GDBus answers the same for a method an existing object lacks, so
+    /// the object counts as gone only once a fresh search no longer lists it.
+    MaybeGone,
+    /// Anything else: an error.
+    Other,
+}
+
+fn existence(error: &secret_service::Error) -> Existence {
+    match dbus_error(error).as_ref().map(|(name, _)| name.as_str()) {
         Some(
             "org.freedesktop.DBus.Error.UnknownObject"
-                | "org.freedesktop.Secret.Error.NoSuchObject"
-        )
-    )
+            | "org.freedesktop.Secret.Error.NoSuchObject",
+        ) => Existence::Gone,
+        Some("org.freedesktop.DBus.Error.UnknownMethod") => Existence::MaybeGone,
+        _ => Existence::Other,
+    }
 }
 
 fn map_error(error: secret_service::Error, bus: &Bus, doing: &str) -> Error {
@@ -1148,10 +1295,60 @@ mod tests {
             reason(E::ZbusFdo(Fdo::Failed("odd".into()))),
             UnavailableReason::Backend
         );
-        assert!(is_unknown_object(&E::ZbusFdo(Fdo::UnknownObject(
-            "gone".into()
-        ))));
-        assert!(!is_unknown_object(&E::ZbusFdo(Fdo::Failed("x".into()))));
+    }
+
+    /// A method call's error reply, as zbus gives it for a method declared with `zbus::Result`
+    /// (`Item.GetSecret`, `Item.Delete`).
+    fn method_error(name: &str) -> secret_service::Error {
+        let reply = zbus::Message::method_call("/org/freedesktop/secrets/collection/login/1", "X")
+            .unwrap()
+            .build(&())
+            .unwrap();
+        secret_service::Error::Zbus(zbus::Error::MethodError(
+            name.try_into().unwrap(),
+            Some("Object does not exist at path".to_owned()),
+            reply,
+        ))
+    }
+
+    #[test]
+    fn only_errors_about_a_missing_object_may_mean_it_is_gone() {
+        use secret_service::Error as E;
+        use zbus::fdo::Error as Fdo;
+        // What gnome-keyring answers for a deleted item: GetSecret (a method error) and
+        // property reads, Delete's included (it reads `Locked` first).
+        assert_eq!(
+            existence(&method_error("org.freedesktop.DBus.Error.UnknownMethod")),
+            Existence::MaybeGone
+        );
+        assert_eq!(
+            existence(&E::ZbusFdo(Fdo::UnknownMethod("gone".into()))),
+            Existence::MaybeGone
+        );
+        assert_eq!(
+            existence(&E::ZbusFdo(Fdo::UnknownObject("gone".into()))),
+            Existence::Gone
+        );
+        assert_eq!(
+            existence(&method_error("org.freedesktop.DBus.Error.UnknownObject")),
+            Existence::Gone
+        );
+        assert_eq!(
+            existence(&method_error("org.freedesktop.Secret.Error.NoSuchObject")),
+            Existence::Gone
+        );
+        for other in [
+            E::ZbusFdo(Fdo::Failed("x".into())),
+            E::ZbusFdo(Fdo::AccessDenied("x".into())),
+            E::ZbusFdo(Fdo::ServiceUnknown("x".into())),
+            method_error("org.freedesktop.Secret.Error.IsLocked"),
+            method_error("org.freedesktop.DBus.Error.Failed"),
+            E::Locked,
+            E::NoResult,
+            E::Unavailable,
+        ] {
+            assert_eq!(existence(&other), Existence::Other, "{other:?}");
+        }
     }
 
     #[test]
