@@ -871,3 +871,56 @@ fn keys_skip_an_item_another_client_deleted() {
     }));
     assert_eq!(store.keys().unwrap(), vec![key("b")]);
 }
+
+/// QA's reproduction in one test: clients on connections of their own (as separate processes
+/// are) set, delete, read and list one key at once for a few seconds. Every call must succeed.
+#[test]
+fn concurrent_clients_on_one_key_never_fail() {
+    if !session_service() {
+        return;
+    }
+    const CLIENTS: usize = 4;
+    const FOR: Duration = Duration::from_secs(3);
+    let ns = unique_namespace("race");
+    let started = Instant::now();
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let ns = ns.clone();
+            std::thread::spawn(move || {
+                let store = open(&ns);
+                let k = key("race");
+                let mut failures = Vec::new();
+                let mut calls = 0u32;
+                while started.elapsed() < FOR {
+                    let v = value(format!("value of client {client}").as_bytes());
+                    let results = [
+                        ("set", store.set(&k, &v).map(drop)),
+                        ("get", store.get(&k).map(drop)),
+                        ("delete", store.delete(&k).map(drop)),
+                        ("keys", store.keys().map(drop)),
+                    ];
+                    for (call, result) in results {
+                        calls += 1;
+                        if let Err(e) = result {
+                            failures.push(format!("client {client} {call}: {e}"));
+                        }
+                    }
+                }
+                (calls, failures)
+            })
+        })
+        .collect();
+    let mut calls = 0;
+    let mut failures = Vec::new();
+    for thread in threads {
+        let (n, f) = thread.join().unwrap();
+        calls += n;
+        failures.extend(f);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
