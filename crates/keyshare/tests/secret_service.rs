@@ -924,3 +924,56 @@ fn concurrent_clients_on_one_key_never_fail() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn a_deleted_default_collection_is_looked_up_again() {
+    if !keyring_programs() {
+        return;
+    }
+    let private = Private::start("start");
+    let call = |path: &str, args: &[&str]| {
+        let status = Command::new("dbus-send")
+            .env("DBUS_SESSION_BUS_ADDRESS", &private.address)
+            .args([
+                "--session",
+                "--print-reply",
+                "--dest=org.freedesktop.secrets",
+                path,
+            ])
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run dbus-send");
+        assert!(status.success(), "dbus-send {path} {args:?} failed");
+    };
+    let store = SecretServiceStore::open_on(private.bus(), "moved", TIMEOUT).unwrap();
+    // Finds (and remembers) the default collection: the login keyring.
+    assert_eq!(store.get(&key("k")).unwrap(), None);
+    assert!(
+        store.info().location.contains("/login"),
+        "{:?}",
+        store.info()
+    );
+
+    // Another client points `default` at the session collection and deletes the login one.
+    call(
+        "/org/freedesktop/secrets",
+        &[
+            "org.freedesktop.Secret.Service.SetAlias",
+            "string:default",
+            "objpath:/org/freedesktop/secrets/collection/session",
+        ],
+    );
+    call(
+        "/org/freedesktop/secrets/collection/login",
+        &["org.freedesktop.Secret.Collection.Delete"],
+    );
+    store.set(&key("k"), &value(b"v")).unwrap();
+    let read = store.get(&key("k")).unwrap().expect("the key has a value");
+    assert_eq!(read.expose_secret(), b"v");
+    assert!(
+        store.info().location.contains("/session"),
+        "{:?}",
+        store.info()
+    );
+}

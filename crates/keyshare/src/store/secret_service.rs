@@ -240,15 +240,38 @@ impl Connection {
     async fn unlocked_default_collection(&self) -> Result<Collection<'_>> {
         let cached = self.cache().clone();
         let service: &SecretService<'_> = &self.service;
-        let collection = match cached {
-            Some(path) => service.get_collection_by_path(path).await,
-            None => service.get_default_collection().await,
+        if let Some(path) = cached {
+            let collection = service
+                .get_collection_by_path(path)
+                .await
+                .map_err(|e| self.map(e, "finding the default collection"))?;
+            match collection.is_locked().await {
+                Ok(locked) => return self.unless_locked(collection, locked),
+                // The cached collection was deleted (by another client, or the daemon restarted
+                // without it): look the alias up again, below.
+                Err(e) if existence(&e) != Existence::Other => *self.cache() = None,
+                Err(e) => {
+                    return Err(self.map(e, "reading whether the default collection is locked"))
+                }
+            }
         }
-        .map_err(|e| self.map(e, "finding the default collection"))?;
+        let collection = service
+            .get_default_collection()
+            .await
+            .map_err(|e| self.map(e, "finding the default collection"))?;
         let locked = collection
             .is_locked()
             .await
             .map_err(|e| self.map(e, "reading whether the default collection is locked"))?;
+        self.unless_locked(collection, locked)
+    }
+
+    /// `collection`, now cached, unless `locked`.
+    fn unless_locked<'c>(
+        &self,
+        collection: Collection<'c>,
+        locked: bool,
+    ) -> Result<Collection<'c>> {
         *self.cache() = Some(collection_path(&collection));
         if locked {
             return Err(locked_error(&self.bus));
