@@ -258,7 +258,11 @@ pub struct Daemon {
 
 impl Daemon {
     /// Takes the instance lock and binds the socket, or takes the socket systemd passed, and
-    /// raises this process's soft limit of open files to its hard limit ([`raise_fd_limit`]).
+    /// raises this process's soft limit of open files to its hard limit: each connection takes
+    /// a descriptor, the server serves up to
+    /// [`ServerOptions::max_connections`](crate::server::ServerOptions::max_connections), and
+    /// desktop sessions often start processes with a soft limit of 1024 (a failure to raise it
+    /// is logged, and the broker serves with the lower limit).
     ///
     /// Call it before starting threads: socket activation reads and clears `LISTEN_PID` and
     /// `LISTEN_FDS`. Errors: another broker for this flavour is running

@@ -907,7 +907,7 @@ impl BrokerClient {
     }
 
     /// A repair's write: sets `value` (`None`: deletes) unless the key changed in the broker's
-    /// store after `after` (see [`Store::write_unless_changed_after`]); whether it wrote. A
+    /// store after `after` (see [`keyshare::Store::write_unless_changed_after`]); whether it wrote. A
     /// broker that does not know the condition writes, and says nothing of it: that counts as
     /// written, which it was.
     pub async fn write_unless_changed_after(
