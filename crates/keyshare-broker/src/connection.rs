@@ -4,13 +4,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::protocol::{frame_len, FrameError, HEADER_LEN};
 
 /// Reads length-prefixed frames from `inner`, keeping partial frames between reads.
 ///
-/// The buffer may hold secret values, so it is zeroized on drop. It grows with the bytes that
+/// The buffer may hold secret values, so it is zeroized on drop, and the bytes of a frame are
+/// zeroized as soon as the next call to [`read_frame`](Self::read_frame) begins. It grows with the bytes that
 /// actually arrived (at most twice them), up to what the frame being read needs: the header is
 /// checked before the body is buffered, and what it claims is not allocated ahead. After a
 /// large frame it goes back to its usual size (8 KiB).
@@ -58,8 +59,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Cancel safe: a partially read frame stays buffered for the next call.
     pub async fn read_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
         if self.consumed > 0 {
+            // The frame returned last is done with (its borrow ended with this call): move what
+            // follows it to the front and zeroize the tail the move leaves behind, which still
+            // holds that frame's bytes (a `get` reply's value on the client side, a `set`
+            // request's on the broker's). Not lazily, when the next bytes arrive: a connection
+            // may then stay silent for days with the secret in its buffer (found in an API
+            // review). The bytes cleared are about one frame, whose reading and decoding cost
+            // far more.
+            let left = self.filled - self.consumed;
             self.buf.copy_within(self.consumed..self.filled, 0);
-            self.filled -= self.consumed;
+            self.buf[left..self.filled].zeroize();
+            self.filled = left;
             self.consumed = 0;
             if self.buf.len() > INITIAL_CAPACITY && self.filled <= INITIAL_CAPACITY {
                 // Back to the usual size once a large frame is gone: a connection that once
@@ -240,6 +250,45 @@ mod tests {
         tx.write_all(&[0, 0, 0, 2, b'{', b'}']).await.unwrap();
         assert_eq!(reader.read_frame().await.unwrap().unwrap(), b"{}");
         assert_eq!(reader.buf.len(), INITIAL_CAPACITY);
+    }
+
+    /// The bytes of a frame the caller is done with must not stay in the buffer for the
+    /// connection's life: on the client side they are a `get` reply's value, on the broker's a
+    /// `set` request's (found in an API review: the tail left behind by moving the unread
+    /// bytes to the front was never cleared).
+    #[tokio::test]
+    async fn a_consumed_frame_leaves_none_of_its_bytes_in_the_buffer() {
+        use tokio::io::AsyncWriteExt;
+        let marker = b"hunter2-SECRET";
+        let mut first = br#"{"type":"reply","id":1,"op":"get","value":""#.to_vec();
+        first.extend(marker.repeat(40));
+        first.extend_from_slice(br#""}"#);
+        let holds_the_first = |buf: &[u8]| buf.windows(marker.len()).any(|w| w == marker);
+
+        // Both frames arrive together, and then apart (the second after the first was read).
+        for together in [true, false] {
+            let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+            let mut reader = FrameReader::new(rx);
+            tx.write_all(&frame(&first)).await.unwrap();
+            if together {
+                tx.write_all(&frame(b"{}")).await.unwrap();
+            }
+            assert_eq!(reader.read_frame().await.unwrap().unwrap(), &first[..]);
+            if !together {
+                // Waiting for the next frame, the first is already gone.
+                assert!(read_what_arrived(&mut reader).is_some());
+                assert!(
+                    !holds_the_first(&reader.buf),
+                    "waiting for the next frame, the buffer still holds the first one's bytes"
+                );
+                tx.write_all(&frame(b"{}")).await.unwrap();
+            }
+            assert_eq!(reader.read_frame().await.unwrap().unwrap(), b"{}");
+            assert!(
+                !holds_the_first(&reader.buf),
+                "together: {together}: the buffer still holds the first frame's bytes"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -21,7 +21,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use keyshare::{Result, SecretKey, SecretValue, Store, StoreInfo};
 
@@ -313,8 +313,13 @@ impl Conn {
         loop {
             if let Some(len) = frame_len(&self.buf[..self.filled])? {
                 let frame = decode::<ServerFrame>(&self.buf[HEADER_LEN..len]);
+                // Decoded: the frame's bytes (a `get` reply's value) are not needed any more.
+                // Zeroize the tail that moving what follows to the front leaves behind, rather
+                // than keep them for as long as the client lives (found in an API review).
+                let left = self.filled - len;
                 self.buf.copy_within(len..self.filled, 0);
-                self.filled -= len;
+                self.buf[left..self.filled].zeroize();
+                self.filled = left;
                 return Ok(frame?);
             }
             // The header is known by now if enough bytes came: make room for the whole frame
@@ -427,5 +432,55 @@ impl Store for OneShotClient {
             Request::Keys,
             |reply| expect_reply!(reply, Keys { keys } => keys.into_iter().map(|k| k.0).collect()),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `get` reply read and decoded must not stay in the buffer for the client's life (found
+    /// in an API review: the tail left behind by moving the unread bytes to the front was
+    /// never cleared).
+    #[test]
+    fn a_decoded_frame_leaves_none_of_its_bytes_in_the_buffer() {
+        let (stream, mut broker) = UnixStream::pair().unwrap();
+        let mut conn = Conn {
+            stream,
+            buf: Zeroizing::new(vec![0; 1024]),
+            filled: 0,
+            next_id: 1,
+            info: None,
+            greeted: true,
+        };
+        let value = SecretValue::from_slice(b"hunter2-SECRET-hunter2-SECRET");
+        let get = encode(&ServerFrame::Reply {
+            id: 1,
+            reply: Reply::Get {
+                value: Some(WireValue(value.clone())),
+            },
+        })
+        .unwrap();
+        let resync = encode(&ServerFrame::Resync { missed: 1 }).unwrap();
+        let marker = &get[get.len() - 20..];
+        let holds_the_get = |buf: &[u8]| buf.windows(marker.len()).any(|w| w == marker);
+        let deadline = Instant::now() + Duration::from_secs(5);
+
+        // Both frames at once, then one after the other.
+        broker.write_all(&get).unwrap();
+        broker.write_all(&resync).unwrap();
+        let timeout = Duration::from_secs(5);
+        assert!(matches!(
+            conn.read_frame(deadline, timeout).unwrap(),
+            ServerFrame::Reply { reply: Reply::Get { value: Some(WireValue(v)) }, .. } if v == value
+        ));
+        assert!(!holds_the_get(&conn.buf), "the get reply is still buffered");
+        assert!(matches!(
+            conn.read_frame(deadline, timeout).unwrap(),
+            ServerFrame::Resync { missed: 1 }
+        ));
+        broker.write_all(&get).unwrap();
+        conn.read_frame(deadline, timeout).unwrap();
+        assert!(!holds_the_get(&conn.buf), "the get reply is still buffered");
     }
 }
