@@ -26,6 +26,23 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// base64, plus a key of at most 4 KiB (24 KiB when every byte needs a JSON escape).
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;
 
+/// The largest value a `set` frame is sure to carry within [`MAX_FRAME_LEN`], whatever its key
+/// (up to [`MAX_KEY_LEN`](keyshare::model::MAX_KEY_LEN) bytes, each escaped by JSON as
+/// `\u00XX` at worst), id and condition: 767,922 bytes (750 KiB), whose base64 is 4/3 as long.
+///
+/// The clients refuse a larger value before sending anything, with
+/// [`ClientError::ValueTooLarge`](crate::client::ClientError::ValueTooLarge)
+/// ([`keyshare::Error::TooLarge`] with this limit through [`keyshare::Store`]): no broker could
+/// ever take it, so it is not an outage to retry. A store's own limit is usually lower (256
+/// KiB by default), and the broker refuses a value over it with `too_large` and that limit.
+pub const MAX_VALUE_LEN: usize = (MAX_FRAME_LEN - SET_FRAME_OVERHEAD) / 4 * 3;
+
+/// The bytes of the largest `set` frame body that are not the value's base64.
+const SET_FRAME_OVERHEAD: usize = r#"{"id":18446744073709551615,"op":"set","key":""#.len()
+    + 6 * keyshare::model::MAX_KEY_LEN
+    + r#"","value":""#.len()
+    + r#"","unless_changed_after":18446744073709551615}"#.len();
+
 /// The length of the frame header.
 pub const HEADER_LEN: usize = 4;
 
@@ -767,6 +784,34 @@ mod tests {
         let n = frame_len(frame).unwrap().unwrap();
         assert_eq!(n, frame.len());
         std::str::from_utf8(&frame[HEADER_LEN..]).unwrap()
+    }
+
+    /// [`MAX_VALUE_LEN`] is what it says: a value of that size fits in a `set` frame with the
+    /// longest key that JSON escapes the most, the largest id and a condition, and one byte
+    /// more does not.
+    #[test]
+    fn the_largest_value_fits_in_the_largest_set_frame_and_one_byte_more_does_not() {
+        let worst_key = key(&"\u{1}".repeat(keyshare::model::MAX_KEY_LEN));
+        let set = |len: usize| RequestFrame {
+            id: u64::MAX,
+            request: Request::Set {
+                key: worst_key.clone(),
+                value: WireValue(SecretValue::from(vec![0xff; len])),
+                unless_changed_after: Some(u64::MAX),
+            },
+        };
+        let fits = encode(&set(MAX_VALUE_LEN)).unwrap();
+        assert!(fits.len() - HEADER_LEN <= MAX_FRAME_LEN);
+        assert!(
+            MAX_FRAME_LEN - (fits.len() - HEADER_LEN) < 4,
+            "a larger value would fit: {} bytes left",
+            MAX_FRAME_LEN - (fits.len() - HEADER_LEN)
+        );
+        assert!(matches!(
+            encode(&set(MAX_VALUE_LEN + 1)),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(MAX_VALUE_LEN, 767_922, "docs/protocol.md names it");
     }
 
     /// The vectors of `docs/protocol.md`: if one changes, the document and every client in

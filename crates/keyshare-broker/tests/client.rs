@@ -450,3 +450,69 @@ fn autostart_waits_for_a_broker_on_its_way_out() {
     assert_eq!(got.unwrap(), None);
     stop_broker(&paths);
 }
+
+/// A value over what a request can carry is `TooLarge` with the protocol's value limit, not
+/// `Unavailable` ("frame of ... bytes is over the limit", which an app retries forever), from
+/// every client and for a repair's conditional write too; a request over the frame limit for
+/// another reason (a subscription to very many keys) is `Invalid`, not an outage (found in an
+/// API review).
+#[test]
+fn a_value_no_request_can_carry_is_too_large_and_not_an_outage() {
+    use keyshare_broker::protocol::{MAX_FRAME_LEN, MAX_VALUE_LEN};
+    use keyshare_broker::BrokerClient;
+
+    let broker = common::TestBroker::memory();
+    let blocking = broker.client("code");
+    let one_shot = OneShotClient::new(broker.config("code"));
+    let huge = SecretValue::from(vec![7u8; 1_200_000]);
+    let just_over = SecretValue::from(vec![7u8; MAX_VALUE_LEN + 1]);
+    let too_large = |err: Error, actual: usize| match err {
+        Error::TooLarge { limit, actual: got } => {
+            assert_eq!((limit, got), (MAX_VALUE_LEN, actual));
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    };
+    let stores: [&dyn Store; 2] = [&blocking, &one_shot];
+    for store in stores {
+        for value in [&huge, &just_over] {
+            too_large(store.set(&k("big"), value).unwrap_err(), value.len());
+            too_large(
+                store
+                    .write_unless_changed_after(
+                        &k("big"),
+                        Some(value),
+                        std::time::SystemTime::now(),
+                    )
+                    .unwrap_err(),
+                value.len(),
+            );
+        }
+        // The client still works.
+        store.set(&k("small"), &v("1")).unwrap();
+        assert_eq!(store.get(&k("small")).unwrap(), Some(v("1")));
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = BrokerClient::new(broker.config("code"));
+        let err = client.set(&k("big"), &huge).await.unwrap_err();
+        too_large(err.into_store_error(client.store_name()), huge.len());
+
+        // 300 keys of 4096 bytes: over the frame limit with no value at all.
+        let keys: Vec<SecretKey> = (0..300)
+            .map(|i| k(&format!("{i:04}{}", "k".repeat(4092))))
+            .collect();
+        let err = client.subscribe(Some(keys)).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&MAX_FRAME_LEN.to_string()), "{text}");
+        match err.into_store_error(client.store_name()) {
+            Error::Invalid { .. } => {}
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        // Nothing was sent: the connection serves on.
+        client.set(&k("small"), &v("2")).await.unwrap();
+    });
+}

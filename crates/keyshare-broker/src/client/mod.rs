@@ -39,8 +39,9 @@ use keyshare::{
 use crate::connection::FrameReader;
 use crate::daemon::BrokerPaths;
 use crate::protocol::{
-    decode, encode, BrokerStatus, EventKind, FrameError, RemoteError, Reply, Request, RequestFrame,
-    ServerFrame, WireKey, WireValue, PROTOCOL_VERSION,
+    decode, encode_with_capacity, BrokerStatus, EventKind, FrameError, RemoteError, Reply, Request,
+    RequestFrame, ServerFrame, WireKey, WireValue, HEADER_LEN, MAX_FRAME_LEN, MAX_VALUE_LEN,
+    PROTOCOL_VERSION,
 };
 
 /// The request could not be carried to the broker and back: the broker may never have seen
@@ -145,14 +146,50 @@ pub enum ClientError {
     /// The broker refused or failed the request.
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    /// The value is over [`MAX_VALUE_LEN`], the most a request can carry: nothing was sent,
+    /// and no broker could ever take it.
+    #[error(
+        "value is {actual} bytes, over the limit of {limit} bytes that a request to the broker \
+         can carry"
+    )]
+    ValueTooLarge {
+        /// [`MAX_VALUE_LEN`].
+        limit: usize,
+        /// The value's size.
+        actual: usize,
+    },
+    /// A request without a value over the limit is still over the frame limit (a subscription
+    /// to very many or very long keys): nothing was sent, and sending it again cannot help.
+    #[error(
+        "the request would be {len} bytes, over the frame limit of {MAX_FRAME_LEN} bytes: ask \
+         for fewer or shorter keys"
+    )]
+    RequestTooLarge {
+        /// The request's encoded size, in bytes.
+        len: usize,
+    },
 }
 
 impl ClientError {
     /// The library error an app sees through [`keyshare::Store`]: transport failures are
-    /// `Unavailable` (not running, timed out), remote errors keep their kind.
+    /// `Unavailable` (not running, timed out), remote errors keep their kind, a value over
+    /// [`MAX_VALUE_LEN`] is `TooLarge` and another request over the frame limit `Invalid`.
     pub fn into_store_error(self, store: &str) -> keyshare::Error {
         match self {
             ClientError::Remote(remote) => remote.into_store_error(store),
+            // Found in an API review: it was `Unavailable` (`Backend`), "try again", for a
+            // request that can never succeed. The limit is the protocol's, which a caller can
+            // act on (shorten the value), not the frame's, which counts base64 and JSON.
+            ClientError::ValueTooLarge { limit, actual } => {
+                keyshare::Error::TooLarge { limit, actual }
+            }
+            // Not `TooLarge`, whose limit and size are a value's (this request has none over
+            // the limit), nor `Unavailable`, which says to retry: the same request fails every
+            // time, so its argument (the key list) is what is unacceptable, as the broker says
+            // `invalid` of a `keys` reply over the frame limit.
+            too_large @ ClientError::RequestTooLarge { .. } => {
+                keyshare::Error::invalid("request", too_large.to_string())
+            }
             // Not a refusal by the broker, nor an outage: this side refused an unsafe socket,
             // as it refuses a vault file others can read (found by QA: "broker ... refused
             // access" had the direction backwards).
@@ -389,7 +426,7 @@ impl Connection {
         config.check_peer(&stream)?;
         let (read_half, mut write_half) = stream.into_split();
         let mut reader = FrameReader::new(read_half);
-        let hello = encode(&hello_request(config)).map_err(TransportError::from)?;
+        let hello = encode_request(&hello_request(config))?;
         let handshake = async {
             write_half
                 .write_all(&hello)
@@ -429,7 +466,7 @@ impl Connection {
         sink: Option<EventSink>,
     ) -> Result<Reply, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = encode(&RequestFrame { id, request }).map_err(TransportError::from)?;
+        let frame = encode_request(&RequestFrame { id, request })?;
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = lock(&self.pending);
@@ -513,6 +550,38 @@ fn ended_or(err: TransportError) -> TransportError {
         TransportError::Frame(FrameError::Truncated { .. }) => TransportError::Closed,
         _ => err,
     }
+}
+
+/// Refuses a request that no broker could ever take because its value is over
+/// [`MAX_VALUE_LEN`], before connecting or sending anything.
+fn check_value_len(request: &Request) -> Result<(), ClientError> {
+    match request {
+        Request::Set { value, .. } if value.0.len() > MAX_VALUE_LEN => {
+            Err(ClientError::ValueTooLarge {
+                limit: MAX_VALUE_LEN,
+                actual: value.0.len(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Encodes a request, refusing one over the frame limit with the error a caller can act on
+/// ([`ClientError::ValueTooLarge`], [`ClientError::RequestTooLarge`]). A `set` is encoded into a
+/// buffer large enough from the start, so that no copy of its value is left behind, not
+/// zeroized, by the buffer growing.
+fn encode_request(frame: &RequestFrame) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
+    check_value_len(&frame.request)?;
+    let capacity = match &frame.request {
+        Request::Set { key, value, .. } => {
+            HEADER_LEN + 128 + 6 * key.0.as_str().len() + value.0.len().div_ceil(3) * 4
+        }
+        _ => 256,
+    };
+    encode_with_capacity(frame, capacity).map_err(|err| match err {
+        FrameError::TooLarge { len } => ClientError::RequestTooLarge { len },
+        other => TransportError::from(other).into(),
+    })
 }
 
 /// Keeps what a broker this client started printed before it was ready, for the caller.
@@ -858,6 +927,7 @@ impl BrokerClient {
     }
 
     async fn call(&self, request: Request) -> Result<Reply, ClientError> {
+        check_value_len(&request)?;
         let conn = self.connection().await?;
         conn.call(request, self.config.timeout).await
     }
@@ -883,7 +953,8 @@ impl BrokerClient {
         expect_reply!(reply, Get { value } => value.map(|v| v.0))
     }
 
-    /// Writes a value; `Ok` once the broker's store acknowledged it.
+    /// Writes a value; `Ok` once the broker's store acknowledged it. A value over
+    /// [`MAX_VALUE_LEN`] is refused with [`ClientError::ValueTooLarge`] without sending it.
     pub async fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<(), ClientError> {
         let reply = self
             .call(Request::Set {

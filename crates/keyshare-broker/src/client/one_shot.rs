@@ -26,13 +26,13 @@ use zeroize::{Zeroize, Zeroizing};
 use keyshare::{Result, SecretKey, SecretValue, Store, StoreInfo};
 
 use crate::client::{
-    conditional_write, expect_reply, hello_request, is_absent, is_idempotent,
-    keep_autostart_output, lock, read_hello, written, ClientConfig, ClientError, ServerInfo,
-    TransportError,
+    check_value_len, conditional_write, encode_request, expect_reply, hello_request, is_absent,
+    is_idempotent, keep_autostart_output, lock, read_hello, written, ClientConfig, ClientError,
+    ServerInfo, TransportError,
 };
 use crate::protocol::{
-    decode, encode, frame_len, BrokerStatus, Reply, Request, RequestFrame, ServerFrame, WireKey,
-    WireValue, HEADER_LEN,
+    decode, frame_len, BrokerStatus, Reply, Request, RequestFrame, ServerFrame, WireKey, WireValue,
+    HEADER_LEN,
 };
 
 /// A broker client over a plain blocking socket, implementing [`Store`].
@@ -169,6 +169,8 @@ impl OneShotClient {
         request: Request,
         accept: impl FnOnce(Reply) -> std::result::Result<T, ClientError>,
     ) -> Result<T> {
+        // Before connecting: no broker could take it.
+        check_value_len(&request).map_err(|e| e.into_store_error(&self.store_name))?;
         let mut guard = lock(&self.conn);
         let write = !is_idempotent(&request);
         let result = self
@@ -228,7 +230,7 @@ impl Conn {
         deadline: Instant,
     ) -> std::result::Result<ServerInfo, ClientError> {
         if !self.greeted {
-            let hello = encode(&hello_request(config)).map_err(TransportError::from)?;
+            let hello = encode_request(&hello_request(config))?;
             self.write(&hello, deadline, config.timeout)?;
             self.greeted = true;
         }
@@ -257,12 +259,12 @@ impl Conn {
     ) -> std::result::Result<Reply, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        let frame = encode(&RequestFrame { id, request }).map_err(TransportError::from)?;
+        let frame = encode_request(&RequestFrame { id, request })?;
         if self.greeted {
             self.write(&frame, deadline, config.timeout)?;
         } else {
             // One write, one wake-up of the broker, one round trip for both.
-            let mut both = encode(&hello_request(config)).map_err(TransportError::from)?;
+            let mut both = encode_request(&hello_request(config))?;
             both.extend_from_slice(&frame);
             self.write(&both, deadline, config.timeout)?;
             self.greeted = true;
@@ -438,6 +440,7 @@ impl Store for OneShotClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::encode;
 
     /// A `get` reply read and decoded must not stay in the buffer for the client's life (found
     /// in an API review: the tail left behind by moving the unread bytes to the front was
