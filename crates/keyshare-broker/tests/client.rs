@@ -516,3 +516,85 @@ fn a_value_no_request_can_carry_is_too_large_and_not_an_outage() {
         client.set(&k("small"), &v("2")).await.unwrap();
     });
 }
+
+/// `AsyncSecretStorage` asks its shared store `keeps_change_times` from async code, and may run
+/// the store's calls there too: over a `BlockingBrokerClient`, `Runtime::block_on` panicked
+/// ("Cannot start a runtime from within a runtime"; found in an API review). Every `Store`
+/// method of both blocking clients works from a task, and `keeps_change_times` answers from
+/// what hello said, without connecting.
+#[tokio::test]
+async fn the_blocking_clients_work_from_async_code() {
+    use keyshare::SecretStorage;
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    // Its memory store keeps change times, and its hello says so.
+    let broker = common::TestBroker::memory();
+    let one_shot = OneShotClient::new(broker.config("code"));
+    let blocking = broker.client("code");
+    let stores: [(&str, &dyn Store); 2] = [("blocking", &blocking), ("one-shot", &one_shot)];
+    for (name, store) in stores {
+        assert!(!store.keeps_change_times(), "{name}: not connected yet");
+        let key = k(&format!("{name}.a"));
+        store.set(&key, &v("1")).unwrap();
+        assert_eq!(store.get(&key).unwrap(), Some(v("1")), "{name}");
+        assert!(store.keys().unwrap().contains(&key), "{name}");
+        assert!(store
+            .write_unless_changed_after(&key, Some(&v("2")), SystemTime::now())
+            .unwrap());
+        assert!(store.delete(&key).unwrap(), "{name}");
+        assert!(store.keeps_change_times(), "{name}: hello said so");
+    }
+    blocking.status().unwrap();
+    assert!(blocking.hello().unwrap().keeps_change_times);
+    let mut events = blocking.subscribe(Some(vec![k("watched")])).unwrap();
+    blocking.set(&k("watched"), &v("1")).unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(event, Some(keyshare::Notification::Changed(ref e)) if e.key == k("watched")),
+        "{event:?}"
+    );
+
+    // The async face of a storage over a blocking client.
+    let storage = SecretStorage::builder(Arc::new(broker.client("agents")))
+        .build()
+        .to_async();
+    assert!(!storage.keeps_change_times());
+    storage.set(&k("b"), &v("1")).await.unwrap();
+    assert_eq!(storage.get(&k("b")).await.unwrap(), Some(v("1")));
+    assert!(storage.keeps_change_times());
+}
+
+/// `keeps_change_times` never waits: not for a broker that does not answer, nor for another
+/// thread's call that does (found in an API review: the one-shot client waited for the
+/// connection, the other panicked in async code and blocked elsewhere).
+#[test]
+fn keeps_change_times_never_waits_for_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = common::socket_of(dir.path());
+    paths.ensure_dir().unwrap();
+    // Accepts connections (the backlog does), never answers.
+    let _silent = std::os::unix::net::UnixListener::bind(&paths.socket).unwrap();
+    let slow = config(&paths).timeout(Duration::from_secs(3));
+    let one_shot = std::sync::Arc::new(OneShotClient::new(slow.clone()));
+    let blocking = std::sync::Arc::new(BlockingBrokerClient::new(slow).unwrap());
+    let stores: [std::sync::Arc<dyn Store>; 2] = [one_shot, blocking];
+    for store in stores {
+        let waiting = std::sync::Arc::clone(&store);
+        let call = std::thread::spawn(move || waiting.get(&k("k")));
+        std::thread::sleep(Duration::from_millis(200));
+        let asked = Instant::now();
+        assert!(!store.keeps_change_times());
+        assert!(
+            asked.elapsed() < Duration::from_millis(500),
+            "keeps_change_times waited {:?}",
+            asked.elapsed()
+        );
+        assert!(call.join().unwrap().is_err());
+        let asked = Instant::now();
+        assert!(!store.keeps_change_times());
+        assert!(asked.elapsed() < Duration::from_millis(500));
+    }
+}

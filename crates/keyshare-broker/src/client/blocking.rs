@@ -6,16 +6,23 @@ use std::sync::Arc;
 
 use keyshare::{Result, SecretKey, SecretValue, Store, StoreInfo};
 
-use crate::client::{BrokerClient, ClientConfig, ClientError, EventStream, ServerInfo};
+use crate::client::{
+    BrokerClient, ClientConfig, ClientError, EventStream, ServerInfo, TransportError,
+};
 use crate::protocol::BrokerStatus;
 
 /// A [`BrokerClient`] with its own small runtime (one I/O thread), usable from any thread.
 ///
 /// Calls from several threads share one connection and are pipelined. A process that makes a
 /// call or two and exits is served faster by [`OneShotClient`](crate::client::OneShotClient).
-/// Do not call it from
-/// async code (it blocks the calling thread); use [`BrokerClient`] there, or the blocking
-/// client from `spawn_blocking` (which is what `AsyncSecretStorage` does).
+///
+/// Every method but [`keeps_change_times`](Store::keeps_change_times) blocks the calling thread
+/// until the broker answered (at most the configured timeout per request, plus starting a
+/// broker). Called from async code, a method works (it runs the request on this client's own
+/// runtime and waits for it: it never panics with "Cannot start a runtime from within a
+/// runtime"), but the thread it blocks is the caller's runtime's, which runs no other task
+/// meanwhile. So from async code, use [`BrokerClient`] ([`async_client`](Self::async_client)),
+/// or call this one from `spawn_blocking` (which is what `AsyncSecretStorage` does).
 pub struct BlockingBrokerClient {
     // `Option` so that `Drop` can shut the runtime down without blocking, which would panic if
     // the last reference were dropped inside an async context.
@@ -66,36 +73,60 @@ impl BlockingBrokerClient {
         &self.client
     }
 
-    fn block_on<T>(
+    /// Runs the call `call` makes of the async client to completion, blocking this thread.
+    fn run<T, F>(
         &self,
-        call: impl std::future::Future<Output = std::result::Result<T, ClientError>>,
-    ) -> Result<T> {
+        call: impl FnOnce(Arc<BrokerClient>) -> F,
+    ) -> std::result::Result<T, ClientError>
+    where
+        F: std::future::Future<Output = std::result::Result<T, ClientError>> + Send + 'static,
+        T: Send + 'static,
+    {
         let runtime = self.runtime.as_ref().expect("present until drop");
-        runtime
-            .block_on(call)
+        let call = call(Arc::clone(&self.client));
+        if tokio::runtime::Handle::try_current().is_err() {
+            return runtime.block_on(call);
+        }
+        // In a runtime's context (a task, or `spawn_blocking`), where `block_on` may panic
+        // ("Cannot start a runtime from within a runtime"; found in an API review). The call
+        // runs on this client's runtime, whose thread no caller's task ever holds, and this
+        // thread waits for its result on a channel that needs no runtime.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let _ = tx.send(call.await);
+        });
+        rx.recv()
+            .unwrap_or_else(|_| Err(TransportError::Closed.into()))
+    }
+
+    fn block_on<T, F>(&self, call: impl FnOnce(Arc<BrokerClient>) -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = std::result::Result<T, ClientError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run(call)
             .map_err(|e| e.into_store_error(self.client.store_name()))
     }
 
     /// What the broker said in hello.
     pub fn server_info(&self) -> Result<ServerInfo> {
-        self.block_on(self.client.server_info())
+        self.block_on(|client| async move { client.server_info().await })
     }
 
     /// Connects (starting the broker if configured to) and says hello, keeping transport and
     /// remote failures apart, so a caller can tell "no broker" from "the broker refused".
     pub fn hello(&self) -> std::result::Result<ServerInfo, ClientError> {
-        let runtime = self.runtime.as_ref().expect("present until drop");
-        runtime.block_on(self.client.server_info())
+        self.run(|client| async move { client.server_info().await })
     }
 
     /// The broker's state.
     pub fn status(&self) -> Result<BrokerStatus> {
-        self.block_on(self.client.status())
+        self.block_on(|client| async move { client.status().await })
     }
 
     /// Subscribes to changes; read the stream with [`EventStream::blocking_next`].
     pub fn subscribe(&self, keys: Option<Vec<SecretKey>>) -> Result<EventStream> {
-        self.block_on(self.client.subscribe(keys))
+        self.block_on(|client| async move { client.subscribe(keys).await })
     }
 }
 
@@ -109,19 +140,22 @@ impl Store for BlockingBrokerClient {
     }
 
     fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
-        self.block_on(self.client.get(key))
+        let key = key.clone();
+        self.block_on(|client| async move { client.get(&key).await })
     }
 
     fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
-        self.block_on(self.client.set(key, value))
+        let (key, value) = (key.clone(), value.clone());
+        self.block_on(|client| async move { client.set(&key, &value).await })
     }
 
     fn delete(&self, key: &SecretKey) -> Result<bool> {
-        self.block_on(self.client.delete(key))
+        let key = key.clone();
+        self.block_on(|client| async move { client.delete(&key).await })
     }
 
     fn keys(&self) -> Result<Vec<SecretKey>> {
-        self.block_on(self.client.keys())
+        self.block_on(|client| async move { client.keys().await })
     }
 
     fn write_unless_changed_after(
@@ -130,12 +164,26 @@ impl Store for BlockingBrokerClient {
         value: Option<&SecretValue>,
         after: std::time::SystemTime,
     ) -> Result<bool> {
-        self.block_on(self.client.write_unless_changed_after(key, value, after))
+        let (key, value) = (key.clone(), value.cloned());
+        self.block_on(move |client| async move {
+            client
+                .write_unless_changed_after(&key, value.as_ref(), after)
+                .await
+        })
     }
 
-    /// Asks the broker (its hello reply says), connecting if needed; `false` when it cannot
-    /// be reached.
+    /// What the broker said in hello on this client's latest connection, without blocking:
+    /// `false` before the first connection (or [`connect`](Self::connect) and
+    /// [`server_info`](Self::server_info), which connect, to know at once).
+    ///
+    /// It never connects: `AsyncSecretStorage` asks it from async code, where connecting
+    /// (waiting for a broker, starting one) would block the caller's runtime; it used to, and
+    /// panicked there (found in an API review). `false` is the answer that promises nothing:
+    /// that a repair's conditional write may not be refused, which holds of any broker (one
+    /// that keeps change times refuses only a write a later change overtook).
     fn keeps_change_times(&self) -> bool {
-        self.server_info().is_ok_and(|info| info.keeps_change_times)
+        self.client
+            .last_server_info()
+            .is_some_and(|info| info.keeps_change_times)
     }
 }

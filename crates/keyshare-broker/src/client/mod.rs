@@ -943,6 +943,12 @@ impl BrokerClient {
         Ok(self.connection().await?.info.clone())
     }
 
+    /// What the broker said in hello on this client's latest connection (which may have
+    /// closed since), without connecting or waiting; `None` before the first connection.
+    pub fn last_server_info(&self) -> Option<ServerInfo> {
+        lock(&self.current).as_ref().map(|conn| conn.info.clone())
+    }
+
     /// Reads a value; `Ok(None)` when there is none.
     pub async fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>, ClientError> {
         let reply = self

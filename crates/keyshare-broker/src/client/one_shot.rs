@@ -18,6 +18,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -42,11 +43,19 @@ use crate::protocol::{
 /// [`BlockingBrokerClient`](crate::BlockingBrokerClient) for them). The connection is made on
 /// first use, or by [`connect`](Self::connect), starting the broker if configured to, and
 /// made again after a failed call.
+///
+/// Every method but [`keeps_change_times`](Store::keeps_change_times) blocks the calling thread
+/// on the socket until the broker answered (at most the configured timeout, plus starting a
+/// broker). Called from async code it works, but the thread it blocks is the caller's
+/// runtime's, which runs no other task meanwhile: call it from `spawn_blocking` there (as
+/// `AsyncSecretStorage` does), or use [`BrokerClient`](crate::BrokerClient).
 pub struct OneShotClient {
     config: ClientConfig,
     store_name: String,
     conn: Mutex<Option<Conn>>,
     autostart_output: Mutex<Option<String>>,
+    /// What the latest hello reply said of change times, readable while a call holds `conn`.
+    keeps_change_times: AtomicBool,
 }
 
 impl std::fmt::Debug for OneShotClient {
@@ -78,6 +87,7 @@ impl OneShotClient {
             config,
             conn: Mutex::new(None),
             autostart_output: Mutex::new(None),
+            keeps_change_times: AtomicBool::new(false),
         }
     }
 
@@ -206,6 +216,10 @@ impl OneShotClient {
             let deadline = Instant::now() + self.config.timeout;
             let result = exchange(conn, deadline);
             let unanswered = conn.info.is_none();
+            if let Some(info) = &conn.info {
+                self.keeps_change_times
+                    .store(info.keeps_change_times, Ordering::Relaxed);
+            }
             if result.is_err() {
                 *guard = None;
             }
@@ -423,10 +437,15 @@ impl Store for OneShotClient {
         self.call(request, |reply| written(reply, value.is_some()))
     }
 
-    /// Asks the broker (its hello reply says), connecting if needed; `false` when it cannot
-    /// be reached.
+    /// What the broker said in the latest hello reply this client read, without blocking:
+    /// `false` before the first (call [`hello`](Self::hello) first to know at once).
+    ///
+    /// It never connects or waits (not even for another thread's call): `AsyncSecretStorage`
+    /// asks it from async code, where blocking on a socket stalls the caller's runtime (found
+    /// in an API review). `false` is the answer that promises nothing: that a repair's
+    /// conditional write may not be refused, which holds of any broker.
     fn keeps_change_times(&self) -> bool {
-        self.hello().is_ok_and(|info| info.keeps_change_times)
+        self.keeps_change_times.load(Ordering::Relaxed)
     }
 
     fn keys(&self) -> Result<Vec<SecretKey>> {
