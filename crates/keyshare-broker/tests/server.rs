@@ -819,6 +819,38 @@ fn subscribers_get_ordered_events_from_every_client() {
     assert_eq!(seen, vec![(2, ChangeKind::Set), (3, ChangeKind::Delete)]);
 }
 
+/// A second subscription of one client used to end the first stream (`None`, which says
+/// "connection closed, resubscribe"): each now gets the events of its own keys, and dropping
+/// one leaves the others (found in an API review).
+#[test]
+fn one_client_holds_several_subscriptions_each_with_its_own_keys() {
+    let broker = TestBroker::memory();
+    let watcher = broker.client("agents");
+    let mut of_a = watcher.subscribe(Some(vec![k("a")])).unwrap();
+    let mut of_b = watcher.subscribe(Some(vec![k("b")])).unwrap();
+    let mut of_all = watcher.subscribe(None).unwrap();
+    let writer = broker.client("code");
+    writer.set(&k("a"), &v("1")).unwrap();
+    writer.set(&k("b"), &v("1")).unwrap();
+    let next = |events: &mut keyshare_broker::client::EventStream| match events.blocking_next() {
+        Some(Notification::Changed(e)) => (e.key.as_str().to_owned(), e.seq),
+        other => panic!("expected an event, got {other:?}"),
+    };
+    assert_eq!(next(&mut of_a), ("a".to_owned(), 1));
+    assert_eq!(next(&mut of_b), ("b".to_owned(), 2));
+    assert_eq!(next(&mut of_all), ("a".to_owned(), 1));
+    assert_eq!(next(&mut of_all), ("b".to_owned(), 2));
+
+    // Dropping one ends nothing else; the client's requests go on meanwhile.
+    drop(of_b);
+    writer.delete(&k("a")).unwrap();
+    writer.set(&k("b"), &v("2")).unwrap();
+    assert_eq!(watcher.get(&k("b")).unwrap(), Some(v("2")));
+    assert_eq!(next(&mut of_a), ("a".to_owned(), 3));
+    assert_eq!(next(&mut of_all), ("a".to_owned(), 3));
+    assert_eq!(next(&mut of_all), ("b".to_owned(), 4));
+}
+
 #[test]
 fn a_subscriber_that_does_not_read_gets_a_resync_notice() {
     let storage = SecretStorage::builder(Arc::new(MemoryStore::new()))

@@ -124,7 +124,13 @@ impl BlockingBrokerClient {
         self.block_on(|client| async move { client.status().await })
     }
 
-    /// Subscribes to changes; read the stream with [`EventStream::blocking_next`].
+    /// Subscribes to changes of `keys` (all keys this app may see when `None`); read the
+    /// stream with [`EventStream::blocking_next`].
+    ///
+    /// As [`BrokerClient::subscribe`]: each subscription has a connection of its own, so a
+    /// client may hold several, each getting the events of its own keys, and a later one never
+    /// ends an earlier one. A stream ends (`None`) only when its connection closed (resubscribe
+    /// then); dropping it closes the connection.
     pub fn subscribe(&self, keys: Option<Vec<SecretKey>>) -> Result<EventStream> {
         self.block_on(|client| async move { client.subscribe(keys).await })
     }

@@ -1,4 +1,5 @@
-//! The broker client: one connection per client, shared by every task and thread that uses it.
+//! The broker client: one connection per client for its requests, shared by every task and
+//! thread that uses it, and one more per subscription ([`BrokerClient::subscribe`]).
 //!
 //! Requests are pipelined: each gets an id, goes to a writer task, and its reply is routed back
 //! by id by a reader task, so concurrent callers never wait for each other's round trips. The
@@ -826,12 +827,23 @@ fn fail_all_remote(pending: &Mutex<Pending>, error: RemoteError) {
 /// How many notifications a subscription buffers before it starts counting misses.
 const EVENT_BUFFER: usize = 1024;
 
-/// Change notifications from the broker. Ends (`None`) when the connection closes; the
-/// subscriber should then resubscribe and re-read what it caches.
-#[derive(Debug)]
+/// Change notifications from the broker, over a connection of the stream's own. Ends (`None`)
+/// only when that connection closed (the broker stopped or restarted, or closed it); the
+/// subscriber should then resubscribe and re-read what it caches. Other subscriptions of the
+/// same client do not end it. Dropping it closes its connection.
 pub struct EventStream {
     rx: mpsc::Receiver<Notification>,
     last_seq: u64,
+    /// The subscription's connection, closed when the stream is dropped.
+    _connection: Connection,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream")
+            .field("last_seq", &self.last_seq)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EventStream {
@@ -845,7 +857,8 @@ impl EventStream {
         self.rx.recv().await
     }
 
-    /// The next notification, blocking the thread. Not for async code.
+    /// The next notification, blocking the thread. Not for async code: it panics there (use
+    /// [`next`](Self::next)).
     pub fn blocking_next(&mut self) -> Option<Notification> {
         self.rx.blocking_recv()
     }
@@ -859,6 +872,8 @@ pub struct BrokerClient {
     current: Mutex<Option<Arc<Connection>>>,
     connecting: tokio::sync::Mutex<()>,
     autostart_output: Mutex<Option<String>>,
+    /// What the broker said in the latest hello reply, on any of this client's connections.
+    last_info: Mutex<Option<ServerInfo>>,
 }
 
 impl std::fmt::Debug for BrokerClient {
@@ -879,6 +894,7 @@ impl BrokerClient {
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             autostart_output: Mutex::new(None),
+            last_info: Mutex::new(None),
         }
     }
 
@@ -909,6 +925,13 @@ impl BrokerClient {
         if let Some(conn) = lock(&self.current).as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(conn));
         }
+        let conn = Arc::new(self.open().await?);
+        *lock(&self.current) = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// A new connection, hello answered.
+    async fn open(&self) -> Result<Connection, ClientError> {
         let opened = match Connection::open(&self.config, &self.autostart_output).await {
             // Hello goes first and alone, so nothing else was sent: it is as if no broker had
             // answered (most likely an idle broker exited as this client connected). Once more,
@@ -920,10 +943,9 @@ impl BrokerClient {
                 Connection::open(&self.config, &self.autostart_output).await
             }
             opened => opened,
-        };
-        let conn = Arc::new(opened?);
-        *lock(&self.current) = Some(Arc::clone(&conn));
-        Ok(conn)
+        }?;
+        *lock(&self.last_info) = Some(opened.info.clone());
+        Ok(opened)
     }
 
     async fn call(&self, request: Request) -> Result<Reply, ClientError> {
@@ -946,7 +968,7 @@ impl BrokerClient {
     /// What the broker said in hello on this client's latest connection (which may have
     /// closed since), without connecting or waiting; `None` before the first connection.
     pub fn last_server_info(&self) -> Option<ServerInfo> {
-        lock(&self.current).as_ref().map(|conn| conn.info.clone())
+        lock(&self.last_info).clone()
     }
 
     /// Reads a value; `Ok(None)` when there is none.
@@ -1009,13 +1031,18 @@ impl BrokerClient {
         expect_reply!(reply, Status(status) => status)
     }
 
-    /// Subscribes to changes of `keys` (all keys this app may see when `None`). A new
-    /// subscription replaces the previous one of this client, whose stream then ends.
+    /// Subscribes to changes of `keys` (all keys this app may see when `None`).
+    ///
+    /// Each subscription has a connection of its own (the protocol allows one per
+    /// connection), made now, so a client may hold several at once, each getting the events of
+    /// its own keys; a later one never ends an earlier one (it used to, as if the connection
+    /// had closed: found in an API review). The stream ends only when its connection closed;
+    /// dropping it closes the connection.
     pub async fn subscribe(
         &self,
         keys: Option<Vec<SecretKey>>,
     ) -> Result<EventStream, ClientError> {
-        let conn = self.connection().await?;
+        let conn = self.open().await?;
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let request = Request::Subscribe {
             keys: keys.map(|keys| keys.into_iter().map(WireKey).collect()),
@@ -1024,7 +1051,11 @@ impl BrokerClient {
         let reply = conn
             .call_with_sink(request, self.config.timeout, Some(sink))
             .await?;
-        expect_reply!(reply, Subscribe { last_seq } => EventStream { rx, last_seq })
+        expect_reply!(reply, Subscribe { last_seq } => EventStream {
+            rx,
+            last_seq,
+            _connection: conn,
+        })
     }
 }
 
