@@ -181,8 +181,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     }
 
     /// Whether [`write_unless_changed_after`](Store::write_unless_changed_after) can tell a
-    /// later change (the store records when each key was last set or deleted). A broker
-    /// client asks the broker, connecting if it has not yet.
+    /// later change (the store records when each key was last set or deleted). Never blocks: a
+    /// broker client answers from what the broker said when it last connected, and `false`
+    /// (which promises nothing) before it has connected.
     fn keeps_change_times(&self) -> bool {
         false
     }
