@@ -1,12 +1,14 @@
-//! Changes made outside the broker (another machine writing the shared store), found by polling
-//! and announced to subscribers as the usual change events.
+//! Changes made outside the broker (another machine writing the shared store, an app or command
+//! writing the vault file itself), found by polling and announced to subscribers as the usual
+//! change events.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use keyshare::store::openbao::{KvSnapshot, OpenBaoStore};
-use keyshare::{ChangeKind, SecretKey};
+use keyshare::store::vault::ChangeMarks;
+use keyshare::{ChangeKind, SecretKey, VaultStore};
 
 /// Something the broker polls for changes it did not make. `poll` is called on a blocking
 /// thread, once per [`ExternalChanges::interval`]; an error is logged and the next poll retries.
@@ -81,5 +83,31 @@ impl ChangeSource for OpenBaoChanges {
                 Ok(changes)
             }
         }
+    }
+}
+
+/// Other processes' writes to a [`VaultStore`] (`--direct` commands, apps that open the vault
+/// file themselves): found with [`VaultStore::changes_since`]. Give it the same store the
+/// broker's storage writes through, so the broker's own writes (already announced) are not
+/// reported twice.
+#[derive(Debug)]
+pub struct VaultChanges {
+    store: Arc<VaultStore>,
+    last: ChangeMarks,
+}
+
+impl VaultChanges {
+    /// Reports changes relative to `baseline` (from [`VaultStore::change_marks`]).
+    pub fn since(store: Arc<VaultStore>, baseline: ChangeMarks) -> Self {
+        VaultChanges {
+            store,
+            last: baseline,
+        }
+    }
+}
+
+impl ChangeSource for VaultChanges {
+    fn poll(&mut self) -> keyshare::Result<Vec<(SecretKey, ChangeKind)>> {
+        self.store.changes_since(&mut self.last)
     }
 }

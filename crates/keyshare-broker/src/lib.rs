@@ -54,6 +54,6 @@ pub mod stop;
 pub use client::{
     BlockingBrokerClient, BrokerClient, ClientConfig, ClientError, OneShotClient, TransportError,
 };
-pub use external::{ChangeSource, ExternalChanges, OpenBaoChanges};
+pub use external::{ChangeSource, ExternalChanges, OpenBaoChanges, VaultChanges};
 pub use protocol::RemoteError;
 pub use server::{run, BrokerState, PolicyHandle, ServerOptions};

@@ -152,6 +152,7 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
         identity,
         // The broker checked it at hello, when this command requires it.
         os_keyring: None,
+        vault: None,
     }))
 }
 

@@ -197,6 +197,7 @@ pub fn open_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
         reason: "chosen explicitly".to_owned(),
         identity: identity(ctx),
         os_keyring: None,
+        vault: None,
     })
 }
 
@@ -226,6 +227,7 @@ pub fn open_shared_watched(ctx: &Context) -> anyhow::Result<(SharedChoice, Exter
         reason: "chosen explicitly".to_owned(),
         identity: identity(ctx),
         os_keyring: None,
+        vault: None,
     };
     Ok((shared, changes))
 }

@@ -42,6 +42,9 @@ pub struct SharedChoice {
     /// vault whose key it holds); `None` where that does not apply. A broker refuses clients
     /// that require it when it is `Some(false)`.
     pub os_keyring: Option<bool>,
+    /// The store itself when it is a vault, which `keyshare serve` watches for other
+    /// processes' writes (`keyshare_broker::VaultChanges`).
+    pub vault: Option<Arc<VaultStore>>,
 }
 
 /// The file and the namespace in it: one vault file can hold several flavours' `service`
@@ -204,6 +207,7 @@ pub fn open_direct_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
             reason: "chosen explicitly (nothing persists)".to_owned(),
             identity: None,
             os_keyring: Some(false),
+            vault: None,
         }),
         StoreChoice::Vault => shared_vault(ctx, "chosen explicitly".to_owned()),
         StoreChoice::SecretService => Ok(SharedChoice {
@@ -213,6 +217,7 @@ pub fn open_direct_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
             reason: "chosen explicitly".to_owned(),
             identity: secret_service_identity(ctx),
             os_keyring: Some(true),
+            vault: None,
         }),
         StoreChoice::Openbao => crate::openbao::open_shared(ctx),
         StoreChoice::Auto => open_auto(ctx),
@@ -315,6 +320,7 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
                 ),
                 identity: secret_service_identity(ctx),
                 os_keyring: Some(true),
+                vault: None,
             })
         }
         None => {
@@ -332,6 +338,7 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
                     reason: format!("auto: the Secret Service {}", secret_service_state(&report)),
                     identity: secret_service_identity(ctx),
                     os_keyring: Some(true),
+                    vault: None,
                 },
                 AutoChoice::Vault => shared_vault(
                     ctx,
@@ -391,11 +398,13 @@ fn shared_vault(ctx: &Context, reason: String) -> anyhow::Result<SharedChoice> {
         ctx,
     )?;
     let os_keyring = Some(vault.protection().is_os_keyring());
+    let vault = Arc::new(vault);
     Ok(SharedChoice {
-        store: Arc::new(vault),
+        store: vault.clone(),
         reason,
         identity: vault_identity(ctx),
         os_keyring,
+        vault: Some(vault),
     })
 }
 
@@ -486,6 +495,7 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
                 reason: format!("could not be opened: {}", crate::exit::one_line(&err)),
                 identity: shared_placeholder_identity(ctx),
                 os_keyring: None,
+                vault: None,
             }
         }
         Err(err) => return Err(err),

@@ -1388,3 +1388,57 @@ fn a_file_in_the_sockets_place_is_reported_by_commands_and_doctor() {
         }
     }
 }
+
+/// Writes made without the broker (`--direct`, an app that opens the vault itself) reach
+/// subscribers too, once each: the broker looks for other processes' writes to its vault
+/// (found by QA: `watch` never heard of them). Its own writes are not announced twice.
+#[test]
+fn watch_hears_of_writes_made_without_the_broker() {
+    let home = tempfile::tempdir().unwrap();
+    let serve = Serving::start(keyshare(home.path()));
+    let mut watch = keyshare(home.path())
+        .args(["--json", "watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(
+        &mut BufReader::new(watch.stderr.take().unwrap()),
+        "watching",
+    );
+    let (tx, events) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = || -> (String, String) {
+        let line = events
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("no event within 10 s");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        (
+            event["key"].as_str().unwrap().to_owned(),
+            event["kind"].as_str().unwrap().to_owned(),
+        )
+    };
+    let pair = |key: &str, kind: &str| (key.to_owned(), kind.to_owned());
+
+    run_ok(home.path(), &["--direct", "set", "direct.key"], b"v");
+    assert_eq!(next(), pair("direct.key", "set"));
+    run_ok(home.path(), &["--direct", "delete", "direct.key"], b"");
+    assert_eq!(next(), pair("direct.key", "delete"));
+    run_ok(home.path(), &["set", "via.broker"], b"v");
+    assert_eq!(next(), pair("via.broker", "set"));
+    run_ok(home.path(), &["--direct", "set", "marker"], b"v");
+    assert_eq!(
+        next(),
+        pair("marker", "set"),
+        "the broker's own write came again"
+    );
+
+    let _ = watch.kill();
+    let _ = watch.wait();
+    serve.stop();
+}

@@ -1445,3 +1445,56 @@ fn a_vault_key_stored_for_a_vault_another_process_created_first_is_removed() {
     let entries = keyring.entries.lock().unwrap();
     assert_eq!(entries.keys().collect::<Vec<_>>(), [&vault.vault_id()]);
 }
+
+/// What a broker announces for apps writing the vault file themselves: another connection's
+/// sets and deletes (a delete of a key that had no value too), once each, in this namespace
+/// only; never this store's own writes, which were announced when made, unless another
+/// connection changed the key again after them.
+#[test]
+fn changes_since_reports_other_connections_writes_only() {
+    use keyshare::ChangeKind;
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let ours = open(&path, "ns");
+    ours.set(&key("before"), &value(b"1")).unwrap();
+    let mut marks = ours.change_marks().unwrap();
+    assert!(ours.changes_since(&mut marks).unwrap().is_empty());
+    let changes = |marks: &mut keyshare::store::vault::ChangeMarks| {
+        let mut found: Vec<(String, ChangeKind)> = ours
+            .changes_since(marks)
+            .unwrap()
+            .into_iter()
+            .map(|(k, kind)| (k.as_str().to_owned(), kind))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    };
+
+    let theirs = open(&path, "ns");
+    ours.set(&key("own"), &value(b"1")).unwrap();
+    ours.delete(&key("before")).unwrap();
+    ours.set(&key("before"), &value(b"2")).unwrap();
+    assert_eq!(changes(&mut marks), vec![], "its own writes");
+
+    theirs.set(&key("a"), &value(b"1")).unwrap();
+    theirs.set(&key("a"), &value(b"2")).unwrap();
+    theirs.delete(&key("before")).unwrap();
+    theirs.delete(&key("never")).unwrap();
+    open(&path, "other").set(&key("x"), &value(b"1")).unwrap();
+    assert_eq!(
+        changes(&mut marks),
+        vec![
+            ("a".to_owned(), ChangeKind::Set),
+            ("before".to_owned(), ChangeKind::Delete),
+            ("never".to_owned(), ChangeKind::Delete),
+        ]
+    );
+    assert_eq!(changes(&mut marks), vec![], "reported once");
+
+    // The last change decides: another's after ours is reported, ours after another's is not.
+    ours.set(&key("a"), &value(b"3")).unwrap();
+    theirs.set(&key("a"), &value(b"4")).unwrap();
+    theirs.set(&key("b"), &value(b"1")).unwrap();
+    ours.set(&key("b"), &value(b"2")).unwrap();
+    assert_eq!(changes(&mut marks), vec![("a".to_owned(), ChangeKind::Set)]);
+}

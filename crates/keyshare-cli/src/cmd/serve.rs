@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use keyshare::SecretStorage;
 use keyshare_broker::daemon::{self, Daemon};
-use keyshare_broker::{BrokerState, PolicyHandle, ServerOptions};
+use keyshare_broker::{BrokerState, ExternalChanges, PolicyHandle, ServerOptions, VaultChanges};
 
 use crate::broker;
 use crate::config::{Config, StoreChoice};
@@ -56,11 +56,14 @@ pub fn run(args: &Args, ctx: &Context, config_path: &Path) -> anyhow::Result<()>
     let config_seen = look(config_path);
     let policy = broker::policy(&ctx.config)?;
     // OpenBao has no push notification for KV writes: the broker polls for other machines'.
+    // Nor has a vault for other processes' (`--direct` commands, apps without a broker).
     let (shared, external) = if ctx.store == StoreChoice::Openbao {
         let (shared, external) = crate::openbao::open_shared_watched(ctx)?;
         (shared, Some(external))
     } else {
-        (stores::open_direct_shared(ctx)?, None)
+        let shared = stores::open_direct_shared(ctx)?;
+        let external = shared.vault.as_ref().map(watch_vault).transpose()?;
+        (shared, external)
     };
     let storage = SecretStorage::builder(shared.store.clone())
         .limits(ctx.limits)
@@ -300,6 +303,20 @@ pub mod early_log {
 /// commands always open themselves (`broker::route`), so a broker over it would serve no one
 /// and a `watch` on it would wait forever; and `--direct`, which asks to bypass the broker
 /// (`serve` is the broker, so it cannot mean anything here).
+/// How often a broker over a vault looks for other processes' writes: one query when there is
+/// none, so a look costs next to nothing; subscribers hear of such a write within this time.
+const VAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Other processes' writes to the vault, announced to subscribers. The baseline is taken now,
+/// before the broker says it serves: a write made after that is then always announced.
+fn watch_vault(vault: &std::sync::Arc<keyshare::VaultStore>) -> anyhow::Result<ExternalChanges> {
+    let baseline = vault.change_marks()?;
+    Ok(ExternalChanges::new(
+        Box::new(VaultChanges::since(vault.clone(), baseline)),
+        VAULT_WATCH_INTERVAL,
+    ))
+}
+
 fn refuse_what_no_broker_serves(ctx: &Context) -> anyhow::Result<()> {
     if ctx.routing.direct {
         return Err(keyshare::Error::invalid(

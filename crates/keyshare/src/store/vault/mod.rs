@@ -38,11 +38,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod changes;
 mod crypto;
 mod files;
 mod keys;
 mod schema;
 mod wal;
+
+pub use changes::ChangeMarks;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -163,6 +166,10 @@ struct Vault {
     notice: Option<String>,
     limits: Limits,
     busy_timeout: Duration,
+    /// What this connection's own commits left, per key, since the last look for other
+    /// processes' changes (see `changes`); `None` until something looks, so a vault nobody
+    /// watches records nothing.
+    own_marks: Mutex<Option<changes::OwnMarks>>,
 }
 
 impl Drop for Vault {
@@ -346,11 +353,22 @@ impl Vault {
         {
             return fail_all(self.sql_error("starting a write", e));
         }
+        // One time for the whole transaction: its writes take effect together.
+        let now = epoch_nanos(SystemTime::now());
+        let mut marks = self.own_marks_recorded().then(Vec::new);
+        let mut mark = |op: &WriteOp, changed: bool| {
+            if let Some(marks) = &mut marks {
+                op.marks(now, changed, marks);
+            }
+        };
         let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
         let results = if let [(doing, op, _)] = batch {
             // A write alone needs no savepoint: the transaction is all it would undo.
-            match op.apply(conn) {
-                Ok(changed) => vec![Ok(changed)],
+            match op.apply(conn, now) {
+                Ok(changed) => {
+                    mark(op, changed);
+                    vec![Ok(changed)]
+                }
                 Err(e) => {
                     let _ = conn.execute_batch("ROLLBACK");
                     return vec![Err(self.sql_error(doing, e))];
@@ -359,9 +377,10 @@ impl Vault {
         } else {
             let mut results = Vec::with_capacity(batch.len());
             for (doing, op, _) in batch {
-                match run("SAVEPOINT one_write").and_then(|_| op.apply(conn)) {
+                match run("SAVEPOINT one_write").and_then(|_| op.apply(conn, now)) {
                     Ok(changed) => {
                         let _ = run("RELEASE one_write");
+                        mark(op, changed);
                         results.push(Ok(changed));
                     }
                     Err(e) => {
@@ -378,17 +397,19 @@ impl Vault {
             loop {
                 match more() {
                     Ok(None) => break,
-                    Ok(Some(op)) => {
-                        if let Err(e) = op.apply(conn) {
-                            return fail_all(self.sql_error("writing values", e));
-                        }
-                    }
+                    Ok(Some(op)) => match op.apply(conn, now) {
+                        Ok(changed) => mark(&op, changed),
+                        Err(e) => return fail_all(self.sql_error("writing values", e)),
+                    },
                     Err(e) => return fail_all(e),
                 }
             }
         }
         if let Err(e) = run("COMMIT") {
             return fail_all(self.sql_error("committing", e));
+        }
+        if let Some(marks) = marks {
+            self.record_own_marks(marks);
         }
         results
     }
@@ -438,9 +459,9 @@ fn epoch_nanos(time: SystemTime) -> i64 {
 }
 
 impl WriteOp {
-    /// Applies the change; whether a row changed (for a repair: whether it wrote).
-    fn apply(&self, conn: &Connection) -> rusqlite::Result<bool> {
-        let now = epoch_nanos(SystemTime::now());
+    /// Applies the change at `now` (nanoseconds since the Unix epoch, the time it records);
+    /// whether a row changed (for a repair: whether it wrote).
+    fn apply(&self, conn: &Connection, now: i64) -> rusqlite::Result<bool> {
         match self {
             WriteOp::Set {
                 namespace,
@@ -478,6 +499,40 @@ impl WriteOp {
                 }
                 Ok(true)
             }
+        }
+    }
+}
+
+impl WriteOp {
+    /// What applying this at `now` left for each key it wrote (`changed`: what `apply`
+    /// answered), added to `marks`.
+    fn marks(&self, now: i64, changed: bool, marks: &mut Vec<((String, Vec<u8>), changes::Mark)>) {
+        use changes::Mark;
+        match self {
+            WriteOp::Set { namespace, key, .. } => {
+                marks.push(((namespace.clone(), key.clone()), Mark::Set(Some(now))))
+            }
+            // A delete records its time even when there was no value.
+            WriteOp::Delete { namespace, key } => {
+                marks.push(((namespace.clone(), key.clone()), Mark::Deleted(now)))
+            }
+            WriteOp::SetMany { namespace, rows } => marks.extend(
+                rows.iter()
+                    .map(|(key, _)| ((namespace.clone(), key.clone()), Mark::Set(Some(now)))),
+            ),
+            WriteOp::Repair {
+                namespace,
+                key,
+                sealed,
+                ..
+            } if changed => marks.push((
+                (namespace.clone(), key.clone()),
+                match sealed {
+                    Some(_) => Mark::Set(Some(now)),
+                    None => Mark::Deleted(now),
+                },
+            )),
+            WriteOp::Repair { .. } => {}
         }
     }
 }
@@ -798,6 +853,7 @@ impl VaultStore {
             notice,
             limits: options.limits,
             busy_timeout: options.busy_timeout,
+            own_marks: Mutex::new(None),
         };
         Ok(VaultStore {
             vault: Arc::new(vault),
