@@ -184,7 +184,14 @@ fn without_an_item_v11_is_read_with_the_empty_key_and_nothing_is_written() {
         .open()
         .unwrap();
     assert!(store.keys_in_use().origin().contains("empty-password"));
-    assert!(store.get(&SecretKey::new(GITHUB).unwrap()).is_err());
+    // The sample's v11 row was written with another keyring's secret: said so, not merely
+    // "corrupt" (found by QA).
+    let err = store.get(&SecretKey::new(GITHUB).unwrap()).unwrap_err();
+    assert!(
+        err.to_string().contains("may well be intact: written with")
+            && err.to_string().contains("give that password"),
+        "{err}"
+    );
     let err = store
         .set(
             &SecretKey::new("k").unwrap(),

@@ -188,6 +188,9 @@ pub struct SafeStorageKeys {
     /// What to do about a blob whose key is missing (a `v11` blob without the keyring secret),
     /// for its error; `None` for the usual advice (use the keyring, or give its password).
     pub(super) missing_key_advice: Option<String>,
+    /// Why a blob the key does not open may not be damaged at all, for its error: the key is
+    /// a guess (the empty password, when the keyring has no item for the app).
+    pub(super) wrong_key_hint: Option<String>,
 }
 
 impl fmt::Debug for SafeStorageKeys {
@@ -212,6 +215,7 @@ impl SafeStorageKeys {
             origin: "the fixed Linux v10 key (password store basic)".to_owned(),
             confirm_before_write: false,
             missing_key_advice: None,
+            wrong_key_hint: None,
         }
     }
 
@@ -228,6 +232,7 @@ impl SafeStorageKeys {
             origin,
             confirm_before_write,
             missing_key_advice: None,
+            wrong_key_hint: None,
         }
     }
 
@@ -248,6 +253,12 @@ impl SafeStorageKeys {
             ),
             confirm_before_write: false,
             missing_key_advice: None,
+            // Found by QA: a state database copied from another keyring read as "corrupt".
+            wrong_key_hint: Some(format!(
+                "it may well be intact: written with {app_name}'s keyring secret from another \
+                 keyring (this one has no item application={app_name:?}), which only that \
+                 keyring's password opens; give that password to read it"
+            )),
         }
     }
 
@@ -269,6 +280,7 @@ impl SafeStorageKeys {
             ),
             confirm_before_write: false,
             missing_key_advice: Some(advice.into()),
+            wrong_key_hint: None,
         }
     }
 
@@ -281,6 +293,7 @@ impl SafeStorageKeys {
             origin,
             confirm_before_write: false,
             missing_key_advice: None,
+            wrong_key_hint: None,
         }
     }
 
@@ -293,6 +306,7 @@ impl SafeStorageKeys {
             origin,
             confirm_before_write: false,
             missing_key_advice: None,
+            wrong_key_hint: None,
         }
     }
 

@@ -503,7 +503,12 @@ impl ElectronStore {
             )),
             Err(e) => Err(self.corrupt(
                 key,
-                format!("cannot decrypt it with {}: {e}", self.keys.origin()),
+                match &self.keys.wrong_key_hint {
+                    Some(hint) => {
+                        format!("cannot decrypt it with {}: {e}; {hint}", self.keys.origin())
+                    }
+                    None => format!("cannot decrypt it with {}: {e}", self.keys.origin()),
+                },
             )),
         }
     }
