@@ -239,6 +239,8 @@ fn sign_out_in_one_app_signs_out_the_other() {
     agents.storage.delete(&k("github.auth")).unwrap();
     assert_eq!(read(&code.storage, "github.auth"), None);
     assert!(code.storage.keys().unwrap().is_empty());
+    // Nor does the signed-out token stay at rest in code's own store (found by QA).
+    assert_eq!(code.legacy.get(&k("github.auth")).unwrap(), None);
 }
 
 #[test]

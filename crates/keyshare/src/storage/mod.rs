@@ -908,6 +908,7 @@ impl Inner {
                 };
                 // Migrate this one key now; if that fails the next pass retries it.
                 if !self.copy_to_shared(key, &value) {
+                    self.forget_legacy_copy(legacy.as_ref(), key);
                     return Ok(None);
                 }
                 self.counters
@@ -915,7 +916,10 @@ impl Inner {
                     .fetch_add(1, Ordering::Relaxed);
                 Ok(Some(value))
             }
-            Ok(None) => Ok(None),
+            Ok(None) => {
+                self.forget_legacy_copy(legacy.as_ref(), key);
+                Ok(None)
+            }
             // Once a key is in the shared store, the shared copy is the truth: another app may
             // have deleted it or written a newer value since this app's own copy was written,
             // so answering from that copy could bring back a signed-out token or go back to an
@@ -935,6 +939,28 @@ impl Inner {
                 // lie, so the shared store's error stands.
                 Ok(None) | Err(_) => Err(shared_err),
             },
+        }
+    }
+
+    /// A key this app reads as absent, because the shared store has no value for it (another
+    /// app deleted it: a sign-out), keeps no copy in this app's legacy store either: that copy
+    /// is never read again, and a revoked token would stay at rest there, for the app itself
+    /// to find should it run without keyshare (found by QA). Best effort: a legacy store that
+    /// cannot be written now (its app runs over it) is tried again at the next such read.
+    fn forget_legacy_copy(&self, legacy: &dyn Store, key: &SecretKey) {
+        match legacy.get(key) {
+            Ok(Some(_)) => match legacy.delete(key) {
+                Ok(_) => {
+                    tracing::debug!(key = %key, "removed this app's copy of a key another app deleted")
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, key = %key, "could not remove this app's copy of a key another app deleted; tried again at its next read")
+                }
+            },
+            Ok(None) => {}
+            Err(err) => {
+                tracing::debug!(error = %err, key = %key, "could not look for this app's copy of a key another app deleted")
+            }
         }
     }
 
