@@ -107,6 +107,12 @@ pub struct VaultOptions {
 impl VaultOptions {
     /// Options with defaults: no OS keyring, key file allowed, passphrase from
     /// `KEYSHARE_PASSPHRASE`, [`DEFAULT_TIMEOUT`], default limits.
+    ///
+    /// So a vault created with these alone keeps its key in a file beside it, protected by
+    /// that file's permissions only (found in an API review: easy to miss). For the OS
+    /// keyring, set `keys.os_keyring`; to refuse anything weaker, `require_os_keyring`.
+    /// [`VaultStore::protection`] and [`VaultStore::notice`] say what a vault got, and an app
+    /// should tell its user (the `keyshare` CLI does, once, when it creates one).
     pub fn new(path: impl Into<PathBuf>, namespace: impl Into<String>) -> Self {
         VaultOptions {
             path: path.into(),
