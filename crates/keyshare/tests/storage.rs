@@ -324,6 +324,20 @@ fn change_events_are_sequenced_and_lag_asks_for_resync() {
     ));
 }
 
+/// An event capacity out of bounds is taken as the nearest bound (usize::MAX panicked at the
+/// first subscription; found in an API review).
+#[test]
+fn an_event_capacity_out_of_bounds_is_taken_as_the_nearest_bound() {
+    for capacity in [0, usize::MAX] {
+        let storage = SecretStorage::builder(Arc::new(MemoryStore::new()))
+            .event_capacity(capacity)
+            .build();
+        let mut sub = storage.subscribe();
+        storage.set(&k("a"), &v("1")).unwrap();
+        assert!(matches!(sub.try_recv(), Some(Notification::Changed(_))));
+    }
+}
+
 // A change made outside the storage (another machine) reaches subscribers in the same sequence,
 // without touching the stores.
 #[test]

@@ -155,6 +155,9 @@ pub struct RepairReport {
     pub failed: Vec<(SecretKey, String)>,
 }
 
+/// The most change events [`SecretStorageBuilder::event_capacity`] lets a subscriber lag behind.
+pub const MAX_EVENT_CAPACITY: usize = 1 << 20;
+
 /// Builds a [`SecretStorage`].
 pub struct SecretStorageBuilder {
     shared: Arc<dyn Store>,
@@ -215,9 +218,12 @@ impl SecretStorageBuilder {
         self
     }
 
-    /// How many change events a subscriber may lag behind before it is told to resync.
+    /// How many change events a subscriber may lag behind before it is told to resync: 1 to
+    /// [`MAX_EVENT_CAPACITY`] (a value outside is taken as the nearest bound). The buffer is
+    /// allocated whole at the first subscription.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.event_capacity = capacity;
+        // Found in an API review: usize::MAX panicked at the first subscription.
+        self.event_capacity = capacity.clamp(1, MAX_EVENT_CAPACITY);
         self
     }
 
