@@ -399,7 +399,12 @@ impl SecretStorage {
         Ok(self.inner.repair_pending())
     }
 
-    /// Subscribes to change events made through this storage.
+    /// Subscribes to change events made through this storage: this process's own writes,
+    /// repairs and [announced](SecretStorage::announce_external_change) changes, numbered in
+    /// this storage's own sequence. Other processes' changes are not among them: over a
+    /// broker, subscribe to the broker too (`keyshare_broker::BrokerClient::subscribe`), whose
+    /// events have the broker's own numbering, and which reports this process's writes as well
+    /// (found in an API review: the two streams were easy to take for one).
     pub fn subscribe(&self) -> Subscription {
         self.inner.events.subscribe()
     }
