@@ -34,6 +34,22 @@ fn break_the_shared_vault(env: &Home) -> std::path::PathBuf {
     dir
 }
 
+/// code writes `github.auth` while the shared vault is broken (its write waits for a repair),
+/// then, the vault back, agents signs in and out again: a later change than code's.
+fn code_writes_in_an_outage_then_agents_signs_out(env: &Home) {
+    let dir = break_the_shared_vault(env);
+    env.ok(&["--direct", "--app", "code", "set", "github.auth"], b"t1");
+    std::fs::remove_file(dir.join("vault.db")).unwrap();
+    env.ok(
+        &["--direct", "--app", "agents", "set", "github.auth"],
+        b"a1",
+    );
+    env.ok(
+        &["--direct", "--app", "agents", "delete", "github.auth"],
+        b"",
+    );
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -288,17 +304,7 @@ fn a_write_the_shared_store_did_not_take_says_so() {
 fn a_repair_keeps_another_apps_later_sign_out() {
     let env = Home::new().with_store("vault");
     env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
-    let dir = break_the_shared_vault(&env);
-    env.ok(&["--direct", "--app", "code", "set", "github.auth"], b"t1");
-    std::fs::remove_file(dir.join("vault.db")).unwrap();
-    env.ok(
-        &["--direct", "--app", "agents", "set", "github.auth"],
-        b"a1",
-    );
-    env.ok(
-        &["--direct", "--app", "agents", "delete", "github.auth"],
-        b"",
-    );
+    code_writes_in_an_outage_then_agents_signs_out(&env);
 
     let out = env.ok(&["--direct", "--app", "code", "repair"], b"");
     assert_eq!(
@@ -326,17 +332,7 @@ fn a_write_that_gave_way_is_said_by_the_command_that_repairs_it_and_doctor_chang
         &["--store", "memory", "--app", "code", "set", "old"],
         b"from before",
     );
-    let dir = break_the_shared_vault(&env);
-    env.ok(&["--direct", "--app", "code", "set", "github.auth"], b"t1");
-    std::fs::remove_file(dir.join("vault.db")).unwrap();
-    env.ok(
-        &["--direct", "--app", "agents", "set", "github.auth"],
-        b"a1",
-    );
-    env.ok(
-        &["--direct", "--app", "agents", "delete", "github.auth"],
-        b"",
-    );
+    code_writes_in_an_outage_then_agents_signs_out(&env);
 
     let out = env.run(&["--direct", "--app", "code", "--json", "doctor"], b"");
     let report = parse(&out);
