@@ -123,27 +123,25 @@ impl VaultStore {
             // One snapshot for both tables.
             let snapshot = conn.unchecked_transaction()?;
             let mut marks = HashMap::new();
-            {
-                let mut deletes = conn
-                    .prepare_cached("SELECT key, deleted_at FROM deleted WHERE namespace = ?1")?;
-                let mut rows = deletes.query([&self.namespace])?;
+            let mut scan = |sql: &str, mark: fn(&rusqlite::Row<'_>) -> rusqlite::Result<Mark>| {
+                let mut stmt = conn.prepare_cached(sql)?;
+                let mut rows = stmt.query([&self.namespace])?;
                 while let Some(row) = rows.next()? {
                     if let Some(key) = key_bytes(row.get_ref(0)?) {
-                        marks.insert(key, Mark::Deleted(row.get(1)?));
+                        marks.insert(key, mark(row)?);
                     }
                 }
-            }
-            {
-                let mut values = conn
-                    .prepare_cached("SELECT key, changed_at FROM secrets WHERE namespace = ?1")?;
-                let mut rows = values.query([&self.namespace])?;
-                while let Some(row) = rows.next()? {
-                    if let Some(key) = key_bytes(row.get_ref(0)?) {
-                        // A value stands over an older delete of the key.
-                        marks.insert(key, Mark::Set(row.get(1)?));
-                    }
-                }
-            }
+                Ok::<_, rusqlite::Error>(())
+            };
+            scan(
+                "SELECT key, deleted_at FROM deleted WHERE namespace = ?1",
+                |row| Ok(Mark::Deleted(row.get(1)?)),
+            )?;
+            // Second: a value stands over an older delete of the key.
+            scan(
+                "SELECT key, changed_at FROM secrets WHERE namespace = ?1",
+                |row| Ok(Mark::Set(row.get(1)?)),
+            )?;
             snapshot.commit()?;
             Ok(ChangeMarks {
                 data_version,
