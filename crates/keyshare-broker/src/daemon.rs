@@ -142,15 +142,21 @@ pub struct FileLock {
 }
 
 impl FileLock {
+    /// Opens (or creates) a lock file, which must be a regular file: a FIFO there blocked
+    /// whoever read the holder's pid from it, for good (found by QA), and a symbolic link
+    /// would lock whatever it points to.
     fn open(path: &Path) -> Result<File> {
-        OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(NOT_WAITING_NOR_FOLLOWING)
             .open(path)
-            .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))
+            .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))?;
+        refuse_unless_regular(&file, path)?;
+        Ok(file)
     }
 
     /// Takes the lock without waiting; `Ok(None)` when another process holds it.
@@ -439,11 +445,39 @@ fn write_pid(lock: &FileLock) {
     let _ = writeln!(file, "{}", std::process::id());
 }
 
-/// The pid recorded in an instance lock file, for messages.
+/// The pid recorded in an instance lock file, for messages. Nothing from a file that is not
+/// a regular file (a FIFO would block the read until its writer closed it).
 pub fn lock_holder_pid(path: &Path) -> Option<u32> {
     let mut text = String::new();
-    File::open(path).ok()?.read_to_string(&mut text).ok()?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(NOT_WAITING_NOR_FOLLOWING)
+        .open(path)
+        .ok()?;
+    refuse_unless_regular(&file, path).ok()?;
+    file.read_to_string(&mut text).ok()?;
     text.trim().parse().ok()
+}
+
+/// Opening flags for lock files: a FIFO opens without waiting for a writer, and a symbolic
+/// link is not followed (the open fails).
+const NOT_WAITING_NOR_FOLLOWING: i32 =
+    rustix::fs::OFlags::NONBLOCK.bits() as i32 | rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+
+fn refuse_unless_regular(file: &File, path: &Path) -> Result<()> {
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("inspecting lock file {}", path.display()), e))?;
+    if meta.is_file() {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "lock file",
+        format!(
+            "{} is not a regular file; it was left untouched, remove it by hand",
+            path.display()
+        ),
+    ))
 }
 
 /// Removes a socket file left by a broker that died. Takes the instance lock as proof that no

@@ -33,18 +33,33 @@ const PID_PATIENCE: Duration = Duration::from_secs(1);
 pub enum Stopped {
     /// No broker of the flavour was running.
     NotRunning {
-        /// The socket file exists all the same: a systemd socket unit's, which starts a
-        /// broker at the next connection, or one left by a broker that was killed (the next
-        /// broker removes it).
-        socket_remains: bool,
+        /// What is at the socket's path.
+        socket: SocketLeft,
     },
     /// The broker with this pid was running and has exited.
     Stopped {
         /// Its process id.
         pid: u32,
-        /// Its socket file outlives it: a systemd socket unit's (see `NotRunning`).
-        socket_remains: bool,
+        /// What is at the socket's path after it exited.
+        socket: SocketLeft,
     },
+}
+
+/// What is at a flavour's socket path once no broker of [`stop`]'s runs there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SocketLeft {
+    /// Nothing: a broker removes the socket it bound when it stops.
+    Nothing,
+    /// A socket no broker holds the instance lock for: a systemd socket unit's, which starts
+    /// a broker at the next connection, or one left by a broker that was killed (the next
+    /// broker removes it).
+    Socket,
+    /// Something else than a socket, which keeps any broker from starting (it removes only a
+    /// socket) until it is removed by hand.
+    NotASocket,
+    /// A broker started since (a command needed one) and serves it: this pid.
+    NewBroker(u32),
 }
 
 /// Stops the broker of `paths`' flavour, if one runs: sends it SIGTERM, then SIGCONT (a broker
@@ -57,25 +72,25 @@ pub enum Stopped {
 /// [`UnavailableReason::TimedOut`], naming its pid); the lock holder cannot be signalled or
 /// named ([`Error::Io`], [`Error::Unavailable`]).
 pub fn stop(paths: &BrokerPaths, patience: Duration) -> Result<Stopped> {
-    let socket_remains = || fs::symlink_metadata(&paths.socket).is_ok();
+    let socket_left = || socket_left(paths);
     match fs::symlink_metadata(&paths.dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Stopped::NotRunning {
-                socket_remains: false,
+                socket: SocketLeft::Nothing,
             })
         }
         Err(e) => return Err(Error::io(format!("inspecting {}", paths.dir.display()), e)),
         Ok(meta) => refuse_foreign_dir(&paths.dir, meta.uid())?,
     }
     // Probing a lock file creates it; one that does not exist has no holder.
-    if !paths.instance_lock.exists() {
+    if fs::symlink_metadata(&paths.instance_lock).is_err() {
         return Ok(Stopped::NotRunning {
-            socket_remains: socket_remains(),
+            socket: socket_left(),
         });
     }
     let Some((pid, process)) = holder(&paths.instance_lock)? else {
         return Ok(Stopped::NotRunning {
-            socket_remains: socket_remains(),
+            socket: socket_left(),
         });
     };
     for signal in [Signal::TERM, Signal::CONT] {
@@ -96,19 +111,36 @@ pub fn stop(paths: &BrokerPaths, patience: Duration) -> Result<Stopped> {
             "broker",
             UnavailableReason::TimedOut,
             format!(
-                "the broker (pid {pid}) was sent SIGTERM but has not exited within {:.1?}: it \
+                "the broker (pid {pid}) was sent SIGTERM but has not exited within {} s: it \
                  waits for requests still running (a store that is slow to answer) and, for up \
                  to 5 s, for clients to read their replies. Stopping it again ends it without \
                  waiting for its clients; `kill -KILL {pid}` ends it at once (acknowledged \
                  writes are kept either way)",
-                patience
+                patience.as_secs_f64()
             ),
         ));
     }
     Ok(Stopped::Stopped {
         pid,
-        socket_remains: socket_remains(),
+        socket: socket_left(),
     })
+}
+
+fn socket_left(paths: &BrokerPaths) -> SocketLeft {
+    use std::os::unix::fs::FileTypeExt;
+    match fs::symlink_metadata(&paths.socket) {
+        Err(_) => SocketLeft::Nothing,
+        Ok(meta) if !meta.file_type().is_socket() => SocketLeft::NotASocket,
+        Ok(_) => match FileLock::is_held(&paths.instance_lock) {
+            Ok(true) => match lock_holder_by_kernel(&paths.instance_lock)
+                .unwrap_or_else(|| lock_holder_pid(&paths.instance_lock))
+            {
+                Some(pid) => SocketLeft::NewBroker(pid),
+                None => SocketLeft::Socket,
+            },
+            _ => SocketLeft::Socket,
+        },
+    }
 }
 
 fn refuse_foreign_dir(dir: &Path, owner: u32) -> Result<()> {
@@ -124,20 +156,24 @@ fn refuse_foreign_dir(dir: &Path, owner: u32) -> Result<()> {
 }
 
 /// The process holding the instance lock, with a handle on it: `None` when no process holds
-/// it. The handle is opened for the pid the lock file names, and kept only if the lock is still
-/// held and still names that pid afterwards, so it refers to the holder itself, not to a
-/// process that got the pid of one that exited in between.
+/// it. The holder is the process the kernel names for the lock (`/proc/locks`), not the pid
+/// the file holds: a broker writes its pid a moment after it takes the lock, and until then
+/// the file names the one before, whose pid may be another process's by now (found by QA:
+/// that process was signalled). The handle is kept only if the kernel still names the same
+/// holder after it was opened, so it refers to the holder itself, not to a process that got
+/// its pid in between. Without `/proc/locks` (not Linux), the file's pid, checked the same way.
 fn holder(lock: &Path) -> Result<Option<(u32, Process)>> {
     let since = Instant::now();
+    let named = || lock_holder_by_kernel(lock).unwrap_or_else(|| lock_holder_pid(lock));
     loop {
         if !FileLock::is_held(lock)? {
             return Ok(None);
         }
-        let named = lock_holder_pid(lock);
-        if let Some(pid) = named.and_then(|pid| Pid::from_raw(i32::try_from(pid).ok()?)) {
+        let holder = named();
+        if let Some(pid) = holder.and_then(|pid| Pid::from_raw(i32::try_from(pid).ok()?)) {
             match Process::open(pid) {
                 Ok(process) => {
-                    if FileLock::is_held(lock)? && lock_holder_pid(lock) == named {
+                    if FileLock::is_held(lock)? && named() == holder {
                         return Ok(Some((pid.as_raw_nonzero().get() as u32, process)));
                     }
                 }
@@ -156,19 +192,43 @@ fn holder(lock: &Path) -> Result<Option<(u32, Process)>> {
                 "broker",
                 UnavailableReason::Backend,
                 format!(
-                    "a process holds the broker's instance lock {} but the file does not name a \
-                     running process ({}); find it with `fuser {}` and stop it by hand",
+                    "a process holds the broker's instance lock {} but it could not be told \
+                     which; find it with `fuser {}` and stop it by hand",
                     lock.display(),
-                    match named {
-                        Some(pid) => format!("it says pid {pid}"),
-                        None => "it names none".to_owned(),
-                    },
                     lock.display()
                 ),
             ));
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// The pid of the process holding an exclusive `flock` on `lock`, as the kernel lists it in
+/// `/proc/locks` (`N: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF`; waiters' lines
+/// have `->` after the number): `Some(None)` when it lists no such lock, `None` when it
+/// cannot be read.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn lock_holder_by_kernel(lock: &Path) -> Option<Option<u32>> {
+    let meta = fs::metadata(lock).ok()?;
+    let file = format!(
+        "{:02x}:{:02x}:{}",
+        rustix::fs::major(meta.dev()),
+        rustix::fs::minor(meta.dev()),
+        meta.ino()
+    );
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    Some(locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [_, "FLOCK", _, "WRITE", pid, id, ..] if *id == file => pid.parse().ok(),
+            _ => None,
+        }
+    }))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn lock_holder_by_kernel(_lock: &Path) -> Option<Option<u32>> {
+    None
 }
 
 /// A process to signal and wait for: by pidfd, which keeps referring to that process even
@@ -191,15 +251,15 @@ impl Process {
     /// a broker that another app starts as soon as this one is gone holds the lock again.
     fn exited_within(&self, patience: Duration) -> Result<bool> {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
-        let deadline = Instant::now() + patience;
+        // A patience past what an instant can hold (found by QA: `--timeout` near u64::MAX
+        // panicked) waits without end.
+        let deadline = Instant::now().checked_add(patience);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let timeout = Timespec::try_from(left).unwrap_or(Timespec {
-                tv_sec: i64::MAX,
-                tv_nsec: 0,
+            let timeout = deadline.and_then(|deadline| {
+                Timespec::try_from(deadline.saturating_duration_since(Instant::now())).ok()
             });
             let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
-            match poll(&mut fds, Some(&timeout)) {
+            match poll(&mut fds, timeout.as_ref()) {
                 Ok(0) => return Ok(false),
                 Ok(_) => return Ok(true),
                 Err(rustix::io::Errno::INTR) => {}
@@ -225,11 +285,11 @@ impl Process {
     }
 
     fn exited_within(&self, patience: Duration) -> Result<bool> {
-        let deadline = Instant::now() + patience;
+        let deadline = Instant::now().checked_add(patience);
         loop {
             match rustix::process::test_kill_process(self.0) {
                 Err(rustix::io::Errno::SRCH) => return Ok(true),
-                _ if Instant::now() >= deadline => return Ok(false),
+                _ if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(false),
                 _ => std::thread::sleep(POLL),
             }
         }

@@ -98,7 +98,7 @@ fn a_socket_activated_broker_serves() {
         stopped,
         keyshare_broker::stop::Stopped::Stopped {
             pid: activator.id(),
-            socket_remains: true
+            socket: keyshare_broker::stop::SocketLeft::Socket
         }
     );
     assert!(activator.wait().unwrap().success());

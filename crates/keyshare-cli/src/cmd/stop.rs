@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use keyshare_broker::stop::Stopped;
+use keyshare_broker::stop::{SocketLeft, Stopped};
 use serde_json::json;
 
 use crate::broker;
@@ -24,13 +24,38 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     let paths = broker::paths(ctx)?;
     let flavour = ctx.flavour.name();
     let outcome = keyshare_broker::stop::stop(&paths, Duration::from_secs(args.timeout))?;
-    let (pid, socket_remains) = match outcome {
-        Stopped::NotRunning { socket_remains } => (None, socket_remains),
-        Stopped::Stopped {
-            pid,
-            socket_remains,
-        } => (Some(pid), socket_remains),
+    let (pid, socket) = match outcome {
+        Stopped::NotRunning { socket } => (None, socket),
+        Stopped::Stopped { pid, socket } => (Some(pid), socket),
         other => unreachable!("a new outcome of stopping: {other:?}"),
+    };
+    let path = paths.socket.display();
+    let (state, note) = match socket {
+        SocketLeft::Nothing => ("nothing", None),
+        // A broker removes the socket it bound when it stops; one systemd passed it stays,
+        // and systemd starts a broker again at the next connection.
+        SocketLeft::Socket => (
+            "socket",
+            Some(format!(
+                "the socket {path} remains: a systemd socket unit's, which starts a broker at \
+                 the next connection (`systemctl --user stop keyshare@{flavour}.socket` stops \
+                 that too), or one left by a broker that was killed (the next broker removes it)"
+            )),
+        ),
+        SocketLeft::NotASocket => (
+            "not_a_socket",
+            Some(format!(
+                "{path} is not a socket, so no broker can start until it is removed by hand"
+            )),
+        ),
+        SocketLeft::NewBroker(new) => (
+            "new_broker",
+            Some(format!(
+                "another {flavour} broker (pid {new}) has started since, for a command that \
+                 needed one, and serves {path}"
+            )),
+        ),
+        other => unreachable!("a new state of the socket: {other:?}"),
     };
     let mut out = std::io::stdout().lock();
     if ctx.json {
@@ -39,7 +64,7 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
             "stopped": pid.is_some(),
             "pid": pid,
             "socket": paths.socket.display().to_string(),
-            "socket_remains": socket_remains,
+            "socket_left": state,
         });
         return writeln!(out, "{report}").context(crate::exit::WRITING_STDOUT);
     }
@@ -48,16 +73,8 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         None => writeln!(out, "no {flavour} broker is running"),
     }
     .context(crate::exit::WRITING_STDOUT)?;
-    if socket_remains {
-        // A broker removes the socket it bound when it stops; one systemd passed it stays,
-        // and systemd starts a broker again at the next connection.
-        eprintln!(
-            "keyshare: note: the socket {} remains: a systemd socket unit's, which starts a \
-             broker at the next connection (`systemctl --user stop keyshare@{flavour}.socket` \
-             stops that too), or one left by a broker that was killed (the next broker removes \
-             it)",
-            paths.socket.display()
-        );
+    if let Some(note) = note {
+        eprintln!("keyshare: note: {note}");
     }
     Ok(())
 }
