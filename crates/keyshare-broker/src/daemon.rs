@@ -614,7 +614,24 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 /// 0.08-0.2 ms of its 1.4 ms (crates/keyshare-cli/benches/broker_get.rs). Spawned, the loop
 /// runs on a worker and a new connection's task starts on that same worker.
 pub async fn serve_on_worker(daemon: Daemon, state: BrokerState) -> Result<()> {
-    let (stop, stop_now) = shutdown_signals()?;
+    serve_on_worker_until(daemon, state, std::future::pending()).await
+}
+
+/// [`serve_on_worker`], stopping also (gracefully, as for a first SIGTERM) when `stop_when`
+/// completes: for a store that can go away under the broker, such as a vault file replaced
+/// by another (see `keyshare::VaultStore::check_file`).
+pub async fn serve_on_worker_until(
+    daemon: Daemon,
+    state: BrokerState,
+    stop_when: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (signalled, stop_now) = shutdown_signals()?;
+    let stop = async move {
+        tokio::select! {
+            () = signalled => {}
+            () = stop_when => {}
+        }
+    };
     match tokio::spawn(daemon.serve_until(state, stop, stop_now)).await {
         Ok(served) => served,
         Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),

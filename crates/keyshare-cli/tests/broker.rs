@@ -1562,3 +1562,39 @@ fn stop_says_when_a_file_blocks_the_socket_path() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["socket_left"], "not_a_socket", "{report}");
 }
+
+/// A vault file replaced under a running broker (a backup restored) takes no write of the
+/// broker's any more: it would be acknowledged into the file no other process sees, and lost
+/// (found by QA). The write fails, the broker stops within a moment, and the next command
+/// starts one over the file now at the path.
+#[test]
+fn a_vault_replaced_under_the_broker_takes_no_write_and_the_broker_stops() {
+    let home = tempfile::tempdir().unwrap();
+    let vault = home.path().join("data/keyshare/stable/vault.db");
+    run_ok(home.path(), &["--direct", "set", "k1"], b"v1");
+    let backup = home.path().join("backup.db");
+    std::fs::copy(&vault, &backup).unwrap();
+    let mut serve = Serving::start(keyshare(home.path()));
+    run_ok(home.path(), &["set", "k2"], b"v2");
+
+    let moved = home.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let name = format!("vault.db{suffix}");
+        let _ = std::fs::rename(vault.with_file_name(&name), moved.join(&name));
+    }
+    std::fs::copy(&backup, &vault).unwrap();
+    std::fs::set_permissions(&vault, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    let out = run(home.path(), &["set", "k3"], b"acknowledged?");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("is another file now"), "{stderr}");
+    serve.wait_for_log("stopping: the vault is not the file this broker opened");
+    assert!(serve.child.wait().unwrap().success());
+
+    // A new broker, over the file at the path: the backup's content, and k3 nowhere.
+    assert_eq!(run_ok(home.path(), &["get", "k1"], b"").stdout, b"v1");
+    assert_eq!(run(home.path(), &["get", "k3"], b"").status.code(), Some(1));
+    run_ok(home.path(), &["stop"], b"");
+}

@@ -1498,3 +1498,26 @@ fn changes_since_reports_other_connections_writes_only() {
     ours.set(&key("b"), &value(b"2")).unwrap();
     assert_eq!(changes(&mut marks), vec![("a".to_owned(), ChangeKind::Set)]);
 }
+
+/// A vault file removed or replaced since it was opened takes no more writes through that
+/// store: they would go to a file no later open sees (found by QA, through a broker).
+#[test]
+fn a_removed_or_replaced_vault_file_takes_no_write() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let store = open(&path, "ns");
+    store.set(&key("k"), &value(b"1")).unwrap();
+    store.check_file().unwrap();
+    let aside = dir.path().join("aside.db");
+    fs::rename(&path, &aside).unwrap();
+    let err = store.set(&key("k"), &value(b"2")).unwrap_err();
+    assert!(err.to_string().contains("was removed"), "{err}");
+    assert!(store.check_file().is_err());
+    fs::copy(&aside, &path).unwrap();
+    let err = store.set(&key("k"), &value(b"2")).unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("is another file now"), "{err}");
+    // Put back, the same file takes writes again.
+    fs::rename(&aside, &path).unwrap();
+    store.set(&key("k"), &value(b"3")).unwrap();
+}

@@ -119,7 +119,25 @@ pub fn run(args: &Args, ctx: &Context, config_path: &Path) -> anyhow::Result<()>
         state = state.with_external_changes(external);
     }
     PolicyReload::new(config_path, config_seen, state.policy_handle()).spawn();
-    let served = runtime.block_on(daemon::serve_on_worker(daemon, state));
+    // A vault file replaced under the broker (a backup restored) would take no more writes
+    // (they fail) and answer reads from the file no other process sees: the broker stops, and
+    // the next command starts one over the file now at the path (found by QA).
+    let vault_gone = {
+        let vault = shared.vault.clone();
+        async move {
+            let Some(vault) = vault else {
+                return std::future::pending().await;
+            };
+            loop {
+                tokio::time::sleep(VAULT_WATCH_INTERVAL).await;
+                if let Err(err) = vault.check_file() {
+                    tracing::error!(error = %err, "stopping: the vault is not the file this broker opened");
+                    return;
+                }
+            }
+        }
+    };
+    let served = runtime.block_on(daemon::serve_on_worker_until(daemon, state, vault_gone));
     // Store calls still running on the blocking pool now answer nobody: every acknowledged
     // write was durable before its reply existed, and the server has stopped waiting for the
     // rest (its grace period ended, or a second signal cut it short). Dropping the runtime

@@ -100,6 +100,14 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
 }
 
+/// A file's device and inode (following a symbolic link, as opening it does): the same pair
+/// later means the same file is still at the path.
+pub(crate) fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
 pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

@@ -176,6 +176,9 @@ struct Vault {
     /// processes' changes (see `changes`); `None` until something looks, so a vault nobody
     /// watches records nothing.
     own_marks: Mutex<Option<changes::OwnMarks>>,
+    /// The opened file's device and inode: a file put at the path since (a backup restored,
+    /// the directory moved away) is not this one, and writes to this one would be lost.
+    file_id: (u64, u64),
 }
 
 impl Drop for Vault {
@@ -201,6 +204,29 @@ impl Vault {
 
     fn store_name(&self) -> String {
         format!("vault {}", self.path.display())
+    }
+
+    /// `Ok` while the file at the vault's path is the one this connection opened.
+    fn check_file(&self) -> Result<()> {
+        let now = files::file_id(&self.path);
+        if matches!(&now, Ok(id) if *id == self.file_id) {
+            return Ok(());
+        }
+        let what = match now {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "was removed".to_owned(),
+            Err(e) => format!("cannot be inspected ({e})"),
+            Ok(_) => "is another file now (a restored backup?)".to_owned(),
+        };
+        Err(Error::unavailable(
+            "vault",
+            UnavailableReason::NotRunning,
+            format!(
+                "{} {what} since this process opened it, so nothing more is written to the file \
+                 it opened; open the vault again (a broker: `keyshare stop`, and the next command \
+                 starts one over the file now there)",
+                self.path.display()
+            ),
+        ))
     }
 
     fn sql_error(&self, doing: &str, e: rusqlite::Error) -> Error {
@@ -358,6 +384,11 @@ impl Vault {
             .and_then(|mut s| s.execute([]))
         {
             return fail_all(self.sql_error("starting a write", e));
+        }
+        // Under the write lock: a write acknowledged into a file no longer at the path would be
+        // lost to every later open (found by QA: a broker wrote on into a vault moved away).
+        if let Err(e) = self.check_file() {
+            return fail_all(e);
         }
         // One time for the whole transaction: its writes take effect together.
         let now = epoch_nanos(SystemTime::now());
@@ -780,6 +811,8 @@ impl VaultStore {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(map("opening the vault"))?;
+        let file_id = files::file_id(path)
+            .map_err(|e| Error::io(format!("inspecting vault {}", path.display()), e))?;
         conn.busy_timeout(options.busy_timeout)
             .map_err(map("setting the busy timeout"))?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -860,11 +893,20 @@ impl VaultStore {
             limits: options.limits,
             busy_timeout: options.busy_timeout,
             own_marks: Mutex::new(None),
+            file_id,
         };
         Ok(VaultStore {
             vault: Arc::new(vault),
             namespace: options.namespace.clone(),
         })
+    }
+
+    /// `Ok` while the file at the vault's path is still the one this store opened; else why
+    /// not ([`Error::Unavailable`]: it was removed or replaced, as by a restored backup). Writes
+    /// check it themselves and fail then; a long-running process (the broker) also looks now
+    /// and then, to stop serving a file no other process sees any more.
+    pub fn check_file(&self) -> Result<()> {
+        self.vault.check_file()
     }
 
     /// A store over another namespace of the same open vault file (same connection, same
