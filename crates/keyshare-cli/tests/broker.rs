@@ -1598,3 +1598,62 @@ fn a_vault_replaced_under_the_broker_takes_no_write_and_the_broker_stops() {
     assert_eq!(run(home.path(), &["get", "k3"], b"").status.code(), Some(1));
     run_ok(home.path(), &["stop"], b"");
 }
+
+/// A write that waited for a repair through the broker, whose policy then stopped sharing the
+/// key with the app: `repair` drops it and says so (exit 7), instead of leaving it pending for
+/// good while the app read its own copy of a key the broker denies it (found by QA).
+#[test]
+fn a_pending_write_the_brokers_policy_now_refuses_is_dropped_and_said() {
+    let home = tempfile::tempdir().unwrap();
+    let config = "timeout_ms = 1000\n[apps.code]\nlegacy = { kind = \"vault\" }\n";
+    write_config(home.path(), &format!("{config}shared_keys = [\"tok\"]\n"));
+    let serve = Serving::start(keyshare(home.path()));
+    run_ok(home.path(), &["--app", "code", "set", "tok"], b"v1");
+    // Another process holds the vault's write lock: the broker's write times out, and the
+    // app keeps it in its own store, queued for a repair.
+    let vault = home.path().join("data/keyshare/stable/vault.db");
+    let mut locker = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
+             c.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\ntime.sleep(4)",
+        ])
+        .arg(&vault)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(locker.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let out = run_ok(home.path(), &["--app", "code", "set", "tok"], b"v2");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("It is queued"),
+        "{out:?}"
+    );
+    let _ = locker.kill();
+    let _ = locker.wait();
+    // The policy no longer shares tok with code; the broker follows the edit within 2 s.
+    write_config(home.path(), &format!("{config}shared_keys = [\"other\"]\n"));
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+
+    let out = run(home.path(), &["--app", "code", "repair"], b"");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert!(
+        stdout.contains("refused by the shared store, no longer pending: tok"),
+        "{stdout}"
+    );
+    assert_eq!(
+        run(home.path(), &["--app", "code", "get", "tok"], b"")
+            .status
+            .code(),
+        Some(8),
+        "code reads its own copy of a key the broker denies it"
+    );
+    let doctor = run(home.path(), &["--app", "code", "--json", "doctor"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    assert_eq!(report["pending_repairs"], serde_json::json!([]), "{report}");
+    serve.stop();
+}

@@ -520,6 +520,42 @@ fn a_write_the_shared_store_refuses_fails_and_is_neither_kept_nor_queued() {
     assert!(matches!(sub.try_recv(), Some(Notification::Changed(_))));
 }
 
+/// A pending write the shared store refuses once it answers again (the broker's policy
+/// changed meanwhile) is dropped and reported once, not left pending forever while this app
+/// reads its own copy of a key the shared store refuses it (found by QA).
+#[test]
+fn a_repair_the_shared_store_refuses_is_dropped_and_reported() {
+    let shared = Arc::new(FaultStore::new(
+        Refusing::default(),
+        Duration::from_millis(5),
+    ));
+    let legacy = Arc::new(MemoryStore::new());
+    let storage = SecretStorage::builder(shared.clone())
+        .legacy(legacy.clone())
+        .journal(Arc::new(MemoryStore::new()))
+        .build();
+    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
+    storage.set(&k("denied.k"), &v("t")).unwrap();
+    assert_eq!(storage.status().pending_repairs, vec![k("denied.k")]);
+
+    let report = storage.repair().unwrap();
+    assert_eq!((report.repaired, report.failed.len()), (0, 0), "{report:?}");
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert_eq!(report.refused[0].0, k("denied.k"));
+    assert!(
+        report.refused[0].1.contains("not for this app"),
+        "{report:?}"
+    );
+    assert!(storage.status().pending_repairs.is_empty());
+    let err = storage.get(&k("denied.k")).unwrap_err();
+    assert!(err.is_refusal(), "read from its own copy: {err}");
+    assert!(
+        legacy.get(&k("denied.k")).unwrap().is_some(),
+        "its own copy stays"
+    );
+    assert!(storage.take_refused_repairs().is_empty(), "reported twice");
+}
+
 /// A store whose `get` of "A" blocks until a `set` of "B" has happened.
 #[derive(Debug, Default)]
 struct Rendezvous {

@@ -23,11 +23,17 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
             .map(|(k, why)| serde_json::json!({ "key": k.as_str(), "reason": why }))
             .collect();
         let superseded: Vec<_> = report.superseded.iter().map(|k| k.as_str()).collect();
+        let refused: Vec<_> = report
+            .refused
+            .iter()
+            .map(|(k, why)| serde_json::json!({ "key": k.as_str(), "reason": why }))
+            .collect();
         println!(
             "{}",
             serde_json::json!({
                 "repaired": report.repaired,
                 "superseded": superseded,
+                "refused": refused,
                 "failed": failed,
             })
         );
@@ -38,9 +44,31 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         for key in &report.superseded {
             println!("kept another app's later change: {}", super::shown(key));
         }
+        for (key, why) in &report.refused {
+            println!(
+                "refused by the shared store, no longer pending: {}: {why}",
+                super::shown(key)
+            );
+        }
         for (key, why) in &report.failed {
             println!("still pending: {}: {why}", super::shown(key));
         }
+    }
+    if !report.refused.is_empty() {
+        // The writes were acknowledged (into this app's own store) but will never reach the
+        // other apps: the user must know, and scripts too.
+        anyhow::bail!(
+            "{} write(s) of app {} that waited for a repair are refused by the shared store for \
+             good and no longer pending: the other apps never got them (this app's own store \
+             keeps them){}",
+            report.refused.len(),
+            ctx.app,
+            if report.failed.is_empty() {
+                String::new()
+            } else {
+                format!("; {} repair(s) still pending", report.failed.len())
+            }
+        );
     }
     if !report.failed.is_empty() {
         // Named with the app: a bare `keyshare repair` acts on the default app.

@@ -151,8 +151,23 @@ pub struct RepairReport {
     /// change is the later one and stands, and this app's own copy now follows it (no longer
     /// pending either).
     pub superseded: Vec<SecretKey>,
+    /// Keys whose pending write the shared store refuses for good (see
+    /// [`crate::Error::is_refusal`]: the broker's policy denies this app the key now, the value
+    /// is over its limit), with why: no longer pending, since a repair would wait forever; this
+    /// app's own copy stays in its legacy store, and the key is read from the shared store.
+    pub refused: Vec<(SecretKey, String)>,
     /// Keys that still wait, with reasons.
     pub failed: Vec<(SecretKey, String)>,
+}
+
+/// How one repair ended.
+enum Repaired {
+    /// The shared copy was written.
+    Written,
+    /// Another app's later change stood (see [`RepairReport::superseded`]).
+    Superseded,
+    /// The shared store refused the write for good (see [`RepairReport::refused`]).
+    Refused,
 }
 
 /// The most change events [`SecretStorageBuilder::event_capacity`] lets a subscriber lag behind.
@@ -257,6 +272,7 @@ impl SecretStorageBuilder {
                 limits: self.limits,
                 counters: Counters::default(),
                 superseded: Mutex::default(),
+                refused_repairs: Mutex::default(),
                 lazy_migration: self.lazy_migration,
                 nonblocking,
                 sets: Arc::default(),
@@ -302,6 +318,10 @@ struct Inner {
     /// that a migration pass or a write carried out is reported too (found by QA: the lazy
     /// migration of the next command did it, and `keyshare repair` then said nothing).
     superseded: Mutex<Vec<SecretKey>>,
+    /// Keys whose pending write the shared store refused for good, with why, not yet reported
+    /// (as `superseded`; found by QA: such a repair stayed pending forever, and the app read
+    /// its own copy of a key the broker's policy denied it).
+    refused_repairs: Mutex<Vec<(SecretKey, String)>>,
     lazy_migration: bool,
     /// Every store (shared, legacy, journal) says its calls never block: see
     /// [`Store::is_nonblocking`].
@@ -449,6 +469,13 @@ impl SecretStorage {
     /// an app learns of each such key once, and can tell its user that their write gave way.
     pub fn take_superseded(&self) -> Vec<SecretKey> {
         std::mem::take(&mut *self.inner.superseded())
+    }
+
+    /// The keys whose pending write the shared store refused for good (see
+    /// [`RepairReport::refused`]) since this storage was built or last asked, by this call or
+    /// by [`SecretStorage::repair`], which reports them too; each with why.
+    pub fn take_refused_repairs(&self) -> Vec<(SecretKey, String)> {
+        std::mem::take(&mut *self.inner.refused_repairs())
     }
 }
 
@@ -1120,25 +1147,25 @@ impl Inner {
 
     /// Brings the shared copy of one dirty key up to date from the legacy store, unless another
     /// app changed it there after this app's write failed: then that change is the later one,
-    /// and this app's copy follows it instead. `Ok(true)` when the shared copy was written,
-    /// `Ok(false)` when it stood.
+    /// and this app's copy follows it instead; or the shared store refuses the write for good,
+    /// and the repair is dropped.
     ///
     /// Why the time of the failure, not what the shared store held when this app last looked:
     /// a change another app made before the failed write looks the same from here as one made
     /// after it, and only the second may win (the model test found a version that let the
     /// first undo this app's own acknowledged delete).
-    fn repair_key(&self, key: &SecretKey) -> Result<bool> {
+    fn repair_key(&self, key: &SecretKey) -> Result<Repaired> {
         let Some(legacy) = &self.legacy else {
-            return Ok(true);
+            return Ok(Repaired::Written);
         };
         if !self.journal.is_dirty(key) {
-            return Ok(true);
+            return Ok(Repaired::Written);
         }
         let ours = legacy.get(key)?;
-        let written = match self.journal.dirty_since(key) {
+        let write = || match self.journal.dirty_since(key) {
             Some(failed_at) => {
                 self.shared
-                    .write_unless_changed_after(key, ours.as_ref(), failed_at)?
+                    .write_unless_changed_after(key, ours.as_ref(), failed_at)
             }
             // Recorded before failure times were: this app's copy wins, as it did then.
             None => {
@@ -1148,8 +1175,24 @@ impl Inner {
                         self.shared.delete(key)?;
                     }
                 }
-                true
+                Ok(true)
             }
+        };
+        let written = match write() {
+            Ok(written) => written,
+            // Waiting on would be waiting forever, while this app read its own copy of a key
+            // the shared store refuses it. The mark goes; the copy stays, unread: the key is
+            // read from the shared store from now on, as any migrated key.
+            Err(err) if err.is_refusal() => {
+                tracing::warn!(error = %err, key = %key, "the shared store refuses this app's pending write for good; no longer pending");
+                self.journal.clear_dirty(key)?;
+                let _ = self.journal.mark_migrated(key);
+                let mut refused = self.refused_repairs();
+                refused.retain(|(k, _)| k != key);
+                refused.push((key.clone(), reason(&err)));
+                return Ok(Repaired::Refused);
+            }
+            Err(err) => return Err(err),
         };
         if !written {
             // The legacy copy is what this app reads while the key is dirty, so it follows the
@@ -1175,12 +1218,12 @@ impl Inner {
             drop(superseded);
             // What this app reads for the key changed.
             self.events.emit(key, kind);
-            return Ok(false);
+            return Ok(Repaired::Superseded);
         }
         self.journal.clear_dirty(key)?;
         let _ = self.journal.mark_migrated(key);
         self.counters.repairs_done.fetch_add(1, Ordering::Relaxed);
-        Ok(true)
+        Ok(Repaired::Written)
     }
 
     fn repair_pending(&self) -> RepairReport {
@@ -1192,9 +1235,9 @@ impl Inner {
             let ticket = self.queues.enqueue(&key);
             ticket.wait();
             match self.repair_key(&key) {
-                Ok(true) => report.repaired += 1,
-                // Reported below, with those a migration pass or a write superseded.
-                Ok(false) => {}
+                Ok(Repaired::Written) => report.repaired += 1,
+                // Reported below, with those a migration pass carried out.
+                Ok(Repaired::Superseded | Repaired::Refused) => {}
                 Err(err) => {
                     self.counters
                         .repair_failures
@@ -1209,7 +1252,15 @@ impl Inner {
             }
         }
         report.superseded = std::mem::take(&mut *self.superseded());
+        report.refused = std::mem::take(&mut *self.refused_repairs());
         report
+    }
+
+    fn refused_repairs(&self) -> MutexGuard<'_, Vec<(SecretKey, String)>> {
+        // Pushes and takes: a panic cannot leave the list torn.
+        self.refused_repairs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn superseded(&self) -> MutexGuard<'_, Vec<SecretKey>> {
@@ -1278,9 +1329,10 @@ impl Inner {
     fn migrate_key(&self, legacy: &dyn Store, key: &SecretKey) -> MigrationOutcome {
         if self.journal.is_dirty(key) {
             return match self.repair_key(key) {
-                Ok(true) => MigrationOutcome::Copied,
-                // Another app's later change stands: nothing of this app's was copied.
-                Ok(false) => MigrationOutcome::AlreadyPresent,
+                Ok(Repaired::Written) => MigrationOutcome::Copied,
+                // Another app's later change stands: nothing of this app's was copied. A
+                // refused write is not pending any more, and reported by the next `repair`.
+                Ok(Repaired::Superseded | Repaired::Refused) => MigrationOutcome::AlreadyPresent,
                 Err(err) => MigrationOutcome::Failed(reason(&err)),
             };
         }
