@@ -188,6 +188,30 @@ impl Store for CorruptStore {
     }
 }
 
+/// A shared store that does not know a key this app migrated (it was reset, or a new one is at
+/// the same place) gets this app's copy back, as a first migration would, and the read answers
+/// it; the copy is taken away only where the shared store recorded another app's delete
+/// (`sign_out_in_one_app_signs_out_the_other`).
+#[test]
+fn a_shared_store_that_lost_a_key_gets_this_apps_copy_back() {
+    let legacy = Arc::new(MemoryStore::new());
+    let journal = Arc::new(MemoryStore::new());
+    let open = |shared: Arc<MemoryStore>| {
+        SecretStorage::builder(shared)
+            .legacy(legacy.clone())
+            .journal(journal.clone())
+            .build()
+    };
+    open(Arc::new(MemoryStore::new()))
+        .set(&k("github.auth"), &v("t"))
+        .unwrap();
+    let fresh = Arc::new(MemoryStore::new());
+    let storage = open(fresh.clone());
+    assert_eq!(read(&storage, "github.auth").as_deref(), Some("t"));
+    assert!(fresh.get(&k("github.auth")).unwrap().is_some());
+    assert!(legacy.get(&k("github.auth")).unwrap().is_some());
+}
+
 // Seed problem 5: a decrypt failure deleted the entry, and the good shared copy with it.
 #[test]
 fn corrupt_legacy_entry_is_reported_and_nothing_is_deleted() {

@@ -954,10 +954,7 @@ impl Inner {
                     .fetch_add(1, Ordering::Relaxed);
                 Ok(Some(value))
             }
-            Ok(None) => {
-                self.forget_legacy_copy(legacy.as_ref(), key);
-                Ok(None)
-            }
+            Ok(None) => Ok(self.settle_own_copy(legacy.as_ref(), key)),
             // Once a key is in the shared store, the shared copy is the truth: another app may
             // have deleted it or written a newer value since this app's own copy was written,
             // so answering from that copy could bring back a signed-out token or go back to an
@@ -980,11 +977,48 @@ impl Inner {
         }
     }
 
-    /// A key this app reads as absent, because the shared store has no value for it (another
-    /// app deleted it: a sign-out), keeps no copy in this app's legacy store either: that copy
-    /// is never read again, and a revoked token would stay at rest there, for the app itself
-    /// to find should it run without keyshare (found by QA). Best effort: a legacy store that
-    /// cannot be written now (its app runs over it) is tried again at the next such read.
+    /// A migrated key the shared store has no value for, and this app's own copy of it. Where
+    /// the shared store records changes, it tells: a recorded delete (another app signed out)
+    /// takes this app's copy too, which is never read again and would keep a revoked token at
+    /// rest, for the app itself to find should it run without keyshare (found by QA); no record
+    /// at all means the shared store does not know the key (it was reset, or is a new one at
+    /// the same place), and the copy goes back into it, as a first migration would, and is the
+    /// answer. Where it keeps no change times the two look the same, and the copy stays, unread.
+    /// Best effort: whatever fails leaves things as they were, for the next read to try again.
+    fn settle_own_copy(&self, legacy: &dyn Store, key: &SecretKey) -> Option<SecretValue> {
+        if !self.shared.keeps_change_times() {
+            return None;
+        }
+        let value = match legacy.get(key) {
+            Ok(value) => value?,
+            Err(err) => {
+                tracing::debug!(error = %err, key = %key, "could not read this app's copy of a key the shared store lacks");
+                return None;
+            }
+        };
+        match self
+            .shared
+            .write_unless_changed_after(key, Some(&value), UNIX_EPOCH)
+        {
+            Ok(true) => {
+                tracing::info!(key = %key, "the shared store did not know this key (reset?); this app's copy was put back");
+                self.events.emit(key, ChangeKind::Set);
+                Some(value)
+            }
+            Ok(false) => {
+                self.forget_legacy_copy(legacy, key);
+                None
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, key = %key, "could not settle this app's copy of a key the shared store lacks");
+                None
+            }
+        }
+    }
+
+    /// Removes this app's copy of a key another app deleted (the shared store recorded the
+    /// delete). Best effort: a legacy store that cannot be written now (its app runs over it)
+    /// is tried again at the next such read.
     fn forget_legacy_copy(&self, legacy: &dyn Store, key: &SecretKey) {
         match legacy.get(key) {
             Ok(Some(_)) => match legacy.delete(key) {
