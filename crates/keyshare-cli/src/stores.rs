@@ -76,14 +76,6 @@ impl Drop for Opened {
     /// said once: found by QA, the value was gone and no command said why. `keyshare repair`
     /// lists them itself and leaves none here.
     fn drop(&mut self) {
-        for (key, why) in self.storage.take_refused_repairs() {
-            eprintln!(
-                "keyshare: warning: the shared store refuses app {}'s write of {} for good ({why}), \
-                 so it is no longer pending: the other apps never got it",
-                self.app,
-                crate::cmd::shown(&key)
-            );
-        }
         for key in self.storage.take_superseded() {
             eprintln!(
                 "keyshare: note: kept another app's later change to {}: this app's write of it, \

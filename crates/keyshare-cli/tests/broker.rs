@@ -1337,8 +1337,9 @@ fn stop_reports_a_broker_that_does_not_exit_in_time_and_a_second_stop_ends_it() 
         String::from_utf8_lossy(&out.stdout),
         format!("stopped the stable broker (pid {broker})\n")
     );
+    // The grace period is 5 s: a second stop that waited for it would take longer.
     assert!(
-        started.elapsed() < std::time::Duration::from_millis(2500),
+        started.elapsed() < std::time::Duration::from_millis(4500),
         "took {:?}: the second stop waited for the grace period",
         started.elapsed()
     );
@@ -1437,6 +1438,9 @@ fn watch_hears_of_writes_made_without_the_broker() {
         pair("marker", "set"),
         "the broker's own write came again"
     );
+    // Nor later, in the same look (found in review: one look's events come in any order).
+    let late = events.recv_timeout(std::time::Duration::from_millis(1500));
+    assert!(late.is_err(), "an event came twice: {late:?}");
 
     let _ = watch.kill();
     let _ = watch.wait();
@@ -1473,6 +1477,21 @@ fn stop_signals_the_lock_holder_never_the_pid_the_file_names() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 
+    let out = run(home.path(), &["stop", "--timeout", "30"], b"");
+    let holder_pid = holder.id();
+    let bystander_alive = bystander.try_wait().unwrap().is_none();
+    for child in [&mut holder, &mut bystander] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(bystander_alive, "the process the file named was signalled");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("stopped the stable broker (pid {holder_pid})\n")
+    );
+    // A timeout past what an instant can hold waits without end instead of panicking (found
+    // by QA); nothing runs now, so it returns at once.
     let out = run_ok(
         home.path(),
         &["stop", "--timeout", "18446744073709551615"],
@@ -1480,15 +1499,8 @@ fn stop_signals_the_lock_holder_never_the_pid_the_file_names() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        format!("stopped the stable broker (pid {})\n", holder.id())
+        "no stable broker is running\n"
     );
-    assert!(!holder.wait().unwrap().success(), "ended by SIGTERM");
-    assert!(
-        bystander.try_wait().unwrap().is_none(),
-        "the process the file named was signalled"
-    );
-    let _ = bystander.kill();
-    let _ = bystander.wait();
 }
 
 /// A lock file that is not a regular file (a FIFO) is refused by the broker and by `stop`,
@@ -1608,10 +1620,10 @@ fn a_vault_replaced_under_the_broker_takes_no_write_and_the_broker_stops() {
 }
 
 /// A write that waited for a repair through the broker, whose policy then stopped sharing the
-/// key with the app: `repair` drops it and says so (exit 7), instead of leaving it pending for
-/// good while the app read its own copy of a key the broker denies it (found by QA).
+/// key with the app: `repair` says the broker refuses it (exit 7), not to wait for the store
+/// (found by QA); it stays pending, and goes through once the policy shares the key again.
 #[test]
-fn a_pending_write_the_brokers_policy_now_refuses_is_dropped_and_said() {
+fn a_pending_write_the_brokers_policy_now_refuses_is_said_to_be_refused() {
     let home = tempfile::tempdir().unwrap();
     let config = "timeout_ms = 1000\n[apps.code]\nlegacy = { kind = \"vault\" }\n";
     write_config(home.path(), &format!("{config}shared_keys = [\"tok\"]\n"));
@@ -1623,10 +1635,11 @@ fn a_pending_write_the_brokers_policy_now_refuses_is_dropped_and_said() {
     let mut locker = Command::new("python3")
         .args([
             "-c",
-            "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
-             c.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\ntime.sleep(4)",
+            "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
+             c.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\nsys.stdin.read()",
         ])
         .arg(&vault)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -1648,20 +1661,40 @@ fn a_pending_write_the_brokers_policy_now_refuses_is_dropped_and_said() {
 
     let out = run(home.path(), &["--app", "code", "repair"], b"");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     assert!(
-        stdout.contains("refused by the shared store, no longer pending: tok"),
+        stdout.contains("still pending, refused by the shared store: tok"),
         "{stdout}"
     );
-    assert_eq!(
-        run(home.path(), &["--app", "code", "get", "tok"], b"")
-            .status
-            .code(),
-        Some(8),
-        "code reads its own copy of a key the broker denies it"
+    assert!(
+        stderr.contains("1 refused by the shared store") && !stderr.contains("reachable"),
+        "{stderr}"
     );
     let doctor = run(home.path(), &["--app", "code", "--json", "doctor"], b"");
     let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    assert_eq!(
+        report["pending_repairs"],
+        serde_json::json!(["tok"]),
+        "{report}"
+    );
+
+    write_config(home.path(), &format!("{config}shared_keys = [\"tok\"]\n"));
+    serve.wait_for_log("access policy reloaded");
+    // Repaired, or found already there: the broker's own attempt may have landed once the lock
+    // went, after the command had given up on it.
+    run_ok(home.path(), &["--app", "code", "repair"], b"");
+    let doctor = run(home.path(), &["--app", "code", "--json", "doctor"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
     assert_eq!(report["pending_repairs"], serde_json::json!([]), "{report}");
+    assert_eq!(
+        run_ok(
+            home.path(),
+            &["--app", "code", "--direct", "get", "tok"],
+            b""
+        )
+        .stdout,
+        b"v2"
+    );
     serve.stop();
 }

@@ -46,7 +46,7 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         }
         for (key, why) in &report.refused {
             println!(
-                "refused by the shared store, no longer pending: {}: {why}",
+                "still pending, refused by the shared store: {}: {why}",
                 super::shown(key)
             );
         }
@@ -54,28 +54,30 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
             println!("still pending: {}: {why}", super::shown(key));
         }
     }
-    if !report.refused.is_empty() {
-        // The writes were acknowledged (into this app's own store) but will never reach the
-        // other apps: the user must know, and scripts too.
-        anyhow::bail!(
-            "{} write(s) of app {} that waited for a repair are refused by the shared store for \
-             good and no longer pending: the other apps never got them (this app's own store \
-             keeps them){}",
-            report.refused.len(),
-            ctx.app,
-            if report.failed.is_empty() {
-                String::new()
-            } else {
-                format!("; {} repair(s) still pending", report.failed.len())
-            }
-        );
-    }
-    if !report.failed.is_empty() {
+    if !report.refused.is_empty() || !report.failed.is_empty() {
         // Named with the app: a bare `keyshare repair` acts on the default app.
+        let app = &ctx.app;
+        let mut why = Vec::new();
+        if !report.refused.is_empty() {
+            // Found by QA: "once the shared store is reachable" for a key the broker's policy
+            // had stopped sharing with the app.
+            why.push(format!(
+                "{} refused by the shared store (it takes them once what refuses them changes: \
+                 the broker's policy for app {app}, the store's limit, the broker that answers)",
+                report.refused.len()
+            ));
+        }
+        if !report.failed.is_empty() {
+            why.push(format!(
+                "{} because the shared store failed (run `keyshare --app {app} repair` again \
+                 once it is reachable)",
+                report.failed.len()
+            ));
+        }
         anyhow::bail!(
-            "{} repair(s) still pending; run `keyshare --app {} repair` again once the shared store is reachable",
-            report.failed.len(),
-            ctx.app
+            "{} repair(s) still pending: {}",
+            report.refused.len() + report.failed.len(),
+            why.join("; ")
         );
     }
     Ok(())

@@ -317,10 +317,6 @@ pub mod early_log {
     }
 }
 
-/// Settings a broker cannot serve, refused before anything is bound: the memory store, which
-/// commands always open themselves (`broker::route`), so a broker over it would serve no one
-/// and a `watch` on it would wait forever; and `--direct`, which asks to bypass the broker
-/// (`serve` is the broker, so it cannot mean anything here).
 /// How often a broker over a vault looks for other processes' writes: one query when there is
 /// none, so a look costs next to nothing; subscribers hear of such a write within this time.
 const VAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -335,6 +331,10 @@ fn watch_vault(vault: &std::sync::Arc<keyshare::VaultStore>) -> anyhow::Result<E
     ))
 }
 
+/// Settings a broker cannot serve, refused before anything is bound: the memory store, which
+/// commands always open themselves (`broker::route`), so a broker over it would serve no one
+/// and a `watch` on it would wait forever; and `--direct`, which asks to bypass the broker
+/// (`serve` is the broker, so it cannot mean anything here).
 fn refuse_what_no_broker_serves(ctx: &Context) -> anyhow::Result<()> {
     if ctx.routing.direct {
         return Err(keyshare::Error::invalid(

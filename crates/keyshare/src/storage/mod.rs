@@ -151,23 +151,14 @@ pub struct RepairReport {
     /// change is the later one and stands, and this app's own copy now follows it (no longer
     /// pending either).
     pub superseded: Vec<SecretKey>,
-    /// Keys whose pending write the shared store refuses for good (see
-    /// [`crate::Error::is_refusal`]: the broker's policy denies this app the key now, the value
-    /// is over its limit), with why: no longer pending, since a repair would wait forever; this
-    /// app's own copy stays in its legacy store, and the key is read from the shared store.
+    /// Keys that still wait because the shared store refuses their write (see
+    /// [`crate::Error::is_refusal`]: the broker's policy does not let this app use the key, the
+    /// value is over its limit, another broker with other settings answered, a prompt was
+    /// dismissed), with why: retrying as things are cannot help, but they stay pending, since
+    /// dropping an acknowledged write (a sign-out among them) for what may pass would lose it.
     pub refused: Vec<(SecretKey, String)>,
-    /// Keys that still wait, with reasons.
+    /// Keys that still wait for another reason (an outage), with reasons.
     pub failed: Vec<(SecretKey, String)>,
-}
-
-/// How one repair ended.
-enum Repaired {
-    /// The shared copy was written.
-    Written,
-    /// Another app's later change stood (see [`RepairReport::superseded`]).
-    Superseded,
-    /// The shared store refused the write for good (see [`RepairReport::refused`]).
-    Refused,
 }
 
 /// The most change events [`SecretStorageBuilder::event_capacity`] lets a subscriber lag behind.
@@ -272,7 +263,6 @@ impl SecretStorageBuilder {
                 limits: self.limits,
                 counters: Counters::default(),
                 superseded: Mutex::default(),
-                refused_repairs: Mutex::default(),
                 lazy_migration: self.lazy_migration,
                 nonblocking,
                 sets: Arc::default(),
@@ -318,10 +308,6 @@ struct Inner {
     /// that a migration pass or a write carried out is reported too (found by QA: the lazy
     /// migration of the next command did it, and `keyshare repair` then said nothing).
     superseded: Mutex<Vec<SecretKey>>,
-    /// Keys whose pending write the shared store refused for good, with why, not yet reported
-    /// (as `superseded`; found by QA: such a repair stayed pending forever, and the app read
-    /// its own copy of a key the broker's policy denied it).
-    refused_repairs: Mutex<Vec<(SecretKey, String)>>,
     lazy_migration: bool,
     /// Every store (shared, legacy, journal) says its calls never block: see
     /// [`Store::is_nonblocking`].
@@ -469,13 +455,6 @@ impl SecretStorage {
     /// an app learns of each such key once, and can tell its user that their write gave way.
     pub fn take_superseded(&self) -> Vec<SecretKey> {
         std::mem::take(&mut *self.inner.superseded())
-    }
-
-    /// The keys whose pending write the shared store refused for good (see
-    /// [`RepairReport::refused`]) since this storage was built or last asked, by this call or
-    /// by [`SecretStorage::repair`], which reports them too; each with why.
-    pub fn take_refused_repairs(&self) -> Vec<(SecretKey, String)> {
-        std::mem::take(&mut *self.inner.refused_repairs())
     }
 }
 
@@ -871,8 +850,9 @@ impl Inner {
         self.ensure_ready()?;
         ticket.wait();
         let written = self.do_write_unless(key, value, after);
-        // As for a set or delete, an error does not say that nothing happened.
-        if !matches!(written, Ok(false)) {
+        // As for a set or delete, an error does not say that nothing happened, but a refusal
+        // does (found in review).
+        if !matches!(&written, Ok(false)) && !matches!(&written, Err(err) if err.is_refusal()) {
             let kind = match value {
                 Some(_) => ChangeKind::Set,
                 None => ChangeKind::Delete,
@@ -946,7 +926,6 @@ impl Inner {
                 };
                 // Migrate this one key now; if that fails the next pass retries it.
                 if !self.copy_to_shared(key, &value) {
-                    self.forget_legacy_copy(legacy.as_ref(), key);
                     return Ok(None);
                 }
                 self.counters
@@ -954,7 +933,7 @@ impl Inner {
                     .fetch_add(1, Ordering::Relaxed);
                 Ok(Some(value))
             }
-            Ok(None) => Ok(self.settle_own_copy(legacy.as_ref(), key)),
+            Ok(None) => Ok(None),
             // Once a key is in the shared store, the shared copy is the truth: another app may
             // have deleted it or written a newer value since this app's own copy was written,
             // so answering from that copy could bring back a signed-out token or go back to an
@@ -974,65 +953,6 @@ impl Inner {
                 // lie, so the shared store's error stands.
                 Ok(None) | Err(_) => Err(shared_err),
             },
-        }
-    }
-
-    /// A migrated key the shared store has no value for, and this app's own copy of it. Where
-    /// the shared store records changes, it tells: a recorded delete (another app signed out)
-    /// takes this app's copy too, which is never read again and would keep a revoked token at
-    /// rest, for the app itself to find should it run without keyshare (found by QA); no record
-    /// at all means the shared store does not know the key (it was reset, or is a new one at
-    /// the same place), and the copy goes back into it, as a first migration would, and is the
-    /// answer. Where it keeps no change times the two look the same, and the copy stays, unread.
-    /// Best effort: whatever fails leaves things as they were, for the next read to try again.
-    fn settle_own_copy(&self, legacy: &dyn Store, key: &SecretKey) -> Option<SecretValue> {
-        if !self.shared.keeps_change_times() {
-            return None;
-        }
-        let value = match legacy.get(key) {
-            Ok(value) => value?,
-            Err(err) => {
-                tracing::debug!(error = %err, key = %key, "could not read this app's copy of a key the shared store lacks");
-                return None;
-            }
-        };
-        match self
-            .shared
-            .write_unless_changed_after(key, Some(&value), UNIX_EPOCH)
-        {
-            Ok(true) => {
-                tracing::info!(key = %key, "the shared store did not know this key (reset?); this app's copy was put back");
-                self.events.emit(key, ChangeKind::Set);
-                Some(value)
-            }
-            Ok(false) => {
-                self.forget_legacy_copy(legacy, key);
-                None
-            }
-            Err(err) => {
-                tracing::debug!(error = %err, key = %key, "could not settle this app's copy of a key the shared store lacks");
-                None
-            }
-        }
-    }
-
-    /// Removes this app's copy of a key another app deleted (the shared store recorded the
-    /// delete). Best effort: a legacy store that cannot be written now (its app runs over it)
-    /// is tried again at the next such read.
-    fn forget_legacy_copy(&self, legacy: &dyn Store, key: &SecretKey) {
-        match legacy.get(key) {
-            Ok(Some(_)) => match legacy.delete(key) {
-                Ok(_) => {
-                    tracing::debug!(key = %key, "removed this app's copy of a key another app deleted")
-                }
-                Err(err) => {
-                    tracing::debug!(error = %err, key = %key, "could not remove this app's copy of a key another app deleted; tried again at its next read")
-                }
-            },
-            Ok(None) => {}
-            Err(err) => {
-                tracing::debug!(error = %err, key = %key, "could not look for this app's copy of a key another app deleted")
-            }
         }
     }
 
@@ -1181,25 +1101,25 @@ impl Inner {
 
     /// Brings the shared copy of one dirty key up to date from the legacy store, unless another
     /// app changed it there after this app's write failed: then that change is the later one,
-    /// and this app's copy follows it instead; or the shared store refuses the write for good,
-    /// and the repair is dropped.
+    /// and this app's copy follows it instead. `Ok(true)` when the shared copy was written,
+    /// `Ok(false)` when it stood.
     ///
     /// Why the time of the failure, not what the shared store held when this app last looked:
     /// a change another app made before the failed write looks the same from here as one made
     /// after it, and only the second may win (the model test found a version that let the
     /// first undo this app's own acknowledged delete).
-    fn repair_key(&self, key: &SecretKey) -> Result<Repaired> {
+    fn repair_key(&self, key: &SecretKey) -> Result<bool> {
         let Some(legacy) = &self.legacy else {
-            return Ok(Repaired::Written);
+            return Ok(true);
         };
         if !self.journal.is_dirty(key) {
-            return Ok(Repaired::Written);
+            return Ok(true);
         }
         let ours = legacy.get(key)?;
-        let write = || match self.journal.dirty_since(key) {
+        let written = match self.journal.dirty_since(key) {
             Some(failed_at) => {
                 self.shared
-                    .write_unless_changed_after(key, ours.as_ref(), failed_at)
+                    .write_unless_changed_after(key, ours.as_ref(), failed_at)?
             }
             // Recorded before failure times were: this app's copy wins, as it did then.
             None => {
@@ -1209,24 +1129,8 @@ impl Inner {
                         self.shared.delete(key)?;
                     }
                 }
-                Ok(true)
+                true
             }
-        };
-        let written = match write() {
-            Ok(written) => written,
-            // Waiting on would be waiting forever, while this app read its own copy of a key
-            // the shared store refuses it. The mark goes; the copy stays, unread: the key is
-            // read from the shared store from now on, as any migrated key.
-            Err(err) if err.is_refusal() => {
-                tracing::warn!(error = %err, key = %key, "the shared store refuses this app's pending write for good; no longer pending");
-                self.journal.clear_dirty(key)?;
-                let _ = self.journal.mark_migrated(key);
-                let mut refused = self.refused_repairs();
-                refused.retain(|(k, _)| k != key);
-                refused.push((key.clone(), reason(&err)));
-                return Ok(Repaired::Refused);
-            }
-            Err(err) => return Err(err),
         };
         if !written {
             // The legacy copy is what this app reads while the key is dirty, so it follows the
@@ -1252,12 +1156,12 @@ impl Inner {
             drop(superseded);
             // What this app reads for the key changed.
             self.events.emit(key, kind);
-            return Ok(Repaired::Superseded);
+            return Ok(false);
         }
         self.journal.clear_dirty(key)?;
         let _ = self.journal.mark_migrated(key);
         self.counters.repairs_done.fetch_add(1, Ordering::Relaxed);
-        Ok(Repaired::Written)
+        Ok(true)
     }
 
     fn repair_pending(&self) -> RepairReport {
@@ -1269,14 +1173,20 @@ impl Inner {
             let ticket = self.queues.enqueue(&key);
             ticket.wait();
             match self.repair_key(&key) {
-                Ok(Repaired::Written) => report.repaired += 1,
+                Ok(true) => report.repaired += 1,
                 // Reported below, with those a migration pass carried out.
-                Ok(Repaired::Superseded | Repaired::Refused) => {}
+                Ok(false) => {}
                 Err(err) => {
                     self.counters
                         .repair_failures
                         .fetch_add(1, Ordering::Relaxed);
-                    report.failed.push((key, reason(&err)));
+                    // Kept apart: "once the shared store is reachable" would not help (found
+                    // by QA: a key the broker's policy stopped sharing with this app).
+                    if err.is_refusal() {
+                        report.refused.push((key, reason(&err)));
+                    } else {
+                        report.failed.push((key, reason(&err)));
+                    }
                 }
             }
         }
@@ -1286,15 +1196,7 @@ impl Inner {
             }
         }
         report.superseded = std::mem::take(&mut *self.superseded());
-        report.refused = std::mem::take(&mut *self.refused_repairs());
         report
-    }
-
-    fn refused_repairs(&self) -> MutexGuard<'_, Vec<(SecretKey, String)>> {
-        // Pushes and takes: a panic cannot leave the list torn.
-        self.refused_repairs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn superseded(&self) -> MutexGuard<'_, Vec<SecretKey>> {
@@ -1363,10 +1265,9 @@ impl Inner {
     fn migrate_key(&self, legacy: &dyn Store, key: &SecretKey) -> MigrationOutcome {
         if self.journal.is_dirty(key) {
             return match self.repair_key(key) {
-                Ok(Repaired::Written) => MigrationOutcome::Copied,
-                // Another app's later change stands: nothing of this app's was copied. A
-                // refused write is not pending any more, and reported by the next `repair`.
-                Ok(Repaired::Superseded | Repaired::Refused) => MigrationOutcome::AlreadyPresent,
+                Ok(true) => MigrationOutcome::Copied,
+                // Another app's later change stands: nothing of this app's was copied.
+                Ok(false) => MigrationOutcome::AlreadyPresent,
                 Err(err) => MigrationOutcome::Failed(reason(&err)),
             };
         }

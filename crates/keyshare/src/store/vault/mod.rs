@@ -445,6 +445,12 @@ impl Vault {
         if let Err(e) = run("COMMIT") {
             return fail_all(self.sql_error("committing", e));
         }
+        // And after: a rename takes no SQLite lock, so the file may have been moved away while
+        // the transaction ran; then the write may be in it, and is not acknowledged (found in
+        // review).
+        if let Err(e) = self.check_file() {
+            return fail_all(e);
+        }
         if let Some(marks) = marks {
             self.record_own_marks(marks);
         }
