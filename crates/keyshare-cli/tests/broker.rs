@@ -334,6 +334,16 @@ fn home_with_a_private_runtime_dir() -> tempfile::TempDir {
     home
 }
 
+/// [`home_with_a_private_runtime_dir`] with the broker directory in it (returned too), made as
+/// a broker makes it, for tests that put something of their own there first.
+fn home_with_a_broker_dir() -> (tempfile::TempDir, PathBuf) {
+    let home = home_with_a_private_runtime_dir();
+    let dir = home.path().join("run/keyshare");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    (home, dir)
+}
+
 /// An autostarted broker outlives the command that started it. Whatever descriptors that
 /// command inherited without close-on-exec (an app's pipes, leaked by careless code) must not
 /// stay open in the broker for its lifetime: whoever waits for such a pipe's end would wait
@@ -1353,10 +1363,7 @@ fn stop_reports_a_broker_that_does_not_exit_in_time_and_a_second_stop_ends_it() 
 /// was silently not applied.
 #[test]
 fn a_file_in_the_sockets_place_is_reported_by_commands_and_doctor() {
-    let home = home_with_a_private_runtime_dir();
-    let dir = home.path().join("run/keyshare");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let (home, dir) = home_with_a_broker_dir();
     for (what, make) in [
         (
             "a regular file",
@@ -1454,10 +1461,7 @@ fn watch_hears_of_writes_made_without_the_broker() {
 /// without end instead of panicking (found by QA).
 #[test]
 fn stop_signals_the_lock_holder_never_the_pid_the_file_names() {
-    let home = home_with_a_private_runtime_dir();
-    let dir = home.path().join("run/keyshare");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let (home, dir) = home_with_a_broker_dir();
     let lock = dir.join("stable.lock");
     let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
     std::fs::write(&lock, format!("{}\n", bystander.id())).unwrap();
@@ -1508,10 +1512,7 @@ fn stop_signals_the_lock_holder_never_the_pid_the_file_names() {
 /// saying why no broker could start.
 #[test]
 fn a_lock_file_that_is_a_fifo_is_refused_not_waited_on() {
-    let home = home_with_a_private_runtime_dir();
-    let dir = home.path().join("run/keyshare");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let (home, dir) = home_with_a_broker_dir();
     let made = Command::new("mkfifo")
         .arg(dir.join("stable.lock"))
         .status()
@@ -1555,10 +1556,7 @@ fn a_lock_file_that_is_a_fifo_is_refused_not_waited_on() {
 /// remove it).
 #[test]
 fn stop_says_when_a_file_blocks_the_socket_path() {
-    let home = home_with_a_private_runtime_dir();
-    let dir = home.path().join("run/keyshare");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let (home, dir) = home_with_a_broker_dir();
     std::fs::write(dir.join("stable.sock"), "junk").unwrap();
     let out = run_ok(home.path(), &["stop"], b"");
     assert_eq!(
