@@ -1217,8 +1217,11 @@ impl Connection {
         };
         let msg = format!(
             "protocol version mismatch: {who} speaks version {protocol}, this broker \
-             ({SERVER_NAME} {}) speaks version {PROTOCOL_VERSION}; upgrade the older of the two",
-            env!("CARGO_PKG_VERSION")
+             ({SERVER_NAME} {}, pid {}) speaks version {PROTOCOL_VERSION}; upgrade the older \
+             of the two (a broker started before an upgrade runs the old program until it \
+             stops: `keyshare stop`, and the next command starts the new one)",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id()
         );
         let error = RemoteError {
             protocol: Some(PROTOCOL_VERSION),

@@ -563,6 +563,15 @@ fn handshake_is_required_and_versioned() {
                 "{}",
                 error.message
             );
+            // Which broker, and how to be rid of one that outlived an upgrade.
+            assert!(
+                error
+                    .message
+                    .contains(&format!("pid {}", std::process::id()))
+                    && error.message.contains("`keyshare stop`"),
+                "{}",
+                error.message
+            );
         }
         other => panic!("expected a version mismatch, got {other:?}"),
     }
