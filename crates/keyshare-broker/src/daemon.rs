@@ -286,9 +286,7 @@ impl Daemon {
             .ok_or_else(|| {
                 // The holder writes its pid into the lock file: name it, so that the user
                 // knows which process to stop (found by QA: the message named none).
-                let holder = std::fs::read_to_string(&paths.instance_lock)
-                    .ok()
-                    .and_then(|text| text.trim().parse::<u32>().ok())
+                let holder = lock_holder_pid(&paths.instance_lock)
                     .map(|pid| format!("pid {pid}, which holds"))
                     .unwrap_or_else(|| "it holds".to_owned());
                 Error::unavailable(

@@ -221,8 +221,8 @@ impl Vault {
             "vault",
             UnavailableReason::NotRunning,
             format!(
-                "{} {what} since this process opened it, so nothing more is written to the file \
-                 it opened; open the vault again (a broker: `keyshare stop`, and the next command \
+                "{} {what} since this process opened it, so what this process writes no \
+                 longer reaches the vault at that path; open the vault again (a broker: `keyshare stop`, and the next command \
                  starts one over the file now there)",
                 self.path.display()
             ),
@@ -385,11 +385,6 @@ impl Vault {
         {
             return fail_all(self.sql_error("starting a write", e));
         }
-        // Under the write lock: a write acknowledged into a file no longer at the path would be
-        // lost to every later open (found by QA: a broker wrote on into a vault moved away).
-        if let Err(e) = self.check_file() {
-            return fail_all(e);
-        }
         // One time for the whole transaction: its writes take effect together.
         let now = epoch_nanos(SystemTime::now());
         let mut marks = self.own_marks_recorded().then(Vec::new);
@@ -445,9 +440,10 @@ impl Vault {
         if let Err(e) = run("COMMIT") {
             return fail_all(self.sql_error("committing", e));
         }
-        // And after: a rename takes no SQLite lock, so the file may have been moved away while
-        // the transaction ran; then the write may be in it, and is not acknowledged (found in
-        // review).
+        // A write into a file no longer at the path would be lost to every later open (found by
+        // QA: a broker wrote on into a vault moved away), so it is not acknowledged. Checked
+        // after the commit, not before: a rename takes no SQLite lock, so the file may be moved
+        // away while the transaction runs, and one look after it covers every earlier move.
         if let Err(e) = self.check_file() {
             return fail_all(e);
         }
