@@ -145,6 +145,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// The wrapped stream.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// The wrapped stream.
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }

@@ -687,6 +687,8 @@ async fn serve_connection(shared: &Arc<Shared>, stream: UnixStream, stop: watch:
             peer_exe,
             admission: None,
             stop,
+            draining: false,
+            abandon: shared.abandon.subscribe(),
         };
         conn.serve().await;
         conn.finish().await;
@@ -863,6 +865,11 @@ struct Connection {
     /// Once hello passed: what re-decides the grant when the policy changes.
     admission: Option<Admission>,
     stop: watch::Receiver<bool>,
+    /// Set once the server stops: the connection's reading side is shut, and the requests
+    /// the client sent before that are read and served until the socket is empty.
+    draining: bool,
+    /// The server's [`Shared::abandon`]: the shutdown grace period is over.
+    abandon: watch::Receiver<bool>,
 }
 
 /// Who a connection speaks for, and the policy in force, to decide its grant again whenever
@@ -938,13 +945,18 @@ impl Connection {
         &mut self,
         decode: impl FnOnce(&[u8]) -> Result<T, FrameError>,
     ) -> Incoming<T> {
-        if *self.stop.borrow() {
+        if *self.stop.borrow() && !self.draining && !self.start_draining() {
             return Incoming::Stop;
         }
         loop {
             tokio::select! {
                 biased;
-                _ = self.stop.changed() => return Incoming::Stop,
+                // The one arm that goes on below the `select`.
+                _ = self.stop.changed(), if !self.draining => {}
+                // Requests not started by the end of the grace period are never answered.
+                _ = self.abandon.wait_for(|abandoned| *abandoned), if self.draining => {
+                    return Incoming::Stop;
+                }
                 // The writer gave up (the peer is gone): requests still buffered in the socket
                 // would be answered to nobody (found by QA: 24 s of full CPU after 300 clients
                 // closed, and other clients waited seconds).
@@ -960,7 +972,21 @@ impl Connection {
                     };
                 }
             }
+            if !self.start_draining() {
+                return Incoming::Stop;
+            }
         }
+    }
+
+    /// At shutdown: shuts the connection's reading side, so that whatever the client sends
+    /// from now on fails at its end (`EPIPE`: it knows the request was not sent, and may send
+    /// it to the next broker), while the requests it sent before that stay readable. Those
+    /// were sent to a broker that was serving: they are read and served as usual (found by
+    /// QA: a `keyshare set` racing `keyshare stop` failed with "closed before it answered",
+    /// its request unread in the socket). Whether that could be done; if not, the
+    /// connection stops at once.
+    fn start_draining(&mut self) -> bool {
+        start_draining(&self.reader, &mut self.draining)
     }
 
     async fn serve(&mut self) {
@@ -1011,25 +1037,42 @@ impl Connection {
             // slowed down instead of growing the broker's memory. A reply that may be large
             // needs its bytes too, before its request takes a place among everyone's, so a
             // connection waiting for bytes (its client does not read) holds none of those.
-            // Any wait ends at shutdown: the request is not started, and not answered.
-            let mut stop = self.stop.clone();
+            // A wait ends once the shutdown grace period is over: the request is not started,
+            // and not answered. (At shutdown itself it goes on: the request was sent while
+            // the broker served, see `start_draining`, which is done at once.)
             let large_reply = matches!(frame.request, Request::Get { .. } | Request::Keys);
-            let permits = async {
-                let own = Arc::clone(&self.in_flight_limit).acquire_owned().await;
-                let reply = match large_reply {
-                    true => Some(self.replies.reserve().await),
-                    false => None,
+            let (own, everyone) = (
+                Arc::clone(&self.in_flight_limit),
+                Arc::clone(&self.shared.in_flight),
+            );
+            let permits = {
+                let replies = &self.replies;
+                let waiting = async {
+                    let own = own.acquire_owned().await;
+                    let reply = match large_reply {
+                        true => Some(replies.reserve().await),
+                        false => None,
+                    };
+                    let everyone = everyone.acquire_owned().await;
+                    Permits {
+                        own: own.expect("never closed"),
+                        everyone: everyone.expect("never closed"),
+                        reply,
+                    }
                 };
-                let everyone = Arc::clone(&self.shared.in_flight).acquire_owned().await;
-                Permits {
-                    own: own.expect("never closed"),
-                    everyone: everyone.expect("never closed"),
-                    reply,
+                tokio::pin!(waiting);
+                let (mut stop, mut abandon) = (self.stop.clone(), self.abandon.clone());
+                loop {
+                    tokio::select! {
+                        permits = &mut waiting => break permits,
+                        _ = abandon.wait_for(|abandoned| *abandoned) => return,
+                        _ = stop.changed(), if !self.draining => {
+                            if !start_draining(&self.reader, &mut self.draining) {
+                                return;
+                            }
+                        }
+                    }
                 }
-            };
-            let permits = tokio::select! {
-                permits = permits => permits,
-                _ = stop.wait_for(|stopped| *stopped) => return,
             };
             // Decided by the policy in force now, should it have been replaced since the
             // last request (a change seen by `next` was applied there; this one came while
@@ -1547,6 +1590,19 @@ impl Connection {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// [`Connection::start_draining`], for callers that hold other parts of the connection.
+fn start_draining(reader: &FrameReader<OwnedReadHalf>, draining: &mut bool) -> bool {
+    *draining = true;
+    let socket: &tokio::net::UnixStream = reader.get_ref().as_ref();
+    match rustix::net::shutdown(socket, rustix::net::Shutdown::Read) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::debug!(error = %err, "could not shut a connection's reading side at shutdown");
+            false
         }
     }
 }

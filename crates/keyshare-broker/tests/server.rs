@@ -229,6 +229,88 @@ fn a_one_shot_client_sends_hello_with_its_first_request_and_reconnects_after_a_f
     }
 }
 
+/// A stand-in broker that shuts its reading side as a stopping broker does: on its first
+/// connection it answers hello and one `set`, then shuts reading (and says so on the returned
+/// channel) but keeps the connection open; on its second it answers hello and one `set`.
+/// Returns the keys each connection's `set` named.
+fn broker_that_stops_reading(
+    socket: std::path::PathBuf,
+) -> (mpsc::Receiver<()>, std::thread::JoinHandle<Vec<String>>) {
+    fn frame(conn: &mut UnixStream) -> serde_json::Value {
+        let mut header = [0u8; 4];
+        conn.read_exact(&mut header).unwrap();
+        let mut body = vec![0; u32::from_be_bytes(header) as usize];
+        conn.read_exact(&mut body).unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+    fn answer(conn: &mut UnixStream, request: &serde_json::Value) {
+        let reply = match request["op"].as_str() {
+            Some("hello") => {
+                serde_json::json!({"type": "reply", "id": request["id"], "op": "hello",
+                "server": "stand-in", "server_version": "0", "protocol": protocol::PROTOCOL_VERSION})
+            }
+            _ => serde_json::json!({"type": "reply", "id": request["id"], "op": "set"}),
+        };
+        conn.write_all(&frames(&[&serde_json::to_vec(&reply).unwrap()]))
+            .unwrap();
+    }
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let (shut_tx, shut_rx) = mpsc::channel();
+    let broker = std::thread::spawn(move || {
+        let mut keys = Vec::new();
+        let mut first = None;
+        for _ in 0..2 {
+            let (mut conn, _) = listener.accept().unwrap();
+            for _ in 0..2 {
+                let request = frame(&mut conn);
+                if request["op"] == "set" {
+                    keys.push(request["key"].as_str().unwrap().to_owned());
+                }
+                answer(&mut conn, &request);
+            }
+            if first.is_none() {
+                conn.shutdown(std::net::Shutdown::Read).unwrap();
+                shut_tx.send(()).unwrap();
+                first = Some(conn);
+            }
+        }
+        keys
+    });
+    (shut_rx, broker)
+}
+
+/// A request that could not be written (a stopping broker shut its reading side) was not
+/// carried out: both clients send it again on a new connection instead of failing it as
+/// "closed before it answered" (QA: `keyshare set` racing `keyshare stop`).
+#[test]
+fn clients_send_again_on_a_new_connection_what_they_could_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("b.sock");
+    let mut config = keyshare_broker::ClientConfig::with_paths(
+        keyshare_broker::daemon::BrokerPaths::under(dir.path(), &flavour()),
+        keyshare::AppId::new("code").unwrap(),
+    );
+    config.paths.socket = socket.clone();
+    type Client = Box<dyn Store>;
+    let clients: [(&str, fn(keyshare_broker::ClientConfig) -> Client); 2] = [
+        ("one-shot", |config| Box::new(OneShotClient::new(config))),
+        ("pipelining", |config| {
+            Box::new(BlockingBrokerClient::new(config).unwrap())
+        }),
+    ];
+    for (name, make) in clients {
+        let (shut, broker) = broker_that_stops_reading(socket.clone());
+        let client = make(config.clone());
+        client.set(&k("before"), &v("1")).unwrap();
+        shut.recv().unwrap();
+        client
+            .set(&k("after"), &v("2"))
+            .unwrap_or_else(|err| panic!("{name} client: {err}"));
+        assert_eq!(broker.join().unwrap(), ["before", "after"], "{name} client");
+        std::fs::remove_file(&socket).unwrap();
+    }
+}
+
 #[test]
 fn a_one_shot_client_times_out_on_a_silent_broker() {
     let dir = tempfile::tempdir().unwrap();
@@ -958,6 +1040,99 @@ fn shutdown_finishes_in_flight_requests_then_returns() {
         }) => {}
         other => panic!("expected NotRunning, got {other:?}"),
     }
+}
+
+/// A stopping broker serves the requests a client sent before it stopped, though they were
+/// still unread in the socket (QA: a `keyshare set` racing `keyshare stop` failed with "closed
+/// before it answered"), and a client's later writes fail to write, so that it knows they were
+/// not sent (and may send them to the next broker).
+#[test]
+fn a_stopping_broker_serves_what_was_sent_before_and_refuses_later_writes() {
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (entered, release) = (Mutex::new(entered_tx), Mutex::new(release_rx));
+    let store = Arc::new(HookStore::new(move |call| {
+        if let Call::Set(_) = call {
+            let _ = entered.lock().unwrap().send(());
+            let _ = release.lock().unwrap().recv();
+        }
+    }));
+    let mut options = ServerOptions::default();
+    // One request at a time: the broker reads a frame only once the one before finished, so
+    // the frames sent meanwhile wait in the socket, unread.
+    options.max_in_flight_per_connection = 1;
+    let mut broker = TestBroker::start(
+        SecretStorage::builder(store.clone()).build(),
+        AccessPolicy::default(),
+        options,
+    );
+    let mut raw = Raw::connect(&broker);
+    assert!(matches!(raw.hello(1), ServerFrame::Reply { id: 0, .. }));
+    let set = |id: u32, value: &str| {
+        format!(r#"{{"id":{id},"op":"set","key":"k","value":"{value}"}}"#).into_bytes()
+    };
+    // "djE=", "djI=", "djM=": v1, v2, v3.
+    let sent = [set(1, "djE="), set(2, "djI="), set(3, "djM=")];
+    let get = br#"{"id":4,"op":"get","key":"k"}"#.to_vec();
+    let bodies: Vec<&[u8]> = sent.iter().chain([&get]).map(Vec::as_slice).collect();
+    raw.0.write_all(&frames(&bodies)).unwrap();
+    entered_rx.recv().unwrap();
+    // Set 1 is in the store, set 2 waits for its place, the rest is unread. Stop now.
+    broker.signal_stop();
+    while UnixStream::connect(&broker.paths.socket).is_ok() {
+        std::thread::yield_now();
+    }
+    // While set 1 still holds the connection open, the client's writes start failing (the
+    // broker shut its reading side); the `get`s written before that are served too.
+    raw.0
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut late_gets = Vec::new();
+    let refused = (100..2100u64).find_map(|id| {
+        let body = format!(r#"{{"id":{id},"op":"get","key":"k"}}"#);
+        match raw.0.write_all(&frames(&[body.as_bytes()])) {
+            Ok(()) => {
+                late_gets.push(id);
+                std::thread::sleep(Duration::from_millis(1));
+                None
+            }
+            Err(err) => Some(err),
+        }
+    });
+    let refused = refused.expect("writes still succeed 2 s after the broker began to stop");
+    assert_eq!(refused.kind(), std::io::ErrorKind::BrokenPipe, "{refused}");
+    for _ in 0..3 {
+        release_tx.send(()).unwrap();
+    }
+    let mut answered = Vec::new();
+    while let Some(frame) = raw.read() {
+        match frame {
+            ServerFrame::Reply {
+                id,
+                reply: Reply::Get { value },
+            } => {
+                let value = value.expect("a value");
+                assert_eq!(
+                    value.0.expose_secret(),
+                    b"v3",
+                    "get {id} after the three sets"
+                );
+                answered.push(id);
+            }
+            ServerFrame::Reply { id, .. } => answered.push(id),
+            other => panic!("expected only replies, got {other:?}"),
+        }
+    }
+    let expected: Vec<u64> = (1..=4).chain(late_gets).collect();
+    assert_eq!(
+        answered, expected,
+        "every request sent before the stop, answered in order"
+    );
+    broker.join().unwrap();
+    assert_eq!(
+        store.inner().get(&k("k")).unwrap().unwrap().expose_secret(),
+        b"v3"
+    );
 }
 
 #[test]

@@ -123,6 +123,12 @@ pub enum TransportError {
     /// The connection closed before the reply arrived.
     #[error("the connection to the broker closed before it answered")]
     Closed,
+    /// The connection closed before the request was sent whole, so the broker cannot have
+    /// carried it out (a stopping broker shuts its connections' reading side: whatever a
+    /// client sends after that fails to send). A client sends it once more, on a new
+    /// connection, before reporting this.
+    #[error("the connection to the broker closed before the request was sent (nothing was done)")]
+    NotSent,
     /// No reply within the client's timeout.
     #[error(
         "the broker did not answer within {0:?}: it may be stopped or hung (`keyshare doctor` \
@@ -206,7 +212,8 @@ impl ClientError {
                     TransportError::NotRunning { .. }
                     | TransportError::Connect { .. }
                     | TransportError::Autostart(_)
-                    | TransportError::Closed => UnavailableReason::NotRunning,
+                    | TransportError::Closed
+                    | TransportError::NotSent => UnavailableReason::NotRunning,
                     _ => UnavailableReason::Backend,
                 };
                 keyshare::Error::unavailable(store, reason, transport.to_string())
@@ -472,7 +479,7 @@ impl Connection {
         {
             let mut pending = lock(&self.pending);
             if pending.closed {
-                return Err(TransportError::Closed.into());
+                return Err(TransportError::NotSent.into());
             }
             pending.waiting.insert(id, (tx, sink));
         }
@@ -503,14 +510,15 @@ impl Connection {
         }
         let mut writer = self.writer.lock().await;
         if lock(&self.pending).closed {
-            return Err(TransportError::Closed);
+            return Err(TransportError::NotSent);
         }
         let mut unfinished = Unfinished(Some(&self.pending));
         let written = writer.write_all(frame).await;
         unfinished.0 = None;
         if written.is_err() {
             fail_all(&self.pending, || TransportError::Closed);
-            return Err(TransportError::Closed);
+            // Not whole: the broker reads only whole frames.
+            return Err(TransportError::NotSent);
         }
         Ok(())
     }
@@ -948,10 +956,20 @@ impl BrokerClient {
         Ok(opened)
     }
 
+    /// Sends `request` and waits for its reply, sending it once more on a new connection
+    /// (starting a broker if configured to) if the first one closed before it was sent: a
+    /// stopping broker, most likely, which did not carry it out.
     async fn call(&self, request: Request) -> Result<Reply, ClientError> {
         check_value_len(&request)?;
         let conn = self.connection().await?;
-        conn.call(request, self.config.timeout).await
+        match conn.call(request.clone(), self.config.timeout).await {
+            Err(ClientError::Transport(TransportError::NotSent)) => {
+                tracing::debug!("the broker closed the connection before the request was sent; sending it on a new one");
+                let conn = self.connection().await?;
+                conn.call(request, self.config.timeout).await
+            }
+            answered => answered,
+        }
     }
 
     /// What a broker this client started wrote to stderr before it was ready (a notice such as

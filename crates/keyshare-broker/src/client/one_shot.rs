@@ -230,6 +230,14 @@ impl OneShotClient {
                     );
                     again = false;
                 }
+                // A stopping broker shut its reading side: nothing it could carry out was
+                // sent.
+                Err(ClientError::Transport(TransportError::NotSent)) if again => {
+                    tracing::debug!(
+                        "the broker closed the connection before the request was sent; connecting again"
+                    );
+                    again = false;
+                }
                 result => return result,
             }
         }
@@ -316,7 +324,9 @@ impl Conn {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                 TransportError::TimedOut(timeout)
             }
-            _ => TransportError::Closed,
+            // Not whole: the broker reads only whole frames (and a part of one is never
+            // completed: the connection is dropped).
+            _ => TransportError::NotSent,
         })
     }
 
