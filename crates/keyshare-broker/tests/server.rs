@@ -291,8 +291,8 @@ fn clients_send_again_on_a_new_connection_what_they_could_not_write() {
         keyshare::AppId::new("code").unwrap(),
     );
     config.paths.socket = socket.clone();
-    type Client = Box<dyn Store>;
-    let clients: [(&str, fn(keyshare_broker::ClientConfig) -> Client); 2] = [
+    type MakeClient = fn(keyshare_broker::ClientConfig) -> Box<dyn Store>;
+    let clients: [(&str, MakeClient); 2] = [
         ("one-shot", |config| Box::new(OneShotClient::new(config))),
         ("pipelining", |config| {
             Box::new(BlockingBrokerClient::new(config).unwrap())
