@@ -50,12 +50,82 @@ pub struct SharedChoice {
 /// The file and the namespace in it: one vault file can hold several flavours' `service`
 /// namespaces, and a broker serving one of them must not be taken for another's (found by QA:
 /// with the path alone, a command configured for one namespace read and wrote the other's).
+///
+/// The path is resolved (symlinks, `..`), so that the same vault reached by another spelling
+/// is the same store: its pending repairs are recorded in a journal named after this identity,
+/// and under another name they were not found (found by QA: with a symlinked data directory,
+/// as Fedora Silverblue's `/home` -> `/var/home`, a delete acknowledged during an outage was
+/// forgotten and the signed-out token read again).
 fn vault_identity(ctx: &Context) -> Option<String> {
-    Some(format!(
-        "vault:{}#{}",
-        ctx.dirs.shared_vault_path(&ctx.flavour).display(),
-        ctx.flavour.service()
-    ))
+    let path = ctx.dirs.shared_vault_path(&ctx.flavour);
+    Some(vault_identity_of(&resolved(&path), ctx))
+}
+
+fn vault_identity_of(path: &Path, ctx: &Context) -> String {
+    format!("vault:{}#{}", path.display(), ctx.flavour.service())
+}
+
+/// `path` with its longest existing ancestor resolved (symlinks, `.` and `..`) and the rest
+/// appended as it is: stable from before the vault exists to after.
+fn resolved(path: &Path) -> std::path::PathBuf {
+    let mut rest = Vec::new();
+    let mut at = path;
+    loop {
+        if let Ok(mut real) = std::fs::canonicalize(at) {
+            real.extend(rest.iter().rev());
+            return real;
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                at = parent;
+            }
+            _ => return path.to_owned(),
+        }
+    }
+}
+
+/// The name earlier builds gave the vault `identity` names (its path as spelled, unresolved),
+/// when that differs: their repair journal entries are kept under it.
+fn earlier_vault_identity(ctx: &Context, identity: &str) -> Option<String> {
+    if vault_identity(ctx).as_deref() != Some(identity) {
+        return None;
+    }
+    let spelled = vault_identity_of(&ctx.dirs.shared_vault_path(&ctx.flavour), ctx);
+    (spelled != identity).then_some(spelled)
+}
+
+/// Moves the repair journal entries kept under an earlier name of the same shared store
+/// (`earlier`) to the journal under its name now, so that no pending repair is lost to the
+/// rename. An entry both hold keeps the one under the name now (written later, by this
+/// version). Moved, not copied: an entry left behind would be moved again after its repair
+/// and undo it.
+fn adopt_journal(earlier: &dyn Store, journal: &dyn Store) -> keyshare::Result<()> {
+    for key in earlier.keys()? {
+        if journal.get(&key)?.is_none() {
+            if let Some(entry) = earlier.get(&key)? {
+                journal.set(&key, &entry)?;
+            }
+        }
+        earlier.delete(&key)?;
+    }
+    Ok(())
+}
+
+/// The app's repair journal about the shared store named `identity`, in the app's own vault
+/// `vault`, with the entries kept under an earlier name of that store moved into it.
+fn journal_in(vault: &VaultStore, identity: &str, ctx: &Context) -> anyhow::Result<VaultStore> {
+    let journal = vault.with_namespace(&format!("journal:{identity}"))?;
+    if let Some(earlier) = earlier_vault_identity(ctx, identity) {
+        let earlier = vault.with_namespace(&format!("journal:{earlier}"))?;
+        adopt_journal(&earlier, &journal).map_err(|err| {
+            anyhow::Error::new(err).context(format!(
+                "moving the repair journal kept under the shared vault's earlier name ({})                  to its name now",
+                earlier.namespace()
+            ))
+        })?;
+    }
+    Ok(journal)
 }
 
 /// An opened storage, with what `doctor` reports about it.
@@ -515,7 +585,7 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
             // the choice changes (`auto` may pick the keyring one day and the vault the next).
             // A shared store that forgets everything at exit gets a journal that does too.
             let journal: Arc<dyn Store> = match &shared.identity {
-                Some(identity) => Arc::new(store.with_namespace(&format!("journal:{identity}"))?),
+                Some(identity) => Arc::new(journal_in(&store, identity, ctx)?),
                 None => Arc::new(MemoryStore::new()),
             };
             let store: Arc<dyn Store> = Arc::new(store);
@@ -528,11 +598,14 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
             // The journal cannot live in the state database (the app owns it): it lives in the
             // app's own vault, namespaced by the shared store as above.
             let journal: Arc<dyn Store> = match &shared.identity {
-                Some(identity) => Arc::new(open_vault(
-                    &ctx.dirs.app_vault_path(&ctx.flavour, &ctx.app),
-                    &format!("journal:{identity}"),
-                    ctx,
-                )?),
+                Some(identity) => {
+                    let vault = open_vault(
+                        &ctx.dirs.app_vault_path(&ctx.flavour, &ctx.app),
+                        &format!("journal:{identity}"),
+                        ctx,
+                    )?;
+                    Arc::new(journal_in(&vault, identity, ctx)?)
+                }
                 None => Arc::new(MemoryStore::new()),
             };
             builder = builder.legacy(store.clone()).journal(journal.clone());
@@ -589,5 +662,43 @@ pub fn shared_placeholder_info(ctx: &Context) -> StoreInfo {
                 .to_string(),
             protection: "unknown (could not be opened)".to_owned(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyshare::{SecretKey, SecretValue};
+
+    #[test]
+    fn adopting_a_journal_moves_its_entries_and_keeps_the_later_name_s() {
+        let key = |s: &str| SecretKey::new(s).unwrap();
+        let value = |s: &str| SecretValue::from_slice(s.as_bytes());
+        let (earlier, journal) = (MemoryStore::new(), MemoryStore::new());
+        earlier.set(&key("dirty:a"), &value("earlier a")).unwrap();
+        earlier.set(&key("dirty:b"), &value("earlier b")).unwrap();
+        journal.set(&key("dirty:b"), &value("now b")).unwrap();
+        adopt_journal(&earlier, &journal).unwrap();
+        assert!(earlier.keys().unwrap().is_empty());
+        let read = |k: &str| journal.get(&key(k)).unwrap().unwrap();
+        assert_eq!(read("dirty:a").expose_secret(), b"earlier a");
+        assert_eq!(read("dirty:b").expose_secret(), b"now b");
+    }
+
+    #[test]
+    fn resolving_a_path_resolves_its_existing_part_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        let canonical = std::fs::canonicalize(&real).unwrap();
+        assert_eq!(
+            resolved(&dir.path().join("link/a/b.db")),
+            canonical.join("a/b.db")
+        );
+        assert_eq!(
+            resolved(&dir.path().join("link/../real/b.db")),
+            canonical.join("b.db")
+        );
     }
 }

@@ -410,3 +410,115 @@ fn an_unreadable_repair_journal_entry_can_be_forgotten() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing removed"));
 }
+
+/// A delete acknowledged while the shared vault could not be opened stays pending when the
+/// vault is then reached by another spelling of its path (a symlinked data directory, as
+/// Fedora Silverblue's `/home` -> `/var/home`): the repair journal is named after the resolved
+/// path. Found by QA: `doctor` found no pending repair and `get` read the signed-out token.
+#[test]
+fn pending_repairs_are_found_through_a_symlinked_data_directory() {
+    let env = Home::new().with_store("vault");
+    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    env.ok(&["--direct", "--app", "code", "set", "gh"], b"OLDTOKEN");
+    // An outage of the shared vault: its key file is away while the app signs out.
+    let key = env.data_dir().join("stable/vault.key");
+    let aside = env.path().join("vault.key.aside");
+    std::fs::rename(&key, &aside).unwrap();
+    env.ok(&["--direct", "--app", "code", "delete", "gh"], b"");
+    std::fs::rename(&aside, &key).unwrap();
+
+    let link = env.path().join("datalink");
+    std::os::unix::fs::symlink(env.path().join("data"), &link).unwrap();
+    for data_home in [link, env.path().join("data")] {
+        let run = |args: &[&str]| {
+            env.command(args)
+                .env("XDG_DATA_HOME", &data_home)
+                .output()
+                .unwrap()
+        };
+        let report = parse(&run(&["--direct", "--app", "code", "--json", "doctor"]));
+        assert_eq!(
+            report["pending_repairs"],
+            serde_json::json!(["gh"]),
+            "{}: {report}",
+            data_home.display()
+        );
+        let get = run(&["--direct", "--app", "code", "get", "gh"]);
+        assert_eq!(get.status.code(), Some(1), "{}", data_home.display());
+        assert!(get.stdout.is_empty(), "{}", data_home.display());
+    }
+}
+
+/// Repairs an earlier build recorded under the shared vault's path as spelled (a symlinked
+/// data directory, before paths were resolved) are moved to the journal under the resolved
+/// path, not lost with the change of name.
+#[test]
+fn pending_repairs_recorded_under_the_unresolved_path_are_kept() {
+    use keyshare::store::vault::{VaultOptions, VaultStore};
+    use keyshare::Store;
+    let env = Home::new().with_store("vault");
+    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    env.ok(&["--direct", "--app", "code", "set", "gh"], b"OLDTOKEN");
+    let key = env.data_dir().join("stable/vault.key");
+    let aside = env.path().join("vault.key.aside");
+    std::fs::rename(&key, &aside).unwrap();
+    env.ok(&["--direct", "--app", "code", "delete", "gh"], b"");
+    std::fs::rename(&aside, &key).unwrap();
+
+    // Where an earlier build, run with the data directory reached through `datalink`, kept
+    // the journal: under the vault's path as spelled there.
+    let link = env.path().join("datalink");
+    std::os::unix::fs::symlink(env.path().join("data"), &link).unwrap();
+    let journal_of = |data: &std::path::Path| {
+        let vault = data.join("keyshare/stable/vault.db");
+        format!(
+            "journal:vault:{}#dev.keyshare.shared-secrets",
+            vault.display()
+        )
+    };
+    let open = |namespace: &str| {
+        let mut options = VaultOptions::new(env.data_dir().join("stable/apps/code.db"), namespace);
+        options.keys.passphrase_env = None;
+        VaultStore::open(options).unwrap()
+    };
+    let (resolved, spelled) = (
+        open(&journal_of(&env.path().join("data"))),
+        open(&journal_of(&link)),
+    );
+    let entries = resolved.keys().unwrap();
+    assert!(!entries.is_empty(), "the delete left no journal entry");
+    for entry in entries {
+        spelled
+            .set(&entry, &resolved.get(&entry).unwrap().unwrap())
+            .unwrap();
+        resolved.delete(&entry).unwrap();
+    }
+    drop((resolved, spelled));
+
+    let run = |args: &[&str]| {
+        env.command(args)
+            .env("XDG_DATA_HOME", &link)
+            .output()
+            .unwrap()
+    };
+    let get = run(&["--direct", "--app", "code", "get", "gh"]);
+    assert_eq!(
+        get.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    let report = parse(&run(&["--direct", "--app", "code", "--json", "doctor"]));
+    assert_eq!(
+        report["pending_repairs"],
+        serde_json::json!(["gh"]),
+        "{report}"
+    );
+    // And through the data directory's own path, the same.
+    let report = parse(&env.run(&["--direct", "--app", "code", "--json", "doctor"], b""));
+    assert_eq!(
+        report["pending_repairs"],
+        serde_json::json!(["gh"]),
+        "{report}"
+    );
+}
