@@ -436,7 +436,7 @@ pub fn doctor_report(ctx: &Context, problems: &mut Vec<String>) -> Value {
     })
 }
 
-pub fn print_human(report: &Value) {
+pub fn print_human(report: &Value, out: &mut String) {
     if report.is_null() {
         return;
     }
@@ -445,7 +445,8 @@ pub fn print_human(report: &Value) {
             .map(str::to_owned)
             .unwrap_or_else(|| v.to_string())
     };
-    println!(
+    crate::cmd::say!(
+        out,
         "openbao:       leader {}, auth {}, latency {} ms",
         s(&report["leader"]),
         s(&report["auth_method"]),
@@ -453,7 +454,8 @@ pub fn print_human(report: &Value) {
     );
     if let Some(nodes) = report["nodes"].as_array() {
         for n in nodes {
-            println!(
+            crate::cmd::say!(
+                out,
                 "  node:        {} {} ({} ms)",
                 s(&n["address"]),
                 s(&n["state"]),
@@ -471,6 +473,6 @@ pub fn print_human(report: &Value) {
             ),
             None => "never expires".to_owned(),
         };
-        println!("  token:       {expiry}");
+        crate::cmd::say!(out, "  token:       {expiry}");
     }
 }

@@ -185,32 +185,49 @@ fn the_binary_loads_neither_libgcc_s_nor_libm() {
 #[cfg(unix)]
 fn a_closed_standard_output_is_an_error_not_a_signal() {
     let env = home();
+    // A legacy store, for `repair` and `migrate` to have something to report on.
+    env.config("[apps.keyshare]\nlegacy = { kind = \"vault\" }\n");
     let set = env.run(&["--store", "vault", "--direct", "set", "k"], b"value");
     assert!(set.status.success(), "{set:?}");
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyshare"))
-        .env_clear()
-        .env("HOME", env.path())
-        .env("XDG_CONFIG_HOME", env.path().join("config"))
-        .env("XDG_DATA_HOME", env.path().join("data"))
-        .args(["--store", "vault", "--direct", "get", "k"])
-        .stdout(writer)
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(out.status.signal(), None, "killed by a signal: {out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "the generic failure code: {stderr}"
-    );
-    assert!(
-        stderr.contains("cannot write to standard output"),
-        "{stderr}"
-    );
+    // Every command that prints, `get` and the reports (which panicked, exit 101: found by
+    // QA with `keyshare doctor | head -1`).
+    for command in [
+        &["get", "k"][..],
+        &["list"],
+        &["doctor"],
+        &["repair"],
+        &["migrate"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyshare"))
+            .env_clear()
+            .env("HOME", env.path())
+            .env("XDG_CONFIG_HOME", env.path().join("config"))
+            .env("XDG_DATA_HOME", env.path().join("data"))
+            .args(["--store", "vault", "--direct"])
+            .args(command)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            None,
+            "{command:?} killed by a signal: {out:?}"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "{command:?}: the generic failure code: {stderr}"
+        );
+        assert!(
+            stderr.contains("cannot write to standard output") && !stderr.contains("panicked"),
+            "{command:?}: {stderr}"
+        );
+    }
 }
 
 /// The soft and hard core size limits of `pid`, from `/proc/<pid>/limits`, once `keyshare`

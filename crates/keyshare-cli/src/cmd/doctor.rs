@@ -177,11 +177,13 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
     }
     report["problems"] = json!(problems);
 
+    let mut out = String::new();
     if ctx.json {
-        println!("{report}");
+        say!(out, "{report}");
     } else {
-        print_human(&report);
+        print_human(&report, &mut out);
     }
+    super::print_out(&out)?;
     if !problems.is_empty() {
         anyhow::bail!("doctor found {} problem(s)", problems.len());
     }
@@ -401,19 +403,21 @@ fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Valu
     }
 }
 
-fn print_human(report: &Value) {
+fn print_human(report: &Value, out: &mut String) {
     let s = |v: &Value| {
         v.as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| v.to_string())
     };
-    println!(
+    say!(
+        out,
         "flavour:       {} (service {})",
         s(&report["flavor"]["name"]),
         s(&report["flavor"]["service"])
     );
-    println!("app:           {}", s(&report["app"]));
-    println!(
+    say!(out, "app:           {}", s(&report["app"]));
+    say!(
+        out,
         "config:        {}{}",
         s(&report["config"]["path"]),
         if report["config"]["exists"] == Value::Bool(true) {
@@ -424,120 +428,140 @@ fn print_human(report: &Value) {
     );
     let shared = &report["shared"];
     if let Some(error) = shared["error"].as_str() {
-        println!(
+        say!(
+            out,
             "shared store:  {} at {} (cannot be opened: {error})",
             s(&shared["kind"]),
             s(&shared["location"])
         );
     } else if !shared.is_null() {
-        println!(
+        say!(
+            out,
             "shared store:  {} at {} ({})",
             s(&shared["kind"]),
             s(&shared["location"]),
             s(&shared["chosen_because"])
         );
-        println!("  protection:  {}", s(&shared["protection"]));
+        say!(out, "  protection:  {}", s(&shared["protection"]));
         if shared["answers"] == Value::Bool(false) {
-            println!("  answers:     no (see the problems below)");
+            say!(out, "  answers:     no (see the problems below)");
         }
     }
     if report["legacy"].is_null() {
-        println!("legacy store:  none");
+        say!(out, "legacy store:  none");
     } else {
-        println!(
+        say!(
+            out,
             "legacy store:  {} at {}",
             s(&report["legacy"]["kind"]),
             s(&report["legacy"]["location"])
         );
-        println!("  protection:  {}", s(&report["legacy"]["protection"]));
+        say!(out, "  protection:  {}", s(&report["legacy"]["protection"]));
         if report["legacy"]["answers"] == Value::Bool(false) {
-            println!("  answers:     no (see the problems below)");
+            say!(out, "  answers:     no (see the problems below)");
         }
     }
     match report["storage_type"].as_str() {
         None => {}
-        Some("in-memory") => println!("storage type:  in-memory (nothing outlives this process)"),
-        Some(t) => println!("storage type:  {t}"),
+        Some("in-memory") => say!(
+            out,
+            "storage type:  in-memory (nothing outlives this process)"
+        ),
+        Some(t) => say!(out, "storage type:  {t}"),
     }
     let broker = &report["broker"];
     if broker["answering"] == Value::Bool(false) {
         match broker["pid"].as_u64() {
-            Some(pid) => println!(
+            Some(pid) => say!(
+                out,
                 "broker:        running (pid {pid}) but not answering on {} (see the problems \
                  below)",
                 s(&broker["socket"])
             ),
-            None => println!(
+            None => say!(
+                out,
                 "broker:        not answering on {} (see the problems below)",
                 s(&broker["socket"])
             ),
         }
     } else if broker["running"] == Value::Bool(true) && broker["refused"].is_null() {
-        println!(
+        say!(
+            out,
             "broker:        running (pid {}, {} connection(s)) on {}",
             s(&broker["pid"]),
             s(&broker["connections"]),
             s(&broker["socket"])
         );
-        println!("  serves:      {}", s(&broker["shared_store"]));
+        say!(out, "  serves:      {}", s(&broker["shared_store"]));
         if let Some(note) = broker["note"].as_str() {
-            println!("  note:        {note}");
+            say!(out, "  note:        {note}");
         }
     } else if broker["foreign"] == Value::Bool(true) {
-        println!(
+        say!(
+            out,
             "broker:        refused, another user's ({})",
             s(&broker["refused"])
         );
     } else if broker["running"] == Value::Bool(true) {
-        println!(
+        say!(
+            out,
             "broker:        refuses this app ({})",
             s(&broker["refused"])
         );
     } else if !broker.is_null() {
-        println!("broker:        not running ({})", s(&broker["note"]));
+        say!(out, "broker:        not running ({})", s(&broker["note"]));
     }
     let running = broker["running"] == Value::Bool(true);
     match (
         broker["log"].as_str(),
         broker["started_by_command"].as_bool(),
     ) {
-        (Some(log), Some(true)) => println!("  log:         {log}"),
-        (None, Some(false)) => println!(
+        (Some(log), Some(true)) => say!(out, "  log:         {log}"),
+        (None, Some(false)) => {
+            say!(out,
             "  log:         its standard error (it was not started by a command; under systemd, \
              the journal)"
-        ),
-        (Some(log), _) if running => println!(
+        )
+        }
+        (Some(log), _) if running => say!(
+            out,
             "  log:         {log} if a command started it (one started by hand logs to its \
              stderr, under systemd to the journal)"
         ),
-        (Some(log), _) => println!("  log:         {log} (where a broker a command starts logs)"),
+        (Some(log), _) => say!(
+            out,
+            "  log:         {log} (where a broker a command starts logs)"
+        ),
         (None, _) => {}
     }
-    print_openbao(&report["openbao"]);
+    print_openbao(&report["openbao"], out);
     match report["pending_repairs"].as_array() {
-        Some(pending) => println!("pending repairs: {}", pending.len()),
+        Some(pending) => say!(out, "pending repairs: {}", pending.len()),
         // The journal could not be read (the problem says why).
         None if report.get("pending_repairs").is_some() => {
-            println!("pending repairs: unknown (the repair journal could not be read)")
+            say!(
+                out,
+                "pending repairs: unknown (the repair journal could not be read)"
+            )
         }
         None => {}
     }
     if report["migration_done"] == Value::Bool(false) {
-        println!("migration:     incomplete");
+        say!(out, "migration:     incomplete");
     }
     if let Some(problems) = report["problems"].as_array() {
         for p in problems {
-            println!("problem: {}", s(p));
+            say!(out, "problem: {}", s(p));
         }
         if problems.is_empty() {
-            println!("no problems found");
+            say!(out, "no problems found");
         }
     }
 }
 
 /// The OpenBao section. A single node without HA has no leader: its `null` is shown as that,
 /// not as "null".
-fn print_openbao(report: &Value) {
+fn print_openbao(report: &Value, out: &mut String) {
     if report.is_object() && report["leader"].is_null() {
         let mut report = report.clone();
         report["leader"] = json!(if report["ha_enabled"] == Value::Bool(true) {
@@ -545,8 +569,8 @@ fn print_openbao(report: &Value) {
         } else {
             "none (HA is not enabled)"
         });
-        crate::openbao::print_human(&report);
+        crate::openbao::print_human(&report, out);
     } else {
-        crate::openbao::print_human(report);
+        crate::openbao::print_human(report, out);
     }
 }

@@ -69,6 +69,7 @@ fn vscode(args: &VscodeArgs, ctx: &Context) -> anyhow::Result<()> {
         bar.finish_and_clear();
     }
 
+    let mut out = String::new();
     if ctx.json {
         let keys = |list: &[keyshare::SecretKey]| -> Vec<String> {
             list.iter().map(|k| k.to_string()).collect()
@@ -78,7 +79,8 @@ fn vscode(args: &VscodeArgs, ctx: &Context) -> anyhow::Result<()> {
                 .map(|(k, why)| json!({ "key": k.as_str(), "reason": why }))
                 .collect()
         };
-        println!(
+        say!(
+            out,
             "{}",
             json!({
                 "dry_run": report.dry_run,
@@ -92,18 +94,24 @@ fn vscode(args: &VscodeArgs, ctx: &Context) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("{} -> {}", source.path().display(), target.store.info());
+        say!(
+            out,
+            "{} -> {}",
+            source.path().display(),
+            target.store.info()
+        );
         if let Some(note) = &note {
-            println!("note: {note}");
+            say!(out, "note: {note}");
         }
-        println!("{report}");
+        say!(out, "{report}");
         for (key, why) in &report.conflicts {
-            println!("kept: {}: {why}", super::shown(key));
+            say!(out, "kept: {}: {why}", super::shown(key));
         }
         for (key, why) in &report.failed {
-            println!("failed: {}: {why}", super::shown(key));
+            say!(out, "failed: {}: {why}", super::shown(key));
         }
     }
+    super::print_out(&out)?;
     if !report.is_success() {
         anyhow::bail!(
             "import incomplete: {} secret(s) failed; fix the cause and re-run to retry them",

@@ -241,13 +241,15 @@ fn list(args: &ListArgs, ctx: &Context) -> anyhow::Result<()> {
         ));
     }
 
+    let mut out = String::new();
     if ctx.json {
         let secrets: Vec<_> = listing
             .rows
             .iter()
             .map(|row| row_json(row, args.show_values))
             .collect();
-        println!(
+        say!(
+            out,
             "{}",
             json!({
                 "state_db": db.display().to_string(),
@@ -258,19 +260,21 @@ fn list(args: &ListArgs, ctx: &Context) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!(
+        say!(
+            out,
             "{}: {} secret row(s); key from {}",
             db.display(),
             listing.rows.len(),
             store.keys_in_use().origin()
         );
         for note in &notes {
-            println!("note: {note}");
+            say!(out, "note: {note}");
         }
         for row in &listing.rows {
-            print_row(row, args.show_values);
+            print_row(row, args.show_values, &mut out);
         }
     }
+    super::print_out(&out)?;
     Ok(())
 }
 
@@ -285,7 +289,7 @@ pub fn open_read_only(
         .open()?)
 }
 
-fn print_row(row: &SecretRow, show_values: bool) {
+fn print_row(row: &SecretRow, show_values: bool, out: &mut String) {
     let name = match &row.extension {
         Some(ext) => format!("extension {} key {:?}", ext.extension_id, ext.key),
         None => format!("key {:?}", row.key),
@@ -306,12 +310,13 @@ fn print_row(row: &SecretRow, show_values: bool) {
             } else {
                 String::new()
             };
-            println!(
+            say!(
+                out,
                 "ok    {version:<5} {name}: decrypts ({} bytes){shown}{unlisted}",
                 value.len()
             );
         }
-        Err(err) => println!("FAIL  {version:<5} {name}: {err}{unlisted}"),
+        Err(err) => say!(out, "FAIL  {version:<5} {name}: {err}{unlisted}"),
     }
 }
 

@@ -43,13 +43,15 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let mut out = String::new();
     if ctx.json {
         let failed: Vec<_> = report
             .failed
             .iter()
             .map(|(k, why)| serde_json::json!({ "key": k.as_str(), "reason": why }))
             .collect();
-        println!(
+        say!(
+            out,
             "{}",
             serde_json::json!({
                 "copied": report.copied,
@@ -59,18 +61,20 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
             })
         );
     } else if report.complete && report.copied + report.already_present == 0 {
-        println!("migration already complete: nothing to copy");
+        say!(out, "migration already complete: nothing to copy");
     } else {
-        println!(
+        say!(
+            out,
             "copied: {}, already present: {}, failed: {}",
             report.copied,
             report.already_present,
             report.failed.len()
         );
         for (key, why) in &report.failed {
-            println!("failed: {}: {why}", super::shown(key));
+            say!(out, "failed: {}: {why}", super::shown(key));
         }
     }
+    super::print_out(&out)?;
     if !report.complete {
         // Named with the app: a bare `keyshare migrate` acts on the default app.
         anyhow::bail!(

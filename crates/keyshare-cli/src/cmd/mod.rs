@@ -1,6 +1,17 @@
 //! One module per command. Each takes the parsed arguments and the context, and returns an
 //! error for `main` to render; none of them exits or prints errors itself.
 
+/// `println!` into a report (a `String`) that the command then writes with [`print_out`]:
+/// `println!` itself panics when whoever reads standard output went away (found by QA:
+/// `keyshare doctor | head -1` printed a panic and exited 101).
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {{
+        $out.push_str(&format!($($arg)*));
+        $out.push('\n');
+    }};
+}
+pub(crate) use say;
+
 pub mod delete;
 pub mod docker_credential;
 pub mod doctor;
@@ -17,6 +28,18 @@ pub mod stop;
 pub mod watch;
 
 use keyshare::SecretKey;
+
+/// Writes a command's report to standard output: a reader that went away is an error (exit
+/// 7, as for every command whose output is not delivered), not a panic.
+pub fn print_out(text: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context(crate::exit::WRITING_STDOUT)
+}
 
 /// A key as text output shows it: as it is, or quoted and escaped when it holds a control
 /// character, so that a key with a newline does not print as two keys and one with an escape

@@ -16,6 +16,7 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         forget_unreadable(&opened)?;
     }
     let report = opened.storage.repair()?;
+    let mut out = String::new();
     if ctx.json {
         let failed: Vec<_> = report
             .failed
@@ -28,7 +29,8 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
             .iter()
             .map(|(k, why)| serde_json::json!({ "key": k.as_str(), "reason": why }))
             .collect();
-        println!(
+        say!(
+            out,
             "{}",
             serde_json::json!({
                 "repaired": report.repaired,
@@ -38,22 +40,28 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("repaired: {}", report.repaired);
+        say!(out, "repaired: {}", report.repaired);
         // Not an error: another app's change came after this app's failed write, so it is the
         // latest, and this app now reads it too.
         for key in &report.superseded {
-            println!("kept another app's later change: {}", super::shown(key));
+            say!(
+                out,
+                "kept another app's later change: {}",
+                super::shown(key)
+            );
         }
         for (key, why) in &report.refused {
-            println!(
+            say!(
+                out,
                 "still pending, refused by the shared store: {}: {why}",
                 super::shown(key)
             );
         }
         for (key, why) in &report.failed {
-            println!("still pending: {}: {why}", super::shown(key));
+            say!(out, "still pending: {}: {why}", super::shown(key));
         }
     }
+    super::print_out(&out)?;
     if !report.refused.is_empty() || !report.failed.is_empty() {
         // Named with the app: a bare `keyshare repair` acts on the default app.
         let app = &ctx.app;
