@@ -194,6 +194,17 @@ impl Config {
                     path.display()
                 ))))
             }
+            Err(ReadError::Untrusted(why)) => {
+                return Err(anyhow::Error::new(keyshare::Error::invalid(
+                    "config permissions",
+                    format!(
+                        "refusing config file {}: {why}. It decides where secrets are stored, \
+                         whether the OS keyring must protect them and which apps the broker lets \
+                         read which keys, so only you (or root) may be able to change it",
+                        path.display()
+                    ),
+                )))
+            }
             Err(ReadError::NotRegular(kind)) => {
                 return Err(anyhow::Error::new(ConfigError(format!(
                     "config file {} is {kind}, not a regular file; keyshare reads its settings \
@@ -287,6 +298,8 @@ enum ReadError {
     Io(std::io::Error),
     /// What the path is instead ("a FIFO", "a directory", ...).
     NotRegular(&'static str),
+    /// Why another user could have written it, and what to do.
+    Untrusted(String),
 }
 
 /// The text of the regular file at `path` (a symlink to one included).
@@ -317,9 +330,62 @@ fn read_regular_file(path: &Path) -> Result<String, ReadError> {
     if !meta.is_file() {
         return Err(ReadError::NotRegular(file_kind(&meta)));
     }
+    if let Some(why) = untrusted(&meta, path) {
+        return Err(ReadError::Untrusted(why));
+    }
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(ReadError::Io)?;
     Ok(text)
+}
+
+/// Why the config file `meta` describes, at `path`, could have been written by another user,
+/// if it could: as ssh checks its config, the file must belong to this user or root and be
+/// writable by no one else, and its directory must be one that others cannot put another file
+/// into (found by QA: a file anyone could write was used without a word).
+fn untrusted(meta: &std::fs::Metadata, path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let foreign = |uid: u32| uid != me && uid != 0;
+    let mode = meta.mode() & 0o7777;
+    if foreign(meta.uid()) {
+        return Some(format!(
+            "it belongs to uid {}, not to you (uid {me}) or root; `chown {me} {}` if it is yours",
+            meta.uid(),
+            path.display()
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "group or others can write it (mode {:o}); `chmod go-w {}`",
+            mode & 0o777,
+            path.display()
+        ));
+    }
+    let dir = match path.parent() {
+        Some(dir) if dir.as_os_str().is_empty() => Path::new("."),
+        Some(dir) => dir,
+        None => return None,
+    };
+    let dir_meta = std::fs::metadata(dir).ok()?;
+    let dir_mode = dir_meta.mode() & 0o7777;
+    if foreign(dir_meta.uid()) {
+        return Some(format!(
+            "its directory {} belongs to uid {}, who could replace the file",
+            dir.display(),
+            dir_meta.uid()
+        ));
+    }
+    // A sticky directory (`/tmp`) lets others add files, but not replace this one.
+    if dir_mode & 0o022 != 0 && dir_mode & 0o1000 == 0 {
+        return Some(format!(
+            "group or others can write its directory {} (mode {:o}), so they could replace \
+             the file; `chmod go-w {}`",
+            dir.display(),
+            dir_mode & 0o777,
+            dir.display()
+        ));
+    }
+    None
 }
 
 fn file_kind(meta: &std::fs::Metadata) -> &'static str {

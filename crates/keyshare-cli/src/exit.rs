@@ -58,9 +58,10 @@ pub fn classify(err: &anyhow::Error) -> ExitCode {
         }
         if let Some(e) = cause.downcast_ref::<Error>() {
             return match e {
-                // A vault file or directory others can read: a protection problem, not usage.
+                // A vault file or directory others can read, a config file others can write:
+                // a protection problem, not usage.
                 Error::Invalid {
-                    what: "vault permissions",
+                    what: "vault permissions" | "config permissions",
                     ..
                 } => ExitCode::Protection,
                 // The file at the vault's (or its key file's) path is not one: nothing the

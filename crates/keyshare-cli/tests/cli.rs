@@ -497,3 +497,46 @@ fn no_autostart_from_the_environment_takes_1_and_0() {
         }
     }
 }
+
+/// A config file another user could have written is refused (exit 6, saying what to fix), as
+/// ssh refuses its config: it chooses the store, `require_os_keyring` and the broker's access
+/// policy. Found by QA: a file anyone could write, in a directory anyone could write, or
+/// owned by another user, was used without a word.
+#[test]
+fn a_config_file_others_could_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = home();
+    let config = env.config("store = \"vault\"\n");
+    let dir = config.parent().unwrap().to_owned();
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let refused = |expected: &str| {
+        let out = env.run(&["--direct", "get", "k"], b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "{stderr}");
+        assert!(
+            stderr.contains("refusing config file") && stderr.contains(expected),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    };
+    mode(&config, 0o666);
+    refused("chmod go-w");
+    mode(&config, 0o620);
+    refused("group or others can write it (mode 620)");
+    mode(&config, 0o644);
+    mode(&dir, 0o777);
+    refused("can write its directory");
+    // A sticky directory lets others add files, not replace this one.
+    mode(&dir, 0o1777);
+    assert_eq!(env.code(&["--direct", "get", "k"]), 1);
+    mode(&dir, 0o755);
+    assert_eq!(env.code(&["--direct", "get", "k"]), 1);
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(&config, Some(65534), None).unwrap();
+        refused("belongs to uid 65534");
+    } else {
+        eprintln!("NOTE: not root: the config-owned-by-another-user case is not checked here");
+    }
+}
