@@ -522,3 +522,44 @@ fn pending_repairs_recorded_under_the_unresolved_path_are_kept() {
         "{report}"
     );
 }
+
+/// A vault that needs a passphrase this process was not given is not a problem while a running
+/// broker serves it (it has it open, and commands go through it); with `--direct` it is.
+/// Found by QA: doctor reported "cannot open the stores" for a vault every command used fine.
+#[test]
+fn a_locked_vault_a_running_broker_serves_is_not_a_problem() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Home::new().with_xdg_dirs().with_store("vault");
+    std::fs::set_permissions(
+        env.path().join("run"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    let with_passphrase = |args: &[&str], stdin: &[u8]| {
+        env.command(args)
+            .env("KEYSHARE_PASSPHRASE", "correct horse")
+            .write_stdin(stdin.to_vec())
+            .output()
+            .unwrap()
+    };
+    let set = with_passphrase(&["--direct", "set", "k"], b"value");
+    assert!(set.status.success(), "{set:?}");
+    // Starts the broker, which keeps the vault open.
+    let get = with_passphrase(&["get", "k"], b"");
+    assert_eq!(get.stdout, b"value", "{get:?}");
+
+    let out = env.run(&["--json", "doctor"], b"");
+    let report = parse(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    let note = report["shared"]["note"].as_str().unwrap_or_default();
+    assert!(note.contains("running broker"), "{report}");
+
+    let out = env.run(&["--direct", "--json", "doctor"], b"");
+    let report = parse(&out);
+    assert_eq!(out.status.code(), Some(7), "{report}");
+    assert!(
+        report["problems"].to_string().contains("passphrase"),
+        "{report}"
+    );
+    env.ok(&["stop"], b"");
+}
