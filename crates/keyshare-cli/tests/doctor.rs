@@ -411,21 +411,27 @@ fn an_unreadable_repair_journal_entry_can_be_forgotten() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing removed"));
 }
 
+/// App `code` (with a legacy vault) signed out of `gh` while the shared vault could not be
+/// opened (its key file away), which left a repair pending; the vault is back since.
+fn signed_out_during_an_outage() -> Home {
+    let env = Home::new().with_store("vault");
+    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    env.ok(&["--direct", "--app", "code", "set", "gh"], b"OLDTOKEN");
+    let key = env.data_dir().join("stable/vault.key");
+    let aside = env.path().join("vault.key.aside");
+    std::fs::rename(&key, &aside).unwrap();
+    env.ok(&["--direct", "--app", "code", "delete", "gh"], b"");
+    std::fs::rename(&aside, &key).unwrap();
+    env
+}
+
 /// A delete acknowledged while the shared vault could not be opened stays pending when the
 /// vault is then reached by another spelling of its path (a symlinked data directory, as
 /// Fedora Silverblue's `/home` -> `/var/home`): the repair journal is named after the resolved
 /// path. Found by QA: `doctor` found no pending repair and `get` read the signed-out token.
 #[test]
 fn pending_repairs_are_found_through_a_symlinked_data_directory() {
-    let env = Home::new().with_store("vault");
-    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
-    env.ok(&["--direct", "--app", "code", "set", "gh"], b"OLDTOKEN");
-    // An outage of the shared vault: its key file is away while the app signs out.
-    let key = env.data_dir().join("stable/vault.key");
-    let aside = env.path().join("vault.key.aside");
-    std::fs::rename(&key, &aside).unwrap();
-    env.ok(&["--direct", "--app", "code", "delete", "gh"], b"");
-    std::fs::rename(&aside, &key).unwrap();
+    let env = signed_out_during_an_outage();
 
     let link = env.path().join("datalink");
     std::os::unix::fs::symlink(env.path().join("data"), &link).unwrap();
@@ -456,14 +462,7 @@ fn pending_repairs_are_found_through_a_symlinked_data_directory() {
 fn pending_repairs_recorded_under_the_unresolved_path_are_kept() {
     use keyshare::store::vault::{VaultOptions, VaultStore};
     use keyshare::Store;
-    let env = Home::new().with_store("vault");
-    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
-    env.ok(&["--direct", "--app", "code", "set", "gh"], b"OLDTOKEN");
-    let key = env.data_dir().join("stable/vault.key");
-    let aside = env.path().join("vault.key.aside");
-    std::fs::rename(&key, &aside).unwrap();
-    env.ok(&["--direct", "--app", "code", "delete", "gh"], b"");
-    std::fs::rename(&aside, &key).unwrap();
+    let env = signed_out_during_an_outage();
 
     // Where an earlier build, run with the data directory reached through `datalink`, kept
     // the journal: under the vault's path as spelled there.
