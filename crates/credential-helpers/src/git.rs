@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
+use std::time::{Duration, SystemTime};
 
 use keyshare::{Error, Result, SecretKey, SecretStorage, SecretValue};
 use serde::{Deserialize, Serialize};
@@ -681,22 +682,53 @@ pub fn get_reporting(
     Ok(answer)
 }
 
+/// How much earlier than a read a store may date a change that the read does not see yet.
+/// The vault dates a write when its transaction starts, and other processes see it only once
+/// it has committed (fsync included, a few milliseconds): an erase in another process that
+/// reads in between misses it, though it is dated before the read. A second covers a slow
+/// disk's fsync with room to spare; the cost is that an erase of a credential changed less
+/// than this before waits for this long (see [`erase`]).
+pub const UNSEEN_CHANGE_MARGIN: Duration = Duration::from_secs(1);
+
 /// `erase`: removes the matching credentials (every username when the request has none), but
 /// when git passes a password, only those whose stored password is that one: git erases the
 /// password that just failed, which must not remove a newer one another app stored since.
-/// Returns how many were removed.
+/// Returns how many it removed.
+///
+/// The password check and the delete are two requests to the store, and another process may
+/// store a new password in between. So with a password, the delete is conditional
+/// ([`SecretStorage::write_unless_changed_after`]): it happens only if the key did not change
+/// after [`UNSEEN_CHANGE_MARGIN`] before the read, so a store that the read did not see makes
+/// the delete a no-op. When the key did change in that time and still holds the rejected
+/// password (it was stored again just before, as git does after every use), the erase waits
+/// the margin out and checks again, a few times at most.
+///
+/// That holds in a store that records change times (the vault, directly or through the broker:
+/// [`SecretStorage::keeps_change_times`]). The OS keyrings record none; there the delete is
+/// unconditional, so a store in the moment between the check and the delete is removed too
+/// (the README says so).
 pub fn erase(storage: &SecretStorage, request: &Request) -> Result<usize> {
+    erase_with_margin(storage, request, UNSEEN_CHANGE_MARGIN)
+}
+
+fn erase_with_margin(
+    storage: &SecretStorage,
+    request: &Request,
+    margin: Duration,
+) -> Result<usize> {
+    // Before the read: a change the read missed is dated after this, less the margin.
+    let read_at = SystemTime::now();
     let mut erased = 0;
     let (found, unreadable) = matching(storage, request)?;
     for (key, credential) in found {
-        if request
-            .password
-            .as_ref()
-            .is_some_and(|password| *password != credential.password)
-        {
-            continue;
-        }
-        if storage.delete(&key)? {
+        let removed = match &request.password {
+            Some(password) if *password != credential.password => continue,
+            Some(password) => erase_if_still(storage, &key, password, read_at, margin)?,
+            // No password: git asks to erase whatever is stored for the user or host, so a
+            // store racing it is erased as if it had come just before.
+            None => storage.delete(&key)?,
+        };
+        if removed {
             erased += 1;
         }
     }
@@ -705,6 +737,47 @@ pub fn erase(storage: &SecretStorage, request: &Request) -> Result<usize> {
         return Err(err);
     }
     Ok(erased)
+}
+
+/// Deletes `key`, read at `read_at` with `password`, unless it changed after `read_at` less
+/// `margin`; after such a change, checks again while it still holds `password`.
+fn erase_if_still(
+    storage: &SecretStorage,
+    key: &SecretKey,
+    password: &SecretValue,
+    mut read_at: SystemTime,
+    margin: Duration,
+) -> Result<bool> {
+    const ATTEMPTS: usize = 3;
+    for attempt in 1..=ATTEMPTS {
+        let after = read_at
+            .checked_sub(margin)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        if storage.write_unless_changed_after(key, None, after)? {
+            return Ok(true);
+        }
+        // Changed lately. A new password (or a delete) is the race this guards against, and
+        // stands; the same password again is most likely git re-storing it after a use, and is
+        // erased once no change can be unseen any more.
+        let still_rejected = |storage: &SecretStorage| -> Result<bool> {
+            Ok(match storage.get(key)? {
+                Some(value) => {
+                    Credential::decode(key, &value).is_ok_and(|stored| stored.password == *password)
+                }
+                None => false,
+            })
+        };
+        if !still_rejected(storage)? || attempt == ATTEMPTS {
+            break;
+        }
+        std::thread::sleep(margin);
+        read_at = SystemTime::now();
+        if !still_rejected(storage)? {
+            break;
+        }
+    }
+    tracing::debug!(key = %key, "not erased: the credential changed while it was being erased");
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -928,6 +1001,141 @@ mod tests {
             1
         );
         assert!(storage.keys().unwrap().is_empty());
+    }
+
+    /// A store that dates its changes, and that stores `then.1` under `then.0` right after
+    /// that key's next read, dated `then.2` before the read: another process's store landing
+    /// between an erase's read and its delete, and, backdated, one the vault dated when its
+    /// transaction started but committed only after the read.
+    #[derive(Debug, Default)]
+    struct RacedStore {
+        entries: std::sync::Mutex<BTreeMap<SecretKey, (Option<SecretValue>, SystemTime)>>,
+        then: std::sync::Mutex<Option<(SecretKey, SecretValue, Duration)>>,
+    }
+
+    impl RacedStore {
+        fn change(&self, key: &SecretKey, value: Option<&SecretValue>, at: SystemTime) -> bool {
+            let mut entries = self.entries.lock().unwrap();
+            let had = entries.get(key).is_some_and(|(v, _)| v.is_some());
+            entries.insert(key.clone(), (value.cloned(), at));
+            had
+        }
+    }
+
+    impl keyshare::Store for RacedStore {
+        fn info(&self) -> keyshare::StoreInfo {
+            MemoryStore::new().info()
+        }
+        fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
+            let read_at = SystemTime::now();
+            let read = self
+                .entries
+                .lock()
+                .unwrap()
+                .get(key)
+                .and_then(|(v, _)| v.clone());
+            let mut then = self.then.lock().unwrap();
+            if then.as_ref().is_some_and(|(k, ..)| k == key) {
+                let (k, v, backdated) = then.take().unwrap();
+                self.change(&k, Some(&v), read_at - backdated);
+            }
+            Ok(read)
+        }
+        fn set(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
+            self.change(key, Some(value), SystemTime::now());
+            Ok(())
+        }
+        fn delete(&self, key: &SecretKey) -> Result<bool> {
+            Ok(self.change(key, None, SystemTime::now()))
+        }
+        fn keys(&self) -> Result<Vec<SecretKey>> {
+            let entries = self.entries.lock().unwrap();
+            Ok(entries
+                .iter()
+                .filter(|(_, (v, _))| v.is_some())
+                .map(|(k, _)| k.clone())
+                .collect())
+        }
+        fn write_unless_changed_after(
+            &self,
+            key: &SecretKey,
+            value: Option<&SecretValue>,
+            after: SystemTime,
+        ) -> Result<bool> {
+            let changed = self.entries.lock().unwrap().get(key).map(|(_, at)| *at);
+            if changed.is_some_and(|at| at > after) {
+                return Ok(false);
+            }
+            self.change(key, value, SystemTime::now());
+            Ok(true)
+        }
+        fn keeps_change_times(&self) -> bool {
+            true
+        }
+    }
+
+    const OLD: &str = "protocol=https\nhost=h\nusername=u\npassword=old\n";
+    const NEW: &str = "protocol=https\nhost=h\nusername=u\npassword=new\n";
+    const MARGIN: Duration = Duration::from_millis(50);
+
+    /// A storage over a [`RacedStore`] holding the old password, stored long enough ago
+    /// not to count as a recent change.
+    fn raced(then_backdated: Duration) -> (SecretStorage, Arc<RacedStore>) {
+        let key = key_for("https", "h", None, "u").unwrap();
+        let staging = storage();
+        store(&staging, &req(NEW), 2).unwrap();
+        let new_value = staging.get(&key).unwrap().unwrap();
+        let raced = Arc::new(RacedStore::default());
+        let storage = SecretStorage::builder(raced.clone()).build();
+        store(&storage, &req(OLD), 1).unwrap();
+        std::thread::sleep(2 * MARGIN);
+        *raced.then.lock().unwrap() = Some((key, new_value, then_backdated));
+        (storage, raced)
+    }
+
+    fn stored_password(storage: &SecretStorage) -> Option<Vec<u8>> {
+        get(storage, &req("protocol=https\nhost=h\n"), 3)
+            .unwrap()
+            .map(|c| c.password.expose_secret().to_vec())
+    }
+
+    /// QA: `erase` read the entry, compared the password, then deleted unconditionally, so a
+    /// new password stored in between was deleted (16% of races through the broker, 49% with
+    /// `--direct`). With the vault in several processes, the new password's store may also be
+    /// dated before the erase's read, which did not see it (dated when its transaction began,
+    /// committed after the read): 49% of `--direct` races still lost it with a delete
+    /// conditional on the read's own time.
+    #[test]
+    fn erase_keeps_a_new_password_stored_while_it_runs() {
+        for backdated in [Duration::ZERO, Duration::from_millis(10)] {
+            let (storage, _) = raced(backdated);
+            let started = std::time::Instant::now();
+            assert_eq!(
+                erase_with_margin(&storage, &req(OLD), MARGIN).unwrap(),
+                0,
+                "{backdated:?}"
+            );
+            assert_eq!(
+                stored_password(&storage).as_deref(),
+                Some(&b"new"[..]),
+                "the new password must survive the erase of the old one ({backdated:?})"
+            );
+            // Seen as a new password at once: no waiting.
+            assert!(started.elapsed() < MARGIN, "{backdated:?}");
+        }
+    }
+
+    /// git stores a credential again after every use: a password rejected just after that is
+    /// still erased, once the change it made is old enough to have been seen.
+    #[test]
+    fn erase_of_a_password_stored_again_just_before_waits_and_erases() {
+        let (storage, raced) = raced(Duration::ZERO);
+        raced.then.lock().unwrap().take();
+        store(&storage, &req(OLD), 4).unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(erase_with_margin(&storage, &req(OLD), MARGIN).unwrap(), 1);
+        assert!(started.elapsed() >= MARGIN);
+        assert_eq!(stored_password(&storage), None);
     }
 
     #[test]

@@ -508,3 +508,62 @@ fn multicall_helper_setup(helper: &str, host: &str) {
     ok(approve.wait_with_output().unwrap());
     assert_eq!(env.keys(), [format!("git:https://u@{host}")]);
 }
+
+/// QA: `erase` with the old password, racing a `store` of a new one in another process,
+/// deleted the new one (16% of races through the broker, 49% with `--direct`). Real
+/// processes, as git and another app run them; each round its own username, stored more than
+/// a second before (`git::UNSEEN_CHANGE_MARGIN`) so that the erase has no reason to wait.
+#[test]
+fn an_erase_racing_a_store_of_a_new_password_never_removes_it() {
+    if !tools_available() {
+        return;
+    }
+    const ROUNDS: usize = 30;
+    for flags in [&[][..], &["--direct"]] {
+        let env = Env::new();
+        let helper = |op: &str, user: usize, password: Option<&str>| {
+            let mut cmd = Command::new(KEYSHARE);
+            env.env(&mut cmd);
+            cmd.args(["--store", "vault"])
+                .args(flags)
+                .args(["git-credential", op])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            let mut input = format!("protocol=https\nhost=r.example\nusername=u{user}\n");
+            if let Some(password) = password {
+                input.push_str(&format!("password={password}\n"));
+            }
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+            child
+        };
+        for user in 0..ROUNDS {
+            ok(helper("store", user, Some("old"))
+                .wait_with_output()
+                .unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        let mut lost = Vec::new();
+        for user in 0..ROUNDS {
+            let erase = helper("erase", user, Some("old"));
+            let store = helper("store", user, Some("new"));
+            ok(erase.wait_with_output().unwrap());
+            ok(store.wait_with_output().unwrap());
+            let got = text(&ok(helper("get", user, None).wait_with_output().unwrap()).stdout);
+            if !got.contains("password=new\n") {
+                lost.push(user);
+            }
+        }
+        let _ = env.keyshare(&["stop"], b"");
+        assert!(
+            lost.is_empty(),
+            "{flags:?}: the new password was erased in rounds {lost:?} of {ROUNDS}"
+        );
+    }
+}
