@@ -373,12 +373,22 @@ impl Credential {
 
     /// Writes `get`'s answer: `username`, `password`, then `password_expiry_utc` and
     /// `oauth_refresh_token` when stored, and the blank line that ends it.
-    pub fn write_answer(&self, out: &mut impl Write) -> std::io::Result<()> {
+    ///
+    /// Once the password has expired at `now`, the answer leaves it out and keeps the rest:
+    /// git (2.41 and later) drops an expired password but passes the username and the
+    /// `oauth_refresh_token` on to the next helper, which can then refresh the access token
+    /// without a browser sign-in (git's OAuth flow: a storage helper, then an OAuth helper).
+    /// Leaving the password out changes nothing for that git, and keeps an older one, which
+    /// knows no expiry, from trying a password known to have expired (its failure would make
+    /// git erase the credential, refresh token included).
+    pub fn write_answer(&self, out: &mut impl Write, now: u64) -> std::io::Result<()> {
         // Built in one zeroized buffer and written once, so a failure half-way cannot leave
         // git with a username and no password.
         let mut buf = Zeroizing::new(Vec::with_capacity(256 + self.password.len()));
         write_attribute(&mut *buf, "username", self.username.as_bytes())?;
-        write_attribute(&mut *buf, "password", self.password.expose_secret())?;
+        if !self.is_expired(now) {
+            write_attribute(&mut *buf, "password", self.password.expose_secret())?;
+        }
         if let Some(expiry) = self.password_expiry_utc {
             write_attribute(
                 &mut *buf,
@@ -647,8 +657,9 @@ fn matching(
     Ok((found, unreadable))
 }
 
-/// `get`: the newest unexpired credential for the request, `None` when there is none.
-/// Unreadable entries are logged; see [`get_reporting`].
+/// `get`: the newest unexpired credential for the request; without one, the newest expired
+/// one (its answer then carries no password: see [`Credential::write_answer`]); `None` when
+/// there is none. Unreadable entries are logged; see [`get_reporting`].
 pub fn get(storage: &SecretStorage, request: &Request, now: u64) -> Result<Option<Credential>> {
     get_reporting(storage, request, now, &mut |key, err| {
         tracing::warn!(key = %key, error = %err, "skipped an unreadable git credential");
@@ -666,10 +677,14 @@ pub fn get_reporting(
     unreadable: Unreadable<'_>,
 ) -> Result<Option<Credential>> {
     let (found, bad) = matching(storage, request)?;
+    // `found` is newest first. An expired credential still answers when nothing else does: its
+    // refresh token is what lets the next helper get a new password without a sign-in.
+    let newest_expired = found.first().map(|(_, credential)| credential.clone());
     let answer = found
         .into_iter()
         .map(|(_, credential)| credential)
-        .find(|credential| !credential.is_expired(now));
+        .find(|credential| !credential.is_expired(now))
+        .or(newest_expired);
     if answer.is_none() {
         if let Some((_, err)) = bad.into_iter().next() {
             return Err(err);
@@ -1212,7 +1227,7 @@ mod tests {
     }
 
     #[test]
-    fn expired_credentials_are_neither_stored_nor_returned() {
+    fn expired_credentials_are_not_stored_and_answer_without_their_password() {
         let storage = storage();
         let expired = "protocol=https\nhost=h\nusername=u\npassword=p\npassword_expiry_utc=99\n";
         assert_eq!(
@@ -1226,18 +1241,50 @@ mod tests {
             store(&storage, &req(later), 100).unwrap(),
             StoreOutcome::Stored
         );
-        let got = get(&storage, &req("protocol=https\nhost=h\n"), 200)
-            .unwrap()
-            .unwrap();
-        let mut answer = Vec::new();
-        got.write_answer(&mut answer).unwrap();
+        let answer = |now: u64| {
+            let got = get(&storage, &req("protocol=https\nhost=h\n"), now)
+                .unwrap()
+                .unwrap();
+            let mut answer = Vec::new();
+            got.write_answer(&mut answer, now).unwrap();
+            String::from_utf8(answer).unwrap()
+        };
         assert_eq!(
-            answer,
-            b"username=u\npassword=p\npassword_expiry_utc=200\noauth_refresh_token=rt\n\n"
+            answer(200),
+            "username=u\npassword=p\npassword_expiry_utc=200\noauth_refresh_token=rt\n\n"
         );
-        assert!(get(&storage, &req("protocol=https\nhost=h\n"), 201)
-            .unwrap()
-            .is_none());
+        // QA: once expired, nothing was returned, and the refresh token never reached the
+        // OAuth helper after this one, which needs it to refresh without a browser sign-in.
+        assert_eq!(
+            answer(201),
+            "username=u\npassword_expiry_utc=200\noauth_refresh_token=rt\n\n"
+        );
+    }
+
+    /// An expired credential answers only when no unexpired one does.
+    #[test]
+    fn an_unexpired_credential_wins_over_a_newer_expired_one() {
+        let storage = storage();
+        store(
+            &storage,
+            &req("protocol=https\nhost=h\nusername=a\npassword=pa\n"),
+            1,
+        )
+        .unwrap();
+        store(
+            &storage,
+            &req("protocol=https\nhost=h\nusername=b\npassword=pb\npassword_expiry_utc=10\n"),
+            2,
+        )
+        .unwrap();
+        let got = |now| {
+            get(&storage, &req("protocol=https\nhost=h\n"), now)
+                .unwrap()
+                .unwrap()
+                .username
+        };
+        assert_eq!(got(5), "b");
+        assert_eq!(got(11), "a");
     }
 
     #[test]

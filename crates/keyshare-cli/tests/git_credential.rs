@@ -212,7 +212,8 @@ fn expiry_and_use_http_path() {
         "{filled}"
     );
 
-    // An expired credential is never handed to git, even one written behind git's back.
+    // An expired credential's password is never handed to git, even one written behind git's
+    // back (its username and refresh token are: see `an_expired_access_token_s_refresh_token...`).
     let record = format!(
         r#"{{"v":1,"protocol":"https","host":"old.example","username":"u","password":"p","password_expiry_utc":{},"stored_at":1}}"#,
         now - 10
@@ -273,6 +274,78 @@ fn expiry_and_use_http_path() {
         )
         .status
         .success());
+}
+
+/// git's OAuth flow (git 2.41): a storage helper, then an OAuth helper such as
+/// git-credential-oauth. Once the access token has expired, git drops the storage helper's
+/// password but passes its `oauth_refresh_token` to the OAuth helper, which refreshes without a
+/// browser sign-in. QA: keyshare returned nothing once expired, so the OAuth helper got no
+/// refresh token and opened a browser every two hours (GitLab's token lifetime).
+#[test]
+fn an_expired_access_token_s_refresh_token_reaches_the_next_helper() {
+    if !tools_available() {
+        return;
+    }
+    let env = Env::new();
+    // Stands in for git-credential-oauth: notes what git forwarded, and answers with a fresh
+    // token only when it got a refresh token (the real one would open a browser otherwise).
+    let oauth = env.home().join("fake-oauth");
+    let forwarded = env.home().join("forwarded");
+    std::fs::write(
+        &oauth,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || {{ cat >/dev/null; exit 0; }}\n\
+             input=$(cat); printf '%s\\n' \"$input\" > '{}'\n\
+             case \"$input\" in *oauth_refresh_token=RT-1*) \
+             printf 'username=oauth2\\npassword=AT-new\\n';; esac\n",
+            forwarded.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&oauth, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    ok(env.git_stdin(
+        &["credential", "approve"],
+        &format!(
+            "protocol=https\nhost=gitlab.example\nusername=oauth2\npassword=AT-old\n\
+             password_expiry_utc={}\noauth_refresh_token=RT-1\n",
+            now + 3600
+        ),
+    ));
+    // The access token expires: written behind git's back rather than waited for.
+    let record = format!(
+        r#"{{"v":1,"protocol":"https","host":"gitlab.example","username":"oauth2","password":"AT-old","password_expiry_utc":{},"oauth_refresh_token":"RT-1","stored_at":1}}"#,
+        now - 10
+    );
+    ok(env.keyshare(
+        &["set", "git:https://oauth2@gitlab.example"],
+        record.as_bytes(),
+    ));
+
+    let mut fill = env.git(&[
+        "-c",
+        &format!("credential.helper=!'{}'", oauth.display()),
+        "credential",
+        "fill",
+    ]);
+    fill.env("GIT_TERMINAL_PROMPT", "0");
+    let filled = text(
+        &ok(run_with_stdin(
+            fill,
+            b"protocol=https\nhost=gitlab.example\n\n",
+        ))
+        .stdout,
+    );
+    let forwarded = std::fs::read_to_string(&forwarded).unwrap();
+    assert!(
+        forwarded.contains("username=oauth2\n") && forwarded.contains("oauth_refresh_token=RT-1\n"),
+        "git forwarded to the OAuth helper: {forwarded}"
+    );
+    assert!(!forwarded.contains("AT-old"), "{forwarded}");
+    assert!(filled.contains("password=AT-new\n"), "{filled}");
 }
 
 #[test]

@@ -39,7 +39,7 @@ fuzz_target!(|input: &[u8]| {
             if let Ok(Some(credential)) = git::get(storage, &request, NOW) {
                 let mut answer = Vec::new();
                 credential
-                    .write_answer(&mut answer)
+                    .write_answer(&mut answer, NOW)
                     .expect("a credential read back can be sent to git");
             }
         }

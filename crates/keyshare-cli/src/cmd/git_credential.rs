@@ -46,11 +46,12 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     }
     let opened = stores::open(ctx)?;
     let storage = &opened.storage;
+    let now = now();
     match args.operation.as_str() {
         "get" => {
             // Nothing found: no output and success, which tells git to ask the next helper or
             // the user.
-            let credential = git::get_reporting(storage, &request, now(), &mut |key, err| {
+            let credential = git::get_reporting(storage, &request, now, &mut |key, err| {
                 eprintln!(
                     "keyshare: warning: skipped {:?}, left untouched: {err}",
                     key.as_str()
@@ -59,11 +60,11 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
             if let Some(credential) = credential {
                 let mut out = std::io::stdout().lock();
                 credential
-                    .write_answer(&mut out)
+                    .write_answer(&mut out, now)
                     .context("cannot write the credential to standard output")?;
             }
         }
-        "store" => match git::store(storage, &request, now())? {
+        "store" => match git::store(storage, &request, now)? {
             StoreOutcome::Expired => {
                 let _ = writeln!(
                     std::io::stderr(),
