@@ -200,9 +200,14 @@ fn keyshare_main() -> i32 {
         }
         Err(err) => {
             if let Command::DockerCredential(_) = cli.command {
+                // On stdout only, as the reference helpers do: docker reads the error there,
+                // and passes a helper's stderr to the user's terminal, where "credentials not
+                // found", docker's ordinary answer for a public registry, showed on every pull
+                // (found by QA). The line is the whole message, causes included.
                 cmd::docker_credential::report_on_stdout(&err);
+            } else {
+                eprintln!("{}", render(&err));
             }
-            eprintln!("{}", render(&err));
             classify(&err)
         }
     };

@@ -219,3 +219,44 @@ fn docker_s_canonical_error_lines() {
     assert_eq!(text(&out.stdout), "no credentials username\n");
     assert!(env.keyshare_list().is_empty());
 }
+
+/// docker passes a helper's stderr to the user's terminal and reads its errors from stdout,
+/// where the reference helpers write them, and only there. QA: keyshare also wrote
+/// "keyshare: error: credentials not found in native keychain" to stderr, so every `docker
+/// pull` from a registry without a login, and every first `docker login`, showed it.
+#[test]
+fn errors_go_to_stdout_only() {
+    let env = Env::new();
+    // The first call creates the vault, and says so on stderr (documented): not under test.
+    ok(env.helper("store", &store_payload("kept.example", "u", "s")));
+    let out = env.helper("get", b"nothing.example\n");
+    assert_eq!(
+        (out.status.code(), text(&out.stdout), text(&out.stderr)),
+        (Some(1), NOT_FOUND.to_owned(), String::new())
+    );
+    // An input error and a failure of keyshare's own: the same, one line each.
+    let out = env.helper("erase", b"");
+    assert_eq!(
+        (out.status.code(), text(&out.stdout), text(&out.stderr)),
+        (
+            Some(2),
+            "no credentials server URL\n".to_owned(),
+            String::new()
+        )
+    );
+    std::fs::write(
+        env.home().join("config/keyshare/config.toml"),
+        "store = \"bogus\"\n",
+    )
+    .unwrap();
+    let out = env.helper("get", b"kept.example\n");
+    assert!(!out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("keyshare: ")
+            && stdout.contains("config.toml")
+            && stdout.lines().count() == 1,
+        "{stdout}"
+    );
+    assert_eq!(text(&out.stderr), "");
+}

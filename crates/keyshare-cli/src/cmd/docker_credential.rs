@@ -2,9 +2,11 @@
 //!
 //! The same binary as `keyshare`: installed (or linked) under the name
 //! `docker-credential-keyshare`, it runs `keyshare docker-credential VERB`. docker reads a
-//! helper's errors from its standard output, one line, so errors go there (the three lines
-//! docker recognises exactly as `docker_credential_helpers` defines them) as well as, in full,
-//! to stderr. The protocol and the key scheme live in `keyshare_credential_helpers::docker`.
+//! helper's errors from its standard output, one line, so errors go there only (the three lines
+//! docker recognises exactly as `docker_credential_helpers` defines them, else the whole
+//! message): docker passes a helper's stderr to the user's terminal, and the reference helpers
+//! write nothing there. The protocol and the key scheme live in
+//! `keyshare_credential_helpers::docker`.
 
 use std::io::{Read, Write};
 
@@ -97,8 +99,9 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the one line docker shows for an error to stdout: the canonical line when there is
-/// one (docker matches those exactly), else the input problem or the error itself.
+/// Writes the one line docker shows for an error to stdout, the only place a docker helper's
+/// errors go: the canonical line when there is one (docker matches those exactly), else the
+/// input problem, else the whole error with its causes (`keyshare: ...`).
 pub fn report_on_stdout(err: &anyhow::Error) {
     let line = err
         .chain()
