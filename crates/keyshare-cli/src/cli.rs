@@ -210,8 +210,80 @@ impl From<QuickCli> for Cli {
 
 /// The parsed command line (clap prints help, version and usage errors and exits itself).
 pub fn parse_command_line() -> Cli {
-    let args = cmd::multicall_args().unwrap_or_else(|| std::env::args_os().collect());
+    let args = multicall_args(std::env::args_os()).unwrap_or_else(|| std::env::args_os().collect());
     parse_from(args).unwrap_or_else(|e| e.exit())
+}
+
+/// The command line to parse when the binary runs under a helper's program name (a link or a
+/// copy): `docker-credential-keyshare VERB` is `keyshare docker-credential VERB`, and
+/// `git-credential-keyshare OP` (for `credential.helper = keyshare`) is
+/// `keyshare git-credential OP`. `None` under any other name.
+pub fn multicall_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Option<Vec<std::ffi::OsString>> {
+    let mut args = args.into_iter();
+    let argv0 = args.next()?;
+    let mut rest: Vec<std::ffi::OsString> = args.collect();
+    let subcommand = match std::path::Path::new(&argv0).file_stem()?.to_str()? {
+        cmd::docker_credential::PROGRAM => "docker-credential",
+        "git-credential-keyshare" => {
+            // git runs the helper as `git-credential-<what credential.helper says>` followed by
+            // the operation, so `credential.helper = "keyshare git-credential"` and the
+            // README's `"keyshare --flavor insiders git-credential"` give the subcommand's own
+            // name again, after any global flags (found by QA: the second was refused, and git
+            // stored nothing). docker runs its helper with the verb alone, so the docker name
+            // never gets its subcommand's name.
+            if let Some(at) = repeated_subcommand(&rest, "git-credential") {
+                rest.remove(at);
+            }
+            "git-credential"
+        }
+        _ => return None,
+    };
+    Some(
+        ["keyshare", subcommand]
+            .into_iter()
+            .map(std::ffi::OsString::from)
+            .chain(rest)
+            .collect(),
+    )
+}
+
+/// Where `name` comes in `args` as the first word that is not a global flag or a flag's value:
+/// `keyshare`'s own subcommand name, given again. `None` when another word (the operation)
+/// comes first, or `--`.
+fn repeated_subcommand(args: &[std::ffi::OsString], name: &str) -> Option<usize> {
+    if !args.iter().any(|a| a == name) {
+        return None;
+    }
+    // From clap's own definition, so that a flag added later is known here too; only built
+    // when the name is there at all, which keeps it off every other lookup's start-up.
+    let globals = <Globals as clap::Args>::augment_args(clap::Command::new("keyshare"));
+    let takes_value = |flag: &str| {
+        globals
+            .get_arguments()
+            .any(|arg| arg.get_long() == Some(flag) && arg.get_action().takes_values())
+    };
+    let mut words = args.iter().enumerate();
+    while let Some((at, arg)) = words.next() {
+        if arg == name {
+            return Some(at);
+        }
+        let Some(flag) = arg.to_str().and_then(|a| a.strip_prefix("--")) else {
+            // A short flag (keyshare has none that takes a value) or the operation.
+            if arg.to_str().is_some_and(|a| a.starts_with('-') && a != "-") {
+                continue;
+            }
+            return None;
+        };
+        if flag.is_empty() {
+            return None;
+        }
+        if !flag.contains('=') && takes_value(flag) {
+            words.next();
+        }
+    }
+    None
 }
 
 /// Parses `args` (the program name first): by [`QuickCli`] if it can, else by the whole tree,
@@ -319,6 +391,104 @@ mod tests {
                 .map_err(|e| e.render().to_string());
             prop_assert_eq!(got, expected, "argv {:?}", args);
         }
+    }
+
+    fn multicall(argv: &[&str]) -> Option<Vec<String>> {
+        multicall_args(argv.iter().map(std::ffi::OsString::from))
+            .map(|args| args.into_iter().map(|a| a.into_string().unwrap()).collect())
+    }
+
+    /// QA: `credential.helper = "keyshare --flavor insiders git-credential"`, as the README
+    /// gave it, made git run `git-credential-keyshare --flavor insiders git-credential store`,
+    /// which clap refused ("unexpected argument 'store'"), and git stored nothing.
+    #[test]
+    fn the_git_helper_name_takes_its_subcommand_name_again_after_global_flags() {
+        let git = "/home/u/bin/git-credential-keyshare";
+        for (argv, expected) in [
+            (
+                &[git, "get"][..],
+                &["keyshare", "git-credential", "get"][..],
+            ),
+            (
+                &[git, "git-credential", "get"],
+                &["keyshare", "git-credential", "get"],
+            ),
+            (
+                &[git, "--flavor", "insiders", "git-credential", "store"],
+                &[
+                    "keyshare",
+                    "git-credential",
+                    "--flavor",
+                    "insiders",
+                    "store",
+                ],
+            ),
+            (
+                &[
+                    git,
+                    "--flavor=insiders",
+                    "--direct",
+                    "git-credential",
+                    "erase",
+                ],
+                &[
+                    "keyshare",
+                    "git-credential",
+                    "--flavor=insiders",
+                    "--direct",
+                    "erase",
+                ],
+            ),
+            (
+                &[git, "--no-autostart", "--json", "git-credential", "get"],
+                &[
+                    "keyshare",
+                    "git-credential",
+                    "--no-autostart",
+                    "--json",
+                    "get",
+                ],
+            ),
+            // A flag's value is not the subcommand's name, nor is a word after the operation.
+            (
+                &[git, "--app", "git-credential", "get"],
+                &[
+                    "keyshare",
+                    "git-credential",
+                    "--app",
+                    "git-credential",
+                    "get",
+                ],
+            ),
+            (
+                &[git, "get", "git-credential"],
+                &["keyshare", "git-credential", "get", "git-credential"],
+            ),
+            (
+                &[git, "--", "git-credential", "get"],
+                &["keyshare", "git-credential", "--", "git-credential", "get"],
+            ),
+        ] {
+            assert_eq!(multicall(argv).unwrap(), expected, "{argv:?}");
+        }
+        assert_eq!(
+            multicall(&["docker-credential-keyshare", "list"]).unwrap(),
+            ["keyshare", "docker-credential", "list"]
+        );
+        assert_eq!(multicall(&["keyshare", "git-credential", "get"]), None);
+        // And the whole command line parses as the operation, with the flag kept.
+        let cli = parse_from(
+            multicall_args(
+                [git, "--flavor", "insiders", "git-credential", "store"]
+                    .map(std::ffi::OsString::from),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cli.globals.flavor.as_deref(), Some("insiders"));
+        assert!(
+            matches!(&cli.command, Command::GitCredential(Lazy(args)) if args.operation == "store")
+        );
     }
 
     #[test]

@@ -547,11 +547,25 @@ fn the_issue_setup_line_keyshare_git_credential_works_with_the_link() {
     multicall_helper_setup("keyshare git-credential", "m.example");
 }
 
-fn multicall_helper_setup(helper: &str, host: &str) {
+/// QA: the README's form, with a global flag before the repeated subcommand name, made git
+/// run `git-credential-keyshare --flavor insiders git-credential store`, which was refused
+/// (git still exited 0, and nothing was stored).
+#[test]
+fn the_readme_s_setup_line_with_global_flags_works_with_the_link() {
     if !tools_available() {
         return;
     }
+    let env = multicall_helper_setup("keyshare --flavor insiders git-credential", "f.example");
+    let insiders = env.keyshare(&["--flavor", "insiders", "list"], b"");
+    assert_eq!(text(&ok(insiders).stdout), "git:https://u@f.example\n");
+    assert!(env.keys().is_empty(), "stored in the stable flavour");
+}
+
+fn multicall_helper_setup(helper: &str, host: &str) -> Env {
     let env = Env::with_helper(helper);
+    if !tools_available() {
+        return env;
+    }
     let bin = env.home().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::os::unix::fs::symlink(KEYSHARE, bin.join("git-credential-keyshare")).unwrap();
@@ -578,8 +592,20 @@ fn multicall_helper_setup(helper: &str, host: &str) {
         .unwrap()
         .write_all(format!("protocol=https\nhost={host}\nusername=u\npassword=p\n").as_bytes())
         .unwrap();
-    ok(approve.wait_with_output().unwrap());
-    assert_eq!(env.keys(), [format!("git:https://u@{host}")]);
+    let approved = ok(approve.wait_with_output().unwrap());
+    // git exits 0 even when its helper fails: only its stderr tells (the first call's notice
+    // of a vault created is no error).
+    let stderr = text(&approved.stderr);
+    assert!(!stderr.contains("error"), "{stderr}");
+    let flavour = helper
+        .split_once("--flavor ")
+        .map(|(_, rest)| &rest[..rest.find(' ').unwrap_or(rest.len())]);
+    let listed = match flavour {
+        Some(flavour) => env.keyshare(&["--flavor", flavour, "list"], b""),
+        None => env.keyshare(&["list"], b""),
+    };
+    assert_eq!(text(&ok(listed).stdout), format!("git:https://u@{host}\n"));
+    env
 }
 
 /// QA: `erase` with the old password, racing a `store` of a new one in another process,

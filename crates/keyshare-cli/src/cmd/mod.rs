@@ -72,31 +72,3 @@ pub fn say_if_queued(storage: &keyshare::SecretStorage, key: &SecretKey, app: &k
 pub fn parse_key(key: &str) -> anyhow::Result<SecretKey> {
     Ok(SecretKey::new(key)?)
 }
-
-/// The command line to parse when the binary runs under a helper's program name (a link or a
-/// copy): `docker-credential-keyshare VERB` is `keyshare docker-credential VERB`, and
-/// `git-credential-keyshare OP` (for `credential.helper = keyshare`) is
-/// `keyshare git-credential OP`. `None` under any other name.
-pub fn multicall_args() -> Option<Vec<std::ffi::OsString>> {
-    let mut args = std::env::args_os().peekable();
-    let argv0 = args.next()?;
-    let subcommand = match std::path::Path::new(&argv0).file_stem()?.to_str()? {
-        docker_credential::PROGRAM => "docker-credential",
-        "git-credential-keyshare" => {
-            // `credential.helper = "keyshare git-credential"` makes git run
-            // `git-credential-keyshare git-credential get`: the helper's own name comes again.
-            if args.peek().is_some_and(|a| a == "git-credential") {
-                args.next();
-            }
-            "git-credential"
-        }
-        _ => return None,
-    };
-    Some(
-        ["keyshare", subcommand]
-            .into_iter()
-            .map(std::ffi::OsString::from)
-            .chain(args)
-            .collect(),
-    )
-}
