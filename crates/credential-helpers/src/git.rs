@@ -29,8 +29,9 @@ use zeroize::Zeroizing;
 
 use crate::keys::encode;
 
-/// The longest line accepted, in bytes, without its line ending (git's own limit for a
-/// credential line).
+/// The longest line accepted, in bytes, without its line ending. keyshare's own bound, not
+/// git's (git passes longer lines through): far above any real token, and it keeps one line
+/// from taking the whole of [`MAX_INPUT_LEN`].
 pub const MAX_LINE_LEN: usize = 65_535;
 
 /// The most input accepted in total, in bytes: enough for any real request, small enough that

@@ -74,8 +74,28 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
             StoreOutcome::Stored | StoreOutcome::Incomplete => {}
         },
         _ => {
-            git::erase(storage, &request)?;
+            git::erase(storage, &request).map_err(|err| with_way_out(err, ctx))?;
         }
     }
     Ok(())
+}
+
+/// An erase that meets a credential it cannot read leaves it (it may or may not be the one git
+/// means), and git, which ignores the failure, offers no other way to remove it: the error says
+/// how (found by QA: exit 4 and no word of what to do).
+fn with_way_out(err: keyshare::Error, ctx: &Context) -> anyhow::Error {
+    let advice = match &err {
+        keyshare::Error::Corrupt { key: Some(key), .. } => Some(format!(
+            "git asked to erase a credential that cannot be read, so it was left as it is; if \
+             it is not needed, `keyshare --flavor {} delete '{}'` removes it",
+            ctx.flavour.name(),
+            key.replace('\'', r"'\''")
+        )),
+        _ => None,
+    };
+    let err = anyhow::Error::from(err);
+    match advice {
+        Some(advice) => err.context(advice),
+        None => err,
+    }
 }
