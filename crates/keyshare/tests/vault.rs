@@ -1028,6 +1028,49 @@ fn replaced_key_file_is_denied_and_writes_nothing() {
     assert_eq!(snapshot(dir.path()), before);
 }
 
+/// The AEAD cannot tell a wrong key file from a damaged wrapped key: the message must not send
+/// the user after the key file alone (QA s18 F8).
+#[test]
+fn a_damaged_wrapped_key_is_named_as_a_possible_cause() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    open(&path, "ns").set(&key("k"), &value(b"v")).unwrap();
+    let conn = raw(&path);
+    let mut wrapped: Vec<u8> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'wrapped_dek'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    wrapped[40] ^= 0x01;
+    conn.execute(
+        "UPDATE meta SET value = ?1 WHERE name = 'wrapped_dek'",
+        [&wrapped],
+    )
+    .unwrap();
+    drop(conn);
+
+    let before = snapshot(dir.path());
+    let err = VaultStore::open(options(&path, "ns")).unwrap_err();
+    match &err {
+        Error::Unavailable {
+            reason: UnavailableReason::Denied,
+            detail,
+            ..
+        } => {
+            assert!(detail.contains("the key file"), "{detail}");
+            assert!(
+                detail.contains("the vault's wrapped key (meta.wrapped_dek) is damaged"),
+                "{detail}"
+            );
+            assert!(detail.contains("nothing was written"), "{detail}");
+        }
+        other => panic!("expected Denied, got {other:?}"),
+    }
+    assert_eq!(snapshot(dir.path()), before);
+}
+
 #[test]
 fn missing_or_mangled_key_file_is_reported_not_replaced() {
     let dir = private_tempdir();

@@ -1043,6 +1043,9 @@ fn keep_wal_files(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
+/// The KEK did not unwrap the DEK. The AEAD cannot tell a wrong key from a damaged wrapped
+/// key, so the message names both (QA s18 F8: a flipped bit in `wrapped_dek` sent the user
+/// after the key file alone).
 fn wrong_key(path: &Path, protection: &Protection) -> Error {
     let (what, fix) = match protection {
         Protection::Passphrase => (
@@ -1051,18 +1054,20 @@ fn wrong_key(path: &Path, protection: &Protection) -> Error {
         ),
         Protection::KeyFile { path: key } => (
             format!("the key file {}", key.display()),
-            "Was the key file replaced? Restore the one that belongs to this vault",
+            "If the key file was replaced, restore the one that belongs to this vault",
         ),
         Protection::OsKeyring { keyring } => (
             format!("the key in {keyring}"),
-            "Was the keyring entry replaced? Restore the one that belongs to this vault",
+            "If the keyring entry was replaced, restore the one that belongs to this vault",
         ),
     };
     Error::unavailable(
         "vault",
         UnavailableReason::Denied,
         format!(
-            "{what} does not unlock {}. {fix}; nothing was written",
+            "{what} does not unlock {}: either it is not the one this vault was created with, \
+             or the vault's wrapped key (meta.wrapped_dek) is damaged. {fix}; nothing was \
+             written",
             path.display()
         ),
     )
