@@ -632,6 +632,25 @@ fn sql_error(path: &Path, busy_timeout: Duration, doing: &str, e: rusqlite::Erro
     }
 }
 
+/// An error of SQLite while it builds a new vault, named by the vault's path: the temporary
+/// file it is built in is gone by the time anyone reads the message (QA s18 F8: a full disk
+/// named `.vault.db.<hex>.tmp`), and a full disk says which file system to make room on.
+fn creation_error(path: &Path, busy_timeout: Duration, e: rusqlite::Error) -> Error {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return Error::io(
+            format!("creating vault {}", path.display()),
+            std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "no space left on the file system holding {} ({e})",
+                    files::parent_dir(path).display()
+                ),
+            ),
+        );
+    }
+    sql_error(path, busy_timeout, "creating the vault", e)
+}
+
 /// A [`Store`] over one namespace of a vault file.
 pub struct VaultStore {
     vault: Arc<Vault>,
@@ -758,7 +777,7 @@ impl VaultStore {
             argon2: new_kek.argon2,
         };
         files::create_private_file_atomically(path, |_, temp| {
-            let map = |e| sql_error(temp, options.busy_timeout, "creating the vault", e);
+            let map = |e| creation_error(path, options.busy_timeout, e);
             let conn = Connection::open_with_flags(
                 temp,
                 OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -1252,6 +1271,25 @@ impl Store for VaultStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A full disk is only met on a full file system, which a test cannot make without
+    /// privileges: the error SQLite then returns is built here.
+    #[test]
+    fn a_full_disk_at_creation_names_the_vault_and_its_file_system() {
+        let path = Path::new("/data/keyshare/stable/vault.db");
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".to_owned()),
+        );
+        let err = creation_error(path, Duration::from_secs(1), full);
+        let text = err.to_string();
+        assert_eq!(
+            text,
+            "creating vault /data/keyshare/stable/vault.db: no space left on the file system \
+             holding /data/keyshare/stable (database or disk is full)"
+        );
+        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    }
 
     #[test]
     fn default_path_follows_xdg() {
