@@ -5,10 +5,7 @@
 //! `gcore`) would find them long after (QA s18 F3). These tests read their own process's
 //! writable memory through `/proc/self/mem` and look for the value's bytes.
 //!
-//! The scanner never holds the plaintext itself: it keeps the value's windows masked (each byte
-//! XORed with [`MASK`]) and unmasks the memory it reads instead, so the patterns it searches
-//! for are not themselves a match. The values are random, so nothing else in the process
-//! matches by chance.
+//! The scanner is `keyshare::testing::memory`.
 //!
 //! The copy QA found is a block the cipher leaves on the stack in an optimised build: without
 //! the vault's stack wipe, `cargo test --release -p keyshare --test vault_memory` fails, and a
@@ -19,140 +16,14 @@
 
 #![cfg(target_os = "linux")]
 
-use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use keyshare::store::vault::VaultOptions;
-use keyshare::{SecretKey, SecretValue, Store, VaultStore};
-use zeroize::Zeroizing;
-
-const MASK: u8 = 0xa5;
-const WINDOW: usize = 32;
-const STRIDE: usize = 16;
-
-/// The value's 32-byte windows at every 16th offset (as QA's search), masked, keyed by their
-/// first 8 bytes for a quick look-up at every byte of memory.
-struct Needles {
-    by_prefix: HashMap<[u8; 8], Vec<(usize, [u8; WINDOW])>>,
-}
-
-impl Needles {
-    fn new(masked_value: &[u8]) -> Self {
-        let mut by_prefix: HashMap<[u8; 8], Vec<(usize, [u8; WINDOW])>> = HashMap::new();
-        let mut offset = 0;
-        while offset + WINDOW <= masked_value.len() {
-            let window: [u8; WINDOW] = masked_value[offset..offset + WINDOW].try_into().unwrap();
-            let prefix: [u8; 8] = window[..8].try_into().unwrap();
-            by_prefix.entry(prefix).or_default().push((offset, window));
-            offset += STRIDE;
-        }
-        Needles { by_prefix }
-    }
-}
-
-/// Where a window of the value was found: the mapping's name and the value's offset.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Hit {
-    region: String,
-    value_offset: usize,
-}
-
-/// One writable mapping of this process.
-#[derive(Debug)]
-struct Region {
-    start: u64,
-    end: u64,
-    name: String,
-}
-
-fn writable_regions() -> Vec<Region> {
-    let maps = fs::read_to_string("/proc/self/maps").unwrap();
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let range = fields.next()?;
-            let perms = fields.next()?;
-            let name = fields.nth(3).unwrap_or("[anon]").to_owned();
-            if !perms.starts_with("rw") || name == "[vvar]" || name == "[vsyscall]" {
-                return None;
-            }
-            let (start, end) = range.split_once('-')?;
-            Some(Region {
-                start: u64::from_str_radix(start, 16).ok()?,
-                end: u64::from_str_radix(end, 16).ok()?,
-                name,
-            })
-        })
-        .collect()
-}
-
-/// Searches `regions` for the value's windows. The read buffer is unmasked in place right
-/// after each read, so it holds a copy of plaintext for no longer than that.
-fn scan(regions: &[Region], needles: &Needles, stack_of_this_thread: u64) -> Vec<Hit> {
-    let mem = fs::File::open("/proc/self/mem").unwrap();
-    let mut buf = Zeroizing::new(vec![0u8; 1 << 20]);
-    let mut hits = Vec::new();
-    for region in regions {
-        let name = if (region.start..region.end).contains(&stack_of_this_thread) {
-            "this thread's stack".to_owned()
-        } else {
-            region.name.clone()
-        };
-        let mut at = region.start;
-        while at < region.end {
-            let len = ((region.end - at) as usize).min(buf.len());
-            let Ok(n) = mem.read_at(&mut buf[..len], at) else {
-                break;
-            };
-            if n == 0 {
-                break;
-            }
-            for byte in &mut buf[..n] {
-                *byte ^= MASK;
-            }
-            for i in 0..n.saturating_sub(WINDOW - 1) {
-                let prefix: [u8; 8] = buf[i..i + 8].try_into().unwrap();
-                if let Some(windows) = needles.by_prefix.get(&prefix) {
-                    for (offset, window) in windows {
-                        if buf[i..i + WINDOW] == window[..] {
-                            hits.push(Hit {
-                                region: name.clone(),
-                                value_offset: *offset,
-                            });
-                        }
-                    }
-                }
-            }
-            buf[..n].fill(0);
-            // Overlap the next read by a window, so a copy across the boundary is seen.
-            at += (n.max(WINDOW) - (WINDOW - 1)) as u64;
-            if n < WINDOW {
-                break;
-            }
-        }
-    }
-    hits.sort();
-    hits.dedup();
-    hits
-}
-
-/// A value of `len` random letters, masked (see the module's docs): the plaintext exists only
-/// in the `SecretValue` handed to the vault, which zeroizes it when dropped.
-fn masked_random_value(len: usize) -> Zeroizing<Vec<u8>> {
-    let mut masked = Zeroizing::new(vec![0u8; len]);
-    getrandom::getrandom(&mut masked).unwrap();
-    for byte in masked.iter_mut() {
-        *byte = (b'a' + *byte % 26) ^ MASK;
-    }
-    masked
-}
-
-fn unmasked(masked: &[u8]) -> SecretValue {
-    let plain: Zeroizing<Vec<u8>> = Zeroizing::new(masked.iter().map(|b| b ^ MASK).collect());
-    SecretValue::from_slice(&plain)
-}
+use keyshare::testing::memory::{
+    masked_random_value, scan, unmasked, writable_regions, Needles, MASK,
+};
+use keyshare::{SecretKey, Store, VaultStore};
 
 fn private_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

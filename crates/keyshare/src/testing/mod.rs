@@ -5,6 +5,8 @@
 pub mod conformance;
 pub mod fault;
 pub mod hook;
+#[cfg(target_os = "linux")]
+pub mod memory;
 pub mod model;
 
 pub use fault::{Calls, Fault, FaultStore};
