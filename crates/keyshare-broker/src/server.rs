@@ -758,10 +758,12 @@ async fn write_frames(mut write_half: OwnedWriteHalf, mut out: mpsc::Receiver<Ou
     let _ = write_half.shutdown().await;
 }
 
-/// Writes `batch` and zeroizes it (keeping its capacity); whether the write succeeded.
+/// Writes `batch` and empties it, zeroizing the bytes it held (its spare capacity was never
+/// written); whether the write succeeded.
 async fn write_batch(write_half: &mut OwnedWriteHalf, batch: &mut Zeroizing<Vec<u8>>) -> bool {
     let written = write_half.write_all(batch).await;
-    batch.zeroize();
+    batch.as_mut_slice().zeroize();
+    batch.clear();
     written.is_ok()
 }
 
