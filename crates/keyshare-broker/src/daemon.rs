@@ -154,7 +154,22 @@ impl FileLock {
             .mode(0o600)
             .custom_flags(NOT_WAITING_NOR_FOLLOWING)
             .open(path)
-            .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))?;
+            .map_err(|e| match e.raw_os_error() {
+                // What O_NOFOLLOW answers for a symlink: "Too many levels of symbolic links"
+                // said nothing of what to do (found by QA).
+                Some(libc_eloop) if libc_eloop == rustix::io::Errno::LOOP.raw_os_error() => {
+                    Error::invalid(
+                        "lock file",
+                        format!(
+                            "{} is a symbolic link, which keyshare does not follow (whoever \
+                             planted it could point the lock elsewhere): remove it, and a \
+                             broker makes the file anew",
+                            path.display()
+                        ),
+                    )
+                }
+                _ => Error::io(format!("opening lock file {}", path.display()), e),
+            })?;
         refuse_unless_regular(&file, path)?;
         Ok(file)
     }

@@ -552,15 +552,20 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
                  legacy store and queues repairs: {}",
                 crate::exit::one_line(&err)
             );
-            let reason = match err.downcast_ref::<keyshare::Error>() {
-                Some(keyshare::Error::Unavailable { reason, .. }) => *reason,
-                _ => UnavailableReason::Backend,
+            // The stand-in says "<store> is unavailable (<reason>): " itself: it gets the
+            // detail alone, not that again (found in review: "vault is unavailable (locked):
+            // vault is unavailable (locked): ...").
+            let (reason, detail) = match err.downcast_ref::<keyshare::Error>() {
+                Some(keyshare::Error::Unavailable { reason, detail, .. }) => {
+                    (*reason, detail.clone())
+                }
+                _ => (UnavailableReason::Backend, crate::exit::one_line(&err)),
             };
             SharedChoice {
                 store: Arc::new(UnreachableStore::new(
                     shared_placeholder_info(ctx),
                     reason,
-                    crate::exit::one_line(&err),
+                    detail,
                 )),
                 reason: format!("could not be opened: {}", crate::exit::one_line(&err)),
                 identity: shared_placeholder_identity(ctx),

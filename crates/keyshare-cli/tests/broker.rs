@@ -1739,3 +1739,23 @@ fn writes_racing_stop_all_succeed_and_are_kept() {
     });
     run_ok(home, &["stop"], b"");
 }
+
+/// A symbolic link at the lock file's path is refused, saying it is one and to remove it, and
+/// the file it points at is left alone (QA: "Too many levels of symbolic links", which said
+/// nothing of what to do).
+#[test]
+fn a_lock_file_that_is_a_symlink_is_refused_by_name() {
+    let (home, dir) = home_with_a_broker_dir();
+    let target = home.path().join("elsewhere");
+    std::fs::write(&target, b"someone else's file").unwrap();
+    std::os::unix::fs::symlink(&target, dir.join("stable.lock")).unwrap();
+    let out = run_ok(home.path(), &["set", "k"], b"v");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("could not start the broker")
+            && stderr.contains("is a symbolic link")
+            && stderr.contains("remove it"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"someone else's file");
+}

@@ -540,3 +540,31 @@ fn a_config_file_others_could_write_is_refused() {
         eprintln!("NOTE: not root: the config-owned-by-another-user case is not checked here");
     }
 }
+
+/// With the shared vault's key file away and a legacy store, an error from the stand-in for
+/// the shared store says "unavailable (locked)" once, not twice (found in review).
+#[test]
+fn an_outage_error_names_the_store_once() {
+    let env = home();
+    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    env.ok(
+        &["--store", "vault", "--direct", "--app", "code", "set", "a"],
+        b"x",
+    );
+    let key = env.path().join("data/keyshare/stable/vault.key");
+    std::fs::rename(&key, env.path().join("vault.key.aside")).unwrap();
+    let out = env.run(
+        &["--store", "vault", "--direct", "--app", "code", "list"],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr
+        .lines()
+        .find(|line| line.starts_with("keyshare: error:"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert_eq!(
+        error.matches("is unavailable (locked)").count(),
+        1,
+        "{error}"
+    );
+}
