@@ -48,6 +48,7 @@ fn autostart_gives_up_on_a_startup_lock_that_another_process_keeps() {
         args: vec!["-c".into(), "exit 3".into()],
         env: vec![],
         ready_timeout: Duration::from_millis(300),
+        passphrase_on_stdin: false,
     };
     let with_autostart = config(&paths).autostart(Some(autostart));
 
@@ -100,6 +101,7 @@ fn autostart_gives_up_on_a_startup_lock_that_another_process_keeps() {
         ],
         env: vec![],
         ready_timeout: Duration::from_secs(30),
+        passphrase_on_stdin: false,
     };
     let err = OneShotClient::new(config(&paths).autostart(Some(autostart)))
         .get(&k("k"))
@@ -413,6 +415,7 @@ fn autostart_child(dir: &std::path::Path) -> Autostart {
         args: child.get_args().map(Into::into).collect(),
         env: vec![(CHILD_DIR.into(), dir.into())],
         ready_timeout: Duration::from_secs(30),
+        passphrase_on_stdin: false,
     }
 }
 

@@ -1226,6 +1226,7 @@ fn autostart_starts_one_broker_for_racing_clients() {
         .collect(),
         env: vec![(AUTOSTART_DIR.into(), dir.path().into())],
         ready_timeout: Duration::from_secs(30),
+        passphrase_on_stdin: false,
     };
     let config = keyshare_broker::ClientConfig::with_paths(
         paths.clone(),
@@ -1274,6 +1275,7 @@ fn autostart_failure_reports_the_brokers_stderr() {
         ],
         env: vec![],
         ready_timeout: Duration::from_secs(30),
+        passphrase_on_stdin: false,
     };
     let client = BlockingBrokerClient::new(
         keyshare_broker::ClientConfig::with_paths(paths, keyshare::AppId::new("code").unwrap())

@@ -52,6 +52,12 @@ fn context(cli: &Cli) -> anyhow::Result<(Context, PathBuf)> {
             json: cli.globals.json,
             limits: Limits::default(),
             routing: routing(cli),
+            passphrase: std::sync::Mutex::new(match &cli.command {
+                Command::Serve(Lazy(args)) if args.passphrase_stdin => {
+                    Some(cmd::serve::read_passphrase_from_stdin()?)
+                }
+                _ => None,
+            }),
         },
         config_path,
     ))

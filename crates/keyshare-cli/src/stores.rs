@@ -28,6 +28,10 @@ pub struct Context {
     pub json: bool,
     pub limits: Limits,
     pub routing: crate::broker::Routing,
+    /// A vault passphrase given on standard input (`serve --passphrase-stdin`), taken before
+    /// KEYSHARE_PASSPHRASE by the first vault opened (the broker's shared vault), and so
+    /// dropped once that vault has derived its key from it: a broker lives for days.
+    pub passphrase: std::sync::Mutex<Option<keyshare::SecretValue>>,
 }
 
 /// The shared store that was chosen, and why.
@@ -250,6 +254,11 @@ pub fn open_vault(path: &Path, namespace: &str, ctx: &Context) -> anyhow::Result
         // opens the vault itself instead.
         passphrase_prompt: (!ctx.routing.autostarted)
             .then(|| Arc::new(terminal_passphrase) as Arc<_>),
+        passphrase: ctx
+            .passphrase
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(),
         ..KeyProviders::default()
     };
     let vault = VaultStore::open(options)?;

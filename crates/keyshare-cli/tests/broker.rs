@@ -1759,3 +1759,40 @@ fn a_lock_file_that_is_a_symlink_is_refused_by_name() {
     );
     assert_eq!(std::fs::read(&target).unwrap(), b"someone else's file");
 }
+
+/// A command with KEYSHARE_PASSPHRASE that starts the broker hands the passphrase over on the
+/// broker's standard input, never in its environment, which stays readable for the broker's
+/// whole life (QA s18 F4: it was in /proc/<pid>/environ for days); the broker opens the
+/// passphrase vault with it and serves commands that have none.
+#[test]
+fn an_autostarted_broker_gets_the_passphrase_without_its_environment() {
+    let home = home_with_a_private_runtime_dir();
+    let passphrase = "correct horse battery staple";
+    let with_passphrase = |args: &[&str], stdin: &[u8]| {
+        let mut child = keyshare(home.path())
+            .env("KEYSHARE_PASSPHRASE", passphrase)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        succeeded(args, child.wait_with_output().unwrap())
+    };
+    with_passphrase(&["--direct", "set", "k"], b"value");
+    // Starts the broker.
+    assert_eq!(with_passphrase(&["get", "k"], b"").stdout, b"value");
+    let pid = broker_pid(&home.path().join("run/keyshare/stable.lock"));
+    for file in ["environ", "cmdline"] {
+        let text = std::fs::read(format!("/proc/{pid}/{file}")).unwrap();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            !text.contains("KEYSHARE_PASSPHRASE") && !text.contains(passphrase),
+            "the broker's {file} holds the passphrase"
+        );
+    }
+    // Served without a passphrase: the broker has the vault open.
+    assert_eq!(run_ok(home.path(), &["get", "k"], b"").stdout, b"value");
+    run_ok(home.path(), &["stop"], b"");
+}

@@ -14,13 +14,15 @@
 //! the lock records its pid in the file, so that an error can name it.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use keyshare::store::vault::PASSPHRASE_ENV;
 use keyshare::Flavour;
 
 use crate::client::TransportError;
@@ -37,6 +39,11 @@ pub struct Autostart {
     pub env: Vec<(OsString, OsString)>,
     /// How long to wait for the ready line.
     pub ready_timeout: Duration,
+    /// When this process has a vault passphrase in `KEYSHARE_PASSPHRASE`: hand it to the
+    /// broker on its standard input, with `--passphrase-stdin`, and leave the variable out of
+    /// its environment, which stays readable (in `/proc/<pid>/environ` and the broker's
+    /// memory) for the broker's whole life, days (QA s18 F4).
+    pub passphrase_on_stdin: bool,
 }
 
 impl Autostart {
@@ -58,6 +65,7 @@ impl Autostart {
             ],
             env: Vec::new(),
             ready_timeout: Duration::from_secs(10),
+            passphrase_on_stdin: true,
         }
     }
 
@@ -90,7 +98,13 @@ impl Autostart {
         } else {
             self.program.clone()
         };
-        let mut child = Command::new(program)
+        let passphrase = self
+            .passphrase_on_stdin
+            .then(|| std::env::var_os(PASSPHRASE_ENV))
+            .flatten()
+            .map(|value| zeroize::Zeroizing::new(value.into_vec()));
+        let mut command = Command::new(program);
+        command
             .args(&self.args)
             // The broker outlives the command that starts it, by ten idle minutes or more: in
             // the command's directory it would keep that directory busy (a USB stick that
@@ -100,9 +114,20 @@ impl Autostart {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| fail(self.cannot_run(&e)))?;
+            .process_group(0);
+        if passphrase.is_some() {
+            command
+                .env_remove(PASSPHRASE_ENV)
+                .arg("--passphrase-stdin")
+                .stdin(Stdio::piped());
+        }
+        let mut child = command.spawn().map_err(|e| fail(self.cannot_run(&e)))?;
+        if let Some(passphrase) = passphrase {
+            // A few bytes, far under a pipe's capacity: written whole without waiting for the
+            // broker to read. A broker that died first says why on stderr, read below.
+            let mut stdin = child.stdin.take().expect("piped");
+            let _ = stdin.write_all(&passphrase);
+        }
         let stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -324,6 +349,7 @@ mod tests {
                 args: Vec::new(),
                 env: Vec::new(),
                 ready_timeout: Duration::from_secs(10),
+                passphrase_on_stdin: false,
             };
             let err = autostart.start_blocking(&paths).unwrap_err().to_string();
             assert!(err.contains("cannot run") && err.contains(&says), "{err}");

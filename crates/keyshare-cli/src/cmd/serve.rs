@@ -41,6 +41,35 @@ pub struct Args {
     /// $XDG_STATE_HOME/keyshare/<flavour>/broker.log, and exit after 10 idle minutes.
     #[arg(long, hide = true)]
     pub autostarted: bool,
+    /// Read the vault's passphrase from standard input (to its end; one final newline is not
+    /// part of it): how a client that starts the broker hands over its KEYSHARE_PASSPHRASE,
+    /// which stays out of the broker's environment.
+    #[arg(long, hide = true)]
+    pub passphrase_stdin: bool,
+}
+
+/// The most a passphrase read from standard input may be.
+const MAX_PASSPHRASE_LEN: usize = 64 * 1024;
+
+/// The passphrase on standard input (`--passphrase-stdin`), read to its end.
+pub fn read_passphrase_from_stdin() -> anyhow::Result<keyshare::SecretValue> {
+    use std::io::Read as _;
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(256));
+    std::io::stdin()
+        .lock()
+        .take(MAX_PASSPHRASE_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| keyshare::Error::io("reading the passphrase from standard input", e))?;
+    if bytes.len() > MAX_PASSPHRASE_LEN {
+        anyhow::bail!(keyshare::Error::invalid(
+            "passphrase",
+            format!("the passphrase on standard input is over {MAX_PASSPHRASE_LEN} bytes"),
+        ));
+    }
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    Ok(keyshare::SecretValue::from_slice(&bytes))
 }
 
 pub fn run(args: &Args, ctx: &Context, config_path: &Path) -> anyhow::Result<()> {

@@ -216,6 +216,11 @@ pub struct KeyProviders {
     /// The environment variable a passphrase is read from, if any
     /// (default [`PASSPHRASE_ENV`]). Read before the prompt is asked.
     pub passphrase_env: Option<String>,
+    /// A passphrase the caller already has, taken where one from the environment would be (and
+    /// before it): how a broker started by a client gets the client's `KEYSHARE_PASSPHRASE`
+    /// through a pipe, so that the broker's environment, readable for its whole life, does not
+    /// hold it (QA s18 F4).
+    pub passphrase: Option<SecretValue>,
     /// Asks the user for a passphrase.
     pub passphrase_prompt: Option<PassphrasePrompt>,
     /// Argon2id parameters for a NEW passphrase vault (an existing one uses its own).
@@ -228,6 +233,7 @@ impl Default for KeyProviders {
             os_keyring: None,
             allow_key_file: true,
             passphrase_env: Some(PASSPHRASE_ENV.to_owned()),
+            passphrase: None,
             passphrase_prompt: None,
             argon2: Argon2Params::default(),
         }
@@ -240,6 +246,7 @@ impl fmt::Debug for KeyProviders {
             .field("os_keyring", &self.os_keyring)
             .field("allow_key_file", &self.allow_key_file)
             .field("passphrase_env", &self.passphrase_env)
+            .field("passphrase", &self.passphrase.as_ref().map(|_| "<given>"))
             .field(
                 "passphrase_prompt",
                 &self.passphrase_prompt.as_ref().map(|_| "<prompt>"),
@@ -494,8 +501,18 @@ impl KeyProviders {
         }
     }
 
-    /// The passphrase in [`KeyProviders::passphrase_env`], when that variable is set.
+    /// [`KeyProviders::passphrase`] when given, else the passphrase in
+    /// [`KeyProviders::passphrase_env`], when that variable is set.
     fn passphrase_from_env(&self) -> Result<Option<SecretValue>> {
+        if let Some(given) = &self.passphrase {
+            if given.is_empty() {
+                return Err(Error::invalid(
+                    "passphrase",
+                    "the passphrase given is empty".to_owned(),
+                ));
+            }
+            return Ok(Some(given.clone()));
+        }
         let Some(var) = &self.passphrase_env else {
             return Ok(None);
         };
