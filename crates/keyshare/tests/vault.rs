@@ -1312,6 +1312,54 @@ fn a_damaged_database_page_is_corrupt_and_left_untouched() {
     assert_eq!(snapshot(dir.path()), before);
 }
 
+/// A damaged page that opening, reading one key and writing another never touch (here the
+/// root of the table of deletes) gets the vault refused at open, and nothing is written to
+/// it. Found by QA: the broker refused such a vault at start, but commands read it, wrote
+/// into it and, closing, copied the WAL into it, while `doctor` found no problem.
+#[test]
+fn a_vault_with_a_damaged_page_anywhere_is_refused_at_open() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let store = open(&path, "ns");
+    store.set(&key("a"), &value(b"s1")).unwrap();
+    store.set(&key("b"), &value(b"s2")).unwrap();
+    drop(store);
+    let root: i64 = raw(&path)
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'deleted'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    let page_size = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+    let at = (root as usize - 1) * page_size;
+    bytes[at..at + page_size].fill(0);
+    fs::write(&path, &bytes).unwrap();
+    for side in ["-wal", "-shm"] {
+        let _ = fs::remove_file(dir.path().join(format!("vault.db{side}")));
+    }
+
+    let before = snapshot(dir.path());
+    let err = VaultStore::open(options(&path, "ns"))
+        .and_then(|store| {
+            store.get(&key("a"))?;
+            store.set(&key("c"), &value(b"new"))
+        })
+        .expect_err("a vault with a damaged page was used");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("damaged") && text.contains("untouched"),
+        "{text}"
+    );
+    assert_eq!(
+        snapshot(dir.path()),
+        before,
+        "the damaged vault was written to"
+    );
+}
+
 /// Concurrent writers share commits (group commit): every acknowledged write of every thread
 /// is there afterwards, and deletes in the same batches report what they deleted.
 #[test]
