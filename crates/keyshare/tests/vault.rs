@@ -1360,6 +1360,46 @@ fn a_vault_with_a_damaged_page_anywhere_is_refused_at_open() {
     );
 }
 
+/// A symbolic link at the vault's path, or at its key file's, is refused rather than
+/// followed (QA: a link to a file in a directory anyone could write took the database and its
+/// WAL out of the private directory without a word), and so is a vault another user owns
+/// (checked as root only: only root can give a file away).
+#[test]
+fn a_linked_or_foreign_vault_file_is_refused() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    drop(open(&path, "ns"));
+    let elsewhere = private_tempdir();
+    for name in ["vault.db", "vault.key"] {
+        let file = dir.path().join(name);
+        let moved = elsewhere.path().join(name);
+        fs::rename(&file, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &file).unwrap();
+        let err = VaultStore::open(options(&path, "ns")).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Invalid {
+                    what: "vault permissions",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("is a symbolic link"), "{err}");
+        fs::remove_file(&file).unwrap();
+        fs::rename(&moved, &file).unwrap();
+    }
+    drop(open(&path, "ns"));
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let err = VaultStore::open(options(&path, "ns")).unwrap_err();
+        assert!(err.to_string().contains("belongs to uid 65534"), "{err}");
+    } else {
+        eprintln!("NOTE: not root: the foreign-owner case is not checked here");
+    }
+}
+
 /// Concurrent writers share commits (group commit): every acknowledged write of every thread
 /// is there afterwards, and deletes in the same batches report what they deleted.
 #[test]

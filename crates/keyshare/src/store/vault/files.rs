@@ -37,14 +37,49 @@ fn too_open(path: &Path, mode: u32, fix: &str) -> Error {
     )
 }
 
+/// Another user's file or directory, which that user could replace or roll back.
+fn foreign(path: &Path, meta: &fs::Metadata) -> Option<Error> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    (meta.uid() != me).then(|| {
+        Error::invalid(
+            "vault permissions",
+            format!(
+                "{} belongs to uid {}, not to you (uid {me}): whoever owns it could replace \
+                 or roll it back. Run `chown {me} {}` if it is yours",
+                path.display(),
+                meta.uid(),
+                shell_quote(path)
+            ),
+        )
+    })
+}
+
 /// Checks a file that must be private: `Ok(None)` when it does not exist, an error when it is
-/// not a regular file or group/other have any access.
+/// not a regular file of this user's (a symbolic link included) or group/other have any access.
 pub(crate) fn check_private_file(path: &Path) -> Result<Option<fs::Metadata>> {
-    let meta = match fs::metadata(path) {
+    let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("checking {}", path.display()), e)),
     };
+    if meta.file_type().is_symlink() {
+        // Found by QA: SQLite puts the WAL and its index next to the link's target, so a link
+        // to a file in a directory others can write took the whole vault out of the private
+        // directory, without a word.
+        return Err(Error::invalid(
+            "vault permissions",
+            format!(
+                "{} is a symbolic link, which keyshare does not follow for a vault's files: the \
+                 database's WAL would be made next to the link's target, outside the private \
+                 directory. Put the file itself there instead of the link",
+                path.display()
+            ),
+        ));
+    }
+    if let Some(err) = foreign(path, &meta) {
+        return Err(err);
+    }
     if !meta.is_file() {
         return Err(Error::invalid(
             "vault",
@@ -70,6 +105,9 @@ pub(crate) fn check_private_dir(dir: &Path) -> Result<bool> {
             "vault",
             format!("{} exists but is not a directory", dir.display()),
         ));
+    }
+    if let Some(err) = foreign(dir, &meta) {
+        return Err(err);
     }
     let mode = meta.permissions().mode();
     if mode & GROUP_OTHER != 0 {
