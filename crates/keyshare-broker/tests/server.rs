@@ -229,6 +229,26 @@ fn a_one_shot_client_sends_hello_with_its_first_request_and_reconnects_after_a_f
     }
 }
 
+/// The next frame a client sent, as JSON.
+fn json_frame(conn: &mut UnixStream) -> serde_json::Value {
+    let mut header = [0u8; 4];
+    conn.read_exact(&mut header).unwrap();
+    let mut body = vec![0; u32::from_be_bytes(header) as usize];
+    conn.read_exact(&mut body).unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// A stand-in broker's success reply to `request` (a hello or a set).
+fn answer_json(conn: &mut UnixStream, request: &serde_json::Value) {
+    let reply = match request["op"].as_str() {
+        Some("hello") => serde_json::json!({"type": "reply", "id": request["id"], "op": "hello",
+            "server": "stand-in", "server_version": "0", "protocol": protocol::PROTOCOL_VERSION}),
+        _ => serde_json::json!({"type": "reply", "id": request["id"], "op": "set"}),
+    };
+    conn.write_all(&frames(&[&serde_json::to_vec(&reply).unwrap()]))
+        .unwrap();
+}
+
 /// A stand-in broker that shuts its reading side as a stopping broker does: on its first
 /// connection it answers hello and one `set`, then shuts reading (and says so on the returned
 /// channel) but keeps the connection open; on its second it answers hello and one `set`.
@@ -236,24 +256,6 @@ fn a_one_shot_client_sends_hello_with_its_first_request_and_reconnects_after_a_f
 fn broker_that_stops_reading(
     socket: std::path::PathBuf,
 ) -> (mpsc::Receiver<()>, std::thread::JoinHandle<Vec<String>>) {
-    fn frame(conn: &mut UnixStream) -> serde_json::Value {
-        let mut header = [0u8; 4];
-        conn.read_exact(&mut header).unwrap();
-        let mut body = vec![0; u32::from_be_bytes(header) as usize];
-        conn.read_exact(&mut body).unwrap();
-        serde_json::from_slice(&body).unwrap()
-    }
-    fn answer(conn: &mut UnixStream, request: &serde_json::Value) {
-        let reply = match request["op"].as_str() {
-            Some("hello") => {
-                serde_json::json!({"type": "reply", "id": request["id"], "op": "hello",
-                "server": "stand-in", "server_version": "0", "protocol": protocol::PROTOCOL_VERSION})
-            }
-            _ => serde_json::json!({"type": "reply", "id": request["id"], "op": "set"}),
-        };
-        conn.write_all(&frames(&[&serde_json::to_vec(&reply).unwrap()]))
-            .unwrap();
-    }
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let (shut_tx, shut_rx) = mpsc::channel();
     let broker = std::thread::spawn(move || {
@@ -262,11 +264,11 @@ fn broker_that_stops_reading(
         for _ in 0..2 {
             let (mut conn, _) = listener.accept().unwrap();
             for _ in 0..2 {
-                let request = frame(&mut conn);
+                let request = json_frame(&mut conn);
                 if request["op"] == "set" {
                     keys.push(request["key"].as_str().unwrap().to_owned());
                 }
-                answer(&mut conn, &request);
+                answer_json(&mut conn, &request);
             }
             if first.is_none() {
                 conn.shutdown(std::net::Shutdown::Read).unwrap();
@@ -309,6 +311,54 @@ fn clients_send_again_on_a_new_connection_what_they_could_not_write() {
         assert_eq!(broker.join().unwrap(), ["before", "after"], "{name} client");
         std::fs::remove_file(&socket).unwrap();
     }
+}
+
+/// When a request cannot be written (the broker shut its reading side), the requests the
+/// pipelining client had already written whole stay waiting for their answers, which a
+/// stopping broker still sends (found in review: they were failed at once, "closed before it
+/// answered", and their answers discarded).
+#[test]
+fn a_write_that_fails_does_not_fail_requests_already_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("b.sock");
+    let mut config = keyshare_broker::ClientConfig::with_paths(
+        keyshare_broker::daemon::BrokerPaths::under(dir.path(), &flavour()),
+        keyshare::AppId::new("code").unwrap(),
+    );
+    config.paths.socket = socket.clone();
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let (shut_tx, shut_rx) = mpsc::channel();
+    let broker = std::thread::spawn(move || {
+        let (mut first, _) = listener.accept().unwrap();
+        let hello = json_frame(&mut first);
+        answer_json(&mut first, &hello);
+        // The first set is read, not answered yet; then the broker stops reading.
+        let early = json_frame(&mut first);
+        first.shutdown(std::net::Shutdown::Read).unwrap();
+        shut_tx.send(()).unwrap();
+        let (mut second, _) = listener.accept().unwrap();
+        for _ in 0..2 {
+            let request = json_frame(&mut second);
+            answer_json(&mut second, &request);
+        }
+        // Only now the answer to the set sent before the stop.
+        answer_json(&mut first, &early);
+        early["key"].as_str().unwrap().to_owned()
+    });
+    let client = Arc::new(BlockingBrokerClient::new(config).unwrap());
+    let early = {
+        let client = Arc::clone(&client);
+        std::thread::spawn(move || client.set(&k("early"), &v("1")))
+    };
+    shut_rx.recv().unwrap();
+    client
+        .set(&k("late"), &v("2"))
+        .expect("the late set goes to a new connection");
+    early
+        .join()
+        .unwrap()
+        .expect("the set written before the stop gets its answer");
+    assert_eq!(broker.join().unwrap(), "early");
 }
 
 #[test]

@@ -103,15 +103,24 @@ fn earlier_vault_identity(ctx: &Context, identity: &str) -> Option<String> {
 /// (`earlier`) to the journal under its name now, so that no pending repair is lost to the
 /// rename. An entry both hold keeps the one under the name now (written later, by this
 /// version). Moved, not copied: an entry left behind would be moved again after its repair
-/// and undo it.
+/// and undo it. An entry that cannot be read or moved stays where it is, with a warning: one
+/// damaged entry must not stop every command of the app (found in review).
 fn adopt_journal(earlier: &dyn Store, journal: &dyn Store) -> keyshare::Result<()> {
     for key in earlier.keys()? {
-        if journal.get(&key)?.is_none() {
-            if let Some(entry) = earlier.get(&key)? {
-                journal.set(&key, &entry)?;
+        let moved = (|| -> keyshare::Result<()> {
+            if journal.get(&key)?.is_none() {
+                if let Some(entry) = earlier.get(&key)? {
+                    journal.set(&key, &entry)?;
+                }
             }
+            earlier.delete(&key).map(drop)
+        })();
+        if let Err(err) = moved {
+            eprintln!(
+                "keyshare: warning: a repair journal entry kept under the shared vault's earlier \
+                 name could not be moved to its name now, and stays there: {err}"
+            );
         }
-        earlier.delete(&key)?;
     }
     Ok(())
 }
@@ -124,7 +133,8 @@ fn journal_in(vault: &VaultStore, identity: &str, ctx: &Context) -> anyhow::Resu
         let earlier = vault.with_namespace(&format!("journal:{earlier}"))?;
         adopt_journal(&earlier, &journal).map_err(|err| {
             anyhow::Error::new(err).context(format!(
-                "moving the repair journal kept under the shared vault's earlier name ({})                  to its name now",
+                "moving the repair journal kept under the shared vault's earlier name ({}) to \
+                 its name now",
                 earlier.namespace()
             ))
         })?;
@@ -697,6 +707,55 @@ mod tests {
         let read = |k: &str| journal.get(&key(k)).unwrap().unwrap();
         assert_eq!(read("dirty:a").expose_secret(), b"earlier a");
         assert_eq!(read("dirty:b").expose_secret(), b"now b");
+    }
+
+    /// A memory store whose entry `bad` cannot be read.
+    #[derive(Debug)]
+    struct OneUnreadable(MemoryStore);
+
+    impl Store for OneUnreadable {
+        fn info(&self) -> StoreInfo {
+            self.0.info()
+        }
+        fn get(&self, key: &SecretKey) -> keyshare::Result<Option<SecretValue>> {
+            if key.as_str() == "bad" {
+                return Err(keyshare::Error::Corrupt {
+                    store: "test".into(),
+                    key: Some("bad".into()),
+                    detail: "unreadable".into(),
+                });
+            }
+            self.0.get(key)
+        }
+        fn set(&self, key: &SecretKey, value: &SecretValue) -> keyshare::Result<()> {
+            self.0.set(key, value)
+        }
+        fn delete(&self, key: &SecretKey) -> keyshare::Result<bool> {
+            self.0.delete(key)
+        }
+        fn keys(&self) -> keyshare::Result<Vec<SecretKey>> {
+            self.0.keys()
+        }
+    }
+
+    /// One entry that cannot be read does not stop the others from moving, nor the command
+    /// (found in review: every command of the app failed); it stays where it was.
+    #[test]
+    fn adopting_a_journal_leaves_an_unreadable_entry_and_moves_the_rest() {
+        let key = |s: &str| SecretKey::new(s).unwrap();
+        let earlier = OneUnreadable(MemoryStore::new());
+        let journal = MemoryStore::new();
+        for k in ["a", "bad", "z"] {
+            earlier
+                .0
+                .set(&key(k), &SecretValue::from_slice(b"entry"))
+                .unwrap();
+        }
+        adopt_journal(&earlier, &journal).unwrap();
+        assert_eq!(earlier.keys().unwrap(), [key("bad")]);
+        let mut moved = journal.keys().unwrap();
+        moved.sort();
+        assert_eq!(moved, [key("a"), key("z")]);
     }
 
     #[test]

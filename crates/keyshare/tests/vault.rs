@@ -1360,6 +1360,25 @@ fn a_vault_with_a_damaged_page_anywhere_is_refused_at_open() {
     );
 }
 
+/// A vault another connection holds locked past the busy timeout is busy, not damaged (found
+/// in review: the page check at open called it damaged, exit 4, and advised moving it away).
+#[test]
+fn a_vault_held_locked_is_busy_not_damaged() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    drop(open(&path, "ns"));
+    let holder = raw(&path);
+    holder
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
+        .unwrap();
+    let mut busy = options(&path, "ns");
+    busy.busy_timeout = std::time::Duration::from_millis(100);
+    let err = VaultStore::open(busy).unwrap_err();
+    assert_timed_out(&err);
+    assert!(!err.to_string().contains("damaged"), "{err}");
+    holder.execute_batch("COMMIT").unwrap();
+}
+
 /// A symbolic link at the vault's path, or at its key file's, is refused rather than
 /// followed (QA: a link to a file in a directory anyone could write took the database and its
 /// WAL out of the private directory without a word), and so is a vault another user owns

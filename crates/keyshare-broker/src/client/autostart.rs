@@ -102,7 +102,16 @@ impl Autostart {
             .passphrase_on_stdin
             .then(|| std::env::var_os(PASSPHRASE_ENV))
             .flatten()
-            .map(|value| zeroize::Zeroizing::new(value.into_vec()));
+            .map(|value| {
+                let value = zeroize::Zeroizing::new(value.into_vec());
+                // Always ended with a newline, which the broker drops: a passphrase that itself
+                // ends in one arrives whole (found in review). Sized first: a push past the
+                // capacity would move the bytes and free the old buffer uncleared.
+                let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(value.len() + 1));
+                bytes.extend_from_slice(&value);
+                bytes.push(b'\n');
+                bytes
+            });
         let mut command = Command::new(program);
         command
             .args(&self.args)

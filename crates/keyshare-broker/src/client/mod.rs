@@ -484,7 +484,10 @@ impl Connection {
             pending.waiting.insert(id, (tx, sink));
         }
         let exchange = async {
-            self.write_frame(&frame).await?;
+            if let Err(err) = self.write_frame(&frame).await {
+                lock(&self.pending).waiting.remove(&id);
+                return Err(err.into());
+            }
             rx.await.map_err(|_| TransportError::Closed)?
         };
         match tokio::time::timeout(timeout, exchange).await {
@@ -516,8 +519,12 @@ impl Connection {
         let written = writer.write_all(frame).await;
         unfinished.0 = None;
         if written.is_err() {
-            fail_all(&self.pending, || TransportError::Closed);
-            // Not whole: the broker reads only whole frames.
+            // Not whole: the broker reads only whole frames. No request goes out on this
+            // connection any more, but those already written whole stay waiting: a stopping
+            // broker still answers them (it shut only its reading side), and the reader fails
+            // whatever is left once the connection ends (found in review: they were failed at
+            // once, their answers discarded).
+            lock(&self.pending).closed = true;
             return Err(TransportError::NotSent);
         }
         Ok(())

@@ -51,25 +51,41 @@ pub struct Args {
 /// The most a passphrase read from standard input may be.
 const MAX_PASSPHRASE_LEN: usize = 64 * 1024;
 
-/// The passphrase on standard input (`--passphrase-stdin`), read to its end.
+/// The passphrase on standard input (`--passphrase-stdin`), read to its end; one final newline
+/// is dropped (the starting client always ends it with one, so a passphrase that itself ends
+/// in a newline arrives whole). Read from the descriptor itself, into one buffer zeroized when
+/// dropped: `std::io::stdin()` would copy it into its own buffer, never cleared (found in
+/// review).
 pub fn read_passphrase_from_stdin() -> anyhow::Result<keyshare::SecretValue> {
     use std::io::Read as _;
-    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(256));
-    std::io::stdin()
-        .lock()
-        .take(MAX_PASSPHRASE_LEN as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| keyshare::Error::io("reading the passphrase from standard input", e))?;
-    if bytes.len() > MAX_PASSPHRASE_LEN {
+    use std::os::fd::AsFd as _;
+    let reading = |e| keyshare::Error::io("reading the passphrase from standard input", e);
+    let mut stdin = std::fs::File::from(
+        std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(reading)?,
+    );
+    let mut bytes = zeroize::Zeroizing::new(vec![0u8; MAX_PASSPHRASE_LEN + 1]);
+    let mut len = 0;
+    while len < bytes.len() {
+        match stdin.read(&mut bytes[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(reading(e).into()),
+        }
+    }
+    if len > MAX_PASSPHRASE_LEN {
         anyhow::bail!(keyshare::Error::invalid(
             "passphrase",
             format!("the passphrase on standard input is over {MAX_PASSPHRASE_LEN} bytes"),
         ));
     }
-    if bytes.last() == Some(&b'\n') {
-        bytes.pop();
+    if len > 0 && bytes[len - 1] == b'\n' {
+        len -= 1;
     }
-    Ok(keyshare::SecretValue::from_slice(&bytes))
+    Ok(keyshare::SecretValue::from_slice(&bytes[..len]))
 }
 
 pub fn run(args: &Args, ctx: &Context, config_path: &Path) -> anyhow::Result<()> {

@@ -836,18 +836,11 @@ impl VaultStore {
             .map_err(|e| Error::io(format!("inspecting vault {}", path.display()), e))?;
         conn.busy_timeout(options.busy_timeout)
             .map_err(map("setting the busy timeout"))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(map("setting synchronous=FULL"))?;
-        // A deleted or replaced value's sealed bytes are zeroed instead of left in the page's
-        // free space, where whoever later learns the vault's key could read them. Costs no
-        // I/O of its own: the page is written anyway.
-        conn.pragma_update(None, "secure_delete", "ON")
-            .map_err(map("setting secure_delete=ON"))?;
         // A damaged file is refused before anything reads on or writes to it (found by QA: with
         // a page the open path does not read zeroed, the broker refused the vault, but commands
         // read it, wrote into it, and their close copied the WAL into it). `quick_check`
         // reads every page (about a millisecond per thousand secrets) and writes nothing.
-        if let Err(damage) = check_pages(&conn) {
+        if let Err(damage) = check_pages(&conn).map_err(map("checking the vault's pages"))? {
             // Closed without the usual checkpoint: the file and its WAL stay as they are.
             let _ = conn.set_db_config(
                 rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
@@ -862,6 +855,13 @@ impl VaultStore {
                 ),
             });
         }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(map("setting synchronous=FULL"))?;
+        // A deleted or replaced value's sealed bytes are zeroed instead of left in the page's
+        // free space, where whoever later learns the vault's key could read them. Costs no
+        // I/O of its own: the page is written anyway.
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(map("setting secure_delete=ON"))?;
 
         let (dek, vault_id, protection, notice, version) = match created {
             Some(c) => (
@@ -1051,19 +1051,27 @@ impl VaultStore {
     }
 }
 
-/// Whether SQLite finds the vault's pages sound (`PRAGMA quick_check`): what it reports when
-/// they are not, its first complaints.
-fn check_pages(conn: &Connection) -> std::result::Result<(), String> {
-    let mut stmt = conn
-        .prepare("PRAGMA quick_check(3)")
-        .map_err(|e| e.to_string())?;
-    let lines = stmt
-        .query_map([], |row| row.get::<_, String>(0))
-        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-        .map_err(|e| e.to_string())?;
-    match lines.as_slice() {
-        [ok] if ok == "ok" => Ok(()),
-        _ => Err(lines.join("; ")),
+/// Whether SQLite finds the vault's pages sound (`PRAGMA quick_check`): its first complaints
+/// when they are not, including a page too damaged to be checked at all. Any other failure
+/// (another process holds the file busy past the timeout, an I/O error) is the outer error,
+/// not damage (found in review: a busy vault was called damaged).
+fn check_pages(conn: &Connection) -> rusqlite::Result<std::result::Result<(), String>> {
+    let lines = conn.prepare("PRAGMA quick_check(3)").and_then(|mut stmt| {
+        stmt.query_map([], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+    });
+    match lines {
+        Ok(lines) if lines.len() == 1 && lines[0] == "ok" => Ok(Ok(())),
+        Ok(lines) => Ok(Err(lines.join("; "))),
+        Err(rusqlite::Error::SqliteFailure(err, message))
+            if matches!(
+                err.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            ) =>
+        {
+            Ok(Err(message.unwrap_or_else(|| err.to_string())))
+        }
+        Err(err) => Err(err),
     }
 }
 
