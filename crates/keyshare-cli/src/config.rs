@@ -354,7 +354,7 @@ fn untrusted(meta: &std::fs::Metadata, path: &Path) -> Option<String> {
             path.display()
         ));
     }
-    if mode & 0o022 != 0 {
+    if mode & 0o002 != 0 || (mode & 0o020 != 0 && !private_group(meta.gid())) {
         return Some(format!(
             "group or others can write it (mode {:o}); `chmod go-w {}`",
             mode & 0o777,
@@ -376,7 +376,9 @@ fn untrusted(meta: &std::fs::Metadata, path: &Path) -> Option<String> {
         ));
     }
     // A sticky directory (`/tmp`) lets others add files, but not replace this one.
-    if dir_mode & 0o022 != 0 && dir_mode & 0o1000 == 0 {
+    let others_write =
+        dir_mode & 0o002 != 0 || (dir_mode & 0o020 != 0 && !private_group(dir_meta.gid()));
+    if others_write && dir_mode & 0o1000 == 0 {
         return Some(format!(
             "group or others can write its directory {} (mode {:o}), so they could replace \
              the file; `chmod go-w {}`",
@@ -386,6 +388,38 @@ fn untrusted(meta: &std::fs::Metadata, path: &Path) -> Option<String> {
         ));
     }
     None
+}
+
+/// Whether group `gid` is this user's private group (the user's own group, with no other
+/// member), whose write permission lets no one else in: what umask 002 gives files on systems
+/// with user private groups (Debian, Ubuntu, Fedora), as Debian's ssh also allows (found in
+/// review: every config a user made there was refused). Decided from /etc/passwd and
+/// /etc/group; a group known only to a directory service is not taken for private.
+fn private_group(gid: u32) -> bool {
+    let me = rustix::process::geteuid().as_raw();
+    let entries = |file: &str| std::fs::read_to_string(file).unwrap_or_default();
+    let passwd = entries("/etc/passwd");
+    // name:password:uid:gid:...
+    let Some((name, primary)) = passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() > 3 && fields[2].parse() == Ok(me))
+            .then(|| (fields[0].to_owned(), fields[3].parse::<u32>().ok()))
+    }) else {
+        return false;
+    };
+    if primary != Some(gid) {
+        return false;
+    }
+    // name:password:gid:member,member
+    entries("/etc/group").lines().any(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        fields.len() > 3
+            && fields[2].parse() == Ok(gid)
+            && fields[0] == name
+            && fields[3]
+                .split(',')
+                .all(|member| member.is_empty() || member == name)
+    })
 }
 
 fn file_kind(meta: &std::fs::Metadata) -> &'static str {

@@ -523,8 +523,8 @@ fn a_config_file_others_could_write_is_refused() {
     };
     mode(&config, 0o666);
     refused("chmod go-w");
-    mode(&config, 0o620);
-    refused("group or others can write it (mode 620)");
+    mode(&config, 0o602);
+    refused("group or others can write it (mode 602)");
     mode(&config, 0o644);
     mode(&dir, 0o777);
     refused("can write its directory");
@@ -534,10 +534,32 @@ fn a_config_file_others_could_write_is_refused() {
     mode(&dir, 0o755);
     assert_eq!(env.code(&["--direct", "get", "k"]), 1);
     if rustix::process::geteuid().is_root() {
+        // Group write for root's own private group (umask 002 on systems with user private
+        // groups: found in review, every config made there was refused) is fine; for a group
+        // others may be in, it is not.
+        let root_group = std::fs::read_to_string("/etc/group")
+            .unwrap()
+            .lines()
+            .any(|line| line == "root:x:0:");
+        std::os::unix::fs::chown(&config, None, Some(0)).unwrap();
+        std::os::unix::fs::chown(&dir, None, Some(0)).unwrap();
+        mode(&config, 0o664);
+        mode(&dir, 0o775);
+        if root_group {
+            assert_eq!(env.code(&["--direct", "get", "k"]), 1);
+        } else {
+            eprintln!("NOTE: root's group has members here: the private-group case is not checked");
+        }
+        std::os::unix::fs::chown(&config, None, Some(65534)).unwrap();
+        refused("group or others can write it (mode 664)");
+        mode(&config, 0o644);
+        std::os::unix::fs::chown(&dir, None, Some(65534)).unwrap();
+        refused("can write its directory");
+        mode(&dir, 0o755);
         std::os::unix::fs::chown(&config, Some(65534), None).unwrap();
         refused("belongs to uid 65534");
     } else {
-        eprintln!("NOTE: not root: the config-owned-by-another-user case is not checked here");
+        eprintln!("NOTE: not root: the ownership and group cases are not checked here");
     }
 }
 
