@@ -361,14 +361,29 @@ fn untrusted(meta: &std::fs::Metadata, path: &Path) -> Option<String> {
             path.display()
         ));
     }
-    let dir = match path.parent() {
-        Some(dir) if dir.as_os_str().is_empty() => Path::new("."),
-        Some(dir) => dir,
+    // The link's directory, and for a symlinked config (a dotfile manager's) its target's:
+    // whoever can replace either file chooses what is read.
+    let spelled = match path.parent() {
+        Some(dir) if dir.as_os_str().is_empty() => Path::new(".").to_owned(),
+        Some(dir) => dir.to_owned(),
         None => return None,
     };
+    let target = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|real| real.parent().map(Path::to_owned));
+    [Some(spelled), target]
+        .into_iter()
+        .flatten()
+        .find_map(|dir| untrusted_dir(&dir))
+}
+
+/// Why another user could replace a file in `dir`, if they could.
+fn untrusted_dir(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
     let dir_meta = std::fs::metadata(dir).ok()?;
     let dir_mode = dir_meta.mode() & 0o7777;
-    if foreign(dir_meta.uid()) {
+    if dir_meta.uid() != me && dir_meta.uid() != 0 {
         return Some(format!(
             "its directory {} belongs to uid {}, who could replace the file",
             dir.display(),

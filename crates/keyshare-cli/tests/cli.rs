@@ -533,6 +533,16 @@ fn a_config_file_others_could_write_is_refused() {
     assert_eq!(env.code(&["--direct", "get", "k"]), 1);
     mode(&dir, 0o755);
     assert_eq!(env.code(&["--direct", "get", "k"]), 1);
+    // A symlinked config (a dotfile manager's) is judged by its target's directory too.
+    let shared = env.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::rename(&config, shared.join("config.toml")).unwrap();
+    std::os::unix::fs::symlink(shared.join("config.toml"), &config).unwrap();
+    assert_eq!(env.code(&["--direct", "get", "k"]), 1);
+    mode(&shared, 0o777);
+    refused("can write its directory");
+    std::fs::remove_file(&config).unwrap();
+    std::fs::rename(shared.join("config.toml"), &config).unwrap();
     if rustix::process::geteuid().is_root() {
         // Group write for root's own private group (umask 002 on systems with user private
         // groups: found in review, every config made there was refused) is fine; for a group
