@@ -161,6 +161,7 @@ pub struct BrokerState {
     options: ServerOptions,
     external: Option<ExternalChanges>,
     store_identity: Option<String>,
+    store_aliases: Vec<String>,
     os_keyring: Option<bool>,
 }
 
@@ -173,6 +174,7 @@ impl BrokerState {
             options: ServerOptions::default(),
             external: None,
             store_identity: None,
+            store_aliases: Vec::new(),
             os_keyring: None,
         }
     }
@@ -180,6 +182,15 @@ impl BrokerState {
     /// Names the shared store in every hello reply (see [`Reply::Hello`]'s `store`).
     pub fn with_store_identity(mut self, identity: Option<String>) -> Self {
         self.store_identity = identity;
+        self
+    }
+
+    /// Other names of the same store that a hello's `expect_store` may give, and is then
+    /// served: names that earlier versions gave it (a vault's path as spelled, before paths
+    /// were resolved), so that their clients are not refused by this broker. Hello replies
+    /// still give the identity.
+    pub fn with_store_aliases(mut self, aliases: Vec<String>) -> Self {
+        self.store_aliases = aliases;
         self
     }
 
@@ -219,6 +230,7 @@ struct Shared {
     storage: AsyncSecretStorage,
     policy: PolicyHandle,
     store_identity: Option<String>,
+    store_aliases: Vec<String>,
     os_keyring: Option<bool>,
     options: ServerOptions,
     uid: u32,
@@ -356,6 +368,7 @@ pub async fn run(
         storage: state.storage.to_async(),
         policy: state.policy,
         store_identity: state.store_identity,
+        store_aliases: state.store_aliases,
         os_keyring: state.os_keyring,
         in_flight: Arc::new(Semaphore::new(state.options.max_in_flight.max(1))),
         reply_bytes: Arc::new(Semaphore::new(
@@ -1134,7 +1147,9 @@ impl Connection {
     ) -> Option<RemoteError> {
         let pid = std::process::id();
         if let Some(expected) = expect_store {
-            if self.shared.store_identity.as_deref() != Some(expected.as_str()) {
+            if self.shared.store_identity.as_deref() != Some(expected.as_str())
+                && !self.shared.store_aliases.contains(&expected)
+            {
                 let serving = match &self.shared.store_identity {
                     Some(identity) => identity.as_str(),
                     None => "a store that keeps nothing across restarts (memory)",

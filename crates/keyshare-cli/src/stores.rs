@@ -99,6 +99,15 @@ fn earlier_vault_identity(ctx: &Context, identity: &str) -> Option<String> {
     (spelled != identity).then_some(spelled)
 }
 
+/// The names earlier builds gave the shared store named `identity` (see
+/// [`earlier_vault_identity`]), which a broker serving it accepts from their clients.
+pub fn earlier_identities(ctx: &Context, identity: Option<&str>) -> Vec<String> {
+    identity
+        .and_then(|identity| earlier_vault_identity(ctx, identity))
+        .into_iter()
+        .collect()
+}
+
 /// Moves the repair journal entries kept under an earlier name of the same shared store
 /// (`earlier`) to the journal under its name now, so that no pending repair is lost to the
 /// rename. An entry both hold keeps the one under the name now (written later, by this

@@ -1798,3 +1798,50 @@ fn an_autostarted_broker_gets_the_passphrase_without_its_environment() {
     assert_eq!(run_ok(home.path(), &["get", "k"], b"").stdout, b"value");
     run_ok(home.path(), &["stop"], b"");
 }
+
+/// A broker whose vault is reached through a symlinked data directory names it by the resolved
+/// path, and still serves clients of earlier builds, which name it by the path as spelled
+/// (found in review: they were refused with store_mismatch); another store's name is refused.
+#[test]
+fn a_broker_serves_clients_that_name_its_vault_by_the_unresolved_path() {
+    let home = home_with_a_private_runtime_dir();
+    let link = home.path().join("datalink");
+    std::os::unix::fs::symlink(home.path().join("data"), &link).unwrap();
+    std::fs::create_dir(home.path().join("data")).unwrap();
+    let set = keyshare(home.path())
+        .env("XDG_DATA_HOME", &link)
+        .args(["set", "k"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    succeeded(&["set", "k"], {
+        let mut set = set;
+        set.stdin.take().unwrap().write_all(b"v").unwrap();
+        set.wait_with_output().unwrap()
+    });
+    let hello_expecting = |vault: &Path| {
+        let mut client =
+            std::os::unix::net::UnixStream::connect(home.path().join("run/keyshare/stable.sock"))
+                .unwrap();
+        let hello = serde_json::json!({"id": 0, "op": "hello", "client": "old", "client_version": "0",
+            "protocol": 1, "app": "code",
+            "expect_store": format!("vault:{}#dev.keyshare.shared-secrets", vault.display())});
+        client
+            .write_all(&framed([serde_json::to_vec(&hello).unwrap()]))
+            .unwrap();
+        let mut header = [0u8; 4];
+        client.read_exact(&mut header).unwrap();
+        let mut body = vec![0; u32::from_be_bytes(header) as usize];
+        client.read_exact(&mut body).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+    };
+    let spelled = link.join("keyshare/stable/vault.db");
+    let reply = hello_expecting(&spelled);
+    assert_eq!(reply["type"], "reply", "{reply}");
+    let other = home.path().join("elsewhere/vault.db");
+    let reply = hello_expecting(&other);
+    assert_eq!(reply["code"], "store_mismatch", "{reply}");
+    run_ok(home.path(), &["stop"], b"");
+}

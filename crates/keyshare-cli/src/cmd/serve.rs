@@ -159,6 +159,7 @@ pub fn run(args: &Args, ctx: &Context, config_path: &Path) -> anyhow::Result<()>
         .with_policy(policy)
         .with_options(options)
         .with_store_identity(shared.identity.clone())
+        .with_store_aliases(stores::earlier_identities(ctx, shared.identity.as_deref()))
         .with_os_keyring_protection(shared.os_keyring);
     if let Some(external) = external {
         state = state.with_external_changes(external);
