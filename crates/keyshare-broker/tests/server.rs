@@ -164,6 +164,18 @@ fn scripted_broker(
     })
 }
 
+/// A client configuration (app `code`) for a stand-in broker's socket in `dir`, and that
+/// socket's path.
+fn stand_in_config(dir: &std::path::Path) -> (std::path::PathBuf, keyshare_broker::ClientConfig) {
+    let socket = dir.join("b.sock");
+    let mut config = keyshare_broker::ClientConfig::with_paths(
+        keyshare_broker::daemon::BrokerPaths::under(dir, &flavour()),
+        keyshare::AppId::new("code").unwrap(),
+    );
+    config.paths.socket = socket.clone();
+    (socket, config)
+}
+
 fn server_frames(frames: &[ServerFrame]) -> Vec<u8> {
     frames
         .iter()
@@ -174,7 +186,7 @@ fn server_frames(frames: &[ServerFrame]) -> Vec<u8> {
 #[test]
 fn a_one_shot_client_sends_hello_with_its_first_request_and_reconnects_after_a_failure() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("b.sock");
+    let (socket, config) = stand_in_config(dir.path());
     let hello = ServerFrame::Reply {
         id: 0,
         reply: Reply::Hello {
@@ -200,11 +212,6 @@ fn a_one_shot_client_sends_hello_with_its_first_request_and_reconnects_after_a_f
             server_frames(&[hello, got]),
         ],
     );
-    let mut config = keyshare_broker::ClientConfig::with_paths(
-        keyshare_broker::daemon::BrokerPaths::under(dir.path(), &flavour()),
-        keyshare::AppId::new("code").unwrap(),
-    );
-    config.paths.socket = socket;
     let client = OneShotClient::new(config);
     match client.get(&k("github.auth")) {
         Err(Error::Unavailable { reason, .. }) => assert_eq!(reason, UnavailableReason::NotRunning),
@@ -287,12 +294,7 @@ fn broker_that_stops_reading(
 #[test]
 fn clients_send_again_on_a_new_connection_what_they_could_not_write() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("b.sock");
-    let mut config = keyshare_broker::ClientConfig::with_paths(
-        keyshare_broker::daemon::BrokerPaths::under(dir.path(), &flavour()),
-        keyshare::AppId::new("code").unwrap(),
-    );
-    config.paths.socket = socket.clone();
+    let (socket, config) = stand_in_config(dir.path());
     type MakeClient = fn(keyshare_broker::ClientConfig) -> Box<dyn Store>;
     let clients: [(&str, MakeClient); 2] = [
         ("one-shot", |config| Box::new(OneShotClient::new(config))),
@@ -320,12 +322,7 @@ fn clients_send_again_on_a_new_connection_what_they_could_not_write() {
 #[test]
 fn a_write_that_fails_does_not_fail_requests_already_sent() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("b.sock");
-    let mut config = keyshare_broker::ClientConfig::with_paths(
-        keyshare_broker::daemon::BrokerPaths::under(dir.path(), &flavour()),
-        keyshare::AppId::new("code").unwrap(),
-    );
-    config.paths.socket = socket.clone();
+    let (socket, config) = stand_in_config(dir.path());
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let (shut_tx, shut_rx) = mpsc::channel();
     let broker = std::thread::spawn(move || {
@@ -364,15 +361,10 @@ fn a_write_that_fails_does_not_fail_requests_already_sent() {
 #[test]
 fn a_one_shot_client_times_out_on_a_silent_broker() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("b.sock");
+    let (socket, config) = stand_in_config(dir.path());
     // Accepts and reads, never answers (the listener's backlog holds the connection).
     let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    let mut config = keyshare_broker::ClientConfig::with_paths(
-        keyshare_broker::daemon::BrokerPaths::under(dir.path(), &flavour()),
-        keyshare::AppId::new("code").unwrap(),
-    )
-    .timeout(Duration::from_millis(200));
-    config.paths.socket = socket;
+    let config = config.timeout(Duration::from_millis(200));
     let client = OneShotClient::new(config);
     let started = std::time::Instant::now();
     match client.set(&k("k"), &v("secret-value")) {

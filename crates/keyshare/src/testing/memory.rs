@@ -147,3 +147,13 @@ pub fn unmasked(masked: &[u8]) -> SecretValue {
     let plain: Zeroizing<Vec<u8>> = Zeroizing::new(masked.iter().map(|b| b ^ MASK).collect());
     SecretValue::from_slice(&plain)
 }
+
+/// Whether `value` is the value `masked` is the masked form of, compared masked, so that no
+/// unmasked copy of the expected value is made.
+pub fn is_masked(value: &SecretValue, masked: &[u8]) -> bool {
+    value
+        .expose_secret()
+        .iter()
+        .map(|b| b ^ MASK)
+        .eq(masked.iter().copied())
+}
