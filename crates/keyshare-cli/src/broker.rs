@@ -32,6 +32,10 @@ pub struct Routing {
     pub passthrough: Vec<std::ffi::OsString>,
     /// This process is an autostarted broker: it has no terminal to ask a passphrase on.
     pub autostarted: bool,
+    /// Check every page of a vault at open whatever its size: a broker, which keeps it open for
+    /// days, and `doctor`, whose job it is. Other commands check vaults up to
+    /// `DEFAULT_PAGE_CHECK_UP_TO`.
+    pub check_whole_vault: bool,
 }
 
 /// The broker's paths for the context's flavour (a clear error when `XDG_RUNTIME_DIR` is unset).

@@ -79,6 +79,7 @@ fn routing(cli: &Cli) -> broker::Routing {
         no_autostart: cli.globals.no_autostart,
         passthrough,
         autostarted: matches!(&cli.command, Command::Serve(Lazy(args)) if args.autostarted),
+        check_whole_vault: matches!(cli.command, Command::Serve(_) | Command::Doctor),
     }
 }
 

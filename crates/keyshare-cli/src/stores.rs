@@ -262,6 +262,9 @@ impl KekStore for LazyKeyring {
 pub fn open_vault(path: &Path, namespace: &str, ctx: &Context) -> anyhow::Result<VaultStore> {
     let mut options = VaultOptions::new(path, namespace);
     options.require_os_keyring = ctx.config.require_os_keyring;
+    if ctx.routing.check_whole_vault {
+        options.check_pages_up_to = None;
+    }
     options.busy_timeout = ctx.timeout;
     options.limits = ctx.limits;
     options.keys = KeyProviders {

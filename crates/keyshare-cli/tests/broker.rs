@@ -278,6 +278,8 @@ fn serve_watch_and_commands_through_the_broker() {
     sigterm(first_broker);
     let gap = wait_for_line(&mut watch_out, "resync");
     assert!(gap.contains("\"reconnected\":true"), "{gap}");
+    // Nobody counted what was missed in the gap (found by QA: it said 0).
+    assert!(gap.contains("\"missed\":null"), "{gap}");
     let second_broker = broker_pid(&lock);
     assert_ne!(first_broker, second_broker);
     let _ = watch.kill();

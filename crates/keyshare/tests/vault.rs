@@ -1358,6 +1358,18 @@ fn a_vault_with_a_damaged_page_anywhere_is_refused_at_open() {
         before,
         "the damaged vault was written to"
     );
+
+    // Over the size up to which the open checks (a cost a one-call process does not pay for a
+    // big vault), the damage goes unseen at open; with no limit (a broker, `doctor`), seen.
+    let mut unchecked = options(&path, "ns");
+    unchecked.check_pages_up_to = Some(1);
+    drop(VaultStore::open(unchecked).expect("not checked over the limit"));
+    let mut whole = options(&path, "ns");
+    whole.check_pages_up_to = None;
+    assert!(matches!(
+        VaultStore::open(whole),
+        Err(Error::Corrupt { .. })
+    ));
 }
 
 /// A vault another connection holds locked past the busy timeout is busy, not damaged (found

@@ -120,8 +120,12 @@ pub enum TransportError {
         /// This process's user.
         me: u32,
     },
-    /// The connection closed before the reply arrived.
-    #[error("the connection to the broker closed before it answered")]
+    /// The connection closed before the reply arrived: the request may or may not have been
+    /// carried out.
+    #[error(
+        "the connection to the broker closed before it answered; the request may or may not \
+         have been carried out (read the key to know before repeating a change)"
+    )]
     Closed,
     /// The connection closed before the request was sent whole, so the broker cannot have
     /// carried it out (a stopping broker shuts its connections' reading side: whatever a

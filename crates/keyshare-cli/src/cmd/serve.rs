@@ -60,13 +60,22 @@ pub fn read_passphrase_from_stdin() -> anyhow::Result<keyshare::SecretValue> {
     use std::io::Read as _;
     use std::os::fd::AsFd as _;
     let reading = |e| keyshare::Error::io("reading the passphrase from standard input", e);
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        // It would be echoed as typed: this flag is for a starting client's pipe.
+        anyhow::bail!(keyshare::Error::invalid(
+            "passphrase",
+            "--passphrase-stdin reads a pipe, not a terminal: run `keyshare serve` without it \
+             to be asked for the passphrase",
+        ));
+    }
     let mut stdin = std::fs::File::from(
         std::io::stdin()
             .as_fd()
             .try_clone_to_owned()
             .map_err(reading)?,
     );
-    let mut bytes = zeroize::Zeroizing::new(vec![0u8; MAX_PASSPHRASE_LEN + 1]);
+    // The passphrase, the newline the client ends it with, and one byte to see it is over.
+    let mut bytes = zeroize::Zeroizing::new(vec![0u8; MAX_PASSPHRASE_LEN + 2]);
     let mut len = 0;
     while len < bytes.len() {
         match stdin.read(&mut bytes[len..]) {
@@ -76,14 +85,17 @@ pub fn read_passphrase_from_stdin() -> anyhow::Result<keyshare::SecretValue> {
             Err(e) => return Err(reading(e).into()),
         }
     }
+    if len > 0 && bytes[len - 1] == b'\n' {
+        len -= 1;
+    }
     if len > MAX_PASSPHRASE_LEN {
         anyhow::bail!(keyshare::Error::invalid(
             "passphrase",
-            format!("the passphrase on standard input is over {MAX_PASSPHRASE_LEN} bytes"),
+            format!(
+                "the passphrase handed to the broker (KEYSHARE_PASSPHRASE) is over \
+                 {MAX_PASSPHRASE_LEN} bytes"
+            ),
         ));
-    }
-    if len > 0 && bytes[len - 1] == b'\n' {
-        len -= 1;
     }
     Ok(keyshare::SecretValue::from_slice(&bytes[..len]))
 }

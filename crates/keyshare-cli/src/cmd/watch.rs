@@ -116,9 +116,10 @@ fn print(
         (Notification::Changed(e), false) => {
             format!("{} {} {}", e.seq, kind(e.kind), super::shown(&e.key))
         }
+        // After a reconnection nobody counted what was missed: `null`, not 0 (found by QA).
         (Notification::Resync { missed }, true) => serde_json::json!({
             "resync": true,
-            "missed": missed,
+            "missed": (!reconnected).then_some(missed),
             "reconnected": reconnected,
         })
         .to_string(),

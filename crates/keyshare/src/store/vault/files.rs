@@ -70,9 +70,10 @@ pub(crate) fn check_private_file(path: &Path) -> Result<Option<fs::Metadata>> {
         return Err(Error::invalid(
             "vault permissions",
             format!(
-                "{} is a symbolic link, which keyshare does not follow for a vault's files: the \
-                 database's WAL would be made next to the link's target, outside the private \
-                 directory. Put the file itself there instead of the link",
+                "{} is a symbolic link, which keyshare does not follow for a vault's files: \
+                 they must be in the vault's private directory, and a link puts one (and for \
+                 the database, its WAL) wherever the link points. Put the file itself there \
+                 instead of the link",
                 path.display()
             ),
         ));
