@@ -593,3 +593,33 @@ fn doctor_finds_a_damaged_value() {
     );
     assert!(!problems.contains("fine"), "{problems}");
 }
+
+/// Repairs recorded against the shared vault at its earlier path (the data directory moved)
+/// are not applied to the vault at its new path; doctor says so, naming the keys, where they
+/// used to be skipped without a word (found by QA).
+#[test]
+fn repairs_recorded_against_another_shared_store_are_reported() {
+    let env = signed_out_during_an_outage();
+    let moved = env.path().join("moved");
+    std::fs::rename(env.path().join("data"), &moved).unwrap();
+    let out = env
+        .command(&["--direct", "--app", "code", "--json", "doctor"])
+        .env("XDG_DATA_HOME", &moved)
+        .output()
+        .unwrap();
+    let report = parse(&out);
+    assert_eq!(out.status.code(), Some(7), "{report}");
+    assert_eq!(report["pending_repairs"], serde_json::json!([]), "{report}");
+    let problems = report["problems"].to_string();
+    assert!(
+        problems.contains("recorded against another shared store")
+            && problems.contains(
+                &env.path()
+                    .join("data/keyshare/stable/vault.db")
+                    .display()
+                    .to_string()
+            )
+            && problems.contains(": gh."),
+        "{problems}"
+    );
+}

@@ -156,6 +156,9 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
                     ));
                 }
                 report["pending_repairs"] = json!(pending);
+                if opened.journal.is_some() {
+                    repairs_kept_elsewhere(ctx, opened.shared.identity.as_deref(), &mut problems);
+                }
             } else {
                 // The journal was not read: what memory holds says nothing.
                 report["migration_done"] = Value::Null;
@@ -215,6 +218,49 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
         anyhow::bail!("doctor found {} problem(s)", problems.len());
     }
     Ok(())
+}
+
+/// Repairs this app's journal holds against other shared stores than the one in use, which
+/// it never applies: recorded before the data directory moved (the journal is named after the
+/// shared vault's path), or while `auto` used the other store (found by QA: they were skipped
+/// without a word, and a signed-out token could come back).
+fn repairs_kept_elsewhere(ctx: &Context, identity: Option<&str>, problems: &mut Vec<String>) {
+    let path = ctx.dirs.app_vault_path(&ctx.flavour, &ctx.app);
+    let Ok(vault) = stores::open_vault(&path, "legacy", ctx) else {
+        return; // Reported with the legacy store or the journal already.
+    };
+    let current = identity.map(|identity| format!("journal:{identity}"));
+    let Ok(namespaces) = vault.namespaces_starting_with("journal:") else {
+        return;
+    };
+    for namespace in namespaces {
+        if Some(&namespace) == current.as_ref() {
+            continue;
+        }
+        let Ok(journal) = vault.with_namespace(&namespace) else {
+            continue;
+        };
+        let Ok(keys) = keyshare::pending_repairs_in_journal(std::sync::Arc::new(journal)) else {
+            continue;
+        };
+        if keys.is_empty() {
+            continue;
+        }
+        let shown: Vec<String> = keys
+            .iter()
+            .map(|key| super::shown(key).into_owned())
+            .collect();
+        problems.push(format!(
+            "app {} has {} repair(s) recorded against another shared store, {}, which it does \
+             not apply to the one in use: {}. If that store is this one under an earlier path \
+             (a moved data directory), set each key again as this app (or delete it) to settle \
+             it",
+            ctx.app,
+            keys.len(),
+            namespace.trim_start_matches("journal:"),
+            shown.join(", ")
+        ));
+    }
 }
 
 /// Reads every value of a vault (`which` store), to find those whose stored bytes are

@@ -327,6 +327,19 @@ fn reason(err: &Error) -> String {
     err.to_string()
 }
 
+/// The keys whose repair a journal kept in `store` (a store once given to
+/// [`SecretStorageBuilder::journal`]) still holds pending: for reporting repairs recorded
+/// against another shared store than the one a storage uses now (a data directory that moved,
+/// a store `auto` chose differently), which that storage never applies. Entries that cannot
+/// be read are skipped with a warning, as a storage skips them.
+pub fn pending_repairs_in_journal(store: Arc<dyn Store>) -> Result<Vec<SecretKey>> {
+    let journal = journal::Journal::new(store);
+    journal.load()?;
+    let mut keys = journal.dirty_keys();
+    keys.sort();
+    Ok(keys)
+}
+
 impl SecretStorage {
     /// Starts building a storage over `shared`.
     pub fn builder(shared: Arc<dyn Store>) -> SecretStorageBuilder {

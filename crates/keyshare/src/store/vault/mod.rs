@@ -991,6 +991,20 @@ impl VaultStore {
         &self.namespace
     }
 
+    /// The namespaces of the vault's file that hold at least one entry and start with
+    /// `prefix`, sorted: what else the file holds (an app's vault keeps its repair journals,
+    /// one per shared store, each in a namespace of its own).
+    pub fn namespaces_starting_with(&self, prefix: &str) -> Result<Vec<String>> {
+        let conn = self.vault.conn();
+        conn.prepare_cached("SELECT DISTINCT namespace FROM secrets ORDER BY namespace")
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| row.get::<_, String>(0))?
+                    .filter(|name| name.as_ref().map_or(true, |n| n.starts_with(prefix)))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(|e| self.vault.sql_error("listing namespaces", e))
+    }
+
     /// The vault's id (the OS keyring stores its key under it).
     pub fn vault_id(&self) -> VaultId {
         self.vault.vault_id
