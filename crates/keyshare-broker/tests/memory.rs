@@ -13,7 +13,7 @@ mod common;
 
 use base64::Engine as _;
 use keyshare::testing::memory::{
-    is_masked, masked_random_value, scan, unmasked, writable_regions, Needles, MASK,
+    is_masked, masked_random_value, scan_now, unmasked, Needles, MASK,
 };
 use keyshare::{SecretKey, Store};
 use zeroize::Zeroizing;
@@ -42,12 +42,7 @@ fn a_served_value_leaves_no_copy_of_its_wire_form_in_memory() {
         assert!(is_masked(&got, &masked));
         drop(got);
         // The connection stays open, and with it whatever its tasks hold.
-        let here = std::hint::black_box(0u8);
-        let hits = scan(
-            &writable_regions(),
-            &needles,
-            std::ptr::addr_of!(here) as u64,
-        );
+        let hits = scan_now(&needles);
         assert!(
             hits.is_empty(),
             "{len}-byte value: its base64 text is still in memory: {hits:?}"
@@ -62,12 +57,7 @@ fn the_scan_finds_a_live_wire_form() {
     let masked_wire = masked_wire_form(&masked);
     let needles = Needles::new(&masked_wire);
     let live: Zeroizing<Vec<u8>> = Zeroizing::new(masked_wire.iter().map(|b| b ^ MASK).collect());
-    let here = std::hint::black_box(0u8);
-    let hits = scan(
-        &writable_regions(),
-        &needles,
-        std::ptr::addr_of!(here) as u64,
-    );
+    let hits = scan_now(&needles);
     assert!(!hits.is_empty(), "a live copy was not found");
     drop(live);
 }

@@ -20,9 +20,7 @@ use std::fs;
 use std::path::Path;
 
 use keyshare::store::vault::VaultOptions;
-use keyshare::testing::memory::{
-    is_masked, masked_random_value, scan, unmasked, writable_regions, Needles,
-};
+use keyshare::testing::memory::{is_masked, masked_random_value, scan_now, unmasked, Needles};
 use keyshare::{SecretKey, Store, VaultStore};
 
 fn private_dir() -> tempfile::TempDir {
@@ -49,13 +47,10 @@ fn a_vault_read_or_write_leaves_no_copy_of_the_value_in_memory() {
     for len in [40, 100, 255, 1000, 5000] {
         let masked = masked_random_value(len);
         let needles = Needles::new(&masked);
-        let here = std::hint::black_box(0u8);
-        let here = std::ptr::addr_of!(here) as u64;
-
         set_deep(&store, &key, &masked);
-        let after_set = scan(&writable_regions(), &needles, here);
+        let after_set = scan_now(&needles);
         get_deep(&store, &key, &masked);
-        let after_get = scan(&writable_regions(), &needles, here);
+        let after_get = scan_now(&needles);
         assert!(
             after_set.is_empty() && after_get.is_empty(),
             "{len}-byte value: windows found after set: {after_set:?}, after get: {after_get:?}"
@@ -69,12 +64,7 @@ fn the_scan_finds_a_live_copy() {
     let masked = masked_random_value(300);
     let needles = Needles::new(&masked);
     let copy = unmasked(&masked);
-    let here = std::hint::black_box(0u8);
-    let hits = scan(
-        &writable_regions(),
-        &needles,
-        std::ptr::addr_of!(here) as u64,
-    );
+    let hits = scan_now(&needles);
     assert!(
         hits.iter().any(|hit| hit.value_offset == 256),
         "the last window of a live copy was not found: {hits:?}"
