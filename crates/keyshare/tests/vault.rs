@@ -105,6 +105,19 @@ fn assert_timed_out(err: &Error) {
     );
 }
 
+/// The detail of a `Denied` unavailability (a wrong key or passphrase); any other error fails
+/// the test.
+fn denied_detail(err: &Error) -> &str {
+    match err {
+        Error::Unavailable {
+            reason: UnavailableReason::Denied,
+            detail,
+            ..
+        } => detail,
+        other => panic!("expected Denied, got {other:?}"),
+    }
+}
+
 fn side(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
@@ -918,17 +931,9 @@ fn wrong_passphrase_is_denied_and_writes_nothing() {
 
     let before = snapshot(dir.path());
     let err = VaultStore::open(passphrase_options(&path, "ns", "wrong horse")).unwrap_err();
-    match &err {
-        Error::Unavailable {
-            reason: UnavailableReason::Denied,
-            detail,
-            ..
-        } => {
-            assert!(detail.contains("passphrase"), "{detail}");
-            assert!(detail.contains("nothing was written"), "{detail}");
-        }
-        other => panic!("expected Denied, got {other:?}"),
-    }
+    let detail = denied_detail(&err);
+    assert!(detail.contains("passphrase"), "{detail}");
+    assert!(detail.contains("nothing was written"), "{detail}");
     assert!(!err.to_string().contains("wrong horse"));
     assert_eq!(snapshot(dir.path()), before);
 
@@ -1014,17 +1019,9 @@ fn replaced_key_file_is_denied_and_writes_nothing() {
 
     let before = snapshot(dir.path());
     let err = VaultStore::open(options(&path, "ns")).unwrap_err();
-    match &err {
-        Error::Unavailable {
-            reason: UnavailableReason::Denied,
-            detail,
-            ..
-        } => {
-            assert!(detail.contains("key file"), "{detail}");
-            assert!(detail.contains("replaced"), "{detail}");
-        }
-        other => panic!("expected Denied, got {other:?}"),
-    }
+    let detail = denied_detail(&err);
+    assert!(detail.contains("key file"), "{detail}");
+    assert!(detail.contains("replaced"), "{detail}");
     assert_eq!(snapshot(dir.path()), before);
 }
 
@@ -1053,21 +1050,13 @@ fn a_damaged_wrapped_key_is_named_as_a_possible_cause() {
 
     let before = snapshot(dir.path());
     let err = VaultStore::open(options(&path, "ns")).unwrap_err();
-    match &err {
-        Error::Unavailable {
-            reason: UnavailableReason::Denied,
-            detail,
-            ..
-        } => {
-            assert!(detail.contains("the key file"), "{detail}");
-            assert!(
-                detail.contains("the vault's wrapped key (meta.wrapped_dek) is damaged"),
-                "{detail}"
-            );
-            assert!(detail.contains("nothing was written"), "{detail}");
-        }
-        other => panic!("expected Denied, got {other:?}"),
-    }
+    let detail = denied_detail(&err);
+    assert!(detail.contains("the key file"), "{detail}");
+    assert!(
+        detail.contains("the vault's wrapped key (meta.wrapped_dek) is damaged"),
+        "{detail}"
+    );
+    assert!(detail.contains("nothing was written"), "{detail}");
     assert_eq!(snapshot(dir.path()), before);
 }
 
