@@ -41,6 +41,10 @@ pub struct BrokerPaths {
     /// `<dir>/<flavour>.start.lock`: held by a client while it autostarts the broker, so that
     /// two clients do not start two.
     pub startup_lock: PathBuf,
+    /// `<dir>/<flavour>.stop.lock`: held by `keyshare stop` while it stops the broker, so that
+    /// a second stop at the same time waits for the first instead of signalling again (which
+    /// would end the broker without its grace period).
+    pub stop_lock: PathBuf,
 }
 
 impl BrokerPaths {
@@ -86,6 +90,7 @@ impl BrokerPaths {
             socket: dir.join(format!("{name}.sock")),
             instance_lock: dir.join(format!("{name}.lock")),
             startup_lock: dir.join(format!("{name}.start.lock")),
+            stop_lock: dir.join(format!("{name}.stop.lock")),
             dir,
         }
     }

@@ -65,12 +65,15 @@ pub enum SocketLeft {
 /// Stops the broker of `paths`' flavour, if one runs: sends it SIGTERM, then SIGCONT (a broker
 /// stopped with SIGSTOP or Ctrl-Z acts on the SIGTERM only once it runs again), and waits up to
 /// `patience` for it to exit. A broker that is already shutting down is sent SIGTERM again,
-/// which makes it stop at once, without waiting for its clients to read their replies.
+/// which makes it stop at once, without waiting for its clients to read their replies; but a
+/// stop that starts while another is still stopping the broker waits for that one (up to
+/// `patience`) instead of signalling again.
 ///
 /// Errors: the broker directory is another user's ([`Error::ProtectionUnavailable`]: nothing
 /// is signalled); the broker did not exit within `patience` ([`Error::Unavailable`],
 /// [`UnavailableReason::TimedOut`], naming its pid); the lock holder cannot be signalled or
-/// named ([`Error::Io`], [`Error::Unavailable`]).
+/// named ([`Error::Io`], [`Error::Unavailable`]); another stop still held the stop lock after
+/// `patience` ([`Error::Unavailable`], [`UnavailableReason::TimedOut`]: nothing is signalled).
 pub fn stop(paths: &BrokerPaths, patience: Duration) -> Result<Stopped> {
     let socket_left = || socket_left(paths);
     match fs::symlink_metadata(&paths.dir) {
@@ -82,6 +85,7 @@ pub fn stop(paths: &BrokerPaths, patience: Duration) -> Result<Stopped> {
         Err(e) => return Err(Error::io(format!("inspecting {}", paths.dir.display()), e)),
         Ok(meta) => refuse_foreign_dir(&paths.dir, meta.uid())?,
     }
+    let _stopping = one_stop_at_a_time(paths, patience)?;
     // Probing a lock file creates it; one that does not exist has no holder.
     if fs::symlink_metadata(&paths.instance_lock).is_err() {
         return Ok(Stopped::NotRunning {
@@ -124,6 +128,32 @@ pub fn stop(paths: &BrokerPaths, patience: Duration) -> Result<Stopped> {
         pid,
         socket: socket_left(),
     })
+}
+
+/// Takes the stop lock, waiting up to `patience` for another `keyshare stop` that holds it.
+/// Without it, two stops at once each sent SIGTERM, and the second one, which a broker takes
+/// to mean "now", ended it without its grace period: replies its clients had not read yet were
+/// dropped. The second stop then finds the broker gone (or one started since).
+fn one_stop_at_a_time(paths: &BrokerPaths, patience: Duration) -> Result<FileLock> {
+    let deadline = Instant::now().checked_add(patience);
+    loop {
+        if let Some(lock) = FileLock::try_acquire(&paths.stop_lock)? {
+            return Ok(lock);
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(Error::unavailable(
+                "broker",
+                UnavailableReason::TimedOut,
+                format!(
+                    "another `keyshare stop` (it holds {}) is stopping the broker and has not \
+                     finished within {} s; nothing was signalled",
+                    paths.stop_lock.display(),
+                    patience.as_secs_f64()
+                ),
+            ));
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 fn socket_left(paths: &BrokerPaths) -> SocketLeft {

@@ -655,13 +655,22 @@ fn an_autostarted_broker_logs_to_a_private_file() {
 /// reads none of the replies, returned once the broker can write no more to it: a broker
 /// shutting down then waits its grace period (5 s) for this client to read.
 fn a_client_that_reads_no_replies(home: &Path) -> std::os::unix::net::UnixStream {
+    a_client_that_reads_none_of_its_gets(home, 100)
+}
+
+/// [`a_client_that_reads_no_replies`] with `gets` gets sent after hello (200 KiB each: a few
+/// fill the socket).
+fn a_client_that_reads_none_of_its_gets(
+    home: &Path,
+    gets: usize,
+) -> std::os::unix::net::UnixStream {
     run_ok(home, &["set", "big"], &[b'x'; 200 * 1024]);
     let socket = home.join("run/keyshare/stable.sock");
     let mut client = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     let hello =
         br#"{"id":0,"op":"hello","client":"t","client_version":"0","protocol":1,"app":"code"}"#;
     let requests = framed(std::iter::once(hello.to_vec()).chain(
-        (1..=100).map(|id| format!(r#"{{"id":{id},"op":"get","key":"big"}}"#).into_bytes()),
+        (1..=gets).map(|id| format!(r#"{{"id":{id},"op":"get","key":"big"}}"#).into_bytes()),
     ));
     client.write_all(&requests).unwrap();
     // Until the broker can write no more: the bytes waiting for the client stop growing.
@@ -1357,6 +1366,62 @@ fn stop_reports_a_broker_that_does_not_exit_in_time_and_a_second_stop_ends_it() 
     );
     assert!(serve.child.wait().unwrap().success());
     drop(client);
+}
+
+/// Two `keyshare stop`s at once stop the broker as one does, within its grace period: the
+/// second waits for the first instead of sending SIGTERM again, which a broker takes to mean
+/// "at once" and which dropped the replies a client had not read yet (noticed at stop 18).
+#[test]
+fn two_stops_at_once_leave_the_broker_its_grace_period() {
+    let home = tempfile::tempdir().unwrap();
+    let mut serve = Serving::start(keyshare(home.path()));
+    let mut client = a_client_that_reads_none_of_its_gets(home.path(), 20);
+    let broker = serve.child.id();
+    let stops: Vec<_> = (0..2)
+        .map(|_| {
+            keyshare(home.path())
+                .arg("stop")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    serve.wait_for_log("SIGTERM: shutting down");
+    // Time for the second stop to signal too, were it going to.
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert!(
+        serve.child.try_wait().unwrap().is_none(),
+        "the broker ended before its client read its replies"
+    );
+    let mut replies = 0;
+    let mut header = [0u8; 4];
+    while client.read_exact(&mut header).is_ok() {
+        let mut body = vec![0; u32::from_be_bytes(header) as usize];
+        client.read_exact(&mut body).unwrap();
+        replies += 1;
+    }
+    assert_eq!(replies, 21, "hello and 20 gets are answered");
+    let outputs: Vec<String> = stops
+        .into_iter()
+        .map(|stop| {
+            let out = stop.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect();
+    let stopped = format!("stopped the stable broker (pid {broker})\n");
+    assert!(
+        outputs.contains(&stopped) && outputs.contains(&"no stable broker is running\n".to_owned()),
+        "{outputs:?}"
+    );
+    assert!(serve.child.wait().unwrap().success());
+    let log = std::io::read_to_string(&mut serve.stderr).unwrap();
+    assert!(!log.contains("again: stopping now"), "{log}");
 }
 
 /// A file in the socket's place keeps any broker from starting (a broker removes only a
