@@ -365,6 +365,21 @@ impl Private {
         Bus::Address(self.address.clone())
     }
 
+    /// The keyring daemon dies (SIGKILL) and comes back on the same keyring and bus, unlocked.
+    fn restart_keyring(&self) {
+        let status = Command::new("bash")
+            .arg(script())
+            .arg("restart-keyring")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run scripts/secret-service");
+        assert!(
+            status.success(),
+            "scripts/secret-service restart-keyring failed"
+        );
+    }
+
     fn keyring_pid(&self) -> String {
         std::fs::read_to_string(self.dir.join("pids"))
             .unwrap()
@@ -573,6 +588,41 @@ fn private_tempdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     dir
+}
+
+/// A store keeps working after the keyring daemon crashes and comes back: its session died
+/// with the daemon, so the call that finds it gone opens a new one and is made again (found by
+/// QA: every read and write of a running broker failed with "NoSession: The session does not
+/// exist" until it was restarted). Vault keys, on the same connection, too.
+#[test]
+fn a_store_gets_a_new_session_after_the_keyring_daemon_restarts() {
+    if !keyring_programs() {
+        return;
+    }
+    let private = Private::start("start");
+    let store =
+        SecretServiceStore::open_on(private.bus(), "dev.keyshare.restart", TIMEOUT).unwrap();
+    let vault_keys = store.kek_store();
+    let dir = private_tempdir();
+    let id = key_file_vault_id(dir.path());
+    let kek = Kek::generate().unwrap();
+    store.set(&key("k"), &value(b"before")).unwrap();
+    vault_keys.store(&id, &kek).unwrap();
+
+    private.restart_keyring();
+    assert_eq!(store.get(&key("k")).unwrap(), Some(value(b"before")));
+    private.restart_keyring();
+    store.set(&key("k"), &value(b"after")).unwrap();
+    assert_eq!(store.get(&key("k")).unwrap(), Some(value(b"after")));
+    private.restart_keyring();
+    let loaded = vault_keys
+        .load(&id)
+        .unwrap()
+        .expect("the vault key is kept");
+    assert_eq!(loaded.expose_secret(), kek.expose_secret());
+    private.restart_keyring();
+    assert!(store.delete(&key("k")).unwrap());
+    assert_eq!(store.get(&key("k")).unwrap(), None);
 }
 
 /// A vault protected by a key file (no keyring involved), for a vault id no keyring knows.

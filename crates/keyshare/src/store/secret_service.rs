@@ -30,7 +30,9 @@
 //!
 //! # Behaviour
 //!
-//! - One D-Bus connection and one encrypted (DH) session for the store's life.
+//! - One D-Bus connection and one encrypted (DH) session, opened again when the service says
+//!   the session is gone (the keyring daemon restarted) or the connection was lost: the call
+//!   that found out is made once more on the new session.
 //! - Every call is bounded by the store's timeout; past it the call gives up with
 //!   [`UnavailableReason::TimedOut`] (whatever it started may still complete).
 //! - A locked collection is reported as [`UnavailableReason::Locked`] at once: the store never
@@ -46,6 +48,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,7 +126,7 @@ pub struct SecretServiceStore {
     namespace: String,
     timeout: Duration,
     limits: Limits,
-    connection: Arc<Connection>,
+    link: Arc<Link>,
     /// Run with the object paths each search of this store found, before it uses them.
     #[cfg(feature = "testing")]
     after_search: Option<AfterSearch>,
@@ -133,20 +136,83 @@ pub struct SecretServiceStore {
 #[cfg(feature = "testing")]
 type AfterSearch = Arc<dyn Fn(&[String]) + Send + Sync>;
 
-/// One D-Bus connection with its open session, shared by the stores made from one another.
+/// One D-Bus connection with its open session.
 struct Connection {
     bus: Bus,
     service: SecretService<'static>,
     /// The default collection's object path, resolved on first use. Cleared when the
     /// collection disappears, so that the next call resolves the alias again.
     default_collection: Mutex<Option<OwnedObjectPath>>,
+    /// A call found the session or the connection gone: the next call opens new ones.
+    stale: AtomicBool,
+}
+
+/// The way to the Secret Service shared by the stores made from one another: the connection
+/// in use, replaced by a new one once a call finds it stale. Found by QA: after gnome-keyring
+/// restarted, a broker's store kept its session with the daemon that died, and every read and
+/// write failed ("NoSession: The session does not exist") until the broker was restarted.
+struct Link {
+    bus: Bus,
+    current: Mutex<Arc<Connection>>,
+}
+
+impl Link {
+    fn new(connection: Connection) -> Arc<Link> {
+        Arc::new(Link {
+            bus: connection.bus.clone(),
+            current: Mutex::new(Arc::new(connection)),
+        })
+    }
+
+    fn current(&self) -> Arc<Connection> {
+        // Replaced whole: a panic cannot leave it torn.
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A new connection in place of `stale`, unless another call has replaced it already.
+    async fn renewed(&self, stale: &Arc<Connection>) -> Result<Arc<Connection>> {
+        let current = self.current();
+        if !Arc::ptr_eq(&current, stale) {
+            return Ok(current);
+        }
+        tracing::info!(
+            "the Secret Service session on {} is gone (the keyring daemon restarted, or the \
+             connection was lost); opening a new one",
+            self.bus.describe()
+        );
+        let fresh = Arc::new(Connection::open(self.bus.clone()).await?);
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// Runs `call` on the current connection, and once more on a new one when it failed
+    /// because the session or the connection was gone. Every call made through here may run
+    /// twice: reads, and writes whose second run changes nothing more than the first.
+    async fn call<T, F: Future<Output = Result<T>>>(
+        &self,
+        mut call: impl FnMut(Arc<Connection>) -> F,
+    ) -> Result<T> {
+        let mut connection = self.current();
+        if connection.is_stale() {
+            connection = self.renewed(&connection).await?;
+        }
+        let result = call(connection.clone()).await;
+        if result.is_err() && connection.is_stale() {
+            let fresh = self.renewed(&connection).await?;
+            return call(fresh).await;
+        }
+        result
+    }
 }
 
 impl fmt::Debug for SecretServiceStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecretServiceStore")
             .field("namespace", &self.namespace)
-            .field("bus", &self.connection.bus)
+            .field("bus", &self.link.bus)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -182,6 +248,7 @@ impl Connection {
             bus,
             service,
             default_collection: Mutex::new(None),
+            stale: AtomicBool::new(false),
         })
     }
 
@@ -190,7 +257,14 @@ impl Connection {
             // The collection we cached may be gone (deleted, or the daemon restarted).
             *self.cache() = None;
         }
+        if session_gone(&error) {
+            self.stale.store(true, Ordering::Relaxed);
+        }
         map_error(error, &self.bus, doing)
+    }
+
+    fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
     }
 
     /// `result`, of a call on the item at `path` that a search for `attributes` found:
@@ -301,7 +375,7 @@ impl SecretServiceStore {
             namespace: namespace.to_owned(),
             timeout,
             limits: Limits::default(),
-            connection: Arc::new(connection),
+            link: Link::new(connection),
             #[cfg(feature = "testing")]
             after_search: None,
         })
@@ -315,7 +389,7 @@ impl SecretServiceStore {
             namespace: namespace.to_owned(),
             timeout: self.timeout,
             limits: self.limits,
-            connection: self.connection.clone(),
+            link: self.link.clone(),
             #[cfg(feature = "testing")]
             after_search: None,
         })
@@ -340,7 +414,7 @@ impl SecretServiceStore {
     pub fn kek_store(&self) -> SecretServiceKekStore {
         SecretServiceKekStore {
             timeout: self.timeout,
-            connection: self.connection.clone(),
+            link: self.link.clone(),
         }
     }
 
@@ -348,7 +422,7 @@ impl SecretServiceStore {
     pub fn safe_storage_lookup(&self) -> SafeStorageLookup {
         SafeStorageLookup {
             timeout: self.timeout,
-            connection: self.connection.clone(),
+            link: self.link.clone(),
         }
     }
 
@@ -377,22 +451,18 @@ impl SecretServiceStore {
         bounded(self.timeout, doing, call)
     }
 
-    fn map(&self, error: secret_service::Error, doing: &str) -> Error {
-        self.connection.map(error, doing)
-    }
-
     /// The items matching `attributes`, in any collection.
-    async fn search(
+    async fn search<'c>(
         &self,
+        conn: &'c Connection,
         attributes: HashMap<&str, &str>,
         doing: &str,
-    ) -> Result<SearchItemsResult<Item<'_>>> {
-        let found = self
-            .connection
+    ) -> Result<SearchItemsResult<Item<'c>>> {
+        let found = conn
             .service
             .search_items(attributes)
             .await
-            .map_err(|e| self.map(e, doing))?;
+            .map_err(|e| conn.map(e, doing))?;
         #[cfg(feature = "testing")]
         if let Some(hook) = &self.after_search {
             let paths: Vec<String> = (found.unlocked.iter().chain(&found.locked))
@@ -403,21 +473,12 @@ impl SecretServiceStore {
         Ok(found)
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, Option<OwnedObjectPath>> {
-        self.connection.cache()
-    }
-
-    async fn unlocked_default_collection(&self) -> Result<Collection<'_>> {
-        self.connection.unlocked_default_collection().await
-    }
-
-    async fn get_once(&self, key: &SecretKey) -> Result<Read> {
-        let found = self.search(self.attributes(key), "searching").await?;
+    async fn get_once(&self, conn: &Connection, key: &SecretKey) -> Result<Read> {
+        let found = self.search(conn, self.attributes(key), "searching").await?;
         if let Some(item) = newest(found.unlocked).await {
             let secret = item.get_secret().await;
             return Ok(
-                match self
-                    .connection
+                match conn
                     .unless_vanished(
                         secret,
                         &item.item_path,
@@ -432,17 +493,22 @@ impl SecretServiceStore {
             );
         }
         if !found.locked.is_empty() {
-            return Err(locked_error(&self.connection.bus));
+            return Err(locked_error(&conn.bus));
         }
         // Nothing matched. A locked collection may simply not show its items: only an unlocked
         // one makes "not found" true.
-        self.unlocked_default_collection().await?;
+        conn.unlocked_default_collection().await?;
         Ok(Read::Missing)
     }
 
-    async fn set_async(&self, key: &SecretKey, value: &SecretValue) -> Result<()> {
+    async fn set_async(
+        &self,
+        conn: &Connection,
+        key: &SecretKey,
+        value: &SecretValue,
+    ) -> Result<()> {
         // Checked first so that a locked collection fails fast instead of asking for a prompt.
-        let collection = self.unlocked_default_collection().await?;
+        let collection = conn.unlocked_default_collection().await?;
         let mut attributes = self.attributes(key);
         attributes.insert(ATTR_SCHEMA, SCHEMA);
         let label = format!("keyshare: {key} ({})", self.namespace);
@@ -455,12 +521,12 @@ impl SecretServiceStore {
                 CONTENT_TYPE,
             )
             .await
-            .map_err(|e| self.map(e, "storing the secret"))?;
+            .map_err(|e| conn.map(e, "storing the secret"))?;
         // `replace` only replaces an item with exactly our attributes. A copy stored by another
         // tool (without `xdg:schema`, say) or in another collection would shadow ours on the
         // next read: the key must have one value, so remove the others.
         let found = self
-            .search(self.attributes(key), "searching for older copies")
+            .search(conn, self.attributes(key), "searching for older copies")
             .await?;
         for other in found
             .unlocked
@@ -469,34 +535,32 @@ impl SecretServiceStore {
         {
             // Already deleted by someone else: gone either way.
             let deleted = other.delete().await;
-            self.connection
-                .unless_vanished(
-                    deleted,
-                    &other.item_path,
-                    self.attributes(key),
-                    "deleting an older copy",
-                )
-                .await?;
+            conn.unless_vanished(
+                deleted,
+                &other.item_path,
+                self.attributes(key),
+                "deleting an older copy",
+            )
+            .await?;
         }
         Ok(())
     }
 
-    async fn delete_async(&self, key: &SecretKey) -> Result<bool> {
-        let found = self.search(self.attributes(key), "searching").await?;
+    async fn delete_async(&self, conn: &Connection, key: &SecretKey) -> Result<bool> {
+        let found = self.search(conn, self.attributes(key), "searching").await?;
         if !found.locked.is_empty() {
             // Some copy cannot be deleted: report that before deleting any.
-            return Err(locked_error(&self.connection.bus));
+            return Err(locked_error(&conn.bus));
         }
         if found.unlocked.is_empty() {
-            self.unlocked_default_collection().await?;
+            conn.unlocked_default_collection().await?;
             return Ok(false);
         }
         let mut deleted = false;
         for item in &found.unlocked {
             // Deleted meanwhile by someone else: gone either way, but not by this call.
             let result = item.delete().await;
-            if self
-                .connection
+            if conn
                 .unless_vanished(result, &item.item_path, self.attributes(key), "deleting")
                 .await?
                 .is_some()
@@ -507,24 +571,24 @@ impl SecretServiceStore {
         Ok(deleted)
     }
 
-    async fn keys_async(&self) -> Result<Vec<SecretKey>> {
+    async fn keys_async(&self, conn: &Connection) -> Result<Vec<SecretKey>> {
         // Listing must not miss keys hidden in a locked collection.
-        self.unlocked_default_collection().await?;
+        conn.unlocked_default_collection().await?;
         let found = self
             .search(
+                conn,
                 HashMap::from([(ATTR_SERVICE, self.namespace.as_str())]),
                 "searching",
             )
             .await?;
         if !found.locked.is_empty() {
-            return Err(locked_error(&self.connection.bus));
+            return Err(locked_error(&conn.bus));
         }
         let mut keys = BTreeSet::new();
         let all = join_all(found.unlocked.iter().map(|item| item.get_attributes())).await;
         for (item, attributes) in found.unlocked.iter().zip(all) {
             // Deleted meanwhile by someone else: not a key any more.
-            let Some(attributes) = self
-                .connection
+            let Some(attributes) = conn
                 .unless_vanished(
                     attributes,
                     &item.item_path,
@@ -556,6 +620,8 @@ impl SecretServiceStore {
 impl Store for SecretServiceStore {
     fn info(&self) -> StoreInfo {
         let collection = self
+            .link
+            .current()
             .cache()
             .as_ref()
             .map(|path| path.as_str().to_owned())
@@ -564,7 +630,7 @@ impl Store for SecretServiceStore {
             kind: "secret-service",
             location: format!(
                 "{collection} on {}, service={}",
-                self.connection.bus.describe(),
+                self.link.bus.describe(),
                 self.namespace
             ),
             protection: "the Secret Service keyring (encrypted with the login password)".to_owned(),
@@ -574,26 +640,29 @@ impl Store for SecretServiceStore {
     /// Errors: `Unavailable` (`Locked` when the item or the default collection is locked,
     /// `NotRunning`, `TimedOut`, `Backend`).
     fn get(&self, key: &SecretKey) -> Result<Option<SecretValue>> {
-        self.run(|| format!("reading key {:?}", key.as_str()), async {
-            for _ in 0..READ_ATTEMPTS {
-                match self.get_once(key).await? {
-                    Read::Found(value) => return Ok(Some(value)),
-                    Read::Missing => return Ok(None),
-                    // Deleted (or replaced) between the search and the read: search again, to
-                    // see the state after that change.
-                    Read::Vanished => continue,
+        self.run(
+            || format!("reading key {:?}", key.as_str()),
+            self.link.call(|conn| async move {
+                for _ in 0..READ_ATTEMPTS {
+                    match self.get_once(&conn, key).await? {
+                        Read::Found(value) => return Ok(Some(value)),
+                        Read::Missing => return Ok(None),
+                        // Deleted (or replaced) between the search and the read: search again, to
+                        // see the state after that change.
+                        Read::Vanished => continue,
+                    }
                 }
-            }
-            // Each search found an item that another client deleted before it could be read:
-            // deletes of this key keep taking effect while this call runs, and a read that
-            // overlaps a delete may answer as after it. (Vault keys and safeStorage secrets,
-            // which nothing deletes in normal use, say instead that they kept disappearing.)
-            tracing::debug!(
-                key = key.as_str(),
-                "the key's item was deleted each time it was found; answering not found"
-            );
-            Ok(None)
-        })
+                // Each search found an item that another client deleted before it could be read:
+                // deletes of this key keep taking effect while this call runs, and a read that
+                // overlaps a delete may answer as after it. (Vault keys and safeStorage secrets,
+                // which nothing deletes in normal use, say instead that they kept disappearing.)
+                tracing::debug!(
+                    key = key.as_str(),
+                    "the key's item was deleted each time it was found; answering not found"
+                );
+                Ok(None)
+            }),
+        )
     }
 
     /// Errors: `TooLarge` over the limits; `Unavailable` as for `get`.
@@ -608,7 +677,8 @@ impl Store for SecretServiceStore {
                     key.as_str()
                 )
             },
-            self.set_async(key, value),
+            self.link
+                .call(|conn| async move { self.set_async(&conn, key, value).await }),
         )
     }
 
@@ -622,13 +692,18 @@ impl Store for SecretServiceStore {
                     key.as_str()
                 )
             },
-            self.delete_async(key),
+            self.link
+                .call(|conn| async move { self.delete_async(&conn, key).await }),
         )
     }
 
     /// Errors: `Unavailable` as for `get`. Items without a valid `account` are skipped.
     fn keys(&self) -> Result<Vec<SecretKey>> {
-        self.run(|| "listing keys".to_owned(), self.keys_async())
+        self.run(
+            || "listing keys".to_owned(),
+            self.link
+                .call(|conn| async move { self.keys_async(&conn).await }),
+        )
     }
 }
 
@@ -636,13 +711,13 @@ impl Store for SecretServiceStore {
 /// documentation for the item schema).
 pub struct SecretServiceKekStore {
     timeout: Duration,
-    connection: Arc<Connection>,
+    link: Arc<Link>,
 }
 
 impl fmt::Debug for SecretServiceKekStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecretServiceKekStore")
-            .field("bus", &self.connection.bus)
+            .field("bus", &self.link.bus)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -660,7 +735,7 @@ impl SecretServiceKekStore {
         let connection = Connection::open_within(bus, timeout)?;
         Ok(SecretServiceKekStore {
             timeout,
-            connection: Arc::new(connection),
+            link: Link::new(connection),
         })
     }
 
@@ -668,33 +743,31 @@ impl SecretServiceKekStore {
         HashMap::from([(ATTR_SCHEMA, VAULT_KEY_SCHEMA), (ATTR_VAULT, id)])
     }
 
-    async fn find(&self, id: &str) -> Result<Option<Item<'_>>> {
-        let found = self
-            .connection
+    async fn find<'c>(conn: &'c Connection, id: &str) -> Result<Option<Item<'c>>> {
+        let found = conn
             .service
             .search_items(Self::attributes(id))
             .await
-            .map_err(|e| self.connection.map(e, "searching for the vault key"))?;
+            .map_err(|e| conn.map(e, "searching for the vault key"))?;
         if !found.locked.is_empty() {
-            return Err(locked_error(&self.connection.bus));
+            return Err(locked_error(&conn.bus));
         }
         if let Some(item) = newest(found.unlocked).await {
             return Ok(Some(item));
         }
         // "No key" only counts when the collection could have shown one.
-        self.connection.unlocked_default_collection().await?;
+        conn.unlocked_default_collection().await?;
         Ok(None)
     }
 
-    async fn read(&self, id: &str) -> Result<Option<Kek>> {
+    async fn read(conn: &Connection, id: &str) -> Result<Option<Kek>> {
         for _ in 0..READ_ATTEMPTS {
-            let Some(item) = self.find(id).await? else {
+            let Some(item) = Self::find(conn, id).await? else {
                 return Ok(None);
             };
             let secret = item.get_secret().await.map(Zeroizing::new);
             // Deleted between the search and the read: search again, to see what replaced it.
-            if let Some(secret) = self
-                .connection
+            if let Some(secret) = conn
                 .unless_vanished(
                     secret,
                     &item.item_path,
@@ -726,10 +799,12 @@ impl KekStore for SecretServiceKekStore {
     /// `Ok(None)` only when the default collection is unlocked and holds no key for the vault.
     fn load(&self, vault: &VaultId) -> Result<Option<Kek>> {
         let id = vault.to_hex();
+        let id = id.as_str();
         bounded(
             self.timeout,
             || format!("reading the key of vault {id}"),
-            self.read(&id),
+            self.link
+                .call(|conn| async move { Self::read(&conn, id).await }),
         )
     }
 
@@ -737,28 +812,29 @@ impl KekStore for SecretServiceKekStore {
     /// and reads the key back before answering `Ok`.
     fn store(&self, vault: &VaultId, kek: &Kek) -> Result<()> {
         let id = vault.to_hex();
+        let id = id.as_str();
         bounded(
             self.timeout,
             || format!("storing the key of vault {id}"),
-            async {
-                if self.find(&id).await?.is_some() {
+            self.link.call(|conn| async move {
+                if Self::find(&conn, id).await?.is_some() {
                     return Err(Error::invalid(
                         "vault key",
                         format!("the Secret Service already holds a key for vault {id}"),
                     ));
                 }
-                let collection = self.connection.unlocked_default_collection().await?;
+                let collection = conn.unlocked_default_collection().await?;
                 collection
                     .create_item(
                         &format!("keyshare vault key {id}"),
-                        Self::attributes(&id),
+                        Self::attributes(id),
                         kek.expose_secret(),
                         false,
                         CONTENT_TYPE,
                     )
                     .await
-                    .map_err(|e| self.connection.map(e, "storing the vault key"))?;
-                match self.read(&id).await? {
+                    .map_err(|e| conn.map(e, "storing the vault key"))?;
+                match Self::read(&conn, id).await? {
                     Some(stored) if stored.expose_secret() == kek.expose_secret() => Ok(()),
                     _ => Err(Error::unavailable(
                         STORE,
@@ -766,43 +842,42 @@ impl KekStore for SecretServiceKekStore {
                         format!("the key of vault {id} did not read back after being stored"),
                     )),
                 }
-            },
+            }),
         )
     }
 
     fn forget_uncreated(&self, vault: &VaultId) -> Result<()> {
         let id = vault.to_hex();
+        let id = id.as_str();
         bounded(
             self.timeout,
             || format!("removing the key of vault {id}, which was never created"),
-            async {
-                let found = self
-                    .connection
+            self.link.call(|conn| async move {
+                let found = conn
                     .service
-                    .search_items(Self::attributes(&id))
+                    .search_items(Self::attributes(id))
                     .await
-                    .map_err(|e| self.connection.map(e, "searching for the vault key"))?;
+                    .map_err(|e| conn.map(e, "searching for the vault key"))?;
                 if !found.locked.is_empty() {
-                    return Err(locked_error(&self.connection.bus));
+                    return Err(locked_error(&conn.bus));
                 }
                 for item in &found.unlocked {
                     let deleted = item.delete().await;
-                    self.connection
-                        .unless_vanished(
-                            deleted,
-                            &item.item_path,
-                            Self::attributes(&id),
-                            "removing the vault key",
-                        )
-                        .await?;
+                    conn.unless_vanished(
+                        deleted,
+                        &item.item_path,
+                        Self::attributes(id),
+                        "removing the vault key",
+                    )
+                    .await?;
                 }
                 Ok(())
-            },
+            }),
         )
     }
 
     fn describe(&self) -> String {
-        match self.connection.cache().as_ref() {
+        match self.link.current().cache().as_ref() {
             Some(path) => format!(
                 "Secret Service (collection {:?})",
                 path.as_str().rsplit('/').next().unwrap_or_default()
@@ -816,13 +891,13 @@ impl KekStore for SecretServiceKekStore {
 /// `gnome-libsecret`): the secret of the item whose `application` attribute is the app's name.
 pub struct SafeStorageLookup {
     timeout: Duration,
-    connection: Arc<Connection>,
+    link: Arc<Link>,
 }
 
 impl fmt::Debug for SafeStorageLookup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SafeStorageLookup")
-            .field("bus", &self.connection.bus)
+            .field("bus", &self.link.bus)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -840,13 +915,13 @@ impl SafeStorageLookup {
         let connection = Connection::open_within(bus, timeout).map_err(safe_storage_advice)?;
         Ok(SafeStorageLookup {
             timeout,
-            connection: Arc::new(connection),
+            link: Link::new(connection),
         })
     }
 
-    async fn read(&self, app_name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    async fn read(conn: &Connection, app_name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
         for _ in 0..READ_ATTEMPTS {
-            match self.read_once(app_name).await? {
+            match Self::read_once(conn, app_name).await? {
                 Read::Found(secret) => return Ok(Some(secret)),
                 Read::Missing => return Ok(None),
                 // Deleted between the search and the read: search again.
@@ -858,25 +933,23 @@ impl SafeStorageLookup {
         )))
     }
 
-    async fn read_once(&self, app_name: &str) -> Result<Read<Zeroizing<Vec<u8>>>> {
-        let found = self
-            .connection
+    async fn read_once(conn: &Connection, app_name: &str) -> Result<Read<Zeroizing<Vec<u8>>>> {
+        let found = conn
             .service
             .search_items(HashMap::from([(ATTR_APPLICATION, app_name)]))
             .await
-            .map_err(|e| self.connection.map(e, "searching for the safeStorage item"))?;
+            .map_err(|e| conn.map(e, "searching for the safeStorage item"))?;
         let Some(item) = chromium_preferred(found.unlocked, app_name).await else {
             if !found.locked.is_empty() {
-                return Err(locked_error(&self.connection.bus));
+                return Err(locked_error(&conn.bus));
             }
             // "No item" only counts when the collection could have shown one.
-            self.connection.unlocked_default_collection().await?;
+            conn.unlocked_default_collection().await?;
             return Ok(Read::Missing);
         };
         let secret = item.get_secret().await.map(Zeroizing::new);
         Ok(
-            match self
-                .connection
+            match conn
                 .unless_vanished(
                     secret,
                     &item.item_path,
@@ -898,7 +971,8 @@ impl crate::store::electron::KeyringLookup for SafeStorageLookup {
         bounded(
             self.timeout,
             || format!("reading the safeStorage secret of {app_name}"),
-            self.read(app_name),
+            self.link
+                .call(|conn| async move { Self::read(&conn, app_name).await }),
         )
         .map_err(safe_storage_advice)
     }
@@ -1211,6 +1285,25 @@ fn existence(error: &secret_service::Error) -> Existence {
         ) => Existence::Gone,
         Some("org.freedesktop.DBus.Error.UnknownMethod") => Existence::MaybeGone,
         _ => Existence::Other,
+    }
+}
+
+/// Whether `error` says that the session (or the whole connection) this call used is gone, so
+/// that a new one would answer: the service restarted (its sessions died with it), the
+/// service left the bus, or the connection to the bus was lost.
+fn session_gone(error: &secret_service::Error) -> bool {
+    use secret_service::Error as SsError;
+    match error {
+        SsError::Unavailable
+        | SsError::Zbus(zbus::Error::InputOutput(_) | zbus::Error::Connection(..)) => true,
+        _ => matches!(
+            dbus_error(error).as_ref().map(|(name, _)| name.as_str()),
+            Some(
+                "org.freedesktop.Secret.Error.NoSession"
+                    | "org.freedesktop.DBus.Error.ServiceUnknown"
+                    | "org.freedesktop.DBus.Error.NameHasNoOwner"
+            )
+        ),
     }
 }
 
