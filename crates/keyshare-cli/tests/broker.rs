@@ -1684,6 +1684,48 @@ fn a_vault_replaced_under_the_broker_takes_no_write_and_the_broker_stops() {
     run_ok(home.path(), &["stop"], b"");
 }
 
+/// A backup restored with `mv` over the vault alone while the broker runs (its log and index
+/// stay at the path): the next command reads the backup, not the backup with the broker's log
+/// applied (found by QA: the restore was silently undone, 4 of 4), and what the broker held is
+/// saved beside it.
+#[test]
+fn a_backup_restored_under_the_broker_is_what_the_next_command_reads() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("data/keyshare/stable");
+    let vault = dir.join("vault.db");
+    run_ok(home.path(), &["--direct", "set", "a"], b"v1");
+    run_ok(home.path(), &["--direct", "set", "gone"], b"old");
+    let backup = home.path().join("backup.db");
+    std::fs::copy(&vault, &backup).unwrap();
+    let mut serve = Serving::start(keyshare(home.path()));
+    run_ok(home.path(), &["delete", "gone"], b"");
+    run_ok(home.path(), &["set", "a"], b"v2");
+    run_ok(home.path(), &["set", "c"], b"c1");
+
+    std::fs::rename(&backup, &vault).unwrap();
+    serve.wait_for_log("stopping: the vault is not the file this broker opened");
+    let said = serve.wait_for_log("the vault's files were removed or replaced");
+    assert!(
+        said.contains("saved a copy") && said.contains("emptied"),
+        "{said}"
+    );
+    assert!(serve.child.wait().unwrap().success());
+
+    assert_eq!(run_ok(home.path(), &["get", "a"], b"").stdout, b"v1");
+    assert_eq!(run_ok(home.path(), &["get", "gone"], b"").stdout, b"old");
+    assert_eq!(run(home.path(), &["get", "c"], b"").status.code(), Some(1));
+    let saved = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|entry| {
+            let name = entry.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("vault.saved-") && name.ends_with(".db")
+        })
+        .count();
+    assert_eq!(saved, 1);
+    run_ok(home.path(), &["stop"], b"");
+}
+
 /// A write that waited for a repair through the broker, whose policy then stopped sharing the
 /// key with the app: `repair` says the broker refuses it (exit 7), not to wait for the store
 /// (found by QA); it stays pending, and goes through once the policy shares the key again.

@@ -195,7 +195,17 @@ pub fn run(args: &Args, ctx: &Context, config_path: &Path) -> anyhow::Result<()>
             }
         }
     };
+    let vault = shared.vault.clone();
     let served = runtime.block_on(daemon::serve_on_worker_until(daemon, state, vault_gone));
+    // Once nothing writes any more, and before the vault closes: SQLite does not copy the log
+    // of a moved file into it at close, and would leave it for the next opener to apply to
+    // whatever file is at the path now.
+    if let Some(vault) = vault.filter(|vault| vault.check_file().is_err()) {
+        tracing::error!(
+            "the vault's files were removed or replaced: {}",
+            vault.set_aside()
+        );
+    }
     // Store calls still running on the blocking pool now answer nobody: every acknowledged
     // write was durable before its reply existed, and the server has stopped waiting for the
     // rest (its grace period ended, or a second signal cut it short). Dropping the runtime

@@ -190,7 +190,15 @@ struct Vault {
     /// The opened file's device and inode: a file put at the path since (a backup restored,
     /// the directory moved away) is not this one, and writes to this one would be lost.
     file_id: (u64, u64),
+    /// The same for the `-wal` and `-shm` files this connection uses, once they exist (SQLite
+    /// makes them at the first read). Removed or replaced under a running process, the
+    /// recent writes are only in that process's files, and an opener of the path sees another
+    /// store (found by QA: acknowledged writes were lost at the broker's restart).
+    side_ids: Mutex<[Option<(u64, u64)>; 2]>,
 }
+
+/// The side files whose identity [`Vault::check_file`] follows, in `side_ids` order.
+const SIDE_FILES: [&str; 2] = ["-wal", "-shm"];
 
 impl Drop for Vault {
     fn drop(&mut self) {
@@ -217,27 +225,125 @@ impl Vault {
         format!("vault {}", self.path.display())
     }
 
-    /// `Ok` while the file at the vault's path is the one this connection opened.
+    /// `Ok` while the file at the vault's path, and its `-wal` and `-shm` files, are the ones
+    /// this connection opened.
     fn check_file(&self) -> Result<()> {
         let now = files::file_id(&self.path);
-        if matches!(&now, Ok(id) if *id == self.file_id) {
-            return Ok(());
+        if !matches!(&now, Ok(id) if *id == self.file_id) {
+            let what = match now {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "was removed".to_owned(),
+                Err(e) => format!("cannot be inspected ({e})"),
+                Ok(_) => "is another file now (a restored backup?)".to_owned(),
+            };
+            return Err(self.moved(&self.path, &what));
         }
-        let what = match now {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "was removed".to_owned(),
-            Err(e) => format!("cannot be inspected ({e})"),
-            Ok(_) => "is another file now (a restored backup?)".to_owned(),
-        };
-        Err(Error::unavailable(
+        let mut ids = self.side_ids.lock().unwrap_or_else(|e| e.into_inner());
+        for (recorded, suffix) in ids.iter_mut().zip(SIDE_FILES) {
+            let side = side_file(&self.path, suffix);
+            match (files::file_id(&side), *recorded) {
+                (Ok(now), Some(id)) if now == id => {}
+                // First seen now: SQLite made it for this connection.
+                (Ok(now), None) => *recorded = Some(now),
+                (Err(e), None) if e.kind() == std::io::ErrorKind::NotFound => {}
+                (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(self.moved(&side, "was removed"))
+                }
+                (Err(e), _) => return Err(self.moved(&side, &format!("cannot be inspected ({e})"))),
+                (Ok(_), Some(_)) => return Err(self.moved(&side, "is another file now")),
+            }
+        }
+        Ok(())
+    }
+
+    fn moved(&self, file: &Path, what: &str) -> Error {
+        Error::unavailable(
             "vault",
             UnavailableReason::NotRunning,
             format!(
-                "{} {what} since this process opened it, so what this process writes no \
-                 longer reaches the vault at that path; open the vault again (a broker: `keyshare stop`, and the next command \
-                 starts one over the file now there)",
+                "{} {what} since this process opened the vault, so what this process writes \
+                 no longer reaches the vault at {}; open the vault again (a broker: \
+                 `keyshare stop`, and the next command starts one over the files now there)",
+                file.display(),
                 self.path.display()
             ),
-        ))
+        )
+    }
+
+    /// What a process does once [`Vault::check_file`] failed and before it closes the vault:
+    /// it saves a copy of everything it holds (its file and its log, so every write it
+    /// acknowledged), and when the file at the path is another one but the `-wal` there is
+    /// still this connection's, it empties that log into its own file. Otherwise SQLite,
+    /// which does not copy the log of a moved file into it at close, leaves the log at the
+    /// path, and the next opener applies it to whatever file is there now (found by QA: a
+    /// restored backup came back with the newer values; a removed vault came back as a new one
+    /// full of values it could not read). Returns what it did, in words.
+    fn set_aside(&self) -> String {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut did = Vec::new();
+        let conn = self.conn();
+        let copy = saved_copy_path(&self.path, SystemTime::now());
+        let saved = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&copy)
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                // An empty file is what VACUUM INTO accepts besides none: made first, with
+                // mode 0600, so the copy is never readable by others for a moment.
+                conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()])
+                    .map_err(|e| e.to_string())
+            });
+        match saved {
+            Ok(_) => did.push(format!(
+                "saved a copy of the vault as this process had it (every write it \
+                 acknowledged) in {}; it opens with this vault's key ({})",
+                copy.display(),
+                match &self.protection {
+                    Protection::KeyFile { path } => format!(
+                        "for a key file: copy {} to {} first",
+                        path.display(),
+                        key_file_path(&copy).display()
+                    ),
+                    _ => "the same keyring entry or passphrase".to_owned(),
+                }
+            )),
+            Err(e) => did.push(format!("could not save a copy in {}: {e}", copy.display())),
+        }
+        let here = |suffix: &str, index: usize| {
+            let recorded = self.side_ids.lock().unwrap_or_else(|e| e.into_inner())[index];
+            recorded.is_some() && files::file_id(&side_file(&self.path, suffix)).ok() == recorded
+        };
+        let file_here = files::file_id(&self.path).ok() == Some(self.file_id);
+        if !file_here && here("-wal", 0) && here("-shm", 1) {
+            // Writes into this connection's own file (moved away or removed), and truncates
+            // the log at the path.
+            match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            }) {
+                Ok(0) => did.push(format!(
+                    "emptied {} into the file it belongs to, so it is not applied to the file \
+                     now at {}",
+                    side_file(&self.path, "-wal").display(),
+                    self.path.display()
+                )),
+                Ok(_) => did.push(format!(
+                    "could not empty {}: another process uses it; stop it, and move {} and {} \
+                     away before opening {}",
+                    side_file(&self.path, "-wal").display(),
+                    side_file(&self.path, "-wal").display(),
+                    side_file(&self.path, "-shm").display(),
+                    self.path.display()
+                )),
+                Err(e) => did.push(format!(
+                    "could not empty {} ({e}): move it and {} away before opening {}",
+                    side_file(&self.path, "-wal").display(),
+                    side_file(&self.path, "-shm").display(),
+                    self.path.display()
+                )),
+            }
+        }
+        did.join("; ")
     }
 
     fn sql_error(&self, doing: &str, e: rusqlite::Error) -> Error {
@@ -702,6 +808,49 @@ struct Created {
     notice: Option<String>,
 }
 
+/// Where [`Vault::set_aside`] saves its copy: beside the vault, named by the time, e.g.
+/// `vault.saved-20261129T160512Z.db` for `vault.db`.
+fn saved_copy_path(path: &Path, now: SystemTime) -> PathBuf {
+    let stamp = crate::store::electron::utc_stamp(now);
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.saved-{stamp}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.saved-{stamp}"),
+    };
+    path.with_file_name(name)
+}
+
+/// Refuses to create a vault where the log of an earlier one still holds writes: SQLite would
+/// apply them to the new file, which then lists keys it cannot read, or is damaged (found by
+/// QA, after a vault was removed under a running broker, or after a crash).
+fn refuse_orphaned_log(path: &Path) -> Result<()> {
+    let wal = side_file(path, "-wal");
+    let len = match std::fs::symlink_metadata(&wal) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("inspecting {}", wal.display()), e)),
+    };
+    // Looked at after the log: a vault another process creates meanwhile has a file before it
+    // has a log, so a log with writes and no file is an earlier vault's.
+    if len == 0 || std::fs::symlink_metadata(path).is_ok() {
+        return Ok(());
+    }
+    Err(Error::Corrupt {
+        store: format!("vault {}", path.display()),
+        key: None,
+        detail: format!(
+            "{} ({len} bytes) holds writes of a vault that is no longer at {} (removed while a \
+             process had it open, or after a crash); a new vault made there would take them \
+             in and come out damaged. Nothing was created or changed: put back the vault file \
+             it belongs to, or move it and {} away to start a new vault (a broker still \
+             running over the removed vault empties it when it stops: `keyshare stop`)",
+            wal.display(),
+            path.display(),
+            side_file(path, "-shm").display()
+        ),
+    })
+}
+
 fn side_file(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
@@ -724,6 +873,7 @@ impl VaultStore {
         let dir = files::parent_dir(&options.path).to_owned();
         if files::check_private_file(&options.path)?.is_none() {
             files::ensure_private_dir(&dir)?;
+            refuse_orphaned_log(&options.path)?;
             if let Some(created) = Self::create(&options)? {
                 return Self::open_existing(&options, Some(created));
             }
@@ -951,6 +1101,9 @@ impl VaultStore {
             busy_timeout: options.busy_timeout,
             own_marks: Mutex::new(None),
             file_id,
+            side_ids: Mutex::new(
+                SIDE_FILES.map(|suffix| files::file_id(&side_file(path, suffix)).ok()),
+            ),
         };
         Ok(VaultStore {
             vault: Arc::new(vault),
@@ -964,6 +1117,14 @@ impl VaultStore {
     /// and then, to stop serving a file no other process sees any more.
     pub fn check_file(&self) -> Result<()> {
         self.vault.check_file()
+    }
+
+    /// For a process whose [`VaultStore::check_file`] failed, before it closes the vault:
+    /// saves a copy of all it holds beside the vault (`<vault>.saved-<UTC time>`, mode 0600,
+    /// readable with the vault's key), and keeps its log from being applied to another file
+    /// now at the path. Returns what it did, in words, for the log.
+    pub fn set_aside(&self) -> String {
+        self.vault.set_aside()
     }
 
     /// A store over another namespace of the same open vault file (same connection, same
