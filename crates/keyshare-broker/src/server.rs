@@ -441,11 +441,9 @@ async fn accept_loop(
     tasks: &mut JoinSet<()>,
 ) -> keyshare::Result<()> {
     let mut backoff = AcceptBackoff::default();
+    let mut refused_since_served = 0u64;
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_AT_ONCE));
     loop {
-        let permit = Arc::clone(limit)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
         // Reap finished connections so the set does not grow with every connection ever made.
         while tasks.try_join_next().is_some() {}
         let stream = match listener.accept().await {
@@ -461,6 +459,32 @@ async fn accept_loop(
                 None => return Err(keyshare::Error::io("accepting a broker connection", err)),
             },
         };
+        // At the limit, a client is told so at once. Left in the listen backlog instead, it
+        // waited for an answer that never came and reported the broker as hung, and `doctor`
+        // advised stopping it, with all its connections (found by QA).
+        let Ok(permit) = Arc::clone(limit).try_acquire_owned() else {
+            refused_since_served += 1;
+            if refused_since_served.is_power_of_two() {
+                tracing::warn!(
+                    max_connections = shared.options.max_connections,
+                    refused = refused_since_served,
+                    "refused a connection: the broker serves its maximum number of connections"
+                );
+            }
+            match Arc::clone(&refusals).try_acquire_owned() {
+                Ok(permit) => {
+                    let max = shared.options.max_connections;
+                    tokio::spawn(async move {
+                        refuse_busy(stream, max).await;
+                        drop(permit);
+                    });
+                }
+                // A flood: closed without a word rather than held open.
+                Err(_) => drop(stream),
+            }
+            continue;
+        };
+        refused_since_served = 0;
         let shared = Arc::clone(shared);
         let stop = stop.clone();
         tasks.spawn(async move {
@@ -470,6 +494,45 @@ async fn accept_loop(
             drop(permit);
         });
     }
+}
+
+/// Connections over the limit being told so at once; past that, further ones are closed
+/// without a word (each holds a descriptor for up to [`REFUSAL_LINGER`]).
+const MAX_REFUSALS_AT_ONCE: usize = 64;
+
+/// How long a refused connection stays open for its client to finish writing: closed with the
+/// client's bytes unread, a Unix socket makes the client's read fail (`ECONNRESET`), and
+/// closed before the client wrote, its write fails (`EPIPE`); either way the client would not
+/// read why it was refused.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Tells a client over the connection limit why it is refused (an `unavailable` error frame
+/// with id null), reads and drops what it sends for up to [`REFUSAL_LINGER`], then closes the
+/// connection.
+async fn refuse_busy(mut stream: UnixStream, max_connections: usize) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let error = RemoteError {
+        reason: Some("backend".to_owned()),
+        ..RemoteError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "the broker already serves its maximum of {max_connections} connections, so \
+                 this one was refused; try again once others have closed"
+            ),
+        )
+    };
+    let Ok(frame) = crate::protocol::encode(&ServerFrame::Error { id: None, error }) else {
+        return;
+    };
+    if stream.write_all(&frame).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// How the accept loop waits after `accept` failed: doubling delays up to

@@ -601,3 +601,47 @@ fn keeps_change_times_never_waits_for_the_broker() {
         assert!(asked.elapsed() < Duration::from_millis(500));
     }
 }
+
+/// A write whose every connection ends before hello is answered was never sent: the error
+/// says that nothing was done (found by QA: it said the write "may or may not have been
+/// carried out", about a write only hello had gone ahead of).
+#[test]
+fn a_write_that_never_got_past_hello_says_nothing_was_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = common::socket_of(dir.path());
+    paths.ensure_dir().unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&paths.socket).unwrap();
+    let (seen_tx, seen) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Reads hello, then closes without answering: an idle broker exiting, again and again.
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            let _ = seen_tx.send(read_frame(&mut conn));
+        }
+    });
+    let err = within(Duration::from_secs(20), move || {
+        OneShotClient::new(config(&paths)).set(&k("k"), &v("token"))
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                reason: UnavailableReason::NotRunning,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("nothing was done"), "{err}");
+    let frames: Vec<serde_json::Value> = seen.try_iter().collect();
+    assert_eq!(
+        frames.len(),
+        2,
+        "sent once more on a new connection: {frames:?}"
+    );
+    assert!(
+        frames.iter().all(|frame| frame["op"] == "hello"),
+        "{frames:?}"
+    );
+}

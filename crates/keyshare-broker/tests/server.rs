@@ -55,6 +55,19 @@ impl Raw {
         self.read().expect("a hello answer")
     }
 
+    /// [`Raw::hello`] for a connection the broker may have refused and closed already: the
+    /// write may fail, and whatever the broker sent is read all the same.
+    fn try_hello(&mut self, protocol: u32) -> Option<ServerFrame> {
+        let body = format!(
+            r#"{{"id":0,"op":"hello","client":"raw","client_version":"1","protocol":{protocol},"app":"code"}}"#
+        );
+        let _ = self
+            .0
+            .write_all(&(body.len() as u32).to_be_bytes())
+            .and_then(|()| self.0.write_all(body.as_bytes()));
+        self.read()
+    }
+
     /// The next frame, or `None` when the broker closed the connection.
     fn read(&mut self) -> Option<ServerFrame> {
         let mut header = [0u8; 4];
@@ -484,6 +497,76 @@ fn oversized_truncated_and_garbage_frames_close_only_that_connection() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A client over the connection limit is told so at once (`unavailable`, id null) and its
+/// connection closed, instead of waiting in the listen backlog for an answer that never came,
+/// which clients and `doctor` took for a hung broker (found by QA). Once a connection closes,
+/// the next client is served; the others never noticed.
+#[test]
+fn a_client_over_the_connection_limit_is_told_so_at_once() {
+    let mut options = ServerOptions::default();
+    options.max_connections = 2;
+    let broker = TestBroker::start(
+        SecretStorage::builder(Arc::new(MemoryStore::new())).build(),
+        AccessPolicy::default(),
+        options,
+    );
+    let mut first = Raw::connect(&broker);
+    assert!(matches!(first.hello(1), ServerFrame::Reply { .. }));
+    let mut second = Raw::connect(&broker);
+    assert!(matches!(second.hello(1), ServerFrame::Reply { .. }));
+
+    let started = std::time::Instant::now();
+    let mut over = Raw::connect(&broker);
+    match over.read() {
+        Some(ServerFrame::Error { id: None, error }) => {
+            assert_eq!(error.code, ErrorCode::Unavailable);
+            assert!(
+                error.message.contains("maximum of 2 connections"),
+                "{}",
+                error.message
+            );
+        }
+        other => panic!("expected an unavailable error, got {other:?}"),
+    }
+    over.assert_closed();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The Rust clients say so too, whether the refusal came before they wrote or after.
+    for _ in 0..20 {
+        let one_shot = OneShotClient::new(broker.config("code")).get(&k("k"));
+        let blocking =
+            BlockingBrokerClient::new(broker.config("code")).and_then(|c| c.get(&k("k")));
+        for result in [one_shot, blocking] {
+            match result {
+                Err(err @ Error::Unavailable { .. }) => assert!(
+                    err.to_string().contains("maximum of 2 connections"),
+                    "{err}"
+                ),
+                other => panic!("expected unavailable, got {other:?}"),
+            }
+        }
+    }
+
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut next = Raw::connect(&broker);
+        if let Some(ServerFrame::Reply { .. }) = next.try_hello(1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no slot came free");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    second.send_body(br#"{"id":2,"op":"status"}"#);
+    assert!(matches!(
+        second.read(),
+        Some(ServerFrame::Reply { id: 2, .. })
+    ));
 }
 
 /// A client that stops in the middle of a frame would hold its buffer and a connection slot

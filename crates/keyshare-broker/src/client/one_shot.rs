@@ -187,8 +187,15 @@ impl OneShotClient {
             .on_connection(&mut guard, |conn, deadline| {
                 if write && conn.info.is_none() {
                     // Not behind hello: if the connection ends before hello's answer, the
-                    // write was never sent and can be sent on a new connection.
-                    conn.greet(&self.config, deadline)?;
+                    // write was never sent and can be sent on a new connection, and if that
+                    // ends the same way, nothing was done (found by QA: reported as "may or
+                    // may not have been carried out").
+                    conn.greet(&self.config, deadline).map_err(|e| match e {
+                        ClientError::Transport(TransportError::Closed) => {
+                            TransportError::NotSent.into()
+                        }
+                        other => other,
+                    })?;
                 }
                 conn.exchange(&self.config, request.clone(), deadline)
             })
