@@ -98,12 +98,28 @@ pub struct AccessPolicy {
     pub unlisted_apps: UnlistedApps,
 }
 
+/// How config.toml names the table of `app`: `apps.code`, or `apps."my.app"` for an id with a
+/// dot, which TOML would read as nested tables (found by QA: the advice could not be written).
+pub fn app_table(app: &str) -> String {
+    if app
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        format!("apps.{app}")
+    } else {
+        format!("apps.{app:?}")
+    }
+}
+
 /// Why a hello was refused. The text is sent to the client and logged.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Refusal {
     /// The app id is not in the policy and unlisted apps are refused.
-    #[error("app {app:?} is not configured for this broker (apps.{app} in config.toml)")]
+    #[error(
+        "app {app:?} is not configured for this broker ([{}] in config.toml)",
+        app_table(app)
+    )]
     UnlistedApp {
         /// The declared app id.
         app: String,
@@ -233,6 +249,13 @@ pub fn process_executable(pid: i32) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn app_tables_are_named_as_toml_reads_them() {
+        assert_eq!(app_table("code"), "apps.code");
+        assert_eq!(app_table("my-app_2"), "apps.my-app_2");
+        assert_eq!(app_table("my.app"), r#"apps."my.app""#);
+    }
 
     fn key(s: &str) -> SecretKey {
         SecretKey::new(s).unwrap()

@@ -136,14 +136,35 @@ fn describe_json_error(err: &serde_json::Error) -> String {
     let what = match err.classify() {
         Category::Syntax => "not valid JSON",
         Category::Eof => "JSON ends early",
-        Category::Data => "a field is missing, unknown or of the wrong type",
+        Category::Data => "a field is missing, or of the wrong type or value",
         Category::Io => "read error",
     };
     let text = err.to_string();
-    // Messages like "missing field `key`" and "unknown variant `x`, expected ..." name the
-    // field or the operation, which is what a client author needs, and never a value.
-    let detail = if text.starts_with("missing field") || text.starts_with("unknown variant") {
-        text.split(" at line").next().unwrap_or("").to_owned()
+    let text = text.split(" at line").next().unwrap_or("");
+    // Messages like "missing field `key`", "duplicate field `key`" and "unknown variant `x`,
+    // expected ..." name the field or the operation, which is what a client author needs, and
+    // never a value; so do this crate's own ("`value` is not valid base64"). "invalid type:
+    // string \"...\", expected u64" quotes what it got: only its kind is kept (found by QA: a
+    // bad base64 value or a string id said only "missing, unknown or of the wrong type").
+    let detail = if [
+        "missing field",
+        "duplicate field",
+        "unknown variant",
+        "`value` is not",
+    ]
+    .iter()
+    .any(|start| text.starts_with(start))
+    {
+        text.to_owned()
+    } else if let Some((prefix, rest)) = ["invalid type: ", "invalid value: "]
+        .iter()
+        .find_map(|prefix| Some((*prefix, text.strip_prefix(prefix)?)))
+    {
+        let kind = rest.split([' ', ',']).next().unwrap_or("");
+        match rest.rsplit_once(", expected ") {
+            Some((_, expected)) => format!("{prefix}{kind}, expected {expected}"),
+            None => format!("{prefix}{kind}"),
+        }
     } else {
         String::new()
     };
@@ -693,9 +714,11 @@ impl RemoteError {
                 reason: Some(reason_name(*reason).to_owned()),
                 ..RemoteError::new(ErrorCode::Unavailable, err.to_string())
             },
-            Error::Corrupt { key, .. } => RemoteError {
+            // The client says "stored data for key ... is corrupt" itself, with its `key`:
+            // the message carries the rest (found by QA: the phrase came twice).
+            Error::Corrupt { store, key, detail } => RemoteError {
                 key: key.clone(),
-                ..RemoteError::new(ErrorCode::Corrupt, err.to_string())
+                ..RemoteError::new(ErrorCode::Corrupt, format!("{store}: {detail}"))
             },
             // Kept apart from an outage, so that a client fails as an open of the store in its
             // own process would (found by QA: a full disk was exit 3, "unavailable, try
@@ -1214,6 +1237,30 @@ mod tests {
         assert!(frame.len() <= MAX_FRAME_LEN + HEADER_LEN);
     }
 
+    /// A corrupt value through the broker reads as one through the store, naming both, with
+    /// "is corrupt" once (found by QA: the phrase and the key came twice).
+    #[test]
+    fn a_corrupt_value_is_said_once_through_the_broker() {
+        let local = Error::Corrupt {
+            store: "vault /v.db".to_owned(),
+            key: Some("k".to_owned()),
+            detail: "authentication failed; the entry was left untouched".to_owned(),
+        };
+        let remote = RemoteError::from_store_error(&local).into_store_error("broker at /s.sock");
+        assert!(
+            matches!(&remote, Error::Corrupt { key: Some(k), .. } if k == "k"),
+            "{remote:?}"
+        );
+        let text = remote.to_string();
+        assert_eq!(text.matches("is corrupt").count(), 1, "{text}");
+        assert!(
+            text.contains("broker at /s.sock")
+                && text.contains("vault /v.db")
+                && text.contains("authentication failed; the entry was left untouched"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn bad_bodies_are_named_without_values() {
         let cases: &[&[u8]] = &[
@@ -1240,6 +1287,27 @@ mod tests {
         assert!(err.to_string().contains("`key`"), "{err}");
         let err = decode::<RequestFrame>(br#"{"id":1,"op":"launch"}"#).unwrap_err();
         assert!(err.to_string().contains("launch"), "{err}");
+        // What was wrong, without what was sent (found by QA: all of these said only "a field
+        // is missing, unknown or of the wrong type").
+        for (body, says) in [
+            (
+                &br#"{"id":1,"op":"set","key":"k","value":"hunter2-not-base64!"}"#[..],
+                "`value` is not valid base64",
+            ),
+            (
+                br#"{"id":"hunter2","op":"keys"}"#,
+                "invalid type: string, expected u64",
+            ),
+            (
+                br#"{"id":1,"op":"get","key":"k","key":"hunter2"}"#,
+                "duplicate field `key`",
+            ),
+            (br#"{"id":-1,"op":"keys"}"#, "invalid value: integer"),
+        ] {
+            let text = decode::<RequestFrame>(body).unwrap_err().to_string();
+            assert!(text.contains(says), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
     }
 
     /// The broker decodes keys unchecked and checks them after, so a bad key fails only its

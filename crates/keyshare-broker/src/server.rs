@@ -1416,10 +1416,10 @@ impl Connection {
             RemoteError::new(
                 ErrorCode::Denied,
                 format!(
-                    "app {:?} may not use key {:?} (see shared_keys under [apps.{}] in config.toml)",
+                    "app {:?} may not use key {:?} (see shared_keys under [{}] in config.toml)",
                     grant.app().as_str(),
                     key.as_str(),
-                    grant.app()
+                    crate::access::app_table(grant.app().as_str())
                 ),
             )
         };
