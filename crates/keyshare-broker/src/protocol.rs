@@ -363,8 +363,16 @@ pub enum RequestOf<K> {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         unless_changed_after: Option<u64>,
     },
-    /// Lists the keys this app may see.
-    Keys,
+    /// Lists the keys this app may see: all in one reply, or, with `limit`, a page of them
+    /// in byte order after `after`, the reply saying `more` when others follow.
+    Keys {
+        /// With `limit`: only keys greater than this (byte order), for the next page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        /// Pages: at most this many keys per reply (and never more than fit a frame).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
     /// Starts (or replaces) this connection's change-event subscription.
     Subscribe {
         /// Only these keys; `null` or absent for every key this app may see.
@@ -383,7 +391,7 @@ impl<K> RequestOf<K> {
             RequestOf::Get { .. } => "get",
             RequestOf::Set { .. } => "set",
             RequestOf::Delete { .. } => "delete",
-            RequestOf::Keys => "keys",
+            RequestOf::Keys { .. } => "keys",
             RequestOf::Subscribe { .. } => "subscribe",
             RequestOf::Status => "status",
         }
@@ -441,7 +449,7 @@ impl UncheckedRequestFrame {
                 key: check(None, key)?,
                 unless_changed_after,
             },
-            RequestOf::Keys => RequestOf::Keys,
+            RequestOf::Keys { after, limit } => RequestOf::Keys { after, limit },
             RequestOf::Subscribe { keys } => RequestOf::Subscribe {
                 keys: keys
                     .map(|keys| {
@@ -572,6 +580,9 @@ pub enum Reply {
     Keys {
         /// The keys.
         keys: Vec<WireKey>,
+        /// For a paged `keys`: more keys follow; ask again with `after` = the last key here.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     /// Answer to `subscribe`: events with a greater `seq` than this follow.
     Subscribe {
@@ -926,9 +937,22 @@ mod tests {
             (
                 RequestFrame {
                     id: 5,
-                    request: Request::Keys,
+                    request: Request::Keys {
+                        after: None,
+                        limit: None,
+                    },
                 },
                 r#"{"id":5,"op":"keys"}"#,
+            ),
+            (
+                RequestFrame {
+                    id: 9,
+                    request: Request::Keys {
+                        after: Some("github.auth".to_owned()),
+                        limit: Some(1000),
+                    },
+                },
+                r#"{"id":9,"op":"keys","after":"github.auth","limit":1000}"#,
             ),
             (
                 RequestFrame {
@@ -1113,9 +1137,20 @@ mod tests {
                     id: 5,
                     reply: Reply::Keys {
                         keys: vec![key("github.auth")],
+                        more: false,
                     },
                 },
                 r#"{"type":"reply","id":5,"op":"keys","keys":["github.auth"]}"#,
+            ),
+            (
+                ServerFrame::Reply {
+                    id: 9,
+                    reply: Reply::Keys {
+                        keys: vec![key("a")],
+                        more: true,
+                    },
+                },
+                r#"{"type":"reply","id":9,"op":"keys","keys":["a"],"more":true}"#,
             ),
             (
                 ServerFrame::Reply {

@@ -910,11 +910,40 @@ fn capacity_hint(frame: &ServerFrame) -> usize {
         } => AROUND + value.len().div_ceil(3) * 4,
         // Quotes and a comma around each key; keys that JSON escapes need more.
         ServerFrame::Reply {
-            reply: Reply::Keys { keys },
+            reply: Reply::Keys { keys, .. },
             ..
         } => AROUND + keys.iter().map(|k| k.0.as_str().len() + 3).sum::<usize>(),
         _ => 128,
     }
+}
+
+/// The most bytes of key names one page of a `keys` reply holds, counted as JSON writes them
+/// at worst (six bytes for a character it escapes): well under the frame limit.
+const KEYS_PAGE_BYTES: usize = 512 * 1024;
+
+/// One page of `keys`: those after `after` in byte order, at most `limit` of them and at most
+/// [`KEYS_PAGE_BYTES`] (always one at least), and whether others follow.
+fn page_of_keys(
+    keys: impl Iterator<Item = SecretKey>,
+    after: Option<&str>,
+    limit: u32,
+) -> (Vec<SecretKey>, bool) {
+    let mut keys: Vec<SecretKey> = keys
+        .filter(|key| after.is_none_or(|after| key.as_str() > after))
+        .collect();
+    keys.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    let mut bytes = 0;
+    let mut fit = 0;
+    for key in &keys {
+        bytes += key.as_str().len() * 6 + 3;
+        if fit >= limit.max(1) as usize || (fit > 0 && bytes > KEYS_PAGE_BYTES) {
+            break;
+        }
+        fit += 1;
+    }
+    let more = fit < keys.len();
+    keys.truncate(fit);
+    (keys, more)
 }
 
 /// The error frame that answers `frame`'s request when `frame` itself cannot be encoded (a
@@ -934,7 +963,7 @@ fn unencodable(frame: &ServerFrame, err: &FrameError) -> Option<ServerFrame> {
                     ..
                 } => {
                     "; the store holds too many keys, or too long ones, to list in one reply: \
-                      use fewer or shorter keys"
+                      ask for them a page at a time (`limit`)"
                 }
                 _ => "",
             };
@@ -1147,7 +1176,7 @@ impl Connection {
             // A wait ends once the shutdown grace period is over: the request is not started,
             // and not answered. (At shutdown itself it goes on: the request was sent while
             // the broker served, see `start_draining`, which is done at once.)
-            let large_reply = matches!(frame.request, Request::Get { .. } | Request::Keys);
+            let large_reply = matches!(frame.request, Request::Get { .. } | Request::Keys { .. });
             let (own, everyone) = (
                 Arc::clone(&self.in_flight_limit),
                 Arc::clone(&self.shared.in_flight),
@@ -1512,21 +1541,25 @@ impl Connection {
                 )
                 .await;
             }
-            Request::Keys => {
+            Request::Keys { after, limit } => {
                 let storage = storage.clone();
                 let grant = grant.clone();
                 self.in_flight.spawn(async move {
                     let frame = match storage.keys().await {
-                        Ok(keys) => ServerFrame::Reply {
-                            id,
-                            reply: Reply::Keys {
-                                keys: keys
-                                    .into_iter()
-                                    .filter(|k| grant.allows(k))
-                                    .map(WireKey)
-                                    .collect(),
-                            },
-                        },
+                        Ok(keys) => {
+                            let keys = keys.into_iter().filter(|k| grant.allows(k));
+                            let (keys, more) = match limit {
+                                None => (keys.collect(), false),
+                                Some(limit) => page_of_keys(keys, after.as_deref(), limit),
+                            };
+                            ServerFrame::Reply {
+                                id,
+                                reply: Reply::Keys {
+                                    keys: keys.into_iter().map(WireKey).collect(),
+                                    more,
+                                },
+                            }
+                        }
                         Err(err) => ServerFrame::Error {
                             id: Some(id),
                             error: RemoteError::from_store_error(&err),

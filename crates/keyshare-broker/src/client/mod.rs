@@ -696,6 +696,40 @@ macro_rules! expect_reply {
 }
 use expect_reply;
 
+/// How many keys a client asks for per `keys` reply: a broker also stops a page before the
+/// frame limit, so any number fits.
+const KEYS_PER_PAGE: u32 = 10_000;
+
+/// The keys listed so far, page by page (found by QA: a store whose key names did not fit one
+/// frame could not be listed through the broker at all).
+#[derive(Default)]
+pub(crate) struct KeyPages {
+    pub(crate) keys: Vec<SecretKey>,
+}
+
+impl KeyPages {
+    /// The request for the next page.
+    pub(crate) fn request(&self) -> Request {
+        Request::Keys {
+            after: self.keys.last().map(|key| key.as_str().to_owned()),
+            limit: Some(KEYS_PER_PAGE),
+        }
+    }
+
+    /// Adds a page; `true` once it was the last.
+    pub(crate) fn take(&mut self, reply: Reply) -> Result<bool, ClientError> {
+        let (keys, more) = expect_reply!(reply, Keys { keys, more } => (keys, more))?;
+        if more && keys.is_empty() {
+            return Err(TransportError::Unexpected(
+                "a page of keys with none in it, and more to come".to_owned(),
+            )
+            .into());
+        }
+        self.keys.extend(keys.into_iter().map(|key| key.0));
+        Ok(!more)
+    }
+}
+
 /// Whether carrying out `request` twice has the effect of carrying it out once, so that it
 /// may be sent again when it is not known whether the broker got it. Writes may not: another
 /// app may have written or deleted the key in between, and the repeat would undo that (a
@@ -703,7 +737,9 @@ use expect_reply;
 /// connection it was made on.
 fn is_idempotent(request: &Request) -> bool {
     match request {
-        Request::Hello { .. } | Request::Get { .. } | Request::Keys | Request::Status => true,
+        Request::Hello { .. } | Request::Get { .. } | Request::Keys { .. } | Request::Status => {
+            true
+        }
         Request::Set { .. } | Request::Delete { .. } | Request::Subscribe { .. } => false,
     }
 }
@@ -1048,10 +1084,16 @@ impl BrokerClient {
         written(reply, value.is_some())
     }
 
-    /// Lists the keys this app may see.
+    /// Lists the keys this app may see, a page at a time (a broker of an earlier version
+    /// answers with all of them at once).
     pub async fn keys(&self) -> Result<Vec<SecretKey>, ClientError> {
-        let reply = self.call(Request::Keys).await?;
-        expect_reply!(reply, Keys { keys } => keys.into_iter().map(|k| k.0).collect())
+        let mut pages = KeyPages::default();
+        loop {
+            let reply = self.call(pages.request()).await?;
+            if pages.take(reply)? {
+                return Ok(pages.keys);
+            }
+        }
     }
 
     /// The broker's state.

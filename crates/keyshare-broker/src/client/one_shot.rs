@@ -466,10 +466,13 @@ impl Store for OneShotClient {
     }
 
     fn keys(&self) -> Result<Vec<SecretKey>> {
-        self.call(
-            Request::Keys,
-            |reply| expect_reply!(reply, Keys { keys } => keys.into_iter().map(|k| k.0).collect()),
-        )
+        let mut pages = super::KeyPages::default();
+        loop {
+            let request = pages.request();
+            if self.call(request, |reply| pages.take(reply))? {
+                return Ok(pages.keys);
+            }
+        }
     }
 }
 
