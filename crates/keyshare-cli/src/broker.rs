@@ -117,11 +117,7 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
     // this app is its answer to hello, which comes with the first reply.
     let client = OneShotClient::new(client_config(ctx)?);
     let mut identity = crate::stores::shared_placeholder_identity(ctx);
-    let keeps_journal = ctx
-        .config
-        .app(&ctx.app)
-        .and_then(|a| a.legacy.as_ref())
-        .is_some();
+    let keeps_journal = ctx.config.legacy(&ctx.app, &ctx.flavour).store().is_some();
     // Waiting for hello's answer before the first request costs a round trip, and is needed
     // when this app keeps a repair journal about the shared store, keyed by that store's
     // identity: the broker says which store it serves (with `store = "auto"` this process

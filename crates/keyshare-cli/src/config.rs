@@ -79,8 +79,10 @@ pub struct FlavorConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
-    /// The app's own legacy store, dual-written and migrated from.
-    pub legacy: Option<LegacyConfig>,
+    /// The app's own legacy store, dual-written and migrated from: one table, or a list of
+    /// them, one per flavour (`[Config::legacy]` picks the command's).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub legacy: Vec<LegacyConfig>,
     /// Executables allowed to use this app id through the broker.
     #[serde(default)]
     pub executables: Vec<PathBuf>,
@@ -95,7 +97,158 @@ pub enum LegacyConfig {
     Vault,
     /// An Electron app's state database (VS Code and its forks), e.g.
     /// `{ kind = "electron", app_name = "Code", user_data_dir = "..." }`.
-    Electron(crate::cmd::legacy::ElectronConfig),
+    Electron(ElectronLegacy),
+}
+
+/// An Electron app's state database as an app's legacy store, for one flavour.
+///
+/// A VS Code build of one flavour keeps its own database (`Code` for stable, `Code - Insiders`
+/// for insiders), and flavours never see each other's secrets: a command of another flavour
+/// must neither read this database (lazy migration would copy its secrets into that flavour's
+/// shared store) nor write its values there (found by QA: `--flavor insiders` read stable
+/// VS Code's token and wrote insiders values into stable's database).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElectronLegacy {
+    /// The app's product name (`Code`, `Code - Insiders`, `VSCodium`, `Cursor`, ...).
+    pub app_name: String,
+    /// Its user-data directory [default: located from the app name].
+    pub user_data_dir: Option<PathBuf>,
+    /// How it stores its key [default: the OS's usual store].
+    pub password_store: Option<crate::cmd::legacy::PasswordStore>,
+    /// Write even while the app runs (it may then lose what keyshare wrote).
+    #[serde(default)]
+    pub force: bool,
+    /// The flavour whose commands use this database [default: the one `app_name` implies:
+    /// insiders for a name ending in ` - Insiders`, else stable].
+    pub flavor: Option<String>,
+}
+
+impl ElectronLegacy {
+    /// The flavour this database belongs to.
+    pub fn flavour_name(&self) -> &str {
+        self.flavor
+            .as_deref()
+            .or_else(|| implied_flavour(&self.app_name))
+            .unwrap_or(STABLE)
+    }
+
+    /// The store's own settings, to open it.
+    pub fn store_config(&self) -> crate::cmd::legacy::ElectronConfig {
+        crate::cmd::legacy::ElectronConfig {
+            app_name: self.app_name.clone(),
+            user_data_dir: self.user_data_dir.clone(),
+            password_store: self.password_store,
+            force: self.force,
+        }
+    }
+}
+
+const STABLE: &str = "stable";
+const INSIDERS: &str = "insiders";
+/// How VS Code (and forks that follow it, `VSCodium - Insiders`) names its Insiders build.
+const INSIDERS_SUFFIX: &str = " - Insiders";
+
+/// The flavour an Electron product name belongs to, when the name says: an Insiders build's
+/// ends in ` - Insiders`; `Code` and `VSCodium` are stable. `None` for a product keyshare
+/// knows no flavours of (`Cursor`).
+pub fn implied_flavour(app_name: &str) -> Option<&'static str> {
+    if app_name.ends_with(INSIDERS_SUFFIX) {
+        Some(INSIDERS)
+    } else if matches!(app_name, "Code" | "VSCodium" | "Code - OSS") {
+        Some(STABLE)
+    } else {
+        None
+    }
+}
+
+/// VS Code's product name in `flavour`: what `import vscode` reads when not told.
+pub fn vscode_app_name(flavour: &Flavour) -> String {
+    if flavour.name() == INSIDERS {
+        format!("Code{INSIDERS_SUFFIX}")
+    } else {
+        "Code".to_owned()
+    }
+}
+
+impl LegacyConfig {
+    /// Whether this legacy store serves commands of flavour `flavour`. An app's own vault
+    /// lives in the flavour's data directory, so each flavour has its own anyway.
+    fn serves(&self, flavour: &str) -> bool {
+        match self {
+            LegacyConfig::Vault => true,
+            LegacyConfig::Electron(electron) => electron.flavour_name() == flavour,
+        }
+    }
+
+    /// What it is, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            LegacyConfig::Vault => "its own vault".to_owned(),
+            LegacyConfig::Electron(electron) => format!(
+                "{}'s state database, which belongs to the {} flavour",
+                electron.app_name,
+                electron.flavour_name()
+            ),
+        }
+    }
+}
+
+/// `legacy = { ... }` or `legacy = [{ ... }, { ... }]` (also `[[apps.<id>.legacy]]`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<LegacyConfig>, D::Error> {
+    struct OneOrMany;
+    impl<'de> serde::de::Visitor<'de> for OneOrMany {
+        type Value = Vec<LegacyConfig>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a legacy store table, or a list of them (one per flavour)")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            LegacyConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                .map(|one| vec![one])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+        }
+    }
+    deserializer.deserialize_any(OneOrMany)
+}
+
+/// Which legacy store, if any, an app has in one flavour.
+#[derive(Debug)]
+pub enum LegacyFor<'a> {
+    /// None is configured.
+    None,
+    /// This one.
+    Store(&'a LegacyConfig),
+    /// Those configured belong to other flavours: this flavour's commands leave them alone.
+    /// What they are, for the warning.
+    OtherFlavours(Vec<String>),
+}
+
+impl LegacyFor<'_> {
+    pub fn store(&self) -> Option<&LegacyConfig> {
+        match self {
+            LegacyFor::Store(store) => Some(store),
+            _ => None,
+        }
+    }
+
+    /// What to tell the user when the app's legacy stores belong to other flavours.
+    pub fn set_aside(&self, app: &AppId, flavour: &Flavour) -> Option<String> {
+        let LegacyFor::OtherFlavours(others) = self else {
+            return None;
+        };
+        let name = flavour.name();
+        Some(format!(
+            "app {app}'s legacy store ({}) is not used by this {name} command, since flavours \
+             never share secrets: its secrets are not read, migrated or written here. If the \
+             app has a {name} build, add its store to [apps.{app}] (legacy = [{{ ... }}, {{ \
+             kind = \"electron\", app_name = \"...\", flavor = \"{name}\" }}])",
+            others.join("; ")
+        ))
+    }
 }
 
 /// The XDG base directories, resolved once from the environment.
@@ -256,6 +409,7 @@ impl Config {
                 keyshare_broker::access::KeyPattern::new(pattern.clone())
                     .with_context(|| format!("[apps.{name}] shared_keys"))?;
             }
+            self.validate_legacy(name, app)?;
             if let Some(path) = app.executables.iter().find(|p| !p.is_absolute()) {
                 bail!(
                     "[apps.{name}] executables: {} is not an absolute path (the broker compares \
@@ -278,6 +432,50 @@ impl Config {
             openbao.validate()?;
         }
         Ok(())
+    }
+
+    /// An app's legacy stores: valid flavour names, and at most one store per flavour (which
+    /// would a command of that flavour write to?).
+    fn validate_legacy(&self, name: &str, app: &AppConfig) -> anyhow::Result<()> {
+        let mut flavours = Vec::new();
+        for legacy in &app.legacy {
+            match legacy {
+                LegacyConfig::Vault if app.legacy.len() > 1 => bail!(
+                    "[apps.{name}] legacy: a vault legacy store serves every flavour (each has \
+                     its own), so it cannot be listed with other legacy stores"
+                ),
+                LegacyConfig::Vault => {}
+                LegacyConfig::Electron(electron) => {
+                    let flavour = electron.flavour_name();
+                    self.flavour(flavour)
+                        .with_context(|| format!("[apps.{name}] legacy flavor"))?;
+                    if flavours.contains(&flavour) {
+                        bail!(
+                            "[apps.{name}] legacy: two stores for the {flavour} flavour; give \
+                             each its own `flavor`"
+                        );
+                    }
+                    flavours.push(flavour);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The legacy store app `app` uses in flavour `flavour`.
+    pub fn legacy(&self, app: &AppId, flavour: &Flavour) -> LegacyFor<'_> {
+        let Some(configured) = self.app(app).map(|a| &a.legacy) else {
+            return LegacyFor::None;
+        };
+        if configured.is_empty() {
+            return LegacyFor::None;
+        }
+        match configured.iter().find(|l| l.serves(flavour.name())) {
+            Some(store) => LegacyFor::Store(store),
+            None => {
+                LegacyFor::OtherFlavours(configured.iter().map(LegacyConfig::describe).collect())
+            }
+        }
     }
 
     /// The flavour named `name`, with its configured service name or the default one.
@@ -505,10 +703,10 @@ mod tests {
             "dev.keyshare.insiders.shared-secrets"
         );
         assert!(matches!(
-            config.apps["code"].legacy,
-            Some(LegacyConfig::Vault)
+            config.apps["code"].legacy[..],
+            [LegacyConfig::Vault]
         ));
-        let Some(LegacyConfig::Electron(electron)) = &config.apps["cursor"].legacy else {
+        let [LegacyConfig::Electron(electron)] = &config.apps["cursor"].legacy[..] else {
             panic!("electron legacy store expected");
         };
         assert_eq!(electron.app_name, "Cursor");
@@ -550,6 +748,88 @@ mod tests {
         }
         let edge: Config = toml::from_str("timeout_ms = 3600000").unwrap();
         edge.validate().unwrap();
+    }
+
+    /// Which flavour's commands use an Electron database (QA s19 F3: every flavour did).
+    #[test]
+    fn an_electron_legacy_store_belongs_to_one_flavour() {
+        let config: Config = toml::from_str(
+            r#"
+            [apps.code]
+            legacy = [
+                { kind = "electron", app_name = "Code" },
+                { kind = "electron", app_name = "Code - Insiders" },
+            ]
+            [apps.cursor]
+            legacy = { kind = "electron", app_name = "Cursor" }
+            [apps.exp]
+            legacy = { kind = "electron", app_name = "Code", flavor = "exploration" }
+            [apps.own]
+            legacy = { kind = "vault" }
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let used = |app: &str, flavour: &str| {
+            let app = AppId::new(app).unwrap();
+            let flavour = Flavour::with_default_service(flavour).unwrap();
+            match config.legacy(&app, &flavour) {
+                LegacyFor::Store(LegacyConfig::Electron(e)) => Some(e.app_name.clone()),
+                LegacyFor::Store(LegacyConfig::Vault) => Some("vault".to_owned()),
+                LegacyFor::OtherFlavours(_) => None,
+                LegacyFor::None => panic!("{app}: none configured"),
+            }
+        };
+        assert_eq!(used("code", "stable").as_deref(), Some("Code"));
+        assert_eq!(used("code", "insiders").as_deref(), Some("Code - Insiders"));
+        assert_eq!(used("code", "exploration"), None);
+        assert_eq!(used("cursor", "stable").as_deref(), Some("Cursor"));
+        assert_eq!(used("cursor", "insiders"), None);
+        assert_eq!(used("exp", "exploration").as_deref(), Some("Code"));
+        assert_eq!(used("exp", "stable"), None);
+        assert_eq!(used("own", "insiders").as_deref(), Some("vault"));
+        assert!(matches!(
+            config.legacy(
+                &AppId::new("other").unwrap(),
+                &Flavour::with_default_service("stable").unwrap()
+            ),
+            LegacyFor::None
+        ));
+        assert_eq!(implied_flavour("VSCodium - Insiders"), Some("insiders"));
+        assert_eq!(
+            vscode_app_name(&Flavour::with_default_service("insiders").unwrap()),
+            "Code - Insiders"
+        );
+    }
+
+    /// Which store would a command of that flavour write to? Refused, naming the setting.
+    #[test]
+    fn two_legacy_stores_for_one_flavour_are_refused() {
+        for (legacy, says) in [
+            (
+                r#"[{ kind = "electron", app_name = "Code" }, { kind = "electron", app_name = "Cursor" }]"#,
+                "two stores for the stable flavour",
+            ),
+            (
+                r#"[{ kind = "vault" }, { kind = "electron", app_name = "Code - Insiders" }]"#,
+                "a vault legacy store serves every flavour",
+            ),
+            (
+                r#"{ kind = "electron", app_name = "Code", flavor = "Not A Flavour" }"#,
+                "[apps.code] legacy flavor",
+            ),
+        ] {
+            let config: Config =
+                toml::from_str(&format!("[apps.code]\nlegacy = {legacy}")).unwrap();
+            let err = format!("{:#}", config.validate().unwrap_err());
+            assert!(err.contains(says), "{legacy}: {err}");
+        }
+        // A misspelt field is still refused, in a list too.
+        let err = toml::from_str::<Config>(
+            "[apps.code]\nlegacy = [{ kind = \"electron\", app_name = \"Code\", flavour = \"x\" }]",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `flavour`"), "{err}");
     }
 
     #[test]

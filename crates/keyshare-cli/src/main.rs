@@ -83,8 +83,11 @@ fn routing(cli: &Cli) -> broker::Routing {
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
+fn run(cli: &mut Cli) -> anyhow::Result<()> {
     let (ctx, config_path) = context(cli)?;
+    if let Command::Import(LazySubcommands(cmd::import::Source::Vscode(args))) = &mut cli.command {
+        vscode_of_this_flavour(&mut args.key.app_name, cli.import_app_name_defaulted, &ctx);
+    }
     match &cli.command {
         Command::Set(Lazy(args)) => cmd::set::run(args, &ctx),
         Command::Get(Lazy(args)) => cmd::get::run(args, &ctx),
@@ -101,6 +104,25 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Watch(Lazy(args)) => cmd::watch::run(args, &ctx),
         Command::GitCredential(Lazy(args)) => cmd::git_credential::run(args, &ctx),
         Command::DockerCredential(Lazy(args)) => cmd::docker_credential::run(args, &ctx),
+    }
+}
+
+/// The VS Code whose secrets `import vscode` copies into this flavour's shared store: by
+/// default the flavour's own build (found by QA: `--flavor insiders import vscode` read stable
+/// VS Code's database); one of another flavour, named on purpose, is read with a warning.
+fn vscode_of_this_flavour(app_name: &mut String, defaulted: bool, ctx: &Context) {
+    if defaulted {
+        *app_name = config::vscode_app_name(&ctx.flavour);
+        return;
+    }
+    let flavour = ctx.flavour.name();
+    if let Some(theirs) = config::implied_flavour(app_name).filter(|f| *f != flavour) {
+        eprintln!(
+            "keyshare: warning: importing the secrets of {app_name}, a {theirs} build, into the \
+             {flavour} flavour's shared store, as --app-name asks; this flavour's VS Code is \
+             {:?}",
+            config::vscode_app_name(&ctx.flavour)
+        );
     }
 }
 
@@ -181,7 +203,7 @@ fn main() {
 
 /// Runs the command line; the process's exit code.
 fn keyshare_main() -> i32 {
-    let cli = parse_command_line();
+    let mut cli = parse_command_line();
     // Logs go to stderr as KEYSHARE_LOG asks (e.g. KEYSHARE_LOG=warn, or
     // KEYSHARE_LOG=keyshare=debug,zbus=warn). Without it, a command logs nothing and builds no
     // subscriber at all, which keeps start-up short; the broker, a daemon whose warnings (a
@@ -199,7 +221,7 @@ fn keyshare_main() -> i32 {
         None => {}
     }
     no_core_dumps(matches!(cli.command, Command::Serve(_)));
-    let code = match run(&cli) {
+    let code = match run(&mut cli) {
         Ok(()) => ExitCode::Ok,
         // `watch` runs until stopped, and in a pipeline its reader leaving is how it stops.
         Err(err) if matches!(cli.command, Command::Watch(_)) && exit::reader_went_away(&err) => {

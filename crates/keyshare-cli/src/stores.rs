@@ -161,6 +161,8 @@ pub struct Opened {
     pub journal: Option<Arc<dyn Store>>,
     /// The app it is.
     pub app: keyshare::AppId,
+    /// Why the app's configured legacy store is not used: it belongs to another flavour.
+    pub legacy_set_aside: Option<String>,
 }
 
 impl Drop for Opened {
@@ -548,7 +550,12 @@ pub enum Migration {
 /// works: writes are acknowledged into the legacy store and queued for repair, reads of keys
 /// this app holds are served, and the user is told (here and by `doctor`).
 pub fn open(ctx: &Context) -> anyhow::Result<Opened> {
-    open_with(ctx, Migration::Lazy)
+    let opened = open_with(ctx, Migration::Lazy)?;
+    if let Some(why) = &opened.legacy_set_aside {
+        // Said, not silent: the user configured a store this command leaves alone.
+        eprintln!("keyshare: warning: {why}");
+    }
+    Ok(opened)
 }
 
 /// Whether a shared store that could not be opened is out of reach for now (the legacy store
@@ -574,7 +581,8 @@ fn is_outage(err: &anyhow::Error) -> bool {
 
 /// [`open`], choosing how migration runs.
 pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> {
-    let legacy_config = ctx.config.app(&ctx.app).and_then(|a| a.legacy.as_ref());
+    let legacy_for = ctx.config.legacy(&ctx.app, &ctx.flavour);
+    let legacy_config = legacy_for.store();
     let shared = match open_shared(ctx) {
         Ok(shared) => shared,
         Err(err) if legacy_config.is_some() && is_outage(&err) => {
@@ -630,7 +638,7 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
             journal_store = Some(journal);
         }
         Some(LegacyConfig::Electron(electron)) => {
-            let store = electron.open(ctx.app.as_str())?;
+            let store = electron.store_config().open(ctx.app.as_str())?;
             // The journal cannot live in the state database (the app owns it): it lives in the
             // app's own vault, namespaced by the shared store as above.
             let journal: Arc<dyn Store> = match &shared.identity {
@@ -655,6 +663,7 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
         legacy,
         journal: journal_store,
         app: ctx.app.clone(),
+        legacy_set_aside: legacy_for.set_aside(&ctx.app, &ctx.flavour),
     })
 }
 

@@ -138,7 +138,7 @@ fn an_incomplete_migration_is_a_problem() {
     assert!(problems.contains("migration"), "{problems}");
     // The app's own command: a bare `keyshare migrate` is the default app's.
     assert!(
-        problems.contains("`keyshare --app code migrate`"),
+        problems.contains("`keyshare --flavor stable --app code migrate`"),
         "{problems}"
     );
     let human = env.run(&["--store", "vault", "--app", "code", "doctor"], b"");
@@ -151,7 +151,10 @@ fn an_incomplete_migration_is_a_problem() {
     let out = env.run(&["--store", "vault", "--app", "code", "migrate"], b"");
     assert_eq!(out.status.code(), Some(7));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("`keyshare --app code migrate`"), "{stderr}");
+    assert!(
+        stderr.contains("`keyshare --flavor stable --app code migrate`"),
+        "{stderr}"
+    );
 }
 
 /// An app with a legacy store keeps working when the shared store cannot be opened (here a
@@ -265,7 +268,7 @@ fn a_write_the_shared_store_did_not_take_says_so() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("the shared store did not take this change to github.auth")
-            && stderr.contains("`keyshare --app code repair`"),
+            && stderr.contains("`keyshare --flavor stable --app code repair`"),
         "{stderr}"
     );
     let out = env.run(&["--app", "code", "--json", "doctor"], b"");
@@ -275,7 +278,7 @@ fn a_write_the_shared_store_did_not_take_says_so() {
     // app, which has nothing pending (found by QA).
     let problems = report["problems"].to_string();
     assert!(
-        problems.contains("run `keyshare --app code repair`"),
+        problems.contains("run `keyshare --flavor stable --app code repair`"),
         "{problems}"
     );
     // So does a repair that cannot reach the shared store, about running it again.
@@ -283,7 +286,7 @@ fn a_write_the_shared_store_did_not_take_says_so() {
     assert_eq!(out.status.code(), Some(7));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("run `keyshare --app code repair` again"),
+        stderr.contains("run `keyshare --flavor stable --app code repair` again"),
         "{stderr}"
     );
     // Once the shared store answers, the next write of the key goes through and says nothing

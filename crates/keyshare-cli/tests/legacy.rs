@@ -702,3 +702,218 @@ fn writing_commands_do_not_pile_up_backups() {
     assert_eq!(left.len(), 3, "{left:?}");
     assert_eq!(left[..2], old[2..], "the newest old ones are kept");
 }
+
+/// A copy of the sample database (its v11 row removed: password store basic) as the state
+/// database of product `name` (`Code`, `Code - Insiders`) under the home's config directory;
+/// its user-data directory.
+fn product_dir(env: &Home, name: &str) -> PathBuf {
+    let dir = env.path().join("config").join(name);
+    let db = dir.join("User/globalStorage/state.vscdb");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::copy(SAMPLE, &db).unwrap();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "DELETE FROM ItemTable WHERE key = ?1",
+            [format!("secret://{GITHUB}")],
+        )
+        .unwrap();
+    dir
+}
+
+/// Whether the state database under `dir` holds a row for `key`.
+fn has_row(dir: &std::path::Path, key: &str) -> bool {
+    rusqlite::Connection::open(dir.join("User/globalStorage/state.vscdb"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM ItemTable WHERE key = ?1",
+            [format!("secret://{key}")],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+        > 0
+}
+
+const API_TOKEN: &str = r#"{"extensionId":"publisher.my-ext","key":"apiToken"}"#;
+
+/// QA s19 F3: stable VS Code's database (`app_name = "Code"`), configured as app code's
+/// legacy store, was read and written by `--flavor insiders` commands: its token was copied
+/// into the insiders shared store and insiders values were written into stable's database.
+/// It belongs to the stable flavour: an insiders command leaves it alone and says so.
+#[test]
+fn an_electron_legacy_store_serves_only_the_flavour_its_app_name_implies() {
+    let env = home();
+    let stable = product_dir(&env, "Code");
+    env.config(&format!(
+        "[apps.code]\nlegacy = {{ kind = \"electron\", app_name = \"Code\", user_data_dir = \
+         {:?}, password_store = \"basic\" }}\n",
+        stable.display().to_string()
+    ));
+    let insiders = |args: &[&str], stdin: &[u8]| {
+        let mut all = vec!["--flavor", "insiders", "--app", "code", "--store", "vault"];
+        all.extend(args);
+        env.run(&all, stdin)
+    };
+    let out = insiders(&["get", API_TOKEN], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "read stable's database: {out:?}"
+    );
+    assert!(
+        stderr.contains(
+            "app code's legacy store (Code's state database, which belongs to the stable \
+             flavour) is not used by this insiders command"
+        ),
+        "{stderr}"
+    );
+    let out = insiders(&["set", "insiders.key"], b"INSIDERS");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !has_row(&stable, "insiders.key"),
+        "an insiders value was written into stable's database"
+    );
+    // Nothing of stable's reached the insiders shared store, for any app.
+    let out = env.run(
+        &["--flavor", "insiders", "--store", "vault", "get", API_TOKEN],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // doctor says it too, as a note (nothing fails), with the store shown as none.
+    let out = insiders(&["doctor"], b"");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("legacy store:  none"), "{stdout}");
+    assert!(
+        stdout.contains("note: app code's legacy store (Code's state database"),
+        "{stdout}"
+    );
+    // Stable, whose database it is, still uses it.
+    let out = env.ok(
+        &["--app", "code", "--store", "vault", "get", API_TOKEN],
+        b"",
+    );
+    assert_eq!(out.stdout, b"hello");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{out:?}"
+    );
+}
+
+/// One app, one store per flavour: stable VS Code's and Insiders's databases, each used by
+/// its own flavour only; `flavor` says which flavour a database belongs to when its name does
+/// not.
+#[test]
+fn an_app_may_list_one_electron_legacy_store_per_flavour() {
+    let env = home();
+    let stable = product_dir(&env, "Code");
+    let insiders = product_dir(&env, "Code - Insiders");
+    let cursor = product_dir(&env, "Cursor");
+    env.config(&format!(
+        "[[apps.code.legacy]]\nkind = \"electron\"\napp_name = \"Code\"\nuser_data_dir = {:?}\n\
+         password_store = \"basic\"\n\
+         [[apps.code.legacy]]\nkind = \"electron\"\napp_name = \"Code - Insiders\"\n\
+         user_data_dir = {:?}\npassword_store = \"basic\"\n\
+         [apps.cursor]\nlegacy = {{ kind = \"electron\", app_name = \"Cursor\", user_data_dir = \
+         {:?}, password_store = \"basic\", flavor = \"insiders\" }}\n",
+        stable.display().to_string(),
+        insiders.display().to_string(),
+        cursor.display().to_string()
+    ));
+    for (flavour, app, dir, other) in [
+        ("stable", "code", &stable, Some(&insiders)),
+        ("insiders", "code", &insiders, Some(&stable)),
+        ("insiders", "cursor", &cursor, None),
+    ] {
+        let key = format!("{flavour}.{app}.key");
+        let args = ["--flavor", flavour, "--app", app, "--store", "vault"];
+        let out = env.run(&[&args[..], &["set", &key]].concat(), b"v");
+        assert!(out.status.success(), "{flavour} {app}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("warning"), "{flavour} {app}: {stderr}");
+        assert!(has_row(dir, &key), "{flavour} {app}: not in its database");
+        if let Some(other) = other {
+            assert!(
+                !has_row(other, &key),
+                "{flavour} {app}: in the other database"
+            );
+        }
+    }
+    // Cursor's database belongs to insiders, as its `flavor` says: stable leaves it alone.
+    let out = env.run(
+        &[
+            "--app",
+            "cursor",
+            "--store",
+            "vault",
+            "set",
+            "stable.cursor.key",
+        ],
+        b"v",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(!has_row(&cursor, "stable.cursor.key"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not used by this stable command"),
+        "{out:?}"
+    );
+}
+
+/// QA s19 F3: `--flavor insiders import vscode` read stable VS Code's database by default.
+/// Without `--app-name` it reads the flavour's own VS Code; another flavour's, named on
+/// purpose, is read with a warning.
+#[test]
+fn import_vscode_defaults_to_the_flavours_own_vscode() {
+    let env = home();
+    product_dir(&env, "Code - Insiders");
+    let import = |extra: &[&str]| {
+        let mut args = vec![
+            "--flavor",
+            "insiders",
+            "--store",
+            "memory",
+            "--json",
+            "import",
+            "vscode",
+            "--password-store",
+            "basic",
+        ];
+        args.extend(extra);
+        env.run(&args, b"")
+    };
+    let out = import(&[]);
+    assert!(out.status.success(), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["imported"].as_array().unwrap().len(), 1, "{report}");
+    assert!(
+        out.stderr.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Stable's is not there: naming it fails on its missing database, after the warning.
+    let out = import(&["--app-name", "Code"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: importing the secrets of Code, a stable build, into the insiders flavour's \
+             shared store"
+        ),
+        "{stderr}"
+    );
+    // Stable's default stays `Code`.
+    let out = env.run(
+        &[
+            "--store",
+            "memory",
+            "import",
+            "vscode",
+            "--password-store",
+            "basic",
+        ],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("config/Code/User"), "{stderr}");
+}

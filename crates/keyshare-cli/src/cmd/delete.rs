@@ -13,7 +13,7 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     let key = parse_key(&args.key)?;
     let opened = stores::open(ctx)?;
     let deleted = opened.storage.delete(&key)?;
-    crate::cmd::say_if_queued(&opened.storage, &key, &ctx.app);
+    crate::cmd::say_if_queued(&opened.storage, &key, ctx);
     if !deleted {
         return Err(NotFound(format!(
             "no secret named {:?} in flavour {} (app {})",

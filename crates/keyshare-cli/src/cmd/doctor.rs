@@ -16,6 +16,8 @@ use crate::stores::{self, Context};
 /// process, to examine them the way this machine would).
 pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()> {
     let mut problems: Vec<String> = Vec::new();
+    // What the user should know that does not make commands fail nor leave data behind.
+    let mut notes: Vec<String> = Vec::new();
     let data_dir = ctx.dirs.flavour_data_dir(&ctx.flavour);
     let broker_log = ctx.dirs.broker_log_path(&ctx.flavour);
     for path in [
@@ -133,26 +135,29 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
                 }
                 _ => Value::Null,
             };
+            if let Some(why) = &opened.legacy_set_aside {
+                notes.push(why.clone());
+            }
             report["storage_type"] = storage_type;
             if ready.is_ok() {
                 report["migration_done"] = json!(status.migration_done);
                 // The commands that fix these act on one app's stores: they name it, as the
                 // note of a write the shared store did not take does (found by QA: `keyshare
                 // repair` alone repairs the default app, which has nothing pending).
-                let app = &ctx.app;
                 if !status.migration_done {
                     problems.push(format!(
                         "the migration of the legacy store into the shared store is incomplete; \
-                         run `keyshare --app {app} migrate` (it says which keys fail and why)"
+                         run `{}` (it says which keys fail and why)",
+                        super::command_for(ctx, "migrate")
                     ));
                 }
                 let pending: Vec<&str> =
                     status.pending_repairs.iter().map(|k| k.as_str()).collect();
                 if !pending.is_empty() {
                     problems.push(format!(
-                        "{} key(s) wait for a repair of the shared store; run `keyshare --app \
-                         {app} repair`",
-                        pending.len()
+                        "{} key(s) wait for a repair of the shared store; run `{}`",
+                        pending.len(),
+                        super::command_for(ctx, "repair")
                     ));
                 }
                 report["pending_repairs"] = json!(pending);
@@ -205,6 +210,7 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
     if ctx.store == StoreChoice::Openbao {
         report["openbao"] = crate::openbao::doctor_report(ctx, &mut problems);
     }
+    report["notes"] = json!(notes);
     report["problems"] = json!(problems);
 
     let mut out = String::new();
@@ -664,6 +670,9 @@ fn print_human(report: &Value, out: &mut String) {
     }
     if report["migration_done"] == Value::Bool(false) {
         say!(out, "migration:     incomplete");
+    }
+    for note in report["notes"].as_array().into_iter().flatten() {
+        say!(out, "note: {}", s(note));
     }
     if let Some(problems) = report["problems"].as_array() {
         for p in problems {

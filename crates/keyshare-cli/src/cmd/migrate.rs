@@ -12,11 +12,14 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
         // A usage error, not a config one (exit 5 says the file is broken; there may be none).
         return Err(keyshare::Error::invalid(
             "command",
-            format!(
-                "app {} has no legacy store configured, so there is nothing to migrate; \
-                 configure one under [apps.{}] in the config file",
-                ctx.app, ctx.app
-            ),
+            match &opened.legacy_set_aside {
+                Some(why) => format!("nothing to migrate: {why}"),
+                None => format!(
+                    "app {} has no legacy store configured, so there is nothing to migrate; \
+                     configure one under [apps.{}] in the config file",
+                    ctx.app, ctx.app
+                ),
+            },
         )
         .into());
     }
@@ -78,9 +81,9 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
     if !report.complete {
         // Named with the app: a bare `keyshare migrate` acts on the default app.
         anyhow::bail!(
-            "migration incomplete: {} key(s) failed and will be retried by the next `keyshare --app {} migrate`",
+            "migration incomplete: {} key(s) failed and will be retried by the next `{}`",
             report.failed.len(),
-            ctx.app
+            super::command_for(ctx, "migrate")
         );
     }
     Ok(())

@@ -29,6 +29,8 @@ pub mod watch;
 
 use keyshare::SecretKey;
 
+use crate::stores::Context;
+
 /// Writes a command's report to standard output: a reader that went away is an error (exit
 /// 7, as for every command whose output is not delivered), not a panic.
 pub fn print_out(text: &str) -> anyhow::Result<()> {
@@ -56,16 +58,30 @@ pub fn shown(key: &SecretKey) -> std::borrow::Cow<'_, str> {
 /// After an acknowledged write: when the shared store did not take it (the app's own store
 /// did, and a repair is queued), says so on stderr. The command succeeded, but the user should
 /// know that the other apps do not see the change yet (found by QA: it said nothing).
-pub fn say_if_queued(storage: &keyshare::SecretStorage, key: &SecretKey, app: &keyshare::AppId) {
+pub fn say_if_queued(storage: &keyshare::SecretStorage, key: &SecretKey, ctx: &Context) {
     if storage.status().pending_repairs.contains(key) {
         eprintln!(
-            "keyshare: note: the shared store did not take this change to {}; app {app}'s own \
+            "keyshare: note: the shared store did not take this change to {}; app {}'s own \
              store has it, so this app sees it, but the other apps do not yet. It is queued: \
-             `keyshare --app {app} repair` (or the next write of the key) brings the shared store \
-             up to date",
-            shown(key)
+             `{}` (or the next write of the key) brings the shared store up to date",
+            shown(key),
+            ctx.app,
+            command_for(ctx, "repair")
         );
     }
+}
+
+/// The command line that runs `rest` as this command's app in its flavour, for advice: the
+/// flavour is always named, since a bare `keyshare` may mean another one in the shell that
+/// runs it (KEYSHARE_FLAVOR, `default_flavor`), and advice followed in another flavour acts on
+/// that flavour's stores (found by QA: doctor's advice for an insiders app said
+/// `keyshare --app code migrate`).
+pub fn command_for(ctx: &Context, rest: &str) -> String {
+    format!(
+        "keyshare --flavor {} --app {} {rest}",
+        ctx.flavour.name(),
+        ctx.app
+    )
 }
 
 /// Validates a key given on the command line.

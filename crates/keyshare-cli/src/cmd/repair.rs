@@ -77,9 +77,9 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         }
         if !report.failed.is_empty() {
             why.push(format!(
-                "{} because the shared store failed (run `keyshare --app {app} repair` again \
-                 once it is reachable)",
-                report.failed.len()
+                "{} because the shared store failed (run `{}` again once it is reachable)",
+                report.failed.len(),
+                super::command_for(ctx, "repair")
             ));
         }
         anyhow::bail!(

@@ -40,6 +40,6 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     crate::input::check_not_empty(&value, args.from_file.as_deref(), args.allow_empty)?;
     let opened = stores::open(ctx)?;
     opened.storage.set(&key, &value)?;
-    crate::cmd::say_if_queued(&opened.storage, &key, &ctx.app);
+    crate::cmd::say_if_queued(&opened.storage, &key, ctx);
     Ok(())
 }
