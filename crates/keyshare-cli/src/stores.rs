@@ -262,6 +262,33 @@ impl KekStore for LazyKeyring {
 /// Opens a vault the way every command does: the configured protection requirements, the
 /// store timeout, and the one-line notice on stderr when a key file was just created.
 pub fn open_vault(path: &Path, namespace: &str, ctx: &Context) -> anyhow::Result<VaultStore> {
+    let vault = VaultStore::open(vault_options(path, namespace, ctx))?;
+    if let Some(notice) = vault.notice() {
+        eprintln!("{notice}");
+    }
+    Ok(vault)
+}
+
+/// Opens a vault that exists, to look into it (`doctor`): no passphrase is asked for on the
+/// terminal (one from KEYSHARE_PASSPHRASE is used), and `require_os_keyring` does not apply
+/// (it is about the store in use, which this one is not). `None` when there is no file.
+pub fn look_into_vault(
+    path: &Path,
+    namespace: &str,
+    ctx: &Context,
+) -> anyhow::Result<Option<VaultStore>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let mut options = vault_options(path, namespace, ctx);
+    options.require_os_keyring = false;
+    options.keys.passphrase_prompt = None;
+    Ok(Some(VaultStore::open(options)?))
+}
+
+/// How every command opens a vault: the configured protection requirements, the store
+/// timeout, the keepers of its key.
+fn vault_options(path: &Path, namespace: &str, ctx: &Context) -> VaultOptions {
     let mut options = VaultOptions::new(path, namespace);
     options.require_os_keyring = ctx.config.require_os_keyring;
     if ctx.routing.check_whole_vault {
@@ -285,11 +312,7 @@ pub fn open_vault(path: &Path, namespace: &str, ctx: &Context) -> anyhow::Result
             .take(),
         ..KeyProviders::default()
     };
-    let vault = VaultStore::open(options)?;
-    if let Some(notice) = vault.notice() {
-        eprintln!("{notice}");
-    }
-    Ok(vault)
+    options
 }
 
 /// The shared store: the flavour's broker (see `broker.rs`), or the store itself.
@@ -389,7 +412,8 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
             ctx,
             format!(
                 "auto: the vault, chosen on this flavour's first use because the Secret Service \
-                 was not usable then (recorded in {}; remove that file to choose again)",
+                 was not usable then (recorded in {}; removing that file makes the next command \
+                 choose again, and leaves the vault's secrets behind in it)",
                 record.display()
             ),
         ),
@@ -665,6 +689,15 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
         app: ctx.app.clone(),
         legacy_set_aside: legacy_for.set_aside(&ctx.app, &ctx.flavour),
     })
+}
+
+/// Whether `auto` chose the vault for this flavour (its record says so).
+pub fn auto_chose_vault(ctx: &Context) -> bool {
+    ctx.store == StoreChoice::Auto
+        && matches!(
+            read_auto_choice(&ctx.dirs.auto_choice_path(&ctx.flavour)),
+            Ok(Some(AutoChoice::Vault))
+        )
 }
 
 /// The store `ctx.store` names, `auto` resolved to the one it chose on the flavour's first use

@@ -527,3 +527,99 @@ fn doctor_counts_the_repairs_queued_while_the_keyring_hangs() {
     assert!(problems.contains(&advice), "{problems}");
     private.signal("-CONT");
 }
+
+/// QA s19 F5: `auto` chose a key-file vault (no Secret Service on the flavour's first use);
+/// once one answers, doctor says the OS keyring could protect the secrets, and that switching
+/// leaves the vault's secrets behind (keyshare has no command to move them). After a switch,
+/// doctor reports the secrets left in the vault as a problem (they had gone unmentioned, and
+/// every app found them missing), until they are copied and the vault moved away.
+#[test]
+fn doctor_speaks_of_a_key_file_vault_once_a_keyring_answers_and_of_secrets_left_in_it() {
+    if !support::keyring_available() {
+        return;
+    }
+    let env = Env::new();
+    let out = env.run(false, &["--direct", "set", "github.auth"], b"TOKEN");
+    assert!(out.status.success(), "{out:?}");
+    let record = env.flavour_dir().join("auto-store");
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), "vault\n");
+
+    let doctor = env.run(true, &["doctor"], b"");
+    let stdout = String::from_utf8_lossy(&doctor.stdout);
+    assert_eq!(
+        doctor.status.code(),
+        Some(0),
+        "a note, not a problem: {stdout}"
+    );
+    assert!(
+        stdout.contains("though a Secret Service answers now"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the vault's 1 secret(s) would stay behind in it"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("keyshare has no command that moves secrets"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("remove that file to choose again"),
+        "{stdout}"
+    );
+    // Without a Secret Service there is nothing to say.
+    let doctor = env.run(false, &["doctor"], b"");
+    let stdout = String::from_utf8_lossy(&doctor.stdout);
+    assert!(!stdout.contains("Secret Service answers now"), "{stdout}");
+
+    // Choosing again strands the secret: doctor says where it is, by key.
+    std::fs::remove_file(&record).unwrap();
+    assert_eq!(
+        env.run(true, &["--direct", "get", "github.auth"], b"")
+            .status
+            .code(),
+        Some(1)
+    );
+    let doctor = env.run(true, &["doctor"], b"");
+    let stdout = String::from_utf8_lossy(&doctor.stdout);
+    assert_eq!(doctor.status.code(), Some(7), "{stdout}");
+    assert!(
+        stdout.contains(
+            "holds 1 secret(s) of this flavour that the shared store in use (secret-service) \
+             does not have access to, so every app finds them missing: github.auth"
+        ),
+        "{stdout}"
+    );
+    // The advice works: copy, then move the vault away.
+    let value = env.ok(&["--direct", "--store", "vault", "get", "github.auth"], b"");
+    env.ok(
+        &[
+            "--direct",
+            "--store",
+            "secret-service",
+            "set",
+            "github.auth",
+        ],
+        &value.stdout,
+    );
+    assert_eq!(
+        env.ok(&["--direct", "get", "github.auth"], b"").stdout,
+        b"TOKEN"
+    );
+    let aside = env.home().join("old-vault");
+    std::fs::create_dir(&aside).unwrap();
+    for file in std::fs::read_dir(env.flavour_dir()).unwrap() {
+        let file = file.unwrap();
+        if file.file_name().to_string_lossy().starts_with("vault.") {
+            std::fs::rename(file.path(), aside.join(file.file_name())).unwrap();
+        }
+    }
+    let doctor = env.run(true, &["doctor"], b"");
+    assert_eq!(
+        doctor.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&doctor.stdout)
+    );
+    env.ok(&["--direct", "delete", "github.auth"], b"");
+}

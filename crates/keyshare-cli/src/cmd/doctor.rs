@@ -1,6 +1,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use keyshare::Store as _;
 use serde_json::{json, Value};
 
 use crate::broker;
@@ -138,6 +139,12 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
             if let Some(why) = &opened.legacy_set_aside {
                 notes.push(why.clone());
             }
+            if shared_answers.is_ok() {
+                match &opened.shared.vault {
+                    Some(vault) => keyring_now_answers(ctx, vault, &mut notes),
+                    None => vault_left_behind(ctx, shared.kind, &mut problems, &mut notes),
+                }
+            }
             report["storage_type"] = storage_type;
             if ready.is_ok() {
                 report["migration_done"] = json!(status.migration_done);
@@ -224,6 +231,109 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
         anyhow::bail!("doctor found {} problem(s)", problems.len());
     }
     Ok(())
+}
+
+/// How to copy one key from the flavour's vault into the shared store `to` by hand: keyshare
+/// has no command that moves secrets from one shared store to another. Both sides `--direct`,
+/// since a running broker serves one store only; the value goes through a pipe, never argv.
+fn copy_by_hand(ctx: &Context, to: &str) -> String {
+    let flavour = ctx.flavour.name();
+    format!(
+        "`keyshare --flavor {flavour} --direct --store vault get KEY | keyshare --flavor \
+         {flavour} --direct --store {to} set KEY`"
+    )
+}
+
+/// A vault whose key only a key file protects, while a Secret Service answers now: `auto`
+/// found none on the flavour's first use (a session whose keyring came up later), and stays
+/// with the vault it chose (found by QA: doctor said nothing, and its advice to remove the
+/// record stranded every secret in the vault).
+fn keyring_now_answers(
+    ctx: &Context,
+    vault: &keyshare::store::vault::VaultStore,
+    notes: &mut Vec<String>,
+) {
+    let keyshare::store::vault::Protection::KeyFile { path } = vault.protection() else {
+        return;
+    };
+    let report = keyshare::store::secret_service::probe(ctx.timeout);
+    if !(report.is_usable() || report.is_locked()) {
+        return;
+    }
+    let held = vault
+        .keys()
+        .map(|keys| format!("{} secret(s)", keys.len()))
+        .unwrap_or_else(|_| "secrets".to_owned());
+    let switch = if stores::auto_chose_vault(ctx) {
+        format!(
+            "`auto` chose the vault on this flavour's first use, when no Secret Service \
+             answered; removing {} would make the next command choose again, and choose the \
+             Secret Service",
+            ctx.dirs.auto_choice_path(&ctx.flavour).display()
+        )
+    } else {
+        "`store = \"secret-service\"` would use it instead".to_owned()
+    };
+    notes.push(format!(
+        "the shared vault's key is in the key file {} (protected only by its file permissions), \
+         though a Secret Service answers now, whose keyring could protect this flavour's \
+         secrets. {switch}; but the vault's {held} would stay behind in it, unread (every app \
+         would find them missing): keyshare has no command that moves secrets from one shared \
+         store to another. To switch, copy each key first with {}, then switch and stop the \
+         broker (`keyshare --flavor {} stop`), which serves the vault",
+        path.display(),
+        copy_by_hand(ctx, "secret-service"),
+        ctx.flavour.name()
+    ));
+}
+
+/// Secrets in the flavour's vault while the shared store in use (`kind`) is another one: left
+/// behind when the choice changed (`auto` chose again once its record was removed, or `store`
+/// changed), and read by no command (found by QA: doctor said nothing of them).
+fn vault_left_behind(
+    ctx: &Context,
+    kind: &str,
+    problems: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) {
+    if matches!(kind, "vault" | "memory") || ctx.store == StoreChoice::Memory {
+        return;
+    }
+    let path = ctx.dirs.shared_vault_path(&ctx.flavour);
+    let keys = match stores::look_into_vault(&path, ctx.flavour.service(), ctx) {
+        Ok(None) => return,
+        Ok(Some(vault)) => vault.keys().map_err(anyhow::Error::new),
+        Err(err) => Err(err),
+    };
+    match keys {
+        Ok(keys) if keys.is_empty() => {}
+        Ok(keys) => {
+            let shown: Vec<String> = keys
+                .iter()
+                .map(|key| super::shown(key).into_owned())
+                .collect();
+            problems.push(format!(
+                "the vault {} holds {} secret(s) of this flavour that the shared store in use \
+                 ({kind}) does not have access to, so every app finds them missing: {}. They \
+                 were left there when this flavour's store changed (`auto` chose again after \
+                 its record was removed, or `store` changed); keyshare has no command that \
+                 moves secrets from one shared store to another. Copy each key the shared \
+                 store does not hold yet with {} (one it holds was set since, and is newer), \
+                 then move the vault's files away together (vault.db, vault.db-wal, \
+                 vault.db-shm, and vault.key if there is one)",
+                path.display(),
+                keys.len(),
+                shown.join(", "),
+                copy_by_hand(ctx, kind)
+            ));
+        }
+        Err(err) => notes.push(format!(
+            "the vault {} is not the shared store in use ({kind}), and could not be opened to \
+             see whether it holds secrets left behind: {}",
+            path.display(),
+            crate::exit::one_line(&err)
+        )),
+    }
 }
 
 /// Repairs this app's journal holds against other shared stores than the one in use, which
