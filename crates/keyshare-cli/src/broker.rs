@@ -112,6 +112,16 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
         tracing::warn!("XDG_RUNTIME_DIR is not set: opening the shared store directly");
         return Ok(None);
     }
+    let broker_paths = paths(ctx)?;
+    if let Some(why) = socket_path_too_long(&broker_paths) {
+        // No broker can ever listen there, nor be reached: connecting fails at once, and
+        // without a word every command went on without the broker (found by QA).
+        eprintln!(
+            "keyshare: warning: {why}; opening the shared store directly, without a broker, \
+             until that is fixed (`keyshare doctor` checks)"
+        );
+        return Ok(None);
+    }
     // A command makes a call or two and exits: no runtime, and hello rides with the first
     // request. Connecting (or autostarting) says whether a broker is there; whether it accepts
     // this app is its answer to hello, which comes with the first reply.
@@ -186,6 +196,72 @@ fn no_broker(err: &ClientError) -> Option<SharedChoice> {
         );
     } else {
         tracing::warn!(error = %err, "no broker: opening the shared store directly");
+    }
+    None
+}
+
+/// Why no broker can use `paths.socket`, when its path is longer than a Unix socket address
+/// holds (`sun_path`: 108 bytes on Linux, with its NUL): a deep `XDG_RUNTIME_DIR`.
+pub fn socket_path_too_long(paths: &BrokerPaths) -> Option<String> {
+    std::os::unix::net::SocketAddr::from_pathname(&paths.socket)
+        .is_err()
+        .then(|| {
+            format!(
+                "the broker's socket path {} is {} bytes long, longer than a Unix socket address \
+                 holds (107 bytes on Linux), so no broker can run there: set XDG_RUNTIME_DIR to \
+                 a shorter directory of your own (normally /run/user/{})",
+                paths.socket.display(),
+                paths.socket.as_os_str().len(),
+                rustix::process::geteuid().as_raw()
+            )
+        })
+}
+
+/// What keeps any broker from starting for this flavour, with what to fix, when something
+/// does: every command then warns and opens the store itself, without the broker's access
+/// policy and change events, so `doctor` reports it (found by QA: it found no problem).
+/// Checked without creating or locking anything: doctor never starts a broker.
+pub fn start_obstacle(paths: &BrokerPaths) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Some(why) = socket_path_too_long(paths) {
+        return Some(why);
+    }
+    // The broker creates its directory (and the runtime directory, when missing) and its files
+    // there: the nearest of them that exists must be writable. A read-only file system or a
+    // directory it may not write stops it.
+    if let Some(dir) = paths.dir.ancestors().find(|dir| dir.exists()) {
+        if let Err(err) = rustix::fs::access(dir, rustix::fs::Access::WRITE_OK) {
+            return Some(format!(
+                "{} cannot be written ({}), so no broker can make its socket and lock files \
+                 there: make it writable, or set XDG_RUNTIME_DIR to a writable directory of \
+                 your own",
+                dir.display(),
+                std::io::Error::from(err)
+            ));
+        }
+    }
+    for lock in [&paths.instance_lock, &paths.startup_lock] {
+        let Ok(meta) = std::fs::symlink_metadata(lock) else {
+            continue;
+        };
+        let kind = meta.file_type();
+        let what = if kind.is_file() {
+            continue;
+        } else if kind.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if kind.is_symlink() {
+            "a symbolic link"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "a special file"
+        };
+        return Some(format!(
+            "the lock file {} is {what}, not a regular file, so no broker can start (keyshare \
+             leaves what it did not make alone): remove it by hand, and the next broker makes \
+             the file anew",
+            lock.display()
+        ));
     }
     None
 }

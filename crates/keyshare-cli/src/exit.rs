@@ -64,10 +64,13 @@ pub fn classify(err: &anyhow::Error) -> ExitCode {
                     what: "vault permissions" | "config permissions",
                     ..
                 } => ExitCode::Protection,
-                // The file at the vault's (or its key file's) path is not one: nothing the
-                // arguments can fix.
+                // The file at the vault's (or its key file's, or the broker's lock file's)
+                // path is not one: nothing the arguments can fix (found by QA: `keyshare stop`
+                // on a FIFO lock file exited 2, "usage").
                 Error::Invalid {
-                    what: "vault" | "key file" | "auto store record" | "broker store",
+                    what:
+                        "vault" | "key file" | "auto store record" | "broker store" | "lock file"
+                        | "broker socket" | "broker directory",
                     ..
                 } => ExitCode::Failure,
                 Error::Invalid { .. } | Error::TooLarge { .. } => ExitCode::Usage,

@@ -541,7 +541,21 @@ fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Valu
             "note": "XDG_RUNTIME_DIR is not set: commands open the stores directly",
         }),
         Ok(broker::Probe::NotRunning { socket, why }) => {
-            if let Some(what) = not_a_socket(&socket) {
+            let obstacle = broker::paths(ctx)
+                .ok()
+                .and_then(|paths| broker::start_obstacle(&paths));
+            let autostart = ctx.store != StoreChoice::Memory && broker::autostart_on(ctx);
+            if let Some(obstacle) = obstacle {
+                problems.push(format!(
+                    "{obstacle}. Until then {}",
+                    if autostart {
+                        "every command warns that it could not start the broker, and opens the \
+                         store itself, without the broker's access policy and change events"
+                    } else {
+                        "`keyshare serve` fails too"
+                    }
+                ));
+            } else if let Some(what) = not_a_socket(&socket) {
                 problems.push(format!(
                     "{} is {what}, not a socket, so no broker can start there (it leaves what \
                      it did not make alone) and commands open the store themselves: remove it \
