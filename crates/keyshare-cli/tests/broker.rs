@@ -2059,3 +2059,65 @@ fn doctor_reports_a_runtime_directory_no_broker_can_write() {
         "{stdout}"
     );
 }
+
+/// A `broker.log` that is a symbolic link: the broker refuses it and logs nothing, and doctor
+/// says that, not "chmod 600", which would change the mode of whatever the link points to
+/// (found by QA).
+#[test]
+fn doctor_names_a_broker_log_that_is_a_link_instead_of_advising_a_chmod() {
+    let home = home_with_a_private_runtime_dir();
+    let dir = home.path().join(".local/state/keyshare/stable");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let elsewhere = home.path().join("someone-elses-file");
+    std::fs::write(&elsewhere, "precious").unwrap();
+    std::fs::set_permissions(
+        &elsewhere,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let log = dir.join("broker.log");
+    std::os::unix::fs::symlink(&elsewhere, &log).unwrap();
+    let out = run(home.path(), &["doctor"], b"");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(7), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "problem: {} is a symbolic link, not a regular file, so a broker a command starts \
+             refuses it and logs nothing: remove it",
+            log.display()
+        )),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("chmod"), "{stdout}");
+}
+
+/// Without XDG_RUNTIME_DIR no broker can run, so `stop` has nothing to stop: it says so
+/// (exit 0), not "unavailable" with advice to use --direct (found by QA: exit 3).
+#[test]
+fn stop_without_a_runtime_directory_says_no_broker_can_be_running() {
+    let home = home_with_a_private_runtime_dir();
+    for json in [false, true] {
+        let mut cmd = keyshare(home.path());
+        cmd.env_remove("XDG_RUNTIME_DIR").arg("stop");
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if json {
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(report["stopped"], false, "{report}");
+        } else {
+            assert!(
+                stdout.contains("no stable broker can be running: XDG_RUNTIME_DIR is not set"),
+                "{stdout}"
+            );
+        }
+    }
+}

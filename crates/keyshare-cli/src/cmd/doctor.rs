@@ -34,6 +34,19 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
     .into_iter()
     .flatten()
     {
+        if Some(&path) == broker_log.as_ref() {
+            if let Some(what) = not_a_regular_file(&path) {
+                // The broker refuses it (it does not follow a link: whoever planted one
+                // chooses where the log goes), so it logs nothing; a chmod would change the
+                // link's target, someone else's file maybe (found by QA: doctor advised one).
+                problems.push(format!(
+                    "{} is {what}, not a regular file, so a broker a command starts refuses it \
+                     and logs nothing: remove it (the next broker begins a new log)",
+                    path.display()
+                ));
+                continue;
+            }
+        }
         if let Ok(meta) = std::fs::metadata(&path) {
             let mode = meta.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
@@ -523,6 +536,23 @@ fn not_a_socket(socket: &std::path::Path) -> Option<&'static str> {
         "a symbolic link"
     } else if kind.is_file() {
         "a regular file"
+    } else {
+        "a special file"
+    })
+}
+
+/// What is at `path` when it is something else than a regular file, not following a link.
+fn not_a_regular_file(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::symlink_metadata(path).ok()?.file_type();
+    Some(if kind.is_file() {
+        return None;
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
     } else {
         "a special file"
     })

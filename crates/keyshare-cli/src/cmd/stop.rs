@@ -21,8 +21,31 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
-    let paths = broker::paths(ctx)?;
     let flavour = ctx.flavour.name();
+    if ctx.dirs.runtime_dir.is_none() {
+        // A broker's socket and instance lock live there: without it none can run (commands
+        // open the store themselves), so there is nothing to stop (found by QA: exit 3, with
+        // advice to use --direct, which means nothing to `stop`).
+        let mut out = std::io::stdout().lock();
+        return if ctx.json {
+            let report = json!({
+                "flavor": flavour,
+                "stopped": false,
+                "pid": null,
+                "socket": null,
+                "socket_left": "nothing",
+            });
+            writeln!(out, "{report}")
+        } else {
+            writeln!(
+                out,
+                "no {flavour} broker can be running: XDG_RUNTIME_DIR is not set (or not an \
+                 absolute path), and a broker needs it for its socket"
+            )
+        }
+        .context(crate::exit::WRITING_STDOUT);
+    }
+    let paths = broker::paths(ctx)?;
     let outcome = keyshare_broker::stop::stop(&paths, Duration::from_secs(args.timeout))?;
     let (pid, socket) = match outcome {
         Stopped::NotRunning { socket } => (None, socket),
