@@ -306,6 +306,10 @@ pub struct RequestFrameOf<K> {
 /// The operations, with checked keys.
 pub type Request = RequestOf<WireKey>;
 
+fn null_is_false<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(deserializer)?.unwrap_or(false))
+}
+
 /// The operations, with keys of type `K` (see [`RequestFrameOf`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 // The explicit bound: serde would otherwise ask `K: Default` for subscribe's defaulted `keys`.
@@ -335,7 +339,13 @@ pub enum RequestOf<K> {
         /// The client requires the OS keyring to protect the secrets (the keyring itself, or a
         /// vault whose key it holds). A broker whose store is protected otherwise refuses hello
         /// with `protection`.
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        /// `null` counts as absent, as for the other optional fields (found in review of the
+        /// protocol document).
+        #[serde(
+            default,
+            deserialize_with = "null_is_false",
+            skip_serializing_if = "std::ops::Not::not"
+        )]
         require_os_keyring: bool,
     },
     /// Reads a value; the reply's `value` is `null` when there is none.
@@ -1293,6 +1303,35 @@ mod tests {
                 && text.contains("vault /v.db")
                 && text.contains("authentication failed; the entry was left untouched"),
             "{text}"
+        );
+    }
+
+    /// `null` in an optional field counts as absent, as the protocol document says.
+    #[test]
+    fn null_optional_fields_are_absent() {
+        let hello = decode::<RequestFrame>(
+            br#"{"id":0,"op":"hello","client":"c","client_version":"1","protocol":1,"app":"code","expect_store":null,"require_os_keyring":null}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(
+                hello.request,
+                Request::Hello {
+                    expect_store: None,
+                    require_os_keyring: false,
+                    ..
+                }
+            ),
+            "{hello:?}"
+        );
+        let keys =
+            decode::<RequestFrame>(br#"{"id":1,"op":"keys","after":null,"limit":null}"#).unwrap();
+        assert_eq!(
+            keys.request,
+            Request::Keys {
+                after: None,
+                limit: None
+            }
         );
     }
 
