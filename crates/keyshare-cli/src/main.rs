@@ -12,6 +12,7 @@ mod config;
 mod exit;
 mod input;
 mod openbao;
+mod policed;
 mod stores;
 
 use std::path::PathBuf;

@@ -319,7 +319,16 @@ fn vault_options(path: &Path, namespace: &str, ctx: &Context) -> VaultOptions {
 pub fn open_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
     match crate::broker::route(ctx)? {
         Some(through_broker) => Ok(through_broker),
-        None => open_direct_shared(ctx),
+        None => {
+            let mut shared = open_direct_shared(ctx)?;
+            // The broker's access policy holds without a broker too; only --direct says
+            // otherwise (see `policed.rs`).
+            if !ctx.routing.direct {
+                let policy = crate::broker::policy(&ctx.config)?;
+                shared.store = crate::policed::police(shared.store, &policy, &ctx.app)?;
+            }
+            Ok(shared)
+        }
     }
 }
 

@@ -2121,3 +2121,67 @@ fn stop_without_a_runtime_directory_says_no_broker_can_be_running() {
         }
     }
 }
+
+/// The access policy holds for a command that opens the shared store itself because no broker
+/// answers (`--no-autostart` here): a key the app may not use is denied (exit 8) and left out
+/// of its list, an app pinned to other executables is refused, as through a broker; only
+/// `--direct` bypasses it, as the threat model says (found by QA: such commands read any key,
+/// without a word).
+#[test]
+fn the_access_policy_holds_without_a_broker_but_not_with_direct() {
+    let home = tempfile::tempdir().unwrap();
+    write_config(
+        home.path(),
+        "[apps.restricted]\nshared_keys = [\"github.auth\"]\n\
+         [apps.agents]\nexecutables = [\"/opt/agents/bin/agents\"]\n",
+    );
+    run_ok(home.path(), &["--direct", "set", "other.key"], b"other");
+    run_ok(home.path(), &["--direct", "set", "github.auth"], b"token");
+    let restricted = |args: &[&str], stdin: &[u8]| {
+        let mut all = vec!["--app", "restricted", "--no-autostart"];
+        all.extend_from_slice(args);
+        run(home.path(), &all, stdin)
+    };
+
+    let out = restricted(&["get", "other.key"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr.contains("may not use key \"other.key\"")
+            && stderr.contains("[apps.restricted]")
+            && !stderr.contains("other\n"),
+        "{stderr}"
+    );
+    assert_eq!(restricted(&["get", "github.auth"], b"").stdout, b"token");
+    assert_eq!(restricted(&["list"], b"").stdout, b"github.auth\n");
+    assert_eq!(
+        restricted(&["set", "other.key"], b"changed").status.code(),
+        Some(8)
+    );
+    assert_eq!(
+        restricted(&["delete", "other.key"], b"").status.code(),
+        Some(8)
+    );
+
+    let out = run(
+        home.path(),
+        &["--app", "agents", "--no-autostart", "get", "github.auth"],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(stderr.contains("pinned to other executables"), "{stderr}");
+
+    // --direct is the documented way around it; the value was never changed above.
+    let direct = run_ok(
+        home.path(),
+        &["--app", "restricted", "--direct", "get", "other.key"],
+        b"",
+    );
+    assert_eq!(direct.stdout, b"other");
+    assert!(
+        !home.path().join("run/keyshare/stable.sock").exists(),
+        "a broker started"
+    );
+}
