@@ -645,3 +645,46 @@ fn a_write_that_never_got_past_hello_says_nothing_was_done() {
         "{frames:?}"
     );
 }
+
+/// A broker that goes away before a write is sent, with no broker to send it to after: the
+/// error says both, and that nothing was done (found by QA: it said only "no broker is
+/// running", which read as if the command had not tried, when it could be run again).
+#[test]
+fn a_write_whose_broker_left_before_it_was_sent_says_so_and_that_nothing_was_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = common::socket_of(dir.path());
+    paths.ensure_dir().unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&paths.socket).unwrap();
+    let socket = paths.socket.clone();
+    let (seen_tx, seen) = mpsc::channel();
+    std::thread::spawn(move || {
+        // One connection: reads hello, then the broker is gone, socket and all.
+        let (mut conn, _) = listener.accept().unwrap();
+        let hello = read_frame(&mut conn);
+        std::fs::remove_file(&socket).unwrap();
+        drop(listener);
+        let _ = seen_tx.send(hello);
+    });
+    let err = within(Duration::from_secs(20), move || {
+        OneShotClient::new(config(&paths)).set(&k("k"), &v("token"))
+    })
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("stopped before the request was sent")
+            && text.contains("no broker is running")
+            && text.contains("nothing was done"),
+        "{text}"
+    );
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                reason: UnavailableReason::NotRunning,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(seen.recv().unwrap()["op"], "hello");
+}

@@ -133,6 +133,15 @@ pub enum TransportError {
     /// connection, before reporting this.
     #[error("the connection to the broker closed before the request was sent (nothing was done)")]
     NotSent,
+    /// The broker stopped before the request was sent, and sending it again failed too, for
+    /// the reason inside (no broker runs and autostart is off, or the next broker could not
+    /// start): nothing was done. Found by QA: only the second reason was given ("no broker is
+    /// running"), which read as if the command had not tried.
+    #[error(
+        "the broker stopped before the request was sent, and sending it again failed: {0}; \
+         nothing was done, so the command can be run again"
+    )]
+    StoppedBeforeSent(Box<TransportError>),
     /// No reply within the client's timeout.
     #[error(
         "the broker did not answer within {0:?}: it may be stopped or hung (`keyshare doctor` \
@@ -209,19 +218,26 @@ impl ClientError {
                 | TransportError::ForeignDirectory { .. }),
             ) => keyshare::Error::ProtectionUnavailable(transport.to_string()),
             ClientError::Transport(transport) => {
-                let reason = match &transport {
-                    TransportError::TimedOut(_) | TransportError::StartupLockHeld { .. } => {
-                        UnavailableReason::TimedOut
-                    }
-                    TransportError::NotRunning { .. }
-                    | TransportError::Connect { .. }
-                    | TransportError::Autostart(_)
-                    | TransportError::Closed
-                    | TransportError::NotSent => UnavailableReason::NotRunning,
-                    _ => UnavailableReason::Backend,
-                };
-                keyshare::Error::unavailable(store, reason, transport.to_string())
+                keyshare::Error::unavailable(store, transport.reason(), transport.to_string())
             }
+        }
+    }
+}
+
+impl TransportError {
+    /// Why the broker is unavailable, in the library's terms.
+    fn reason(&self) -> UnavailableReason {
+        match self {
+            TransportError::TimedOut(_) | TransportError::StartupLockHeld { .. } => {
+                UnavailableReason::TimedOut
+            }
+            TransportError::NotRunning { .. }
+            | TransportError::Connect { .. }
+            | TransportError::Autostart(_)
+            | TransportError::Closed
+            | TransportError::NotSent => UnavailableReason::NotRunning,
+            TransportError::StoppedBeforeSent(then) => then.reason(),
+            _ => UnavailableReason::Backend,
         }
     }
 }
@@ -1012,7 +1028,12 @@ impl BrokerClient {
         match conn.call(request.clone(), self.config.timeout).await {
             Err(ClientError::Transport(TransportError::NotSent)) => {
                 tracing::debug!("the broker closed the connection before the request was sent; sending it on a new one");
-                let conn = self.connection().await?;
+                let conn = self.connection().await.map_err(|err| match err {
+                    ClientError::Transport(then) => {
+                        TransportError::StoppedBeforeSent(Box::new(then)).into()
+                    }
+                    other => other,
+                })?;
                 conn.call(request, self.config.timeout).await
             }
             answered => answered,

@@ -218,7 +218,15 @@ impl OneShotClient {
     ) -> std::result::Result<T, ClientError> {
         let mut again = true;
         loop {
-            let conn = self.connected(guard)?;
+            let conn = match self.connected(guard) {
+                Ok(conn) => conn,
+                // Sending it again found no broker (or could not start one): nothing of this
+                // request reached a broker.
+                Err(ClientError::Transport(then)) if !again => {
+                    return Err(TransportError::StoppedBeforeSent(Box::new(then)).into())
+                }
+                Err(err) => return Err(err),
+            };
             // From now: the wait for a broker being started has a bound of its own.
             let deadline = Instant::now() + self.config.timeout;
             let result = exchange(conn, deadline);
