@@ -373,6 +373,13 @@ pub enum RequestOf<K> {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         unless_changed_after: Option<u64>,
     },
+    /// When the store recorded the key's last delete, if it has no value now: what an
+    /// import's dry run asks so that it can say which legacy secrets it would leave deleted.
+    /// Read-only.
+    DeletedAt {
+        /// The key.
+        key: K,
+    },
     /// Lists the keys this app may see: all in one reply, or, with `limit`, a page of them
     /// in byte order after `after`, the reply saying `more` when others follow.
     Keys {
@@ -401,6 +408,7 @@ impl<K> RequestOf<K> {
             RequestOf::Get { .. } => "get",
             RequestOf::Set { .. } => "set",
             RequestOf::Delete { .. } => "delete",
+            RequestOf::DeletedAt { .. } => "deleted_at",
             RequestOf::Keys { .. } => "keys",
             RequestOf::Subscribe { .. } => "subscribe",
             RequestOf::Status => "status",
@@ -458,6 +466,9 @@ impl UncheckedRequestFrame {
             } => RequestOf::Delete {
                 key: check(None, key)?,
                 unless_changed_after,
+            },
+            RequestOf::DeletedAt { key } => RequestOf::DeletedAt {
+                key: check(None, key)?,
             },
             RequestOf::Keys { after, limit } => RequestOf::Keys { after, limit },
             RequestOf::Subscribe { keys } => RequestOf::Subscribe {
@@ -585,6 +596,12 @@ pub enum Reply {
         /// As for `set`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         written: Option<bool>,
+    },
+    /// Answer to `deleted_at`.
+    DeletedAt {
+        /// Nanoseconds since the Unix epoch of the key's last delete; `null` when it has a
+        /// value, was never deleted, or the store records no deletes.
+        deleted_at: Option<u64>,
     },
     /// Answer to `keys`.
     Keys {
@@ -957,12 +974,21 @@ mod tests {
             (
                 RequestFrame {
                     id: 9,
+                    request: Request::DeletedAt {
+                        key: key("github.auth"),
+                    },
+                },
+                r#"{"id":9,"op":"deleted_at","key":"github.auth"}"#,
+            ),
+            (
+                RequestFrame {
+                    id: 11,
                     request: Request::Keys {
                         after: Some("github.auth".to_owned()),
                         limit: Some(1000),
                     },
                 },
-                r#"{"id":9,"op":"keys","after":"github.auth","limit":1000}"#,
+                r#"{"id":11,"op":"keys","after":"github.auth","limit":1000}"#,
             ),
             (
                 RequestFrame {
@@ -1155,12 +1181,28 @@ mod tests {
             (
                 ServerFrame::Reply {
                     id: 9,
+                    reply: Reply::DeletedAt {
+                        deleted_at: Some(1_795_000_000_123_456_789),
+                    },
+                },
+                r#"{"type":"reply","id":9,"op":"deleted_at","deleted_at":1795000000123456789}"#,
+            ),
+            (
+                ServerFrame::Reply {
+                    id: 10,
+                    reply: Reply::DeletedAt { deleted_at: None },
+                },
+                r#"{"type":"reply","id":10,"op":"deleted_at","deleted_at":null}"#,
+            ),
+            (
+                ServerFrame::Reply {
+                    id: 11,
                     reply: Reply::Keys {
                         keys: vec![key("a")],
                         more: true,
                     },
                 },
-                r#"{"type":"reply","id":9,"op":"keys","keys":["a"],"more":true}"#,
+                r#"{"type":"reply","id":11,"op":"keys","keys":["a"],"more":true}"#,
             ),
             (
                 ServerFrame::Reply {

@@ -1541,6 +1541,35 @@ impl Connection {
                 )
                 .await;
             }
+            Request::DeletedAt { key: WireKey(key) } => {
+                // A delete's time says the key existed: as much as `get` tells, so the same
+                // grant.
+                if !grant.allows(&key) {
+                    let error = ServerFrame::Error {
+                        id: Some(id),
+                        error: denied(&key),
+                    };
+                    return permit.ran().answer(&out, error).await;
+                }
+                let storage = storage.clone();
+                self.in_flight.spawn(async move {
+                    let frame = match storage.deleted_at(&key).await {
+                        Ok(at) => ServerFrame::Reply {
+                            id,
+                            reply: Reply::DeletedAt {
+                                deleted_at: at.map(|at| {
+                                    at.duration_since(std::time::SystemTime::UNIX_EPOCH)
+                                        .map_or(0, |d| {
+                                            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+                                        })
+                                }),
+                            },
+                        },
+                        Err(err) => error_frame(id, "deleted_at", &key, &err),
+                    };
+                    permit.ran().answer(&out, frame).await;
+                });
+            }
             Request::Keys { after, limit } => {
                 let storage = storage.clone();
                 let grant = grant.clone();

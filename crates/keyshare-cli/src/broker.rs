@@ -105,6 +105,18 @@ fn client_config(ctx: &Context) -> anyhow::Result<ClientConfig> {
 /// such as a vault that needs a passphrase typed on this terminal, with its own exit code).
 /// A broker that answers but refuses (another app's pin, a protocol mismatch) is an error.
 pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
+    route_with(ctx, false)
+}
+
+/// [`route`], with the broker's hello answered before it returns even when this command keeps
+/// no journal: for a command that needs the store's identity and whether it
+/// [keeps change times](keyshare::Store::keeps_change_times) (`import`), which a client knows
+/// only from hello.
+pub fn route_identified(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
+    route_with(ctx, true)
+}
+
+fn route_with(ctx: &Context, need_hello: bool) -> anyhow::Result<Option<SharedChoice>> {
     if ctx.routing.direct || ctx.store == StoreChoice::Memory {
         return Ok(None);
     }
@@ -134,7 +146,7 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
     // cannot know). And without autostart: a broker that is exiting accepts the connection
     // and closes it unanswered; with autostart the client starts another, without it this
     // command must see "no broker" now, while it can still open the store itself.
-    if keeps_journal || !autostart_on(ctx) {
+    if keeps_journal || need_hello || !autostart_on(ctx) {
         match client.hello() {
             Ok(info) => identity = info.store.or(identity),
             Err(err) if is_foreign(&err) => {

@@ -332,6 +332,15 @@ pub fn open_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
     }
 }
 
+/// [`open_shared`], knowing (through a broker, after its hello) the store's identity and
+/// whether it keeps change times.
+pub fn open_shared_identified(ctx: &Context) -> anyhow::Result<SharedChoice> {
+    match crate::broker::route_identified(ctx)? {
+        Some(through_broker) => Ok(through_broker),
+        None => open_direct_shared(ctx),
+    }
+}
+
 /// Picks the shared store itself: the explicit choice, or for `auto` the Secret Service when
 /// one runs (even locked), else the vault, as recorded at the flavour's first use.
 pub fn open_direct_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {

@@ -623,3 +623,71 @@ fn doctor_speaks_of_a_key_file_vault_once_a_keyring_answers_and_of_secrets_left_
     );
     env.ok(&["--direct", "delete", "github.auth"], b"");
 }
+
+/// QA s19 F2 over the Secret Service, which records no deletes: `import vscode` remembers what
+/// it imported from that database, so a secret another app signed out of since is left deleted
+/// (dry run included) until `--restore-deleted` asks for it.
+#[test]
+fn import_vscode_into_the_keyring_does_not_bring_back_a_signed_out_secret() {
+    if !support::keyring_available() {
+        return;
+    }
+    const SAMPLE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../keyshare/tests/data/sample-state.vscdb"
+    );
+    const GITHUB: &str = r#"{"extensionId":"vscode.github-authentication","key":"github.auth"}"#;
+    let env = Env::new();
+    env.write_config("store = \"secret-service\"\n");
+    let dir = env.home().join("Code");
+    let db = dir.join("User/globalStorage/state.vscdb");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::copy(SAMPLE, &db).unwrap();
+    let import = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "--json",
+            "import",
+            "vscode",
+            "--user-data-dir",
+            dir.to_str().unwrap(),
+            "--keyring-password-stdin",
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_slice(&env.ok(&args, b"k8Q2Vx0mZt5bN1cR4yW7pA==").stdout).unwrap()
+    };
+    let first = import(&[]);
+    assert_eq!(first["imported"].as_array().unwrap().len(), 2, "{first}");
+    env.ok(&["--app", "agents", "delete", GITHUB], b"");
+
+    for report in [import(&["--dry-run"]), import(&[])] {
+        assert!(
+            report["imported"].as_array().unwrap().is_empty(),
+            "{report}"
+        );
+        let left = report["left_deleted"].as_array().unwrap();
+        assert_eq!(left.len(), 1, "{report}");
+        assert_eq!(left[0]["key"], GITHUB, "{report}");
+    }
+    let out = env.run(true, &["--app", "agents", "get", GITHUB], b"");
+    assert_eq!(out.status.code(), Some(1), "the sign-out holds: {out:?}");
+
+    let restored = import(&["--restore-deleted"]);
+    assert_eq!(
+        restored["imported"].as_array().unwrap().len(),
+        1,
+        "{restored}"
+    );
+    assert_eq!(
+        env.ok(&["--app", "agents", "get", GITHUB], b"").stdout,
+        b"hello"
+    );
+    env.ok(&["--app", "agents", "delete", GITHUB], b"");
+    env.ok(
+        &[
+            "delete",
+            r#"{"extensionId":"publisher.my-ext","key":"apiToken"}"#,
+        ],
+        b"",
+    );
+    env.ok(&["stop"], b"");
+}

@@ -225,6 +225,83 @@ fn import_vscode_into_the_vault_is_idempotent_and_get_reads_the_key() {
     assert_eq!(out.stdout, b"hello");
 }
 
+/// QA s19 F2: a re-run of the import brought back a secret another app had signed out of. The
+/// vault records the delete (here seen through the broker), so the import leaves it deleted and
+/// says so, in the dry run too; `--restore-deleted` brings it back on request.
+#[test]
+fn import_vscode_leaves_a_secret_another_app_deleted_deleted() {
+    let env = home();
+    let dir = env.user_data_dir();
+    let import = |extra: &[&str]| {
+        let mut args = vec![
+            "--store",
+            "vault",
+            "--json",
+            "import",
+            "vscode",
+            "--user-data-dir",
+            dir.to_str().unwrap(),
+            "--keyring-password-stdin",
+        ];
+        args.extend_from_slice(extra);
+        env.ok_json(&args, KEYRING_PASSWORD.as_bytes())
+    };
+    let first = import(&[]);
+    assert_eq!(first["imported"].as_array().unwrap().len(), 2, "{first}");
+    env.ok(
+        &["--store", "vault", "--app", "agents", "delete", GITHUB],
+        b"",
+    );
+
+    for report in [import(&["--dry-run"]), import(&[])] {
+        assert!(
+            report["imported"].as_array().unwrap().is_empty(),
+            "{report}"
+        );
+        let left = report["left_deleted"].as_array().unwrap();
+        assert_eq!(left.len(), 1, "{report}");
+        assert_eq!(left[0]["key"], GITHUB, "{report}");
+        assert!(
+            left[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("--restore-deleted"),
+            "{report}"
+        );
+    }
+    assert_eq!(
+        env.code(&["--store", "vault", "--app", "agents", "get", GITHUB]),
+        1,
+        "the sign-out holds"
+    );
+    // The text report names the key and why.
+    let out = env.ok(
+        &[
+            "--store",
+            "vault",
+            "import",
+            "vscode",
+            "--dry-run",
+            "--user-data-dir",
+            dir.to_str().unwrap(),
+            "--keyring-password-stdin",
+        ],
+        KEYRING_PASSWORD.as_bytes(),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1 left deleted"), "{text}");
+    assert!(text.contains("left deleted: "), "{text}");
+
+    let restored = import(&["--restore-deleted"]);
+    assert_eq!(
+        restored["imported"].as_array().unwrap().len(),
+        1,
+        "{restored}"
+    );
+    let out = env.ok(&["--store", "vault", "--app", "agents", "get", GITHUB], b"");
+    assert_eq!(out.stdout, b"hello");
+}
+
 #[test]
 fn import_vscode_fails_with_the_reason_when_a_secret_does_not_decrypt() {
     let env = home();

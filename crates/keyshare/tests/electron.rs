@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use keyshare::store::electron::{
-    import_legacy, state_db_path, ElectronStore, ImportOutcome, KeySource, KeyringLookup,
-    SafeStorageKeys, TARGET_MARKER_ROW,
+    import_legacy, import_legacy_with, state_db_path, ElectronStore, ImportOptions, ImportOutcome,
+    KeySource, KeyringLookup, SafeStorageKeys, TARGET_MARKER_ROW,
 };
+use keyshare::store::vault::{VaultOptions, VaultStore};
 use keyshare::{Error, MemoryStore, SecretKey, SecretValue, Store, UnavailableReason};
 use rusqlite::Connection;
 use zeroize::Zeroizing;
@@ -901,6 +902,128 @@ fn import_is_idempotent_keeps_conflicts_and_reports_failures() {
         b"newer"
     );
     assert!(second.to_string().contains("1 kept"), "{second}");
+}
+
+/// QA s19 F2: an import must not bring back a secret another app deleted (signed out of) in a
+/// shared store that records deletes, neither in the memory store nor in the vault, and its dry
+/// run must say so; `restore_deleted` brings it back on request.
+#[test]
+fn import_leaves_a_key_deleted_in_the_target_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    // The vault refuses a directory others can read.
+    std::fs::create_dir(dir.path().join("v")).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("v"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let mut options = VaultOptions::new(dir.path().join("v/vault.db"), "ns");
+    options.keys.passphrase_env = None;
+    let vault = VaultStore::open(options).unwrap();
+    let targets: [(&str, Box<dyn Store>); 2] = [
+        ("memory", Box::new(MemoryStore::new())),
+        ("vault", Box::new(vault)),
+    ];
+    for (name, target) in targets {
+        let (_dir, db) = sample_copy();
+        let source = ElectronStore::builder(&db, keyring_keys()).open().unwrap();
+        let target = target.as_ref();
+        let first = import_legacy(&source, target, false, &mut |_| {}).unwrap();
+        assert_eq!(first.imported.len(), 2, "{name}");
+        // Another app signs out.
+        assert!(target.delete(&key(GITHUB)).unwrap(), "{name}");
+
+        let mut outcomes = BTreeMap::new();
+        let dry = import_legacy(&source, target, true, &mut |p| {
+            outcomes.insert(p.key.to_string(), p.outcome);
+        })
+        .unwrap();
+        assert!(dry.imported.is_empty(), "{name}: {dry}");
+        assert_eq!(dry.left_deleted.len(), 1, "{name}: {dry}");
+        assert_eq!(dry.left_deleted[0].0, key(GITHUB), "{name}");
+        assert!(
+            dry.left_deleted[0].1.contains("deleted in"),
+            "{name}: {}",
+            dry.left_deleted[0].1
+        );
+        assert_eq!(outcomes[GITHUB], ImportOutcome::LeftDeleted, "{name}");
+        assert!(dry.to_string().contains("1 left deleted"), "{name}: {dry}");
+
+        let again = import_legacy(&source, target, false, &mut |_| {}).unwrap();
+        assert!(again.imported.is_empty(), "{name}: {again}");
+        assert_eq!(again.left_deleted.len(), 1, "{name}: {again}");
+        assert!(
+            again.is_success(),
+            "{name}: a delete left standing is no failure"
+        );
+        assert_eq!(
+            target.get(&key(GITHUB)).unwrap(),
+            None,
+            "{name}: sign-out holds"
+        );
+
+        let restore = ImportOptions::new(false).restore_deleted(true);
+        let restored = import_legacy_with(&source, target, &restore, &mut |_| {}).unwrap();
+        assert_eq!(restored.imported, vec![key(GITHUB)], "{name}: {restored}");
+        assert_eq!(
+            target.get(&key(GITHUB)).unwrap().unwrap().expose_secret(),
+            b"hello",
+            "{name}"
+        );
+    }
+}
+
+/// A shared store that records no change times (as the Secret Service and OpenBao).
+#[derive(Debug, Default)]
+struct NoChangeTimes(MemoryStore);
+
+impl Store for NoChangeTimes {
+    fn info(&self) -> keyshare::StoreInfo {
+        self.0.info()
+    }
+    fn get(&self, key: &SecretKey) -> keyshare::Result<Option<SecretValue>> {
+        self.0.get(key)
+    }
+    fn set(&self, key: &SecretKey, value: &SecretValue) -> keyshare::Result<()> {
+        self.0.set(key, value)
+    }
+    fn delete(&self, key: &SecretKey) -> keyshare::Result<bool> {
+        self.0.delete(key)
+    }
+    fn keys(&self) -> keyshare::Result<Vec<SecretKey>> {
+        self.0.keys()
+    }
+}
+
+/// QA s19 F2 over a store that records no deletes: a key an earlier import handled, absent
+/// now, was deleted there, and is left deleted unless asked.
+#[test]
+fn import_into_a_store_without_change_times_uses_what_was_imported_before() {
+    let (_dir, db) = sample_copy();
+    let source = ElectronStore::builder(&db, keyring_keys()).open().unwrap();
+    let target = NoChangeTimes::default();
+    let first = import_legacy(&source, &target, false, &mut |_| {}).unwrap();
+    let handled: std::collections::HashSet<SecretKey> = first.handled().cloned().collect();
+    assert_eq!(handled.len(), 2);
+    target.delete(&key(GITHUB)).unwrap();
+
+    let options = ImportOptions::new(false).imported_before(handled.clone());
+    let again = import_legacy_with(&source, &target, &options, &mut |_| {}).unwrap();
+    assert!(again.imported.is_empty(), "{again}");
+    assert_eq!(again.left_deleted.len(), 1, "{again}");
+    assert!(
+        again.left_deleted[0].1.contains("earlier import"),
+        "{}",
+        again.left_deleted[0].1
+    );
+    assert_eq!(target.get(&key(GITHUB)).unwrap(), None);
+
+    let restore = options.restore_deleted(true);
+    let restored = import_legacy_with(&source, &target, &restore, &mut |_| {}).unwrap();
+    assert_eq!(restored.imported, vec![key(GITHUB)]);
+    // A dry run handles nothing.
+    let dry = import_legacy(&source, &target, true, &mut |_| {}).unwrap();
+    assert_eq!(dry.handled().count(), 0);
 }
 
 #[test]

@@ -164,6 +164,11 @@ impl Store for BlockingBrokerClient {
         self.block_on(|client| async move { client.keys().await })
     }
 
+    fn deleted_at(&self, key: &SecretKey) -> Result<Option<std::time::SystemTime>> {
+        let key = key.clone();
+        self.block_on(|client| async move { client.deleted_at(&key).await })
+    }
+
     fn write_unless_changed_after(
         &self,
         key: &SecretKey,

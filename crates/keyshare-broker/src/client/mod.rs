@@ -672,6 +672,11 @@ fn read_hello(frame: ServerFrame) -> Result<ServerInfo, ClientError> {
 }
 
 /// The `set` (`value`) or `delete` of a repair, written unless the key changed after `after`.
+/// A time the protocol carries as nanoseconds since the Unix epoch.
+pub(crate) fn from_nanos(nanos: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos)
+}
+
 fn conditional_write(key: &SecretKey, value: Option<&SecretValue>, after: SystemTime) -> Request {
     let after = after
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -753,9 +758,11 @@ impl KeyPages {
 /// connection it was made on.
 fn is_idempotent(request: &Request) -> bool {
     match request {
-        Request::Hello { .. } | Request::Get { .. } | Request::Keys { .. } | Request::Status => {
-            true
-        }
+        Request::Hello { .. }
+        | Request::Get { .. }
+        | Request::DeletedAt { .. }
+        | Request::Keys { .. }
+        | Request::Status => true,
         Request::Set { .. } | Request::Delete { .. } | Request::Subscribe { .. } => false,
     }
 }
@@ -1103,6 +1110,18 @@ impl BrokerClient {
     ) -> Result<bool, ClientError> {
         let reply = self.call(conditional_write(key, value, after)).await?;
         written(reply, value.is_some())
+    }
+
+    /// When the broker's store recorded `key`'s last delete, if it has no value now (see
+    /// [`keyshare::Store::deleted_at`]). A broker older than this request answers with an
+    /// error, never with "not deleted".
+    pub async fn deleted_at(&self, key: &SecretKey) -> Result<Option<SystemTime>, ClientError> {
+        let reply = self
+            .call(Request::DeletedAt {
+                key: WireKey(key.clone()),
+            })
+            .await?;
+        expect_reply!(reply, DeletedAt { deleted_at } => deleted_at.map(from_nanos))
     }
 
     /// Lists the keys this app may see, a page at a time (a broker of an earlier version

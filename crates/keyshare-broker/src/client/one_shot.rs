@@ -473,6 +473,15 @@ impl Store for OneShotClient {
         self.keeps_change_times.load(Ordering::Relaxed)
     }
 
+    fn deleted_at(&self, key: &SecretKey) -> Result<Option<std::time::SystemTime>> {
+        let request = Request::DeletedAt {
+            key: WireKey(key.clone()),
+        };
+        self.call(request, |reply| {
+            expect_reply!(reply, DeletedAt { deleted_at } => deleted_at.map(super::from_nanos))
+        })
+    }
+
     fn keys(&self) -> Result<Vec<SecretKey>> {
         let mut pages = super::KeyPages::default();
         loop {

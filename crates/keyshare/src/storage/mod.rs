@@ -400,6 +400,16 @@ impl SecretStorage {
         self.inner.shared.keeps_change_times()
     }
 
+    /// When the shared store recorded `key`'s last delete, if it has no value there now (see
+    /// [`Store::deleted_at`]; the broker answers this for an import's dry run).
+    pub fn deleted_at(&self, key: &SecretKey) -> Result<Option<SystemTime>> {
+        self.inner.ensure_ready()?;
+        if self.inner.in_memory() {
+            return self.inner.memory.deleted_at(key);
+        }
+        self.inner.shared.deleted_at(key)
+    }
+
     /// Lists keys: the union of the stores, minus what the rules above hide.
     pub fn keys(&self) -> Result<Vec<SecretKey>> {
         self.inner.ensure_ready()?;
@@ -605,6 +615,20 @@ impl AsyncSecretStorage {
     /// See [`SecretStorage::keeps_change_times`].
     pub fn keeps_change_times(&self) -> bool {
         self.inner.shared.keeps_change_times()
+    }
+
+    /// See [`SecretStorage::deleted_at`].
+    pub async fn deleted_at(&self, key: &SecretKey) -> Result<Option<SystemTime>> {
+        let inner = Arc::clone(&self.inner);
+        let key = key.clone();
+        blocking(move || {
+            inner.ensure_ready()?;
+            if inner.in_memory() {
+                return inner.memory.deleted_at(&key);
+            }
+            inner.shared.deleted_at(&key)
+        })
+        .await
     }
 
     /// See [`SecretStorage::keys`].

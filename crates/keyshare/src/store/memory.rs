@@ -121,4 +121,12 @@ impl Store for MemoryStore {
     fn keeps_change_times(&self) -> bool {
         true
     }
+
+    fn deleted_at(&self, key: &SecretKey) -> Result<Option<SystemTime>> {
+        let entries = self.read();
+        if entries.values.contains_key(key) {
+            return Ok(None);
+        }
+        Ok(entries.changed.get(key).copied())
+    }
 }

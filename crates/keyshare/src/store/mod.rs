@@ -180,12 +180,42 @@ pub trait Store: Send + Sync + fmt::Debug {
         Ok(true)
     }
 
+    /// [`write_unless_changed_after`](Store::write_unless_changed_after) of several values
+    /// with one `after`: whether each was written, in order. A store that can make them one
+    /// durable operation overrides it (the vault: one transaction), which is what keeps an
+    /// import that must not write over another app's delete as fast as
+    /// [`set_many`](Store::set_many). The default writes them one by one and stops at the
+    /// first error; as for every write, an error does not say what took effect.
+    fn set_many_unless_changed_after(
+        &self,
+        entries: &[(SecretKey, SecretValue)],
+        after: SystemTime,
+    ) -> Result<Vec<bool>> {
+        entries
+            .iter()
+            .map(|(key, value)| self.write_unless_changed_after(key, Some(value), after))
+            .collect()
+    }
+
     /// Whether [`write_unless_changed_after`](Store::write_unless_changed_after) can tell a
     /// later change (the store records when each key was last set or deleted). Never blocks: a
     /// broker client answers from what the broker said when it last connected, and `false`
     /// (which promises nothing) before it has connected.
     fn keeps_change_times(&self) -> bool {
         false
+    }
+
+    /// When `key` was last deleted, if it has no value now and this store records deletes
+    /// (one that [keeps change times](Store::keeps_change_times)); `Ok(None)` when it has a
+    /// value, was never deleted, or the store records no deletes (the default).
+    ///
+    /// Why: a copy from before sharing (an import of a legacy store) must not bring back a
+    /// secret another app deleted, and a dry run has to say so without writing. The real copy
+    /// uses [`write_unless_changed_after`](Store::write_unless_changed_after), which checks
+    /// and writes in one step; this only reads.
+    fn deleted_at(&self, key: &SecretKey) -> Result<Option<SystemTime>> {
+        let _ = key;
+        Ok(None)
     }
 }
 
@@ -229,7 +259,17 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     ) -> Result<bool> {
         (**self).write_unless_changed_after(key, value, after)
     }
+    fn set_many_unless_changed_after(
+        &self,
+        entries: &[(SecretKey, SecretValue)],
+        after: SystemTime,
+    ) -> Result<Vec<bool>> {
+        (**self).set_many_unless_changed_after(entries, after)
+    }
     fn keeps_change_times(&self) -> bool {
         (**self).keeps_change_times()
+    }
+    fn deleted_at(&self, key: &SecretKey) -> Result<Option<SystemTime>> {
+        (**self).deleted_at(key)
     }
 }

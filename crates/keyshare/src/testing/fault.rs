@@ -222,8 +222,22 @@ impl<S: Store> Store for FaultStore<S> {
         })
     }
 
+    fn set_many_unless_changed_after(
+        &self,
+        entries: &[(SecretKey, SecretValue)],
+        after: std::time::SystemTime,
+    ) -> Result<Vec<bool>> {
+        self.call(CallKind::Write, |s| {
+            s.set_many_unless_changed_after(entries, after)
+        })
+    }
+
     fn keeps_change_times(&self) -> bool {
         self.inner.keeps_change_times()
+    }
+
+    fn deleted_at(&self, key: &SecretKey) -> Result<Option<std::time::SystemTime>> {
+        self.call(CallKind::Read, |s| s.deleted_at(key))
     }
 
     /// Never, whatever it wraps: an armed `Stall` sleeps for the timeout.

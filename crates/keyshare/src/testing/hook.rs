@@ -91,8 +91,20 @@ impl Store for HookStore {
         }
         self.inner.write_unless_changed_after(key, value, after)
     }
+    fn set_many_unless_changed_after(
+        &self,
+        entries: &[(SecretKey, SecretValue)],
+        after: std::time::SystemTime,
+    ) -> Result<Vec<bool>> {
+        (self.hook)(Call::SetMany(entries));
+        self.inner.set_many_unless_changed_after(entries, after)
+    }
     fn keeps_change_times(&self) -> bool {
         self.inner.keeps_change_times()
+    }
+    fn deleted_at(&self, key: &SecretKey) -> Result<Option<std::time::SystemTime>> {
+        (self.hook)(Call::Get(key));
+        self.inner.deleted_at(key)
     }
 }
 

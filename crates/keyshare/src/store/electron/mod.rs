@@ -52,7 +52,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 #[cfg(target_os = "linux")]
 pub use crate::store::secret_service::SafeStorageLookup;
 pub use backup::utc_stamp;
-pub use import::{import_legacy, ImportOutcome, ImportProgress, ImportReport};
+pub use import::{
+    import_legacy, import_legacy_with, ImportOptions, ImportOutcome, ImportProgress, ImportReport,
+};
 pub use keys::{KeySource, KeyringLookup, SafeStorageKeys, TYPE_THE_PASSWORD_INSTEAD};
 pub use marker::{MarkerError, TargetMarker, TARGET_MARKER_ROW};
 pub use oscrypt::{ExtensionSecretKey, SECRET_ROW_PREFIX};

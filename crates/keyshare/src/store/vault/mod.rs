@@ -371,6 +371,36 @@ impl Vault {
         self.answer(doing, batch, results, answered)
     }
 
+    /// [`Vault::write`] of several writes in one transaction (with whatever other threads
+    /// queued meanwhile), each with its own result, in order.
+    fn write_all(&self, doing: &'static str, ops: Vec<WriteOp>) -> Vec<Result<bool>> {
+        let conn = self.conn();
+        let mut batch = std::mem::take(&mut *self.lock_pending());
+        let mut receivers = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (answer, answered) = std::sync::mpsc::sync_channel(1);
+            batch.push((doing, op, answer));
+            receivers.push(answered);
+        }
+        let results = self.commit_batch(&conn, &batch, None);
+        drop(conn);
+        for ((_, _, answer), result) in batch.into_iter().zip(results) {
+            // Only a waiting writer's receiver can be gone, if it panicked.
+            let _ = answer.send(result);
+        }
+        receivers
+            .into_iter()
+            .map(|answered| {
+                answered.recv().unwrap_or_else(|_| {
+                    Err(Error::io(
+                        format!("{doing} in vault {}", self.path.display()),
+                        std::io::Error::other("the transaction's result was lost"),
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// [`Vault::write`] of a `SetMany` that later sets may join: `more` is called just before
     /// the commit, and each op it returns is applied in the same transaction, until it returns
     /// `None` (see [`Store::set_many_joining`]). This writer always leads its own commit, so
@@ -1462,8 +1492,66 @@ impl Store for VaultStore {
         Ok(written)
     }
 
+    /// One transaction: each key's check of its last change and its write.
+    fn set_many_unless_changed_after(
+        &self,
+        entries: &[(SecretKey, SecretValue)],
+        after: SystemTime,
+    ) -> Result<Vec<bool>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let after = epoch_nanos(after);
+        let ops = entries
+            .iter()
+            .map(|(key, value)| {
+                self.vault.limits.check_value(value)?;
+                let sealed = Sealed::seal(&self.vault.dek, &self.aad(key), value)?;
+                Ok(WriteOp::Repair {
+                    namespace: self.namespace.clone(),
+                    key: key.as_str().as_bytes().to_vec(),
+                    sealed: Some(sealed.as_bytes().to_vec()),
+                    after,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.vault
+            .write_all("writing values unless changed", ops)
+            .into_iter()
+            .collect()
+    }
+
     fn keeps_change_times(&self) -> bool {
         true
+    }
+
+    fn deleted_at(&self, key: &SecretKey) -> Result<Option<SystemTime>> {
+        let conn = self.vault.conn();
+        let read = || -> rusqlite::Result<Option<i64>> {
+            // One snapshot: a value set between the two reads would otherwise leave its key
+            // looking deleted.
+            let snapshot = conn.unchecked_transaction()?;
+            let key = key.as_str().as_bytes();
+            let has_value = conn
+                .prepare_cached("SELECT 1 FROM secrets WHERE namespace = ?1 AND key = ?2")?
+                .exists((&self.namespace, key))?;
+            let deleted_at = if has_value {
+                None
+            } else {
+                conn.prepare_cached(
+                    "SELECT deleted_at FROM deleted WHERE namespace = ?1 AND key = ?2",
+                )?
+                .query_row((&self.namespace, key), |row| row.get(0))
+                .optional()?
+            };
+            snapshot.commit()?;
+            Ok(deleted_at)
+        };
+        let nanos =
+            read().map_err(|e| self.vault.sql_error("reading when a key was deleted", e))?;
+        Ok(nanos.map(|n| {
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(n).unwrap_or(0))
+        }))
     }
 
     /// Rows whose key is not a valid [`SecretKey`] are skipped with a warning.
