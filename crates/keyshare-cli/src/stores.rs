@@ -622,6 +622,33 @@ fn is_outage(err: &anyhow::Error) -> bool {
 }
 
 /// [`open`], choosing how migration runs.
+/// The app's legacy store could not be opened (a damaged state database, a locked keyring):
+/// says which, so that `doctor` reports it as the legacy store's problem instead of the shared
+/// store's. Shown as the error it wraps (the chain's next cause), so messages read as before.
+#[derive(Debug)]
+pub struct LegacyOpenFailed {
+    pub kind: &'static str,
+    pub location: String,
+    message: String,
+}
+
+impl std::fmt::Display for LegacyOpenFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl LegacyOpenFailed {
+    fn wrap(kind: &'static str, location: String, err: anyhow::Error) -> anyhow::Error {
+        let message = crate::exit::one_line(&err);
+        err.context(LegacyOpenFailed {
+            kind,
+            location,
+            message,
+        })
+    }
+}
+
 pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> {
     let legacy_for = ctx.config.legacy(&ctx.app, &ctx.flavour);
     let legacy_config = legacy_for.store();
@@ -665,7 +692,8 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
         None => {}
         Some(LegacyConfig::Vault) => {
             let path = ctx.dirs.app_vault_path(&ctx.flavour, &ctx.app);
-            let store = open_vault(&path, "legacy", ctx)?;
+            let store = open_vault(&path, "legacy", ctx)
+                .map_err(|e| LegacyOpenFailed::wrap("vault", path.display().to_string(), e))?;
             // The journal's "migrated" and "dirty" marks are facts about one particular shared
             // store: its namespace names that store, so they are never applied to another when
             // the choice changes (`auto` may pick the keyring one day and the vault the next).
@@ -680,7 +708,10 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
             journal_store = Some(journal);
         }
         Some(LegacyConfig::Electron(electron)) => {
-            let store = electron.store_config().open(ctx.app.as_str())?;
+            let config = electron.store_config();
+            let store = config
+                .open(ctx.app.as_str())
+                .map_err(|e| LegacyOpenFailed::wrap("electron", config.state_db(), e))?;
             // The journal cannot live in the state database (the app owns it): it lives in the
             // app's own vault, namespaced by the shared store as above.
             let journal: Arc<dyn Store> = match &shared.identity {

@@ -994,3 +994,61 @@ fn import_vscode_defaults_to_the_flavours_own_vscode() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("config/Code/User"), "{stderr}");
 }
+
+/// QA s19 F4: a state database whose key index is damaged (rows still read, `quick_check`
+/// passes) was read as "not found" and written to (a second row for the key). Every command
+/// now refuses it (exit 4, naming the file, saying it is left untouched), and `doctor` names it
+/// as the legacy store instead of "legacy store: none".
+#[test]
+fn a_state_database_with_a_damaged_index_is_reported_and_never_written() {
+    let env = home();
+    let dir = env.user_data_dir();
+    let db = env.state_db();
+    let mut bytes = std::fs::read(&db).unwrap();
+    let needle = br#""key":"github.auth""#;
+    let at = bytes
+        .windows(needle.len())
+        .rposition(|w| w == needle)
+        .unwrap();
+    bytes[at + 7] = b'G';
+    std::fs::write(&db, &bytes).unwrap();
+    basic_legacy_config(&env, &dir);
+
+    for (args, stdin) in [
+        (
+            &["--store", "memory", "--app", "code", "get", GITHUB][..],
+            &b""[..],
+        ),
+        (
+            &["--store", "memory", "--app", "code", "set", GITHUB],
+            b"new",
+        ),
+        (
+            &["--store", "memory", "--app", "code", "delete", GITHUB],
+            b"",
+        ),
+    ] {
+        let out = env.run(args, stdin);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&db.display().to_string()), "{stderr}");
+        assert!(stderr.contains("left untouched"), "{stderr}");
+    }
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        bytes,
+        "the file was not changed"
+    );
+
+    let out = env.run(&["--store", "memory", "--app", "code", "doctor"], b"");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("legacy store:  none"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("legacy store:  electron at {}", db.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("problem: cannot open the legacy store"),
+        "{stdout}"
+    );
+}

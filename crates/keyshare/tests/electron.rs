@@ -904,6 +904,57 @@ fn import_is_idempotent_keeps_conflicts_and_reports_failures() {
     assert!(second.to_string().contains("1 kept"), "{second}");
 }
 
+/// Damages the key index's entry for the GitHub secret only (its last copy in the file: the
+/// table's row comes first), as QA's f-corrupt-index2.sh does: rows still read in a table scan,
+/// but a lookup by key misses the row, and `PRAGMA quick_check` finds nothing wrong.
+fn damage_key_index(db: &Path) {
+    let mut bytes = std::fs::read(db).unwrap();
+    let needle = br#""key":"github.auth""#;
+    let at = bytes
+        .windows(needle.len())
+        .rposition(|w| w == needle)
+        .unwrap();
+    assert!(
+        bytes.windows(needle.len()).filter(|w| *w == needle).count() >= 2,
+        "the row and its index entry"
+    );
+    bytes[at + 7] = b'G';
+    std::fs::write(db, bytes).unwrap();
+    let quick: String = Connection::open(db)
+        .unwrap()
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(quick, "ok", "the damage is one quick_check misses");
+}
+
+/// QA s19 F4: over a state database whose key index is damaged, a read said "not found" and a
+/// write added a second row for the key. It is now refused at open, read-only or not, naming
+/// the file, and the file is left as it was.
+#[test]
+fn a_state_database_with_a_damaged_index_is_refused_and_left_untouched() {
+    let (_dir, db) = sample_copy();
+    damage_key_index(&db);
+    let before = std::fs::read(&db).unwrap();
+    for read_only in [false, true] {
+        let err = ElectronStore::builder(&db, keyring_keys())
+            .read_only(read_only)
+            .open()
+            .unwrap_err();
+        let Error::Corrupt { store, detail, .. } = &err else {
+            panic!("expected Corrupt, got {err:?}");
+        };
+        assert!(store.contains(&db.display().to_string()), "{store}");
+        assert!(detail.contains("left untouched"), "{detail}");
+        assert!(detail.contains("sqlite_autoindex_ItemTable_1"), "{detail}");
+    }
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "the file was not changed"
+    );
+    assert!(backups_of(&db).is_empty(), "nothing was even backed up");
+}
+
 /// QA s19 F2: an import must not bring back a secret another app deleted (signed out of) in a
 /// shared store that records deletes, neither in the memory store nor in the vault, and its dry
 /// run must say so; `restore_deleted` brings it back on request.

@@ -190,6 +190,31 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
                 report["pending_repairs"] = Value::Null;
             }
         }
+        Err(err) if err.downcast_ref::<stores::LegacyOpenFailed>().is_some() => {
+            // The shared store opened; the app's own store did not (QA s19 F9: doctor said
+            // "legacy store: none" next to the problem naming its damaged database).
+            let failed = err
+                .downcast_ref::<stores::LegacyOpenFailed>()
+                .expect("checked by the guard");
+            let error = crate::exit::one_line(&err);
+            problems.push(format!("cannot open the legacy store: {error}"));
+            let attempted = stores::shared_placeholder_info(ctx);
+            report["shared"] = json!({
+                "kind": attempted.kind,
+                "location": attempted.location,
+                "protection": Value::Null,
+                "chosen_because": Value::Null,
+                "answers": Value::Null,
+                "note": "not examined: the app's legacy store could not be opened",
+            });
+            report["legacy"] = json!({
+                "kind": failed.kind,
+                "location": failed.location,
+                "protection": Value::Null,
+                "answers": false,
+                "error": error,
+            });
+        }
         Err(err) => {
             let problem = format!("cannot open the stores: {}", crate::exit::one_line(&err));
             if needs_unlocking(&err) {
@@ -725,6 +750,13 @@ fn print_human(report: &Value, out: &mut String) {
     }
     if report["legacy"].is_null() {
         say!(out, "legacy store:  none");
+    } else if let Some(error) = report["legacy"]["error"].as_str() {
+        say!(
+            out,
+            "legacy store:  {} at {} (cannot be opened: {error})",
+            s(&report["legacy"]["kind"]),
+            s(&report["legacy"]["location"])
+        );
     } else {
         say!(
             out,

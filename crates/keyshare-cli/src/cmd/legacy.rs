@@ -152,6 +152,15 @@ pub struct ElectronConfig {
 }
 
 impl ElectronConfig {
+    /// Where the app's state database is, as [`open`](Self::open) looks for it: for naming
+    /// it when it cannot be opened.
+    pub fn state_db(&self) -> String {
+        match user_data_dir(&self.app_name, self.user_data_dir.as_deref()) {
+            Ok(dir) => state_db_path(&dir).display().to_string(),
+            Err(_) => format!("the state database of {}", self.app_name),
+        }
+    }
+
     /// Opens the store of app `app` (its id in the config) for dual writes and migration.
     ///
     /// Its errors name this setting, not flags: no command that uses it takes
