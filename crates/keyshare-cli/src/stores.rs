@@ -710,7 +710,7 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
         Some(LegacyConfig::Electron(electron)) => {
             let config = electron.store_config();
             let store = config
-                .open(ctx.app.as_str())
+                .open(ctx.app.as_str(), ctx.timeout)
                 .map_err(|e| LegacyOpenFailed::wrap("electron", config.state_db(), e))?;
             // The journal cannot live in the state database (the app owns it): it lives in the
             // app's own vault, namespaced by the shared store as above.

@@ -1268,3 +1268,35 @@ fn assert_password_refused(err: &Error, says: &[&str]) {
         assert!(shown.contains(part), "{part:?} missing from: {shown}");
     }
 }
+
+/// QA s19 F8: the wait for a lock another program holds on the database ignored the configured
+/// `timeout_ms` and always took 5 s. It now waits as long as the builder's timeout says.
+#[test]
+fn a_locked_database_fails_after_the_configured_timeout() {
+    let (_dir, db) = sample_copy();
+    let store = ElectronStore::builder(&db, keyring_keys())
+        .timeout(std::time::Duration::from_millis(300))
+        .open()
+        .unwrap();
+    let holder = Connection::open(&db).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let started = std::time::Instant::now();
+    let err = store.get(&key(GITHUB)).unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                reason: UnavailableReason::TimedOut,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("300 ms"), "{err}");
+    assert!(
+        waited >= std::time::Duration::from_millis(250)
+            && waited < std::time::Duration::from_secs(2),
+        "waited {waited:?}"
+    );
+}

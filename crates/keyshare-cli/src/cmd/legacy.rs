@@ -166,7 +166,8 @@ impl ElectronConfig {
     /// Its errors name this setting, not flags: no command that uses it takes
     /// `--keyring-password-stdin` or forces a write (QA #4: the refusal while the app runs
     /// named a `--force` that does not exist).
-    pub fn open(&self, app: &str) -> anyhow::Result<Arc<dyn Store>> {
+    /// `timeout` bounds the wait for a lock the app holds on its database (`timeout_ms`).
+    pub fn open(&self, app: &str, timeout: std::time::Duration) -> anyhow::Result<Arc<dyn Store>> {
         let source = match self.password_store {
             Some(PasswordStore::Basic) => KeySource::Basic,
             Some(PasswordStore::GnomeLibsecret) => KeySource::GnomeLibsecret,
@@ -195,6 +196,7 @@ impl ElectronConfig {
                 other => other,
             })?
             .force(self.force)
+            .timeout(timeout)
             .how_to_force(format!("set force = true in {setting}"))
             .open()?;
         Ok(Arc::new(store))

@@ -45,6 +45,7 @@ mod running;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -103,6 +104,8 @@ pub struct ElectronStore {
     backup: bool,
     read_only: bool,
     limits: Limits,
+    /// The lock wait (see [`ElectronStoreBuilder::timeout`]).
+    timeout: Duration,
     state: Mutex<State>,
 }
 
@@ -168,9 +171,18 @@ pub struct ElectronStoreBuilder {
     create: bool,
     read_only: bool,
     limits: Limits,
+    timeout: Duration,
 }
 
 impl ElectronStoreBuilder {
+    /// How long a read or write waits for a lock another program (the app) holds on the
+    /// database before it fails as unavailable (default [`DEFAULT_TIMEOUT`]): the configured
+    /// `timeout_ms`, the bound on any store call that can hang (QA s19 F8: it was always 5 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// The app that owns the database (default `Code`): named in messages and used to find a
     /// running instance.
     pub fn app_name(mut self, app_name: impl Into<String>) -> Self {
@@ -289,9 +301,11 @@ impl ElectronStoreBuilder {
         } else {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
         };
-        let sql = |doing: &str, e: rusqlite::Error| sql_error(&name, &self.app_name, doing, e);
+        let sql = |doing: &str, e: rusqlite::Error| {
+            sql_error(&name, &self.app_name, self.timeout, doing, e)
+        };
         let conn = Connection::open_with_flags(&self.path, flags).map_err(|e| sql("opening", e))?;
-        conn.busy_timeout(DEFAULT_TIMEOUT)
+        conn.busy_timeout(self.timeout)
             .map_err(|e| sql("configuring", e))?;
         if exists {
             // Before anything is read or written: a damaged index answers reads wrongly and
@@ -346,6 +360,7 @@ impl ElectronStoreBuilder {
             backup: self.backup,
             read_only: self.read_only,
             limits: self.limits,
+            timeout: self.timeout,
             state: Mutex::new(State {
                 conn,
                 // A database created just now holds nothing to back up.
@@ -401,6 +416,7 @@ impl ElectronStore {
             create: false,
             read_only: false,
             limits: Limits::default(),
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 
@@ -506,7 +522,7 @@ impl ElectronStore {
     }
 
     fn sql(&self, doing: &str, e: rusqlite::Error) -> Error {
-        sql_error(&self.name(), &self.app_name, doing, e)
+        sql_error(&self.name(), &self.app_name, self.timeout, doing, e)
     }
 
     fn corrupt(&self, key: &str, detail: impl fmt::Display) -> Error {
@@ -1118,7 +1134,13 @@ fn version_of(blob: &[u8]) -> Option<String> {
     }
 }
 
-fn sql_error(store: &str, app_name: &str, doing: &str, e: rusqlite::Error) -> Error {
+fn sql_error(
+    store: &str,
+    app_name: &str,
+    timeout: Duration,
+    doing: &str,
+    e: rusqlite::Error,
+) -> Error {
     use rusqlite::ErrorCode;
     match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::unavailable(
@@ -1126,8 +1148,8 @@ fn sql_error(store: &str, app_name: &str, doing: &str, e: rusqlite::Error) -> Er
             UnavailableReason::TimedOut,
             format!(
                 "{doing}: another program (is {app_name} running?) kept the database locked for \
-                 {} s",
-                DEFAULT_TIMEOUT.as_secs()
+                 {} ms (timeout_ms)",
+                timeout.as_millis()
             ),
         ),
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => Error::Corrupt {
