@@ -1052,3 +1052,25 @@ fn a_state_database_with_a_damaged_index_is_reported_and_never_written() {
         "{stdout}"
     );
 }
+
+/// QA s19 F9: `keyshare --app code legacy list` ignored the app's configured legacy store
+/// (`user_data_dir` under `[apps.code]`) and looked in ~/.config/Code (no such file, exit 7).
+/// The sample lives elsewhere here, so only the configured directory finds it.
+#[test]
+fn legacy_list_for_an_app_reads_its_configured_database() {
+    let env = home();
+    let elsewhere = env.path().join("elsewhere/Code");
+    let db = elsewhere.join("User/globalStorage/state.vscdb");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::copy(SAMPLE, &db).unwrap();
+    basic_legacy_config(&env, &elsewhere);
+
+    let report = env.ok_json(&["--app", "code", "--json", "legacy", "list"], b"");
+    assert_eq!(report["state_db"], db.display().to_string(), "{report}");
+    // password_store = "basic" came from the config too: the v10 row reads, without a keyring.
+    let rows = report["secrets"].as_array().expect("secrets");
+    assert_eq!(rows.len(), 2, "{report}");
+    // An app without a configured Electron store keeps the default directory (none here).
+    let out = env.run(&["--app", "agents", "legacy", "list"], b"");
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+}

@@ -23,11 +23,14 @@ pub enum Command {
     List(ListArgs),
 }
 
+/// `--app-name` when not given.
+const DEFAULT_APP_NAME: &str = "Code";
+
 /// Where the app's safeStorage key comes from (shared by `legacy` and `import`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct KeyArgs {
     /// The app's product name, as in its user-data directory and keyring item.
-    #[arg(long, value_name = "NAME", default_value = "Code")]
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_APP_NAME)]
     pub app_name: String,
     /// The app's user-data directory [default: VSCODE_PORTABLE, VSCODE_APPDATA, or the OS
     /// location for the app name].
@@ -124,6 +127,23 @@ impl KeyArgs {
             }
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// These flags, or, when they name no database (no `--state-db`, `--user-data-dir` or
+    /// other `--app-name`) and `--app` has an Electron legacy store in the config, that
+    /// store's app name, directory and password store: `keyshare --app code legacy list`
+    /// looked in the default directory of `Code` instead (QA s19 F9).
+    pub fn or_app_legacy(&self, ctx: &Context, state_db_given: bool) -> KeyArgs {
+        let mut key = self.clone();
+        let configured = ctx.config.legacy(&ctx.app, &ctx.flavour);
+        if let Some(crate::config::LegacyConfig::Electron(electron)) = configured.store() {
+            if !state_db_given && key.user_data_dir.is_none() && key.app_name == DEFAULT_APP_NAME {
+                key.app_name = electron.app_name.clone();
+                key.user_data_dir = electron.user_data_dir.clone();
+                key.password_store = key.password_store.or(electron.password_store);
+            }
+        }
+        key
     }
 
     /// The user-data directory the flags and environment point at.
@@ -233,6 +253,12 @@ pub fn run(command: &Command, ctx: &Context) -> anyhow::Result<()> {
 }
 
 fn list(args: &ListArgs, ctx: &Context) -> anyhow::Result<()> {
+    let key = args.key.or_app_legacy(ctx, args.state_db.is_some());
+    let args = &ListArgs {
+        state_db: args.state_db.clone(),
+        key,
+        show_values: args.show_values,
+    };
     let (db, dir) = match &args.state_db {
         Some(db) => (db.clone(), args.key.user_data_dir.clone()),
         None => {
