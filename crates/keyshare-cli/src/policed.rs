@@ -101,7 +101,23 @@ impl Store for Policed {
         self.inner.write_unless_changed_after(key, value, after)
     }
 
+    fn set_many_unless_changed_after(
+        &self,
+        entries: &[(SecretKey, SecretValue)],
+        after: std::time::SystemTime,
+    ) -> keyshare::Result<Vec<bool>> {
+        for (key, _) in entries {
+            self.check(key)?;
+        }
+        self.inner.set_many_unless_changed_after(entries, after)
+    }
+
     fn keeps_change_times(&self) -> bool {
         self.inner.keeps_change_times()
+    }
+
+    fn deleted_at(&self, key: &SecretKey) -> keyshare::Result<Option<std::time::SystemTime>> {
+        self.check(key)?;
+        self.inner.deleted_at(key)
     }
 }
