@@ -551,27 +551,25 @@ fn policy_in_force(
 /// What is at the broker's socket path when it is something else than a socket (a broker
 /// refuses to start then: found by QA, with `doctor` finding no problem).
 fn not_a_socket(socket: &std::path::Path) -> Option<&'static str> {
-    use std::os::unix::fs::FileTypeExt;
-    let kind = std::fs::symlink_metadata(socket).ok()?.file_type();
-    Some(if kind.is_socket() {
-        return None;
-    } else if kind.is_dir() {
-        "a directory"
-    } else if kind.is_symlink() {
-        "a symbolic link"
-    } else if kind.is_file() {
-        "a regular file"
-    } else {
-        "a special file"
-    })
+    file_kind(socket).filter(|kind| *kind != SOCKET)
 }
 
 /// What is at `path` when it is something else than a regular file, not following a link.
 fn not_a_regular_file(path: &Path) -> Option<&'static str> {
+    file_kind(path).filter(|kind| *kind != REGULAR_FILE)
+}
+
+const SOCKET: &str = "a socket";
+const REGULAR_FILE: &str = "a regular file";
+
+/// What kind of file is at `path`, in words, not following a link; `None` when nothing is.
+fn file_kind(path: &Path) -> Option<&'static str> {
     use std::os::unix::fs::FileTypeExt;
     let kind = std::fs::symlink_metadata(path).ok()?.file_type();
-    Some(if kind.is_file() {
-        return None;
+    Some(if kind.is_socket() {
+        SOCKET
+    } else if kind.is_file() {
+        REGULAR_FILE
     } else if kind.is_symlink() {
         "a symbolic link"
     } else if kind.is_dir() {
