@@ -1784,3 +1784,64 @@ fn a_removed_or_replaced_vault_file_takes_no_write() {
     fs::rename(&aside, &path).unwrap();
     store.set(&key("k"), &value(b"3")).unwrap();
 }
+
+/// A vault whose key index no longer matches its rows, which `quick_check` does not look at,
+/// is refused at open and left as it is: through such an index a read said "not found" of a
+/// key that was there, and a write added a second row for it (found by QA on a state.vscdb,
+/// whose check the vault shared).
+#[test]
+fn a_vault_with_a_damaged_key_index_is_refused_and_left_untouched() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let store = open(&path, "ns");
+    store.set(&key("github.auth"), &value(b"token")).unwrap();
+    drop(store);
+    // The key is in its row and in its index entry: damage one copy, then check that it was
+    // the index's (a lookup by key misses the row a table scan finds).
+    let original = fs::read(&path).unwrap();
+    let needle = b"github.auth";
+    let places: Vec<usize> = original
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| w == needle)
+        .map(|(at, _)| at)
+        .collect();
+    assert_eq!(places.len(), 2, "the row and its index entry");
+    let index_damaged = places.iter().find_map(|&at| {
+        let mut bytes = original.clone();
+        bytes[at] = b'G';
+        fs::write(&path, &bytes).unwrap();
+        let conn = raw(&path);
+        let scanned: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM secrets NOT INDEXED WHERE key = ?1",
+                [&needle[..]],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let looked_up: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM secrets WHERE namespace = 'ns' AND key = ?1",
+                [&needle[..]],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let quick: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .unwrap();
+        drop(conn);
+        (scanned == 1 && looked_up == 0 && quick == "ok").then_some(bytes)
+    });
+    let damaged = index_damaged.expect("one copy is the index entry's, which quick_check misses");
+    fs::write(&path, &damaged).unwrap();
+    let _ = fs::remove_file(side(&path, "-wal"));
+    let _ = fs::remove_file(side(&path, "-shm"));
+
+    let err = VaultStore::open(options(&path, "ns")).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("sqlite_autoindex_secrets_1"),
+        "{err}"
+    );
+    assert_eq!(fs::read(&path).unwrap(), damaged, "the file was changed");
+}

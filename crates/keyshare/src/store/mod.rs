@@ -15,6 +15,7 @@ pub mod openbao;
 mod os_call;
 #[cfg(target_os = "linux")]
 pub mod secret_service;
+mod sqlite_check;
 mod unreachable;
 pub mod vault;
 #[cfg(target_os = "windows")]

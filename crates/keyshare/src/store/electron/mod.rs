@@ -88,7 +88,7 @@ const SECRET_ROW_KEYS: &str =
 /// which makes a read say "not found" and a write add a second row for the key (QA s19 F4).
 /// Measured (sqlite3 shell 3.40, optimized, warm cache): 20 MB of VS Code-like rows (4,300 of
 /// 50 B to 20 kB) 10 ms; 30 MB of 180,000 rows of 60 B 0.5 s, where `quick_check` takes 0.06 s.
-pub const FULL_CHECK_MAX_BYTES: u64 = 32 << 20;
+pub const FULL_CHECK_MAX_BYTES: u64 = super::sqlite_check::FULL_CHECK_MAX;
 
 /// A [`Store`] over an Electron app's `state.vscdb`. See the module documentation.
 pub struct ElectronStore {
@@ -1039,39 +1039,16 @@ fn check_structure(
     size: u64,
     full_check_max: u64,
 ) -> rusqlite::Result<std::result::Result<(), String>> {
-    let full = size <= full_check_max;
-    let pragma = if full {
-        "PRAGMA integrity_check(3)"
+    use super::sqlite_check::{check, damage_from_corruption, Depth};
+    let depth = if size <= full_check_max {
+        Depth::Full
     } else {
-        "PRAGMA quick_check(3)"
+        Depth::Quick
     };
-    let checked = conn
-        .prepare(pragma)
-        .and_then(|mut stmt| {
-            stmt.query_map([], |row| row.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .and_then(|lines| {
-            if lines.len() == 1 && lines[0] == "ok" {
-                if full {
-                    Ok(Ok(()))
-                } else {
-                    check_secret_index(conn)
-                }
-            } else {
-                Ok(Err(format!("{pragma}: {}", lines.join("; "))))
-            }
-        });
-    match checked {
-        Err(rusqlite::Error::SqliteFailure(err, message))
-            if matches!(
-                err.code,
-                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
-            ) =>
-        {
-            Ok(Err(message.unwrap_or_else(|| err.to_string())))
-        }
-        other => other,
+    match check(conn, depth)? {
+        Err(damage) => Ok(Err(format!("{}: {damage}", depth.pragma()))),
+        Ok(()) if depth == Depth::Full => Ok(Ok(())),
+        Ok(()) => damage_from_corruption(check_secret_index(conn)),
     }
 }
 

@@ -63,7 +63,7 @@ pub use keys::{
 
 use crate::error::{Error, Result, UnavailableReason};
 use crate::model::{Flavour, Limits, SecretKey, SecretValue};
-use crate::store::{Store, StoreInfo, DEFAULT_TIMEOUT};
+use crate::store::{sqlite_check, Store, StoreInfo, DEFAULT_TIMEOUT};
 use crypto::{unwrap_dek, wrap_dek, AssociatedData, Dek, Sealed, UnwrapError};
 use keys::{NewKek, ProviderKind};
 use schema::Meta;
@@ -1029,15 +1029,23 @@ impl VaultStore {
             .map_err(map("setting the busy timeout"))?;
         // A damaged file is refused before anything reads on or writes to it (found by QA: with
         // a page the open path does not read zeroed, the broker refused the vault, but commands
-        // read it, wrote into it, and their close copied the WAL into it). `quick_check`
-        // reads every page (about a millisecond per thousand secrets) and writes nothing.
+        // read it, wrote into it, and their close copied the WAL into it). `integrity_check`
+        // reads every page and checks every index entry against its row (about a millisecond
+        // per thousand secrets; above 32 MiB `quick_check`, without the index entries: see
+        // `sqlite_check`), and writes nothing. A damaged index entry made a read say "not
+        // found" of a row that was there (found by QA on a state.vscdb, which has the same
+        // check now).
         let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        let on_disk = size(path) + size(&side_file(path, "-wal"));
         let checked = options
             .check_pages_up_to
-            .is_none_or(|limit| size(path) + size(&side_file(path, "-wal")) <= limit);
+            .is_none_or(|limit| on_disk <= limit);
         if !checked {
             tracing::debug!(vault = %path.display(), "over the page check's size limit: not checked at open");
-        } else if let Err(damage) = check_pages(&conn).map_err(map("checking the vault's pages"))? {
+        } else if let Err(damage) =
+            sqlite_check::check(&conn, sqlite_check::Depth::for_size(on_disk))
+                .map_err(map("checking the vault's pages"))?
+        {
             // Closed without the usual checkpoint: the file and its WAL stay as they are.
             let _ = conn.set_db_config(
                 rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
@@ -1270,30 +1278,6 @@ impl VaultStore {
                 .map(Some)
                 .map_err(|detail| self.corrupt(key, detail)),
         }
-    }
-}
-
-/// Whether SQLite finds the vault's pages sound (`PRAGMA quick_check`): its first complaints
-/// when they are not, including a page too damaged to be checked at all. Any other failure
-/// (another process holds the file busy past the timeout, an I/O error) is the outer error,
-/// not damage (found in review: a busy vault was called damaged).
-fn check_pages(conn: &Connection) -> rusqlite::Result<std::result::Result<(), String>> {
-    let lines = conn.prepare("PRAGMA quick_check(3)").and_then(|mut stmt| {
-        stmt.query_map([], |row| row.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-    });
-    match lines {
-        Ok(lines) if lines.len() == 1 && lines[0] == "ok" => Ok(Ok(())),
-        Ok(lines) => Ok(Err(lines.join("; "))),
-        Err(rusqlite::Error::SqliteFailure(err, message))
-            if matches!(
-                err.code,
-                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
-            ) =>
-        {
-            Ok(Err(message.unwrap_or_else(|| err.to_string())))
-        }
-        Err(err) => Err(err),
     }
 }
 
