@@ -1074,3 +1074,34 @@ fn legacy_list_for_an_app_reads_its_configured_database() {
     let out = env.run(&["--app", "agents", "legacy", "list"], b"");
     assert_eq!(out.status.code(), Some(7), "{out:?}");
 }
+
+/// `legacy list` under insiders reads the insiders VS Code's database, as `import vscode` does
+/// (found by QA: it read stable's, and `--show-values` printed stable's token).
+#[test]
+fn legacy_list_defaults_to_the_flavours_own_vscode() {
+    let env = home();
+    product_dir(&env, "Code");
+    let list = |flavour: &str| {
+        env.run(
+            &[
+                "--flavor",
+                flavour,
+                "legacy",
+                "list",
+                "--password-store",
+                "basic",
+            ],
+            b"",
+        )
+    };
+    assert!(list("stable").status.success());
+    let out = list("insiders");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "read another flavour's database: {out:?}"
+    );
+    assert!(stderr.contains("config/Code - Insiders/User"), "{stderr}");
+    product_dir(&env, "Code - Insiders");
+    assert!(list("insiders").status.success());
+}

@@ -1703,6 +1703,100 @@ fn a_store_whose_file_was_replaced_saves_a_copy_and_keeps_its_log_off_the_new_fi
     assert_eq!(copy.get(&key("gone")).unwrap(), None);
 }
 
+/// Two restores within the same second each get a copy of their own (found by QA: the second
+/// could not name its copy, and its emptied log took the writes it had acknowledged with it);
+/// a store that cannot save a copy moves its log aside whole instead of emptying it, so the
+/// next open reads the restored file as it is (found by QA: on a full disk the log stayed at
+/// the path and undid the restore).
+#[test]
+fn a_replaced_store_never_loses_its_log_for_want_of_a_copy() {
+    let dir = private_tempdir();
+    let path = dir.path().join("vault.db");
+    let backup = dir.path().join("backup.db");
+    drop(open(&path, "ns"));
+    fs::copy(&path, &backup).unwrap();
+    let saved = || -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".saved-"))
+            .collect();
+        found.sort();
+        found
+    };
+
+    let store = open(&path, "ns");
+    store.set(&key("a"), &value(b"acknowledged")).unwrap();
+    fs::copy(&backup, dir.path().join("restore.db")).unwrap();
+    fs::rename(dir.path().join("restore.db"), &path).unwrap();
+    let first = store.set_aside();
+    let second = store.set_aside();
+    assert!(
+        first.contains("saved a copy") && second.contains("saved a copy"),
+        "{first}\n{second}"
+    );
+    assert_eq!(saved().len(), 2, "{:?}", saved());
+    drop(store);
+    for copy in saved() {
+        fs::copy(dir.path().join("vault.key"), copy.with_extension("key")).unwrap();
+        assert_eq!(
+            open(&copy, "ns").get(&key("a")).unwrap(),
+            Some(value(b"acknowledged"))
+        );
+        fs::remove_file(&copy).unwrap();
+        fs::remove_file(copy.with_extension("key")).unwrap();
+    }
+
+    // No copy can be made: every name it could take, for the next seconds, is taken.
+    let store = open(&path, "ns");
+    store.set(&key("b"), &value(b"in the log")).unwrap();
+    let log = fs::read(side(&path, "-wal")).unwrap();
+    assert!(!log.is_empty());
+    fs::copy(&backup, dir.path().join("restore.db")).unwrap();
+    fs::rename(dir.path().join("restore.db"), &path).unwrap();
+    let now = std::time::SystemTime::now();
+    for ahead in 0..5 {
+        let stamp =
+            keyshare::store::electron::utc_stamp(now + std::time::Duration::from_secs(ahead));
+        for n in 1..=100 {
+            let number = if n > 1 {
+                format!("-{n}")
+            } else {
+                String::new()
+            };
+            fs::write(
+                dir.path().join(format!("vault.saved-{stamp}{number}.db")),
+                b"taken",
+            )
+            .unwrap();
+        }
+    }
+    let did = store.set_aside();
+    assert!(
+        did.contains("could not save a copy") && did.contains("moved") && !did.contains("emptied"),
+        "{did}"
+    );
+    drop(store);
+    assert!(!side(&path, "-wal").exists() || fs::metadata(side(&path, "-wal")).unwrap().len() == 0);
+    let aside: Vec<PathBuf> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| {
+            p.to_string_lossy().ends_with("-wal") && p.to_string_lossy().contains(".aside-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        fs::read(&aside[0]).unwrap(),
+        log,
+        "the log was moved aside whole"
+    );
+    // The restored file reads as it was restored.
+    let reopened = open(&path, "ns");
+    assert_eq!(reopened.get(&key("b")).unwrap(), None);
+    assert_eq!(reopened.get(&key("a")).unwrap(), None);
+}
+
 /// A vault is not created over the log of one removed while in use (or after a crash): SQLite
 /// would apply that log to the new file, which then lists keys it cannot read (found by QA).
 /// Nothing is created or changed; once the log is moved away, a new vault is made.

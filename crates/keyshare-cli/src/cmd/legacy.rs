@@ -136,12 +136,17 @@ impl KeyArgs {
     pub fn or_app_legacy(&self, ctx: &Context, state_db_given: bool) -> KeyArgs {
         let mut key = self.clone();
         let configured = ctx.config.legacy(&ctx.app, &ctx.flavour);
+        if state_db_given || key.user_data_dir.is_some() || key.app_name != DEFAULT_APP_NAME {
+            return key;
+        }
         if let Some(crate::config::LegacyConfig::Electron(electron)) = configured.store() {
-            if !state_db_given && key.user_data_dir.is_none() && key.app_name == DEFAULT_APP_NAME {
-                key.app_name = electron.app_name.clone();
-                key.user_data_dir = electron.user_data_dir.clone();
-                key.password_store = key.password_store.or(electron.password_store);
-            }
+            key.app_name = electron.app_name.clone();
+            key.user_data_dir = electron.user_data_dir.clone();
+            key.password_store = key.password_store.or(electron.password_store);
+        } else {
+            // The flavour's own VS Code, as `import vscode` takes (found by QA: under
+            // insiders, `legacy list --show-values` printed stable's token).
+            key.app_name = crate::config::vscode_app_name(&ctx.flavour);
         }
         key
     }

@@ -233,8 +233,9 @@ enum Examined {
 fn deleted_reason(target: &dyn Store, at: Option<SystemTime>) -> String {
     let when = at.map_or_else(String::new, |at| format!(" at {}", utc_stamp(at)));
     format!(
-        "deleted in the shared store ({}){when}, after this copy was made (an app signed out); left deleted \
-         (--restore-deleted imports it again)",
+        "deleted in the shared store ({}){when} (an app signed out); left deleted, since this \
+         database does not say when its copy was written: if the app signed in again since, \
+         --restore-deleted imports its copy",
         target.info().kind
     )
 }

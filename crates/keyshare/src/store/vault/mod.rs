@@ -256,13 +256,20 @@ impl Vault {
     }
 
     fn moved(&self, file: &Path, what: &str) -> Error {
+        // A log or index that left the path still takes this process's writes, but no other
+        // process sees them (found by QA: "no longer reaches the vault" was not true of it).
+        let so = if file == self.path {
+            "what this process writes no longer reaches the vault at"
+        } else {
+            "other processes no longer see what this process writes to the vault at"
+        };
         Error::unavailable(
             "vault",
             UnavailableReason::NotRunning,
             format!(
-                "{} {what} since this process opened the vault, so what this process writes \
-                 no longer reaches the vault at {}; open the vault again (a broker: \
-                 `keyshare stop`, and the next command starts one over the files now there)",
+                "{} {what} since this process opened the vault, so {so} {}; open the vault \
+                 again (a broker: `keyshare stop`, and the next command starts one over the \
+                 files now there)",
                 file.display(),
                 self.path.display()
             ),
@@ -278,24 +285,12 @@ impl Vault {
     /// restored backup came back with the newer values; a removed vault came back as a new one
     /// full of values it could not read). Returns what it did, in words.
     fn set_aside(&self) -> String {
-        use std::os::unix::fs::OpenOptionsExt;
         let mut did = Vec::new();
         let conn = self.conn();
-        let copy = saved_copy_path(&self.path, SystemTime::now());
-        let saved = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&copy)
-            .map_err(|e| e.to_string())
-            .and_then(|_| {
-                // An empty file is what VACUUM INTO accepts besides none: made first, with
-                // mode 0600, so the copy is never readable by others for a moment.
-                conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()])
-                    .map_err(|e| e.to_string())
-            });
-        match saved {
-            Ok(_) => did.push(format!(
+        let now = SystemTime::now();
+        let saved = self.save_copy(&conn, now);
+        match &saved {
+            Ok(copy) => did.push(format!(
                 "saved a copy of the vault as this process had it (every write it \
                  acknowledged) in {}; it opens with this vault's key ({})",
                 copy.display(),
@@ -303,47 +298,98 @@ impl Vault {
                     Protection::KeyFile { path } => format!(
                         "for a key file: copy {} to {} first",
                         path.display(),
-                        key_file_path(&copy).display()
+                        key_file_path(copy).display()
                     ),
                     _ => "the same keyring entry or passphrase".to_owned(),
                 }
             )),
-            Err(e) => did.push(format!("could not save a copy in {}: {e}", copy.display())),
+            Err(e) => did.push(format!("could not save a copy of the vault: {e}")),
         }
         let here = |suffix: &str, index: usize| {
             let recorded = self.side_ids.lock().unwrap_or_else(|e| e.into_inner())[index];
             recorded.is_some() && files::file_id(&side_file(&self.path, suffix)).ok() == recorded
         };
         let file_here = files::file_id(&self.path).ok() == Some(self.file_id);
-        if !file_here && here("-wal", 0) && here("-shm", 1) {
-            // Writes into this connection's own file (moved away or removed), and truncates
-            // the log at the path.
-            match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-                row.get::<_, i64>(0)
-            }) {
-                Ok(0) => did.push(format!(
-                    "emptied {} into the file it belongs to, so it is not applied to the file \
-                     now at {}",
-                    side_file(&self.path, "-wal").display(),
-                    self.path.display()
-                )),
-                Ok(_) => did.push(format!(
-                    "could not empty {}: another process uses it; stop it, and move {} and {} \
-                     away before opening {}",
-                    side_file(&self.path, "-wal").display(),
-                    side_file(&self.path, "-wal").display(),
-                    side_file(&self.path, "-shm").display(),
+        if file_here || !here("-wal", 0) {
+            return did.join("; ");
+        }
+        let wal = side_file(&self.path, "-wal");
+        // With a copy saved, the log is emptied into this connection's own file (moved away
+        // or removed), and truncated. Without one (found by QA: a second restore within the
+        // same second could not name its copy, and the emptied log took the writes it had
+        // acknowledged with it; a full disk kept the log at the path, which the next open
+        // applied to the restored file), it is moved aside whole: a rename needs no space.
+        let emptied = saved.is_ok()
+            && matches!(
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row
+                    .get::<_, i64>(0)),
+                Ok(0)
+            );
+        if emptied {
+            did.push(format!(
+                "emptied {} into the file it belongs to, so it is not applied to the file now \
+                 at {}",
+                wal.display(),
+                self.path.display()
+            ));
+            return did.join("; ");
+        }
+        let stamp = crate::store::electron::utc_stamp(now);
+        for (suffix, index) in [("-wal", 0), ("-shm", 1)] {
+            if !here(suffix, index) {
+                continue;
+            }
+            let from = side_file(&self.path, suffix);
+            let to = unused_path(|n| aside_path(&self.path, &stamp, n, suffix));
+            match to.and_then(|to| std::fs::rename(&from, &to).map(|()| to)) {
+                Ok(to) => did.push(format!(
+                    "moved {} aside to {}, so it is not applied to the file now at {}",
+                    from.display(),
+                    to.display(),
                     self.path.display()
                 )),
                 Err(e) => did.push(format!(
-                    "could not empty {} ({e}): move it and {} away before opening {}",
-                    side_file(&self.path, "-wal").display(),
-                    side_file(&self.path, "-shm").display(),
+                    "could not move {} aside ({e}): move it away yourself before opening {}, \
+                     or the next open applies it to the file now there",
+                    from.display(),
                     self.path.display()
                 )),
             }
         }
         did.join("; ")
+    }
+
+    /// Copies everything this connection sees (its file and its log) into a new file beside
+    /// the vault, made with mode 0600 first (VACUUM INTO accepts an empty file), so the copy
+    /// is never readable by others for a moment. A copy that failed half-way is removed: it
+    /// is this function's own file, and would pass for a saved copy.
+    fn save_copy(&self, conn: &Connection, now: SystemTime) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let stamp = crate::store::electron::utc_stamp(now);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let copy = saved_copy_path(&self.path, &stamp, attempt);
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&copy)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                    continue
+                }
+                Err(e) => return Err(e),
+            }
+            return match conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()]) {
+                Ok(_) => Ok(copy),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&copy);
+                    Err(std::io::Error::other(format!("{}: {e}", copy.display())))
+                }
+            };
+        }
     }
 
     fn sql_error(&self, doing: &str, e: rusqlite::Error) -> Error {
@@ -838,16 +884,41 @@ struct Created {
     notice: Option<String>,
 }
 
-/// Where [`Vault::set_aside`] saves its copy: beside the vault, named by the time, e.g.
-/// `vault.saved-20261129T160512Z.db` for `vault.db`.
-fn saved_copy_path(path: &Path, now: SystemTime) -> PathBuf {
-    let stamp = crate::store::electron::utc_stamp(now);
+/// Where [`Vault::set_aside`] saves its copy: beside the vault, named by the time and, after
+/// the first, a number (two restores within a second), e.g. `vault.saved-20261129T160512Z.db`
+/// and `vault.saved-20261129T160512Z-2.db` for `vault.db`.
+fn saved_copy_path(path: &Path, stamp: &str, attempt: u32) -> PathBuf {
     let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let number = if attempt > 1 {
+        format!("-{attempt}")
+    } else {
+        String::new()
+    };
     let name = match path.extension() {
-        Some(ext) => format!("{stem}.saved-{stamp}.{}", ext.to_string_lossy()),
-        None => format!("{stem}.saved-{stamp}"),
+        Some(ext) => format!("{stem}.saved-{stamp}{number}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.saved-{stamp}{number}"),
     };
     path.with_file_name(name)
+}
+
+/// Where [`Vault::set_aside`] moves a log it could not empty: `vault.db.aside-<time>-wal`.
+fn aside_path(path: &Path, stamp: &str, attempt: u32, suffix: &str) -> PathBuf {
+    let number = if attempt > 1 {
+        format!("-{attempt}")
+    } else {
+        String::new()
+    };
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".aside-{stamp}{number}{suffix}"));
+    PathBuf::from(name)
+}
+
+/// The first of `candidate(1)`, `candidate(2)`, ... that names nothing yet.
+fn unused_path(candidate: impl Fn(u32) -> PathBuf) -> std::io::Result<PathBuf> {
+    (1..100)
+        .map(candidate)
+        .find(|path| std::fs::symlink_metadata(path).is_err())
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::AlreadyExists))
 }
 
 /// Refuses to create a vault where the log of an earlier one still holds writes: SQLite would
