@@ -626,3 +626,28 @@ fn repairs_recorded_against_another_shared_store_are_reported() {
         "{problems}"
     );
 }
+
+/// Without a broker, doctor reports an app the access policy refuses: every command of it fails
+/// then too, since commands apply the policy themselves (found by QA: doctor said "no problems
+/// found" unless a broker ran).
+#[test]
+fn doctor_reports_an_app_the_policy_refuses_without_a_broker() {
+    let env = Home::new().with_xdg_dirs();
+    env.config("unlisted_apps = \"refuse\"\n[apps.code]\n");
+    let out = env.run(&["--app", "stranger", "--no-autostart", "doctor"], b"");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(7), "{stdout}");
+    assert!(
+        stdout.contains("the access policy refuses app \"stranger\""),
+        "{stdout}"
+    );
+    assert_eq!(
+        env.code(&["--app", "stranger", "--no-autostart", "get", "k"]),
+        8
+    );
+    let out = env.run(&["--app", "code", "--no-autostart", "doctor"], b"");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("access policy refuses"),
+        "{out:?}"
+    );
+}

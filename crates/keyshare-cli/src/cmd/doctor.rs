@@ -548,6 +548,19 @@ fn policy_in_force(
     }
 }
 
+/// Why the access policy refuses this command's app, as a problem line: what every command of
+/// the app meets without a broker, and through one.
+fn policy_refusal(ctx: &Context) -> Option<String> {
+    let policy = broker::policy(&ctx.config).ok()?;
+    let exe = std::env::current_exe().ok();
+    let refusal = policy.admit(&ctx.app, exe.as_deref()).err()?;
+    Some(format!(
+        "the access policy refuses app {:?}: {refusal}; every command of it fails (exit 8), \
+         with or without a broker (--direct bypasses the policy)",
+        ctx.app.as_str()
+    ))
+}
+
 /// What is at the broker's socket path when it is something else than a socket (a broker
 /// refuses to start then: found by QA, with `doctor` finding no problem).
 fn not_a_socket(socket: &std::path::Path) -> Option<&'static str> {
@@ -587,7 +600,16 @@ fn stop_command(ctx: &Context) -> String {
 }
 
 fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Value {
-    match broker::probe(ctx) {
+    let probe = broker::probe(ctx);
+    // Without a broker, commands apply its policy themselves (`policed.rs`): an app it refuses
+    // fails every command (found by QA: doctor said "no problems found" then, and reported the
+    // refusal only while a broker ran).
+    if !direct && !matches!(probe, Ok(broker::Probe::Running { .. })) {
+        if let Some(refusal) = policy_refusal(ctx) {
+            problems.push(refusal);
+        }
+    }
+    match probe {
         Ok(broker::Probe::NoRuntimeDir) => json!({
             "running": false,
             "socket": Value::Null,
@@ -603,7 +625,8 @@ fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Valu
                     "{obstacle}. Until then {}",
                     if autostart {
                         "every command warns that it could not start the broker, and opens the \
-                         store itself, without the broker's access policy and change events"
+                         store itself (applying the broker's access policy, but without its \
+                         change events)"
                     } else {
                         "`keyshare serve` fails too"
                     }
