@@ -293,7 +293,10 @@ pub fn policy(config: &Config) -> anyhow::Result<AccessPolicy> {
                     .map(|p| KeyPattern::new(p.clone()))
                     .collect::<keyshare::Result<Vec<_>>>()
                     .map_err(|e| {
-                        crate::config::ConfigError(format!("[apps.{app}] shared_keys: {e}"))
+                        crate::config::ConfigError(format!(
+                            "[{}] shared_keys: {e}",
+                            keyshare_broker::access::app_table(app)
+                        ))
                     })?,
             ),
         };
@@ -322,6 +325,11 @@ pub enum Probe {
     Running {
         socket: std::path::PathBuf,
         status: Box<BrokerStatus>,
+    },
+    /// A broker answers but cannot serve anyone now (it serves its maximum of connections).
+    Busy {
+        socket: std::path::PathBuf,
+        why: String,
     },
     /// A broker answers but refuses this app (or speaks another protocol version).
     Refused {
@@ -388,6 +396,16 @@ pub fn probe(ctx: &Context) -> anyhow::Result<Probe> {
             return Ok(Probe::NotRunning {
                 socket,
                 why: err.to_string(),
+            })
+        }
+        // Not this app's fault (found by QA: doctor said the broker "refuses this app" when
+        // it served its maximum of connections).
+        Err(ClientError::Remote(err))
+            if err.code == keyshare_broker::protocol::ErrorCode::Unavailable =>
+        {
+            return Ok(Probe::Busy {
+                socket,
+                why: err.message,
             })
         }
         Err(err) => return Ok(refused(socket, err)),

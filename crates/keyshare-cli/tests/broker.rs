@@ -2185,3 +2185,39 @@ fn the_access_policy_holds_without_a_broker_but_not_with_direct() {
         "a broker started"
     );
 }
+
+/// A broker that serves its maximum of connections is reported as such by doctor, not as one
+/// that refuses this app (found by QA). A stand-in answers every connection the way a broker
+/// at its limit does: an `unavailable` error frame with id null.
+#[test]
+fn doctor_tells_a_busy_broker_from_one_that_refuses_the_app() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("run/keyshare");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(
+        home.path().join("run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(dir.join("stable.sock")).unwrap();
+    std::thread::spawn(move || {
+        let busy = br#"{"type":"error","id":null,"code":"unavailable","message":"the broker already serves its maximum of 4096 connections, so this one was refused; try again once others have closed","reason":"backend"}"#;
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            let _ = conn.write_all(&framed(std::iter::once(busy.to_vec())));
+            let _ = conn.shutdown(std::net::Shutdown::Write);
+            let mut sink = Vec::new();
+            let _ = conn.read_to_end(&mut sink);
+        }
+    });
+    let out = run(home.path(), &["doctor"], b"");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(7), "{stdout}");
+    assert!(
+        stdout.contains("runs, but serves no more clients now")
+            && stdout.contains("maximum of 4096 connections")
+            && !stdout.contains("refuses this app"),
+        "{stdout}"
+    );
+}

@@ -670,6 +670,18 @@ fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Valu
                 "refused": why,
             })
         }
+        Ok(broker::Probe::Busy { socket, why }) => {
+            problems.push(format!(
+                "the broker at {} runs but cannot serve another client now: {why}",
+                socket.display()
+            ));
+            json!({
+                "running": true,
+                "answering": true,
+                "socket": socket.display().to_string(),
+                "busy": why,
+            })
+        }
         Ok(broker::Probe::Refused { socket, why }) => {
             problems.push(format!(
                 "the broker at {} refused this app: {why}",
@@ -813,7 +825,10 @@ fn print_human(report: &Value, out: &mut String) {
                 s(&broker["socket"])
             ),
         }
-    } else if broker["running"] == Value::Bool(true) && broker["refused"].is_null() {
+    } else if broker["running"] == Value::Bool(true)
+        && broker["refused"].is_null()
+        && broker["busy"].is_null()
+    {
         say!(
             out,
             "broker:        running (pid {}, {} connection(s)) on {}",
@@ -830,6 +845,12 @@ fn print_human(report: &Value, out: &mut String) {
             out,
             "broker:        refused, another user's ({})",
             s(&broker["refused"])
+        );
+    } else if broker["busy"].is_string() {
+        say!(
+            out,
+            "broker:        runs, but serves no more clients now ({})",
+            s(&broker["busy"])
         );
     } else if broker["running"] == Value::Bool(true) {
         say!(
