@@ -234,7 +234,6 @@ pub fn socket_path_too_long(paths: &BrokerPaths) -> Option<String> {
 /// policy and change events, so `doctor` reports it (found by QA: it found no problem).
 /// Checked without creating or locking anything: doctor never starts a broker.
 pub fn start_obstacle(paths: &BrokerPaths) -> Option<String> {
-    use std::os::unix::fs::FileTypeExt;
     if let Some(why) = socket_path_too_long(paths) {
         return Some(why);
     }
@@ -253,20 +252,8 @@ pub fn start_obstacle(paths: &BrokerPaths) -> Option<String> {
         }
     }
     for lock in [&paths.instance_lock, &paths.startup_lock] {
-        let Ok(meta) = std::fs::symlink_metadata(lock) else {
+        let Some(what) = crate::cmd::doctor::not_a_regular_file(lock) else {
             continue;
-        };
-        let kind = meta.file_type();
-        let what = if kind.is_file() {
-            continue;
-        } else if kind.is_fifo() {
-            "a FIFO (named pipe)"
-        } else if kind.is_symlink() {
-            "a symbolic link"
-        } else if kind.is_dir() {
-            "a directory"
-        } else {
-            "a special file"
         };
         return Some(format!(
             "the lock file {} is {what}, not a regular file, so no broker can start (keyshare \

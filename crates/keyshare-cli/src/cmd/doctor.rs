@@ -568,7 +568,7 @@ fn not_a_socket(socket: &std::path::Path) -> Option<&'static str> {
 }
 
 /// What is at `path` when it is something else than a regular file, not following a link.
-fn not_a_regular_file(path: &Path) -> Option<&'static str> {
+pub fn not_a_regular_file(path: &Path) -> Option<&'static str> {
     file_kind(path).filter(|kind| *kind != REGULAR_FILE)
 }
 
