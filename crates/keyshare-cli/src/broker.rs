@@ -197,13 +197,14 @@ fn no_broker(err: &ClientError) -> Option<SharedChoice> {
         // or hung, which went unsaid: found by QA).
         eprintln!("keyshare: warning: {err}; opening the shared store directly");
     } else if let ClientError::Transport(TransportError::Autostart(why)) = err {
-        // Every command would go on without a broker, without the access policy it enforces
-        // and without announcing changes to watchers, until the cause is fixed: the user must
-        // hear of it (found by QA: a file in the socket's place went unsaid, and `doctor`
-        // found no problem).
+        // Every command would go on without a broker, without announcing changes to
+        // watchers, for as long as the cause lasts: the user must hear of it (found by QA: a
+        // file in the socket's place went unsaid, and `doctor` found no problem). The cause
+        // may also have passed (a broker stopped while it started): doctor tells.
         eprintln!(
             "keyshare: warning: could not start the broker ({}); opening the shared store \
-             directly, without it, until that is fixed (`keyshare doctor` checks)",
+             directly, without it (`keyshare doctor` says whether something keeps brokers \
+             from starting)",
             why.trim_end()
         );
     } else {

@@ -62,7 +62,8 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
             Some(format!(
                 "the socket {path} remains: a systemd socket unit's, which starts a broker at \
                  the next connection (`systemctl --user stop keyshare@{flavour}.socket` stops \
-                 that too), or one left by a broker that was killed (the next broker removes it)"
+                 that too), one left by a broker that was killed (the next broker removes it), or \
+                 one a broker that is starting now has just made"
             )),
         ),
         SocketLeft::NotASocket => (
