@@ -154,6 +154,17 @@ impl Grant {
             Some(patterns) => patterns.iter().any(|p| p.matches(key)),
         }
     }
+
+    /// Why the app may not use `key`, naming the setting that says so: the broker and a
+    /// command applying the policy itself word it alike.
+    pub fn denial(&self, key: &SecretKey) -> String {
+        format!(
+            "app {:?} may not use key {:?} (see shared_keys under [{}] in config.toml)",
+            self.app.as_str(),
+            key.as_str(),
+            app_table(self.app.as_str())
+        )
+    }
 }
 
 impl AccessPolicy {

@@ -1442,15 +1442,7 @@ impl Connection {
             // broker's log. Key names are not secret (they are in config.toml); values never
             // reach this point.
             tracing::warn!(app = %grant.app(), pid = ?peer_pid, key = %key.as_str(), "denied a request for a key the app may not use");
-            RemoteError::new(
-                ErrorCode::Denied,
-                format!(
-                    "app {:?} may not use key {:?} (see shared_keys under [{}] in config.toml)",
-                    grant.app().as_str(),
-                    key.as_str(),
-                    crate::access::app_table(grant.app().as_str())
-                ),
-            )
+            RemoteError::new(ErrorCode::Denied, grant.denial(key))
         };
         match frame.request {
             Request::Get { key: WireKey(key) } => {

@@ -23,6 +23,20 @@ fn config(paths: &BrokerPaths) -> ClientConfig {
     ClientConfig::with_paths(paths.clone(), keyshare::AppId::new("code").unwrap())
 }
 
+/// `err` says that no broker took the request (the reason commands exit 3 with).
+fn assert_not_running(err: &Error) {
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                reason: UnavailableReason::NotRunning,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
 /// Runs `call` on a thread of its own and waits at most `limit` for it: a client that waits
 /// forever fails the test instead of hanging it.
 fn within<T: Send + 'static>(limit: Duration, call: impl FnOnce() -> T + Send + 'static) -> T {
@@ -343,16 +357,7 @@ fn a_write_whose_connection_ends_after_hello_is_not_sent_again() {
     let err = OneShotClient::new(config(&paths))
         .set(&k("k"), &v("secret-value"))
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Unavailable {
-                reason: UnavailableReason::NotRunning,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_not_running(&err);
     assert!(!err.to_string().contains("secret-value"), "{err}");
     assert_eq!(ops(&broker.first_seen()), ["hello", "set"]);
     assert_eq!(broker.storage.get(&k("k")).unwrap(), None);
@@ -623,16 +628,7 @@ fn a_write_that_never_got_past_hello_says_nothing_was_done() {
         OneShotClient::new(config(&paths)).set(&k("k"), &v("token"))
     })
     .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Unavailable {
-                reason: UnavailableReason::NotRunning,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_not_running(&err);
     assert!(err.to_string().contains("nothing was done"), "{err}");
     let frames: Vec<serde_json::Value> = seen.try_iter().collect();
     assert_eq!(
@@ -676,15 +672,6 @@ fn a_write_whose_broker_left_before_it_was_sent_says_so_and_that_nothing_was_don
             && text.contains("nothing was done"),
         "{text}"
     );
-    assert!(
-        matches!(
-            err,
-            Error::Unavailable {
-                reason: UnavailableReason::NotRunning,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_not_running(&err);
     assert_eq!(seen.recv().unwrap()["op"], "hello");
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use keyshare::{Error, SecretKey, SecretValue, Store, StoreInfo, UnavailableReason};
-use keyshare_broker::access::{app_table, AccessPolicy, Grant};
+use keyshare_broker::access::{AccessPolicy, Grant};
 
 /// The shared store as `app` may use it under `policy`: a refused app fails at once (as its
 /// hello would), and each key it may not use is denied, as the broker denies it.
@@ -45,15 +45,10 @@ impl Policed {
         if self.grant.allows(key) {
             return Ok(());
         }
-        let app = self.grant.app().as_str();
         Err(Error::unavailable(
             "access policy",
             UnavailableReason::Denied,
-            format!(
-                "app {app:?} may not use key {:?} (see shared_keys under [{}] in config.toml)",
-                key.as_str(),
-                app_table(app)
-            ),
+            self.grant.denial(key),
         ))
     }
 }

@@ -2192,15 +2192,7 @@ fn the_access_policy_holds_without_a_broker_but_not_with_direct() {
 #[test]
 fn doctor_tells_a_busy_broker_from_one_that_refuses_the_app() {
     let home = tempfile::tempdir().unwrap();
-    let dir = home.path().join("run/keyshare");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(
-        home.path().join("run"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let listener = std::os::unix::net::UnixListener::bind(dir.join("stable.sock")).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(stable_socket(home.path())).unwrap();
     std::thread::spawn(move || {
         let busy = br#"{"type":"error","id":null,"code":"unavailable","message":"the broker already serves its maximum of 4096 connections, so this one was refused; try again once others have closed","reason":"backend"}"#;
         for conn in listener.incoming() {

@@ -889,11 +889,7 @@ struct Created {
 /// and `vault.saved-20261129T160512Z-2.db` for `vault.db`.
 fn saved_copy_path(path: &Path, stamp: &str, attempt: u32) -> PathBuf {
     let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-    let number = if attempt > 1 {
-        format!("-{attempt}")
-    } else {
-        String::new()
-    };
+    let number = numbered(attempt);
     let name = match path.extension() {
         Some(ext) => format!("{stem}.saved-{stamp}{number}.{}", ext.to_string_lossy()),
         None => format!("{stem}.saved-{stamp}{number}"),
@@ -903,14 +899,18 @@ fn saved_copy_path(path: &Path, stamp: &str, attempt: u32) -> PathBuf {
 
 /// Where [`Vault::set_aside`] moves a log it could not empty: `vault.db.aside-<time>-wal`.
 fn aside_path(path: &Path, stamp: &str, attempt: u32, suffix: &str) -> PathBuf {
-    let number = if attempt > 1 {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".aside-{stamp}{}{suffix}", numbered(attempt)));
+    PathBuf::from(name)
+}
+
+/// What tells the `attempt`th name of a kind from the first: nothing, then `-2`, `-3`, ...
+fn numbered(attempt: u32) -> String {
+    if attempt > 1 {
         format!("-{attempt}")
     } else {
         String::new()
-    };
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".aside-{stamp}{number}{suffix}"));
-    PathBuf::from(name)
+    }
 }
 
 /// The first of `candidate(1)`, `candidate(2)`, ... that names nothing yet.
