@@ -36,6 +36,11 @@ pub struct Routing {
     /// days, and `doctor`, whose job it is. Other commands check vaults up to
     /// `DEFAULT_PAGE_CHECK_UP_TO`.
     pub check_whole_vault: bool,
+    /// `doctor`: open what exists and create nothing. A vault that does not exist yet is
+    /// reported as such (not created, nor its key), and `auto` records no choice: found by
+    /// QA, a `doctor` run in a shell without the session bus (ssh) created a vault with a key
+    /// file and pinned the flavour's store to it for good.
+    pub look_only: bool,
 }
 
 /// The broker's paths for the context's flavour (a clear error when `XDG_RUNTIME_DIR` is unset).

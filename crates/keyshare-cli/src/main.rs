@@ -81,6 +81,7 @@ fn routing(cli: &Cli) -> broker::Routing {
         passthrough,
         autostarted: matches!(&cli.command, Command::Serve(Lazy(args)) if args.autostarted),
         check_whole_vault: matches!(cli.command, Command::Serve(_) | Command::Doctor),
+        look_only: matches!(cli.command, Command::Doctor),
     }
 }
 

@@ -490,6 +490,16 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
                     format!("auto: the Secret Service is not usable ({report})"),
                 )?,
             };
+            if ctx.routing.look_only {
+                return Ok(SharedChoice {
+                    reason: format!(
+                        "{}; not recorded yet: the first command that uses the store makes \
+                         this choice and keeps it",
+                        shared.reason
+                    ),
+                    ..shared
+                });
+            }
             let line = format!("{}\n", choice.as_str());
             match keyshare::store::vault::create_private_file(&record, line.as_bytes()) {
                 Ok(true) => Ok(shared),
@@ -537,11 +547,17 @@ fn report_error(report: &secret_service::ProbeReport) -> keyshare::Error {
 
 /// The flavour's shared vault, opened, as the shared store chosen for `reason`.
 fn shared_vault(ctx: &Context, reason: String) -> anyhow::Result<SharedChoice> {
-    let vault = open_vault(
-        &ctx.dirs.shared_vault_path(&ctx.flavour),
-        ctx.flavour.service(),
-        ctx,
-    )?;
+    let path = ctx.dirs.shared_vault_path(&ctx.flavour);
+    if let Some(not_created) = NotCreatedYet::at(&path, ctx.flavour.service(), ctx) {
+        return Ok(SharedChoice {
+            store: Arc::new(not_created),
+            reason,
+            identity: vault_identity(ctx),
+            os_keyring: None,
+            vault: None,
+        });
+    }
+    let vault = open_vault(&path, ctx.flavour.service(), ctx)?;
     let os_keyring = Some(vault.protection().is_os_keyring());
     let vault = Arc::new(vault);
     Ok(SharedChoice {
@@ -567,7 +583,19 @@ pub fn expected_identity(ctx: &Context) -> Option<String> {
         StoreChoice::Auto => match read_auto_choice(&ctx.dirs.auto_choice_path(&ctx.flavour)) {
             Ok(Some(AutoChoice::Vault)) => vault_identity(ctx),
             Ok(Some(AutoChoice::SecretService)) => secret_service_identity(ctx),
-            Ok(None) | Err(_) => None,
+            // Not chosen yet here: the store this command would choose now, as `open_auto`
+            // does. A broker started for it chooses the same; one serving another data
+            // directory's vault is refused (found by QA: with another XDG_DATA_HOME, commands
+            // read and wrote the running broker's vault without a word).
+            Ok(None) => {
+                let report = secret_service::probe(ctx.timeout);
+                if report.is_usable() || report.is_locked() {
+                    secret_service_identity(ctx)
+                } else {
+                    vault_identity(ctx)
+                }
+            }
+            Err(_) => None,
         },
     }
 }
@@ -692,20 +720,27 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
         None => {}
         Some(LegacyConfig::Vault) => {
             let path = ctx.dirs.app_vault_path(&ctx.flavour, &ctx.app);
-            let store = open_vault(&path, "legacy", ctx)
-                .map_err(|e| LegacyOpenFailed::wrap("vault", path.display().to_string(), e))?;
-            // The journal's "migrated" and "dirty" marks are facts about one particular shared
-            // store: its namespace names that store, so they are never applied to another when
-            // the choice changes (`auto` may pick the keyring one day and the vault the next).
-            // A shared store that forgets everything at exit gets a journal that does too.
-            let journal: Arc<dyn Store> = match &shared.identity {
-                Some(identity) => Arc::new(journal_in(&store, identity, ctx)?),
-                None => Arc::new(MemoryStore::new()),
-            };
-            let store: Arc<dyn Store> = Arc::new(store);
-            builder = builder.legacy(store.clone()).journal(journal.clone());
-            legacy = Some(store);
-            journal_store = Some(journal);
+            // Doctor, before the app's first write: nothing in it, no journal either.
+            if let Some(not_created) = NotCreatedYet::at(&path, "legacy", ctx) {
+                let store: Arc<dyn Store> = Arc::new(not_created);
+                builder = builder.legacy(store.clone());
+                legacy = Some(store);
+            } else {
+                let store = open_vault(&path, "legacy", ctx)
+                    .map_err(|e| LegacyOpenFailed::wrap("vault", path.display().to_string(), e))?;
+                // The journal's "migrated" and "dirty" marks are facts about one particular shared
+                // store: its namespace names that store, so they are never applied to another when
+                // the choice changes (`auto` may pick the keyring one day and the vault the next).
+                // A shared store that forgets everything at exit gets a journal that does too.
+                let journal: Arc<dyn Store> = match &shared.identity {
+                    Some(identity) => Arc::new(journal_in(&store, identity, ctx)?),
+                    None => Arc::new(MemoryStore::new()),
+                };
+                let store: Arc<dyn Store> = Arc::new(store);
+                builder = builder.legacy(store.clone()).journal(journal.clone());
+                legacy = Some(store);
+                journal_store = Some(journal);
+            }
         }
         Some(LegacyConfig::Electron(electron)) => {
             let config = electron.store_config();
@@ -714,13 +749,14 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
                 .map_err(|e| LegacyOpenFailed::wrap("electron", config.state_db(), e))?;
             // The journal cannot live in the state database (the app owns it): it lives in the
             // app's own vault, namespaced by the shared store as above.
+            let journal_vault = ctx.dirs.app_vault_path(&ctx.flavour, &ctx.app);
             let journal: Arc<dyn Store> = match &shared.identity {
+                // Doctor, before the app's first write: no journal, so nothing pending.
+                Some(_) if NotCreatedYet::at(&journal_vault, "journal", ctx).is_some() => {
+                    Arc::new(MemoryStore::new())
+                }
                 Some(identity) => {
-                    let vault = open_vault(
-                        &ctx.dirs.app_vault_path(&ctx.flavour, &ctx.app),
-                        &format!("journal:{identity}"),
-                        ctx,
-                    )?;
+                    let vault = open_vault(&journal_vault, &format!("journal:{identity}"), ctx)?;
                     Arc::new(journal_in(&vault, identity, ctx)?)
                 }
                 None => Arc::new(MemoryStore::new()),
@@ -739,6 +775,66 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
         legacy_set_aside: legacy_for.set_aside(&ctx.app, &ctx.flavour),
     })
 }
+
+/// A vault `doctor` names but does not create (see `Routing::look_only`): nothing is at its
+/// path yet. It holds nothing and takes no write (doctor writes nothing).
+#[derive(Debug)]
+struct NotCreatedYet {
+    path: std::path::PathBuf,
+    namespace: String,
+}
+
+impl NotCreatedYet {
+    /// `Some` when this command creates nothing and nothing is at `path` (a dangling link is
+    /// something: opening it says what is wrong with it).
+    fn at(path: &Path, namespace: &str, ctx: &Context) -> Option<Self> {
+        (ctx.routing.look_only && std::fs::symlink_metadata(path).is_err()).then(|| Self {
+            path: path.to_owned(),
+            namespace: namespace.to_owned(),
+        })
+    }
+
+    fn refused(&self) -> keyshare::Error {
+        keyshare::Error::unavailable(
+            "vault",
+            UnavailableReason::NotRunning,
+            format!(
+                "{} does not exist yet, and doctor creates nothing",
+                self.path.display()
+            ),
+        )
+    }
+}
+
+impl Store for NotCreatedYet {
+    fn info(&self) -> StoreInfo {
+        StoreInfo {
+            kind: "vault",
+            location: format!("{} (namespace {})", self.path.display(), self.namespace),
+            protection: NOT_CREATED_YET.to_owned(),
+        }
+    }
+
+    fn get(&self, _key: &keyshare::SecretKey) -> keyshare::Result<Option<SecretValue>> {
+        Ok(None)
+    }
+
+    fn set(&self, _key: &keyshare::SecretKey, _value: &SecretValue) -> keyshare::Result<()> {
+        Err(self.refused())
+    }
+
+    fn delete(&self, _key: &keyshare::SecretKey) -> keyshare::Result<bool> {
+        Err(self.refused())
+    }
+
+    fn keys(&self) -> keyshare::Result<Vec<keyshare::SecretKey>> {
+        Ok(Vec::new())
+    }
+}
+
+/// What `doctor` says protects a vault that does not exist yet.
+pub const NOT_CREATED_YET: &str = "none yet: the vault does not exist; the first command that \
+                                   uses it creates it and its key";
 
 /// Whether `auto` chose the vault for this flavour (its record says so).
 pub fn auto_chose_vault(ctx: &Context) -> bool {

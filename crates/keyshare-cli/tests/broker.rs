@@ -467,6 +467,52 @@ fn a_broker_started_with_other_settings_refuses_instead_of_serving_another_store
     assert_eq!(direct.stdout, b"v2", "the refused set changed nothing");
 }
 
+/// With `store = "auto"` before this data directory's first use (no choice recorded here),
+/// a broker serving another data directory's vault is refused as well: the command means the
+/// store it would choose itself. Found by QA: with another `XDG_DATA_HOME`, commands read and
+/// wrote the running broker's vault without a word.
+#[test]
+fn before_auto_chose_a_broker_over_another_data_directorys_vault_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let auto = |data: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyshare"));
+        cmd.env_clear()
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .env("XDG_DATA_HOME", home.path().join(data))
+            .env("XDG_RUNTIME_DIR", home.path().join("run"))
+            .args(["--store", "auto"]);
+        cmd
+    };
+    let serve = Serving::start(auto("other-data"));
+    let mut set = auto("other-data");
+    let set = set
+        .args(["set", "k"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = set.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"theirs").unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "the broker's own data directory"
+    );
+    let out = auto("data").args(["get", "k"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(out.stdout.is_empty(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "serves vault:{}",
+            home.path().join("other-data").display()
+        )),
+        "{stderr}"
+    );
+    // The broker's own data directory is served as before.
+    let out = auto("other-data").args(["get", "k"]).output().unwrap();
+    assert_eq!(out.stdout, b"theirs");
+    serve.stop();
+}
+
 /// `unlisted_apps = "refuse"` in config.toml: an app id that `[apps.*]` does not name is
 /// turned away, so a `shared_keys` list cannot be escaped by declaring another id. Found in
 /// review: the library had the switch, the config had no way to turn it on.

@@ -651,3 +651,88 @@ fn doctor_reports_an_app_the_policy_refuses_without_a_broker() {
         "{out:?}"
     );
 }
+
+/// Every file under `dir`, relative, sorted: what commands left behind.
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Doctor diagnoses; it creates nothing. Found by QA: on a flavour's first use it created the
+/// shared vault with a key file and recorded `auto`'s choice of it, so a `doctor` run in a
+/// shell without the session bus (ssh) pinned the flavour to the vault for good.
+#[test]
+fn doctor_creates_nothing_before_the_first_command() {
+    let env = Home::new().with_xdg_dirs();
+    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    let before = files_under(env.path());
+    let out = env.ok(&["--app", "code", "--json", "doctor"], b"");
+    assert_eq!(files_under(env.path()), before, "doctor created files");
+    let report = parse(&out);
+    for store in ["shared", "legacy"] {
+        assert_eq!(report[store]["kind"], "vault", "{report}");
+        let protection = report[store]["protection"].as_str().unwrap();
+        assert!(protection.contains("does not exist"), "{report}");
+    }
+    let chosen = report["shared"]["chosen_because"].as_str().unwrap();
+    assert!(chosen.contains("not recorded yet"), "{report}");
+    // Nothing to migrate from a legacy vault that does not exist: not a problem.
+    assert_eq!(report["migration_done"], true, "{report}");
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+
+    // The first command creates them and records the choice; doctor then describes them.
+    env.ok(&["--app", "code", "--direct", "set", "github.auth"], b"t1");
+    let created = files_under(env.path());
+    for file in [
+        "data/keyshare/stable/auto-store",
+        "data/keyshare/stable/vault.db",
+        "data/keyshare/stable/apps/code.db",
+    ] {
+        assert!(created.iter().any(|f| f == file), "{file}: {created:?}");
+    }
+    let report = parse(&env.ok(&["--app", "code", "--json", "doctor"], b""));
+    for store in ["shared", "legacy"] {
+        let protection = report[store]["protection"].as_str().unwrap();
+        assert!(protection.contains("key file"), "{report}");
+    }
+    assert!(
+        !report["shared"]["chosen_because"]
+            .as_str()
+            .unwrap()
+            .contains("not recorded yet"),
+        "{report}"
+    );
+}
+
+/// A vault not created yet that `require_os_keyring` keeps from being created without an OS
+/// keyring: doctor says the first command will fail, and still creates nothing.
+#[test]
+fn doctor_says_when_the_first_command_cannot_create_the_vault() {
+    let env = Home::new().with_xdg_dirs().with_store("vault");
+    env.config("require_os_keyring = true\n");
+    let before = files_under(env.path());
+    let out = env.run(&["--json", "doctor"], b"");
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(files_under(env.path()), before, "doctor created files");
+    let problems = parse(&out)["problems"].to_string();
+    assert!(
+        problems.contains("require_os_keyring is set") && problems.contains("first command"),
+        "{problems}"
+    );
+    // Which is what the first command meets.
+    let out = env.run(&["--direct", "set", "github.auth"], b"t1");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("require_os_keyring is set"));
+}

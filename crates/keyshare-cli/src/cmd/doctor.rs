@@ -129,6 +129,17 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
                 "chosen_because": opened.shared.reason,
                 "answers": shared_answers.is_ok(),
             });
+            if shared.protection == stores::NOT_CREATED_YET && ctx.config.require_os_keyring {
+                let keyring = keyshare::store::secret_service::probe(ctx.timeout);
+                if !keyring.is_usable() {
+                    problems.push(format!(
+                        "require_os_keyring is set, but no OS keyring can keep the key of the \
+                         shared vault, which does not exist yet ({keyring}), so the first \
+                         command that uses it fails: start a Secret Service in this session, \
+                         or turn require_os_keyring off"
+                    ));
+                }
+            }
             report["legacy"] = match (&status.legacy, &opened.legacy) {
                 (Some(l), Some(store)) => {
                     let legacy_answers = answers(&**store);
@@ -160,11 +171,17 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
             }
             report["storage_type"] = storage_type;
             if ready.is_ok() {
-                report["migration_done"] = json!(status.migration_done);
+                // A legacy vault that does not exist yet has nothing to migrate.
+                let migration_done = status.migration_done
+                    || status
+                        .legacy
+                        .as_ref()
+                        .is_some_and(|l| l.protection == stores::NOT_CREATED_YET);
+                report["migration_done"] = json!(migration_done);
                 // The commands that fix these act on one app's stores: they name it, as the
                 // note of a write the shared store did not take does (found by QA: `keyshare
                 // repair` alone repairs the default app, which has nothing pending).
-                if !status.migration_done {
+                if !migration_done {
                     problems.push(format!(
                         "the migration of the legacy store into the shared store is incomplete; \
                          run `{}` (it says which keys fail and why)",
