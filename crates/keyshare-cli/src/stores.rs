@@ -148,6 +148,27 @@ fn journal_in(vault: &VaultStore, identity: &str, ctx: &Context) -> anyhow::Resu
             ))
         })?;
     }
+    // A shared store new to this app (`auto` chose again, `store` or the flavour's `service`
+    // changed): what the app shared before is not migrated into it again (see
+    // `seed_journal_from_earlier`).
+    let mut earlier: Vec<Arc<dyn Store>> = Vec::new();
+    for namespace in vault.namespaces_starting_with("journal:")? {
+        if namespace != journal.namespace() {
+            earlier.push(Arc::new(vault.with_namespace(&namespace)?));
+        }
+    }
+    if !earlier.is_empty() {
+        let seeding = Arc::new(vault.with_namespace(journal.namespace())?);
+        let seeded = keyshare::seed_journal_from_earlier(seeding, &earlier).map_err(|err| {
+            anyhow::Error::new(err).context(
+                "starting the repair journal of a shared store new to this app from its \
+                     journals about earlier ones",
+            )
+        })?;
+        if seeded {
+            tracing::debug!(identity, "repair journal seeded from earlier shared stores");
+        }
+    }
     Ok(journal)
 }
 
@@ -630,15 +651,17 @@ pub fn open(ctx: &Context) -> anyhow::Result<Opened> {
 
 /// Whether a shared store that could not be opened is out of reach for now (the legacy store
 /// then carries the app, and repairs catch up), rather than refused on purpose: a broker
-/// serving another store, a protection this config requires and the store lacks, or a policy
-/// that denies this app are settings to fix. Working from the legacy store through those would
-/// queue repairs for a store the app did not ask for (found by QA: exit 0 and a warning).
+/// serving another store, a protection this config requires and the store lacks, a vault file
+/// others could read (found by QA: writes were acknowledged into the legacy copy instead of
+/// refused, exit 6), or a policy that denies this app are settings to fix. Working from the
+/// legacy store through those would queue repairs for a store the app did not ask for (found
+/// by QA: exit 0 and a warning).
 fn is_outage(err: &anyhow::Error) -> bool {
     !matches!(
         err.downcast_ref::<keyshare::Error>(),
         Some(
             keyshare::Error::Invalid {
-                what: "broker store",
+                what: "broker store" | "vault permissions",
                 ..
             } | keyshare::Error::ProtectionUnavailable(_)
                 | keyshare::Error::Unavailable {
@@ -697,12 +720,21 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
                 }
                 _ => (UnavailableReason::Backend, crate::exit::one_line(&err)),
             };
+            let stand_in: Arc<dyn Store> = Arc::new(UnreachableStore::new(
+                shared_placeholder_info(ctx),
+                reason,
+                detail,
+            ));
+            // The policy holds in an outage too: a key this app may not use is refused, not
+            // written to its own store and queued for a repair the broker would refuse
+            // forever (found by QA: the app read the denied key back from its own copy).
+            let stand_in = if ctx.routing.direct {
+                stand_in
+            } else {
+                crate::policed::police(stand_in, &crate::broker::policy(&ctx.config)?, &ctx.app)?
+            };
             SharedChoice {
-                store: Arc::new(UnreachableStore::new(
-                    shared_placeholder_info(ctx),
-                    reason,
-                    detail,
-                )),
+                store: stand_in,
                 reason: format!("could not be opened: {}", crate::exit::one_line(&err)),
                 identity: shared_placeholder_identity(ctx),
                 os_keyring: None,

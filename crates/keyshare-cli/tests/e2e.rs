@@ -95,7 +95,7 @@ fn open_raw(path: &Path, namespace: &str) -> VaultStore {
 fn dual_write_fallback_and_repair_through_the_cli() {
     let env = home();
     // Direct access: a running broker would keep the shared vault open, and this test makes it
-    // unusable by changing its permissions, which only a fresh open notices.
+    // unusable by putting something else at its path, which only a fresh open notices.
     env.config("autostart = false\n[apps.code]\nlegacy = { kind = \"vault\" }\n");
     env.ok(&["--app", "code", "set", "github.auth"], b"v1");
     // Both copies exist: the shared one for every app, the legacy one for rollback.
@@ -112,9 +112,14 @@ fn dual_write_fallback_and_repair_through_the_cli() {
         b"v1"
     );
 
-    // Make the shared vault unusable: its permissions are now unsafe.
+    // Make the shared vault unusable: what is at its path now is not a vault. (Unsafe
+    // permissions used to stand in for an outage here; they are a protection problem that
+    // every app is refused for, see below.)
     let shared = env.data_dir().join("stable/vault.db");
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let aside = shared.with_extension("aside");
+    std::fs::rename(&shared, &aside).unwrap();
+    std::fs::write(&shared, [0x5a_u8; 4096]).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = env.ok(&["--app", "code", "set", "github.auth"], b"v2");
     assert!(stderr(&out).contains("queues repairs"), "{}", stderr(&out));
     // This app reads its acknowledged value; the other app is refused with a clear error.
@@ -123,9 +128,9 @@ fn dual_write_fallback_and_repair_through_the_cli() {
         b"v2"
     );
     let refused = env.run(&["--app", "agents", "get", "github.auth"], b"");
-    assert_eq!(refused.status.code(), Some(6), "{}", stderr(&refused));
+    assert_eq!(refused.status.code(), Some(7), "{}", stderr(&refused));
     assert!(
-        stderr(&refused).contains("chmod 600"),
+        stderr(&refused).contains("is not a keyshare vault"),
         "{}",
         stderr(&refused)
     );
@@ -135,7 +140,7 @@ fn dual_write_fallback_and_repair_through_the_cli() {
     assert!(report.contains("pending repairs: 1"), "{report}");
 
     // Fixed: a repair brings the shared store up to date, and the other app converges.
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&aside, &shared).unwrap();
     let repaired = env.ok(&["--app", "code", "repair"], b"");
     assert!(String::from_utf8_lossy(&repaired.stdout).contains("repaired: 1"));
     assert_eq!(
@@ -233,4 +238,103 @@ fn a_corrupt_value_is_exit_4_and_other_keys_still_read() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("\"bad\""), "{}", stderr(&out));
     assert_eq!(env.ok(&["get", "good"], b"").stdout, b"fine");
+}
+
+/// A sign-out does not come back when the shared store changes under an app with a legacy
+/// store (another flavour `service`, `auto` choosing the keyring once its record is removed):
+/// the app's own copy of a key it shared before is not migrated into the new store. Found by
+/// QA: `agents` signed out, then the first `code` command after a `service` rename copied
+/// `code`'s stale copy into the new store, and every app was signed in again.
+#[test]
+fn a_sign_out_does_not_come_back_when_the_shared_store_changes() {
+    let env = home();
+    let legacy = "[apps.code]\nlegacy = { kind = \"vault\" }\n";
+    env.config(legacy);
+    env.ok(&["--direct", "--app", "code", "set", "github.auth"], b"tok");
+    env.ok(
+        &["--direct", "--app", "agents", "delete", "github.auth"],
+        b"",
+    );
+    env.config(&format!(
+        "[flavors.stable]\nservice = \"com.example.renamed\"\n{legacy}"
+    ));
+    for app in ["code", "agents", "code"] {
+        let out = env.run(&["--direct", "--app", app, "get", "github.auth"], b"");
+        assert_eq!(out.status.code(), Some(1), "{app}: {}", stderr(&out));
+    }
+    // Nothing is left to migrate: doctor has no problem with the new store.
+    env.ok(&["--direct", "--app", "code", "doctor"], b"");
+    // A key the app writes now reaches the new store as always.
+    env.ok(&["--direct", "--app", "code", "set", "new.key"], b"n");
+    let out = env.ok(&["--direct", "--app", "agents", "get", "new.key"], b"");
+    assert_eq!(out.stdout, b"n");
+}
+
+/// The access policy holds while the shared store cannot be opened: a key the app may not use
+/// is refused (exit 8), not written to the app's own store and queued for a repair the broker
+/// would refuse forever (found by QA: the app read the denied key back from its own copy).
+#[test]
+fn the_policy_holds_while_the_shared_store_cannot_be_opened() {
+    let env = home();
+    env.config("[apps.agents]\nlegacy = { kind = \"vault\" }\nshared_keys = [\"github.auth\"]\n");
+    env.ok(
+        &["--no-autostart", "--app", "agents", "set", "github.auth"],
+        b"gh",
+    );
+    // Something that is not a vault at the shared vault's path: an outage for this app.
+    let vault = env.data_dir().join("stable/vault.db");
+    std::fs::rename(&vault, vault.with_extension("aside")).unwrap();
+    std::fs::write(&vault, [0x5a_u8; 4096]).unwrap();
+    std::fs::set_permissions(&vault, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let denied = env.run(
+        &["--no-autostart", "--app", "agents", "set", "openai.key"],
+        b"x",
+    );
+    assert_eq!(denied.status.code(), Some(8), "{}", stderr(&denied));
+    let read = env.run(
+        &["--no-autostart", "--app", "agents", "get", "openai.key"],
+        b"",
+    );
+    assert_eq!(read.status.code(), Some(8), "{}", stderr(&read));
+    assert!(read.stdout.is_empty());
+    // An allowed key rides out the outage as before.
+    env.ok(
+        &["--no-autostart", "--app", "agents", "set", "github.auth"],
+        b"gh2",
+    );
+    let legacy = open_raw(&env.data_dir().join("stable/apps/agents.db"), "legacy");
+    assert_eq!(
+        legacy.get(&SecretKey::new("openai.key").unwrap()).unwrap(),
+        None
+    );
+    assert_eq!(
+        legacy.get(&SecretKey::new("github.auth").unwrap()).unwrap(),
+        Some(SecretValue::from_slice(b"gh2"))
+    );
+}
+
+/// A shared vault others could read is a protection problem for every app (exit 6), not an
+/// outage that an app with a legacy store rides out on its own copy (found by QA: its writes
+/// were acknowledged, exit 0, and queued).
+#[test]
+fn unsafe_permissions_on_the_shared_vault_are_refused_for_an_app_with_a_legacy_store_too() {
+    let env = home();
+    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    env.ok(&["--no-autostart", "--app", "code", "set", "k"], b"v1");
+    let key_file = env.data_dir().join("stable/vault.key");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (args, stdin) in [
+        (
+            &["--no-autostart", "--app", "code", "get", "k"][..],
+            &b""[..],
+        ),
+        (&["--no-autostart", "--app", "code", "set", "k"], b"v2"),
+        (&["--no-autostart", "--app", "agents", "get", "k"], b""),
+    ] {
+        let out = env.run(args, stdin);
+        assert_eq!(out.status.code(), Some(6), "{args:?}: {}", stderr(&out));
+    }
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = env.ok(&["--no-autostart", "--app", "agents", "get", "k"], b"");
+    assert_eq!(out.stdout, b"v1", "the refused set wrote nothing");
 }

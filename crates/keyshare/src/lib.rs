@@ -35,8 +35,8 @@ pub mod testing;
 pub use error::{Error, Result, UnavailableReason};
 pub use model::{AppId, Flavour, Limits, SecretKey, SecretValue};
 pub use storage::{
-    pending_repairs_in_journal, AsyncSecretStorage, ChangeEvent, ChangeKind, Notification,
-    SecretStorage, StorageType, Subscription,
+    pending_repairs_in_journal, seed_journal_from_earlier, AsyncSecretStorage, ChangeEvent,
+    ChangeKind, Notification, SecretStorage, StorageType, Subscription,
 };
 #[cfg(target_os = "linux")]
 pub use store::SecretServiceStore;

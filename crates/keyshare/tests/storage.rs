@@ -428,6 +428,115 @@ fn lazy_migration_runs_on_the_first_operation_without_deadlocking() {
     assert!(shared.inner().get(&k("b")).unwrap().is_some());
 }
 
+/// The lazy pass that an operation on a key starts migrates that key in the operation's own
+/// turn: with reads (or sign-outs) alone, the migration completes and is recorded, so the next
+/// process runs no pass. Found by QA: the key being read was always passed by as busy, the
+/// migration stayed incomplete (`doctor` kept reporting it) and every process ran the whole
+/// pass again.
+#[test]
+fn a_lazy_pass_started_by_one_key_completes_the_migration() {
+    type Operation = fn(&SecretStorage);
+    let operations: [(&str, Operation); 3] = [
+        ("get", |s| assert_eq!(read(s, "a").as_deref(), Some("A"))),
+        ("delete", |s| assert!(s.delete(&k("a")).unwrap())),
+        ("set", |s| s.set(&k("a"), &v("A2")).unwrap()),
+    ];
+    for (name, operation) in operations {
+        let shared = faulty();
+        let legacy = faulty();
+        let journal: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        legacy.set(&k("a"), &v("A")).unwrap();
+        legacy.set(&k("b"), &v("B")).unwrap();
+        let storage = SecretStorage::builder(shared.clone())
+            .legacy(legacy.clone())
+            .journal(journal.clone())
+            .build();
+        operation(&storage);
+        assert!(storage.status().migration_done, "{name}");
+        assert_eq!(shared.inner().get(&k("b")).unwrap(), Some(v("B")), "{name}");
+        let later = SecretStorage::builder(shared.clone())
+            .legacy(legacy.clone())
+            .journal(journal)
+            .build();
+        later.ready().unwrap();
+        assert!(later.status().migration_done, "{name}: recorded");
+        // The operation's own outcome stands over what the pass copied.
+        let expected = match name {
+            "delete" => None,
+            "set" => Some(v("A2")),
+            _ => Some(v("A")),
+        };
+        assert_eq!(later.get(&k("a")).unwrap(), expected, "{name}");
+    }
+}
+
+/// A journal about a shared store new to the app starts from what its journals about earlier
+/// stores say was shared: a key migrated before is not migrated into the new store (another
+/// app may have signed out of it there), one never shared is; a migration done before is done.
+#[test]
+fn a_new_shared_stores_journal_is_seeded_from_the_earlier_ones() {
+    let legacy = faulty();
+    legacy.set(&k("shared.before"), &v("stale")).unwrap();
+    // The app shared `shared.before` with an earlier store (another app then signed out of
+    // it there); `never.shared` came later, while that migration was not done.
+    let earlier: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let first = SecretStorage::builder(faulty())
+        .legacy(legacy.clone())
+        .journal(earlier.clone())
+        .build();
+    first.ready().unwrap();
+    legacy.set(&k("never.shared"), &v("own")).unwrap();
+
+    let journal: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    assert!(
+        keyshare::seed_journal_from_earlier(journal.clone(), std::slice::from_ref(&earlier))
+            .unwrap()
+    );
+    let shared = faulty();
+    let storage = SecretStorage::builder(shared.clone())
+        .legacy(legacy.clone())
+        .journal(journal.clone())
+        .lazy_migration(false)
+        .build();
+    storage.ready().unwrap();
+    assert!(storage.status().migration_done, "done before, done now");
+    assert_eq!(storage.get(&k("shared.before")).unwrap(), None);
+    assert_eq!(shared.inner().keys().unwrap(), Vec::<SecretKey>::new());
+    // A journal with entries is not seeded again.
+    assert!(!keyshare::seed_journal_from_earlier(journal, &[earlier]).unwrap());
+
+    // An earlier migration not done: only what it marked is passed by.
+    let earlier: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let legacy = faulty();
+    legacy.set(&k("a"), &v("A")).unwrap();
+    let shared_before = faulty();
+    let first = SecretStorage::builder(shared_before.clone())
+        .legacy(legacy.clone())
+        .journal(earlier.clone())
+        .lazy_migration(false)
+        .build();
+    assert_eq!(
+        read(&first, "a").as_deref(),
+        Some("A"),
+        "migrated by the read"
+    );
+    legacy.set(&k("b"), &v("B")).unwrap();
+    let journal: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    keyshare::seed_journal_from_earlier(journal.clone(), &[earlier]).unwrap();
+    let shared = faulty();
+    let storage = SecretStorage::builder(shared.clone())
+        .legacy(legacy)
+        .journal(journal)
+        .build();
+    assert_eq!(read(&storage, "a"), None, "shared before: not brought back");
+    assert_eq!(
+        read(&storage, "b").as_deref(),
+        Some("B"),
+        "never shared: migrated"
+    );
+    assert_eq!(shared.inner().get(&k("a")).unwrap(), None);
+}
+
 #[test]
 fn too_large_names_the_limit_and_writes_nothing() {
     let shared = faulty();

@@ -147,6 +147,10 @@ impl Journal {
         self.read().migration_done
     }
 
+    pub(crate) fn migrated_keys(&self) -> Vec<SecretKey> {
+        self.read().migrated.iter().cloned().collect()
+    }
+
     pub(crate) fn is_migrated(&self, key: &SecretKey) -> bool {
         self.read().migrated.contains(key)
     }

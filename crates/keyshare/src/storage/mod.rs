@@ -340,6 +340,41 @@ pub fn pending_repairs_in_journal(store: Arc<dyn Store>) -> Result<Vec<SecretKey
     Ok(keys)
 }
 
+/// Seeds `journal`, an app's repair journal about a shared store it has not used before, with
+/// what its journals about other shared stores (`earlier`) say reached a shared store: the
+/// keys migrated there, and whether the migration was done. Whatever of the app's legacy store
+/// was shared once is not migrated again: a copy another app signed out of stays in this app's
+/// legacy store, and copying it into the new store would sign every app in again (found by QA:
+/// switching to the OS keyring, or renaming the flavour's service, brought back a signed-out
+/// token). Pending repairs are not carried over: they are about the earlier store (`doctor`
+/// lists them). Does nothing, and says `false`, when `journal` holds entries already.
+pub fn seed_journal_from_earlier(
+    journal: Arc<dyn Store>,
+    earlier: &[Arc<dyn Store>],
+) -> Result<bool> {
+    if !journal.keys()?.is_empty() {
+        return Ok(false);
+    }
+    let mut migrated = Vec::new();
+    let mut done = false;
+    for store in earlier {
+        let earlier = journal::Journal::new(Arc::clone(store));
+        earlier.load()?;
+        done |= earlier.migration_done();
+        migrated.extend(earlier.migrated_keys());
+    }
+    let seeded = journal::Journal::new(journal);
+    // The marks first: a seed cut short leaves at worst fewer marks and no "done", so the
+    // next open seeds nothing more and migrates what is not marked (as before this seeding).
+    for key in &migrated {
+        seeded.mark_migrated(key)?;
+    }
+    if done {
+        seeded.mark_migration_done()?;
+    }
+    Ok(done || !migrated.is_empty())
+}
+
 impl SecretStorage {
     /// Starts building a storage over `shared`.
     pub fn builder(shared: Arc<dyn Store>) -> SecretStorageBuilder {
@@ -419,7 +454,7 @@ impl SecretStorage {
     /// Runs a migration pass now, reporting each key to `progress`.
     pub fn migrate(&self, mut progress: impl FnMut(&MigrationProgress)) -> Result<MigrationReport> {
         self.inner.ensure_ready()?;
-        self.inner.migrate(false, &mut progress)
+        self.inner.migrate(false, None, &mut progress)
     }
 
     /// Retries every pending repair (and an incomplete migration) now.
@@ -677,6 +712,22 @@ impl Inner {
     /// operation calls this before it answers, which is what keeps an early read from skipping
     /// the shared store (the seed's problem 4).
     fn ensure_ready(&self) -> Result<()> {
+        self.ensure_ready_in_turn(None)
+    }
+
+    /// [`Self::ensure_ready`] for an operation on `key` holding `ticket`: when the ticket's turn
+    /// has come, the lazy migration pass migrates `key` in that turn instead of passing it by
+    /// as busy (its own operation waits for the pass). Found by QA: a pass run by a `get`
+    /// always left the key it was reading behind, so with reads alone the migration was never
+    /// marked done and every later process ran the whole pass again.
+    fn ensure_ready_holding(&self, ticket: &mut Ticket, key: &SecretKey) -> Result<()> {
+        if self.ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.ensure_ready_in_turn(ticket.is_served().then_some(key))
+    }
+
+    fn ensure_ready_in_turn(&self, own_turn: Option<&SecretKey>) -> Result<()> {
         if self.ready.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -706,7 +757,7 @@ impl Inner {
             if self.lazy_migration && !self.journal.migration_done() {
                 // Best effort: whatever fails here is retried by the next pass, and reads fall
                 // back to the legacy store for keys not yet migrated.
-                if let Err(err) = self.migrate(true, &mut |_| {}) {
+                if let Err(err) = self.migrate(true, own_turn, &mut |_| {}) {
                     tracing::warn!(error = %err, "lazy migration did not complete");
                 }
             }
@@ -859,15 +910,15 @@ impl Inner {
         }
     }
 
-    fn run_get(&self, ticket: Ticket, key: &SecretKey) -> Result<Option<SecretValue>> {
-        self.ensure_ready()?;
+    fn run_get(&self, mut ticket: Ticket, key: &SecretKey) -> Result<Option<SecretValue>> {
+        self.ensure_ready_holding(&mut ticket, key)?;
         ticket.wait();
         self.do_get(key)
     }
 
-    fn run_set(&self, ticket: Ticket, key: &SecretKey, value: &SecretValue) -> Result<()> {
+    fn run_set(&self, mut ticket: Ticket, key: &SecretKey, value: &SecretValue) -> Result<()> {
         self.limits.check_value(value)?;
-        self.ensure_ready()?;
+        self.ensure_ready_holding(&mut ticket, key)?;
         ticket.wait();
         let result = self.do_set(key, value);
         self.emit_unless_refused(key, ChangeKind::Set, &result);
@@ -876,7 +927,7 @@ impl Inner {
 
     fn run_write_unless(
         &self,
-        ticket: Ticket,
+        mut ticket: Ticket,
         key: &SecretKey,
         value: Option<&SecretValue>,
         after: SystemTime,
@@ -884,7 +935,7 @@ impl Inner {
         if let Some(value) = value {
             self.limits.check_value(value)?;
         }
-        self.ensure_ready()?;
+        self.ensure_ready_holding(&mut ticket, key)?;
         ticket.wait();
         let written = self.do_write_unless(key, value, after);
         // As for a set or delete, an error does not say that nothing happened, but a refusal
@@ -931,8 +982,8 @@ impl Inner {
         Ok(true)
     }
 
-    fn run_delete(&self, ticket: Ticket, key: &SecretKey) -> Result<bool> {
-        self.ensure_ready()?;
+    fn run_delete(&self, mut ticket: Ticket, key: &SecretKey) -> Result<bool> {
+        self.ensure_ready_holding(&mut ticket, key)?;
         ticket.wait();
         let result = self.do_delete(key);
         self.emit_unless_refused(key, ChangeKind::Delete, &result);
@@ -1228,7 +1279,7 @@ impl Inner {
             }
         }
         if !self.journal.migration_done() {
-            if let Err(err) = self.migrate(false, &mut |_| {}) {
+            if let Err(err) = self.migrate(false, None, &mut |_| {}) {
                 tracing::warn!(error = %err, "migration pass failed");
             }
         }
@@ -1242,10 +1293,12 @@ impl Inner {
     }
 
     /// One migration pass. `lazy` passes skip keys that are busy (their own operations
-    /// handle them) instead of waiting, because the caller may hold one of those turns.
+    /// handle them) instead of waiting, because the caller may hold one of those turns; the
+    /// key whose turn the caller holds, `own_turn`, is migrated in that turn.
     fn migrate(
         &self,
         lazy: bool,
+        own_turn: Option<&SecretKey>,
         progress: &mut dyn FnMut(&MigrationProgress),
     ) -> Result<MigrationReport> {
         let mut report = MigrationReport::default();
@@ -1263,15 +1316,20 @@ impl Inner {
         let keys = legacy.keys()?;
         let total = keys.len();
         for (i, key) in keys.into_iter().enumerate() {
-            let ticket = if lazy {
-                self.queues.try_enqueue_idle(&key)
+            // `Some(None)`: the caller's own turn, held already.
+            let turn = if own_turn == Some(&key) {
+                Some(None)
+            } else if lazy {
+                self.queues.try_enqueue_idle(&key).map(Some)
             } else {
-                Some(self.queues.enqueue(&key))
+                Some(Some(self.queues.enqueue(&key)))
             };
-            let outcome = match ticket {
+            let outcome = match turn {
                 None => MigrationOutcome::Deferred,
                 Some(ticket) => {
-                    ticket.wait();
+                    if let Some(ticket) = &ticket {
+                        ticket.wait();
+                    }
                     self.migrate_key(legacy.as_ref(), &key)
                 }
             };
