@@ -213,10 +213,26 @@ impl From<QuickCli> for Cli {
     }
 }
 
-/// The parsed command line (clap prints help, version and usage errors and exits itself).
+/// The parsed command line; for help and version, and for a usage error, this prints and
+/// exits (0, or 2 for an error).
 pub fn parse_command_line() -> Cli {
     let args = multicall_args(std::env::args_os()).unwrap_or_else(|| std::env::args_os().collect());
-    parse_from(args).unwrap_or_else(|e| e.exit())
+    parse_from(args).unwrap_or_else(|e| exit_for(&e))
+}
+
+/// Prints what clap has to say and exits as clap would, but with a usage error starting
+/// `keyshare: error:` like every other error (the README promises that prefix, and scripts
+/// that run several programs tell them apart by it; found by QA: clap's own `error: ...`).
+/// clap's text, its colours, help and version output are kept as they are.
+fn exit_for(err: &clap::Error) -> ! {
+    use std::io::Write as _;
+    if err.use_stderr() && err.render().to_string().starts_with("error:") {
+        eprint!("keyshare: ");
+    }
+    let _ = err.print();
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(err.exit_code())
 }
 
 /// The command line to parse when the binary runs under a helper's program name (a link or a

@@ -43,6 +43,48 @@ fn usage_errors() {
         "usage_bad_store",
         env.failure(&["--store", "cloud", "list"], b"")
     );
+    snapshot!("usage_unknown_command", env.failure(&["bogus"], b""));
+}
+
+/// QA: clap's usage errors began `error: ...`, not `keyshare: error: ...` as every other
+/// error does (and the README says); help and version are not errors and stay as clap prints
+/// them.
+#[test]
+fn usage_errors_carry_the_program_name_and_help_does_not() {
+    let env = home();
+    for args in [
+        &["bogus"][..],
+        &["get"],
+        &["--store", "cloud", "list"],
+        &["list", "--frobnicate"],
+    ] {
+        let out = env.run(args, b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("keyshare: error: "),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = env
+        .command(&["list"])
+        .env("KEYSHARE_NO_AUTOSTART", "maybe")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("keyshare: error: invalid value"));
+    for args in [&["--help"][..], &["get", "--help"], &["-h"], &["--version"]] {
+        let out = env.run(args, b"");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(out.stderr.is_empty(), "{args:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains("keyshare: "), "{args:?}: {stdout}");
+    }
+    // Without a command, clap shows the help, as a usage error (exit 2): it is no `error:`
+    // line, so it gets no prefix either.
+    let out = env.run(&[], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("Share secrets"));
 }
 
 #[test]
