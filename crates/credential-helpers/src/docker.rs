@@ -30,14 +30,25 @@ pub const MISSING_SERVER_URL: &str = "no credentials server URL";
 /// The canonical line for a store payload without a username.
 pub const MISSING_USERNAME: &str = "no credentials username";
 
-/// The `what` of every [`Error::Invalid`] this module returns; for those, the `reason` is the
-/// line to print on stdout.
+/// The `what` of an [`Error::Invalid`] whose `reason` is a line docker defines
+/// ([`MISSING_SERVER_URL`], [`MISSING_USERNAME`], and a helper's usage lines): printed on
+/// stdout exactly, since docker matches some of them.
+pub const DOCKER_WORDING: &str = "docker credential request";
+
+/// The `what` of every other [`Error::Invalid`] this module returns: keyshare's own words,
+/// printed as keyshare's messages are (`keyshare: ` and the whole message), so that a user can
+/// tell which program refused the input.
 pub const INPUT: &str = "docker credential input";
 
 const STORE_NAME: &str = "docker credentials";
 
 fn invalid(reason: impl Into<String>) -> Error {
     Error::invalid(INPUT, reason)
+}
+
+/// An input error in docker's own words ([`DOCKER_WORDING`]).
+fn in_docker_words(line: &'static str) -> Error {
+    Error::invalid(DOCKER_WORDING, line)
 }
 
 /// A credential as docker stores it.
@@ -234,7 +245,7 @@ impl Credential {
         }
         check_server_url(&wire.server_url)?;
         if wire.username.is_empty() {
-            return Err(invalid(MISSING_USERNAME));
+            return Err(in_docker_words(MISSING_USERNAME));
         }
         let Some(secret) = wire.secret.as_mut() else {
             return Err(invalid("the store payload has no \"Secret\" field"));
@@ -321,7 +332,7 @@ pub fn parse_server_url(input: &[u8]) -> Result<String> {
 /// ([`MISSING_SERVER_URL`]), one line, and a valid key once prefixed.
 fn check_server_url(url: &str) -> Result<()> {
     if url.is_empty() {
-        return Err(invalid(MISSING_SERVER_URL));
+        return Err(in_docker_words(MISSING_SERVER_URL));
     }
     if url.contains(['\n', '\r']) {
         return Err(invalid("the server URL spans several lines; send one URL"));
@@ -504,6 +515,26 @@ mod tests {
         );
         assert!(reason(parse_server_url(b"a\0b").unwrap_err()).contains("NUL"));
         assert!(reason(parse_server_url(b"a\nb").unwrap_err()).contains("several lines"));
+    }
+
+    /// The CLI prints docker's wordings as they are and its own with `keyshare: `: it tells
+    /// them apart by `what`.
+    #[test]
+    fn docker_s_wordings_are_told_apart_from_keyshare_s() {
+        let what = |err: Error| match err {
+            Error::Invalid { what, .. } => what,
+            other => panic!("expected Invalid, got {other:?}"),
+        };
+        assert_eq!(what(parse_server_url(b"").unwrap_err()), DOCKER_WORDING);
+        assert_eq!(
+            what(Credential::parse_store(br#"{"ServerURL":"s","Secret":"x"}"#).unwrap_err()),
+            DOCKER_WORDING
+        );
+        assert_eq!(
+            what(Credential::parse_store(b"not json").unwrap_err()),
+            INPUT
+        );
+        assert_eq!(what(parse_server_url(b"a\nb").unwrap_err()), INPUT);
     }
 
     /// docker's Go decoder matches field names without regard to case, and clients that

@@ -265,6 +265,68 @@ fn docker_credential_bad_input() {
     assert_eq!(env.state(), before, "a rejected request changed the store");
 }
 
+/// docker's own wordings are printed exactly (docker matches some of them); every other error
+/// is keyshare's and says so with `keyshare: `, as the README promises (found by QA: malformed
+/// JSON and a field given twice came without it).
+#[test]
+fn docker_errors_are_docker_wordings_or_say_they_are_keyshare_s() {
+    let env = home();
+    // The vault, created first: its creation is a warning on stderr.
+    env.ok(
+        &["docker-credential", "store"],
+        br#"{"ServerURL":"r.example","Username":"u","Secret":"original"}"#,
+    );
+    let stdout_of = |args: &[&str], stdin: &[u8]| {
+        let out = env.run(args, stdin);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(out.stderr.is_empty(), "{args:?}: nothing on stderr");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let store = ["docker-credential", "store"];
+    for (args, stdin, line) in [
+        (
+            &store[..],
+            &br#"{"Username":"u","Secret":"s"}"#[..],
+            "no credentials server URL",
+        ),
+        (
+            &store,
+            br#"{"ServerURL":"r","Secret":"s"}"#,
+            "no credentials username",
+        ),
+        (
+            &["docker-credential", "get"],
+            b"x.example",
+            "credentials not found in native keychain",
+        ),
+        (
+            &["docker-credential", "bogus"],
+            b"",
+            "Unknown credential action `bogus`",
+        ),
+        (
+            &["docker-credential"],
+            b"",
+            "Usage: docker-credential-keyshare <store|get|erase|list|version>",
+        ),
+    ] {
+        assert_eq!(stdout_of(args, stdin), format!("{line}\n"), "{args:?}");
+    }
+    for stdin in [
+        &b"not json"[..],
+        br#"{"ServerURL":"r","Username":"u","Secret":"s","secret":"t"}"#,
+        br#"{"ServerURL":"r","Username":"u"}"#,
+        b"{\"ServerURL\":\"r\",\"Username\":\"u\",\"Secret\":\"s\0\"}",
+    ] {
+        let line = stdout_of(&store, stdin);
+        assert!(
+            line.starts_with("keyshare: invalid docker credential input: ")
+                && line.lines().count() == 1,
+            "{line}"
+        );
+    }
+}
+
 /// One corrupt entry no longer hides the good ones: docker `list` lists the others and git
 /// `get` for a host answers with another user's good credential, each warning on stderr about
 /// the entry it skipped, which is left untouched (found by QA: both failed with exit 4).

@@ -45,7 +45,7 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         [verb] => verb.as_str(),
         _ => {
             return Err(keyshare::Error::invalid(
-                docker::INPUT,
+                docker::DOCKER_WORDING,
                 format!("Usage: {PROGRAM} <store|get|erase|list|version>"),
             )
             .into())
@@ -89,7 +89,7 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         }
         other => {
             return Err(keyshare::Error::invalid(
-                docker::INPUT,
+                docker::DOCKER_WORDING,
                 format!("Unknown credential action `{other}`"),
             )
             .into())
@@ -100,8 +100,9 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
 }
 
 /// Writes the one line docker shows for an error to stdout, the only place a docker helper's
-/// errors go: the canonical line when there is one (docker matches those exactly), else the
-/// input problem, else the whole error with its causes (`keyshare: ...`).
+/// errors go: docker's wording when docker defines one (it matches some exactly), else the
+/// whole error with its causes (`keyshare: ...`), input problems included (found by QA: a
+/// malformed payload's message came without the `keyshare: ` that tells whose it is).
 pub fn report_on_stdout(err: &anyhow::Error) {
     let line = err
         .chain()
@@ -110,7 +111,9 @@ pub fn report_on_stdout(err: &anyhow::Error) {
                 return Some(docker::NOT_FOUND.to_owned());
             }
             match cause.downcast_ref::<keyshare::Error>() {
-                Some(keyshare::Error::Invalid { what, reason }) if *what == docker::INPUT => {
+                Some(keyshare::Error::Invalid { what, reason })
+                    if *what == docker::DOCKER_WORDING =>
+                {
                     Some(reason.clone())
                 }
                 _ => None,
