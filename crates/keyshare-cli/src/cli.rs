@@ -27,16 +27,13 @@ pub struct Cli {
     pub globals: Globals,
     #[command(subcommand)]
     pub command: Command,
-    /// `import vscode` without `--app-name`: the flavour, known once the config is read,
-    /// decides which VS Code it means (`Code`, or `Code - Insiders` for insiders).
-    #[arg(skip)]
-    pub import_app_name_defaulted: bool,
 }
 
 /// The flags every command takes, before or after its name.
 #[derive(Debug, clap::Args)]
 pub struct Globals {
-    /// Product flavour (its secrets are invisible to other flavours) [default: stable].
+    /// Product flavour (its secrets are invisible to other flavours) [default: the config
+    /// file's `default_flavor`, else stable].
     #[arg(long, global = true, env = "KEYSHARE_FLAVOR", value_name = "F")]
     pub flavor: Option<String>,
     /// The app id this command acts as.
@@ -203,7 +200,6 @@ impl From<QuickCli> for Cli {
     fn from(quick: QuickCli) -> Cli {
         Cli {
             globals: quick.globals,
-            import_app_name_defaulted: false,
             command: match quick.command {
                 QuickCommand::Get(args) => Command::Get(Lazy(args)),
                 QuickCommand::GitCredential(args) => Command::GitCredential(Lazy(args)),
@@ -340,13 +336,7 @@ pub fn parse_from(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
     }
     let mut command = Cli::command();
     let matches = command.try_get_matches_from_mut(args)?;
-    let mut cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut command))?;
-    cli.import_app_name_defaulted = matches
-        .subcommand_matches("import")
-        .and_then(|import| import.subcommand_matches("vscode"))
-        .is_some_and(|vscode| {
-            vscode.value_source("app_name") == Some(clap::parser::ValueSource::DefaultValue)
-        });
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut command))?;
     std::mem::forget(command);
     Ok(cli)
 }

@@ -88,7 +88,7 @@ fn routing(cli: &Cli) -> broker::Routing {
 fn run(cli: &mut Cli) -> anyhow::Result<()> {
     let (ctx, config_path) = context(cli)?;
     if let Command::Import(LazySubcommands(cmd::import::Source::Vscode(args))) = &mut cli.command {
-        vscode_of_this_flavour(&mut args.key.app_name, cli.import_app_name_defaulted, &ctx);
+        vscode_of_this_flavour(&mut args.key.app_name, &ctx);
     }
     match &cli.command {
         Command::Set(Lazy(args)) => cmd::set::run(args, &ctx),
@@ -112,11 +112,11 @@ fn run(cli: &mut Cli) -> anyhow::Result<()> {
 /// The VS Code whose secrets `import vscode` copies into this flavour's shared store: by
 /// default the flavour's own build (found by QA: `--flavor insiders import vscode` read stable
 /// VS Code's database); one of another flavour, named on purpose, is read with a warning.
-fn vscode_of_this_flavour(app_name: &mut String, defaulted: bool, ctx: &Context) {
-    if defaulted {
-        *app_name = config::vscode_app_name(&ctx.flavour);
+fn vscode_of_this_flavour(app_name: &mut Option<String>, ctx: &Context) {
+    let Some(app_name) = app_name else {
+        *app_name = Some(config::vscode_app_name(&ctx.flavour));
         return;
-    }
+    };
     let flavour = ctx.flavour.name();
     if let Some(theirs) = config::implied_flavour(app_name).filter(|f| *f != flavour) {
         eprintln!(

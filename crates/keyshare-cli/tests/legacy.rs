@@ -1105,3 +1105,45 @@ fn legacy_list_defaults_to_the_flavours_own_vscode() {
     product_dir(&env, "Code - Insiders");
     assert!(list("insiders").status.success());
 }
+
+/// QA s20 #11: the help said `[default: Code]` for `--app-name` and `[default: stable]` for
+/// `--flavor`, but the defaults are computed: the flavour's own VS Code, and the config file's
+/// `default_flavor`. The help says so, and the flavour's default is what a command takes.
+#[test]
+fn help_gives_the_computed_defaults() {
+    let env = home();
+    for args in [
+        &["import", "vscode", "--help"][..],
+        &["legacy", "list", "--help"],
+    ] {
+        let help = String::from_utf8(env.ok(args, b"").stdout).unwrap();
+        assert!(!help.contains("[default: Code]"), "{args:?}: {help}");
+        assert!(!help.contains("[default: stable]"), "{args:?}: {help}");
+        assert!(
+            help.contains("`Code` or `Code - Insiders` under insiders"),
+            "{args:?}: {help}"
+        );
+        assert!(
+            help.contains("[default: the config file's `default_flavor`, else stable]"),
+            "{args:?}: {help}"
+        );
+    }
+    // With a directory but no `--app-name`, insiders means its own VS Code (the app name
+    // decides the keyring item the key is read from).
+    let dir = product_dir(&env, "Code - Insiders");
+    let report = env.ok_json(
+        &[
+            "--flavor",
+            "insiders",
+            "--json",
+            "legacy",
+            "list",
+            "--user-data-dir",
+            dir.to_str().unwrap(),
+            "--password-store",
+            "basic",
+        ],
+        b"",
+    );
+    assert_eq!(report["app_name"], "Code - Insiders", "{report}");
+}

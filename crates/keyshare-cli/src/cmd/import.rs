@@ -51,11 +51,11 @@ fn vscode(args: &VscodeArgs, ctx: &Context) -> anyhow::Result<()> {
     // The database first: a wrong app name or directory (no such file) or a damaged file
     // (corrupt) is the problem to report, not the keyring the key would come from. Opened
     // read-only with a key that needs nothing, only to look at it.
-    open_read_only(&db, SafeStorageKeys::linux_basic(), &args.key.app_name)?;
+    open_read_only(&db, SafeStorageKeys::linux_basic(), args.key.app_name())?;
     // As `legacy list`: without the keyring, what reads is imported and each v11 secret fails
     // with the reason (exit 7), instead of the whole import failing (QA #3).
     let (keys, note) = args.key.resolve_keys(&key_source, Some(&dir))?;
-    let source = open_read_only(&db, keys, &args.key.app_name)?;
+    let source = open_read_only(&db, keys, args.key.app_name())?;
     // Identified: whether the store keeps change times decides how deletes are known below.
     let target = stores::open_shared_identified(ctx)?;
     // Over a shared store that records no deletes (Secret Service, OpenBao), only a record of

@@ -23,15 +23,16 @@ pub enum Command {
     List(ListArgs),
 }
 
-/// `--app-name` when not given.
-const DEFAULT_APP_NAME: &str = "Code";
-
 /// Where the app's safeStorage key comes from (shared by `legacy` and `import`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct KeyArgs {
-    /// The app's product name, as in its user-data directory and keyring item.
-    #[arg(long, value_name = "NAME", default_value = DEFAULT_APP_NAME)]
-    pub app_name: String,
+    /// The app's product name, as in its user-data directory and keyring item [default: the
+    /// flavour's VS Code, `Code` or `Code - Insiders` under insiders; for `legacy list`, the
+    /// Electron legacy store of --app in the config file first].
+    // No clap default: the real one depends on the flavour, known once the config is read
+    // (found by QA: the help said `[default: Code]` under insiders too).
+    #[arg(long, value_name = "NAME")]
+    pub app_name: Option<String>,
     /// The app's user-data directory [default: VSCODE_PORTABLE, VSCODE_APPDATA, or the OS
     /// location for the app name].
     #[arg(long, value_name = "PATH")]
@@ -57,6 +58,12 @@ pub enum PasswordStore {
 }
 
 impl KeyArgs {
+    /// The app name `--app-name` gave, or the one [`KeyArgs::or_app_legacy`] or
+    /// `import vscode` chose for this flavour; stable's VS Code only if neither ran.
+    pub fn app_name(&self) -> &str {
+        self.app_name.as_deref().unwrap_or("Code")
+    }
+
     /// The key source the flags ask for; reads the keyring password from stdin if asked to.
     pub fn key_source(&self) -> anyhow::Result<KeySource> {
         if self.keyring_password_stdin {
@@ -73,7 +80,7 @@ impl KeyArgs {
                 &Limits {
                     max_value_len: 4096,
                 },
-                &format!("Keyring password of {}: ", self.app_name),
+                &format!("Keyring password of {}: ", self.app_name()),
             )?;
             return Ok(KeySource::KeyringPassword(keyring_password(&value)));
         }
@@ -98,7 +105,7 @@ impl KeyArgs {
         source: &KeySource,
         dir: Option<&Path>,
     ) -> anyhow::Result<(SafeStorageKeys, Option<String>)> {
-        let app = &self.app_name;
+        let app = self.app_name();
         let explicit = self.keyring_password_stdin || self.password_store.is_some();
         match source.resolve(app, dir) {
             Ok(keys) => Ok((keys, None)),
@@ -130,23 +137,28 @@ impl KeyArgs {
     }
 
     /// These flags, or, when they name no database (no `--state-db`, `--user-data-dir` or
-    /// other `--app-name`) and `--app` has an Electron legacy store in the config, that
-    /// store's app name, directory and password store: `keyshare --app code legacy list`
-    /// looked in the default directory of `Code` instead (QA s19 F9).
+    /// `--app-name`) and `--app` has an Electron legacy store in the config, that store's app
+    /// name, directory and password store: `keyshare --app code legacy list` looked in the
+    /// default directory of `Code` instead (QA s19 F9). Without `--app-name`, otherwise, the
+    /// flavour's own VS Code.
     pub fn or_app_legacy(&self, ctx: &Context, state_db_given: bool) -> KeyArgs {
         let mut key = self.clone();
         let configured = ctx.config.legacy(&ctx.app, &ctx.flavour);
-        if state_db_given || key.user_data_dir.is_some() || key.app_name != DEFAULT_APP_NAME {
+        if key.app_name.is_some() {
+            return key;
+        }
+        if state_db_given || key.user_data_dir.is_some() {
+            key.app_name = Some(crate::config::vscode_app_name(&ctx.flavour));
             return key;
         }
         if let Some(crate::config::LegacyConfig::Electron(electron)) = configured.store() {
-            key.app_name = electron.app_name.clone();
+            key.app_name = Some(electron.app_name.clone());
             key.user_data_dir = electron.user_data_dir.clone();
             key.password_store = key.password_store.or(electron.password_store);
         } else {
             // The flavour's own VS Code, as `import vscode` takes (found by QA: under
             // insiders, `legacy list --show-values` printed stable's token).
-            key.app_name = crate::config::vscode_app_name(&ctx.flavour);
+            key.app_name = Some(crate::config::vscode_app_name(&ctx.flavour));
         }
         key
     }
@@ -154,7 +166,7 @@ impl KeyArgs {
     /// The user-data directory the flags and environment point at.
     pub fn user_data_dir(&self) -> anyhow::Result<PathBuf> {
         Ok(user_data_dir(
-            &self.app_name,
+            self.app_name(),
             self.user_data_dir.as_deref(),
         )?)
     }
@@ -275,7 +287,7 @@ fn list(args: &ListArgs, ctx: &Context) -> anyhow::Result<()> {
     // Listing is still useful without the keyring: v10 rows decrypt, the rest say why not.
     let (keys, note) = args.key.resolve_keys(&source, dir.as_deref())?;
     let mut notes: Vec<String> = note.into_iter().collect();
-    let store = open_read_only(&db, keys, &args.key.app_name)?;
+    let store = open_read_only(&db, keys, args.key.app_name())?;
     let listing = store.rows()?;
     if let Some(problem) = &listing.marker_problem {
         notes.push(format!(
@@ -295,7 +307,7 @@ fn list(args: &ListArgs, ctx: &Context) -> anyhow::Result<()> {
             "{}",
             json!({
                 "state_db": db.display().to_string(),
-                "app_name": args.key.app_name,
+                "app_name": args.key.app_name(),
                 "key_source": store.keys_in_use().origin(),
                 "notes": notes,
                 "secrets": secrets,
