@@ -53,6 +53,11 @@ fn context(cli: &Cli) -> anyhow::Result<(Context, PathBuf)> {
             json: cli.globals.json,
             limits: Limits::default(),
             routing: routing(cli),
+            store_options: stores::StoreOptions {
+                config: cli.globals.config.as_deref().map(absolute),
+                store: cli.globals.store,
+                direct: cli.globals.direct,
+            },
             passphrase: std::sync::Mutex::new(match &cli.command {
                 Command::Serve(Lazy(args)) if args.passphrase_stdin => {
                     Some(cmd::serve::read_passphrase_from_stdin()?)
@@ -68,8 +73,7 @@ fn routing(cli: &Cli) -> broker::Routing {
     let mut passthrough = Vec::new();
     if let Some(config) = &cli.globals.config {
         // An autostarted broker runs in `/`: a relative path must mean what it means here.
-        let config = std::path::absolute(config).unwrap_or_else(|_| config.clone());
-        passthrough.extend(["--config".into(), config.into_os_string()]);
+        passthrough.extend(["--config".into(), absolute(config).into_os_string()]);
     }
     if let Some(store) = cli.globals.store {
         passthrough.extend(["--store".into(), store.name().into()]);
@@ -83,6 +87,11 @@ fn routing(cli: &Cli) -> broker::Routing {
         check_whole_vault: matches!(cli.command, Command::Serve(_) | Command::Doctor),
         look_only: matches!(cli.command, Command::Doctor),
     }
+}
+
+/// `path` from the current directory, as another process elsewhere must be given it.
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 fn run(cli: &mut Cli) -> anyhow::Result<()> {

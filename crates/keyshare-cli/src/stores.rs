@@ -28,10 +28,25 @@ pub struct Context {
     pub json: bool,
     pub limits: Limits,
     pub routing: crate::broker::Routing,
+    /// The global options given to this command that choose its store, which the commands
+    /// its messages advise repeat.
+    pub store_options: StoreOptions,
     /// A vault passphrase given on standard input (`serve --passphrase-stdin`), taken before
     /// KEYSHARE_PASSPHRASE by the first vault opened (the broker's shared vault), and so
     /// dropped once that vault has derived its key from it: a broker lives for days.
     pub passphrase: std::sync::Mutex<Option<keyshare::SecretValue>>,
+}
+
+/// The global options a command was given that choose the store it acts on (each `None` or
+/// `false` when not given). A command line advised in a message repeats them: followed
+/// without them, it acts on another store (found by QA: under `--store secret-service`, the
+/// advised `repair` repaired the vault, said "repaired: 0", and the repair stayed pending).
+#[derive(Debug, Default)]
+pub struct StoreOptions {
+    /// `--config`, made absolute: advice may be followed in another directory.
+    pub config: Option<std::path::PathBuf>,
+    pub store: Option<StoreChoice>,
+    pub direct: bool,
 }
 
 /// The shared store that was chosen, and why.

@@ -138,7 +138,7 @@ fn an_incomplete_migration_is_a_problem() {
     assert!(problems.contains("migration"), "{problems}");
     // The app's own command: a bare `keyshare migrate` is the default app's.
     assert!(
-        problems.contains("`keyshare --flavor stable --app code migrate`"),
+        problems.contains("`keyshare --flavor stable --store vault --app code migrate`"),
         "{problems}"
     );
     let human = env.run(&["--store", "vault", "--app", "code", "doctor"], b"");
@@ -152,7 +152,7 @@ fn an_incomplete_migration_is_a_problem() {
     assert_eq!(out.status.code(), Some(7));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("`keyshare --flavor stable --app code migrate`"),
+        stderr.contains("`keyshare --flavor stable --store vault --app code migrate`"),
         "{stderr}"
     );
 }
@@ -255,6 +255,84 @@ fn a_broker_started_by_hand_is_not_said_to_log_to_a_file() {
     assert!(child.wait().unwrap().success());
 }
 
+/// QA s20 #5: advice dropped the options that chose the store (`--store`, `--config`,
+/// `--direct`), so the advised `repair`, followed as printed, repaired another store, said
+/// "repaired: 0", and the repair stayed pending. Followed as printed here, from another
+/// directory (the config's path was relative, and has a space), it repairs.
+#[test]
+fn advised_commands_act_on_the_store_the_command_used() {
+    let env = Home::new();
+    std::fs::create_dir_all(env.path().join("my config")).unwrap();
+    // Without `--store vault`, this config's store is the memory store.
+    std::fs::write(
+        env.path().join("my config/c.toml"),
+        "store = \"memory\"\n[apps.code]\nlegacy = { kind = \"vault\" }\n",
+    )
+    .unwrap();
+    let options = [
+        "--config",
+        "my config/c.toml",
+        "--store",
+        "vault",
+        "--direct",
+    ];
+    let run = |args: &[&str], stdin: &str| {
+        let mut all = options.to_vec();
+        all.extend(args);
+        env.command(&all)
+            .current_dir(env.path())
+            .write_stdin(stdin)
+            .output()
+            .unwrap()
+    };
+    let dir = break_the_shared_vault(&env);
+    let out = run(&["--app", "code", "set", "github.auth"], "t1");
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let advised = stderr
+        .split_once("It is queued: `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(advised, _)| advised.to_owned())
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(
+        advised,
+        format!(
+            "keyshare --flavor stable --config '{}/my config/c.toml' --store vault --direct \
+             --app code repair",
+            env.path().display()
+        )
+    );
+    let report = parse(&run(&["--app", "code", "--json", "doctor"], ""));
+    assert!(
+        report["problems"]
+            .to_string()
+            .contains(&format!("run `{advised}`")),
+        "{report}"
+    );
+
+    std::fs::remove_file(dir.join("vault.db")).unwrap();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_keyshare"));
+    let path = std::env::join_paths(std::iter::once(bin.parent().unwrap().to_owned()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", &advised])
+        .env_clear()
+        .env("HOME", env.path())
+        .env("PATH", path)
+        .env("XDG_CONFIG_HOME", env.path().join("config"))
+        .env("XDG_DATA_HOME", env.path().join("data"))
+        .env("XDG_RUNTIME_DIR", env.path().join("run"))
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "repaired: 1\n");
+    let out = run(&["get", "github.auth"], "");
+    assert_eq!(out.stdout, b"t1", "{out:?}");
+}
+
 /// A write the shared store did not take is acknowledged (the app's own store has it) and says
 /// on stderr that the other apps do not see it yet and how to repair it; doctor lists it (found
 /// by QA: the write said nothing).
@@ -268,7 +346,8 @@ fn a_write_the_shared_store_did_not_take_says_so() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("the shared store did not take this change to github.auth")
-            && stderr.contains("`keyshare --flavor stable --app code repair`"),
+            && stderr
+                .contains("`keyshare --flavor stable --store vault --direct --app code repair`"),
         "{stderr}"
     );
     let out = env.run(&["--app", "code", "--json", "doctor"], b"");
@@ -278,7 +357,7 @@ fn a_write_the_shared_store_did_not_take_says_so() {
     // app, which has nothing pending (found by QA).
     let problems = report["problems"].to_string();
     assert!(
-        problems.contains("run `keyshare --flavor stable --app code repair`"),
+        problems.contains("run `keyshare --flavor stable --store vault --app code repair`"),
         "{problems}"
     );
     // So does a repair that cannot reach the shared store, about running it again.
@@ -286,7 +365,9 @@ fn a_write_the_shared_store_did_not_take_says_so() {
     assert_eq!(out.status.code(), Some(7));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("run `keyshare --flavor stable --app code repair` again"),
+        stderr.contains(
+            "run `keyshare --flavor stable --store vault --direct --app code repair` again"
+        ),
         "{stderr}"
     );
     // Once the shared store answers, the next write of the key goes through and says nothing

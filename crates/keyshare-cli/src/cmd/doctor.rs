@@ -292,10 +292,9 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
 /// has no command that moves secrets from one shared store to another. Both sides `--direct`,
 /// since a running broker serves one store only; the value goes through a pipe, never argv.
 fn copy_by_hand(ctx: &Context, to: &str) -> String {
-    let flavour = ctx.flavour.name();
+    let keyshare = super::keyshare_in(ctx);
     format!(
-        "`keyshare --flavor {flavour} --direct --store vault get KEY | keyshare --flavor \
-         {flavour} --direct --store {to} set KEY`"
+        "`{keyshare} --direct --store vault get KEY | {keyshare} --direct --store {to} set KEY`"
     )
 }
 

@@ -87,9 +87,8 @@ fn with_way_out(err: keyshare::Error, ctx: &Context) -> anyhow::Error {
     let advice = match &err {
         keyshare::Error::Corrupt { key: Some(key), .. } => Some(format!(
             "git asked to erase a credential that cannot be read, so it was left as it is; if \
-             it is not needed, `keyshare --flavor {} delete '{}'` removes it",
-            ctx.flavour.name(),
-            key.replace('\'', r"'\''")
+             it is not needed, `{}` removes it",
+            super::command_for(ctx, &format!("delete '{}'", key.replace('\'', r"'\''")))
         )),
         _ => None,
     };

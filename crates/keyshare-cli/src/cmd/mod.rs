@@ -71,17 +71,33 @@ pub fn say_if_queued(storage: &keyshare::SecretStorage, key: &SecretKey, ctx: &C
     }
 }
 
-/// The command line that runs `rest` as this command's app in its flavour, for advice: the
-/// flavour is always named, since a bare `keyshare` may mean another one in the shell that
-/// runs it (KEYSHARE_FLAVOR, `default_flavor`), and advice followed in another flavour acts on
-/// that flavour's stores (found by QA: doctor's advice for an insiders app said
-/// `keyshare --app code migrate`).
+/// The command line that runs `rest` as this command's app in its flavour, on its store, for
+/// advice: the flavour is always named, since a bare `keyshare` may mean another one in the
+/// shell that runs it (KEYSHARE_FLAVOR, `default_flavor`), and advice followed in another
+/// flavour acts on that flavour's stores (found by QA: doctor's advice for an insiders app
+/// said `keyshare --app code migrate`); so are the `--config`, `--store` and `--direct` this
+/// command was given ([`crate::stores::StoreOptions`]).
 pub fn command_for(ctx: &Context, rest: &str) -> String {
-    format!(
-        "keyshare --flavor {} --app {} {rest}",
-        ctx.flavour.name(),
-        ctx.app
-    )
+    let options = &ctx.store_options;
+    let mut line = keyshare_in(ctx);
+    if let Some(store) = options.store {
+        line.push_str(&format!(" --store {}", store.name()));
+    }
+    if options.direct {
+        line.push_str(" --direct");
+    }
+    format!("{line} --app {} {rest}", ctx.app)
+}
+
+/// `keyshare --flavor F`, with the `--config` this command was given: how every advised
+/// command line starts, whichever store it names.
+pub fn keyshare_in(ctx: &Context) -> String {
+    let mut line = format!("keyshare --flavor {}", ctx.flavour.name());
+    if let Some(config) = &ctx.store_options.config {
+        line.push_str(" --config ");
+        line.push_str(&keyshare::store::vault::shell_quote(config));
+    }
+    line
 }
 
 /// Validates a key given on the command line.

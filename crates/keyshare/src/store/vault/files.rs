@@ -11,8 +11,10 @@ use crate::error::{Error, Result};
 /// Group and other permission bits: none may be set on a vault, its key file or its directory.
 const GROUP_OTHER: u32 = 0o077;
 
-/// A path as a user would type it into a shell.
-pub(crate) fn shell_quote(path: &Path) -> String {
+/// A path as a user would type it into a shell: as it is, or in single quotes when it holds
+/// anything a shell would read otherwise (a space, a quote). For messages that name a path to
+/// type, the CLI's advice included.
+pub fn shell_quote(path: &Path) -> String {
     let text = path.display().to_string();
     if text
         .chars()

@@ -46,6 +46,7 @@ mod schema;
 mod wal;
 
 pub use changes::ChangeMarks;
+pub use files::shell_quote;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
