@@ -914,10 +914,14 @@ pub fn shared_placeholder_identity(ctx: &Context) -> Option<String> {
     }
 }
 
-/// What the shared store would have been, for `doctor`, when it could not be opened.
+/// What the shared store would have been, for `doctor`, when it (or the app's legacy store)
+/// could not be opened.
 pub fn shared_placeholder_info(ctx: &Context) -> StoreInfo {
     match attempted_store(ctx) {
         StoreChoice::Openbao => crate::openbao::placeholder_info(ctx),
+        // Not the vault: `--store memory` with a legacy store that failed to open was
+        // reported as the vault, which that command would never use (found by QA).
+        StoreChoice::Memory => MemoryStore::new().info(),
         StoreChoice::SecretService => StoreInfo {
             kind: "secret-service",
             location: ctx.flavour.service().to_owned(),

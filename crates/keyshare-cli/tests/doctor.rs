@@ -817,3 +817,33 @@ fn doctor_says_when_the_first_command_cannot_create_the_vault() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("require_os_keyring is set"));
 }
+
+/// QA s20 #6: with `--store memory` and a legacy store that cannot be opened, doctor named
+/// the vault as the shared store, which that command would never use.
+#[test]
+fn a_legacy_store_that_cannot_be_opened_leaves_the_memory_store_named() {
+    let env = Home::new();
+    env.config(&format!(
+        "[apps.vscode]\nlegacy = {{ kind = \"electron\", app_name = \"Code\", user_data_dir = \
+         {:?}, password_store = \"basic\" }}\n",
+        env.path().join("nowhere").display().to_string()
+    ));
+    let args = ["--store", "memory", "--app", "vscode"];
+    let out = env.run(&[&args[..], &["--json", "doctor"]].concat(), b"");
+    let report = parse(&out);
+    assert_eq!(out.status.code(), Some(7), "{report}");
+    assert!(
+        report["problems"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot open the legacy store"),
+        "{report}"
+    );
+    assert_eq!(report["shared"]["kind"], "memory", "{report}");
+    assert_eq!(report["shared"]["location"], "process memory", "{report}");
+    let human = stdout(&env.run(&[&args[..], &["doctor"]].concat(), b""));
+    assert!(
+        human.contains("shared store:  memory at process memory\n"),
+        "{human}"
+    );
+}
