@@ -421,7 +421,7 @@ pub fn doctor_report(ctx: &Context, problems: &mut Vec<String>) -> Value {
             Value::Null
         }
     };
-    if status.ha_enabled && status.leader.is_none() {
+    if status.ha_enabled == Some(true) && status.leader.is_none() {
         problems.push("OpenBao: no node names a leader".to_owned());
     }
     json!({
@@ -445,21 +445,28 @@ pub fn print_human(report: &Value, out: &mut String) {
             .map(str::to_owned)
             .unwrap_or_else(|| v.to_string())
     };
+    // No latency is no answer: JSON's `null` printed as text read "latency null ms" (QA).
+    let latency = match &report["latency_ms"] {
+        Value::Null => "latency unknown (no answer)".to_owned(),
+        ms => format!("latency {} ms", s(ms)),
+    };
     crate::cmd::say!(
         out,
-        "openbao:       leader {}, auth {}, latency {} ms",
+        "openbao:       leader {}, auth {}, {latency}",
         s(&report["leader"]),
         s(&report["auth_method"]),
-        s(&report["latency_ms"])
     );
     if let Some(nodes) = report["nodes"].as_array() {
         for n in nodes {
+            let latency = match &n["latency_ms"] {
+                Value::Null => String::new(),
+                ms => format!(" ({} ms)", s(ms)),
+            };
             crate::cmd::say!(
                 out,
-                "  node:        {} {} ({} ms)",
+                "  node:        {} {}{latency}",
                 s(&n["address"]),
                 s(&n["state"]),
-                s(&n["latency_ms"])
             );
         }
     }

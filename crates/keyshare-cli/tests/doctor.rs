@@ -847,3 +847,33 @@ fn a_legacy_store_that_cannot_be_opened_leaves_the_memory_store_named() {
         "{human}"
     );
 }
+
+/// QA s20 #15: for an OpenBao node nothing answers on, doctor printed "latency null ms" (JSON's
+/// null as text) and "leader none (HA is not enabled)", which no node said. No server is needed:
+/// nothing listens on port 9 (discard) here.
+#[test]
+fn an_unreachable_openbao_node_is_not_said_to_have_ha_off() {
+    let env = Home::new();
+    // A short timeout: refused connections are retried until it runs out.
+    env.config(
+        "store = \"openbao\"\ntimeout_ms = 500\n[openbao]\naddresses = [\"http://127.0.0.1:9\"]\n",
+    );
+    let out = env.run(&["doctor"], b"");
+    assert_eq!(out.status.code(), Some(7));
+    let human = stdout(&out);
+    assert!(!human.contains("null"), "{human}");
+    assert!(!human.contains("HA is not enabled"), "{human}");
+    assert!(
+        human.contains(
+            "openbao:       leader unknown (no node answered), auth token, latency unknown (no \
+             answer)\n  node:        http://127.0.0.1:9 unreachable\n"
+        ),
+        "{human}"
+    );
+    let report = parse(&env.run(&["--json", "doctor"], b""));
+    assert_eq!(report["openbao"]["ha_enabled"], Value::Null, "{report}");
+    assert_eq!(
+        report["openbao"]["nodes"][0]["state"], "unreachable",
+        "{report}"
+    );
+}

@@ -397,7 +397,7 @@ fn probe_reports_server_auth_token_leader_and_latency() {
     assert_eq!(status.nodes[0].version.as_deref(), Some("2.7.2"));
     assert_eq!(status.auth_method, "token");
     assert!(
-        !status.ha_enabled,
+        status.ha_enabled == Some(false),
         "the dev server is a single in-memory node"
     );
     assert_eq!(status.leader, None);

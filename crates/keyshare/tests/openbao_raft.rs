@@ -105,7 +105,7 @@ fn probe_names_the_leader_and_every_node() {
     let store = server.store(&unique_prefix("probe"));
     let status = store.probe();
     assert_eq!(status.nodes.len(), 3);
-    assert!(status.ha_enabled);
+    assert_eq!(status.ha_enabled, Some(true));
     let active: Vec<_> = status
         .nodes
         .iter()

@@ -933,10 +933,12 @@ fn print_human(report: &Value, out: &mut String) {
 fn print_openbao(report: &Value, out: &mut String) {
     if report.is_object() && report["leader"].is_null() {
         let mut report = report.clone();
-        report["leader"] = json!(if report["ha_enabled"] == Value::Bool(true) {
-            "none (no node names one)"
-        } else {
-            "none (HA is not enabled)"
+        // Whether HA is enabled is known only from a node's answer (found by QA: an
+        // unreachable node was said to have HA off).
+        report["leader"] = json!(match report["ha_enabled"] {
+            Value::Bool(true) => "none (no node names one)",
+            Value::Bool(false) => "none (HA is not enabled)",
+            _ => "unknown (no node answered)",
         });
         crate::openbao::print_human(&report, out);
     } else {

@@ -515,7 +515,8 @@ pub struct OpenBaoStatus {
     /// Each configured address.
     pub nodes: Vec<NodeHealth>,
     /// Whether the server runs in HA mode (a Raft cluster); a single dev server has no leader.
-    pub ha_enabled: bool,
+    /// `None` when no node answered, so it is not known.
+    pub ha_enabled: Option<bool>,
     /// The leader's API address, as the nodes report it.
     pub leader: Option<String>,
     /// `token` or `approle`.
@@ -1727,7 +1728,7 @@ impl OpenBaoStore {
             .send(&leader_req, deadline)
             .ok()
             .and_then(|r| serde_json::from_slice::<LeaderReply>(&r.body).ok());
-        let ha_enabled = leader_reply.as_ref().is_some_and(|l| l.ha_enabled);
+        let ha_enabled = leader_reply.as_ref().map(|l| l.ha_enabled);
         let leader = leader_reply
             .map(|l| l.leader_address)
             .filter(|l| !l.is_empty());
