@@ -123,6 +123,17 @@ pub fn route_identified(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
 
 fn route_with(ctx: &Context, need_hello: bool) -> anyhow::Result<Option<SharedChoice>> {
     if ctx.routing.direct || ctx.store == StoreChoice::Memory {
+        let why = if ctx.store_options.direct {
+            "--direct"
+        } else if ctx.store == StoreChoice::Memory {
+            "the memory store has no broker"
+        } else {
+            "doctor looks at the store itself"
+        };
+        tracing::debug!(
+            why,
+            "not through a broker: opening the shared store in this process"
+        );
         return Ok(None);
     }
     if ctx.dirs.runtime_dir.is_none() {
@@ -173,6 +184,11 @@ fn route_with(ctx: &Context, need_hello: bool) -> anyhow::Result<Option<SharedCh
         // user who caused the start.
         eprintln!("{}", notice.trim_end());
     }
+    tracing::debug!(
+        socket = %broker_paths.socket.display(),
+        store = identity.as_deref().unwrap_or("not known before its first reply"),
+        "shared store through the broker"
+    );
     Ok(Some(SharedChoice {
         store: Arc::new(client),
         reason: "through the broker (--direct opens it in this process)".to_owned(),

@@ -380,6 +380,20 @@ pub fn open_shared_identified(ctx: &Context) -> anyhow::Result<SharedChoice> {
 /// Picks the shared store itself: the explicit choice, or for `auto` the Secret Service when
 /// one runs (even locked), else the vault, as recorded at the flavour's first use.
 pub fn open_direct_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
+    // Which store and why, for KEYSHARE_LOG=debug (found by QA: a direct command logged
+    // nothing at all). Never a value: the store's kind, location and the reason only.
+    choose_direct_shared(ctx).inspect(|choice| {
+        let info = choice.store.info();
+        tracing::debug!(
+            store = info.kind,
+            location = %info.location,
+            why = %choice.reason,
+            "opened the shared store in this process"
+        );
+    })
+}
+
+fn choose_direct_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
     let service = ctx.flavour.service();
     match ctx.store {
         StoreChoice::Memory => Ok(SharedChoice {
@@ -812,6 +826,18 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
             legacy = Some(store);
             journal_store = Some(journal);
         }
+    }
+    match &legacy {
+        Some(store) => {
+            let info = store.info();
+            tracing::debug!(
+                app = %ctx.app,
+                store = info.kind,
+                location = %info.location,
+                "opened the app's legacy store"
+            );
+        }
+        None => tracing::debug!(app = %ctx.app, "the app has no legacy store"),
     }
     Ok(Opened {
         storage: builder.build(),

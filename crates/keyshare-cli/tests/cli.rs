@@ -642,3 +642,46 @@ fn an_outage_error_names_the_store_once() {
         "{error}"
     );
 }
+
+/// QA s20 #14: `KEYSHARE_LOG=debug keyshare --direct get k` logged nothing at all. It says which
+/// shared store it opened and why, how (directly, and why not through a broker), and which
+/// legacy store; never a value.
+#[test]
+fn debug_logs_say_which_stores_a_command_opens() {
+    let env = home();
+    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    let logged = |args: &[&str], stdin: &[u8]| {
+        let out = env
+            .command(args)
+            .env("KEYSHARE_LOG", "debug")
+            .write_stdin(stdin.to_vec())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let log = logged(
+        &["--store", "vault", "--direct", "--app", "code", "set", "k"],
+        b"s3cret-value",
+    );
+    let log = log
+        + &logged(
+            &["--store", "vault", "--direct", "--app", "code", "get", "k"],
+            b"",
+        );
+    for line in [
+        "not through a broker: opening the shared store in this process why=\"--direct\"",
+        "opened the shared store in this process store=\"vault\"",
+        "why=chosen explicitly",
+        "opened the app's legacy store app=code store=\"vault\"",
+    ] {
+        assert!(log.contains(line), "{line:?} not in {log}");
+    }
+    assert!(!log.contains("s3cret"), "a value in the log: {log}");
+    let log = logged(&["--store", "memory", "list"], b"");
+    assert!(
+        log.contains("why=\"the memory store has no broker\"")
+            && log.contains("the app has no legacy store app=keyshare"),
+        "{log}"
+    );
+}
