@@ -104,12 +104,48 @@ fn client_config(ctx: &Context) -> anyhow::Result<ClientConfig> {
     Ok(config)
 }
 
-/// The broker as the shared store, or `None` when the command should open it directly: with
-/// `--direct`, for the memory store, without `XDG_RUNTIME_DIR`, when no broker runs and
-/// autostart is off, and when autostart failed (the direct open then reports the real problem,
-/// such as a vault that needs a passphrase typed on this terminal, with its own exit code).
-/// A broker that answers but refuses (another app's pin, a protocol mismatch) is an error.
-pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
+/// How a command reaches the shared store.
+pub enum Route {
+    /// Through the broker, as the shared store.
+    Broker(SharedChoice),
+    /// The command opens the store itself; with why a broker it tried to start did not, said
+    /// once the direct open has said what it has to (see [`BrokerNotStarted::report`]).
+    Direct(Option<BrokerNotStarted>),
+}
+
+/// A broker that could not be started, as its own output says.
+pub struct BrokerNotStarted {
+    why: String,
+}
+
+impl BrokerNotStarted {
+    /// Warns that the command goes on without a broker, after the direct open: `failed`, that
+    /// open's error. The broker usually fails on what the direct open fails on too (the same
+    /// config and store: `require_os_keyring` over a key-file vault), and its whole output in
+    /// the warning then said the error twice, once inside the other (found by QA); then the
+    /// warning only says the broker did not start either. Otherwise (a direct open that worked,
+    /// or failed on something else) the broker's reason is news, and said whole.
+    pub fn report(&self, failed: Option<&anyhow::Error>) {
+        let why = self.why.trim_end();
+        if failed.is_some_and(|err| why.contains(&err.to_string())) {
+            eprintln!("keyshare: warning: could not start the broker, for the same reason as the error below");
+            return;
+        }
+        eprintln!(
+            "keyshare: warning: could not start the broker ({why}); opening the shared store \
+             directly, without it (`keyshare doctor` says whether something keeps brokers from \
+             starting)"
+        );
+    }
+}
+
+/// The broker as the shared store, or [`Route::Direct`] when the command should open it
+/// directly: with `--direct`, for the memory store, without `XDG_RUNTIME_DIR`, when no broker
+/// runs and autostart is off, and when autostart failed (the direct open then reports the real
+/// problem, such as a vault that needs a passphrase typed on this terminal, with its own exit
+/// code). A broker that answers but refuses (another app's pin, a protocol mismatch) is an
+/// error.
+pub fn route(ctx: &Context) -> anyhow::Result<Route> {
     route_with(ctx, false)
 }
 
@@ -117,11 +153,11 @@ pub fn route(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
 /// no journal: for a command that needs the store's identity and whether it
 /// [keeps change times](keyshare::Store::keeps_change_times) (`import`), which a client knows
 /// only from hello.
-pub fn route_identified(ctx: &Context) -> anyhow::Result<Option<SharedChoice>> {
+pub fn route_identified(ctx: &Context) -> anyhow::Result<Route> {
     route_with(ctx, true)
 }
 
-fn route_with(ctx: &Context, need_hello: bool) -> anyhow::Result<Option<SharedChoice>> {
+fn route_with(ctx: &Context, need_hello: bool) -> anyhow::Result<Route> {
     if ctx.routing.direct || ctx.store == StoreChoice::Memory {
         let why = if ctx.store_options.direct {
             "--direct"
@@ -134,11 +170,11 @@ fn route_with(ctx: &Context, need_hello: bool) -> anyhow::Result<Option<SharedCh
             why,
             "not through a broker: opening the shared store in this process"
         );
-        return Ok(None);
+        return Ok(Route::Direct(None));
     }
     if ctx.dirs.runtime_dir.is_none() {
         tracing::warn!("XDG_RUNTIME_DIR is not set: opening the shared store directly");
-        return Ok(None);
+        return Ok(Route::Direct(None));
     }
     let broker_paths = paths(ctx)?;
     if let Some(why) = socket_path_too_long(&broker_paths) {
@@ -148,7 +184,7 @@ fn route_with(ctx: &Context, need_hello: bool) -> anyhow::Result<Option<SharedCh
             "keyshare: warning: {why}; opening the shared store directly, without a broker, \
              until that is fixed (`keyshare doctor` checks)"
         );
-        return Ok(None);
+        return Ok(Route::Direct(None));
     }
     // A command makes a call or two and exits: no runtime, and hello rides with the first
     // request. Connecting (or autostarting) says whether a broker is there; whether it accepts
@@ -168,7 +204,7 @@ fn route_with(ctx: &Context, need_hello: bool) -> anyhow::Result<Option<SharedCh
             Err(err) if is_foreign(&err) => {
                 return Err(err.into_store_error(client.store_name()).into())
             }
-            Err(err @ ClientError::Transport(_)) => return Ok(no_broker(&err)),
+            Err(err @ ClientError::Transport(_)) => return Ok(Route::Direct(no_broker(&err))),
             Err(err) => return Err(err.into_store_error(client.store_name()).into()),
         }
     } else if let Err(err) = client.connect() {
@@ -177,7 +213,7 @@ fn route_with(ctx: &Context, need_hello: bool) -> anyhow::Result<Option<SharedCh
         if is_foreign(&err) {
             return Err(err.into_store_error(client.store_name()).into());
         }
-        return Ok(no_broker(&err));
+        return Ok(Route::Direct(no_broker(&err)));
     }
     if let Some(notice) = client.take_autostart_output() {
         // What the broker said while starting (e.g. that it created a key file) is for the
@@ -189,7 +225,7 @@ fn route_with(ctx: &Context, need_hello: bool) -> anyhow::Result<Option<SharedCh
         store = identity.as_deref().unwrap_or("not known before its first reply"),
         "shared store through the broker"
     );
-    Ok(Some(SharedChoice {
+    Ok(Route::Broker(SharedChoice {
         store: Arc::new(client),
         reason: "through the broker (--direct opens it in this process)".to_owned(),
         identity,
@@ -208,8 +244,9 @@ fn is_foreign(err: &ClientError) -> bool {
     )
 }
 
-/// No broker answered (or none could be started): the command opens the store itself.
-fn no_broker(err: &ClientError) -> Option<SharedChoice> {
+/// No broker answered (or none could be started): the command opens the store itself. A
+/// broker that could not be started is returned, to be said after the direct open.
+fn no_broker(err: &ClientError) -> Option<BrokerNotStarted> {
     if let ClientError::Transport(
         TransportError::StartupLockHeld { .. } | TransportError::TimedOut(_),
     ) = err
@@ -222,12 +259,7 @@ fn no_broker(err: &ClientError) -> Option<SharedChoice> {
         // watchers, for as long as the cause lasts: the user must hear of it (found by QA: a
         // file in the socket's place went unsaid, and `doctor` found no problem). The cause
         // may also have passed (a broker stopped while it started): doctor tells.
-        eprintln!(
-            "keyshare: warning: could not start the broker ({}); opening the shared store \
-             directly, without it (`keyshare doctor` says whether something keeps brokers \
-             from starting)",
-            why.trim_end()
-        );
+        return Some(BrokerNotStarted { why: why.clone() });
     } else {
         tracing::warn!(error = %err, "no broker: opening the shared store directly");
     }

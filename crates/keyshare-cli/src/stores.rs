@@ -14,6 +14,7 @@ use keyshare::{
     UnavailableReason, UnreachableStore,
 };
 
+use crate::broker::Route;
 use crate::config::{Config, Dirs, LegacyConfig, StoreChoice};
 
 /// Everything a command needs to know about where it runs.
@@ -353,28 +354,37 @@ fn vault_options(path: &Path, namespace: &str, ctx: &Context) -> VaultOptions {
 
 /// The shared store: the flavour's broker (see `broker.rs`), or the store itself.
 pub fn open_shared(ctx: &Context) -> anyhow::Result<SharedChoice> {
-    match crate::broker::route(ctx)? {
-        Some(through_broker) => Ok(through_broker),
-        None => {
-            let mut shared = open_direct_shared(ctx)?;
-            // The broker's access policy holds without a broker too; only --direct says
-            // otherwise (see `policed.rs`).
-            if !ctx.routing.direct {
-                let policy = crate::broker::policy(&ctx.config)?;
-                shared.store = crate::policed::police(shared.store, &policy, &ctx.app)?;
-            }
-            Ok(shared)
+    let not_started = match crate::broker::route(ctx)? {
+        Route::Broker(through_broker) => return Ok(through_broker),
+        Route::Direct(not_started) => not_started,
+    };
+    let opened = open_direct_shared(ctx).and_then(|mut shared| {
+        // The broker's access policy holds without a broker too; only --direct says
+        // otherwise (see `policed.rs`).
+        if !ctx.routing.direct {
+            let policy = crate::broker::policy(&ctx.config)?;
+            shared.store = crate::policed::police(shared.store, &policy, &ctx.app)?;
         }
+        Ok(shared)
+    });
+    if let Some(not_started) = not_started {
+        not_started.report(opened.as_ref().err());
     }
+    opened
 }
 
 /// [`open_shared`], knowing (through a broker, after its hello) the store's identity and
 /// whether it keeps change times.
 pub fn open_shared_identified(ctx: &Context) -> anyhow::Result<SharedChoice> {
-    match crate::broker::route_identified(ctx)? {
-        Some(through_broker) => Ok(through_broker),
-        None => open_direct_shared(ctx),
+    let not_started = match crate::broker::route_identified(ctx)? {
+        Route::Broker(through_broker) => return Ok(through_broker),
+        Route::Direct(not_started) => not_started,
+    };
+    let opened = open_direct_shared(ctx);
+    if let Some(not_started) = not_started {
+        not_started.report(opened.as_ref().err());
     }
+    opened
 }
 
 /// Picks the shared store itself: the explicit choice, or for `auto` the Secret Service when

@@ -1470,6 +1470,32 @@ fn two_stops_at_once_leave_the_broker_its_grace_period() {
     assert!(!log.contains("again: stopping now"), "{log}");
 }
 
+/// QA s20 #18: with `require_os_keyring` over a key-file vault, the autostarted broker fails
+/// as the direct open then does, and one `get` printed the same error twice: inside the
+/// warning that the broker could not start, then as the error. It is said once; the warning
+/// only says the broker did not start, for that reason.
+#[test]
+fn a_broker_that_fails_as_the_direct_open_does_is_not_a_second_copy_of_the_error() {
+    let home = home_with_a_private_runtime_dir();
+    run_ok(home.path(), &["--direct", "set", "k"], b"v");
+    write_config(home.path(), "require_os_keyring = true\n");
+    let out = run(home.path(), &["get", "k"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert_eq!(
+        stderr.matches("require_os_keyring is set").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.starts_with(
+            "keyshare: warning: could not start the broker, for the same reason as the error \
+             below\nkeyshare: error: require_os_keyring is set"
+        ),
+        "{stderr}"
+    );
+}
+
 /// A file in the socket's place keeps any broker from starting (a broker removes only a
 /// socket): commands still work, opening the store themselves, but say so and why, and
 /// `doctor` reports it. Found by QA: both went unsaid, so the access policy the broker enforces
