@@ -877,3 +877,41 @@ fn an_unreachable_openbao_node_is_not_said_to_have_ha_off() {
         "{report}"
     );
 }
+
+/// QA s20 #18: without XDG_RUNTIME_DIR, doctor named a log file "where a broker a command
+/// starts logs", though no broker can start; with `--direct` and a broker running, its note
+/// said commands "start one when none runs", next to "broker: running".
+#[test]
+fn the_broker_section_fits_the_broker_s_state() {
+    let env = Home::new().with_xdg_dirs().with_store("vault");
+    let out = env
+        .command(&["doctor"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let human = stdout(&out);
+    assert!(human.contains("XDG_RUNTIME_DIR is not set"), "{human}");
+    assert!(!human.contains("log:"), "{human}");
+    assert!(!human.contains("broker.log"), "{human}");
+    let out = env
+        .command(&["--json", "doctor"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let report = parse(&out);
+    assert_eq!(report["broker"]["log"], Value::Null, "{report}");
+
+    // A command starts a broker; `--direct doctor` then looks at the store itself.
+    env.ok(&["set", "k"], b"v");
+    let human = stdout(&env.ok(&["--direct", "doctor"], b""));
+    env.ok(&["stop"], b"");
+    assert!(human.contains("broker:        running"), "{human}");
+    assert!(
+        human.contains(
+            "  note:        --direct (given here) makes a command open the store itself, never \
+             using or starting a broker; commands without --direct use this one\n"
+        ),
+        "{human}"
+    );
+    assert!(!human.contains("when none runs"), "{human}");
+}

@@ -490,6 +490,9 @@ fn broker_report(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Val
         object.insert("started_by_command".to_owned(), json!(started_by_command));
         let log = match started_by_command {
             Some(false) => None,
+            // Without XDG_RUNTIME_DIR no broker can start, so none logs there (found by QA:
+            // the file was named as where a broker a command starts logs).
+            _ if ctx.dirs.runtime_dir.is_none() => None,
             _ => log.map(|log| log.display().to_string()),
         };
         object.insert("log".to_owned(), json!(log));
@@ -508,8 +511,10 @@ fn started_by_a_command(pid: u64) -> Option<bool> {
     )
 }
 
-/// What commands do about the broker, in words: whether they use one, and start one.
-fn routing_note(ctx: &Context, direct: bool) -> String {
+/// What commands do about the broker, in words: whether they use one, and start one;
+/// `running`: whether one runs now, which they then use (found by QA: next to "broker:
+/// running", the note said they start one when none runs).
+fn routing_note(ctx: &Context, direct: bool, running: bool) -> String {
     if ctx.store == StoreChoice::Memory {
         return "commands with the memory store never use a broker: each has a store of its own"
             .to_owned();
@@ -527,6 +532,7 @@ fn routing_note(ctx: &Context, direct: bool) -> String {
         "commands"
     };
     let others = match autostart_off {
+        _ if running => format!("{commands} use this one"),
         None => format!("{commands} start one when none runs (autostart is on)"),
         Some(why) => format!(
             "autostart is off ({why}): {commands} use a running broker and otherwise open the \
@@ -658,7 +664,7 @@ fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Valu
             json!({
                 "running": false,
                 "socket": socket.display().to_string(),
-                "note": format!("{why}; {}", routing_note(ctx, direct)),
+                "note": format!("{why}; {}", routing_note(ctx, direct, false)),
             })
         }
         Ok(broker::Probe::Running { socket, status }) => {
@@ -674,7 +680,7 @@ fn broker_state(ctx: &Context, direct: bool, problems: &mut Vec<String>) -> Valu
             "legacy_store": status.legacy_store,
             "pending_repairs": status.pending_repairs,
             "note": (direct || ctx.store == StoreChoice::Memory)
-                .then(|| routing_note(ctx, direct)),
+                .then(|| routing_note(ctx, direct, true)),
             })
         }
         Ok(broker::Probe::Foreign { socket, why }) => {
