@@ -394,12 +394,28 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        let mut services: BTreeMap<String, &str> = BTreeMap::new();
         for (name, flavor) in &self.flavors {
             let f = match &flavor.service {
                 Some(service) => Flavour::new(name, service),
                 None => Flavour::with_default_service(name),
             };
-            f.with_context(|| format!("[flavors.{name}]"))?;
+            let f = f.with_context(|| format!("[flavors.{name}]"))?;
+            // Flavours never share secrets: two with one namespace would (found by QA: two
+            // brokers then served one store, each with its own order and events, and doctor
+            // saw no problem). Another flavour that the file does not configure has the default
+            // namespace of its name.
+            let other = services.insert(f.service().to_owned(), name).or_else(|| {
+                Self::default_service_owner(f.service())
+                    .filter(|owner| *owner != name && !self.flavors.contains_key(*owner))
+            });
+            if let Some(other) = other {
+                bail!(
+                    "[flavors.{name}] service {:?} is also flavour {other}'s, so the two flavours \
+                     would share their secrets; give each flavour a service of its own",
+                    f.service()
+                );
+            }
         }
         for (name, app) in &self.apps {
             AppId::new(name).with_context(|| format!("[apps.{name}]"))?;
@@ -476,6 +492,19 @@ impl Config {
                 LegacyFor::OtherFlavours(configured.iter().map(LegacyConfig::describe).collect())
             }
         }
+    }
+
+    /// The flavour whose default service name `service` is, if it is one.
+    fn default_service_owner(service: &str) -> Option<&str> {
+        if service == "dev.keyshare.shared-secrets" {
+            return Some("stable");
+        }
+        service
+            .strip_prefix("dev.keyshare.")?
+            .strip_suffix(".shared-secrets")
+            .filter(|name| {
+                Flavour::with_default_service(*name).is_ok_and(|f| f.service() == service)
+            })
     }
 
     /// The flavour named `name`, with its configured service name or the default one.
@@ -671,6 +700,43 @@ impl std::error::Error for ConfigError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two flavours with one namespace would share their secrets: refused with the file,
+    /// naming both (found by QA: doctor saw no problem).
+    #[test]
+    fn two_flavours_with_one_service_are_refused() {
+        let check = |text: &str| {
+            let config: Config = toml::from_str(text).unwrap();
+            config.validate().map_err(|e| crate::exit::one_line(&e))
+        };
+        let err =
+            check("[flavors.insiders]\nservice = \"dev.keyshare.shared-secrets\"\n").unwrap_err();
+        assert!(
+            err.contains("[flavors.insiders]") && err.contains("stable"),
+            "{err}"
+        );
+        let err = check(
+            "[flavors.a]\nservice = \"com.example.s\"\n[flavors.b]\nservice = \"com.example.s\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("flavour a") && err.contains("[flavors.b]"),
+            "{err}"
+        );
+        let err = check("[flavors.stable]\nservice = \"dev.keyshare.beta.shared-secrets\"\n")
+            .unwrap_err();
+        assert!(err.contains("flavour beta"), "{err}");
+        // A flavour that takes another's default namespace while that one has its own is fine,
+        // as is a flavour named with its own default, and `stable`'s name in the default form
+        // (stable's default has no name in it).
+        check(
+            "[flavors.stable]\nservice = \"dev.keyshare.insiders.shared-secrets\"\n\
+             [flavors.insiders]\nservice = \"com.example.i\"\n",
+        )
+        .unwrap();
+        check("[flavors.beta]\nservice = \"dev.keyshare.beta.shared-secrets\"\n").unwrap();
+        check("[flavors.insiders]\nservice = \"dev.keyshare.stable.shared-secrets\"\n").unwrap();
+    }
 
     #[test]
     fn full_example_parses() {

@@ -290,7 +290,7 @@ fn advised_commands_act_on_the_store_the_command_used() {
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let advised = stderr
-        .split_once("It is queued: `")
+        .split_once("It is queued: the app's next command retries it, and `")
         .and_then(|(_, rest)| rest.split_once('`'))
         .map(|(advised, _)| advised.to_owned())
         .unwrap_or_else(|| panic!("{stderr}"));
@@ -519,23 +519,40 @@ fn pending_repairs_are_found_through_a_symlinked_data_directory() {
 
     let link = env.path().join("datalink");
     std::os::unix::fs::symlink(env.path().join("data"), &link).unwrap();
-    for data_home in [link, env.path().join("data")] {
-        let run = |args: &[&str]| {
-            env.command(args)
-                .env("XDG_DATA_HOME", &data_home)
-                .output()
-                .unwrap()
-        };
-        let report = parse(&run(&["--direct", "--app", "code", "--json", "doctor"]));
+    let run = |data_home: &std::path::Path, args: &[&str]| {
+        env.command(args)
+            .env("XDG_DATA_HOME", data_home)
+            .output()
+            .unwrap()
+    };
+    for data_home in [&link, &env.path().join("data")] {
+        let report = parse(&run(
+            data_home,
+            &["--direct", "--app", "code", "--json", "doctor"],
+        ));
         assert_eq!(
             report["pending_repairs"],
             serde_json::json!(["gh"]),
             "{}: {report}",
             data_home.display()
         );
-        let get = run(&["--direct", "--app", "code", "get", "gh"]);
-        assert_eq!(get.status.code(), Some(1), "{}", data_home.display());
-        assert!(get.stdout.is_empty(), "{}", data_home.display());
+    }
+    // A command through the link applies it (the app's next command retries its repairs).
+    let get = run(&link, &["--direct", "--app", "code", "get", "gh"]);
+    assert_eq!(get.status.code(), Some(1));
+    assert!(get.stdout.is_empty());
+    for data_home in [&link, &env.path().join("data")] {
+        let report = parse(&run(
+            data_home,
+            &["--direct", "--app", "code", "--json", "doctor"],
+        ));
+        assert_eq!(report["pending_repairs"], serde_json::json!([]), "{report}");
+        let get = run(data_home, &["--direct", "--app", "agents", "get", "gh"]);
+        assert_eq!(
+            get.status.code(),
+            Some(1),
+            "the sign-out reached the others"
+        );
     }
 }
 
@@ -584,13 +601,6 @@ fn pending_repairs_recorded_under_the_unresolved_path_are_kept() {
             .output()
             .unwrap()
     };
-    let get = run(&["--direct", "--app", "code", "get", "gh"]);
-    assert_eq!(
-        get.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&get.stderr)
-    );
     let report = parse(&run(&["--direct", "--app", "code", "--json", "doctor"]));
     assert_eq!(
         report["pending_repairs"],
@@ -604,6 +614,18 @@ fn pending_repairs_recorded_under_the_unresolved_path_are_kept() {
         serde_json::json!(["gh"]),
         "{report}"
     );
+    // The app's next command applies it, and the sign-out reaches the other apps.
+    let get = run(&["--direct", "--app", "code", "get", "gh"]);
+    assert_eq!(
+        get.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    let report = parse(&run(&["--direct", "--app", "code", "--json", "doctor"]));
+    assert_eq!(report["pending_repairs"], serde_json::json!([]), "{report}");
+    let get = run(&["--direct", "--app", "agents", "get", "gh"]);
+    assert_eq!(get.status.code(), Some(1));
 }
 
 /// A vault that needs a passphrase this process was not given is not a problem while a running
@@ -875,6 +897,12 @@ fn an_unreachable_openbao_node_is_not_said_to_have_ha_off() {
     assert_eq!(
         report["openbao"]["nodes"][0]["state"], "unreachable",
         "{report}"
+    );
+    // Doctor creates nothing: no credentials vault before `openbao-login` makes one.
+    assert!(
+        !env.data_dir().join("credentials.db").exists(),
+        "{:?}",
+        files_under(env.path())
     );
 }
 

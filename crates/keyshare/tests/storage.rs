@@ -537,6 +537,45 @@ fn a_new_shared_stores_journal_is_seeded_from_the_earlier_ones() {
     assert_eq!(shared.inner().get(&k("a")).unwrap(), None);
 }
 
+/// A sign-out made during an outage reaches the other apps at this app's next start, whatever
+/// key that start is about: pending repairs are retried on the first operation, as the lazy
+/// migration runs (found by QA: only `keyshare repair` sent them, so the other apps stayed
+/// signed in). While the shared store still fails, the repair stays pending.
+#[test]
+fn pending_repairs_are_retried_when_a_storage_starts() {
+    let shared = faulty();
+    let legacy = faulty();
+    let journal: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let build = || {
+        SecretStorage::builder(shared.clone())
+            .legacy(legacy.clone())
+            .journal(journal.clone())
+            .build()
+    };
+    let code = build();
+    code.set(&k("github.auth"), &v("t1")).unwrap();
+    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
+    assert!(code.delete(&k("github.auth")).unwrap());
+    assert_eq!(code.status().pending_repairs, vec![k("github.auth")]);
+    drop(code);
+    assert_eq!(
+        shared.inner().get(&k("github.auth")).unwrap(),
+        Some(v("t1"))
+    );
+
+    // Still out: the start is not held up, the repair stays pending.
+    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
+    let during = build();
+    assert_eq!(read(&during, "other.key"), None);
+    assert_eq!(during.status().pending_repairs, vec![k("github.auth")]);
+    drop(during);
+
+    let later = build();
+    assert_eq!(read(&later, "other.key"), None);
+    assert!(later.status().pending_repairs.is_empty());
+    assert_eq!(shared.inner().get(&k("github.auth")).unwrap(), None);
+}
+
 #[test]
 fn too_large_names_the_limit_and_writes_nothing() {
     let shared = faulty();

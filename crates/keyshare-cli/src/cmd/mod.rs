@@ -63,7 +63,7 @@ pub fn say_if_queued(storage: &keyshare::SecretStorage, key: &SecretKey, ctx: &C
         eprintln!(
             "keyshare: note: the shared store did not take this change to {}; app {}'s own \
              store has it, so this app sees it, but the other apps do not yet. It is queued: \
-             `{}` (or the next write of the key) brings the shared store up to date",
+             the app's next command retries it, and `{}` does now",
             shown(key),
             ctx.app,
             command_for(ctx, "repair")

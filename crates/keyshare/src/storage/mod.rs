@@ -233,7 +233,8 @@ impl SecretStorageBuilder {
         self
     }
 
-    /// Whether the first operation runs a migration pass (default: yes).
+    /// Whether the first operation runs a migration pass and retries pending repairs (default:
+    /// yes).
     pub fn lazy_migration(mut self, enabled: bool) -> Self {
         self.lazy_migration = enabled;
         self
@@ -459,7 +460,7 @@ impl SecretStorage {
 
     /// Retries every pending repair (and an incomplete migration) now.
     pub fn repair(&self) -> Result<RepairReport> {
-        self.inner.ensure_ready()?;
+        self.inner.ensure_ready_to_repair()?;
         Ok(self.inner.repair_pending())
     }
 
@@ -684,7 +685,7 @@ impl AsyncSecretStorage {
     pub async fn repair(&self) -> Result<RepairReport> {
         let inner = Arc::clone(&self.inner);
         blocking(move || {
-            inner.ensure_ready()?;
+            inner.ensure_ready_to_repair()?;
             Ok(inner.repair_pending())
         })
         .await
@@ -712,7 +713,13 @@ impl Inner {
     /// operation calls this before it answers, which is what keeps an early read from skipping
     /// the shared store (the seed's problem 4).
     fn ensure_ready(&self) -> Result<()> {
-        self.ensure_ready_in_turn(None)
+        self.ensure_ready_in_turn(None, true)
+    }
+
+    /// [`Self::ensure_ready`] for `repair`, which retries the pending repairs itself and
+    /// reports them: retried first on the way in, they would be missing from its report.
+    fn ensure_ready_to_repair(&self) -> Result<()> {
+        self.ensure_ready_in_turn(None, false)
     }
 
     /// [`Self::ensure_ready`] for an operation on `key` holding `ticket`: when the ticket's turn
@@ -724,10 +731,10 @@ impl Inner {
         if self.ready.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.ensure_ready_in_turn(ticket.is_served().then_some(key))
+        self.ensure_ready_in_turn(ticket.is_served().then_some(key), true)
     }
 
-    fn ensure_ready_in_turn(&self, own_turn: Option<&SecretKey>) -> Result<()> {
+    fn ensure_ready_in_turn(&self, own_turn: Option<&SecretKey>, repair: bool) -> Result<()> {
         if self.ready.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -761,9 +768,44 @@ impl Inner {
                     tracing::warn!(error = %err, "lazy migration did not complete");
                 }
             }
+            if self.lazy_migration && repair {
+                self.repair_lazily(own_turn);
+            }
         }
         self.ready.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Retries the pending repairs on the first operation, as the lazy migration pass runs: an
+    /// app driven by short commands has no background to retry them in, and a sign-out this
+    /// app made during an outage reached no other app until someone ran `repair` (found by
+    /// QA). Best effort, like the pass: busy keys are left to their own operations (the key of
+    /// the operation that started this is repaired in its turn), and the first failure other
+    /// than a refusal ends the round (the shared store is still out: every other key would
+    /// wait for it in turn).
+    fn repair_lazily(&self, own_turn: Option<&SecretKey>) {
+        for key in self.journal.dirty_keys() {
+            let ticket = if own_turn == Some(&key) {
+                None
+            } else {
+                match self.queues.try_enqueue_idle(&key) {
+                    Some(ticket) => Some(ticket),
+                    None => continue,
+                }
+            };
+            if let Some(ticket) = &ticket {
+                ticket.wait();
+            }
+            if let Err(err) = self.repair_key(&key) {
+                self.counters
+                    .repair_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %err, key = %key, "a pending repair failed again");
+                if !err.is_refusal() {
+                    return;
+                }
+            }
+        }
     }
 
     /// Whether an async operation holding `ticket` can run right here without blocking: see
