@@ -265,7 +265,16 @@ impl LazyKeyring {
                         ..
                     } => (
                         UnavailableReason::NotRunning,
-                        "no Secret Service on the session bus".to_owned(),
+                        // No bus at all (ssh, a container) is not "no Secret Service on it"
+                        // (found by QA).
+                        if std::env::var_os("DBUS_SESSION_BUS_ADDRESS")
+                            .is_some_and(|address| !address.is_empty())
+                        {
+                            "no Secret Service on the session bus".to_owned()
+                        } else {
+                            "no Secret Service reachable (DBUS_SESSION_BUS_ADDRESS is not set)"
+                                .to_owned()
+                        },
                     ),
                     keyshare::Error::Unavailable { reason, detail, .. } => (reason, detail),
                     other => (UnavailableReason::Backend, other.to_string()),

@@ -31,6 +31,11 @@ fn one_app_signs_in_the_other_reads_and_other_flavours_see_nothing() {
         notice.contains("protected only by that file's permissions"),
         "{notice}"
     );
+    // Said as it is: no bus at all, not a bus without a Secret Service (found by QA).
+    assert!(
+        notice.contains("no Secret Service reachable (DBUS_SESSION_BUS_ADDRESS is not set)"),
+        "{notice}"
+    );
     assert_eq!(notice.lines().count(), 1, "one line: {notice}");
     let got = env.ok(&["--app", "agents", "get", "github.auth"], b"");
     assert_eq!(got.stdout, b"s3cret", "exact bytes, no newline added");
