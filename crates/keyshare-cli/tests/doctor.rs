@@ -943,3 +943,44 @@ fn the_broker_section_fits_the_broker_s_state() {
     );
     assert!(!human.contains("when none runs"), "{human}");
 }
+
+/// A sign-out in one app leaves the secret in the other apps' own stores, at rest and never
+/// read: doctor names it, as a note (found by QA: nothing said so).
+#[test]
+fn doctor_names_the_copies_a_sign_out_left_in_the_apps_own_store() {
+    let env = Home::new().with_store("vault");
+    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    env.ok(&["--direct", "--app", "code", "set", "gh"], b"t1");
+    env.ok(&["--direct", "--app", "code", "set", "kept"], b"k");
+    let report = parse(&env.ok(&["--direct", "--app", "code", "--json", "doctor"], b""));
+    assert_eq!(
+        report["stale_legacy_copies"],
+        serde_json::json!([]),
+        "{report}"
+    );
+    env.ok(&["--direct", "--app", "agents", "delete", "gh"], b"");
+    let out = env.ok(&["--direct", "--app", "code", "--json", "doctor"], b"");
+    let report = parse(&out);
+    assert_eq!(
+        report["stale_legacy_copies"],
+        serde_json::json!(["gh"]),
+        "{report}"
+    );
+    assert!(
+        report["notes"].to_string().contains("never read"),
+        "{report}"
+    );
+    assert_eq!(
+        report["problems"],
+        serde_json::json!([]),
+        "a note: {report}"
+    );
+    // Written again, the copy is current.
+    env.ok(&["--direct", "--app", "code", "set", "gh"], b"t2");
+    let report = parse(&env.ok(&["--direct", "--app", "code", "--json", "doctor"], b""));
+    assert_eq!(
+        report["stale_legacy_copies"],
+        serde_json::json!([]),
+        "{report}"
+    );
+}

@@ -198,6 +198,9 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
                     ));
                 }
                 report["pending_repairs"] = json!(pending);
+                if shared_answers.is_ok() {
+                    stale_legacy_copies(ctx, &opened, &mut report, &mut notes);
+                }
                 if opened.journal.is_some() {
                     repairs_kept_elsewhere(ctx, opened.shared.identity.as_deref(), &mut problems);
                 }
@@ -431,6 +434,35 @@ fn repairs_kept_elsewhere(ctx: &Context, identity: Option<&str>, problems: &mut 
             shown.join(", ")
         ));
     }
+}
+
+/// The secrets the app's own store keeps although the shared store no longer has them (found
+/// by QA: a sign-out left a copy in every other app's legacy store, and nothing said so).
+fn stale_legacy_copies(
+    ctx: &Context,
+    opened: &stores::Opened,
+    report: &mut Value,
+    notes: &mut Vec<String>,
+) {
+    let Ok(stale) = opened.storage.stale_legacy_copies() else {
+        return;
+    };
+    report["stale_legacy_copies"] = json!(stale.iter().map(|k| k.as_str()).collect::<Vec<_>>());
+    if stale.is_empty() {
+        return;
+    }
+    let shown: Vec<String> = stale
+        .iter()
+        .map(|key| super::shown(key).into_owned())
+        .collect();
+    notes.push(format!(
+        "app {}'s own store keeps {} secret(s) that the shared store no longer has (another app \
+         signed out of them, most likely): {}. They are never read, and stay at rest until \
+         this app writes the key again",
+        ctx.app,
+        stale.len(),
+        shown.join(", ")
+    ));
 }
 
 /// Reads every value of a vault (`which` store), to find those whose stored bytes are

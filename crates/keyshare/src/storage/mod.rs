@@ -507,6 +507,35 @@ impl SecretStorage {
         }
     }
 
+    /// The keys whose copy in this app's legacy store is never read any more because they left
+    /// the shared store after reaching it (another app signed out of them, most likely): not
+    /// pending a repair, not in the shared store, and shared once. Such a copy stays at rest
+    /// until this app writes the key again; `doctor` names them (found by QA: nothing did).
+    /// Empty without a legacy store.
+    pub fn stale_legacy_copies(&self) -> Result<Vec<SecretKey>> {
+        self.inner.ensure_ready()?;
+        let inner = &self.inner;
+        let Some(legacy) = &inner.legacy else {
+            return Ok(Vec::new());
+        };
+        if inner.in_memory() {
+            return Ok(Vec::new());
+        }
+        let shared: std::collections::HashSet<SecretKey> =
+            inner.shared.keys()?.into_iter().collect();
+        let mut stale: Vec<SecretKey> = legacy
+            .keys()?
+            .into_iter()
+            .filter(|key| {
+                !shared.contains(key)
+                    && !inner.journal.is_dirty(key)
+                    && !inner.journal.fallback_allowed(key)
+            })
+            .collect();
+        stale.sort();
+        Ok(stale)
+    }
+
     /// The keys whose pending write another app's later change superseded (see
     /// [`RepairReport::superseded`]) since this storage was built or last asked, by this call
     /// or by [`SecretStorage::repair`], which reports them too: whatever carried the repair out
