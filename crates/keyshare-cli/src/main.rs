@@ -58,6 +58,7 @@ fn context(cli: &Cli) -> anyhow::Result<(Context, PathBuf)> {
                 store: cli.globals.store,
                 direct: cli.globals.direct,
             },
+            secret_service_probe: std::sync::OnceLock::new(),
             passphrase: std::sync::Mutex::new(match &cli.command {
                 Command::Serve(Lazy(args)) if args.passphrase_stdin => {
                     Some(cmd::serve::read_passphrase_from_stdin()?)

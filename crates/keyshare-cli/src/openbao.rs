@@ -159,7 +159,9 @@ fn credentials_path(ctx: &Context) -> PathBuf {
 /// The local vault that holds the token or secret id.
 fn credentials(ctx: &Context, path: &Path) -> anyhow::Result<Arc<dyn Store>> {
     // `doctor` creates nothing: without the vault there is no credential, which it reports.
-    if ctx.routing.look_only && std::fs::symlink_metadata(path).is_err() {
+    if ctx.routing.look_only
+        && matches!(std::fs::symlink_metadata(path), Err(err) if err.kind() == std::io::ErrorKind::NotFound)
+    {
         return Ok(Arc::new(keyshare::MemoryStore::new()));
     }
     Ok(Arc::new(open_vault(path, "openbao", ctx)?))

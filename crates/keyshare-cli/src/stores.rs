@@ -36,6 +36,18 @@ pub struct Context {
     /// KEYSHARE_PASSPHRASE by the first vault opened (the broker's shared vault), and so
     /// dropped once that vault has derived its key from it: a broker lives for days.
     pub passphrase: std::sync::Mutex<Option<keyshare::SecretValue>>,
+    /// Whether a Secret Service answers, asked once per command: `auto` asks both to name
+    /// the store it expects a broker to serve and to choose one itself (found in review: two
+    /// probes, so twice the timeout on a hung bus).
+    pub secret_service_probe: std::sync::OnceLock<secret_service::ProbeReport>,
+}
+
+impl Context {
+    /// The Secret Service probe of this command (see `secret_service_probe`).
+    pub fn probe_secret_service(&self) -> &secret_service::ProbeReport {
+        self.secret_service_probe
+            .get_or_init(|| secret_service::probe(self.timeout))
+    }
 }
 
 /// The global options a command was given that choose the store it acts on (each `None` or
@@ -129,14 +141,22 @@ pub fn earlier_identities(ctx: &Context, identity: Option<&str>) -> Vec<String> 
 /// rename. An entry both hold keeps the one under the name now (written later, by this
 /// version). Moved, not copied: an entry left behind would be moved again after its repair
 /// and undo it. An entry that cannot be read or moved stays where it is, with a warning: one
-/// damaged entry must not stop every command of the app (found in review).
-fn adopt_journal(earlier: &dyn Store, journal: &dyn Store) -> keyshare::Result<()> {
+/// damaged entry must not stop every command of the app (found in review). With
+/// `keep_earlier` (`doctor`, which changes nothing, into a copy in memory) they are copied.
+fn adopt_journal(
+    earlier: &dyn Store,
+    journal: &dyn Store,
+    keep_earlier: bool,
+) -> keyshare::Result<()> {
     for key in earlier.keys()? {
         let moved = (|| -> keyshare::Result<()> {
             if journal.get(&key)?.is_none() {
                 if let Some(entry) = earlier.get(&key)? {
                     journal.set(&key, &entry)?;
                 }
+            }
+            if keep_earlier {
+                return Ok(());
             }
             earlier.delete(&key).map(drop)
         })();
@@ -150,13 +170,33 @@ fn adopt_journal(earlier: &dyn Store, journal: &dyn Store) -> keyshare::Result<(
     Ok(())
 }
 
+/// A copy, in memory, of every entry of `store`.
+fn copy_of(store: &dyn Store) -> keyshare::Result<MemoryStore> {
+    let copy = MemoryStore::new();
+    for key in store.keys()? {
+        if let Some(value) = store.get(&key)? {
+            copy.set(&key, &value)?;
+        }
+    }
+    Ok(copy)
+}
+
 /// The app's repair journal about the shared store named `identity`, in the app's own vault
-/// `vault`, with the entries kept under an earlier name of that store moved into it.
-fn journal_in(vault: &VaultStore, identity: &str, ctx: &Context) -> anyhow::Result<VaultStore> {
+/// `vault`: with the entries kept under an earlier name of that store moved into it and, for a
+/// shared store new to the app, seeded from its journals about earlier ones. `doctor` gets a
+/// copy in memory of what that journal would be, and the vault is left as it is.
+fn journal_in(vault: &VaultStore, identity: &str, ctx: &Context) -> anyhow::Result<Arc<dyn Store>> {
     let journal = vault.with_namespace(&format!("journal:{identity}"))?;
+    let namespace = journal.namespace().to_owned();
+    let look_only = ctx.routing.look_only;
+    let journal: Arc<dyn Store> = if look_only {
+        Arc::new(copy_of(&journal)?)
+    } else {
+        Arc::new(journal)
+    };
     if let Some(earlier) = earlier_vault_identity(ctx, identity) {
         let earlier = vault.with_namespace(&format!("journal:{earlier}"))?;
-        adopt_journal(&earlier, &journal).map_err(|err| {
+        adopt_journal(&earlier, &*journal, look_only).map_err(|err| {
             anyhow::Error::new(err).context(format!(
                 "moving the repair journal kept under the shared vault's earlier name ({}) to \
                  its name now",
@@ -165,24 +205,27 @@ fn journal_in(vault: &VaultStore, identity: &str, ctx: &Context) -> anyhow::Resu
         })?;
     }
     // A shared store new to this app (`auto` chose again, `store` or the flavour's `service`
-    // changed): what the app shared before is not migrated into it again (see
-    // `seed_journal_from_earlier`).
-    let mut earlier: Vec<Arc<dyn Store>> = Vec::new();
-    for namespace in vault.namespaces_starting_with("journal:")? {
-        if namespace != journal.namespace() {
-            earlier.push(Arc::new(vault.with_namespace(&namespace)?));
+    // changed): what the app shared before is not migrated into it again, and what it has not
+    // brought to any shared store yet is repaired into it (see `seed_journal_from_earlier`).
+    // Looked for only while the journal is empty, which it is once.
+    if journal.keys()?.is_empty() {
+        let mut earlier: Vec<Arc<dyn Store>> = Vec::new();
+        for other in vault.namespaces_starting_with("journal:")? {
+            if other != namespace {
+                earlier.push(Arc::new(vault.with_namespace(&other)?));
+            }
         }
-    }
-    if !earlier.is_empty() {
-        let seeding = Arc::new(vault.with_namespace(journal.namespace())?);
-        let seeded = keyshare::seed_journal_from_earlier(seeding, &earlier).map_err(|err| {
-            anyhow::Error::new(err).context(
-                "starting the repair journal of a shared store new to this app from its \
-                     journals about earlier ones",
-            )
-        })?;
-        if seeded {
-            tracing::debug!(identity, "repair journal seeded from earlier shared stores");
+        if !earlier.is_empty() {
+            let seeded = keyshare::seed_journal_from_earlier(Arc::clone(&journal), &earlier)
+                .map_err(|err| {
+                    anyhow::Error::new(err).context(
+                        "starting the repair journal of a shared store new to this app from \
+                         its journals about earlier ones",
+                    )
+                })?;
+            if seeded {
+                tracing::debug!(identity, "repair journal seeded from earlier shared stores");
+            }
         }
     }
     Ok(journal)
@@ -505,14 +548,14 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
             ),
         ),
         Some(AutoChoice::SecretService) => {
-            let report = secret_service::probe(ctx.timeout);
+            let report = ctx.probe_secret_service();
             let reachable = report.is_usable() || report.is_locked();
             let store = SecretServiceStore::open(service, ctx.timeout)
                 .and_then(|store| {
                     if reachable {
                         Ok(store)
                     } else {
-                        Err(report_error(&report))
+                        Err(report_error(report))
                     }
                 })
                 .map_err(|err| {
@@ -529,7 +572,7 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
                 reason: format!(
                     "auto: the Secret Service {} (chosen on this flavour's first use; recorded \
                      in {})",
-                    secret_service_state(&report),
+                    secret_service_state(report),
                     record.display()
                 ),
                 identity: secret_service_identity(ctx),
@@ -538,7 +581,7 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
             })
         }
         None => {
-            let report = secret_service::probe(ctx.timeout);
+            let report = ctx.probe_secret_service();
             let choice = if report.is_usable() || report.is_locked() {
                 AutoChoice::SecretService
             } else {
@@ -549,7 +592,7 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
                     store: Arc::new(
                         SecretServiceStore::open(service, ctx.timeout)?.with_limits(ctx.limits),
                     ),
-                    reason: format!("auto: the Secret Service {}", secret_service_state(&report)),
+                    reason: format!("auto: the Secret Service {}", secret_service_state(report)),
                     identity: secret_service_identity(ctx),
                     os_keyring: Some(true),
                     vault: None,
@@ -657,7 +700,7 @@ pub fn expected_identity(ctx: &Context) -> Option<String> {
             // directory's vault is refused (found by QA: with another XDG_DATA_HOME, commands
             // read and wrote the running broker's vault without a word).
             Ok(None) => {
-                let report = secret_service::probe(ctx.timeout);
+                let report = ctx.probe_secret_service();
                 if report.is_usable() || report.is_locked() {
                     secret_service_identity(ctx)
                 } else {
@@ -813,7 +856,7 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
                 // the choice changes (`auto` may pick the keyring one day and the vault the next).
                 // A shared store that forgets everything at exit gets a journal that does too.
                 let journal: Arc<dyn Store> = match &shared.identity {
-                    Some(identity) => Arc::new(journal_in(&store, identity, ctx)?),
+                    Some(identity) => journal_in(&store, identity, ctx)?,
                     None => Arc::new(MemoryStore::new()),
                 };
                 let store: Arc<dyn Store> = Arc::new(store);
@@ -837,7 +880,7 @@ pub fn open_with(ctx: &Context, migration: Migration) -> anyhow::Result<Opened> 
                 }
                 Some(identity) => {
                     let vault = open_vault(&journal_vault, &format!("journal:{identity}"), ctx)?;
-                    Arc::new(journal_in(&vault, identity, ctx)?)
+                    journal_in(&vault, identity, ctx)?
                 }
                 None => Arc::new(MemoryStore::new()),
             };
@@ -878,9 +921,14 @@ struct NotCreatedYet {
 
 impl NotCreatedYet {
     /// `Some` when this command creates nothing and nothing is at `path` (a dangling link is
-    /// something: opening it says what is wrong with it).
+    /// something, and a path that cannot be looked at is not "nothing": opening it says what is
+    /// wrong).
     fn at(path: &Path, namespace: &str, ctx: &Context) -> Option<Self> {
-        (ctx.routing.look_only && std::fs::symlink_metadata(path).is_err()).then(|| Self {
+        let absent = matches!(
+            std::fs::symlink_metadata(path),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound
+        );
+        (ctx.routing.look_only && absent).then(|| Self {
             path: path.to_owned(),
             namespace: namespace.to_owned(),
         })
@@ -997,11 +1045,18 @@ mod tests {
         earlier.set(&key("dirty:a"), &value("earlier a")).unwrap();
         earlier.set(&key("dirty:b"), &value("earlier b")).unwrap();
         journal.set(&key("dirty:b"), &value("now b")).unwrap();
-        adopt_journal(&earlier, &journal).unwrap();
+        adopt_journal(&earlier, &journal, false).unwrap();
         assert!(earlier.keys().unwrap().is_empty());
         let read = |k: &str| journal.get(&key(k)).unwrap().unwrap();
         assert_eq!(read("dirty:a").expose_secret(), b"earlier a");
         assert_eq!(read("dirty:b").expose_secret(), b"now b");
+
+        // Doctor's copy: the earlier journal keeps its entries.
+        let (earlier, journal) = (MemoryStore::new(), MemoryStore::new());
+        earlier.set(&key("dirty:a"), &value("earlier a")).unwrap();
+        adopt_journal(&earlier, &journal, true).unwrap();
+        assert_eq!(earlier.keys().unwrap(), vec![key("dirty:a")]);
+        assert_eq!(journal.keys().unwrap(), vec![key("dirty:a")]);
     }
 
     /// A memory store whose entry `bad` cannot be read.
@@ -1046,7 +1101,7 @@ mod tests {
                 .set(&key(k), &SecretValue::from_slice(b"entry"))
                 .unwrap();
         }
-        adopt_journal(&earlier, &journal).unwrap();
+        adopt_journal(&earlier, &journal, false).unwrap();
         assert_eq!(earlier.keys().unwrap(), [key("bad")]);
         let mut moved = journal.keys().unwrap();
         moved.sort();

@@ -343,3 +343,39 @@ fn unsafe_permissions_on_the_shared_vault_are_refused_for_an_app_with_a_legacy_s
     let out = env.ok(&["--no-autostart", "--app", "agents", "get", "k"], b"");
     assert_eq!(out.stdout, b"v1", "the refused set wrote nothing");
 }
+
+/// A write acknowledged while the shared store was out, pending its repair, follows the app to
+/// a shared store new to it: read from the app's own copy, then repaired into the new store
+/// (found in review: it read "not found" after the switch).
+#[test]
+fn a_pending_write_follows_the_app_to_a_new_shared_store() {
+    let env = Home::new();
+    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    // No session bus here: the Secret Service is out, the write is the app's own.
+    let out = env.ok(
+        &[
+            "--store",
+            "secret-service",
+            "--direct",
+            "--app",
+            "code",
+            "set",
+            "k",
+        ],
+        b"v1",
+    );
+    assert!(stderr(&out).contains("queued"), "{}", stderr(&out));
+    let got = env.ok(
+        &["--store", "vault", "--direct", "--app", "code", "get", "k"],
+        b"",
+    );
+    assert_eq!(got.stdout, b"v1");
+    // That first command on the vault repaired it there: the other apps see it.
+    let got = env.ok(
+        &[
+            "--store", "vault", "--direct", "--app", "agents", "get", "k",
+        ],
+        b"",
+    );
+    assert_eq!(got.stdout, b"v1");
+}

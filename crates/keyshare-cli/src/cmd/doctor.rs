@@ -130,7 +130,7 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
                 "answers": shared_answers.is_ok(),
             });
             if shared.protection == stores::NOT_CREATED_YET && ctx.config.require_os_keyring {
-                let keyring = keyshare::store::secret_service::probe(ctx.timeout);
+                let keyring = ctx.probe_secret_service();
                 if !keyring.is_usable() {
                     problems.push(format!(
                         "require_os_keyring is set, but no OS keyring can keep the key of the \
@@ -202,7 +202,12 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
                     stale_legacy_copies(ctx, &opened, &mut report, &mut notes);
                 }
                 if opened.journal.is_some() {
-                    repairs_kept_elsewhere(ctx, opened.shared.identity.as_deref(), &mut problems);
+                    repairs_kept_elsewhere(
+                        ctx,
+                        opened.shared.identity.as_deref(),
+                        &status.pending_repairs,
+                        &mut problems,
+                    );
                 }
             } else {
                 // The journal was not read: what memory holds says nothing.
@@ -313,7 +318,7 @@ fn keyring_now_answers(
     let keyshare::store::vault::Protection::KeyFile { path } = vault.protection() else {
         return;
     };
-    let report = keyshare::store::secret_service::probe(ctx.timeout);
+    let report = ctx.probe_secret_service();
     if !(report.is_usable() || report.is_locked()) {
         return;
     }
@@ -397,10 +402,17 @@ fn vault_left_behind(
 /// it never applies: recorded before the data directory moved (the journal is named after the
 /// shared vault's path), or while `auto` used the other store (found by QA: they were skipped
 /// without a word, and a signed-out token could come back).
-fn repairs_kept_elsewhere(ctx: &Context, identity: Option<&str>, problems: &mut Vec<String>) {
+fn repairs_kept_elsewhere(
+    ctx: &Context,
+    identity: Option<&str>,
+    pending: &[keyshare::SecretKey],
+    problems: &mut Vec<String>,
+) {
     let path = ctx.dirs.app_vault_path(&ctx.flavour, &ctx.app);
-    let Ok(vault) = stores::open_vault(&path, "legacy", ctx) else {
-        return; // Reported with the legacy store or the journal already.
+    // None: no vault, so no journal (doctor creates none); an error is reported with the
+    // legacy store or the journal already.
+    let Ok(Some(vault)) = stores::look_into_vault(&path, "legacy", ctx) else {
+        return;
     };
     let current = identity.map(|identity| format!("journal:{identity}"));
     let Ok(namespaces) = vault.namespaces_starting_with("journal:") else {
@@ -413,9 +425,13 @@ fn repairs_kept_elsewhere(ctx: &Context, identity: Option<&str>, problems: &mut 
         let Ok(journal) = vault.with_namespace(&namespace) else {
             continue;
         };
-        let Ok(keys) = keyshare::pending_repairs_in_journal(std::sync::Arc::new(journal)) else {
+        let Ok(mut keys) = keyshare::pending_repairs_in_journal(std::sync::Arc::new(journal))
+        else {
             continue;
         };
+        // Carried over to the store in use, which a shared store new to the app does (its
+        // journal is seeded from the earlier ones): pending here, said above.
+        keys.retain(|key| !pending.contains(key));
         if keys.is_empty() {
             continue;
         }

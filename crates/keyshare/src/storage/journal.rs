@@ -34,6 +34,10 @@ use crate::store::Store;
 const DIRTY: &str = "dirty:";
 const MIGRATED: &str = "migrated:";
 const MIGRATION_DONE: &str = "migration-done";
+/// Until when the first operation of a storage does not retry pending repairs: the last try
+/// met a shared store that did not answer (8 big-endian bytes of nanoseconds since the Unix
+/// epoch).
+const REPAIRS_PAUSED_UNTIL: &str = "repairs-paused-until";
 
 #[derive(Debug, Default, Clone)]
 pub(crate) struct JournalState {
@@ -42,6 +46,7 @@ pub(crate) struct JournalState {
     pub(crate) dirty: HashMap<SecretKey, Option<SystemTime>>,
     pub(crate) migrated: HashSet<SecretKey>,
     pub(crate) migration_done: bool,
+    pub(crate) repairs_paused_until: Option<SystemTime>,
 }
 
 #[derive(Debug)]
@@ -54,6 +59,35 @@ fn entry_name(prefix: &str, key: &SecretKey) -> SecretKey {
     let digest = Sha256::digest(key.as_str().as_bytes());
     SecretKey::new(format!("{prefix}{}", hex::encode(&digest[..16])))
         .expect("a prefix and 32 hex digits make a valid key")
+}
+
+/// `dirty(key, failed_at)` as stored: a NUL, the time, then the key (the key alone for an
+/// entry without a time, as written before times were recorded).
+fn dirty_entry(key: &SecretKey, failed_at: Option<SystemTime>) -> (SecretKey, SecretValue) {
+    let mut entry = Vec::with_capacity(9 + key.as_str().len());
+    if let Some(failed_at) = failed_at {
+        let nanos = failed_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        entry.push(0);
+        entry.extend_from_slice(&nanos.to_be_bytes());
+    }
+    entry.extend_from_slice(key.as_str().as_bytes());
+    (entry_name(DIRTY, key), SecretValue::new(entry))
+}
+
+fn migrated_entry(key: &SecretKey) -> (SecretKey, SecretValue) {
+    (
+        entry_name(MIGRATED, key),
+        SecretValue::from_slice(key.as_str().as_bytes()),
+    )
+}
+
+fn migration_done_entry() -> (SecretKey, SecretValue) {
+    (
+        SecretKey::new(MIGRATION_DONE).expect("valid key"),
+        SecretValue::from_slice(b"1"),
+    )
 }
 
 impl Journal {
@@ -75,11 +109,34 @@ impl Journal {
     /// Reads the persisted journal into memory. An entry that cannot be read makes the whole
     /// load fail: guessing "not dirty" could let a stale shared value win.
     pub(crate) fn load(&self) -> Result<()> {
+        self.load_with(false).map(drop)
+    }
+
+    /// [`Self::load`], skipping the entries that cannot be read instead (logged); how many
+    /// were skipped. For a journal about another shared store, which is only consulted.
+    pub(crate) fn load_lenient(&self) -> Result<usize> {
+        self.load_with(true)
+    }
+
+    fn load_with(&self, lenient: bool) -> Result<usize> {
+        let mut skipped = 0;
         let mut state = JournalState::default();
         for name in self.store.keys()? {
             let name_str = name.as_str();
             if name_str == MIGRATION_DONE {
                 state.migration_done = true;
+                continue;
+            }
+            if name_str == REPAIRS_PAUSED_UNTIL {
+                // Only a pause: one that cannot be read is no pause.
+                if let Ok(Some(value)) = self.store.get(&name) {
+                    if let Ok(nanos) = <[u8; 8]>::try_from(value.expose_secret()) {
+                        state.repairs_paused_until = Some(
+                            SystemTime::UNIX_EPOCH
+                                + Duration::from_nanos(u64::from_be_bytes(nanos)),
+                        );
+                    }
+                }
                 continue;
             }
             let dirty = name_str.starts_with(DIRTY);
@@ -90,6 +147,14 @@ impl Journal {
             let value = match self.store.get(&name) {
                 Ok(Some(value)) => value,
                 Ok(None) => continue,
+                Err(Error::Corrupt { .. }) if lenient => {
+                    tracing::warn!(
+                        entry = name_str,
+                        "skipped an unreadable repair journal entry"
+                    );
+                    skipped += 1;
+                    continue;
+                }
                 // Said as the journal's trouble, with the way out: the store's own words name
                 // only an entry nobody knows (found by QA: every command of the app failed with
                 // "the entry was left untouched" and nothing to do about it).
@@ -98,7 +163,10 @@ impl Journal {
                         store: "repair journal".to_owned(),
                         key: Some(name_str.to_owned()),
                         detail: format!(
-                            "{detail}. This app stops rather than guess whether a key's shared                              copy is stale; `repair --forget-unreadable` (with this app's                              --app) removes such entries, losing the pending repair one may                              hold (the app's own copy of the key stays in its store)"
+                            "{detail}. This app stops rather than guess whether a key's shared \
+                             copy is stale; `repair --forget-unreadable` (with this app's \
+                             --app) removes such entries, losing the pending repair one may \
+                             hold (the app's own copy of the key stays in its store)"
                         ),
                     })
                 }
@@ -109,15 +177,26 @@ impl Journal {
                 key: Some(name_str.to_owned()),
                 detail: "the entry does not hold a valid key name".to_owned(),
             };
-            let (failed_at, key) = match value.expose_secret() {
-                [0, rest @ ..] if dirty => {
-                    let (nanos, key) = rest.split_first_chunk::<8>().ok_or_else(corrupt)?;
+            let decoded = match value.expose_secret() {
+                [0, rest @ ..] if dirty => rest.split_first_chunk::<8>().map(|(nanos, key)| {
                     let at = Duration::from_nanos(u64::from_be_bytes(*nanos));
                     (Some(SystemTime::UNIX_EPOCH + at), key)
+                }),
+                key => Some((None, key)),
+            }
+            .and_then(|(failed_at, key)| Some((failed_at, SecretKey::from_bytes(key).ok()?)));
+            let (failed_at, key) = match decoded {
+                Some(decoded) => decoded,
+                None if lenient => {
+                    tracing::warn!(
+                        entry = name_str,
+                        "skipped an unreadable repair journal entry"
+                    );
+                    skipped += 1;
+                    continue;
                 }
-                key => (None, key),
+                None => return Err(corrupt()),
             };
-            let key = SecretKey::from_bytes(key).map_err(|_| corrupt())?;
             if dirty {
                 state.dirty.insert(key, failed_at);
             } else {
@@ -125,7 +204,7 @@ impl Journal {
             }
         }
         *self.write() = state;
-        Ok(())
+        Ok(skipped)
     }
 
     pub(crate) fn is_dirty(&self, key: &SecretKey) -> bool {
@@ -168,11 +247,6 @@ impl Journal {
         state.migration_done && state.dirty.is_empty()
     }
 
-    fn record(&self, name: &SecretKey, key: &SecretKey) -> Result<()> {
-        self.store
-            .set(name, &SecretValue::from_slice(key.as_str().as_bytes()))
-    }
-
     /// Always writes, even when the in-memory copy already says dirty: a clear that failed
     /// after taking effect leaves memory saying "dirty" while the journal on disk does not, and
     /// trusting memory here would let a restart serve the stale shared copy.
@@ -180,17 +254,34 @@ impl Journal {
     /// `failed_at` is when the shared store failed the write; a later failed write of the
     /// same key records its own, later time.
     pub(crate) fn mark_dirty(&self, key: &SecretKey, failed_at: SystemTime) -> Result<()> {
-        let nanos = failed_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let mut entry = Vec::with_capacity(9 + key.as_str().len());
-        entry.push(0);
-        entry.extend_from_slice(&nanos.to_be_bytes());
-        entry.extend_from_slice(key.as_str().as_bytes());
-        self.store
-            .set(&entry_name(DIRTY, key), &SecretValue::new(entry))?;
-        self.write().dirty.insert(key.clone(), Some(failed_at));
+        self.mark_dirty_at(key, Some(failed_at))
+    }
+
+    /// [`Self::mark_dirty`], also for an entry whose time is not known.
+    pub(crate) fn mark_dirty_at(
+        &self,
+        key: &SecretKey,
+        failed_at: Option<SystemTime>,
+    ) -> Result<()> {
+        let (name, entry) = dirty_entry(key, failed_at);
+        self.store.set(&name, &entry)?;
+        self.write().dirty.insert(key.clone(), failed_at);
         Ok(())
+    }
+
+    /// What this journal says, as the entries that say it: to seed another journal with.
+    pub(crate) fn entries(&self) -> Vec<(SecretKey, SecretValue)> {
+        let state = self.read();
+        let mut entries: Vec<_> = state
+            .dirty
+            .iter()
+            .map(|(key, failed_at)| dirty_entry(key, *failed_at))
+            .chain(state.migrated.iter().map(migrated_entry))
+            .collect();
+        if state.migration_done {
+            entries.push(migration_done_entry());
+        }
+        entries
     }
 
     pub(crate) fn clear_dirty(&self, key: &SecretKey) -> Result<()> {
@@ -209,16 +300,32 @@ impl Journal {
                 return Ok(());
             }
         }
-        self.record(&entry_name(MIGRATED, key), key)?;
+        let (name, entry) = migrated_entry(key);
+        self.store.set(&name, &entry)?;
         self.write().migrated.insert(key.clone());
         Ok(())
     }
 
-    pub(crate) fn mark_migration_done(&self) -> Result<()> {
+    /// Until when pending repairs are not retried on a storage's first operation.
+    pub(crate) fn repairs_paused_until(&self) -> Option<SystemTime> {
+        self.read().repairs_paused_until
+    }
+
+    pub(crate) fn pause_repairs_until(&self, until: SystemTime) -> Result<()> {
+        let nanos = until
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         self.store.set(
-            &SecretKey::new(MIGRATION_DONE).expect("valid key"),
-            &SecretValue::from_slice(b"1"),
+            &SecretKey::new(REPAIRS_PAUSED_UNTIL).expect("valid key"),
+            &SecretValue::from_slice(&nanos.to_be_bytes()),
         )?;
+        self.write().repairs_paused_until = Some(until);
+        Ok(())
+    }
+
+    pub(crate) fn mark_migration_done(&self) -> Result<()> {
+        let (name, entry) = migration_done_entry();
+        self.store.set(&name, &entry)?;
         self.write().migration_done = true;
         Ok(())
     }

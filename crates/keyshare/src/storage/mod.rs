@@ -20,7 +20,7 @@ mod queue;
 
 pub use events::{ChangeEvent, ChangeKind, Notification, Subscription};
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -341,14 +341,22 @@ pub fn pending_repairs_in_journal(store: Arc<dyn Store>) -> Result<Vec<SecretKey
     Ok(keys)
 }
 
-/// Seeds `journal`, an app's repair journal about a shared store it has not used before, with
-/// what its journals about other shared stores (`earlier`) say reached a shared store: the
-/// keys migrated there, and whether the migration was done. Whatever of the app's legacy store
-/// was shared once is not migrated again: a copy another app signed out of stays in this app's
-/// legacy store, and copying it into the new store would sign every app in again (found by QA:
-/// switching to the OS keyring, or renaming the flavour's service, brought back a signed-out
-/// token). Pending repairs are not carried over: they are about the earlier store (`doctor`
-/// lists them). Does nothing, and says `false`, when `journal` holds entries already.
+/// Seeds `journal`, an app's repair journal about a shared store it has not used before, from
+/// its journals about other shared stores (`earlier`):
+/// - the keys migrated there, and whether the migration was done: whatever of the app's legacy
+///   store was shared once is not migrated again, since another app may have signed out of it
+///   there, and copying this app's copy into the new store would sign every app in again
+///   (found by QA: switching to the OS keyring, or renaming the flavour's service, brought back
+///   a signed-out token);
+/// - its pending repairs, with when their writes failed: each is a write this app acknowledged
+///   that no shared store has, and the new one gets it by the repair, unless it holds a later
+///   change (found in review: seeded without them, the write read as "not found");
+/// - an earlier journal with unreadable entries counts as migration done (no legacy copy is
+///   migrated on a guess); those entries are skipped, as `repair --forget-unreadable` would.
+///
+/// Written in one [`Store::set_many`] (one transaction in a vault), so that a seed cut short
+/// leaves nothing, and a second process seeds the same. Does nothing, and says `false`, when
+/// `journal` holds entries already.
 pub fn seed_journal_from_earlier(
     journal: Arc<dyn Store>,
     earlier: &[Arc<dyn Store>],
@@ -356,24 +364,39 @@ pub fn seed_journal_from_earlier(
     if !journal.keys()?.is_empty() {
         return Ok(false);
     }
-    let mut migrated = Vec::new();
+    let mut dirty: HashMap<SecretKey, Option<SystemTime>> = HashMap::new();
+    let mut migrated = HashSet::new();
     let mut done = false;
     for store in earlier {
         let earlier = journal::Journal::new(Arc::clone(store));
-        earlier.load()?;
+        done |= earlier.load_lenient()? > 0;
         done |= earlier.migration_done();
         migrated.extend(earlier.migrated_keys());
+        for key in earlier.dirty_keys() {
+            let failed_at = earlier.dirty_since(&key);
+            // The later failure of two: its write is the later one.
+            let kept = dirty.entry(key).or_insert(failed_at);
+            *kept = (*kept).max(failed_at);
+        }
     }
-    let seeded = journal::Journal::new(journal);
-    // The marks first: a seed cut short leaves at worst fewer marks and no "done", so the
-    // next open seeds nothing more and migrates what is not marked (as before this seeding).
+    let seed = journal::Journal::new(Arc::new(MemoryStore::new()));
     for key in &migrated {
-        seeded.mark_migrated(key)?;
+        if !dirty.contains_key(key) {
+            seed.mark_migrated(key)?;
+        }
+    }
+    for (key, failed_at) in &dirty {
+        seed.mark_dirty_at(key, *failed_at)?;
     }
     if done {
-        seeded.mark_migration_done()?;
+        seed.mark_migration_done()?;
     }
-    Ok(done || !migrated.is_empty())
+    let entries = seed.entries();
+    if entries.is_empty() {
+        return Ok(false);
+    }
+    journal.set_many(&entries)?;
+    Ok(true)
 }
 
 impl SecretStorage {
@@ -733,6 +756,11 @@ impl AsyncSecretStorage {
     }
 }
 
+/// How long the first operations of an app's storages leave its pending repairs alone after
+/// one met a shared store that did not answer (see `Inner::repair_lazily`); `repair` retries
+/// them at any time.
+pub const REPAIRS_PAUSE: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Inner {
     fn storage_type(&self) -> Option<StorageType> {
         *self.storage_type.lock().unwrap_or_else(|e| e.into_inner())
@@ -751,11 +779,12 @@ impl Inner {
         self.ensure_ready_in_turn(None, false)
     }
 
-    /// [`Self::ensure_ready`] for an operation on `key` holding `ticket`: when the ticket's turn
-    /// has come, the lazy migration pass migrates `key` in that turn instead of passing it by
-    /// as busy (its own operation waits for the pass). Found by QA: a pass run by a `get`
-    /// always left the key it was reading behind, so with reads alone the migration was never
-    /// marked done and every later process ran the whole pass again.
+    /// [`Self::ensure_ready`] for a read of `key` holding `ticket`: when the ticket's turn has
+    /// come, the lazy migration pass migrates `key` in that turn (and a pending repair of it is
+    /// retried) instead of passing it by as busy (the read waits for the pass). Found by QA: a
+    /// pass run by a `get` always left the key it was reading behind, so with reads alone the
+    /// migration was never marked done and every later process ran the whole pass again.
+    /// Writes do not: their own write settles their key.
     fn ensure_ready_holding(&self, ticket: &mut Ticket, key: &SecretKey) -> Result<()> {
         if self.ready.load(Ordering::Acquire) {
             return Ok(());
@@ -809,11 +838,22 @@ impl Inner {
     /// app driven by short commands has no background to retry them in, and a sign-out this
     /// app made during an outage reached no other app until someone ran `repair` (found by
     /// QA). Best effort, like the pass: busy keys are left to their own operations (the key of
-    /// the operation that started this is repaired in its turn), and the first failure other
-    /// than a refusal ends the round (the shared store is still out: every other key would
-    /// wait for it in turn).
+    /// the read that started this is repaired in its turn); oldest first. A key the shared
+    /// store refuses, or whose own copy cannot be read, is passed by; any other failure means
+    /// the shared store is still out, and ends the round and pauses these retries for
+    /// [`REPAIRS_PAUSE`]: otherwise every command would wait for the store's timeout before
+    /// its own work, even one the app's own copy answers (found in review).
     fn repair_lazily(&self, own_turn: Option<&SecretKey>) {
-        for key in self.journal.dirty_keys() {
+        if self
+            .journal
+            .repairs_paused_until()
+            .is_some_and(|until| SystemTime::now() < until)
+        {
+            return;
+        }
+        let mut keys = self.journal.dirty_keys();
+        keys.sort_by_key(|key| self.journal.dirty_since(key));
+        for key in keys {
             let ticket = if own_turn == Some(&key) {
                 None
             } else {
@@ -830,9 +870,16 @@ impl Inner {
                     .repair_failures
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %err, key = %key, "a pending repair failed again");
-                if !err.is_refusal() {
-                    return;
+                if err.is_refusal() || matches!(err, Error::Corrupt { .. }) {
+                    continue;
                 }
+                if let Err(err) = self
+                    .journal
+                    .pause_repairs_until(SystemTime::now() + REPAIRS_PAUSE)
+                {
+                    tracing::debug!(error = %err, "could not record the pause of repairs");
+                }
+                return;
             }
         }
     }
@@ -987,9 +1034,9 @@ impl Inner {
         self.do_get(key)
     }
 
-    fn run_set(&self, mut ticket: Ticket, key: &SecretKey, value: &SecretValue) -> Result<()> {
+    fn run_set(&self, ticket: Ticket, key: &SecretKey, value: &SecretValue) -> Result<()> {
         self.limits.check_value(value)?;
-        self.ensure_ready_holding(&mut ticket, key)?;
+        self.ensure_ready()?;
         ticket.wait();
         let result = self.do_set(key, value);
         self.emit_unless_refused(key, ChangeKind::Set, &result);
@@ -998,7 +1045,7 @@ impl Inner {
 
     fn run_write_unless(
         &self,
-        mut ticket: Ticket,
+        ticket: Ticket,
         key: &SecretKey,
         value: Option<&SecretValue>,
         after: SystemTime,
@@ -1006,7 +1053,7 @@ impl Inner {
         if let Some(value) = value {
             self.limits.check_value(value)?;
         }
-        self.ensure_ready_holding(&mut ticket, key)?;
+        self.ensure_ready()?;
         ticket.wait();
         let written = self.do_write_unless(key, value, after);
         // As for a set or delete, an error does not say that nothing happened, but a refusal
@@ -1053,8 +1100,11 @@ impl Inner {
         Ok(true)
     }
 
-    fn run_delete(&self, mut ticket: Ticket, key: &SecretKey) -> Result<bool> {
-        self.ensure_ready_holding(&mut ticket, key)?;
+    fn run_delete(&self, ticket: Ticket, key: &SecretKey) -> Result<bool> {
+        // Not in its own turn: the pass would first copy a never-shared key into the shared
+        // store, where every app could read the secret being deleted until the delete reached
+        // it (found in review). Its key is left to the delete.
+        self.ensure_ready()?;
         ticket.wait();
         let result = self.do_delete(key);
         self.emit_unless_refused(key, ChangeKind::Delete, &result);

@@ -100,13 +100,29 @@ impl KeyQueues {
     /// Takes a ticket only if nobody holds or waits for one on `key`.
     pub(crate) fn try_enqueue_idle(self: &Arc<Self>, key: &SecretKey) -> Option<Ticket> {
         let hash = self.hasher.hash_one(key.as_str());
-        let lines = Self::lock(self.shard(hash));
+        // The check and the ticket under one lock hold: an operation that took the key's ticket
+        // in between would otherwise be waited for, by a caller (the lazy pass, under the
+        // storage's start-up lock) that operation may itself be waiting for (found in review:
+        // two gets at start-up hung).
+        let mut lines = Self::lock(self.shard(hash));
         if lines.contains_key(&hash) {
             return None;
         }
-        drop(lines);
-        // A racing `enqueue` between the check and here only means we wait behind it.
-        Some(self.enqueue(key))
+        lines.insert(
+            hash,
+            Line {
+                next_ticket: 1,
+                now_serving: 0,
+                waiting: 0,
+                abandoned: Vec::new(),
+            },
+        );
+        Some(Ticket {
+            queues: Arc::clone(self),
+            hash,
+            number: 0,
+            served: true,
+        })
     }
 }
 
@@ -281,6 +297,19 @@ mod tests {
         drop(first);
         assert!(third.is_served(), "the abandoned ticket is skipped");
         third.wait();
+    }
+
+    #[test]
+    fn a_ticket_taken_while_idle_holds_the_line_like_any_other() {
+        let q = KeyQueues::new();
+        let mut first = q.try_enqueue_idle(&key("a")).unwrap();
+        assert!(first.is_served());
+        let mut second = q.enqueue(&key("a"));
+        assert!(!second.is_served(), "behind the idle-taken ticket");
+        drop(first);
+        assert!(second.is_served());
+        drop(second);
+        assert!(q.try_enqueue_idle(&key("a")).is_some(), "the line ended");
     }
 
     #[test]
