@@ -36,6 +36,14 @@ fn read(storage: &SecretStorage, key: &str) -> Option<String> {
         .map(|v| String::from_utf8(v.expose_secret().to_vec()).unwrap())
 }
 
+/// A storage over these stores: another process of the same app, when built again.
+fn storage_over(shared: &Faulty, legacy: &Faulty, journal: &Arc<dyn Store>) -> SecretStorage {
+    SecretStorage::builder(shared.clone())
+        .legacy(legacy.clone())
+        .journal(journal.clone())
+        .build()
+}
+
 struct App {
     storage: SecretStorage,
     legacy: Faulty,
@@ -643,12 +651,7 @@ fn pending_repairs_are_retried_when_a_storage_starts() {
         let shared = faulty();
         let legacy = faulty();
         let journal: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let build = || {
-            SecretStorage::builder(shared.clone())
-                .legacy(legacy.clone())
-                .journal(journal.clone())
-                .build()
-        };
+        let build = || storage_over(&shared, &legacy, &journal);
         let code = build();
         code.set(&k("github.auth"), &v("t1")).unwrap();
         shared.arm_on(0, Fault::FailBefore, Calls::Writes);
@@ -679,12 +682,7 @@ fn a_start_that_finds_the_store_out_pauses_the_retries() {
     let shared = faulty();
     let legacy = faulty();
     let journal: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let build = || {
-        SecretStorage::builder(shared.clone())
-            .legacy(legacy.clone())
-            .journal(journal.clone())
-            .build()
-    };
+    let build = || storage_over(&shared, &legacy, &journal);
     let code = build();
     code.set(&k("a"), &v("1")).unwrap();
     shared.arm_on(0, Fault::FailBefore, Calls::Writes);

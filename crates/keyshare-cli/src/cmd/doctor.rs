@@ -370,10 +370,7 @@ fn vault_left_behind(
     match keys {
         Ok(keys) if keys.is_empty() => {}
         Ok(keys) => {
-            let shown: Vec<String> = keys
-                .iter()
-                .map(|key| super::shown(key).into_owned())
-                .collect();
+            let shown = shown_list(&keys);
             problems.push(format!(
                 "the vault {} holds {} secret(s) of this flavour that the shared store in use \
                  ({kind}) does not have access to, so every app finds them missing: {}. They \
@@ -385,7 +382,7 @@ fn vault_left_behind(
                  vault.db-shm, and vault.key if there is one)",
                 path.display(),
                 keys.len(),
-                shown.join(", "),
+                shown,
                 copy_by_hand(ctx, kind)
             ));
         }
@@ -435,10 +432,7 @@ fn repairs_kept_elsewhere(
         if keys.is_empty() {
             continue;
         }
-        let shown: Vec<String> = keys
-            .iter()
-            .map(|key| super::shown(key).into_owned())
-            .collect();
+        let shown = shown_list(&keys);
         problems.push(format!(
             "app {} has {} repair(s) recorded against another shared store, {}, which it does \
              not apply to the one in use: {}. If that store is this one under an earlier path \
@@ -447,9 +441,17 @@ fn repairs_kept_elsewhere(
             ctx.app,
             keys.len(),
             namespace.trim_start_matches("journal:"),
-            shown.join(", ")
+            shown
         ));
     }
+}
+
+/// Keys as messages show them, comma-separated.
+fn shown_list(keys: &[keyshare::SecretKey]) -> String {
+    keys.iter()
+        .map(|key| super::shown(key).into_owned())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The secrets the app's own store keeps although the shared store no longer has them (found
@@ -467,17 +469,14 @@ fn stale_legacy_copies(
     if stale.is_empty() {
         return;
     }
-    let shown: Vec<String> = stale
-        .iter()
-        .map(|key| super::shown(key).into_owned())
-        .collect();
+    let shown = shown_list(&stale);
     notes.push(format!(
         "app {}'s own store keeps {} secret(s) that the shared store no longer has (another app \
          signed out of them, most likely): {}. They are never read, and stay at rest until \
          this app writes the key again",
         ctx.app,
         stale.len(),
-        shown.join(", ")
+        shown
     ));
 }
 
