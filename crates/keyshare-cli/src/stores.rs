@@ -216,13 +216,14 @@ fn journal_in(vault: &VaultStore, identity: &str, ctx: &Context) -> anyhow::Resu
             }
         }
         if !earlier.is_empty() {
-            let seeded = keyshare::seed_journal_from_earlier(Arc::clone(&journal), &earlier)
-                .map_err(|err| {
-                    anyhow::Error::new(err).context(
-                        "starting the repair journal of a shared store new to this app from \
+            let seeded =
+                keyshare::seed_journal_from_earlier(Arc::clone(&journal), &earlier, !look_only)
+                    .map_err(|err| {
+                        anyhow::Error::new(err).context(
+                            "starting the repair journal of a shared store new to this app from \
                          its journals about earlier ones",
-                    )
-                })?;
+                        )
+                    })?;
             if seeded {
                 tracing::debug!(identity, "repair journal seeded from earlier shared stores");
             }

@@ -379,3 +379,35 @@ fn a_pending_write_follows_the_app_to_a_new_shared_store() {
     );
     assert_eq!(got.stdout, b"v1");
 }
+
+/// A pending repair follows the app to a shared store new to it once: moved, not copied. Found
+/// by QA: left in the earlier journal, it was carried again at the next change of store, long
+/// after it was carried out, and brought back a secret another app had signed out of since.
+#[test]
+fn a_repair_carried_to_a_new_store_is_not_carried_again() {
+    let env = home();
+    let legacy = "[apps.code]\nlegacy = { kind = \"vault\" }\n";
+    let with_service =
+        |service: &str| format!("[flavors.stable]\nservice = \"{service}\"\n{legacy}");
+    env.config(legacy);
+    env.ok(&["--direct", "--app", "code", "set", "k"], b"v1");
+    // An outage: code's write is its own, pending.
+    let key_file = env.data_dir().join("stable/vault.key");
+    let aside = env.path().join("vault.key.aside");
+    std::fs::rename(&key_file, &aside).unwrap();
+    env.ok(&["--direct", "--app", "code", "set", "k"], b"v2");
+    std::fs::rename(&aside, &key_file).unwrap();
+    // A new store: the write follows code there; then agents signs out.
+    env.config(&with_service("com.example.second"));
+    let got = env.ok(&["--direct", "--app", "code", "get", "k"], b"");
+    assert_eq!(got.stdout, b"v2");
+    env.ok(&["--direct", "--app", "agents", "delete", "k"], b"");
+    // Another new store: nothing comes back.
+    env.config(&with_service("com.example.third"));
+    for app in ["code", "agents"] {
+        let out = env.run(&["--direct", "--app", app, "get", "k"], b"");
+        assert_eq!(out.status.code(), Some(1), "{app}: {}", stderr(&out));
+    }
+    // And doctor has no repair left anywhere to report.
+    env.ok(&["--direct", "--app", "code", "doctor"], b"");
+}

@@ -456,7 +456,18 @@ fn a_pending_repair_is_carried_into_a_new_shared_stores_journal() {
     drop(first);
 
     let journal: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    assert!(keyshare::seed_journal_from_earlier(journal.clone(), &[earlier]).unwrap());
+    assert!(keyshare::seed_journal_from_earlier(
+        journal.clone(),
+        std::slice::from_ref(&earlier),
+        true
+    )
+    .unwrap());
+    // Moved, not copied: carried again at the next change of store, long after it was carried
+    // out, it would bring back whatever was signed out since (found by QA).
+    assert_eq!(
+        keyshare::pending_repairs_in_journal(earlier).unwrap(),
+        Vec::<SecretKey>::new()
+    );
     let shared = faulty();
     let storage = SecretStorage::builder(shared.clone())
         .legacy(legacy)
@@ -490,7 +501,7 @@ fn an_unreadable_earlier_journal_entry_does_not_stop_the_seed() {
         .unwrap();
     let journal: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let earlier: Arc<dyn Store> = earlier;
-    assert!(keyshare::seed_journal_from_earlier(journal.clone(), &[earlier]).unwrap());
+    assert!(keyshare::seed_journal_from_earlier(journal.clone(), &[earlier], true).unwrap());
     let legacy = faulty();
     legacy.set(&k("maybe.signed.out"), &v("old")).unwrap();
     let shared = faulty();
@@ -592,10 +603,12 @@ fn a_new_shared_stores_journal_is_seeded_from_the_earlier_ones() {
     legacy.set(&k("never.shared"), &v("own")).unwrap();
 
     let journal: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    assert!(
-        keyshare::seed_journal_from_earlier(journal.clone(), std::slice::from_ref(&earlier))
-            .unwrap()
-    );
+    assert!(keyshare::seed_journal_from_earlier(
+        journal.clone(),
+        std::slice::from_ref(&earlier),
+        true
+    )
+    .unwrap());
     let shared = faulty();
     let storage = SecretStorage::builder(shared.clone())
         .legacy(legacy.clone())
@@ -607,7 +620,7 @@ fn a_new_shared_stores_journal_is_seeded_from_the_earlier_ones() {
     assert_eq!(storage.get(&k("shared.before")).unwrap(), None);
     assert_eq!(shared.inner().keys().unwrap(), Vec::<SecretKey>::new());
     // A journal with entries is not seeded again.
-    assert!(!keyshare::seed_journal_from_earlier(journal, &[earlier]).unwrap());
+    assert!(!keyshare::seed_journal_from_earlier(journal, &[earlier], true).unwrap());
 
     // An earlier migration not done: only what it marked is passed by.
     let earlier: Arc<dyn Store> = Arc::new(MemoryStore::new());
@@ -626,7 +639,7 @@ fn a_new_shared_stores_journal_is_seeded_from_the_earlier_ones() {
     );
     legacy.set(&k("b"), &v("B")).unwrap();
     let journal: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    keyshare::seed_journal_from_earlier(journal.clone(), &[earlier]).unwrap();
+    keyshare::seed_journal_from_earlier(journal.clone(), &[earlier], true).unwrap();
     let shared = faulty();
     let storage = SecretStorage::builder(shared.clone())
         .legacy(legacy)
@@ -702,6 +715,32 @@ fn a_start_that_finds_the_store_out_pauses_the_retries() {
     assert_eq!(after.status().pending_repairs, vec![k("a")]);
     assert_eq!(shared.calls() - calls, 1, "only the read's own call");
     assert_eq!(after.repair().unwrap().repaired, 1);
+    assert_eq!(shared.inner().get(&k("a")).unwrap(), Some(v("2")));
+}
+
+/// A write the shared store takes ends a pause of the retries: the store answers again, and
+/// the next start carries out what is pending.
+#[test]
+fn a_write_the_shared_store_takes_ends_the_pause() {
+    let shared = faulty();
+    let legacy = faulty();
+    let journal: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let build = || storage_over(&shared, &legacy, &journal);
+    let code = build();
+    code.set(&k("a"), &v("1")).unwrap();
+    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
+    code.set(&k("a"), &v("2")).unwrap();
+    drop(code);
+    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
+    drop(build().get(&k("other")).unwrap());
+    // Paused: this start leaves `a`; its own write goes through.
+    let writer = build();
+    writer.set(&k("b"), &v("b")).unwrap();
+    assert_eq!(writer.status().pending_repairs, vec![k("a")]);
+    drop(writer);
+    let next = build();
+    assert_eq!(read(&next, "other"), None);
+    assert!(next.status().pending_repairs.is_empty());
     assert_eq!(shared.inner().get(&k("a")).unwrap(), Some(v("2")));
 }
 

@@ -471,9 +471,10 @@ fn stale_legacy_copies(
     }
     let shown = shown_list(&stale);
     notes.push(format!(
-        "app {}'s own store keeps {} secret(s) that the shared store no longer has (another app \
-         signed out of them, most likely): {}. They are never read, and stay at rest until \
-         this app writes the key again",
+        "app {}'s own store keeps {} secret(s) that the shared store in use does not have, \
+         though this app shared them (another app signed out of them, or they were shared with \
+         an earlier shared store, as none is moved when the store changes): {}. They are never \
+         read, and stay at rest until this app writes the key again",
         ctx.app,
         stale.len(),
         shown

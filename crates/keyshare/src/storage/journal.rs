@@ -284,6 +284,14 @@ impl Journal {
         entries
     }
 
+    /// Removes `key`'s pending repair from the stored journal, whatever memory says (a journal
+    /// seeded from this one took it over).
+    pub(crate) fn forget_dirty(&self, key: &SecretKey) -> Result<()> {
+        self.store.delete(&entry_name(DIRTY, key))?;
+        self.write().dirty.remove(key);
+        Ok(())
+    }
+
     pub(crate) fn clear_dirty(&self, key: &SecretKey) -> Result<()> {
         if !self.is_dirty(key) {
             return Ok(());
@@ -320,6 +328,13 @@ impl Journal {
             &SecretValue::from_slice(&nanos.to_be_bytes()),
         )?;
         self.write().repairs_paused_until = Some(until);
+        Ok(())
+    }
+
+    pub(crate) fn end_repairs_pause(&self) -> Result<()> {
+        self.store
+            .delete(&SecretKey::new(REPAIRS_PAUSED_UNTIL).expect("valid key"))?;
+        self.write().repairs_paused_until = None;
         Ok(())
     }
 

@@ -355,11 +355,16 @@ pub fn pending_repairs_in_journal(store: Arc<dyn Store>) -> Result<Vec<SecretKey
 ///   migrated on a guess); those entries are skipped, as `repair --forget-unreadable` would.
 ///
 /// Written in one [`Store::set_many`] (one transaction in a vault), so that a seed cut short
-/// leaves nothing, and a second process seeds the same. Does nothing, and says `false`, when
-/// `journal` holds entries already.
+/// leaves nothing, and a second process seeds the same. With `move_repairs` the pending
+/// repairs are then removed from the earlier journals: carried once, a repair left behind
+/// would be carried again at the next change of store, long after it was carried out, and
+/// bring back a secret signed out since (found by QA); without it (`doctor`, which changes
+/// nothing) they are copied. Does nothing, and says `false`, when `journal` holds entries
+/// already.
 pub fn seed_journal_from_earlier(
     journal: Arc<dyn Store>,
     earlier: &[Arc<dyn Store>],
+    move_repairs: bool,
 ) -> Result<bool> {
     if !journal.keys()?.is_empty() {
         return Ok(false);
@@ -396,6 +401,15 @@ pub fn seed_journal_from_earlier(
         return Ok(false);
     }
     journal.set_many(&entries)?;
+    if move_repairs {
+        for store in earlier {
+            let earlier = journal::Journal::new(Arc::clone(store));
+            for key in dirty.keys() {
+                // Only where it is: clearing is a delete of the entry.
+                earlier.forget_dirty(key)?;
+            }
+        }
+    }
     Ok(true)
 }
 
@@ -1257,6 +1271,9 @@ impl Inner {
                 // shared copy, so failing to write it fails the operation (nothing has changed
                 // in the legacy store yet). Written even if the key looks dirty already: see
                 // `Journal::mark_dirty`.
+                // Not a pause of the retries (see `repair_lazily`): the store may be back for
+                // the next command, which then carries a sign-out to the other apps at once.
+                // The next command pays one timeout if it is not.
                 self.journal
                     .mark_dirty(key, SystemTime::now())
                     .map_err(|journal_err| {
@@ -1274,6 +1291,12 @@ impl Inner {
             }
         })?;
         if shared_ok {
+            // The store answers again: the next start retries what is pending.
+            if self.journal.repairs_paused_until().is_some() {
+                if let Err(err) = self.journal.end_repairs_pause() {
+                    tracing::debug!(error = %err, "could not end the pause of repairs");
+                }
+            }
             if was_dirty {
                 if let Err(err) = self.journal.clear_dirty(key) {
                     tracing::warn!(error = %err, key = %key, "could not clear a repair marker; a later repair clears it");
