@@ -687,30 +687,34 @@ fn pending_repairs_are_retried_when_a_storage_starts() {
     }
 }
 
+/// An app's write of `a` the shared store failed, then a start that found the store still out
+/// (and so paused the retries); the store is back now. Its stores and journal.
+fn paused_with_a_pending_repair() -> (Faulty, Faulty, Arc<dyn Store>) {
+    let shared = faulty();
+    let legacy = faulty();
+    let journal: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let code = storage_over(&shared, &legacy, &journal);
+    code.set(&k("a"), &v("1")).unwrap();
+    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
+    code.set(&k("a"), &v("2")).unwrap();
+    drop(code);
+    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
+    let during = storage_over(&shared, &legacy, &journal);
+    assert_eq!(read(&during, "other"), None);
+    assert_eq!(during.status().pending_repairs, vec![k("a")]);
+    drop(during);
+    (shared, legacy, journal)
+}
+
 /// A start that finds the shared store still out leaves its pending repairs, and pauses these
 /// retries for a while: otherwise every command would wait for the store's timeout before its
 /// own work (found in review). `repair` retries them whenever asked.
 #[test]
 fn a_start_that_finds_the_store_out_pauses_the_retries() {
-    let shared = faulty();
-    let legacy = faulty();
-    let journal: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let build = || storage_over(&shared, &legacy, &journal);
-    let code = build();
-    code.set(&k("a"), &v("1")).unwrap();
-    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
-    code.set(&k("a"), &v("2")).unwrap();
-    drop(code);
-
-    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
-    let during = build();
-    assert_eq!(read(&during, "other"), None);
-    assert_eq!(during.status().pending_repairs, vec![k("a")]);
-    drop(during);
-
+    let (shared, legacy, journal) = paused_with_a_pending_repair();
     // The store is back, but within the pause: no retry on the way in.
     let calls = shared.calls();
-    let after = build();
+    let after = storage_over(&shared, &legacy, &journal);
     assert_eq!(read(&after, "other"), None);
     assert_eq!(after.status().pending_repairs, vec![k("a")]);
     assert_eq!(shared.calls() - calls, 1, "only the read's own call");
@@ -722,17 +726,8 @@ fn a_start_that_finds_the_store_out_pauses_the_retries() {
 /// the next start carries out what is pending.
 #[test]
 fn a_write_the_shared_store_takes_ends_the_pause() {
-    let shared = faulty();
-    let legacy = faulty();
-    let journal: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let (shared, legacy, journal) = paused_with_a_pending_repair();
     let build = || storage_over(&shared, &legacy, &journal);
-    let code = build();
-    code.set(&k("a"), &v("1")).unwrap();
-    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
-    code.set(&k("a"), &v("2")).unwrap();
-    drop(code);
-    shared.arm_on(0, Fault::FailBefore, Calls::Writes);
-    drop(build().get(&k("other")).unwrap());
     // Paused: this start leaves `a`; its own write goes through.
     let writer = build();
     writer.set(&k("b"), &v("b")).unwrap();
