@@ -354,8 +354,8 @@ pub fn pending_repairs_in_journal(store: Arc<dyn Store>) -> Result<Vec<SecretKey
 /// - an earlier journal with unreadable entries counts as migration done (no legacy copy is
 ///   migrated on a guess); those entries are skipped, as `repair --forget-unreadable` would.
 ///
-/// Written in one [`Store::set_many`] (one transaction in a vault), so that a seed cut short
-/// leaves nothing, and a second process seeds the same. With `move_repairs` the pending
+/// Written in one [`Store::set_many_if_empty`] (one transaction in a vault), so that a seed cut
+/// short leaves nothing, and of two processes seeding at once the later writes nothing. With `move_repairs` the pending
 /// repairs are then removed from the earlier journals: carried once, a repair left behind
 /// would be carried again at the next change of store, long after it was carried out, and
 /// bring back a secret signed out since (found by QA); without it (`doctor`, which changes
@@ -400,7 +400,11 @@ pub fn seed_journal_from_earlier(
     if entries.is_empty() {
         return Ok(false);
     }
-    journal.set_many(&entries)?;
+    // Into an empty journal only, checked in the same transaction: another process of the
+    // app that seeded it first may have carried out a repair since (found by QA, in review).
+    if !journal.set_many_if_empty(&entries)? {
+        return Ok(false);
+    }
     if move_repairs {
         for store in earlier {
             let earlier = journal::Journal::new(Arc::clone(store));

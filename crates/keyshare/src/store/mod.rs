@@ -113,6 +113,20 @@ pub trait Store: Send + Sync + fmt::Debug {
             .try_for_each(|(key, value)| self.set(key, value))
     }
 
+    /// [`set_many`](Store::set_many) of `entries` only if the store holds no value yet; whether
+    /// it wrote. A store that can check and write in one durable operation overrides this (the
+    /// vault: one transaction), so that of two processes seeding the same empty store, the
+    /// later writes nothing (an app's repair journal about a new shared store: the later seed
+    /// could put back a repair the earlier process had carried out meanwhile). The default
+    /// checks, then writes.
+    fn set_many_if_empty(&self, entries: &[(SecretKey, SecretValue)]) -> Result<bool> {
+        if !self.keys()?.is_empty() {
+            return Ok(false);
+        }
+        self.set_many(entries)?;
+        Ok(true)
+    }
+
     /// [`set_many`](Store::set_many) of `entries` that later writes may join: a store that
     /// commits in one durable operation may call `more` just before it commits, and as long as
     /// it returns entries, write those in the same operation (all or nothing). Each entry
@@ -238,6 +252,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn set_many(&self, entries: &[(SecretKey, SecretValue)]) -> Result<()> {
         (**self).set_many(entries)
+    }
+    fn set_many_if_empty(&self, entries: &[(SecretKey, SecretValue)]) -> Result<bool> {
+        (**self).set_many_if_empty(entries)
     }
     fn set_many_joining(
         &self,

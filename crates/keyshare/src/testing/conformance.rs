@@ -176,6 +176,20 @@ pub fn set_many(factory: Factory) {
     assert_eq!(sorted(s.keys().unwrap()), expected);
 }
 
+/// `set_many_if_empty` writes into an empty store and says so; into one that holds anything
+/// it writes nothing and says `false`.
+pub fn set_many_if_empty(factory: Factory) {
+    let s = factory(&unique_namespace("set_many_if_empty"));
+    let entries = [(key("a"), value(b"1")), (key("b"), value(b"2"))];
+    assert!(s.set_many_if_empty(&entries).unwrap());
+    assert_eq!(s.get(&key("b")).unwrap().unwrap().expose_secret(), b"2");
+    assert!(!s
+        .set_many_if_empty(&[(key("a"), value(b"new")), (key("c"), value(b"3"))])
+        .unwrap());
+    assert_eq!(s.get(&key("a")).unwrap().unwrap().expose_secret(), b"1");
+    assert_eq!(s.get(&key("c")).unwrap(), None);
+}
+
 /// `set_many_joining` writes its entries and every entry `more` returned (a store may never
 /// call `more`; one that does stops calling once it returns nothing).
 pub fn set_many_joining(factory: Factory) {
@@ -334,8 +348,8 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@tests $factory;
             round_trip, missing_is_none, empty_value_is_a_value, overwrite, delete,
             keys_lists_exactly, binary_values, large_value, unusual_keys, set_many,
-            set_many_joining, namespaces_are_isolated, reopen_sees_data, concurrent_writers,
-            write_unless_changed_after);
+            set_many_if_empty, set_many_joining, namespaces_are_isolated, reopen_sees_data,
+            concurrent_writers, write_unless_changed_after);
     };
     (@tests $factory:expr; $($check:ident),*) => {
         $(

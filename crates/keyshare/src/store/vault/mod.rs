@@ -670,6 +670,12 @@ enum WriteOp {
         namespace: String,
         rows: Vec<(Vec<u8>, Vec<u8>)>,
     },
+    /// A `SetMany` into a namespace that holds nothing yet; none if it holds anything (whether
+    /// it wrote: see [`Store::set_many_if_empty`]).
+    SetManyIntoEmpty {
+        namespace: String,
+        rows: Vec<(Vec<u8>, Vec<u8>)>,
+    },
     /// A repair's write: the set (`sealed`) or delete (`None`) happens only if the key did not
     /// change after `after` (nanoseconds since the Unix epoch); whether it happened.
     Repair {
@@ -706,6 +712,19 @@ impl WriteOp {
                 .map(|n| n > 0),
             WriteOp::Delete { namespace, key } => delete_row(conn, namespace, key, now),
             WriteOp::SetMany { namespace, rows } => {
+                let mut stmt = conn.prepare_cached(UPSERT)?;
+                for (key, sealed) in rows {
+                    stmt.execute((namespace, key, sealed, now))?;
+                }
+                Ok(!rows.is_empty())
+            }
+            WriteOp::SetManyIntoEmpty { namespace, rows } => {
+                let held = conn
+                    .prepare_cached("SELECT 1 FROM secrets WHERE namespace = ?1 LIMIT 1")?
+                    .exists([namespace])?;
+                if held {
+                    return Ok(false);
+                }
                 let mut stmt = conn.prepare_cached(UPSERT)?;
                 for (key, sealed) in rows {
                     stmt.execute((namespace, key, sealed, now))?;
@@ -753,6 +772,11 @@ impl WriteOp {
                 rows.iter()
                     .map(|(key, _)| ((namespace.clone(), key.clone()), Mark::Set(Some(now)))),
             ),
+            WriteOp::SetManyIntoEmpty { namespace, rows } if changed => marks.extend(
+                rows.iter()
+                    .map(|(key, _)| ((namespace.clone(), key.clone()), Mark::Set(Some(now)))),
+            ),
+            WriteOp::SetManyIntoEmpty { .. } => {}
             WriteOp::Repair {
                 namespace,
                 key,
@@ -1483,6 +1507,17 @@ impl Store for VaultStore {
     fn set_many(&self, entries: &[(SecretKey, SecretValue)]) -> Result<()> {
         let op = self.set_many_op(entries)?;
         self.vault.write("writing values", op).map(drop)
+    }
+
+    /// One transaction that checks the namespace is empty and writes every value, or nothing.
+    fn set_many_if_empty(&self, entries: &[(SecretKey, SecretValue)]) -> Result<bool> {
+        let WriteOp::SetMany { namespace, rows } = self.set_many_op(entries)? else {
+            unreachable!("set_many_op makes a SetMany")
+        };
+        self.vault.write(
+            "writing values",
+            WriteOp::SetManyIntoEmpty { namespace, rows },
+        )
     }
 
     /// One transaction for `entries` and whatever `more` returns just before it commits.
