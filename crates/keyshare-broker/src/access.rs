@@ -96,6 +96,11 @@ pub struct AccessPolicy {
     /// What unlisted app ids may do.
     #[serde(default)]
     pub unlisted_apps: UnlistedApps,
+    /// The file this policy was read from has been removed since, and a broker keeps it in
+    /// force: denials say so, since the file they would send the user to is gone (found by
+    /// QA). Not part of the [fingerprint](AccessPolicy::fingerprint).
+    #[serde(skip)]
+    pub source_removed: bool,
 }
 
 /// How config.toml names the table of `app`: `apps.code`, or `apps."my.app"` for an id with a
@@ -139,6 +144,7 @@ pub enum Refusal {
 pub struct Grant {
     app: AppId,
     keys: Option<Vec<KeyPattern>>,
+    source_removed: bool,
 }
 
 impl Grant {
@@ -158,8 +164,14 @@ impl Grant {
     /// Why the app may not use `key`, naming the setting that says so: the broker and a
     /// command applying the policy itself word it alike.
     pub fn denial(&self, key: &SecretKey) -> String {
+        let removed = if self.source_removed {
+            "; that file was removed since the broker read it, and the broker keeps the policy \
+             it read: `keyshare stop` it to serve without one"
+        } else {
+            ""
+        };
         format!(
-            "app {:?} may not use key {:?} (see shared_keys under [{}] in config.toml)",
+            "app {:?} may not use key {:?} (see shared_keys under [{}] in config.toml{removed})",
             self.app.as_str(),
             key.as_str(),
             app_table(self.app.as_str())
@@ -176,6 +188,7 @@ impl AccessPolicy {
                 UnlistedApps::AllKeys => Ok(Grant {
                     app: app.clone(),
                     keys: None,
+                    source_removed: self.source_removed,
                 }),
                 UnlistedApps::Refuse => Err(Refusal::UnlistedApp {
                     app: app.to_string(),
@@ -200,6 +213,7 @@ impl AccessPolicy {
         Ok(Grant {
             app: app.clone(),
             keys: rule.shared_keys.clone(),
+            source_removed: self.source_removed,
         })
     }
 

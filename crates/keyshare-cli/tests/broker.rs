@@ -1003,6 +1003,35 @@ fn a_running_broker_follows_edits_of_the_access_policy() {
     serve.stop();
 }
 
+/// A running broker keeps its access policy when config.toml is removed, and its denials say
+/// that the file they name is gone, and how to serve without it (found by QA: they sent the
+/// user to a file that no longer existed).
+#[test]
+fn a_broker_whose_config_was_removed_says_so_when_it_denies() {
+    let home = tempfile::tempdir().unwrap();
+    write_config(
+        home.path(),
+        "timeout_ms = 5000\n[apps.agents]\nshared_keys = [\"github.auth\"]\n",
+    );
+    let mut serve = Serving::start(keyshare(home.path()));
+    run_ok(home.path(), &["--app", "code", "set", "other.key"], b"s1");
+    let get = ["--app", "agents", "get", "other.key"];
+    let out = run(home.path(), &get, b"");
+    assert_eq!(out.status.code(), Some(8));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("removed"));
+    std::fs::remove_file(home.path().join("config/keyshare/config.toml")).unwrap();
+    serve.wait_for_log("the config file is gone");
+    let out = run(home.path(), &get, b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(
+        stderr.contains("that file was removed since the broker read it")
+            && stderr.contains("`keyshare stop`"),
+        "{stderr}"
+    );
+    serve.stop();
+}
+
 /// `doctor` says so when the running broker decides by another access policy than the
 /// config.toml it reads (here: a broker started with another `--config`). Found by QA: it
 /// said "no problems found" while the broker ignored the file's policy.

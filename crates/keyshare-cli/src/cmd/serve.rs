@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use keyshare::SecretStorage;
+use keyshare_broker::access::AccessPolicy;
 use keyshare_broker::daemon::{self, Daemon};
 use keyshare_broker::{BrokerState, ExternalChanges, PolicyHandle, ServerOptions, VaultChanges};
 
@@ -307,6 +308,12 @@ impl PolicyReload {
             Ok(None) => {
                 self.applied = now;
                 tracing::warn!(config = %self.path.display(), "the config file is gone; {kept} (restart the broker to serve without one)");
+                // Denials then say that the file they name is gone.
+                let kept = AccessPolicy {
+                    source_removed: true,
+                    ..(*self.handle.current()).clone()
+                };
+                self.handle.replace(kept);
             }
             Ok(Some(_)) => {
                 let loaded = Config::load(&self.path, true).and_then(|c| broker::policy(&c));
