@@ -223,15 +223,10 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
                 .expect("checked by the guard");
             let error = crate::exit::one_line(&err);
             problems.push(format!("cannot open the legacy store: {error}"));
-            let attempted = stores::shared_placeholder_info(ctx);
-            report["shared"] = json!({
-                "kind": attempted.kind,
-                "location": attempted.location,
-                "protection": Value::Null,
-                "chosen_because": Value::Null,
-                "answers": Value::Null,
-                "note": "not examined: the app's legacy store could not be opened",
-            });
+            report["shared"] = unopened_shared(ctx);
+            report["shared"]["answers"] = Value::Null;
+            report["shared"]["note"] =
+                json!("not examined: the app's legacy store could not be opened");
             report["legacy"] = json!({
                 "kind": failed.kind,
                 "location": failed.location,
@@ -249,15 +244,9 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
             } else {
                 problems.push(problem);
             }
-            let attempted = stores::shared_placeholder_info(ctx);
-            report["shared"] = json!({
-                "kind": attempted.kind,
-                "location": attempted.location,
-                "protection": Value::Null,
-                "chosen_because": Value::Null,
-                "answers": false,
-                "error": crate::exit::one_line(&err),
-            });
+            report["shared"] = unopened_shared(ctx);
+            report["shared"]["answers"] = json!(false);
+            report["shared"]["error"] = json!(crate::exit::one_line(&err));
         }
     }
     report["broker"] = broker_report(ctx, direct, &mut problems);
@@ -444,6 +433,17 @@ fn repairs_kept_elsewhere(
             shown
         ));
     }
+}
+
+/// What doctor can say of a shared store it did not open: what it would have been.
+fn unopened_shared(ctx: &Context) -> Value {
+    let attempted = stores::shared_placeholder_info(ctx);
+    json!({
+        "kind": attempted.kind,
+        "location": attempted.location,
+        "protection": Value::Null,
+        "chosen_because": Value::Null,
+    })
 }
 
 /// Keys as messages show them, comma-separated.

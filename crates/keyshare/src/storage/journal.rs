@@ -61,16 +61,29 @@ fn entry_name(prefix: &str, key: &SecretKey) -> SecretKey {
         .expect("a prefix and 32 hex digits make a valid key")
 }
 
+/// A time as the journal stores it: 8 big-endian bytes of nanoseconds since the Unix epoch
+/// (saturating: before 1970 is 0).
+fn time_bytes(time: SystemTime) -> [u8; 8] {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .to_be_bytes()
+}
+
+fn time_from_bytes(bytes: [u8; 8]) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::from_be_bytes(bytes))
+}
+
+fn repairs_paused_name() -> SecretKey {
+    SecretKey::new(REPAIRS_PAUSED_UNTIL).expect("valid key")
+}
+
 /// `dirty(key, failed_at)` as stored: a NUL, the time, then the key (the key alone for an
 /// entry without a time, as written before times were recorded).
 fn dirty_entry(key: &SecretKey, failed_at: Option<SystemTime>) -> (SecretKey, SecretValue) {
     let mut entry = Vec::with_capacity(9 + key.as_str().len());
     if let Some(failed_at) = failed_at {
-        let nanos = failed_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         entry.push(0);
-        entry.extend_from_slice(&nanos.to_be_bytes());
+        entry.extend_from_slice(&time_bytes(failed_at));
     }
     entry.extend_from_slice(key.as_str().as_bytes());
     (entry_name(DIRTY, key), SecretValue::new(entry))
@@ -130,11 +143,8 @@ impl Journal {
             if name_str == REPAIRS_PAUSED_UNTIL {
                 // Only a pause: one that cannot be read is no pause.
                 if let Ok(Some(value)) = self.store.get(&name) {
-                    if let Ok(nanos) = <[u8; 8]>::try_from(value.expose_secret()) {
-                        state.repairs_paused_until = Some(
-                            SystemTime::UNIX_EPOCH
-                                + Duration::from_nanos(u64::from_be_bytes(nanos)),
-                        );
+                    if let Ok(bytes) = <[u8; 8]>::try_from(value.expose_secret()) {
+                        state.repairs_paused_until = Some(time_from_bytes(bytes));
                     }
                 }
                 continue;
@@ -178,10 +188,9 @@ impl Journal {
                 detail: "the entry does not hold a valid key name".to_owned(),
             };
             let decoded = match value.expose_secret() {
-                [0, rest @ ..] if dirty => rest.split_first_chunk::<8>().map(|(nanos, key)| {
-                    let at = Duration::from_nanos(u64::from_be_bytes(*nanos));
-                    (Some(SystemTime::UNIX_EPOCH + at), key)
-                }),
+                [0, rest @ ..] if dirty => rest
+                    .split_first_chunk::<8>()
+                    .map(|(time, key)| (Some(time_from_bytes(*time)), key)),
                 key => Some((None, key)),
             }
             .and_then(|(failed_at, key)| Some((failed_at, SecretKey::from_bytes(key).ok()?)));
@@ -320,20 +329,16 @@ impl Journal {
     }
 
     pub(crate) fn pause_repairs_until(&self, until: SystemTime) -> Result<()> {
-        let nanos = until
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         self.store.set(
-            &SecretKey::new(REPAIRS_PAUSED_UNTIL).expect("valid key"),
-            &SecretValue::from_slice(&nanos.to_be_bytes()),
+            &repairs_paused_name(),
+            &SecretValue::from_slice(&time_bytes(until)),
         )?;
         self.write().repairs_paused_until = Some(until);
         Ok(())
     }
 
     pub(crate) fn end_repairs_pause(&self) -> Result<()> {
-        self.store
-            .delete(&SecretKey::new(REPAIRS_PAUSED_UNTIL).expect("valid key"))?;
+        self.store.delete(&repairs_paused_name())?;
         self.write().repairs_paused_until = None;
         Ok(())
     }

@@ -872,17 +872,9 @@ impl Inner {
         let mut keys = self.journal.dirty_keys();
         keys.sort_by_key(|key| self.journal.dirty_since(key));
         for key in keys {
-            let ticket = if own_turn == Some(&key) {
-                None
-            } else {
-                match self.queues.try_enqueue_idle(&key) {
-                    Some(ticket) => Some(ticket),
-                    None => continue,
-                }
+            let Some(_turn) = self.lazy_turn(&key, own_turn) else {
+                continue;
             };
-            if let Some(ticket) = &ticket {
-                ticket.wait();
-            }
             if let Err(err) = self.repair_key(&key) {
                 self.counters
                     .repair_failures
@@ -900,6 +892,19 @@ impl Inner {
                 return;
             }
         }
+    }
+
+    /// `key`'s turn for work done on the way into the first operation (the lazy migration pass,
+    /// the lazy repairs), which must never wait for an operation that may be waiting for it:
+    /// `None` when the key is busy (its own operations handle it); `Some(None)` for the key of
+    /// the operation that started this (`own_turn`), whose turn the caller holds; else a ticket
+    /// taken on an idle key, held until the work is done.
+    fn lazy_turn(&self, key: &SecretKey, own_turn: Option<&SecretKey>) -> Option<Option<Ticket>> {
+        if own_turn == Some(key) {
+            return Some(None);
+        }
+        // Taken idle, so served at once.
+        self.queues.try_enqueue_idle(key).map(Some)
     }
 
     /// Whether an async operation holding `ticket` can run right here without blocking: see
@@ -1464,22 +1469,16 @@ impl Inner {
         let keys = legacy.keys()?;
         let total = keys.len();
         for (i, key) in keys.into_iter().enumerate() {
-            // `Some(None)`: the caller's own turn, held already.
-            let turn = if own_turn == Some(&key) {
-                Some(None)
-            } else if lazy {
-                self.queues.try_enqueue_idle(&key).map(Some)
+            let turn = if lazy {
+                self.lazy_turn(&key, own_turn)
             } else {
-                Some(Some(self.queues.enqueue(&key)))
+                let ticket = self.queues.enqueue(&key);
+                ticket.wait();
+                Some(Some(ticket))
             };
             let outcome = match turn {
                 None => MigrationOutcome::Deferred,
-                Some(ticket) => {
-                    if let Some(ticket) = &ticket {
-                        ticket.wait();
-                    }
-                    self.migrate_key(legacy.as_ref(), &key)
-                }
+                Some(_turn) => self.migrate_key(legacy.as_ref(), &key),
             };
             match &outcome {
                 MigrationOutcome::Copied => report.copied += 1,

@@ -666,15 +666,12 @@ enum WriteOp {
         namespace: String,
         key: Vec<u8>,
     },
+    /// Every row; with `only_into_empty`, none if the namespace holds anything (whether it
+    /// wrote: see [`Store::set_many_if_empty`]).
     SetMany {
         namespace: String,
         rows: Vec<(Vec<u8>, Vec<u8>)>,
-    },
-    /// A `SetMany` into a namespace that holds nothing yet; none if it holds anything (whether
-    /// it wrote: see [`Store::set_many_if_empty`]).
-    SetManyIntoEmpty {
-        namespace: String,
-        rows: Vec<(Vec<u8>, Vec<u8>)>,
+        only_into_empty: bool,
     },
     /// A repair's write: the set (`sealed`) or delete (`None`) happens only if the key did not
     /// change after `after` (nanoseconds since the Unix epoch); whether it happened.
@@ -711,18 +708,16 @@ impl WriteOp {
                 .execute((namespace, key, sealed, now))
                 .map(|n| n > 0),
             WriteOp::Delete { namespace, key } => delete_row(conn, namespace, key, now),
-            WriteOp::SetMany { namespace, rows } => {
-                let mut stmt = conn.prepare_cached(UPSERT)?;
-                for (key, sealed) in rows {
-                    stmt.execute((namespace, key, sealed, now))?;
-                }
-                Ok(!rows.is_empty())
-            }
-            WriteOp::SetManyIntoEmpty { namespace, rows } => {
-                let held = conn
-                    .prepare_cached("SELECT 1 FROM secrets WHERE namespace = ?1 LIMIT 1")?
-                    .exists([namespace])?;
-                if held {
+            WriteOp::SetMany {
+                namespace,
+                rows,
+                only_into_empty,
+            } => {
+                if *only_into_empty
+                    && conn
+                        .prepare_cached("SELECT 1 FROM secrets WHERE namespace = ?1 LIMIT 1")?
+                        .exists([namespace])?
+                {
                     return Ok(false);
                 }
                 let mut stmt = conn.prepare_cached(UPSERT)?;
@@ -768,15 +763,14 @@ impl WriteOp {
             WriteOp::Delete { namespace, key } => {
                 marks.push(((namespace.clone(), key.clone()), Mark::Deleted(now)))
             }
-            WriteOp::SetMany { namespace, rows } => marks.extend(
+            // Nothing written (an empty list, or a namespace that held something): no mark.
+            WriteOp::SetMany {
+                namespace, rows, ..
+            } if changed => marks.extend(
                 rows.iter()
                     .map(|(key, _)| ((namespace.clone(), key.clone()), Mark::Set(Some(now)))),
             ),
-            WriteOp::SetManyIntoEmpty { namespace, rows } if changed => marks.extend(
-                rows.iter()
-                    .map(|(key, _)| ((namespace.clone(), key.clone()), Mark::Set(Some(now)))),
-            ),
-            WriteOp::SetManyIntoEmpty { .. } => {}
+            WriteOp::SetMany { .. } => {}
             WriteOp::Repair {
                 namespace,
                 key,
@@ -1318,8 +1312,12 @@ impl VaultStore {
     }
 
     /// The values checked and sealed (before any transaction starts), as one write op, so one
-    /// savepoint: all rows or none.
-    fn set_many_op(&self, entries: &[(SecretKey, SecretValue)]) -> Result<WriteOp> {
+    /// savepoint: all rows or none (with `only_into_empty`, none if the namespace holds any).
+    fn set_many_op(
+        &self,
+        entries: &[(SecretKey, SecretValue)],
+        only_into_empty: bool,
+    ) -> Result<WriteOp> {
         let rows = entries
             .iter()
             .map(|(key, value)| {
@@ -1331,6 +1329,7 @@ impl VaultStore {
         Ok(WriteOp::SetMany {
             namespace: self.namespace.clone(),
             rows,
+            only_into_empty,
         })
     }
 
@@ -1505,19 +1504,14 @@ impl Store for VaultStore {
     /// One transaction for all the values: every one is written, or none. Limits are checked
     /// and values sealed before the transaction starts.
     fn set_many(&self, entries: &[(SecretKey, SecretValue)]) -> Result<()> {
-        let op = self.set_many_op(entries)?;
+        let op = self.set_many_op(entries, false)?;
         self.vault.write("writing values", op).map(drop)
     }
 
     /// One transaction that checks the namespace is empty and writes every value, or nothing.
     fn set_many_if_empty(&self, entries: &[(SecretKey, SecretValue)]) -> Result<bool> {
-        let WriteOp::SetMany { namespace, rows } = self.set_many_op(entries)? else {
-            unreachable!("set_many_op makes a SetMany")
-        };
-        self.vault.write(
-            "writing values",
-            WriteOp::SetManyIntoEmpty { namespace, rows },
-        )
+        let op = self.set_many_op(entries, true)?;
+        self.vault.write("writing values", op)
     }
 
     /// One transaction for `entries` and whatever `more` returns just before it commits.
@@ -1526,13 +1520,13 @@ impl Store for VaultStore {
         entries: &[(SecretKey, SecretValue)],
         more: &mut dyn FnMut() -> Vec<(SecretKey, SecretValue)>,
     ) -> Result<()> {
-        let op = self.set_many_op(entries)?;
+        let op = self.set_many_op(entries, false)?;
         let mut more_ops = || {
             let entries = more();
             if entries.is_empty() {
                 return Ok(None);
             }
-            self.set_many_op(&entries).map(Some)
+            self.set_many_op(&entries, false).map(Some)
         };
         self.vault
             .write_joining("writing values", op, &mut more_ops)
