@@ -393,6 +393,18 @@ impl Private {
 
 impl Drop for Private {
     fn drop(&mut self) {
+        // A failing test says what the keyring daemon and the bus printed (a daemon that
+        // crashed, a bus that dropped it) before `stop` removes their logs.
+        if std::thread::panicking() {
+            for log in ["gnome-keyring.log", "dbus.log"] {
+                if let Ok(text) = std::fs::read_to_string(self.dir.join(log)) {
+                    eprintln!(
+                        "--- {log} of {} ---\n{text}--- end of {log} ---",
+                        self.dir.display()
+                    );
+                }
+            }
+        }
         let _ = Command::new("bash")
             .arg(script())
             .arg("stop")
