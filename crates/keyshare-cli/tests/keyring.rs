@@ -352,7 +352,9 @@ impl PrivateKeyring {
             .unwrap()
             .lines()
             .rev()
+            // "gnome-keyring-daemon PID START"
             .find_map(|l| l.strip_prefix("gnome-keyring-daemon "))
+            .and_then(|rest| rest.split_whitespace().next())
             .expect("a keyring pid is recorded")
             .to_owned()
     }
@@ -387,6 +389,7 @@ impl PrivateKeyring {
             .lines()
             .rev()
             .find_map(|l| l.strip_prefix("gnome-keyring-daemon "))
+            .and_then(|rest| rest.split_whitespace().next())
         {
             std::process::Command::new("kill")
                 .args([sig, pid])

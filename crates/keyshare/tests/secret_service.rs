@@ -385,7 +385,9 @@ impl Private {
             .unwrap()
             .lines()
             .rev()
+            // "gnome-keyring-daemon PID START"
             .find_map(|l| l.strip_prefix("gnome-keyring-daemon "))
+            .and_then(|rest| rest.split_whitespace().next())
             .expect("a keyring pid is recorded")
             .to_owned()
     }
@@ -1038,4 +1040,49 @@ fn a_deleted_default_collection_is_looked_up_again() {
         "{:?}",
         store.info()
     );
+}
+
+/// `scripts/secret-service stop` stops only the processes it started: a process that got a
+/// recorded PID after the recorded one died is left alone, even one of the same name (another
+/// test's keyring daemon). PIDs are reused: pid_max can be 32768, and a test run starts tens of
+/// thousands of processes. Needs only bash.
+#[test]
+fn stop_leaves_alone_a_process_that_got_a_recorded_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = sleeper.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Field 22, counted after the parenthesised command name (field 2).
+    let started: u64 = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .and_then(|field| field.parse().ok())
+        .expect("a start time in /proc/PID/stat");
+    let stop_recorded = |start: u64| {
+        std::fs::create_dir(&state).unwrap();
+        std::fs::write(state.join(".keyshare-secret-service"), "").unwrap();
+        std::fs::write(state.join("pids"), format!("sleep {pid} {start}\n")).unwrap();
+        let stopped = Command::new("bash")
+            .arg(script())
+            .arg("stop")
+            .arg(&state)
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        assert!(!state.exists(), "stop removes the state directory");
+    };
+
+    // Recorded with another start time: the process that had this PID is gone.
+    stop_recorded(started + 1);
+    assert!(
+        sleeper.try_wait().unwrap().is_none(),
+        "stop killed a process it did not start"
+    );
+
+    // Recorded with its own: stopped (reaped here at once, so stop sees it gone).
+    let reaper = std::thread::spawn(move || sleeper.wait());
+    stop_recorded(started);
+    let status = reaper.join().unwrap().unwrap();
+    assert!(!status.success(), "the recorded process was stopped");
 }
