@@ -960,17 +960,17 @@ fn the_broker_section_fits_the_broker_s_state() {
 fn doctor_names_the_copies_a_sign_out_left_in_the_apps_own_store() {
     let env = Home::new().with_store("vault");
     env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    let doctor = || parse(&env.ok(&["--direct", "--app", "code", "--json", "doctor"], b""));
     env.ok(&["--direct", "--app", "code", "set", "gh"], b"t1");
     env.ok(&["--direct", "--app", "code", "set", "kept"], b"k");
-    let report = parse(&env.ok(&["--direct", "--app", "code", "--json", "doctor"], b""));
+    let report = doctor();
     assert_eq!(
         report["stale_legacy_copies"],
         serde_json::json!([]),
         "{report}"
     );
     env.ok(&["--direct", "--app", "agents", "delete", "gh"], b"");
-    let out = env.ok(&["--direct", "--app", "code", "--json", "doctor"], b"");
-    let report = parse(&out);
+    let report = doctor();
     assert_eq!(
         report["stale_legacy_copies"],
         serde_json::json!(["gh"]),
@@ -987,7 +987,7 @@ fn doctor_names_the_copies_a_sign_out_left_in_the_apps_own_store() {
     );
     // Written again, the copy is current.
     env.ok(&["--direct", "--app", "code", "set", "gh"], b"t2");
-    let report = parse(&env.ok(&["--direct", "--app", "code", "--json", "doctor"], b""));
+    let report = doctor();
     assert_eq!(
         report["stale_legacy_copies"],
         serde_json::json!([]),

@@ -436,6 +436,19 @@ fn lazy_migration_runs_on_the_first_operation_without_deadlocking() {
     assert!(shared.inner().get(&k("b")).unwrap().is_some());
 }
 
+/// The journal an app kept about an earlier shared store, holding one pending repair: key `k`,
+/// set to `value` (kept in `legacy`) while that store failed every write.
+fn journal_with_a_pending_repair(legacy: &Faulty, value: &str) -> Arc<dyn Store> {
+    let earlier_shared = faulty();
+    let earlier: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let app = storage_over(&earlier_shared, legacy, &earlier);
+    app.ready().unwrap();
+    earlier_shared.arm_on(0, Fault::FailBefore, Calls::Writes);
+    app.set(&k("k"), &v(value)).unwrap();
+    assert_eq!(app.status().pending_repairs, vec![k("k")]);
+    earlier
+}
+
 /// A write this app acknowledged during an outage of the earlier store, pending its repair,
 /// is carried into the journal about the new store: read from the app's own copy until the
 /// repair brings it to the new store (found in review: seeded without it, it read "not
@@ -443,17 +456,7 @@ fn lazy_migration_runs_on_the_first_operation_without_deadlocking() {
 #[test]
 fn a_pending_repair_is_carried_into_a_new_shared_stores_journal() {
     let legacy = faulty();
-    let earlier_shared = faulty();
-    let earlier: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let first = SecretStorage::builder(earlier_shared.clone())
-        .legacy(legacy.clone())
-        .journal(earlier.clone())
-        .build();
-    first.ready().unwrap();
-    earlier_shared.arm_on(0, Fault::FailBefore, Calls::Writes);
-    first.set(&k("k"), &v("acknowledged")).unwrap();
-    assert_eq!(first.status().pending_repairs, vec![k("k")]);
-    drop(first);
+    let earlier = journal_with_a_pending_repair(&legacy, "acknowledged");
 
     let journal: Arc<dyn Store> = Arc::new(MemoryStore::new());
     assert!(keyshare::seed_journal_from_earlier(
@@ -521,13 +524,7 @@ fn an_unreadable_earlier_journal_entry_does_not_stop_the_seed() {
 #[test]
 fn a_seed_that_comes_second_writes_nothing() {
     let legacy = faulty();
-    let earlier_shared = faulty();
-    let earlier: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let first = storage_over(&earlier_shared, &legacy, &earlier);
-    first.ready().unwrap();
-    earlier_shared.arm_on(0, Fault::FailBefore, Calls::Writes);
-    first.set(&k("k"), &v("mine")).unwrap();
-    drop(first);
+    let earlier = journal_with_a_pending_repair(&legacy, "mine");
 
     let seeded_meanwhile = MemoryStore::new();
     seeded_meanwhile.set(&k("migration-done"), &v("1")).unwrap();
