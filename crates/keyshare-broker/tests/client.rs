@@ -59,6 +59,7 @@ fn autostart_gives_up_on_a_startup_lock_that_another_process_keeps() {
     // A broker program that would fail at once, should the client ever get to run it.
     let autostart = Autostart {
         program: "/bin/sh".into(),
+        prefer_own_executable: false,
         args: vec!["-c".into(), "exit 3".into()],
         env: vec![],
         ready_timeout: Duration::from_millis(300),
@@ -108,6 +109,7 @@ fn autostart_gives_up_on_a_startup_lock_that_another_process_keeps() {
     // that others can name it: this "broker" prints the lock file's content.
     let autostart = Autostart {
         program: "/bin/sh".into(),
+        prefer_own_executable: false,
         args: vec![
             "-c".into(),
             r#"echo "holder: $(cat "$0")" >&2; exit 3"#.into(),
@@ -417,6 +419,7 @@ fn autostart_child(dir: &std::path::Path) -> Autostart {
     let child = common::child_test("autostarted_broker_child");
     Autostart {
         program: child.get_program().into(),
+        prefer_own_executable: false,
         args: child.get_args().map(Into::into).collect(),
         env: vec![(CHILD_DIR.into(), dir.into())],
         ready_timeout: Duration::from_secs(30),

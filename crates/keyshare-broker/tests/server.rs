@@ -1339,6 +1339,7 @@ fn autostart_starts_one_broker_for_racing_clients() {
     let paths = common::socket_of(dir.path());
     let autostart = Autostart {
         program: std::env::current_exe().unwrap(),
+        prefer_own_executable: false,
         args: [
             "autostart_broker_child",
             "--exact",
@@ -1394,6 +1395,7 @@ fn autostart_failure_reports_the_brokers_stderr() {
     let paths = common::socket_of(dir.path());
     let autostart = Autostart {
         program: "/bin/sh".into(),
+        prefer_own_executable: false,
         args: vec![
             "-c".into(),
             "echo 'config.toml: bad flavour' >&2; exit 3".into(),

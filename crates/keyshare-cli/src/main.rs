@@ -59,6 +59,7 @@ fn context(cli: &Cli) -> anyhow::Result<(Context, PathBuf)> {
                 direct: cli.globals.direct,
             },
             secret_service_probe: std::sync::OnceLock::new(),
+            vault_identity: std::sync::OnceLock::new(),
             passphrase: std::sync::Mutex::new(match &cli.command {
                 Command::Serve(Lazy(args)) if args.passphrase_stdin => {
                     Some(cmd::serve::read_passphrase_from_stdin()?)

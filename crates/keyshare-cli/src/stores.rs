@@ -40,6 +40,9 @@ pub struct Context {
     /// the store it expects a broker to serve and to choose one itself (found in review: two
     /// probes, so twice the timeout on a hung bus).
     pub secret_service_probe: std::sync::OnceLock<secret_service::ProbeReport>,
+    /// The shared vault's identity ([`vault_identity`]), resolved once per command: resolving
+    /// reads every directory of its path, and a lookup through the broker needed it twice.
+    pub vault_identity: std::sync::OnceLock<String>,
 }
 
 impl Context {
@@ -89,8 +92,11 @@ pub struct SharedChoice {
 /// as Fedora Silverblue's `/home` -> `/var/home`, a delete acknowledged during an outage was
 /// forgotten and the signed-out token read again).
 fn vault_identity(ctx: &Context) -> Option<String> {
-    let path = ctx.dirs.shared_vault_path(&ctx.flavour);
-    Some(vault_identity_of(&resolved(&path), ctx))
+    let identity = ctx.vault_identity.get_or_init(|| {
+        let path = ctx.dirs.shared_vault_path(&ctx.flavour);
+        vault_identity_of(&resolved(&path), ctx)
+    });
+    Some(identity.clone())
 }
 
 fn vault_identity_of(path: &Path, ctx: &Context) -> String {

@@ -33,6 +33,11 @@ use crate::daemon::{lock_holder_pid, BrokerPaths, FileLock, READY_LINE};
 pub struct Autostart {
     /// The program to run.
     pub program: PathBuf,
+    /// Run this process's own executable instead when it has `program`'s file name (a CLI then
+    /// starts a broker of its own version). Looked up when a broker is started, not before:
+    /// most commands find one running, and reading `/proc/self/exe` was a measurable part of a
+    /// lookup's start-up.
+    pub prefer_own_executable: bool,
     /// Its arguments. The broker runs in `/`: a relative path among them is taken from there.
     pub args: Vec<OsString>,
     /// Extra environment variables for the broker.
@@ -51,12 +56,9 @@ impl Autostart {
     /// executable when it is named `keyshare` (so a CLI starts a broker of its own version),
     /// else `keyshare` from `PATH`.
     pub fn keyshare_serve(flavour: &Flavour) -> Self {
-        let program = std::env::current_exe()
-            .ok()
-            .filter(|exe| exe.file_name().is_some_and(|n| n == "keyshare"))
-            .unwrap_or_else(|| PathBuf::from("keyshare"));
         Autostart {
-            program,
+            program: PathBuf::from("keyshare"),
+            prefer_own_executable: true,
             args: vec![
                 "serve".into(),
                 "--flavor".into(),
@@ -91,13 +93,8 @@ impl Autostart {
         if self.wait_for_exiting_broker(paths) == Exiting::Answered {
             return Ok(String::new());
         }
-        tracing::info!(program = %self.program.display(), "starting the broker");
-        // A relative path names a program from this process's directory, not the broker's.
-        let program = if self.program.components().count() > 1 && self.program.is_relative() {
-            std::path::absolute(&self.program).unwrap_or_else(|_| self.program.clone())
-        } else {
-            self.program.clone()
-        };
+        let program = self.program_to_run();
+        tracing::info!(program = %program.display(), "starting the broker");
         let passphrase = self
             .passphrase_on_stdin
             .then(|| std::env::var_os(PASSPHRASE_ENV))
@@ -112,7 +109,7 @@ impl Autostart {
                 bytes.push(b'\n');
                 bytes
             });
-        let mut command = Command::new(program);
+        let mut command = Command::new(&program);
         command
             .args(&self.args)
             // The broker outlives the command that starts it, by ten idle minutes or more: in
@@ -130,7 +127,9 @@ impl Autostart {
                 .arg("--passphrase-stdin")
                 .stdin(Stdio::piped());
         }
-        let mut child = command.spawn().map_err(|e| fail(self.cannot_run(&e)))?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| fail(Self::cannot_run(&program, &e)))?;
         if let Some(passphrase) = passphrase {
             // A few bytes, far under a pipe's capacity: written whole without waiting for the
             // broker to read. A broker that died first says why on stderr, read below.
@@ -189,7 +188,7 @@ impl Autostart {
                 }
                 Err(fail(format!(
                     "{} exited ({}) before it was ready{}",
-                    self.program.display(),
+                    program.display(),
                     status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string()),
                     if stderr.is_empty() {
                         String::new()
@@ -203,28 +202,48 @@ impl Autostart {
                 let _ = child.wait();
                 Err(fail(format!(
                     "{} was not ready within {:?}",
-                    self.program.display(),
+                    program.display(),
                     self.ready_timeout
                 )))
             }
         }
     }
 
-    /// Why the program could not be run, and what works instead. No setting names the program
+    /// The program to start: [`Autostart::program`], or this process's own executable (see
+    /// [`Autostart::prefer_own_executable`]).
+    fn program_to_run(&self) -> PathBuf {
+        let own = self
+            .prefer_own_executable
+            .then(std::env::current_exe)
+            .and_then(Result::ok)
+            .filter(|exe| exe.file_name().is_some() && exe.file_name() == self.program.file_name());
+        let program = own.unwrap_or_else(|| self.program.clone());
+        // A relative path names a program from this process's directory, not the broker's.
+        if program.components().count() > 1 && program.is_relative() {
+            std::path::absolute(&program).unwrap_or(program)
+        } else {
+            program
+        }
+    }
+
+    /// Why `program` could not be run, and what works instead. No setting names the program
     /// (it is this executable, or `keyshare` from `PATH`: [`Autostart::keyshare_serve`]), so
     /// the advice is to make it runnable, or to do without an autostarted broker (found by QA:
     /// it advised a config.toml setting that does not exist).
-    fn cannot_run(&self, err: &std::io::Error) -> String {
-        let program = self.program.display();
-        let fix = if self.program.components().count() == 1 {
-            format!("it is looked up on PATH: put a {program} that you can run there")
+    fn cannot_run(program: &std::path::Path, err: &std::io::Error) -> String {
+        let fix = if program.components().count() == 1 {
+            format!(
+                "it is looked up on PATH: put a {} that you can run there",
+                program.display()
+            )
         } else {
-            format!("make {program} a program that you can run")
+            format!("make {} a program that you can run", program.display())
         };
         format!(
-            "cannot run {program}: {err} ({fix}; or start the broker yourself with `keyshare \
+            "cannot run {}: {err} ({fix}; or start the broker yourself with `keyshare \
              serve`, or do without it: --no-autostart, KEYSHARE_NO_AUTOSTART=1 or autostart = \
-             false in config.toml, or --direct)"
+             false in config.toml, or --direct)",
+            program.display()
         )
     }
 
@@ -326,6 +345,32 @@ fn process_exists(pid: u32) -> bool {
 mod tests {
     use super::*;
 
+    /// The broker started is this process's own executable when asked for and named alike
+    /// (a CLI starts a broker of its own version), else the program as given.
+    #[test]
+    fn the_own_executable_is_run_only_when_preferred_and_named_alike() {
+        let exe = std::env::current_exe().unwrap();
+        let named = |program: &std::path::Path, prefer_own_executable| Autostart {
+            program: program.to_owned(),
+            prefer_own_executable,
+            args: Vec::new(),
+            env: Vec::new(),
+            ready_timeout: Duration::from_secs(1),
+            passphrase_on_stdin: false,
+        };
+        let same_name = PathBuf::from(exe.file_name().unwrap());
+        assert_eq!(named(&same_name, true).program_to_run(), exe);
+        assert_eq!(named(&same_name, false).program_to_run(), same_name);
+        let other = PathBuf::from("keyshare-test-other-name");
+        assert_eq!(named(&other, true).program_to_run(), other);
+        // A relative path with a directory is made absolute from here, not the broker's `/`.
+        let relative = PathBuf::from("bin/keyshare-test-other-name");
+        assert_eq!(
+            named(&relative, true).program_to_run(),
+            std::env::current_dir().unwrap().join(&relative)
+        );
+    }
+
     /// A program that cannot be run is reported with advice that works: the error used to
     /// suggest setting the broker program in config.toml, which has no such setting.
     #[test]
@@ -355,6 +400,7 @@ mod tests {
         ] {
             let autostart = Autostart {
                 program,
+                prefer_own_executable: false,
                 args: Vec::new(),
                 env: Vec::new(),
                 ready_timeout: Duration::from_secs(10),
