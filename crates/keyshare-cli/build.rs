@@ -15,8 +15,9 @@
 //! Also lays out the functions a lookup runs first in the binary, next to each other
 //! (`startup-order.txt`, made and explained by `scripts/startup-order`): the kernel maps code
 //! in 64 KiB windows as it is first touched, and spread over the whole binary those functions
-//! touched ~45 windows per run. Only rust-lld, the linker Rust uses by default on x86-64 Linux
-//! since 1.90, is given the list: GNU ld does not know the option.
+//! touched ~45 windows per run. Only a linker that takes the list is given it (rust-lld, the
+//! linker Rust uses by default on x86-64 Linux since 1.90, does; GNU ld does not): build.rs
+//! links a probe with it first.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -28,48 +29,68 @@ fn main() {
     static_unwinder();
 }
 
-/// Passes `startup-order.txt` to the linker when it is rust-lld: the x86-64 Linux target of a
-/// rustc from 1.90 on, with no linker chosen in the configuration or flags (a chosen linker,
-/// or `-fuse-ld`, may be GNU ld, which would fail on the option).
+/// Passes `startup-order.txt` to the linker on Linux when the linker takes it: rust-lld (Rust's
+/// default on x86-64 Linux since 1.90, in rustup's builds) and mold do, GNU ld does not (a
+/// distribution's rustc, an older one, or a linker chosen in the configuration may use it).
 fn startup_order() {
     println!("cargo:rerun-if-changed=startup-order.txt");
     println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
-    if std::env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu")
-        || std::env::var_os("RUSTC_LINKER").is_some()
-    {
-        return;
-    }
-    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    if flags.split('\x1f').any(|flag| {
-        flag.contains("linker") || flag.contains("link-self-contained") || flag.contains("fuse-ld")
-    }) {
-        return;
-    }
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
-    let Ok(out) = Command::new(rustc).arg("--version").output() else {
-        return;
-    };
-    // "rustc 1.95.0 (59807616e 2026-04-14)"
-    let version = String::from_utf8_lossy(&out.stdout);
-    let mut numbers = version
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_default()
-        .split('.')
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    if (major, minor) < (1, 90) {
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
         return;
     }
     let list = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"))
         .join("startup-order.txt");
-    println!(
-        "cargo:rustc-link-arg-bin=keyshare=-Wl,--symbol-ordering-file={}",
-        list.display()
-    );
-    // Names this build does not have (the list covers several builds, and code changes) are
-    // expected: they are skipped, and `scripts/startup-order check` says when too many are.
-    println!("cargo:rustc-link-arg-bin=keyshare=-Wl,--no-warn-symbol-ordering");
+    let args = [
+        format!("-Wl,--symbol-ordering-file={}", list.display()),
+        // Names this build does not have (the list covers several builds, and code changes)
+        // are expected: they are skipped, and `scripts/startup-order check` says when too
+        // many are.
+        "-Wl,--no-warn-symbol-ordering".to_owned(),
+    ];
+    if !links_with(&args) {
+        return;
+    }
+    for arg in args {
+        println!("cargo:rustc-link-arg-bin=keyshare={arg}");
+    }
+}
+
+/// Whether a program links with `link_args` added, as the binary will be linked: the same
+/// compiler, target, flags and configured linker. Asking the linker is the one reliable test:
+/// which linker `cc` runs depends on how rustc was built and configured.
+fn links_with(link_args: &[String]) -> bool {
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
+    let source = out_dir.join("link_probe.rs");
+    if std::fs::write(&source, "fn main() {}\n").is_err() {
+        return false;
+    }
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let mut probe = Command::new(rustc);
+    probe
+        .arg("--target")
+        .arg(std::env::var("TARGET").expect("set by cargo"))
+        .arg("-o")
+        .arg(out_dir.join("link_probe"))
+        .args(
+            std::env::var("CARGO_ENCODED_RUSTFLAGS")
+                .unwrap_or_default()
+                .split('\x1f')
+                .filter(|flag| !flag.is_empty()),
+        );
+    if let Some(linker) = std::env::var_os("RUSTC_LINKER") {
+        let mut flag = std::ffi::OsString::from("linker=");
+        flag.push(linker);
+        probe.arg("-C").arg(flag);
+    }
+    for arg in link_args {
+        probe.arg("-C").arg(format!("link-arg={arg}"));
+    }
+    probe
+        .arg(&source)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 /// Links GCC's unwinder in (see the top of this file).
