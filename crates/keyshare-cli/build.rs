@@ -34,9 +34,23 @@ fn main() {
 /// distribution's rustc, an older one, or a linker chosen in the configuration may use it).
 fn startup_order() {
     println!("cargo:rerun-if-changed=startup-order.txt");
-    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
         return;
+    }
+    // The probe's answer holds for the linker and flags it was asked with. Where they come from
+    // the environment, a change reruns it (a host build also reruns it when they change in
+    // cargo's configuration files, as the build script itself is then rebuilt; a cross build
+    // given another linker there keeps the old answer until `cargo clean -p keyshare-cli`).
+    let target = std::env::var("TARGET").expect("set by cargo");
+    let triple = target.to_uppercase().replace(['-', '.'], "_");
+    for var in [
+        "RUSTFLAGS".to_owned(),
+        "CARGO_ENCODED_RUSTFLAGS".to_owned(),
+        "CARGO_BUILD_RUSTFLAGS".to_owned(),
+        format!("CARGO_TARGET_{triple}_RUSTFLAGS"),
+        format!("CARGO_TARGET_{triple}_LINKER"),
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
     }
     let list = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"))
         .join("startup-order.txt");
@@ -70,18 +84,19 @@ fn links_with(link_args: &[String]) -> bool {
         .arg("--target")
         .arg(std::env::var("TARGET").expect("set by cargo"))
         .arg("-o")
-        .arg(out_dir.join("link_probe"))
-        .args(
-            std::env::var("CARGO_ENCODED_RUSTFLAGS")
-                .unwrap_or_default()
-                .split('\x1f')
-                .filter(|flag| !flag.is_empty()),
-        );
+        .arg(out_dir.join("link_probe"));
+    // In cargo's order: the configured linker, then the flags, whose own `-C linker` wins.
     if let Some(linker) = std::env::var_os("RUSTC_LINKER") {
         let mut flag = std::ffi::OsString::from("linker=");
         flag.push(linker);
         probe.arg("-C").arg(flag);
     }
+    probe.args(
+        std::env::var("CARGO_ENCODED_RUSTFLAGS")
+            .unwrap_or_default()
+            .split('\x1f')
+            .filter(|flag| !flag.is_empty()),
+    );
     for arg in link_args {
         probe.arg("-C").arg(format!("link-arg={arg}"));
     }
