@@ -97,6 +97,9 @@ pub fn stop(paths: &BrokerPaths, patience: Duration) -> Result<Stopped> {
             socket: socket_left(),
         });
     };
+    // Before the signal: the broker's clients see their connections close while it shuts
+    // down, and one that would start another broker then looks for this first.
+    mark_stopped(paths, pid);
     for signal in [Signal::TERM, Signal::CONT] {
         match process.signal(signal) {
             Ok(()) => {}
@@ -128,6 +131,24 @@ pub fn stop(paths: &BrokerPaths, patience: Duration) -> Result<Stopped> {
         pid,
         socket: socket_left(),
     })
+}
+
+/// Writes [`BrokerPaths::stopped`] (the stopped broker's pid), mode 0600. Not being able to is
+/// not a reason to leave the broker running: it is logged, and a client that lost the broker
+/// then starts another as it would after a crash.
+fn mark_stopped(paths: &BrokerPaths, pid: u32) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&paths.stopped)
+        .and_then(|mut file| writeln!(file, "{pid}"));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, path = %paths.stopped.display(), "could not write the stop marker");
+    }
 }
 
 /// Takes the stop lock, waiting up to `patience` for another `keyshare stop` that holds it.

@@ -57,6 +57,13 @@ pub fn client(ctx: &Context) -> anyhow::Result<BlockingBrokerClient> {
     Ok(BlockingBrokerClient::new(client_config(ctx)?)?)
 }
 
+/// [`client`], but one that never starts a broker.
+pub fn client_without_autostart(ctx: &Context) -> anyhow::Result<BlockingBrokerClient> {
+    Ok(BlockingBrokerClient::new(
+        client_config(ctx)?.autostart(None),
+    )?)
+}
+
 /// Whether a command may start the broker (`--no-autostart` and `autostart = false` say not).
 pub fn autostart_on(ctx: &Context) -> bool {
     !ctx.routing.no_autostart && ctx.config.autostart != Some(false)

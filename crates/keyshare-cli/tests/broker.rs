@@ -287,6 +287,76 @@ fn serve_watch_and_commands_through_the_broker() {
     sigterm(second_broker);
 }
 
+/// `keyshare stop` holds while a watch runs: the watch waits for a broker instead of starting
+/// one at once (which it did, so that the README's backup and restore steps, which need no
+/// broker running, ran under one); a command that needs the broker starts one, and the watch
+/// joins it and reports the gap.
+#[test]
+fn a_watch_waits_out_keyshare_stop_instead_of_undoing_it() {
+    let home = tempfile::tempdir().unwrap();
+    let mut watch = keyshare(home.path())
+        .args(["--json", "watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read on threads, so that a line that never comes fails the test instead of hanging it.
+    let lines = |from: Box<dyn Read + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(from).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    };
+    let watch_err = lines(Box::new(watch.stderr.take().unwrap()));
+    let watch_out = lines(Box::new(watch.stdout.take().unwrap()));
+    let line_with = |from: &std::sync::mpsc::Receiver<String>, needle: &str| loop {
+        let line = from
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("no line with {needle:?}: {e}"));
+        if line.contains(needle) {
+            return line;
+        }
+    };
+    line_with(&watch_err, "watching every key app keyshare may see");
+    let lock = home.path().join("run/keyshare/stable.lock");
+    let first_broker = broker_pid(&lock);
+
+    let stop = run_ok(home.path(), &["--json", "stop"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&stop.stdout).unwrap();
+    assert_eq!(report["stopped"], true, "{report}");
+    assert_eq!(report["pid"], first_broker, "{report}");
+    line_with(
+        &watch_err,
+        "broker was stopped (`keyshare stop`); waiting for one",
+    );
+    // And still none a while later (the watch tries every 200 ms).
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let doctor = run(home.path(), &["--json", "doctor"], b"");
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    assert_eq!(report["broker"]["running"], false, "{report}");
+    assert!(
+        !home.path().join("run/keyshare/stable.sock").exists(),
+        "no broker serves the socket"
+    );
+
+    // A command that needs the broker starts one, which removes the stop's marker; the watch
+    // joins it and says that it cannot tell what changed in between.
+    run_ok(home.path(), &["set", "after.stop"], b"v");
+    assert!(!home.path().join("run/keyshare/stable.stopped").exists());
+    let gap = line_with(&watch_out, "resync");
+    assert!(gap.contains("\"reconnected\":true"), "{gap}");
+    let second_broker = broker_pid(&lock);
+    assert_ne!(first_broker, second_broker);
+    let _ = watch.kill();
+    let _ = watch.wait();
+    sigterm(second_broker);
+}
+
 fn broker_pid(lock: &Path) -> u32 {
     std::fs::read_to_string(lock)
         .unwrap()

@@ -49,9 +49,12 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut first = true;
     loop {
-        let mut events = client
-            .subscribe(keys.clone())
-            .map_err(|err| no_broker_to_watch(ctx, err))?;
+        let mut events = if first {
+            client.subscribe(keys.clone())
+        } else {
+            resubscribe(ctx, &client, keys.clone())
+        }
+        .map_err(|err| no_broker_to_watch(ctx, err))?;
         if first {
             eprintln!(
                 "keyshare: watching {} (Ctrl-C to stop)",
@@ -75,6 +78,60 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         first = false;
         while let Some(notification) = events.blocking_next() {
             print(&mut out, ctx.json, &notification, false)?;
+        }
+    }
+}
+
+/// Subscribes again after the broker went away. After a crash (or a SIGTERM from elsewhere)
+/// that is at once, starting a broker as the first subscription did; after `keyshare stop`
+/// (its marker, `BrokerPaths::stopped`, is there) the watch waits for a broker that something
+/// else starts, instead of undoing the stop: the README's backup and restore steps need no
+/// broker running.
+fn resubscribe(
+    ctx: &Context,
+    client: &keyshare_broker::client::BlockingBrokerClient,
+    keys: Option<Vec<keyshare::SecretKey>>,
+) -> keyshare::Result<keyshare_broker::client::EventStream> {
+    let paths = broker::paths(ctx).map_err(|err| {
+        keyshare::Error::unavailable(
+            "broker",
+            keyshare::UnavailableReason::NotRunning,
+            err.to_string(),
+        )
+    })?;
+    if !paths.stopped.exists() {
+        return client.subscribe(keys);
+    }
+    let waiting = broker::client_without_autostart(ctx).map_err(|err| {
+        keyshare::Error::unavailable(
+            "broker",
+            keyshare::UnavailableReason::NotRunning,
+            err.to_string(),
+        )
+    })?;
+    let mut said = false;
+    loop {
+        match waiting.subscribe(keys.clone()) {
+            Err(keyshare::Error::Unavailable {
+                reason: keyshare::UnavailableReason::NotRunning,
+                ..
+            }) if paths.stopped.exists() => {
+                if !said {
+                    eprintln!(
+                        "keyshare: the {} broker was stopped (`keyshare stop`); waiting for one                          to start again (any keyshare command that needs it starts one; Ctrl-C                          to stop watching)",
+                        ctx.flavour.name()
+                    );
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            // A broker answers, or the marker is gone (a broker started and removed it, and
+            // may have stopped again since, not through `keyshare stop`): as after a crash.
+            Err(keyshare::Error::Unavailable {
+                reason: keyshare::UnavailableReason::NotRunning,
+                ..
+            }) => return client.subscribe(keys),
+            other => return other,
         }
     }
 }
