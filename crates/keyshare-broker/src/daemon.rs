@@ -46,7 +46,7 @@ pub struct BrokerPaths {
     /// would end the broker without its grace period).
     pub stop_lock: PathBuf,
     /// `<dir>/<flavour>.stopped`: written by `keyshare stop` before it signals the broker,
-    /// removed by the next broker once it holds the instance lock. A client that lost its
+    /// removed by the next broker once it is ready to serve (`stop::clear_stopped`). A client that lost its
     /// broker can tell a deliberate stop from a crash: `keyshare watch` then waits for a broker
     /// instead of starting one, which undid the stop at once (a backup or restore that needs
     /// no broker running then ran under one).
@@ -328,13 +328,6 @@ impl Daemon {
                 )
             })?;
         write_pid(&lock);
-        // Served again: a deliberate stop no longer holds (see `BrokerPaths::stopped`).
-        match std::fs::remove_file(&paths.stopped) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(error = %e, path = %paths.stopped.display(), "could not remove the stop marker");
-            }
-            _ => {}
-        }
         if let Some(listener) = activated {
             tracing::info!("using the socket passed by systemd");
             return Ok(Daemon {

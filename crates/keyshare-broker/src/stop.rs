@@ -106,10 +106,12 @@ pub fn stop(paths: &BrokerPaths, patience: Duration) -> Result<Stopped> {
             // It exited meanwhile: the wait below sees the lock released.
             Err(rustix::io::Errno::SRCH) => break,
             Err(e) => {
+                // It runs on: no stop to wait out.
+                clear_stopped(paths);
                 return Err(Error::io(
                     format!("signalling the broker (pid {pid})"),
                     e.into(),
-                ))
+                ));
             }
         }
     }
@@ -127,10 +129,13 @@ pub fn stop(paths: &BrokerPaths, patience: Duration) -> Result<Stopped> {
             ),
         ));
     }
-    Ok(Stopped::Stopped {
-        pid,
-        socket: socket_left(),
-    })
+    let socket = socket_left();
+    if let SocketLeft::NewBroker(_) = socket {
+        // A broker started meanwhile (the one stopped was exiting on its own, and a command
+        // started another before the marker was written): the flavour is served, not stopped.
+        clear_stopped(paths);
+    }
+    Ok(Stopped::Stopped { pid, socket })
 }
 
 /// Writes [`BrokerPaths::stopped`] (the stopped broker's pid), mode 0600. Not being able to is
@@ -148,6 +153,17 @@ fn mark_stopped(paths: &BrokerPaths, pid: u32) {
         .and_then(|mut file| writeln!(file, "{pid}"));
     if let Err(e) = written {
         tracing::warn!(error = %e, path = %paths.stopped.display(), "could not write the stop marker");
+    }
+}
+
+/// Removes [`BrokerPaths::stopped`]: a broker calls it once it is ready to serve (a broker that
+/// fails to start, over a vault being restored, say, leaves the stop in force).
+pub fn clear_stopped(paths: &BrokerPaths) {
+    match fs::remove_file(&paths.stopped) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(error = %e, path = %paths.stopped.display(), "could not remove the stop marker");
+        }
+        _ => {}
     }
 }
 

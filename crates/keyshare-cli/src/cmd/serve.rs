@@ -127,6 +127,8 @@ pub fn run(args: &Args, ctx: &Context, config_path: &Path) -> anyhow::Result<()>
         .limits(ctx.limits)
         .build();
     storage.ready()?;
+    // Ready to serve: a `keyshare stop` no longer holds (see `BrokerPaths::stopped`).
+    keyshare_broker::stop::clear_stopped(&paths);
     let mut options = ServerOptions::default();
     if args.autostarted {
         options.idle_exit = Some(AUTOSTARTED_IDLE_EXIT);

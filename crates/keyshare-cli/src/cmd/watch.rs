@@ -6,6 +6,8 @@ use std::io::Write;
 use anyhow::Context as _;
 use keyshare::{ChangeKind, Notification};
 
+use keyshare_broker::client::{BlockingBrokerClient, EventStream};
+
 use crate::broker;
 use crate::cmd::parse_key;
 use crate::config::StoreChoice;
@@ -46,13 +48,16 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         )
     };
     let client = broker::client(ctx)?;
+    // Made when first needed (see `resubscribe`), and kept: its runtime carries the connection
+    // of a subscription made through it, which would end with it.
+    let mut waiting = None;
     let mut out = std::io::stdout().lock();
     let mut first = true;
     loop {
         let mut events = if first {
             client.subscribe(keys.clone())
         } else {
-            resubscribe(ctx, &client, keys.clone())
+            resubscribe(ctx, &client, &mut waiting, keys.clone())
         }
         .map_err(|err| no_broker_to_watch(ctx, err))?;
         if first {
@@ -89,26 +94,20 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
 /// broker running.
 fn resubscribe(
     ctx: &Context,
-    client: &keyshare_broker::client::BlockingBrokerClient,
+    client: &BlockingBrokerClient,
+    waiting: &mut Option<BlockingBrokerClient>,
     keys: Option<Vec<keyshare::SecretKey>>,
-) -> keyshare::Result<keyshare_broker::client::EventStream> {
-    let paths = broker::paths(ctx).map_err(|err| {
-        keyshare::Error::unavailable(
-            "broker",
-            keyshare::UnavailableReason::NotRunning,
-            err.to_string(),
-        )
-    })?;
+) -> keyshare::Result<EventStream> {
+    // Neither fails where the first subscription worked (the same paths and settings).
+    let other = |err: anyhow::Error| keyshare::Error::invalid("broker", format!("{err:#}"));
+    let paths = broker::paths(ctx).map_err(other)?;
     if !paths.stopped.exists() {
         return client.subscribe(keys);
     }
-    let waiting = broker::client_without_autostart(ctx).map_err(|err| {
-        keyshare::Error::unavailable(
-            "broker",
-            keyshare::UnavailableReason::NotRunning,
-            err.to_string(),
-        )
-    })?;
+    let waiting = match waiting {
+        Some(waiting) => waiting,
+        None => waiting.insert(broker::client_without_autostart(ctx).map_err(other)?),
+    };
     let mut said = false;
     loop {
         match waiting.subscribe(keys.clone()) {
@@ -118,7 +117,9 @@ fn resubscribe(
             }) if paths.stopped.exists() => {
                 if !said {
                     eprintln!(
-                        "keyshare: the {} broker was stopped (`keyshare stop`); waiting for one                          to start again (any keyshare command that needs it starts one; Ctrl-C                          to stop watching)",
+                        "keyshare: the {} broker was stopped (`keyshare stop`); waiting for one to start \
+                         again (any keyshare command that needs it starts one; Ctrl-C to stop \
+                         watching)",
                         ctx.flavour.name()
                     );
                     said = true;
