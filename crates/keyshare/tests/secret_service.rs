@@ -1086,3 +1086,43 @@ fn stop_leaves_alone_a_process_that_got_a_recorded_pid() {
     let status = reaper.join().unwrap().unwrap();
     assert!(!status.success(), "the recorded process was stopped");
 }
+
+/// `scripts/secret-service stop` takes a process that has exited but is not reaped yet (a
+/// zombie) as stopped: the daemons outlive the `start` that forked them, so their parent is
+/// PID 1, which on the CI machines reaps seconds later, and stop waited for that, up to its 5 s
+/// limit, at every test's teardown.
+#[test]
+fn stop_does_not_wait_for_a_stopped_process_to_be_reaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // This test is its parent and reaps it only after stop has returned.
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = sleeper.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let started: u64 = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .and_then(|field| field.parse().ok())
+        .expect("a start time in /proc/PID/stat");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join(".keyshare-secret-service"), "").unwrap();
+    std::fs::write(state.join("pids"), format!("sleep {pid} {started}\n")).unwrap();
+    let began = std::time::Instant::now();
+    let stopped = Command::new("bash")
+        .arg(script())
+        .arg("stop")
+        .arg(&state)
+        .status()
+        .unwrap();
+    let took = began.elapsed();
+    assert!(stopped.success());
+    assert!(!state.exists(), "stop removes the state directory");
+    let status = sleeper.wait().unwrap();
+    assert!(!status.success(), "the recorded process was stopped");
+    // Not a speed target: the wait it must not do is 5 s long, and a stop that does not wait
+    // takes milliseconds.
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "stop waited {took:?} for a process that had exited"
+    );
+}
