@@ -1042,15 +1042,10 @@ fn a_deleted_default_collection_is_looked_up_again() {
     );
 }
 
-/// `scripts/secret-service stop` stops only the processes it started: a process that got a
-/// recorded PID after the recorded one died is left alone, even one of the same name (another
-/// test's keyring daemon). PIDs are reused: pid_max can be 32768, and a test run starts tens of
-/// thousands of processes. Needs only bash.
-#[test]
-fn stop_leaves_alone_a_process_that_got_a_recorded_pid() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+/// A `sleep 60` child of this test, with its PID and start time (field 22 of /proc/PID/stat),
+/// as `scripts/secret-service` records the processes it starts.
+fn sleeper() -> (std::process::Child, u32, u64) {
+    let sleeper = Command::new("sleep").arg("60").spawn().unwrap();
     let pid = sleeper.id();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Field 22, counted after the parenthesised command name (field 2).
@@ -1059,22 +1054,37 @@ fn stop_leaves_alone_a_process_that_got_a_recorded_pid() {
         .and_then(|(_, rest)| rest.split_whitespace().nth(19))
         .and_then(|field| field.parse().ok())
         .expect("a start time in /proc/PID/stat");
-    let stop_recorded = |start: u64| {
-        std::fs::create_dir(&state).unwrap();
-        std::fs::write(state.join(".keyshare-secret-service"), "").unwrap();
-        std::fs::write(state.join("pids"), format!("sleep {pid} {start}\n")).unwrap();
-        let stopped = Command::new("bash")
-            .arg(script())
-            .arg("stop")
-            .arg(&state)
-            .status()
-            .unwrap();
-        assert!(stopped.success());
-        assert!(!state.exists(), "stop removes the state directory");
-    };
+    (sleeper, pid, started)
+}
+
+/// Runs `scripts/secret-service stop` on a state directory that records `sleep` as process
+/// `pid` started at `start`, and checks that it succeeds and removes the directory.
+fn stop_recorded(state: &Path, pid: u32, start: u64) {
+    std::fs::create_dir(state).unwrap();
+    std::fs::write(state.join(".keyshare-secret-service"), "").unwrap();
+    std::fs::write(state.join("pids"), format!("sleep {pid} {start}\n")).unwrap();
+    let stopped = Command::new("bash")
+        .arg(script())
+        .arg("stop")
+        .arg(state)
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(!state.exists(), "stop removes the state directory");
+}
+
+/// `scripts/secret-service stop` stops only the processes it started: a process that got a
+/// recorded PID after the recorded one died is left alone, even one of the same name (another
+/// test's keyring daemon). PIDs are reused: pid_max can be 32768, and a test run starts tens of
+/// thousands of processes. Needs only bash.
+#[test]
+fn stop_leaves_alone_a_process_that_got_a_recorded_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (mut sleeper, pid, started) = sleeper();
 
     // Recorded with another start time: the process that had this PID is gone.
-    stop_recorded(started + 1);
+    stop_recorded(&state, pid, started + 1);
     assert!(
         sleeper.try_wait().unwrap().is_none(),
         "stop killed a process it did not start"
@@ -1082,7 +1092,7 @@ fn stop_leaves_alone_a_process_that_got_a_recorded_pid() {
 
     // Recorded with its own: stopped (reaped here at once, so stop sees it gone).
     let reaper = std::thread::spawn(move || sleeper.wait());
-    stop_recorded(started);
+    stop_recorded(&state, pid, started);
     let status = reaper.join().unwrap().unwrap();
     assert!(!status.success(), "the recorded process was stopped");
 }
@@ -1094,29 +1104,11 @@ fn stop_leaves_alone_a_process_that_got_a_recorded_pid() {
 #[test]
 fn stop_does_not_wait_for_a_stopped_process_to_be_reaped() {
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
     // This test is its parent and reaps it only after stop has returned.
-    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
-    let pid = sleeper.id();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let started: u64 = stat
-        .rsplit_once(") ")
-        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
-        .and_then(|field| field.parse().ok())
-        .expect("a start time in /proc/PID/stat");
-    std::fs::create_dir(&state).unwrap();
-    std::fs::write(state.join(".keyshare-secret-service"), "").unwrap();
-    std::fs::write(state.join("pids"), format!("sleep {pid} {started}\n")).unwrap();
+    let (mut sleeper, pid, started) = sleeper();
     let began = std::time::Instant::now();
-    let stopped = Command::new("bash")
-        .arg(script())
-        .arg("stop")
-        .arg(&state)
-        .status()
-        .unwrap();
+    stop_recorded(&dir.path().join("state"), pid, started);
     let took = began.elapsed();
-    assert!(stopped.success());
-    assert!(!state.exists(), "stop removes the state directory");
     let status = sleeper.wait().unwrap();
     assert!(!status.success(), "the recorded process was stopped");
     // Not a speed target: the wait it must not do is 5 s long, and a stop that does not wait
