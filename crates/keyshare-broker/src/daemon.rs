@@ -46,10 +46,10 @@ pub struct BrokerPaths {
     /// would end the broker without its grace period).
     pub stop_lock: PathBuf,
     /// `<dir>/<flavour>.stopped`: written by `keyshare stop` before it signals the broker,
-    /// removed by the next broker once it is ready to serve (`stop::clear_stopped`). A client that lost its
-    /// broker can tell a deliberate stop from a crash: `keyshare watch` then waits for a broker
-    /// instead of starting one, which undid the stop at once (a backup or restore that needs
-    /// no broker running then ran under one).
+    /// removed by the next broker once it is ready to serve (`stop::clear_stopped`). A client
+    /// that lost its broker can tell a deliberate stop from a crash: `keyshare watch` then
+    /// waits for a broker instead of starting one, which undid the stop at once (a backup or
+    /// restore that needs no broker running then ran under one).
     pub stopped: PathBuf,
 }
 

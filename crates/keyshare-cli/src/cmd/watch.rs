@@ -5,7 +5,6 @@ use std::io::Write;
 
 use anyhow::Context as _;
 use keyshare::{ChangeKind, Notification};
-
 use keyshare_broker::client::{BlockingBrokerClient, EventStream};
 
 use crate::broker;
