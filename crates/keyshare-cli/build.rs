@@ -112,7 +112,10 @@ fn links_with(link_args: &[String]) -> bool {
 fn static_unwinder() {
     let linux_gnu = std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
         && std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu");
-    if !linux_gnu {
+    // Linking glibc in (scripts/static-cargo) links the unwinder in too.
+    let static_libc = std::env::var("CARGO_CFG_TARGET_FEATURE")
+        .is_ok_and(|features| features.split(',').any(|f| f == "crt-static"));
+    if !linux_gnu || static_libc {
         return;
     }
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());

@@ -3,7 +3,9 @@
 //!
 //! Needs a Secret Service on the session bus (`DBUS_SESSION_BUS_ADDRESS`):
 //! `d=$(mktemp -d); eval "$(scripts/secret-service start "$d")";
-//!  cargo bench -p keyshare-cli --bench broker_get; scripts/secret-service stop "$d"`
+//!  scripts/static-cargo bench -p keyshare-cli --bench broker_get; scripts/secret-service stop "$d"`
+//! `scripts/static-cargo` builds keyshare as it is installed (glibc linked in); a plain `cargo
+//! bench` measures a build that loads libc.so.6 at every start, and says so.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -98,8 +100,13 @@ fn main() {
         unreachable!("two runs")
     };
     println!(
-        "(c) `keyshare get` through a running broker {ours:?}, `secret-tool lookup` (gnome-keyring) {theirs:?}: keyshare {:.1}x faster (target >= 8x)",
-        theirs.as_secs_f64() / ours.as_secs_f64()
+        "(c) `keyshare get` through a running broker {ours:?}, `secret-tool lookup` (gnome-keyring) {theirs:?}: keyshare {:.1}x faster (target >= 8x; keyshare {})",
+        theirs.as_secs_f64() / ours.as_secs_f64(),
+        if cfg!(target_feature = "crt-static") {
+            "built as installed, glibc linked in"
+        } else {
+            "loading libc.so.6: a plain cargo build, not as installed (scripts/static-cargo)"
+        }
     );
     let _ = Command::new("secret-tool")
         .args(["clear", "service", "keyshare-bench", "key", "token"])
