@@ -102,11 +102,7 @@ fn main() {
     println!(
         "(c) `keyshare get` through a running broker {ours:?}, `secret-tool lookup` (gnome-keyring) {theirs:?}: keyshare {:.1}x faster (target >= 8x; keyshare {})",
         theirs.as_secs_f64() / ours.as_secs_f64(),
-        if cfg!(target_feature = "crt-static") {
-            "built as installed, glibc linked in"
-        } else {
-            "loading libc.so.6: a plain cargo build, not as installed (scripts/static-cargo)"
-        }
+        timing::keyshare_build()
     );
     let _ = Command::new("secret-tool")
         .args(["clear", "service", "keyshare-bench", "key", "token"])

@@ -31,3 +31,19 @@ pub fn median_walls(runs: &mut [&mut dyn FnMut()], n: usize, block: usize) -> Ve
         })
         .collect()
 }
+
+/// How the `keyshare` binary measured was built, for the bench's output: the benches are built
+/// with the same flags as the binary (`scripts/static-cargo` or plain cargo).
+pub fn keyshare_build() -> &'static str {
+    if cfg!(target_feature = "crt-static") {
+        "built as installed, C library linked in (scripts/static-cargo)"
+    } else if cfg!(all(
+        target_arch = "x86_64",
+        target_os = "linux",
+        target_env = "gnu"
+    )) {
+        "loading libc.so.6: a plain cargo build, not as installed (scripts/static-cargo)"
+    } else {
+        "built as installed on this platform"
+    }
+}
