@@ -156,6 +156,29 @@ fn mark_stopped(paths: &BrokerPaths, pid: u32) {
     }
 }
 
+/// What [`BrokerPaths::stopped`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMarker {
+    /// No marker: no `keyshare stop` is in force.
+    Absent,
+    /// `keyshare stop` stopped the broker with this pid, and no broker has served since.
+    Stopped(u32),
+    /// A marker that cannot be read or holds no pid: a stop, of some broker.
+    Unreadable,
+}
+
+/// Reads [`BrokerPaths::stopped`].
+pub fn stop_marker(paths: &BrokerPaths) -> StopMarker {
+    match fs::read_to_string(&paths.stopped) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => StopMarker::Absent,
+        Err(_) => StopMarker::Unreadable,
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_or(StopMarker::Unreadable, StopMarker::Stopped),
+    }
+}
+
 /// Removes [`BrokerPaths::stopped`]: a broker calls it once it is ready to serve (a broker that
 /// fails to start, over a vault being restored, say, leaves the stop in force).
 pub fn clear_stopped(paths: &BrokerPaths) {
@@ -360,5 +383,28 @@ impl Process {
                 _ => std::thread::sleep(POLL),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyshare::Flavour;
+
+    #[test]
+    fn the_stop_marker_names_the_broker_stopped_or_is_taken_at_its_word() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = BrokerPaths::under(
+            dir.path(),
+            &Flavour::with_default_service("stable").unwrap(),
+        );
+        fs::create_dir_all(&paths.dir).unwrap();
+        assert_eq!(stop_marker(&paths), StopMarker::Absent);
+        mark_stopped(&paths, 4242);
+        assert_eq!(stop_marker(&paths), StopMarker::Stopped(4242));
+        fs::write(&paths.stopped, "not a pid\n").unwrap();
+        assert_eq!(stop_marker(&paths), StopMarker::Unreadable);
+        clear_stopped(&paths);
+        assert_eq!(stop_marker(&paths), StopMarker::Absent);
     }
 }

@@ -287,67 +287,87 @@ fn serve_watch_and_commands_through_the_broker() {
     sigterm(second_broker);
 }
 
+/// A `keyshare --json watch` of a test's home, read line by line on threads (so that a line
+/// that never comes fails the test instead of hanging it). Dropping it ends the watch and any
+/// broker of the home, also when an assertion fails: a watch left running would start brokers
+/// for as long as it lives.
+struct Watch {
+    child: std::process::Child,
+    lock: PathBuf,
+    out: std::sync::mpsc::Receiver<String>,
+    err: std::sync::mpsc::Receiver<String>,
+}
+
+impl Watch {
+    fn start(home: &Path) -> Self {
+        let mut child = keyshare(home)
+            .args(["--json", "watch"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = |from: Box<dyn Read + Send>| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(from).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+            rx
+        };
+        let err = lines(Box::new(child.stderr.take().unwrap()));
+        let out = lines(Box::new(child.stdout.take().unwrap()));
+        Watch {
+            child,
+            lock: home.join("run/keyshare/stable.lock"),
+            out,
+            err,
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let pid = std::fs::read_to_string(&self.lock)
+            .ok()
+            .and_then(|pid| pid.trim().parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+}
+
+fn next_line(from: &std::sync::mpsc::Receiver<String>, waiting_for: &str) -> String {
+    from.recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("no line with {waiting_for:?}: {e}"))
+}
+
+/// The next line from `from` that contains `needle`, skipping others.
+fn line_with(from: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    loop {
+        let line = next_line(from, needle);
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
 /// `keyshare stop` holds while a watch runs: the watch waits for a broker instead of starting
 /// one at once (which it did, so that the README's backup and restore steps, which need no
 /// broker running, ran under one); a command that needs the broker starts one, and the watch
 /// joins it, reports the gap once, and goes on reporting changes.
 #[test]
 fn a_watch_waits_out_keyshare_stop_instead_of_undoing_it() {
-    /// Ends the watch and any broker of the test's home, also when an assertion fails: a
-    /// watch left running would start brokers for as long as it lives.
-    struct Cleanup {
-        watch: std::process::Child,
-        lock: PathBuf,
-    }
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = self.watch.kill();
-            let _ = self.watch.wait();
-            let pid = std::fs::read_to_string(&self.lock)
-                .ok()
-                .and_then(|pid| pid.trim().parse::<i32>().ok())
-                .and_then(rustix::process::Pid::from_raw);
-            if let Some(pid) = pid {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            }
-        }
-    }
     let home = tempfile::tempdir().unwrap();
     let lock = home.path().join("run/keyshare/stable.lock");
-    let mut cleanup = Cleanup {
-        watch: keyshare(home.path())
-            .args(["--json", "watch"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        lock: lock.clone(),
-    };
-    // Read on threads, so that a line that never comes fails the test instead of hanging it.
-    let lines = |from: Box<dyn Read + Send>| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(from).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        rx
-    };
-    let watch_err = lines(Box::new(cleanup.watch.stderr.take().unwrap()));
-    let watch_out = lines(Box::new(cleanup.watch.stdout.take().unwrap()));
-    let next_line = |from: &std::sync::mpsc::Receiver<String>, waiting_for: &str| {
-        from.recv_timeout(std::time::Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("no line with {waiting_for:?}: {e}"))
-    };
-    let line_with = |from: &std::sync::mpsc::Receiver<String>, needle: &str| loop {
-        let line = next_line(from, needle);
-        if line.contains(needle) {
-            return line;
-        }
-    };
-    line_with(&watch_err, "watching every key app keyshare may see");
+    let watch = Watch::start(home.path());
+    let (watch_out, watch_err) = (&watch.out, &watch.err);
+    line_with(watch_err, "watching every key app keyshare may see");
     let first_broker = broker_pid(&lock);
 
     let stop = run_ok(home.path(), &["--json", "stop"], b"");
@@ -355,7 +375,7 @@ fn a_watch_waits_out_keyshare_stop_instead_of_undoing_it() {
     assert_eq!(report["stopped"], true, "{report}");
     assert_eq!(report["pid"], first_broker, "{report}");
     line_with(
-        &watch_err,
+        watch_err,
         "broker was stopped (`keyshare stop`); waiting for one to start again",
     );
     // And still none a while later (the watch tries every 200 ms).
@@ -372,7 +392,7 @@ fn a_watch_waits_out_keyshare_stop_instead_of_undoing_it() {
     // joins it and says, once, that it cannot tell what changed in between.
     run_ok(home.path(), &["set", "after.stop"], b"v");
     assert!(!home.path().join("run/keyshare/stable.stopped").exists());
-    let gap = line_with(&watch_out, "resync");
+    let gap = line_with(watch_out, "resync");
     assert!(gap.contains("\"reconnected\":true"), "{gap}");
     let second_broker = broker_pid(&lock);
     assert_ne!(first_broker, second_broker);
@@ -381,7 +401,7 @@ fn a_watch_waits_out_keyshare_stop_instead_of_undoing_it() {
     // the watch reconnected once more.)
     run_ok(home.path(), &["set", "after.resync"], b"v");
     loop {
-        let line = next_line(&watch_out, "after.resync");
+        let line = next_line(watch_out, "after.resync");
         assert!(!line.contains("\"reconnected\""), "a second gap: {line}");
         if line.contains("after.resync") {
             break;
@@ -396,6 +416,37 @@ fn broker_pid(lock: &Path) -> u32 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// A stop's marker left over from an earlier stop (its next broker could not remove it) names
+/// another broker: a watch whose broker then crashes starts one, as after any crash, instead
+/// of waiting for a stop that is not in force.
+#[test]
+fn a_left_over_stop_marker_does_not_hold_a_watch_after_a_crash() {
+    let home = tempfile::tempdir().unwrap();
+    let lock = home.path().join("run/keyshare/stable.lock");
+    let watch = Watch::start(home.path());
+    line_with(&watch.err, "watching every key app keyshare may see");
+    let first_broker = broker_pid(&lock);
+    let marker = home.path().join("run/keyshare/stable.stopped");
+    // PID 1 is never a broker of this test's.
+    std::fs::write(&marker, "1\n").unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(first_broker as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let gap = line_with(&watch.out, "resync");
+    assert!(gap.contains("\"reconnected\":true"), "{gap}");
+    let second_broker = broker_pid(&lock);
+    assert_ne!(first_broker, second_broker);
+    assert!(!marker.exists(), "the next broker removes the marker");
+    // The watch did not think its broker stopped.
+    while let Ok(line) = watch.err.try_recv() {
+        assert!(!line.contains("was stopped"), "{line}");
+    }
+    run_ok(home.path(), &["set", "after.crash"], b"v");
+    line_with(&watch.out, "after.crash");
 }
 
 /// With no broker and autostart off, `watch` (which needs a broker) says to start one, not to

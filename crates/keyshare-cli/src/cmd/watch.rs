@@ -6,6 +6,8 @@ use std::io::Write;
 use anyhow::Context as _;
 use keyshare::{ChangeKind, Notification};
 use keyshare_broker::client::{BlockingBrokerClient, EventStream};
+use keyshare_broker::daemon::lock_holder_pid;
+use keyshare_broker::stop::{stop_marker, StopMarker};
 
 use crate::broker;
 use crate::cmd::parse_key;
@@ -52,13 +54,20 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     let mut waiting = None;
     let mut out = std::io::stdout().lock();
     let mut first = true;
+    // The pid of the broker the subscription is with, as its instance lock says (read from the
+    // file, not asked: a request through `client` could start a broker): a stop's marker that
+    // names another broker is left over from an earlier stop, and does not mean this one was
+    // stopped.
+    let instance_lock = broker::paths(ctx)?.instance_lock;
+    let mut serving = None;
     loop {
         let mut events = if first {
             client.subscribe(keys.clone())
         } else {
-            resubscribe(ctx, &client, &mut waiting, keys.clone())
+            resubscribe(ctx, &client, &mut waiting, serving, keys.clone())
         }
         .map_err(|err| no_broker_to_watch(ctx, err))?;
+        serving = lock_holder_pid(&instance_lock);
         if first {
             eprintln!(
                 "keyshare: watching {} (Ctrl-C to stop)",
@@ -86,21 +95,30 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
     }
 }
 
-/// Subscribes again after the broker went away. After a crash (or a SIGTERM from elsewhere)
-/// that is at once, starting a broker as the first subscription did; after `keyshare stop`
-/// (its marker, `BrokerPaths::stopped`, is there) the watch waits for a broker that something
+/// Subscribes again after the broker went away. After a crash (or a SIGTERM from elsewhere) that is at once, starting a broker
+/// as the first subscription did; after `keyshare stop` of the broker it lost (`lost`; the
+/// stop's marker, `BrokerPaths::stopped`, names it) the watch waits for a broker that something
 /// else starts, instead of undoing the stop: the README's backup and restore steps need no
 /// broker running.
 fn resubscribe(
     ctx: &Context,
     client: &BlockingBrokerClient,
     waiting: &mut Option<BlockingBrokerClient>,
+    lost: Option<u32>,
     keys: Option<Vec<keyshare::SecretKey>>,
 ) -> keyshare::Result<EventStream> {
     // Neither fails where the first subscription worked (the same paths and settings).
     let other = |err: anyhow::Error| keyshare::Error::invalid("broker", format!("{err:#}"));
     let paths = broker::paths(ctx).map_err(other)?;
-    if !paths.stopped.exists() {
+    // Whether a stop is in force for the broker lost. A marker that names another broker was
+    // left by an earlier stop whose next broker could not remove it (it logged why); one that
+    // names none, or a broker that did not say its pid, is taken at its word.
+    let stop_in_force = || match (stop_marker(&paths), lost) {
+        (StopMarker::Absent, _) => false,
+        (StopMarker::Stopped(stopped), Some(lost)) => stopped == lost,
+        (StopMarker::Stopped(_) | StopMarker::Unreadable, _) => true,
+    };
+    if !stop_in_force() {
         return client.subscribe(keys);
     }
     let waiting = match waiting {
@@ -113,7 +131,7 @@ fn resubscribe(
             Err(keyshare::Error::Unavailable {
                 reason: keyshare::UnavailableReason::NotRunning,
                 ..
-            }) if paths.stopped.exists() => {
+            }) if stop_in_force() => {
                 if !said {
                     eprintln!(
                         "keyshare: the {} broker was stopped (`keyshare stop`); waiting for one to start \
@@ -125,12 +143,13 @@ fn resubscribe(
                 }
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
-            // A broker answers, or the marker is gone (a broker started and removed it, and
-            // may have stopped again since, not through `keyshare stop`): as after a crash.
+            // The marker is gone (a broker started and removed it, and may have stopped again
+            // since, not through `keyshare stop`): as after a crash.
             Err(keyshare::Error::Unavailable {
                 reason: keyshare::UnavailableReason::NotRunning,
                 ..
             }) => return client.subscribe(keys),
+            // A broker answers (or another error).
             other => return other,
         }
     }
