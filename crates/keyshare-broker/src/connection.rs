@@ -4,21 +4,24 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use crate::protocol::{frame_len, FrameError, HEADER_LEN};
 
 /// Reads length-prefixed frames from `inner`, keeping partial frames between reads.
 ///
 /// The buffer may hold secret values, so it is zeroized on drop, and the bytes of a frame are
-/// zeroized as soon as the next call to [`read_frame`](Self::read_frame) begins. It grows with the bytes that
+/// zeroized as soon as the next call to [`read_frame`](Self::read_frame) begins. Bytes past
+/// the ones holding data are always zero (the buffer starts zeroed, and bytes are zeroized as
+/// they stop holding data), so zeroizing those holding data zeroizes the buffer: wiping the
+/// whole 8 KiB, a byte at a time as zeroize writes, took ~33,000 instructions per connection
+/// (callgrind). It grows with the bytes that
 /// actually arrived (at most twice them), up to what the frame being read needs: the header is
 /// checked before the body is buffered, and what it claims is not allocated ahead. After a
 /// large frame it goes back to its usual size (8 KiB).
-#[derive(Debug)]
 pub struct FrameReader<R> {
     inner: R,
-    buf: Zeroizing<Vec<u8>>,
+    buf: Vec<u8>,
     /// Bytes of `buf` holding data.
     filled: usize,
     /// Bytes at the start of `buf` belonging to the frame returned last, dropped on the next
@@ -37,7 +40,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R) -> Self {
         FrameReader {
             inner,
-            buf: Zeroizing::new(vec![0; INITIAL_CAPACITY]),
+            buf: vec![0; INITIAL_CAPACITY],
             filled: 0,
             consumed: 0,
             frame_timeout: None,
@@ -74,11 +77,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.buf.len() > INITIAL_CAPACITY && self.filled <= INITIAL_CAPACITY {
                 // Back to the usual size once a large frame is gone: a connection that once
                 // sent a big `set` (up to 1 MiB) would otherwise hold that much for as long
-                // as it stays open, which for an app's connection is days. The big buffer
-                // is zeroized as it is dropped.
-                let mut smaller = Zeroizing::new(vec![0; INITIAL_CAPACITY]);
+                // as it stays open, which for an app's connection is days.
+                let mut smaller = vec![0; INITIAL_CAPACITY];
                 smaller[..self.filled].copy_from_slice(&self.buf[..self.filled]);
-                self.buf = smaller;
+                retire(std::mem::replace(&mut self.buf, smaller), self.filled);
             }
         }
         loop {
@@ -100,12 +102,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 // arrived, never straight to the length the header claims: a header alone must
                 // not make the broker hold the memory it announces, or a client could claim
                 // 1 MiB on each of many connections and send nothing more. Doubling keeps the
-                // copying linear in the frame's size. `frame_len` has capped `wanted`; the old
-                // buffer is zeroized when the new one replaces it.
+                // copying linear in the frame's size. `frame_len` has capped `wanted`.
                 let grown = (self.filled * 2).max(INITIAL_CAPACITY).min(wanted);
-                let mut bigger = Zeroizing::new(vec![0; grown]);
+                let mut bigger = vec![0; grown];
                 bigger[..self.filled].copy_from_slice(&self.buf[..self.filled]);
-                self.buf = bigger;
+                retire(std::mem::replace(&mut self.buf, bigger), self.filled);
             }
             // The clock starts when a call first waits for the rest of a started frame, not
             // when its first bytes arrived: time the caller spends between frames (waiting for
@@ -155,6 +156,34 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+impl<R> Drop for FrameReader<R> {
+    fn drop(&mut self) {
+        retire(std::mem::take(&mut self.buf), self.filled);
+    }
+}
+
+/// Zeroizes a buffer of [`FrameReader`]'s that is let go: its first `filled` bytes, as the
+/// rest is zero already (checked in debug builds, so every test that reads frames checks it).
+fn retire(mut buf: Vec<u8>, filled: usize) {
+    buf[..filled].zeroize();
+    debug_assert!(
+        buf[filled..].iter().all(|&b| b == 0),
+        "FrameReader's buffer held data past its filled bytes"
+    );
+}
+
+/// Never the buffer's bytes: they may be a secret value.
+impl<R> std::fmt::Debug for FrameReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameReader")
+            .field("capacity", &self.buf.len())
+            .field("filled", &self.filled)
+            .field("consumed", &self.consumed)
+            .field("frame_timeout", &self.frame_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +217,22 @@ mod tests {
         let mut f = (body.len() as u32).to_be_bytes().to_vec();
         f.extend_from_slice(body);
         f
+    }
+
+    #[tokio::test]
+    async fn debug_output_shows_no_buffered_bytes() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut tx, &frame(b"gho_secret_value"))
+            .await
+            .unwrap();
+        let mut reader = FrameReader::new(rx);
+        assert_eq!(
+            reader.read_frame().await.unwrap(),
+            Some(&b"gho_secret_value"[..])
+        );
+        let shown = format!("{reader:?}");
+        assert!(!shown.contains("103, 104, 111"), "{shown}");
+        assert!(shown.contains("filled: 20"), "{shown}");
     }
 
     #[tokio::test]

@@ -804,13 +804,14 @@ const WRITE_BATCH: usize = 16 * 1024;
 /// own zeroizing buffer, rather than grow this one: growing moves the bytes and frees the old
 /// allocation uncleared.
 async fn write_frames(mut write_half: OwnedWriteHalf, mut out: mpsc::Receiver<Outgoing>) {
-    let mut batch: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::with_capacity(WRITE_BATCH));
+    let mut batch = Batch(Vec::with_capacity(WRITE_BATCH));
+    let batch = &mut batch.0;
     while let Some(mut frame) = out.recv().await {
         loop {
             if batch.len() + frame.bytes.len() <= WRITE_BATCH {
                 batch.extend_from_slice(&frame.bytes);
             } else {
-                if !batch.is_empty() && !write_batch(&mut write_half, &mut batch).await {
+                if !batch.is_empty() && !write_batch(&mut write_half, batch).await {
                     return;
                 }
                 if frame.bytes.len() > WRITE_BATCH {
@@ -827,16 +828,28 @@ async fn write_frames(mut write_half: OwnedWriteHalf, mut out: mpsc::Receiver<Ou
                 Err(_) => break,
             }
         }
-        if !batch.is_empty() && !write_batch(&mut write_half, &mut batch).await {
+        if !batch.is_empty() && !write_batch(&mut write_half, batch).await {
             return;
         }
     }
     let _ = write_half.shutdown().await;
 }
 
+/// [`write_frames`]' gathering buffer. Bytes are only added at its end, and zeroized before it
+/// is cleared ([`write_batch`]), so past its length it holds zeros or memory never written:
+/// dropped, it zeroizes its bytes, not its whole capacity (16 KiB, a byte at a time as zeroize
+/// writes: ~17,000 instructions per connection, callgrind).
+struct Batch(Vec<u8>);
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.0.as_mut_slice().zeroize();
+    }
+}
+
 /// Writes `batch` and empties it, zeroizing the bytes it held (its spare capacity was never
 /// written); whether the write succeeded.
-async fn write_batch(write_half: &mut OwnedWriteHalf, batch: &mut Zeroizing<Vec<u8>>) -> bool {
+async fn write_batch(write_half: &mut OwnedWriteHalf, batch: &mut Vec<u8>) -> bool {
     let written = write_half.write_all(batch).await;
     batch.as_mut_slice().zeroize();
     batch.clear();
