@@ -86,7 +86,8 @@ fn no_autostart_switch(value: &str) -> Result<bool, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Store a secret; the value is read from standard input (or --from-file).
+    /// Store a secret; the value (at most 256 KiB) is read from standard input (or
+    /// --from-file).
     Set(Lazy<cmd::set::Args>),
     /// Print a secret's value to standard output, exactly as stored.
     Get(Lazy<cmd::get::Args>),

@@ -20,7 +20,7 @@ pub fn read_value(
             let file = std::fs::File::open(path)
                 .with_context(|| format!("cannot read the value from {}", path.display()))?;
             read_limited(file, &mut buf, limits)
-                .with_context(|| format!("cannot read the value from {}", path.display()))?;
+                .map_err(|err| about_the_value(err, &path.display().to_string()))?;
         }
         None => {
             if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
@@ -32,11 +32,25 @@ pub fn read_value(
                 limits.check_value(&SecretValue::from_slice(&buf))?;
             } else {
                 read_limited(std::io::stdin().lock(), &mut buf, limits)
-                    .context("cannot read the value from standard input")?;
+                    .map_err(|err| about_the_value(err, "standard input"))?;
             }
         }
     }
     Ok(SecretValue::from(std::mem::take(&mut *buf)))
+}
+
+/// `err` of reading the value from `source`, said as what it is: a value over the limit was
+/// read, and is too large (found by QA: "cannot read the value", for a value that was read).
+fn about_the_value(err: anyhow::Error, source: &str) -> anyhow::Error {
+    let too_large = matches!(
+        err.downcast_ref::<Error>(),
+        Some(Error::TooLarge { .. } | Error::Invalid { what: "value", .. })
+    );
+    if too_large {
+        err.context(format!("the value from {source} is too large"))
+    } else {
+        err.context(format!("cannot read the value from {source}"))
+    }
 }
 
 /// How much of an input over the limit is counted (not kept) so that the error can say its

@@ -332,13 +332,18 @@ impl Drop for Watch {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let pid = std::fs::read_to_string(&self.lock)
-            .ok()
-            .and_then(|pid| pid.trim().parse::<i32>().ok())
-            .and_then(rustix::process::Pid::from_raw);
-        if let Some(pid) = pid {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
+        end_broker_of(&self.lock);
+    }
+}
+
+/// Sends SIGTERM to the broker whose instance lock is `lock`, if the file names one.
+fn end_broker_of(lock: &Path) {
+    if let Some(pid) = std::fs::read_to_string(lock)
+        .ok()
+        .and_then(|pid| pid.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
 }
 
@@ -416,6 +421,62 @@ fn broker_pid(lock: &Path) -> u32 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// A watch that starts the broker says what the broker said while starting, as any command
+/// does: here, that it created the vault and its key file (found by QA: nothing was said).
+#[test]
+fn a_watch_that_starts_the_broker_says_what_the_broker_created() {
+    let home = tempfile::tempdir().unwrap();
+    let watch = Watch::start(home.path());
+    let first = next_line(&watch.err, "created vault");
+    assert!(
+        first.contains("created vault") && first.contains("new key file"),
+        "{first}"
+    );
+    line_with(&watch.err, "watching every key app keyshare may see");
+}
+
+/// `keyshare watch KEY | head -1`: once its reader is gone the watch ends, at once and
+/// quietly, not at the next event for its key, which may never come (found by QA: the
+/// pipeline hung until the key changed).
+#[test]
+fn a_watch_ends_when_its_reader_goes_without_waiting_for_an_event() {
+    let home = tempfile::tempdir().unwrap();
+    let mut child = keyshare(home.path())
+        .args(["watch", "only.this"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    wait_for_line(&mut err, "watching only.this");
+    let _broker = StopsBroker(home.path().join("run/keyshare/stable.lock"));
+    drop(child.stdout.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the watch outlived its reader by 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest}");
+}
+
+/// Ends the broker whose instance lock is this file when dropped.
+struct StopsBroker(PathBuf);
+
+impl Drop for StopsBroker {
+    fn drop(&mut self) {
+        end_broker_of(&self.0);
+    }
 }
 
 /// A stop's marker left over from an earlier stop (its next broker could not remove it) names
@@ -564,6 +625,12 @@ fn a_broker_started_with_other_settings_refuses_instead_of_serving_another_store
                 serve.child.id(),
                 home.path().join("other-data").display()
             )),
+            "{stderr}"
+        );
+        // The stop it advises is of this flavour's broker: the broker, which knows no
+        // flavour, says `keyshare stop`, which would stop the stable one (found by QA).
+        assert!(
+            stderr.contains("(`keyshare --flavor stable stop`;"),
             "{stderr}"
         );
     }

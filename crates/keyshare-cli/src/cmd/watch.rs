@@ -49,6 +49,8 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         )
     };
     let client = broker::client(ctx)?;
+    #[cfg(unix)]
+    end_when_the_reader_goes();
     // Made when first needed (see `resubscribe`), and kept: its runtime carries the connection
     // of a subscription made through it, which would end with it.
     let mut waiting = None;
@@ -68,6 +70,12 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
         }
         .map_err(|err| no_broker_to_watch(ctx, err))?;
         serving = lock_holder_pid(&instance_lock);
+        if let Some(notice) = client.async_client().take_autostart_output() {
+            // What a broker this watch started said while starting (that it created a key
+            // file, say) is for the user who caused the start, as for any command (found by
+            // QA: a watch that created the vault said nothing of its key file).
+            eprintln!("{}", notice.trim_end());
+        }
         if first {
             eprintln!(
                 "keyshare: watching {} (Ctrl-C to stop)",
@@ -153,6 +161,33 @@ fn resubscribe(
             other => return other,
         }
     }
+}
+
+/// Ends the process, as quietly as a failed write to a reader that went away (exit 0), as soon
+/// as standard output's reader goes, not at the next event: `keyshare watch KEY | head -1`
+/// otherwise lived on, and held its pipeline open, until that key next changed (found by
+/// QA). A pipe's writer is told so (POLLERR), a terminal that hangs up too (POLLHUP); a file
+/// or /dev/null never is, and the thread then waits for nothing, for as long as the watch
+/// runs.
+#[cfg(unix)]
+fn end_when_the_reader_goes() {
+    use rustix::event::{poll, PollFd, PollFlags};
+    std::thread::spawn(|| {
+        let stdout = std::io::stdout();
+        loop {
+            // No events asked: only the error and hang-up conditions, always reported.
+            let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+            match poll(&mut fds, None) {
+                Ok(_) if fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP) => {
+                    std::process::exit(0)
+                }
+                // Woken for nothing, or interrupted by a signal: wait again.
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                // Cannot tell (stdout closed, say): the next write will.
+                Err(_) => return,
+            }
+        }
+    });
 }
 
 /// The client's advice when no broker runs and autostart is off includes `--direct`, which
