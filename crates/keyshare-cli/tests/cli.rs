@@ -189,6 +189,22 @@ fn migrate_without_a_legacy_store() {
     );
 }
 
+/// Refused before anything is opened: a migrate with nothing to migrate created the vault (and
+/// its key file) first (found by QA).
+#[test]
+fn migrate_without_a_legacy_store_creates_nothing() {
+    let env = home();
+    let out = env.run(&["--store", "vault", "--direct", "migrate"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("nothing to migrate"), "{stderr}");
+    assert!(!stderr.contains("created vault"), "{stderr}");
+    assert!(
+        !env.path().join("data/keyshare").exists(),
+        "nothing is created under the data directory"
+    );
+}
+
 #[test]
 fn no_home_is_a_clear_error() {
     let mut cmd = Command::cargo_bin("keyshare").unwrap();

@@ -7,21 +7,18 @@ use crate::stores::{self, Context};
 
 /// `keyshare migrate`: copies the app's legacy secrets into the shared store now.
 pub fn run(ctx: &Context) -> anyhow::Result<()> {
+    // Refused before any store is opened, which would create the shared vault (found by QA:
+    // "created vault", then "nothing to migrate").
+    let legacy_for = ctx.config.legacy(&ctx.app, &ctx.flavour);
+    if legacy_for.store().is_none() {
+        return Err(nothing_to_migrate(
+            ctx,
+            legacy_for.set_aside(&ctx.app, &ctx.flavour),
+        ));
+    }
     let opened = stores::open_with(ctx, stores::Migration::Explicit)?;
     if opened.legacy.is_none() {
-        // A usage error, not a config one (exit 5 says the file is broken; there may be none).
-        return Err(keyshare::Error::invalid(
-            "command",
-            match &opened.legacy_set_aside {
-                Some(why) => format!("nothing to migrate: {why}"),
-                None => format!(
-                    "app {} has no legacy store configured, so there is nothing to migrate; \
-                     configure one under [apps.{}] in the config file",
-                    ctx.app, ctx.app
-                ),
-            },
-        )
-        .into());
+        return Err(nothing_to_migrate(ctx, opened.legacy_set_aside.clone()));
     }
     // A progress bar only for a person watching; scripts get the summary alone.
     let bar = if std::io::stderr().is_terminal() && !ctx.json {
@@ -87,4 +84,20 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A usage error, not a config one (exit 5 says the file is broken; there may be none).
+fn nothing_to_migrate(ctx: &Context, set_aside: Option<String>) -> anyhow::Error {
+    keyshare::Error::invalid(
+        "command",
+        match set_aside {
+            Some(why) => format!("nothing to migrate: {why}"),
+            None => format!(
+                "app {} has no legacy store configured, so there is nothing to migrate; \
+                 configure one under [apps.{}] in the config file",
+                ctx.app, ctx.app
+            ),
+        },
+    )
+    .into()
 }
