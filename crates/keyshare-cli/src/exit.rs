@@ -104,7 +104,8 @@ pub fn one_line(err: &anyhow::Error) -> String {
         }
         out.push_str(&text);
     }
-    out
+    // The commands it advises, made to work for this command (see `cmd::advised`).
+    crate::cmd::advised(&out)
 }
 
 /// Renders the error chain on one line per cause, without repeating a cause that the previous
@@ -124,7 +125,7 @@ pub fn render(err: &anyhow::Error) -> String {
         }
         last = text;
     }
-    out
+    crate::cmd::advised(&out)
 }
 
 #[cfg(test)]

@@ -96,12 +96,9 @@ fn absolute(path: &std::path::Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
-/// How this command's advised commands start ([`cmd::keyshare_in`]), once its context is made.
-static KEYSHARE_IN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
 fn run(cli: &mut Cli) -> anyhow::Result<()> {
     let (ctx, config_path) = context(cli)?;
-    let _ = KEYSHARE_IN.set(cmd::keyshare_in(&ctx));
+    cmd::advise_as(&ctx);
     if let Command::Import(LazySubcommands(cmd::import::Source::Vscode(args))) = &mut cli.command {
         vscode_of_this_flavour(&mut args.key.app_name, &ctx);
     }
@@ -252,8 +249,7 @@ fn keyshare_main() -> i32 {
                 // (found by QA). The line is the whole message, causes included.
                 cmd::docker_credential::report_on_stdout(&err);
             } else {
-                let keyshare_in = KEYSHARE_IN.get().map_or("keyshare", String::as_str);
-                eprintln!("{}", cmd::advice_for(keyshare_in, &render(&err)));
+                eprintln!("{}", render(&err));
             }
             classify(&err)
         }

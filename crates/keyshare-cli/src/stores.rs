@@ -569,7 +569,7 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
                     anyhow::Error::new(err).context(format!(
                         "this flavour's shared secrets are in the Secret Service (`auto` chose it \
                          on the flavour's first use; recorded in {}), which cannot be reached now. \
-                         Start the keyring (or run where the session bus is), {}",
+                         Start the keyring (or run where the session bus is), or {}",
                         record.display(),
                         crate::cmd::use_a_vault_instead(&crate::cmd::keyshare_in(ctx))
                     ))

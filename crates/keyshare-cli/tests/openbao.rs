@@ -475,7 +475,8 @@ fn openbao_login_messages_say_what_happened_and_what_to_do() {
     let (code, stderr) = run_in(home, &["get", "github.auth"], b"");
     assert_eq!(code, Some(8), "{stderr}");
     assert!(
-        stderr.contains("no OpenBao token is stored") && stderr.contains("keyshare openbao-login"),
+        stderr.contains("no OpenBao token is stored")
+            && stderr.contains("`keyshare --flavor stable openbao-login`"),
         "{stderr}"
     );
 }
@@ -510,6 +511,9 @@ fn a_refused_token_names_openbao_login_as_the_fix() {
     let out = env.run(&["get", "github.auth"], b"");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(8), "{stderr}");
-    assert!(stderr.contains("keyshare openbao-login"), "{stderr}");
+    assert!(
+        stderr.contains("`keyshare --flavor stable openbao-login"),
+        "{stderr}"
+    );
     assert!(!stderr.contains(token.trim()), "{stderr}");
 }

@@ -43,22 +43,55 @@ pub fn print_out(text: &str) -> anyhow::Result<()> {
         .context(crate::exit::WRITING_STDOUT)
 }
 
-/// A key as text output shows it: as it is, or quoted and escaped when it holds a control
-/// character, so that a key with a newline does not print as two keys and one with an escape
-/// sequence cannot drive the terminal (found by QA), or another character Rust's `Debug`
-/// escapes as unprintable (bidirectional overrides, which can make a name display as another,
-/// zero-width and format characters, line separators), or begins or ends with whitespace (a
-/// key of spaces printed as a blank line; found by QA). `--json` gives every key exactly.
+/// A key as text output shows it: as it is, or quoted and escaped (as Rust's `Debug` does)
+/// when it would not read as itself: when it holds a control character, so that a key with a
+/// newline does not print as two keys and one with an escape sequence cannot drive the
+/// terminal (found by QA); an invisible or direction-changing character (bidirectional
+/// overrides and marks, zero-width space, word joiner, byte-order mark, tag characters), by
+/// which one name displays as another (found by QA); a line or paragraph separator; edge
+/// whitespace (a key of spaces printed as a blank line); or a combining mark first. Letters
+/// with marks, the joiners of Indic scripts and emoji sequences print as they are. `--json`
+/// gives every key exactly.
 pub fn shown(key: &SecretKey) -> std::borrow::Cow<'_, str> {
     let key = key.as_str();
-    let quoted = format!("{key:?}");
-    // Escaped beyond its quotes and backslashes, which need no quotes of their own.
-    let escaped = quoted[1..quoted.len() - 1] != key.replace('\\', "\\\\").replace('"', "\\\"");
-    if escaped || key.starts_with(char::is_whitespace) || key.ends_with(char::is_whitespace) {
-        quoted.into()
+    let first_is_a_mark = key
+        .chars()
+        .next()
+        .is_some_and(|c| !matches!(c, '"' | '\'' | '\\') && c.escape_debug().len() > 1);
+    if key.chars().any(hides_or_turns_text)
+        || key.starts_with(char::is_whitespace)
+        || key.ends_with(char::is_whitespace)
+        || first_is_a_mark
+    {
+        format!("{key:?}").into()
     } else {
         key.into()
     }
+}
+
+/// Control characters, and those that change how the text around them displays while showing
+/// nothing themselves (Unicode's bidirectional controls, zero-width and invisible characters,
+/// separators), but not the zero-width joiners, which scripts and emoji need.
+fn hides_or_turns_text(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{180E}'
+                | '\u{200B}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
 }
 
 /// After an acknowledged write: when the shared store did not take it (the app's own store
@@ -112,20 +145,66 @@ pub fn keyshare_in(ctx: &Context) -> String {
 /// vault", followed, failed so).
 pub fn use_a_vault_instead(keyshare_in: &str) -> String {
     format!(
-        "or use a separate vault instead, which holds none of these secrets: `{keyshare_in} \
-         stop` first if its broker runs, then add `--store vault`"
+        "use a separate vault instead, which holds none of these secrets: `{keyshare_in} stop` \
+         first if its broker runs, then add `--store vault`"
     )
 }
 
-/// `text` (an error, as shown) with the commands it advises made to work for this invocation,
-/// started `keyshare_in` ([`keyshare_in`]): a store's "or use the vault: --store vault" (see
-/// [`use_a_vault_instead`]), and a broker's `keyshare stop`, which the broker says without
-/// knowing its flavour (found by QA: followed as written, it stopped the stable flavour's).
+/// How this command's advised commands start ([`keyshare_in`]), once its context is made.
+static ADVISED_AS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records how this command's advised commands start (see [`advised`]).
+pub fn advise_as(ctx: &Context) {
+    let _ = ADVISED_AS.set(keyshare_in(ctx));
+}
+
+/// [`advice_for`] this command, as [`advise_as`] recorded it (plain `keyshare` before).
+pub fn advised(text: &str) -> String {
+    advice_for(ADVISED_AS.get().map_or("keyshare", String::as_str), text)
+}
+
+/// `text` (an error or a report, as shown) with the commands it advises made to work for this
+/// invocation, started `keyshare_in` ([`keyshare_in`]): the library and the broker, which
+/// know no flavour, say `` `keyshare stop` ``, `` `keyshare repair` ``..., which followed as
+/// written act on the stable flavour (found by QA: a broker's "`keyshare stop`" stopped the
+/// stable one from another flavour); and a store's "use the vault: --store vault" (see
+/// [`use_a_vault_instead`]).
 pub fn advice_for(keyshare_in: &str, text: &str) -> String {
     let vault = use_a_vault_instead(keyshare_in);
-    text.replace(", or use the vault: --store vault", &format!(", {vault}"))
-        .replace("; or use the vault: --store vault", &format!("; {vault}"))
-        .replace("(`keyshare stop`;", &format!("(`{keyshare_in} stop`;"))
+    let text = text.replace("use the vault: --store vault", &vault);
+    if keyshare_in == "keyshare" {
+        return text;
+    }
+    // Every command advised to run, quoted; not a command named in passing ("`keyshare set`
+    // never takes the value on the command line"), nor one that names its flavour already.
+    const ADVISED: [&str; 8] = [
+        "stop",
+        "repair",
+        "doctor",
+        "serve",
+        "migrate",
+        "import",
+        "legacy",
+        "openbao-login",
+    ];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("`keyshare ") {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let after = &from["`keyshare ".len()..];
+        let subcommand = after.split([' ', '`']).next().unwrap_or_default();
+        if ADVISED.contains(&subcommand) {
+            out.push('`');
+            out.push_str(keyshare_in);
+            out.push(' ');
+        } else {
+            out.push_str("`keyshare ");
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Validates a key given on the command line.
@@ -151,6 +230,27 @@ mod tests {
             ),
             "{advised}"
         );
+        // The macOS and Windows stores say it without "or".
+        assert!(
+            advice_for(keyshare_in, "denied); use the vault: --store vault")
+                .starts_with("denied); use a separate vault instead"),
+        );
+        // Every advised command, not only `stop`; not one named in passing, nor one that
+        // names its flavour already.
+        assert_eq!(
+            advice_for(
+                keyshare_in,
+                "run `keyshare repair` or `keyshare doctor`; `keyshare set` takes no value; \
+                 `keyshare --flavor stable stop`"
+            ),
+            "run `keyshare --flavor insiders repair` or `keyshare --flavor insiders doctor`; \
+             `keyshare set` takes no value; `keyshare --flavor stable stop`"
+        );
+        // Without a context (the command did not get that far), nothing to add.
+        assert_eq!(
+            advice_for("keyshare", "run `keyshare repair`"),
+            "run `keyshare repair`"
+        );
         let mismatch = "serves vault:/a, not vault:/b; stop that broker (`keyshare stop`; it was";
         assert_eq!(
             advice_for(keyshare_in, mismatch),
@@ -172,7 +272,14 @@ mod tests {
             "domain\\user",
             "say \"hi\"",
             "it's",
+            "'quoted'",
+            "\\\\server\\share",
             "naïve",
+            "cafe\u{301}",
+            "हिन्दी.token",
+            "❤\u{fe0f}",
+            "👩\u{200d}💻",
+            "git:https://example.com/a%20b",
         ] {
             assert_eq!(shown(plain), plain);
         }
@@ -181,9 +288,7 @@ mod tests {
         assert_eq!(shown("trailing "), "\"trailing \"");
         assert_eq!(shown("\u{202e}txt.exe"), "\"\\u{202e}txt.exe\"");
         assert_eq!(shown("zero\u{200b}width"), "\"zero\\u{200b}width\"");
-        // A combining mark is escaped: "café" spelled with one (NFD) is another key than
-        // "café" with `é` (NFC), and must not print as the same.
-        assert_eq!(shown("café"), "café");
-        assert_eq!(shown("cafe\u{301}"), "\"cafe\\u{301}\"");
+        assert_eq!(shown("\u{301}x"), "\"\\u{301}x\"");
+        assert_eq!(shown("\u{2066}x"), "\"\\u{2066}x\"");
     }
 }

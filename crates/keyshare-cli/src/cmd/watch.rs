@@ -48,9 +48,9 @@ pub fn run(args: &Args, ctx: &Context) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?,
         )
     };
-    let client = broker::client(ctx)?;
     #[cfg(unix)]
     end_when_the_reader_goes();
+    let client = broker::client(ctx)?;
     // Made when first needed (see `resubscribe`), and kept: its runtime carries the connection
     // of a subscription made through it, which would end with it.
     let mut waiting = None;
@@ -121,14 +121,18 @@ fn resubscribe(
     // Whether a stop is in force for the broker lost. A marker that names another broker was
     // left by an earlier stop whose next broker could not remove it (it logged why); one that
     // names none, or a broker that did not say its pid, is taken at its word.
-    let stop_in_force = || match (stop_marker(&paths), lost) {
+    let stop_in_force = match (stop_marker(&paths), lost) {
         (StopMarker::Absent, _) => false,
         (StopMarker::Stopped(stopped), Some(lost)) => stopped == lost,
         (StopMarker::Stopped(_) | StopMarker::Unreadable, _) => true,
     };
-    if !stop_in_force() {
+    if !stop_in_force {
         return client.subscribe(keys);
     }
+    // From here, any marker is a stop in force: one written while this watch waits (a command
+    // started a broker, which removed the first marker, and another `keyshare stop` stopped it
+    // between two looks) names a broker this watch never had (found in review).
+    let still_stopped = || stop_marker(&paths) != StopMarker::Absent;
     let waiting = match waiting {
         Some(waiting) => waiting,
         None => waiting.insert(broker::client_without_autostart(ctx).map_err(other)?),
@@ -139,7 +143,7 @@ fn resubscribe(
             Err(keyshare::Error::Unavailable {
                 reason: keyshare::UnavailableReason::NotRunning,
                 ..
-            }) if stop_in_force() => {
+            }) if still_stopped() => {
                 if !said {
                     eprintln!(
                         "keyshare: the {} broker was stopped (`keyshare stop`); waiting for one to start \
@@ -166,26 +170,36 @@ fn resubscribe(
 /// Ends the process, as quietly as a failed write to a reader that went away (exit 0), as soon
 /// as standard output's reader goes, not at the next event: `keyshare watch KEY | head -1`
 /// otherwise lived on, and held its pipeline open, until that key next changed (found by
-/// QA). A pipe's writer is told so (POLLERR), a terminal that hangs up too (POLLHUP); a file
-/// or /dev/null never is, and the thread then waits for nothing, for as long as the watch
-/// runs.
+/// QA). Only for a pipe or a socket, whose writer is told so (POLLERR, POLLHUP): a terminal
+/// that hangs up sends SIGHUP anyway, a file has no reader, and macOS answers poll on a
+/// terminal or /dev/null with POLLNVAL, at once, every time (found in review: the thread
+/// would have spun). Checked before the watch opens anything, while standard output is still
+/// what it was given (a descriptor closed at start could later be the broker's socket).
 #[cfg(unix)]
 fn end_when_the_reader_goes() {
     use rustix::event::{poll, PollFd, PollFlags};
-    std::thread::spawn(|| {
-        let stdout = std::io::stdout();
-        loop {
-            // No events asked: only the error and hang-up conditions, always reported.
-            let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
-            match poll(&mut fds, None) {
-                Ok(_) if fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP) => {
-                    std::process::exit(0)
-                }
-                // Woken for nothing, or interrupted by a signal: wait again.
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                // Cannot tell (stdout closed, say): the next write will.
-                Err(_) => return,
+    use rustix::fs::FileType;
+    let stdout = std::io::stdout();
+    match rustix::fs::fstat(&stdout) {
+        Ok(stat)
+            if matches!(
+                FileType::from_raw_mode(stat.st_mode),
+                FileType::Fifo | FileType::Socket
+            ) => {}
+        _ => return,
+    }
+    std::thread::spawn(move || loop {
+        // No events asked: only the error and hang-up conditions, always reported.
+        let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+        match poll(&mut fds, None) {
+            Ok(_) if fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP) => {
+                std::process::exit(0)
             }
+            // Not a descriptor poll can watch after all: the next write will tell.
+            Ok(_) if fds[0].revents().contains(PollFlags::NVAL) => return,
+            // Woken for nothing, or interrupted by a signal: wait again.
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return,
         }
     });
 }
