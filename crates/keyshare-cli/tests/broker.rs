@@ -499,6 +499,26 @@ impl Drop for StopsBroker {
     }
 }
 
+/// Once a watch waits out a stop, any stop's marker keeps it waiting, also one that names
+/// another broker: a command can start a broker, which removes the first marker, and another
+/// `keyshare stop` stop it, both between two of the watch's looks (found in review: the watch
+/// then took the new marker for a left-over one and started a broker during the stop).
+#[test]
+fn a_watch_waiting_out_a_stop_keeps_waiting_for_a_later_stop() {
+    let home = tempfile::tempdir().unwrap();
+    let watch = Watch::start(home.path());
+    line_with(&watch.err, "watching every key app keyshare may see");
+    run_ok(home.path(), &["stop"], b"");
+    line_with(&watch.err, "waiting for one to start again");
+    // As that later stop leaves it: a marker naming a broker the watch never had.
+    std::fs::write(home.path().join("run/keyshare/stable.stopped"), "1\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert!(
+        !home.path().join("run/keyshare/stable.sock").exists(),
+        "the watch started a broker during the stop"
+    );
+}
+
 /// A stop's marker left over from an earlier stop (its next broker could not remove it) names
 /// another broker: a watch whose broker then crashes starts one, as after any crash, instead
 /// of waiting for a stop that is not in force.
