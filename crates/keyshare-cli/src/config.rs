@@ -244,7 +244,8 @@ impl LegacyFor<'_> {
         Some(format!(
             "app {app}'s legacy store ({}) is not used by this {name} command, since flavours \
              never share secrets: its secrets are not read, migrated or written here. If the \
-             app has a {name} build, add its store to [apps.{app}] (legacy = [{{ ... }}, {{ \
+             app has a build for the {name} flavour, add its store to [apps.{app}] (legacy = \
+             [{{ ... }}, {{ \
              kind = \"electron\", app_name = \"...\", flavor = \"{name}\" }}])",
             others.join("; ")
         ))

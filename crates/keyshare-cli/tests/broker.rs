@@ -1508,6 +1508,15 @@ fn doctor_reports_a_broker_that_runs_but_does_not_answer() {
         "{human_out}"
     );
     assert!(!human_out.contains("no problems found"), "{human_out}");
+    // Every command it advises names the flavour, also those in the broker client's own
+    // wording that it quotes ("`keyshare doctor` names it; `keyshare stop` ends it"; found by
+    // QA: followed from another flavour, they acted on the stable one).
+    for text in [report.to_string(), human_out.into_owned()] {
+        assert!(
+            !text.contains("`keyshare stop") && !text.contains("`keyshare doctor"),
+            "{text}"
+        );
+    }
 }
 
 /// An autostarted broker runs in `/`, not in the directory of the command that started it,

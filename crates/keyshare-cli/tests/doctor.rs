@@ -380,6 +380,35 @@ fn a_write_the_shared_store_did_not_take_says_so() {
     assert_eq!(parse(&out)["pending_repairs"], serde_json::json!([]));
 }
 
+/// A delete the shared store did not take is acknowledged and queued, as a write is: exit 0 and
+/// the note, not "no secret named" and exit 1 (found by QA), for a key the app's own store
+/// has and for one it does not (whether the shared store has it cannot be known).
+#[test]
+fn a_delete_the_shared_store_did_not_take_is_queued_not_not_found() {
+    let env = Home::new().with_store("vault");
+    env.config("[apps.code]\nlegacy = { kind = \"vault\" }\n");
+    break_the_shared_vault(&env);
+    env.ok(&["--direct", "--app", "code", "set", "github.auth"], b"t1");
+    for key in ["github.auth", "never.set"] {
+        let out = env.run(&["--direct", "--app", "code", "delete", key], b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{key}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the shared store did not take this change to {key}"
+            )),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("no secret named"), "{stderr}");
+    }
+    let out = env.run(&["--app", "code", "--json", "doctor"], b"");
+    let pending = parse(&out)["pending_repairs"].to_string();
+    assert!(
+        pending.contains("github.auth") && pending.contains("never.set"),
+        "{pending}"
+    );
+}
+
 // The QA scenario of stop 15, end to end: code's write is kept for repair while the shared
 // store cannot be opened; once it can, agents signs in and out (sets, then deletes the key);
 // code's repair then

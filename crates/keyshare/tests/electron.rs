@@ -820,6 +820,26 @@ fn opening_checks_the_file() {
         .unwrap_err();
     assert!(err.to_string().contains("no ItemTable"), "{err}");
 
+    // An ItemTable without the `value` column: refused at open, for writing too, and left as
+    // it was (found by QA: a write reached the shared store, then failed on this one).
+    let odd_table = dir.path().join("odd.vscdb");
+    exec(&odd_table, "CREATE TABLE ItemTable (k TEXT)");
+    let before = std::fs::read(&odd_table).unwrap();
+    for read_only in [true, false] {
+        let err = ElectronStore::builder(&odd_table, keyring_keys())
+            .read_only(read_only)
+            .create(!read_only)
+            .open()
+            .unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("ItemTable has no key or value column"),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read(&odd_table).unwrap(), before);
+
     let created = dir.path().join("new/User/globalStorage/state.vscdb");
     let store = ElectronStore::builder(&created, keyring_keys())
         .create(true)

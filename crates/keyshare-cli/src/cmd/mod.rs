@@ -95,10 +95,12 @@ fn hides_or_turns_text(c: char) -> bool {
 }
 
 /// After an acknowledged write: when the shared store did not take it (the app's own store
-/// did, and a repair is queued), says so on stderr. The command succeeded, but the user should
-/// know that the other apps do not see the change yet (found by QA: it said nothing).
-pub fn say_if_queued(storage: &keyshare::SecretStorage, key: &SecretKey, ctx: &Context) {
-    if storage.status().pending_repairs.contains(key) {
+/// did, and a repair is queued), says so on stderr, and returns whether it did. The command
+/// succeeded, but the user should know that the other apps do not see the change yet (found
+/// by QA: it said nothing).
+pub fn say_if_queued(storage: &keyshare::SecretStorage, key: &SecretKey, ctx: &Context) -> bool {
+    let queued = storage.status().pending_repairs.contains(key);
+    if queued {
         eprintln!(
             "keyshare: note: the shared store did not take this change to {}; app {}'s own \
              store has it, so this app sees it, but the other apps do not yet. It is queued: \
@@ -108,6 +110,7 @@ pub fn say_if_queued(storage: &keyshare::SecretStorage, key: &SecretKey, ctx: &C
             command_for(ctx, "repair")
         );
     }
+    queued
 }
 
 /// The command line that runs `rest` as this command's app in its flavour, on its store, for

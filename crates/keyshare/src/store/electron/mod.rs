@@ -346,6 +346,32 @@ impl ElectronStoreBuilder {
             }
             conn.execute_batch(SCHEMA)
                 .map_err(|e| sql("creating the schema", e))?;
+        } else {
+            // An ItemTable without the columns every read and write uses: refused here, before
+            // a write reaches the shared store and then fails on this one (found by QA: "no
+            // such column: value" half-way through a `set`).
+            let columns: Vec<String> = conn
+                .prepare("SELECT name FROM pragma_table_info('ItemTable')")
+                .and_then(|mut stmt| {
+                    stmt.query_map([], |row| row.get(0))?
+                        .collect::<rusqlite::Result<_>>()
+                })
+                .map_err(|e| sql("reading the schema", e))?;
+            let missing: Vec<&str> = ["key", "value"]
+                .into_iter()
+                .filter(|wanted| !columns.iter().any(|c| c.eq_ignore_ascii_case(wanted)))
+                .collect();
+            if !missing.is_empty() {
+                return Err(Error::Corrupt {
+                    store: name,
+                    key: None,
+                    detail: format!(
+                        "its ItemTable has no {} column, so it is not a VS Code state database \
+                         (the file was left untouched)",
+                        missing.join(" or ")
+                    ),
+                });
+            }
         }
         Ok(ElectronStore {
             path: self.path,
