@@ -80,14 +80,21 @@ fn routing(cli: &Cli) -> broker::Routing {
     if let Some(store) = cli.globals.store {
         passthrough.extend(["--store".into(), store.name().into()]);
     }
+    // A dry run reads both stores and writes nothing: it creates no vault, records no `auto`
+    // choice and starts no broker, as `doctor` does not (found by QA: a first dry run on a
+    // fresh machine created the shared vault, its key file, and a broker).
+    let dry_run = matches!(
+        &cli.command,
+        Command::Import(LazySubcommands(cmd::import::Source::Vscode(args))) if args.dry_run
+    );
     broker::Routing {
         // `doctor` diagnoses the store itself, the way this machine would open it.
-        direct: cli.globals.direct || matches!(cli.command, Command::Doctor),
+        direct: cli.globals.direct || matches!(cli.command, Command::Doctor) || dry_run,
         no_autostart: cli.globals.no_autostart,
         passthrough,
         autostarted: matches!(&cli.command, Command::Serve(Lazy(args)) if args.autostarted),
         check_whole_vault: matches!(cli.command, Command::Serve(_) | Command::Doctor),
-        look_only: matches!(cli.command, Command::Doctor),
+        look_only: matches!(cli.command, Command::Doctor) || dry_run,
     }
 }
 

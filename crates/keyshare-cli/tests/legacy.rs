@@ -196,6 +196,39 @@ fn import_vscode_copies_into_the_shared_store() {
     );
 }
 
+/// A dry run on a fresh machine creates nothing: no shared vault, no key file, no broker
+/// (found by QA: it did all three), and still reports what an import would copy.
+#[test]
+fn a_dry_run_import_creates_no_vault_and_starts_no_broker() {
+    let env = home();
+    let dir = env.user_data_dir();
+    let report = env.ok_json(
+        &[
+            "--store",
+            "vault",
+            "--json",
+            "import",
+            "vscode",
+            "--user-data-dir",
+            dir.to_str().unwrap(),
+            "--keyring-password-stdin",
+            "--dry-run",
+        ],
+        KEYRING_PASSWORD.as_bytes(),
+    );
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["imported"].as_array().unwrap().len(), 2, "{report}");
+    let shared = env.path().join("data/keyshare/stable");
+    assert!(
+        !shared.join("vault.db").exists() && !shared.join("vault.key").exists(),
+        "the dry run created the shared vault"
+    );
+    assert!(
+        !env.path().join("run/keyshare/stable.sock").exists(),
+        "the dry run started a broker"
+    );
+}
+
 #[test]
 fn import_vscode_into_the_vault_is_idempotent_and_get_reads_the_key() {
     let env = home();
