@@ -104,7 +104,22 @@ fn absolute(path: &std::path::Path) -> PathBuf {
 }
 
 fn run(cli: &mut Cli) -> anyhow::Result<()> {
-    let (ctx, config_path) = context(cli)?;
+    let (ctx, config_path) = match context(cli) {
+        Ok(made) => made,
+        // `doctor` still reports, with the reason as its problem (found by QA: an invalid or
+        // unsafe config file left `doctor --json` with no output at all). The exit code stays
+        // the error's own.
+        Err(err) if matches!(cli.command, Command::Doctor) => {
+            let config_path = cli
+                .globals
+                .config
+                .clone()
+                .or_else(|| Dirs::from_env().ok().map(|dirs| dirs.default_config_path()));
+            cmd::doctor::report_without_context(cli.globals.json, config_path.as_deref(), &err)?;
+            return Err(err);
+        }
+        Err(err) => return Err(err),
+    };
     cmd::advise_as(&ctx);
     if let Command::Import(LazySubcommands(cmd::import::Source::Vscode(args))) = &mut cli.command {
         vscode_of_this_flavour(&mut args.key.app_name, &ctx);

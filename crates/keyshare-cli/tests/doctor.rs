@@ -380,6 +380,34 @@ fn a_write_the_shared_store_did_not_take_says_so() {
     assert_eq!(parse(&out)["pending_repairs"], serde_json::json!([]));
 }
 
+/// An invalid config file: doctor still reports, with the reason as its problem, in text and
+/// in `--json` (found by QA: no report at all, and no JSON), and exits as the error does (5).
+#[test]
+fn doctor_reports_an_invalid_config_instead_of_nothing() {
+    let env = Home::new().with_store("vault");
+    env.config("store = \"vaultx\"\n");
+    let out = env.run(&["--json", "doctor"], b"");
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let report = parse(&out);
+    let problems = report["problems"].to_string();
+    assert!(problems.contains("vaultx"), "{report}");
+    assert!(
+        report["config"]["path"]
+            .as_str()
+            .is_some_and(|path| path.ends_with("config.toml")),
+        "{report}"
+    );
+    assert_eq!(report["shared"], serde_json::Value::Null, "{report}");
+    let out = env.run(&["doctor"], b"");
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("problem: nothing else can be checked until this is fixed")
+            && text.contains("vaultx"),
+        "{text}"
+    );
+}
+
 /// A delete the shared store did not take is acknowledged and queued, as a write is: exit 0 and
 /// the note, not "no secret named" and exit 1 (found by QA), for a key the app's own store
 /// has and for one it does not (whether the shared store has it cannot be known).

@@ -289,6 +289,45 @@ pub fn run(ctx: &Context, config_path: &Path, direct: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// `doctor`'s report when the command's context cannot be made (the config file is invalid or
+/// unsafe, the home cannot be found): what is known (the config file's path) and the reason,
+/// as its one problem; what depends on the config is not checked (`null` in `--json`).
+pub fn report_without_context(
+    json_output: bool,
+    config_path: Option<&Path>,
+    err: &anyhow::Error,
+) -> anyhow::Result<()> {
+    let problem = format!(
+        "nothing else can be checked until this is fixed: {}",
+        crate::exit::one_line(err)
+    );
+    let report = json!({
+        "flavor": null,
+        "app": null,
+        "config": config_path.map(|path| json!({
+            "path": path.display().to_string(),
+            "exists": path.exists(),
+        })),
+        "data_dir": null,
+        "store_setting": null,
+        "shared": null,
+        "legacy": null,
+        "broker": null,
+        "notes": [],
+        "problems": [problem],
+    });
+    let mut out = String::new();
+    if json_output {
+        say!(out, "{report}");
+    } else {
+        if let Some(path) = config_path {
+            say!(out, "config:        {}", path.display());
+        }
+        say!(out, "problem: {}", problem.replace('\n', " / "));
+    }
+    super::print_out(&out)
+}
+
 /// Every text of `report`, with its advised commands made to work for this command
 /// ([`super::advised`]).
 fn advise_all(report: &mut Value) {
