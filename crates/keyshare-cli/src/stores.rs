@@ -569,9 +569,17 @@ fn open_auto(ctx: &Context) -> anyhow::Result<SharedChoice> {
                     anyhow::Error::new(err).context(format!(
                         "this flavour's shared secrets are in the Secret Service (`auto` chose it \
                          on the flavour's first use; recorded in {}), which cannot be reached now. \
-                         Start the keyring (or run where the session bus is), or {}",
+                         Start the keyring (or run where the session bus is){}",
                         record.display(),
-                        crate::cmd::use_a_vault_instead(&crate::cmd::keyshare_in(ctx))
+                        if ctx.config.require_os_keyring {
+                            // No vault would do (found by QA: the advice, followed, failed).
+                            String::new()
+                        } else {
+                            format!(
+                                ", or {}",
+                                crate::cmd::use_a_vault_instead(&crate::cmd::keyshare_in(ctx))
+                            )
+                        }
                     ))
                 })?;
             Ok(SharedChoice {

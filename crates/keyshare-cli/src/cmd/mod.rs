@@ -153,17 +153,21 @@ pub fn use_a_vault_instead(keyshare_in: &str) -> String {
     )
 }
 
-/// How this command's advised commands start ([`keyshare_in`]), once its context is made.
-static ADVISED_AS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// How this command's advised commands start ([`keyshare_in`]), and whether a vault is an
+/// option at all (not under `require_os_keyring`), once its context is made.
+static ADVISED_AS: std::sync::OnceLock<(String, bool)> = std::sync::OnceLock::new();
 
 /// Records how this command's advised commands start (see [`advised`]).
 pub fn advise_as(ctx: &Context) {
-    let _ = ADVISED_AS.set(keyshare_in(ctx));
+    let _ = ADVISED_AS.set((keyshare_in(ctx), !ctx.config.require_os_keyring));
 }
 
 /// [`advice_for`] this command, as [`advise_as`] recorded it (plain `keyshare` before).
 pub fn advised(text: &str) -> String {
-    advice_for(ADVISED_AS.get().map_or("keyshare", String::as_str), text)
+    match ADVISED_AS.get() {
+        Some((keyshare_in, vault_allowed)) => advice_for(keyshare_in, *vault_allowed, text),
+        None => advice_for("keyshare", true, text),
+    }
 }
 
 /// `text` (an error or a report, as shown) with the commands it advises made to work for this
@@ -171,10 +175,19 @@ pub fn advised(text: &str) -> String {
 /// know no flavour, say `` `keyshare stop` ``, `` `keyshare repair` ``..., which followed as
 /// written act on the stable flavour (found by QA: a broker's "`keyshare stop`" stopped the
 /// stable one from another flavour); and a store's "use the vault: --store vault" (see
-/// [`use_a_vault_instead`]).
-pub fn advice_for(keyshare_in: &str, text: &str) -> String {
-    let vault = use_a_vault_instead(keyshare_in);
-    let text = text.replace("use the vault: --store vault", &vault);
+/// [`use_a_vault_instead`]), or, where `require_os_keyring` refuses any vault
+/// (`vault_allowed` false), no such advice at all (found by QA: followed, it failed, exit 6).
+pub fn advice_for(keyshare_in: &str, vault_allowed: bool, text: &str) -> String {
+    const USE_THE_VAULT: &str = "use the vault: --store vault";
+    let text = if vault_allowed {
+        text.replace(USE_THE_VAULT, &use_a_vault_instead(keyshare_in))
+    } else {
+        [", or ", "; or ", " or ", "; ", ""]
+            .into_iter()
+            .fold(text.to_owned(), |text, joint| {
+                text.replace(&format!("{joint}{USE_THE_VAULT}"), "")
+            })
+    };
     if keyshare_in == "keyshare" {
         return text;
     }
@@ -224,7 +237,7 @@ mod tests {
         let keyshare_in = "keyshare --flavor insiders";
         let locked = "Secret Service: locked: unlock your login keyring (log in), or use the \
                       vault: --store vault";
-        let advised = advice_for(keyshare_in, locked);
+        let advised = advice_for(keyshare_in, true, locked);
         assert!(
             advised.ends_with(
                 "(log in), or use a separate vault instead, which holds none of these secrets: \
@@ -235,7 +248,7 @@ mod tests {
         );
         // The macOS and Windows stores say it without "or".
         assert!(
-            advice_for(keyshare_in, "denied); use the vault: --store vault")
+            advice_for(keyshare_in, true, "denied); use the vault: --store vault")
                 .starts_with("denied); use a separate vault instead"),
         );
         // Every advised command, not only `stop`; not one named in passing, nor one that
@@ -243,6 +256,7 @@ mod tests {
         assert_eq!(
             advice_for(
                 keyshare_in,
+                true,
                 "run `keyshare repair` or `keyshare doctor`; `keyshare set` takes no value; \
                  `keyshare --flavor stable stop`"
             ),
@@ -251,19 +265,29 @@ mod tests {
         );
         // Without a context (the command did not get that far), nothing to add.
         assert_eq!(
-            advice_for("keyshare", "run `keyshare repair`"),
+            advice_for("keyshare", true, "run `keyshare repair`"),
             "run `keyshare repair`"
         );
         let mismatch = "serves vault:/a, not vault:/b; stop that broker (`keyshare stop`; it was";
         assert_eq!(
-            advice_for(keyshare_in, mismatch),
+            advice_for(keyshare_in, true, mismatch),
             "serves vault:/a, not vault:/b; stop that broker (`keyshare --flavor insiders stop`; \
              it was"
         );
         assert_eq!(
-            advice_for(keyshare_in, "nothing to advise"),
+            advice_for(keyshare_in, true, "nothing to advise"),
             "nothing to advise"
         );
+        // Under require_os_keyring no vault would do: the advice goes, whatever joins it.
+        for (text, left) in [
+            (
+                "unlock it (log in), or use the vault: --store vault",
+                "unlock it (log in)",
+            ),
+            ("denied; use the vault: --store vault.", "denied."),
+        ] {
+            assert_eq!(advice_for(keyshare_in, false, text), left);
+        }
     }
 
     #[test]
