@@ -167,15 +167,12 @@ pub enum StopMarker {
     Unreadable,
 }
 
-/// Reads [`BrokerPaths::stopped`].
+/// Reads [`BrokerPaths::stopped`], a pid file as the instance lock is, with the same care (a
+/// FIFO in its place is not waited on, a link not followed).
 pub fn stop_marker(paths: &BrokerPaths) -> StopMarker {
-    match fs::read_to_string(&paths.stopped) {
+    match fs::symlink_metadata(&paths.stopped) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => StopMarker::Absent,
-        Err(_) => StopMarker::Unreadable,
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map_or(StopMarker::Unreadable, StopMarker::Stopped),
+        _ => lock_holder_pid(&paths.stopped).map_or(StopMarker::Unreadable, StopMarker::Stopped),
     }
 }
 
@@ -403,6 +400,17 @@ mod tests {
         mark_stopped(&paths, 4242);
         assert_eq!(stop_marker(&paths), StopMarker::Stopped(4242));
         fs::write(&paths.stopped, "not a pid\n").unwrap();
+        assert_eq!(stop_marker(&paths), StopMarker::Unreadable);
+        // A FIFO in its place is a stop of some broker, and is not waited on.
+        fs::remove_file(&paths.stopped).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &paths.stopped,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
         assert_eq!(stop_marker(&paths), StopMarker::Unreadable);
         clear_stopped(&paths);
         assert_eq!(stop_marker(&paths), StopMarker::Absent);

@@ -332,12 +332,7 @@ pub fn report_without_context(
 /// ([`super::advised`]).
 fn advise_all(report: &mut Value) {
     match report {
-        Value::String(text) => {
-            let advised = super::advised(text);
-            if advised != *text {
-                *text = advised;
-            }
-        }
+        Value::String(text) => *text = super::advised(text),
         Value::Array(items) => items.iter_mut().for_each(advise_all),
         Value::Object(fields) => fields.values_mut().for_each(advise_all),
         _ => {}
